@@ -1,0 +1,65 @@
+"""Atomic file writers shared by the pipeline.
+
+Results (metrics JSON/CSV, PNGs) are often read while a job is still running, or by a job that
+was interrupted; a reader must never see a half-written file. Every writer here writes a temporary
+file in the destination folder (so the final rename stays on one filesystem) and then moves it into
+place with ``os.replace``, which is atomic on POSIX and Windows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json_atomic"]
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent folders; returns the path.
+
+    Either the old content or the complete new content is visible at ``path``, never a prefix.
+    The temporary file lives next to ``path`` as ``.<name>.<random>.tmp`` and is removed if
+    anything fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # os.open with mode 0o666 lets the process umask decide the final permissions, as a plain
+    # open() would; tempfile.mkstemp would leave every result readable by its owner only.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            # Without fsync a crash soon after the rename can leave an empty file under the
+            # final name on some filesystems (ext4 delayed allocation).
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike[str], encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`); returns the path.
+
+    Newlines are written as given (no platform translation), so files are byte-identical
+    across operating systems.
+    """
+    return atomic_write_bytes(text.encode(encoding), path)
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None = 2) -> Path:
+    """Serialise ``obj`` as JSON and write it to ``path`` atomically; returns the path.
+
+    ``allow_nan=False``: NaN/Infinity are not JSON, and other tools (jq, browsers) reject them, so a
+    non-finite number is a ``ValueError`` here rather than a file nobody else can parse.
+    """
+    text = json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False)
+    return atomic_write_text(text + "\n", path)

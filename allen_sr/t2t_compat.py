@@ -1,0 +1,84 @@
+"""Every shim tensor2tensor 1.15.7 needs on Python 3.11 + TensorFlow 2.15.1, in one place.
+
+tensor2tensor's last release (2020) and tf-slim 1.1.0 reach into TensorFlow internals that moved
+in later releases. Each shim below says what breaks without it; tests/test_t2t_compat.py shows
+each failure in a fresh interpreter and that the shim fixes it. `apply()` is idempotent and is
+called whenever our problems, hparams or CLI are loaded.
+"""
+from __future__ import annotations
+
+import logging
+
+_applied = False
+log = logging.getLogger(__name__)
+
+
+def _restore_control_flow_ops() -> None:
+    """tf-slim's image decoder calls `control_flow_ops.case` / `cond`.
+
+    TF 2.13+ no longer exposes them in `tensorflow.python.ops.control_flow_ops`, so reading any
+    image record through `tfexample_decoder.Image` (every image problem) raises AttributeError.
+    """
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_ops
+
+    for name, fn in (("case", tf.compat.v1.case), ("cond", tf.compat.v1.cond)):
+        if not hasattr(control_flow_ops, name):
+            setattr(control_flow_ops, name, fn)
+
+
+def _restore_ops_tensor_types() -> None:
+    """tf-slim's `optimize_loss` (t2t's optimizer path) checks `ops.Tensor` / `ops.IndexedSlices`.
+
+    TF 2.15 moved both out of `tensorflow.python.framework.ops`, so the first training step fails
+    with AttributeError.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import ops
+
+    if not hasattr(ops, "Tensor"):
+        ops.Tensor = tf.Tensor
+    if not hasattr(ops, "IndexedSlices"):
+        ops.IndexedSlices = tf.IndexedSlices
+
+
+def _skip_invalid_image_summaries() -> None:
+    """`Img2imgTransformer.body` writes image summaries of already-embedded 4-D tensors.
+
+    Their last dimension is the hidden size, not 1/3/4 channels; TF 2.15's summary op raises
+    InvalidArgumentError on them at run time, which kills training at the first summary step.
+    We skip only summaries whose static channel count cannot be an image.
+    """
+    import tensorflow as tf
+
+    summary = tf.compat.v1.summary
+    original = summary.image
+    if getattr(original, "_allen_sr_shim", False):
+        return
+
+    def image(name, tensor, *args, **kwargs):
+        channels = tensor.shape[-1] if tensor.shape.rank is not None else None
+        if channels is not None and channels not in (1, 3, 4):
+            log.debug("skipping image summary %s: %s channels", name, channels)
+            return None
+        return original(name, tensor, *args, **kwargs)
+
+    image._allen_sr_shim = True
+    summary.image = image
+
+
+SHIMS = (
+    _restore_control_flow_ops,
+    _restore_ops_tensor_types,
+    _skip_invalid_image_summaries,
+)
+
+
+def apply() -> None:
+    """Apply every shim once. Safe to call many times."""
+    global _applied
+    if _applied:
+        return
+    for shim in SHIMS:
+        shim()
+    _applied = True

@@ -1,0 +1,1 @@
+"""Registered tensor2tensor problems."""

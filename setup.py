@@ -1,0 +1,22 @@
+"""allen-sr: the tensor2tensor Image Transformer for brain-microscopy super-resolution.
+
+Install through `make venv` (see README): TensorFlow and tensor2tensor need pinned versions that
+pip's resolver cannot find on its own, so this file lists no install requirements; the pins live
+in requirements/lock.txt.
+"""
+from setuptools import setup
+
+setup(
+    name="allen-sr",
+    version="0.1.0",
+    description="Super-resolve Allen Institute brain microscopy with the tensor2tensor Image Transformer",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    # problems/ and hparams/ hold the tensor2tensor registrations; they install as
+    # allen_sr.problems and allen_sr.hparams so the names stay inside our namespace.
+    packages=["allen_sr", "allen_sr.problems", "allen_sr.hparams"],
+    package_dir={"allen_sr": "allen_sr", "allen_sr.problems": "problems", "allen_sr.hparams": "hparams"},
+    entry_points={"console_scripts": ["allen-sr = allen_sr.cli:main"]},
+    license="Apache-2.0",
+)
