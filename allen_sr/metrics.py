@@ -5,6 +5,12 @@ the evaluation code should not pay TensorFlow's import time. :func:`ssim` is nev
 re-implementation of ``tf.image.ssim`` with its defaults (tests check agreement to 1e-4) so that
 numbers are comparable with the tensor2tensor/TF literature.
 
+The computation is done in float64. ``tf.image.ssim`` always works in float32, and its
+covariance terms (E[xy] - E[x]E[y], of the order of the small constant c2) then lose digits to
+cancellation on flat, bright areas: there TF is off by ~1e-4 (near-flat tiles at 200-250) up to
+~1e-3 (a flat 250 vs 255 tile gives TF an SSIM above 1). This module returns the exact value of
+TF's formula; on textured tiles the two agree to ~1e-6.
+
 Protocol (also in :data:`PROTOCOL`, which is written into every summary):
 
 * images are RGB (or greyscale) uint8 in 0..255, compared whole - no border crop;
@@ -90,6 +96,13 @@ def _as_pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(np.float64), b.astype(np.float64)
 
 
+def _check_single(image: Any) -> None:
+    if np.ndim(image) > 3:
+        raise ValueError(
+            f"expected one HxW or HxWxC image, got shape {np.shape(image)}; use the *_batch form"
+        )
+
+
 def psnr_batch(preds: Any, targets: Any, max_val: float = 255.0) -> np.ndarray:
     """PSNR in dB of each image in a (..., H, W, C) batch; returns an array of the leading shape.
 
@@ -109,6 +122,7 @@ def psnr(pred: Any, target: Any, max_val: float = 255.0) -> float:
     Works on uint8 or float arrays; ``max_val`` is the dynamic range (255 for uint8, 1.0 for
     images in [0, 1]).
     """
+    _check_single(pred)
     return float(psnr_batch(pred, target, max_val))
 
 
@@ -133,7 +147,8 @@ def ssim_batch(preds: Any, targets: Any, max_val: float = 255.0) -> np.ndarray:
     """SSIM of each image in a (..., H, W, C) batch, as ``tf.image.ssim`` computes it.
 
     Defaults of ``tf.image.ssim``: 11x11 Gaussian window with sigma 1.5, k1=0.01, k2=0.03, VALID
-    filtering (no padding), the SSIM map averaged over positions and then over channels. Like
+    filtering (no padding), the SSIM map averaged over positions and then over channels,
+    computed in float64 (see the module docstring for TF's float32 error on flat tiles). Like
     TensorFlow it refuses images smaller than the 11x11 window, because a padded or shrunken window
     would give numbers nobody else can reproduce.
     """
@@ -166,6 +181,7 @@ def ssim(pred: Any, target: Any, max_val: float = 255.0) -> float:
 
     Images must be at least 11x11. uint8 or float input; ``max_val`` is the dynamic range.
     """
+    _check_single(pred)
     return float(ssim_batch(pred, target, max_val))
 
 

@@ -8,6 +8,7 @@ called whenever our problems, hparams or CLI are loaded.
 from __future__ import annotations
 
 import logging
+import warnings
 
 _applied = False
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    # Import-time notices from end-of-life dependencies that say nothing actionable to our users.
+    warnings.filterwarnings("ignore", message=r"(?s).*TensorFlow Addons", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*google.api_core", category=FutureWarning)
     for shim in SHIMS:
         shim()
     _applied = True

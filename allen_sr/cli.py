@@ -1,0 +1,52 @@
+"""`allen-sr`: one command for the whole pipeline.
+
+Each subcommand lives in the module that owns its concern and is imported only when used, so
+`allen-sr --help` is instant and `allen-sr download` never loads TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, function, one-line help). Each function takes argv (list of str), returns an exit code.
+SUBCOMMANDS = {
+    "download": ("allen_sr.download", "download_main", "download Allen section images (resumable, verified)"),
+    "datagen": ("allen_sr.t2t_tools", "datagen_main", "t2t-datagen with our problems registered (every t2t-datagen flag)"),
+    "train": ("allen_sr.t2t_tools", "train_main", "t2t-trainer with our problems/hparams registered (every t2t-trainer flag)"),
+    "decode": ("allen_sr.decoding", "decode_main", "decode dev examples autoregressively; PNGs, grid, PSNR/SSIM CSV"),
+    "evaluate": ("allen_sr.evaluate", "evaluate_main", "PSNR/SSIM of a model vs nearest/bilinear/bicubic on any images"),
+    "upscale": ("allen_sr.upscale", "upscale_main", "enlarge an image region 4x tile by tile"),
+    "plot": ("allen_sr.pictures", "plot_main", "loss curves of one or several runs on one figure"),
+    "launch": ("allen_sr.launch", "launch_main", "build (and submit) a Kubeflow TFJob for multi-host training"),
+    "demo": ("allen_sr.demo", "demo_main", "the main job end to end on the shipped sample images (make demo)"),
+    "usr_dir": ("allen_sr.t2t_tools", "usr_dir_main", "print the --t2t_usr_dir path for t2t-datagen / t2t-trainer"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: allen-sr <command> [flags]  (allen-sr <command> --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name = argv[0].replace("-", "_")
+    if name not in SUBCOMMANDS:
+        print(f"allen-sr: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, function, _ = SUBCOMMANDS[name]
+    try:
+        entry = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as exc:
+        print(f"allen-sr {argv[0]}: not available in this version ({exc})", file=sys.stderr)
+        return 2
+    return int(entry(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

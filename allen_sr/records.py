@@ -1,0 +1,273 @@
+"""Build a tile dataset: lossless PNG tiles in shuffled, atomically written TFRecord shards.
+
+Layout in `data_dir` for a dataset prefix P (tensor2tensor's naming, so t2t reads it as is):
+  P-train-00000-of-00004 ...   shuffled train shards
+  P-dev-00000-of-00001         dev shards (dev images never share an image with train)
+  P-stats.json                 per-channel mean/std of the train tiles (0-255), for normalization
+  P-info.json                  written last: what was built from what; its presence means complete
+
+Shards are first written under `data_dir/.allen_sr_tmp/` (outside t2t's `P-train*` glob) and
+renamed into place only when every shard of the run is finished; a killed run leaves no partial
+shard under a final name, and a rerun rebuilds everything.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from allen_sr import tiles as tiling
+
+log = logging.getLogger(__name__)
+
+TILES_PER_SHARD = 10_000  # ~100 MB of 64x64 PNG tiles per shard
+TMP_DIRNAME = ".allen_sr_tmp"
+PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 encodes several times faster than 6
+
+
+@dataclass
+class DatagenSummary:
+    """What a dataset build read, kept and skipped (printed at the end and saved in P-info.json)."""
+
+    images_read: int = 0
+    tiles_kept: dict = field(default_factory=lambda: {"train": 0, "dev": 0})
+    tiles_rejected: int = 0
+    skipped: list = field(default_factory=list)  # [(file, reason)]
+    images: dict = field(default_factory=lambda: {"train": [], "dev": []})
+
+    def report(self) -> str:
+        lines = [
+            f"images read: {self.images_read} (train {len(self.images['train'])}, dev {len(self.images['dev'])})",
+            f"tiles kept: train {self.tiles_kept['train']}, dev {self.tiles_kept['dev']}; "
+            f"rejected as background: {self.tiles_rejected}",
+            f"files skipped: {len(self.skipped)}",
+        ]
+        lines += [f"  - {reason}" for _, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def encode_png(tile: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(tile).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def tile_example(png: bytes, size: int, source: str, top: int, left: int) -> bytes:
+    """A serialized tf.train.Example with the t2t image features plus provenance."""
+    import tensorflow as tf
+
+    def b(v):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+
+    def i(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image/encoded": b(png), "image/format": b(b"png"),
+        "image/height": i(size), "image/width": i(size),
+        "image/source": b(source.encode("utf-8")), "image/top": i(top), "image/left": i(left),
+    })).SerializeToString()
+
+
+def _shard_names(prefix: str, split: str, n: int) -> list[str]:
+    return [f"{prefix}-{split}-{k:05d}-of-{n:05d}" for k in range(n)]
+
+
+def _estimate_tiles(paths: list[str], size: int) -> int:
+    """Upper bound on grid tiles from image headers only (cheap), to size the shard count."""
+    total = 0
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                total += (im.size[0] // size) * (im.size[1] // size)
+        except Exception:  # unreadable files are reported when they are really read
+            continue
+    return total
+
+
+def _inputs_fingerprint(paths: list[str], params: dict) -> dict:
+    files = {}
+    for p in paths:
+        st = os.stat(p)
+        files[os.path.basename(p)] = [st.st_size, int(st.st_mtime)]
+    return {"params": params, "files": files}
+
+
+def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
+    """True when P-info.json exists, matches these inputs and all its shards are present."""
+    info_path = os.path.join(data_dir, f"{prefix}-info.json")
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if info.get("fingerprint") != fingerprint:
+        return False
+    return all(os.path.exists(os.path.join(data_dir, s)) for s in info.get("shards", []))
+
+
+def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
+                       dev_fraction: float = 0.1, size: int = tiling.TILE_SIZE,
+                       seed: int = 1234, force: bool = False,
+                       tiles_per_shard: int = TILES_PER_SHARD) -> DatagenSummary | None:
+    """Tile `image_paths` into shuffled train/dev TFRecord shards under `data_dir`.
+
+    Returns the summary, or None when an identical complete dataset already exists (and not
+    `force`). Shuffling is a two-pass external shuffle (random bucket per tile, then an in-memory
+    shuffle per bucket), so memory stays bounded by one image plus one shard.
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    os.makedirs(data_dir, exist_ok=True)
+    params = {"size": size, "dev_fraction": dev_fraction, "seed": seed,
+              "tissue": [tiling.TISSUE_MAX_MEAN, tiling.TISSUE_MIN_SPREAD, tiling.TISSUE_MIN_FRACTION]}
+    fingerprint = _inputs_fingerprint(image_paths, params)
+    if not force and dataset_complete(data_dir, prefix, fingerprint):
+        log.info("dataset %s in %s is complete and up to date; skipping", prefix, data_dir)
+        return None
+
+    by_split = {"train": [], "dev": []}
+    for p in image_paths:
+        by_split[tiling.split_of(tiling.image_id(p), dev_fraction)].append(p)
+    n_shards = {s: max(1, math.ceil(_estimate_tiles(ps, size) * 0.5 / tiles_per_shard))
+                for s, ps in by_split.items()}
+
+    _remove_stale_tmp(data_dir, prefix)
+    tmp_root = os.path.join(data_dir, TMP_DIRNAME, f"{prefix}-{os.getpid()}-{int(time.time())}")
+    os.makedirs(tmp_root)
+    summary = DatagenSummary()
+    rng = random.Random(seed)
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    try:
+        buckets = {s: [tf.io.TFRecordWriter(os.path.join(tmp_root, f"bucket-{s}-{k}"))
+                       for k in range(n_shards[s])] for s in by_split}
+        with tqdm(total=len(image_paths), desc=f"tiling {prefix}", unit="img") as bar:
+            for split, paths in by_split.items():
+                for path in paths:
+                    bar.update(1)
+                    try:
+                        image = tiling.load_image(path, size)
+                    except tiling.ImageSkipped as exc:
+                        warnings.warn(str(exc))
+                        summary.skipped.append((path, str(exc)))
+                        continue
+                    tiles_, positions, rejected = tiling.tissue_tiles(image, size)
+                    del image
+                    key = tiling.image_id(path)
+                    summary.images_read += 1
+                    summary.images[split].append(key)
+                    summary.tiles_rejected += rejected
+                    summary.tiles_kept[split] += len(tiles_)
+                    if split == "train" and len(tiles_):
+                        flat = tiles_.reshape(-1, 3).astype(np.float64)
+                        total += flat.sum(0)
+                        total_sq += (flat ** 2).sum(0)
+                        count += flat.shape[0]
+                    for tile, (top, left) in zip(tiles_, positions):
+                        rec = tile_example(encode_png(tile), size, key, top, left)
+                        buckets[split][rng.randrange(n_shards[split])].write(rec)
+                    bar.set_postfix(train=summary.tiles_kept["train"], dev=summary.tiles_kept["dev"])
+        for writers in buckets.values():
+            for w in writers:
+                w.close()
+
+        final_names = []
+        for split in by_split:
+            names = _shard_names(prefix, split, n_shards[split])
+            for k, name in enumerate(tqdm(names, desc=f"shuffling {split}", unit="shard")):
+                bucket = os.path.join(tmp_root, f"bucket-{split}-{k}")
+                records = list(tf.data.TFRecordDataset(bucket).as_numpy_iterator())
+                rng.shuffle(records)
+                with tf.io.TFRecordWriter(os.path.join(tmp_root, name)) as w:
+                    for r in records:
+                        w.write(r)
+                os.remove(bucket)
+            final_names += names
+
+        if count:
+            mean = total / count
+            std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0))
+            stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(),
+                     "pixels": int(count), "scale": "0-255, RGB, train tiles"}
+        else:
+            stats = None
+
+        # Commit: drop the old dataset's info first (so an interrupted commit reads as
+        # incomplete), move the new shards in, remove stale shards, then write stats and info.
+        info_path = os.path.join(data_dir, f"{prefix}-info.json")
+        if os.path.exists(info_path):
+            os.remove(info_path)
+        for name in final_names:
+            os.replace(os.path.join(tmp_root, name), os.path.join(data_dir, name))
+        keep = set(final_names)
+        for name in os.listdir(data_dir):
+            if (name.startswith(f"{prefix}-train-") or name.startswith(f"{prefix}-dev-")) and name not in keep:
+                os.remove(os.path.join(data_dir, name))
+        if stats is not None:
+            _write_json(os.path.join(data_dir, f"{prefix}-stats.json"), stats)
+        info = {"prefix": prefix, "shards": final_names, "fingerprint": fingerprint,
+                "summary": asdict(summary)}
+        _write_json(info_path, info)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        parent = os.path.dirname(tmp_root)
+        if os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+    return summary
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
+    """Delete work folders left by killed builds of this dataset (their process is gone)."""
+    parent = os.path.join(data_dir, TMP_DIRNAME)
+    if not os.path.isdir(parent):
+        return
+    for name in os.listdir(parent):
+        rest = name[len(prefix) + 1:] if name.startswith(prefix + "-") else ""
+        pid = rest.split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            log.info("removing %s left by an interrupted datagen", name)
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_stats(data_dir: str, prefix: str) -> dict:
+    """The per-channel statistics written by datagen, or a clear error saying how to get them."""
+    path = os.path.join(data_dir, f"{prefix}-stats.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} not found: normalization needs the statistics written by datagen; "
+            f"run `allen-sr datagen` for this data_dir first") from None

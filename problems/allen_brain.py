@@ -1,0 +1,43 @@
+"""Allen Brain Atlas problems. These replace tensor2tensor's stock registrations of the same
+names (allen_sr.registration), which cut 63 px tiles, keep background, re-encode tiles as JPEG and
+split train/dev by an unsorted glob."""
+# Import the stock module first: its registrations must exist before ours replace them, or
+# a later import of it (t2t-trainer imports every stock problem) would fail on the duplicate name.
+import tensor2tensor.data_generators.allen_brain  # noqa: F401
+
+from allen_sr import registration
+from allen_sr.t2t_problems import AllenBrain
+
+
+@registration.problem
+class Img2imgAllenBrainDim8to32(AllenBrain):
+    """8x8 -> 32x32 RGB (x4), as in the original experiment."""
+
+
+@registration.problem
+class Img2imgAllenBrainDim16to64(AllenBrain):
+    """16x16 -> 64x64 RGB (x4 on whole tiles)."""
+
+    input_dim, output_dim = 16, 64
+
+
+@registration.problem
+class Img2imgAllenBrainDim48to64(AllenBrain):
+    """48x48 -> 64x64 RGB (x4/3, the gentlest ratio)."""
+
+    input_dim, output_dim = 48, 64
+
+
+@registration.problem
+class Img2imgAllenBrainDim8to32Grey(AllenBrain):
+    """8x8 -> 32x32 greyscale (ITU-R 601 luma of the RGB tiles)."""
+
+    num_channels = 1
+
+
+@registration.problem
+class Img2imgAllenBrainDim16to16Paint1(AllenBrain):
+    """In-painting: a random square covering 1% of a 16x16 input is zeroed, per example."""
+
+    input_dim, output_dim = 16, 16
+    inpaint_fraction = 0.01

@@ -1,0 +1,8 @@
+"""Bring-your-own-microscope-images problems: tile the images in --tmp_dir, no download."""
+from allen_sr import registration
+from allen_sr.t2t_problems import LocalImages
+
+
+@registration.problem
+class Img2imgLocalDim8to32(LocalImages):
+    """8x8 -> 32x32 RGB from your own images (dataset prefix img2img_local_dim8to32)."""

@@ -1,0 +1,39 @@
+"""Shared fixtures: small real images made in the test, and the real dev images when present."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DEV_IMAGES = os.path.join(REPO, "..", "shared", "data", "dev-images")
+SAMPLE_IMAGES = os.path.join(REPO, "data", "sample")
+
+
+def tissue_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A brightfield-like RGB image: white glass with a stained, textured blob in the middle."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob = ((yy - height / 2) / (height / 3)) ** 2 + ((xx - width / 2) / (width / 3)) ** 2 < 1
+    img = np.full((height, width, 3), 245, np.float64)
+    stain = np.stack([120 + 40 * np.sin(xx / 3.0), 60 + 30 * np.cos(yy / 4.0), 150 + 0 * xx], -1)
+    img[blob] = stain[blob]
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """A folder of 10 synthetic tissue images; by the hash split slide_9 is dev at 10% and 20%."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(10):
+        Image.fromarray(tissue_image(192, 256, seed=k)).save(folder / f"slide_{k}.png")
+    return folder
+
+
+@pytest.fixture
+def dev_images():
+    if not os.path.isdir(SHARED_DEV_IMAGES):
+        pytest.skip("../shared/data/dev-images is not available in this clone")
+    return SHARED_DEV_IMAGES

@@ -1,0 +1,484 @@
+"""Tests for allen_sr.download against a real local HTTP server (tests/allen_stand_in.py).
+
+They prove that, with faults injected, every image ends up byte-identical to the server's; that
+no partial file is ever visible under a final ``<id>.jpg`` name; that a run killed with SIGKILL
+resumes without fetching finished images again; and that each failure gets a specific message
+naming the input. Nothing here talks to the real Allen API.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from allen_stand_in import AllenStandIn  # noqa: E402
+
+from allen_sr import download  # noqa: E402
+from allen_sr.allen_api import Region  # noqa: E402
+from allen_sr.download import (  # noqa: E402
+    ALLEN_MAX_IMAGE_PIXELS,
+    MANIFEST_NAME,
+    TEMP_SUFFIX,
+    CorruptImageError,
+    DirectoryBusyError,
+    NotAnImageError,
+    download_images,
+    download_main,
+    image_path,
+    read_manifest,
+    verify_image_file,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+STAND_IN = Path(__file__).resolve().parent / "allen_stand_in.py"
+# Short waits everywhere: a test must never sit in a production-size backoff.
+FAST = dict(rate=None, timeout=(2.0, 2.0), retries=3, backoff=0.01, max_backoff=0.05)
+FAST_CLI = ["--rate", "0", "--timeout", "2", "--connect_timeout", "2", "--retries", "3",
+            "--backoff", "0.01", "--no_progress"]
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy from the environment must not intercept requests meant for the stand-in.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def server():
+    with AllenStandIn() as stand_in:
+        yield stand_in
+
+
+def assert_identical(server: AllenStandIn, folder: Path, ids: list[int], **params) -> None:
+    for image_id in ids:
+        assert image_path(folder, image_id).read_bytes() == \
+            server.expected_bytes(image_id, **params), f"image {image_id} differs"
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(TEMP_SUFFIX) or p.name.endswith(".tmp")]
+
+
+# ---- the happy path and the manifest --------------------------------------------------------
+
+
+def test_downloads_are_byte_identical_and_recorded(server, tmp_path):
+    ids = server.add_images(6)
+    report = download_images(ids + ids[:2], tmp_path, api_base=server.api_base, workers=3, **FAST)
+    assert report.ok and sorted(report.downloaded) == ids and not report.skipped
+    assert_identical(server, tmp_path, ids)
+    assert len(server.image_requests()) == 6  # duplicates in the input are fetched once
+    manifest = read_manifest(tmp_path)
+    assert sorted(manifest) == ids
+    entry = manifest[ids[0]]
+    body = server.expected_bytes(ids[0])
+    assert entry["url"] == f"{server.api_base}/api/v2/image_download/{ids[0]}"
+    assert entry["bytes"] == len(body)
+    assert entry["sha256"] == __import__("hashlib").sha256(body).hexdigest()
+    assert (entry["width"], entry["height"]) == (64, 48)
+    assert json.loads((tmp_path / MANIFEST_NAME).read_text())["images"][str(ids[0])]["id"] == ids[0]
+    assert report.paths() == [image_path(tmp_path, i) for i in ids]
+    assert temp_files(tmp_path) == []
+    assert "6 of 6 images present" in report.summary()
+
+
+def test_every_fault_kind_is_survived_byte_identically(server, tmp_path):
+    ids = server.add_images(9, width=96, height=64)
+    server.inject("500", times=2)  # the first two image requests, whichever they are
+    server.inject("503", image_id=ids[0], times=2)
+    server.inject("429", image_id=ids[1], retry_after="0")
+    server.inject("reset", image_id=ids[2])
+    server.inject("truncate", image_id=ids[3])
+    server.inject("reset_mid", image_id=ids[4])
+    server.inject("corrupt", image_id=ids[5])
+    server.inject("html", image_id=ids[6])
+    server.inject("slow", image_id=ids[7], delay=1.5)  # longer than the 0.5 s read timeout
+    server.inject("truncate", image_id=ids[8])
+    server.inject("corrupt", image_id=ids[8])
+    # retries=4: an image can meet up to four faults (both global 500s plus its own two).
+    options = dict(FAST, timeout=(2.0, 0.5), retries=4)
+    report = download_images(ids, tmp_path, api_base=server.api_base, workers=4, **options)
+    assert report.ok, report.summary()
+    assert_identical(server, tmp_path, ids)
+    for image_id, faults in zip(ids, (2, 1, 1, 1, 1, 1, 1, 1, 2)):
+        assert len(server.image_requests(image_id)) >= faults + 1
+    # Each of the 13 injected faults cost exactly one extra request, nothing more.
+    assert len(server.image_requests()) == 9 + 13
+    assert temp_files(tmp_path) == []
+
+
+def test_retry_after_is_honoured(server, tmp_path):
+    [image_id] = server.add_images(1)
+    server.inject("429", image_id=image_id, retry_after="1")
+    report = download_images([image_id], tmp_path, api_base=server.api_base, **FAST)
+    assert report.ok
+    first, second = server.image_requests(image_id)
+    assert first.status == 429 and second.status == 200
+    assert second.time - first.time >= 0.9  # backoff alone would have been 10 ms
+
+
+def test_rate_limit_spaces_requests_across_workers(server, tmp_path):
+    ids = server.add_images(5)
+    report = download_images(ids, tmp_path, api_base=server.api_base, workers=5,
+                             **dict(FAST, rate=10.0))
+    assert report.ok
+    times = sorted(record.time for record in server.image_requests())
+    # 10/s: five requests span at least 0.4 s; thread scheduling may shift one a little.
+    assert times[-1] - times[0] >= 0.4 * 0.9
+    assert min(b - a for a, b in zip(times, times[1:])) >= 0.05
+
+
+def test_downsample_quality_and_region_are_sent_and_respected(server, tmp_path):
+    [image_id] = server.add_images(1, width=128, height=96)
+    report = download_images([image_id], tmp_path / "half", api_base=server.api_base,
+                             downsample=1, quality=70, **FAST)
+    assert report.ok
+    assert server.image_requests()[-1].query == {"downsample": "1", "quality": "70"}
+    assert_identical(server, tmp_path / "half", [image_id], downsample=1, quality=70)
+    assert read_manifest(tmp_path / "half")[image_id]["width"] == 64
+    with Image.open(image_path(tmp_path / "half", image_id)) as image:
+        assert image.size == (64, 48)
+    region = Region(left=32, top=16, width=20, height=10)
+    report = download_images([image_id], tmp_path / "region", api_base=server.api_base,
+                             downsample=1, region=region, **FAST)
+    assert report.ok
+    assert server.image_requests()[-1].query == {"downsample": "1", "left": "32", "top": "16",
+                                                 "width": "20", "height": "10"}
+    with Image.open(image_path(tmp_path / "region", image_id)) as image:
+        assert image.size == (20, 10)
+
+
+# ---- resuming ---------------------------------------------------------------------------------
+
+
+def test_rerun_skips_verified_files_without_any_request(server, tmp_path):
+    ids = server.add_images(4)
+    assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
+    server.clear_log()
+    report = download_images(ids, tmp_path, api_base=server.api_base, **FAST)
+    assert report.ok and sorted(report.skipped) == ids and report.downloaded == []
+    assert server.requests == []
+    assert "4 skipped as already present" in report.summary()
+
+
+def test_rerun_refetches_corrupt_truncated_unrecorded_and_missing_files(server, tmp_path):
+    ids = server.add_images(6)
+    assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
+    corrupt, truncated, unrecorded, missing, other_params = ids[:5]
+    data = bytearray(image_path(tmp_path, corrupt).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different content
+    image_path(tmp_path, corrupt).write_bytes(bytes(data))
+    full = image_path(tmp_path, truncated).read_bytes()
+    image_path(tmp_path, truncated).write_bytes(full[: len(full) // 2])
+    image_path(tmp_path, missing).unlink()
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    del manifest["images"][str(unrecorded)]
+    manifest["images"][str(other_params)]["params"]["downsample"] = 3
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    server.clear_log()
+    report = download_images(ids, tmp_path, api_base=server.api_base, **FAST)
+    assert report.ok
+    assert sorted(report.downloaded) == sorted([corrupt, truncated, unrecorded, missing, other_params])
+    assert report.skipped == [ids[5]]
+    assert sorted(r.image_id for r in server.image_requests()) == sorted(report.downloaded)
+    assert_identical(server, tmp_path, ids)
+
+
+def test_changed_download_parameters_refetch(server, tmp_path):
+    [image_id] = server.add_images(1, width=128, height=96)
+    assert download_images([image_id], tmp_path, api_base=server.api_base, **FAST).ok
+    report = download_images([image_id], tmp_path, api_base=server.api_base, downsample=1, **FAST)
+    assert report.downloaded == [image_id]
+    assert_identical(server, tmp_path, [image_id], downsample=1)
+
+
+def test_stale_temp_files_from_a_killed_run_are_removed(server, tmp_path):
+    ids = server.add_images(1)
+    stale = tmp_path / f".{ids[0]}.jpg.0badc0de{TEMP_SUFFIX}"
+    stale.write_bytes(b"half an image")
+    assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
+    assert not stale.exists()
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_one_is_active(server, tmp_path):
+    ids = server.add_images(1)
+    with download._directory_lock(tmp_path):
+        with pytest.raises(DirectoryBusyError, match=str(tmp_path)):
+            download_images(ids, tmp_path, api_base=server.api_base, **FAST)
+    assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
+
+
+# ---- no partial file under a final name --------------------------------------------------------
+
+
+def test_no_partial_file_is_ever_visible_under_a_final_name(tmp_path):
+    with AllenStandIn(bandwidth=400_000) as server:
+        ids = server.add_images(8, width=200, height=150)
+        for image_id in ids[::2]:
+            server.inject("truncate", image_id=image_id)
+        server.inject("reset_mid", image_id=ids[1])
+        expected = {image_id: server.expected_bytes(image_id) for image_id in ids}
+        seen_partial: list[str] = []
+        seen_final: set[int] = set()
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                for path in tmp_path.glob("*.jpg"):
+                    try:
+                        data = path.read_bytes()
+                    except FileNotFoundError:
+                        continue
+                    seen_final.add(int(path.stem))
+                    if data != expected[int(path.stem)]:
+                        seen_partial.append(f"{path.name}: {len(data)} bytes")
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            report = download_images(ids, tmp_path, api_base=server.api_base, workers=3, **FAST)
+        finally:
+            done.set()
+            watcher.join()
+    assert report.ok
+    assert seen_partial == []
+    assert seen_final == set(ids)  # the watcher really saw the files appear
+    assert temp_files(tmp_path) == []
+
+
+def test_killed_download_resumes_without_refetching_finished_images(tmp_path):
+    # Slow bodies (a simulated 60 kB/s link) keep downloads in flight when the process dies.
+    with AllenStandIn(bandwidth=60_000) as server:
+        ids = server.add_images(12, width=200, height=150)
+        args = ["--tmp_dir", str(tmp_path), "--image_ids", ",".join(map(str, ids)),
+                "--api_base", server.api_base, "--workers", "2", *FAST_CLI]
+        env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        process = subprocess.Popen([sys.executable, "-m", "allen_sr.download", *args], cwd=REPO,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                assert process.poll() is None, "finished before it could be killed: " + \
+                    process.stderr.read().decode()
+                in_flight = [p for p in tmp_path.glob(f"*{TEMP_SUFFIX}")]
+                if len(read_manifest(tmp_path)) >= 3 and in_flight:
+                    break
+                assert time.monotonic() < deadline, "the download made no progress"
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.stderr.close()
+        assert process.returncode == -signal.SIGKILL
+        finished = set(read_manifest(tmp_path))
+        assert 3 <= len(finished) < len(ids)
+        for path in tmp_path.glob("*.jpg"):  # whatever is under a final name is complete
+            assert path.read_bytes() == server.expected_bytes(int(path.stem))
+        requests_before = len(server.requests)
+
+        server.bandwidth = None
+        assert download_main(args) == 0
+        later = {r.image_id for r in server.requests[requests_before:] if r.kind == "image"}
+        assert later.isdisjoint(finished)
+        assert later == set(ids) - finished
+        assert_identical(server, tmp_path, ids)
+        assert temp_files(tmp_path) == []
+
+
+# ---- specific errors ----------------------------------------------------------------------------
+
+
+def test_unknown_id_is_a_404_message_and_others_still_download(server, tmp_path):
+    ids = server.add_images(3)
+    report = download_images([ids[0], 123, *ids[1:]], tmp_path, api_base=server.api_base, **FAST)
+    assert not report.ok
+    assert report.failed == {123: f"image 123 not found on {server.api_base} (404): check the id"}
+    assert sorted(report.downloaded) == ids and report.missing == [123]
+    assert len(server.image_requests(123)) == 1  # a 404 is not retried
+    assert not image_path(tmp_path, 123).exists()
+    assert f"failed: image 123 not found on {server.api_base} (404)" in report.summary()
+
+
+def test_html_answer_is_named_as_such(server, tmp_path):
+    [image_id] = server.add_images(1, first_id=4242)
+    server.inject("html", image_id=image_id, times=None)
+    report = download_images([image_id], tmp_path, api_base=server.api_base, **FAST)
+    message = report.failed[image_id]
+    assert message.startswith("image 4242: ")
+    assert "answered 200 with an HTML page" in message and "text/html" in message
+    assert "maintenance" in message  # a glimpse of what the page said
+    assert not image_path(tmp_path, image_id).exists() and temp_files(tmp_path) == []
+
+
+def test_a_server_that_keeps_failing_gives_up_after_n_attempts(server, tmp_path):
+    ids = server.add_images(2, first_id=777)
+    server.inject("500", image_id=ids[0], times=None)
+    report = download_images(ids, tmp_path, api_base=server.api_base, **dict(FAST, retries=2))
+    assert report.downloaded == [ids[1]]
+    assert report.failed[ids[0]] == (
+        f"image 777: gave up after 3 attempts: HTTP 500 Internal Server Error from "
+        f"{server.api_base}/api/v2/image_download/777")
+    assert len(server.image_requests(ids[0])) == 3
+
+
+def test_truncation_that_never_heals_says_so(server, tmp_path):
+    [image_id] = server.add_images(1, first_id=31)
+    server.inject("truncate", image_id=image_id, times=None)
+    report = download_images([image_id], tmp_path, api_base=server.api_base, **FAST)
+    assert report.failed[image_id].startswith("image 31: gave up after 4 attempts: ")
+    assert "connection lost" in report.failed[image_id]
+    assert not image_path(tmp_path, image_id).exists() and temp_files(tmp_path) == []
+
+
+def test_disk_full_says_so_and_tells_what_to_do(server, tmp_path, monkeypatch):
+    ids = server.add_images(3, first_id=50)
+    real_create = download._create_temp_file
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(download, "_create_temp_file", lambda path: FullDisk(real_create(path)))
+    report = download_images(ids, tmp_path, api_base=server.api_base, workers=1, **FAST)
+    assert not report.ok and report.downloaded == []
+    first = report.failed[50]
+    assert first.startswith("image 50: no space left on the device holding ")
+    assert str(tmp_path) in first
+    assert "free some disk space or choose another --tmp_dir" in first
+    # The run stops instead of filling the disk again for every other image.
+    assert report.failed[51] == "image 51: not downloaded: stopped after a full disk (image 50)"
+    assert len(server.image_requests()) == 1
+    assert list(tmp_path.glob("*.jpg")) == [] and temp_files(tmp_path) == []
+
+
+def test_verify_image_file_rejects_tiny_html_and_truncated_files(tmp_path, server):
+    tiny = tmp_path / "tiny.jpg"
+    tiny.write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(CorruptImageError, match="only 3 bytes"):
+        verify_image_file(tiny)
+    page = tmp_path / "page.jpg"
+    page.write_bytes(b"<html><body>" + b"x" * 500 + b"</body></html>")
+    with pytest.raises(NotAnImageError, match="an HTML page"):
+        verify_image_file(page)
+    [image_id] = server.add_images(1)
+    body = server.expected_bytes(image_id)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(body[: len(body) * 2 // 3])
+    with pytest.raises(CorruptImageError, match="incomplete or corrupt"):
+        verify_image_file(cut)
+    whole = tmp_path / "whole.jpg"
+    whole.write_bytes(body)
+    assert verify_image_file(whole).bytes == len(body)
+
+
+def test_pillow_limit_is_set_for_full_resolution_sections(server, tmp_path):
+    download_images(server.add_images(1), tmp_path, api_base=server.api_base, **FAST)
+    assert Image.MAX_IMAGE_PIXELS == ALLEN_MAX_IMAGE_PIXELS
+    assert ALLEN_MAX_IMAGE_PIXELS > 15000 * 8500  # no warning for a full-resolution section
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def test_cli_downloads_ids_and_ids_file_and_prints_a_summary(server, tmp_path, capsys):
+    ids = server.add_images(4)
+    id_file = tmp_path / "ids.txt"
+    id_file.write_text(f"# two ids\n{ids[2]}\n{ids[3]}, {ids[2]}\n\n")
+    common = ["--api_base", server.api_base, *FAST_CLI]
+    assert download_main(["--tmp_dir", str(tmp_path / "a"),
+                          "--image_ids", f"{ids[0]},{ids[1]}", *common]) == 0
+    assert download_main(["--tmp_dir", str(tmp_path / "a"), "--image_ids_file", str(id_file),
+                          *common]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 images present" in out and "2 downloaded" in out
+    assert_identical(server, tmp_path / "a", ids)
+
+
+def test_cli_returns_nonzero_and_names_the_missing_image(server, tmp_path, capsys):
+    ids = server.add_images(1)
+    code = download_main(["--tmp_dir", str(tmp_path), "--image_ids", f"{ids[0]},999",
+                          "--api_base", server.api_base, *FAST_CLI])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"image 999 not found on {server.api_base} (404): check the id" in out
+    assert "1 of 2 images present" in out
+
+
+def test_cli_lists_by_data_set_ids_and_filters(server, tmp_path, capsys):
+    first = server.add_data_set(1, plane="coronal", image_count=3)
+    second = server.add_data_set(2, plane="sagittal", image_count=2)
+    server.add_data_set(3, plane="coronal", failed=True, image_count=2)
+    common = ["--api_base", server.api_base, *FAST_CLI]
+    assert download_main(["--tmp_dir", str(tmp_path / "ds"), "--data_set_ids", "2,1", *common]) == 0
+    assert_identical(server, tmp_path / "ds", second + first)
+    capsys.readouterr()
+    assert download_main(["--tmp_dir", str(tmp_path / "f"), "--plane", "coronal", "--list_only",
+                          *common]) == 0
+    assert capsys.readouterr().out.split() == [str(i) for i in first]
+    assert download_main(["--tmp_dir", str(tmp_path / "f"), "--product", "Mouse",
+                          "--max_images", "2", *common]) == 0
+    assert sorted(int(p.stem) for p in (tmp_path / "f").glob("*.jpg")) == first[:2]
+
+
+def test_cli_usage_errors(tmp_path, capsys):
+    assert download_main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: allen-sr download")
+    for argv, expected in (
+        (["--image_ids", "1,2x"], "'2x' is not a numeric id"),
+        (["--image_ids", "1", "--plane", "coronal"], "do not combine"),
+        (["--image_ids", "1", "--data_set_ids", "2"], "not allowed with"),
+        (["--quality", "101"], "--quality must be within 0-100"),
+        (["--workers", "0"], "--workers must be >= 1"),
+        (["--width", "10"], "--width and --height"),
+        (["--image_ids_file", str(tmp_path / "nope.txt")], "cannot read"),
+    ):
+        assert download_main(["--tmp_dir", str(tmp_path), *argv]) == 2, argv
+        assert expected in capsys.readouterr().err, argv
+
+
+def test_default_selection_is_the_stock_ids(capsys, tmp_path):
+    assert download_main(["--tmp_dir", str(tmp_path), "--list_only"]) == 0
+    listed = [int(line) for line in capsys.readouterr().out.split()]
+    assert listed == list(download.STOCK_IMAGE_IDS)
+
+
+def test_stand_in_runs_as_a_standalone_process(tmp_path):
+    process = subprocess.Popen([sys.executable, str(STAND_IN), "--port", "0", "--images", "2"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(process.stdout.readline())
+        report = download_images(info["image_ids"], tmp_path, api_base=info["api_base"], **FAST)
+        assert report.ok
+        log = requests.get(f"{info['api_base']}/_stand_in/requests", timeout=5).json()
+        assert sorted(r["image_id"] for r in log if r["kind"] == "image") == info["image_ids"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+    assert process.returncode == 0

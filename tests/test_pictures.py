@@ -1,0 +1,288 @@
+"""Grids (geometry and pixel placement), PNG writing, TensorBoard scalars and loss-curve plots."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allen_sr import metrics, pictures
+from allen_sr.pictures import MissingScalarError
+
+RED = np.array([255, 0, 0], np.uint8)
+
+
+def _tile(color, size: int = 32) -> np.ndarray:
+    return np.broadcast_to(np.asarray(color, np.uint8), (size, size, len(color))).copy()
+
+
+# ----------------------------------------------------------------------------------- grids
+
+
+def test_grid_geometry_and_red_tile_position():
+    black = _tile((0, 0, 0))
+    rows = [[black] * 4, [black, black, _tile(RED), black]]
+    bare = np.asarray(pictures.prediction_grid(rows, columns=None))
+    # 32 px tiles are zoomed 4x to 128 px; 2 px separators around and between cells.
+    assert bare.shape == (2 * 130 + 2, 4 * 130 + 2, 3)
+    red_cell = bare[2 + 130 : 2 + 130 + 128, 2 + 2 * 130 : 2 + 2 * 130 + 128]
+    assert np.all(red_cell == RED)
+    assert np.sum(np.all(bare == RED, axis=-1)) == 128 * 128  # and nowhere else
+    # The pixels between cells are the grey separator, not a tile or the background.
+    assert tuple(bare[0, 0]) == tuple(bare[131, 300]) == pictures._SEPARATOR
+
+    with_header = np.asarray(pictures.prediction_grid(rows))
+    header_h = with_header.shape[0] - bare.shape[0]
+    assert header_h > 8
+    np.testing.assert_array_equal(with_header[header_h:], bare)
+    header = with_header[:header_h]
+    # Dark text in each column's part of the header band.
+    for j in range(4):
+        column = header[:, 2 + j * 130 : 2 + j * 130 + 128]
+        assert np.any(column.max(axis=-1) < 128), f"no header text above column {j}"
+
+
+def test_small_input_is_nearest_enlarged_to_target_size():
+    lowres = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    target = _tile((0, 255, 0))
+    grid = np.asarray(pictures.prediction_grid([[lowres, target]], columns=None, scale=2))
+    # Each 8x8 pixel becomes a 4x (to 32 px) then 2x (zoom) block: 8 px squares.
+    np.testing.assert_array_equal(grid[2:66, 2:66], np.repeat(np.repeat(lowres, 8, 0), 8, 1))
+    # An input that was already nearest-enlarged to 32 px looks identical.
+    pre = metrics.upscale(lowres, 4, "nearest")
+    np.testing.assert_array_equal(
+        np.asarray(pictures.prediction_grid([[pre, target]], columns=None, scale=2)), grid)
+
+
+def test_greyscale_cells_and_blank_cells():
+    grey = np.full((32, 32, 1), 77, np.uint8)
+    flat2d = np.full((32, 32), 200, np.uint8)
+    grid = np.asarray(pictures.prediction_grid([[grey, flat2d, None]], columns=None, scale=1))
+    assert grid.shape == (36, 3 * 34 + 2, 3)
+    assert np.all(grid[2:34, 2:34] == 77)
+    assert np.all(grid[2:34, 36:68] == 200)
+    assert np.all(grid[2:34, 70:102] == 255)  # blank cell shows the background
+
+
+def test_captions_are_drawn_below_each_row():
+    rows = [[_tile((0, 0, 0))] * 2] * 2
+    bare = np.asarray(pictures.prediction_grid(rows, columns=None))
+    captioned = np.asarray(pictures.prediction_grid(rows, columns=None, captions=["first", "second"]))
+    caption_h = (captioned.shape[0] - bare.shape[0]) // 2
+    assert caption_h > 8
+    row_h = 2 + 128 + 2 + caption_h
+    for i in range(2):
+        band = captioned[i * row_h + 132 : i * row_h + 132 + caption_h]
+        assert np.any(band.max(axis=-1) < 128), f"no caption text under row {i}"
+
+
+def test_grid_rejects_inconsistent_input():
+    tile = _tile((1, 2, 3))
+    with pytest.raises(ValueError, match="row 1 has 1 cells"):
+        pictures.prediction_grid([[tile, tile], [tile]], columns=None)
+    with pytest.raises(ValueError, match="3 column headers for 2 columns"):
+        pictures.prediction_grid([[tile, tile]], columns=("a", "b", "c"))
+    with pytest.raises(ValueError, match="integer factor"):
+        pictures.prediction_grid([[np.zeros((12, 12, 3), np.uint8), tile]], columns=None)
+    with pytest.raises(TypeError, match="uint8"):
+        pictures.prediction_grid([[tile.astype(np.float32)]], columns=None)
+
+
+def test_comparison_row_and_caption():
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    lowres = target[::4, ::4]
+    row = pictures.comparison_row(lowres, target, target)
+    assert len(row) == len(pictures.DEFAULT_COLUMNS)
+    np.testing.assert_array_equal(row[1], metrics.upscale(lowres, 4, "bicubic"))
+    caption = pictures.comparison_caption(lowres, target, target)
+    match = re.fullmatch(r"model (\d+\.\d\d) dB / bicubic (\d+\.\d\d) dB", caption)
+    assert match and float(match.group(1)) == 100.0
+    assert float(match.group(2)) == pytest.approx(metrics.psnr(row[1], target), abs=0.005)
+    image = pictures.prediction_grid([row], captions=[caption])
+    assert image.size[0] == 4 * 130 + 2
+
+
+def test_examples_grid_layout_and_reproducibility():
+    n_examples = 20
+    inputs = np.stack([np.full((8, 8, 1), i * 10, np.uint8) for i in range(n_examples)])
+    targets = np.stack([np.full((32, 32, 1), i * 10 + 5, np.uint8) for i in range(n_examples)])
+    first = np.asarray(pictures.examples_grid(inputs, targets, n=6, per_row=4, seed=3))
+    again = np.asarray(pictures.examples_grid(inputs, targets, n=6, per_row=4, seed=3))
+    np.testing.assert_array_equal(first, again)
+    assert first.shape[1] == 8 * 130 + 2  # 4 (input, target) pairs per row
+    # Each pair shows an input and the target of the same example (values 10i and 10i + 5).
+    # x = 1 is inside the left border: white in the header band, grey from the first row on.
+    first_row_y = int(np.argmax(first[:, 1, 0] != 255)) + 2
+    shown = []
+    for k in range(4):
+        x = 2 + 2 * k * 130
+        input_value = int(first[first_row_y + 5, x + 5, 0])
+        target_value = int(first[first_row_y + 5, x + 130 + 5, 0])
+        assert target_value == input_value + 5
+        shown.append(input_value // 10)
+    assert shown == sorted(shown) and len(set(shown)) == 4  # distinct, in dataset order
+    # Fewer examples than asked for: all are shown.
+    small = pictures.examples_grid(inputs[:3], targets[:3], n=8, per_row=4)
+    assert small.size[0] == 6 * 130 + 2
+
+
+def test_save_png_is_atomic_and_round_trips(tmp_path):
+    image = pictures.prediction_grid([[_tile(RED), _tile((0, 0, 255))]], columns=("red", "blue"))
+    path = pictures.save_png(image, tmp_path / "a" / "b" / "grid.png")
+    assert path == tmp_path / "a" / "b" / "grid.png"
+    with Image.open(path) as reopened:
+        assert reopened.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(reopened.convert("RGB")), np.asarray(image))
+    assert os.listdir(path.parent) == ["grid.png"]
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
+    with Image.open(pictures.save_png(grey, tmp_path / "grey.png")) as reopened:
+        np.testing.assert_array_equal(np.asarray(reopened), grey[..., 0])
+
+
+# ----------------------------------------------------------------------------- event files
+
+
+@pytest.fixture(scope="module")
+def tf():
+    return pytest.importorskip("tensorflow")
+
+
+T0 = 1_700_000_000.0
+
+
+def _write_v1_events(tf, run_dir: Path, points, tag: str = "loss", extra_tag: str | None = None,
+                     suffix: str = ""):
+    """Events the way the Estimator writes them: Summary protos with simple_value."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with tf.compat.v1.Graph().as_default():
+        writer = tf.compat.v1.summary.FileWriter(str(run_dir), filename_suffix=suffix)
+        for step, wall, value in points:
+            values = [tf.compat.v1.Summary.Value(tag=tag, simple_value=value)]
+            if extra_tag:
+                values.append(tf.compat.v1.Summary.Value(tag=extra_tag, simple_value=1.0))
+            writer.add_event(tf.compat.v1.Event(
+                wall_time=wall, step=step, summary=tf.compat.v1.Summary(value=values)))
+        writer.close()
+
+
+def _write_v2_events(tf, run_dir: Path, points, tag: str = "loss"):
+    """Events from TF2 tf.summary.scalar: the value is stored as a scalar tensor."""
+    writer = tf.summary.create_file_writer(str(run_dir))
+    with writer.as_default():
+        for step, _, value in points:
+            tf.summary.scalar(tag, value, step=step)
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    # Written out of step order, to check the reader sorts.
+    a_points = [(step, T0 + 60.0 * i, 5.0 / (1 + i)) for i, step in enumerate([0, 100, 300, 200, 400])]
+    _write_v1_events(tf, root / "run_a", a_points, extra_tag="global_step/sec")
+    b_points = [(step, 0.0, 4.0 - step / 100.0) for step in range(0, 300, 50)]
+    _write_v2_events(tf, root / "run_b", b_points)
+    _write_v2_events(tf, root / "run_b" / "eval", [(0, 0.0, 3.5), (250, 0.0, 2.5)])
+    return root
+
+
+def test_read_scalars_simple_values_in_step_order(runs):
+    points = pictures.read_scalars(runs / "run_a")
+    assert [s for s, _, _ in points] == [0, 100, 200, 300, 400]
+    by_step = {s: (w, v) for s, w, v in points}
+    assert by_step[200] == (T0 + 180.0, pytest.approx(5.0 / 4))
+    assert by_step[300] == (T0 + 120.0, pytest.approx(5.0 / 3))
+
+
+def test_read_scalars_tensor_values_and_eval_subdir(runs):
+    points = pictures.read_scalars(runs / "run_b")
+    assert [(s, pytest.approx(v)) for s, _, v in points] == [(s, 4.0 - s / 100.0) for s in range(0, 300, 50)]
+    assert all(w > 0 for _, w, _ in points)
+    # The top-level read does not mix in the eval folder; subdir reads it instead.
+    eval_points = pictures.read_scalars(runs / "run_b", subdir="eval*")
+    assert [(s, v) for s, _, v in eval_points] == [(0, 3.5), (250, 2.5)]
+    assert pictures.available_tags(runs / "run_a") == ["global_step/sec", "loss"]
+
+
+def test_truncated_and_empty_event_files_are_tolerated(tf, runs, tmp_path):
+    run = tmp_path / "live"
+    shutil.copytree(runs / "run_a", run)
+    (events,) = list(run.glob("events.out.tfevents.*"))
+    # A job that is still writing: the last record is cut short, and a new file is still empty.
+    events.write_bytes(events.read_bytes()[:-5])
+    (run / "events.out.tfevents.9999999999.host").write_bytes(b"")
+    points = pictures.read_scalars(run)
+    assert sorted(s for s, _, _ in points) == [0, 100, 200, 300]  # step 400 was the last record
+
+
+def test_restarted_run_keeps_latest_write_per_step(tf, tmp_path):
+    run = tmp_path / "restarted"
+    _write_v1_events(tf, run, [(0, T0, 5.0), (100, T0 + 60, 4.0), (200, T0 + 120, 3.9)])
+    # The restarted job writes a second file (the suffix keeps the names apart within a second).
+    _write_v1_events(tf, run, [(100, T0 + 600, 4.1), (200, T0 + 660, 3.0), (300, T0 + 720, 2.5)],
+                     suffix=".restart")
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2
+    assert [(s, v) for s, _, v in pictures.read_scalars(run)] == [(0, 5.0), (100, pytest.approx(4.1)),
+                                                                   (200, 3.0), (300, 2.5)]
+
+
+def test_missing_tag_and_missing_run_errors_are_explicit(runs, tmp_path):
+    with pytest.raises(MissingScalarError) as info:
+        pictures.read_scalars(runs / "run_a", tag="accuracy")
+    message = str(info.value)
+    assert str(runs / "run_a") in message and "'accuracy'" in message
+    assert "global_step/sec, loss" in message
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pictures.read_scalars(tmp_path / "nope")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FileNotFoundError, match="no events.out.tfevents"):
+        pictures.read_scalars(tmp_path / "empty_run")
+
+
+# ----------------------------------------------------------------------------- loss curves
+
+
+def test_plot_loss_curves_writes_png(runs, tmp_path):
+    out = pictures.plot_loss_curves([runs / "run_a", runs / "run_b"], tmp_path / "plots" / "loss.png")
+    assert out == tmp_path / "plots" / "loss.png"
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1200, 450)
+        # Not a blank canvas: the coloured lines are drawn.
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+        assert np.sum(pixels.max(-1) - pixels.min(-1) > 100) > 500
+    assert os.listdir(out.parent) == ["loss.png"]
+    with pytest.raises(ValueError, match="2 labels for 1 runs"):
+        pictures.plot_loss_curves([runs / "run_a"], tmp_path / "x.png", labels=["a", "b"])
+
+
+def test_plot_loss_curves_names_the_run_without_the_tag(runs, tmp_path):
+    # run_a has the tag, run_b does not: the error must point at run_b and list what it has.
+    with pytest.raises(MissingScalarError, match=r"run_b: no scalar 'global_step/sec'.*tags present: loss$"):
+        pictures.plot_loss_curves([runs / "run_a", runs / "run_b"], tmp_path / "x.png", tag="global_step/sec")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_main_end_to_end(runs, tmp_path, capsys):
+    out = tmp_path / "loss.png"
+    code = pictures.plot_main(["--runs", str(runs / "run_a"), str(runs / "run_b"), "--out", str(out),
+                               "--tag", "loss"])
+    assert code == 0
+    assert str(out) in capsys.readouterr().out
+    with Image.open(out) as image:
+        assert image.format == "PNG"
+
+    assert pictures.plot_main(["--runs", str(runs / "run_b"), "--out", str(out), "--eval"]) == 0
+
+    assert pictures.plot_main(["--runs", str(runs / "run_a"), "--out", str(out), "--tag", "bleu"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("allen-sr plot: error:") and "run_a" in err and "global_step/sec" in err
+
+    with pytest.raises(SystemExit) as exit_info:
+        pictures.plot_main(["--help"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: allen-sr plot")

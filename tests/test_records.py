@@ -1,0 +1,152 @@
+"""Dataset builds: lossless shuffled shards, split by image, stats, atomic and resumable datagen,
+and what tensor2tensor's own input pipeline reads back from them."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allen_sr import records, tiles
+
+PREFIX = "img2img_local_dim8to32"
+
+
+def read_records(path):
+    import tensorflow as tf
+
+    out = []
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        ex = tf.train.Example.FromString(raw)
+        f = ex.features.feature
+        out.append({
+            "png": f["image/encoded"].bytes_list.value[0],
+            "format": f["image/format"].bytes_list.value[0],
+            "source": f["image/source"].bytes_list.value[0].decode(),
+            "top": f["image/top"].int64_list.value[0],
+            "left": f["image/left"].int64_list.value[0],
+        })
+    return out
+
+
+def shard_paths(data_dir, split):
+    return sorted(os.path.join(data_dir, n) for n in os.listdir(data_dir) if n.startswith(f"{PREFIX}-{split}-"))
+
+
+def test_build_writes_lossless_shuffled_split_records(image_folder, tmp_path):
+    data_dir = str(tmp_path / "data")
+    paths = tiles.list_images(str(image_folder))
+    summary = records.build_tile_dataset(paths, data_dir, PREFIX, dev_fraction=0.3, tiles_per_shard=40)
+    assert summary.images_read == 10 and not summary.skipped
+    sources = {}
+    for split in ("train", "dev"):
+        shards = shard_paths(data_dir, split)
+        assert shards, split
+        n = len(shards)
+        assert [os.path.basename(s) for s in shards] == [f"{PREFIX}-{split}-{k:05d}-of-{n:05d}" for k in range(n)]
+        recs = [r for s in shards for r in read_records(s)]
+        assert len(recs) == summary.tiles_kept[split]
+        sources[split] = {r["source"] for r in recs}
+        for r in recs[:20]:  # lossless: the PNG decodes to exactly the source pixels
+            assert r["format"] == b"png"
+            tile = np.asarray(Image.open(io.BytesIO(r["png"])))
+            original = tiles.load_image(str(image_folder / f"{r['source']}.png"))
+            np.testing.assert_array_equal(tile, original[r["top"]:r["top"] + 64, r["left"]:r["left"] + 64])
+        if split == "train":
+            order = [(r["source"], r["top"], r["left"]) for r in read_records(shards[0])]
+            assert order != sorted(order)  # really shuffled, not in image/raster order
+    assert not sources["train"] & sources["dev"]
+    assert sources["dev"] == {tiles.image_id(p) for p in paths if tiles.split_of(tiles.image_id(p), 0.3) == "dev"}
+    assert len(shard_paths(data_dir, "train")) > 1  # shard count scales with the data
+
+    stats = json.load(open(os.path.join(data_dir, f"{PREFIX}-stats.json")))
+    train_pixels = np.concatenate([
+        tiles.tissue_tiles(tiles.load_image(p))[0].reshape(-1, 3)
+        for p in paths if tiles.split_of(tiles.image_id(p), 0.3) == "train"])
+    np.testing.assert_allclose(stats["mean"], train_pixels.mean(0), atol=1e-3)
+    np.testing.assert_allclose(stats["std"], train_pixels.std(0), atol=1e-3)
+    assert not os.path.exists(os.path.join(data_dir, records.TMP_DIRNAME))
+
+
+def test_rerun_skips_a_complete_dataset_and_rebuilds_when_inputs_change(image_folder, tmp_path):
+    data_dir = str(tmp_path / "data")
+    paths = tiles.list_images(str(image_folder))
+    assert records.build_tile_dataset(paths, data_dir, PREFIX) is not None
+    assert records.build_tile_dataset(paths, data_dir, PREFIX) is None
+    Image.fromarray(np.full((128, 128, 3), 90, np.uint8)).save(image_folder / "new.png")
+    summary = records.build_tile_dataset(tiles.list_images(str(image_folder)), data_dir, PREFIX)
+    assert summary is not None and summary.images_read == 11
+
+
+def test_bad_files_are_skipped_and_reported(image_folder, tmp_path):
+    (image_folder / "zero.jpg").write_bytes(b"")
+    (image_folder / "notes.png").write_text("not an image")
+    data_dir = str(tmp_path / "data")
+    with pytest.warns(UserWarning, match="zero.jpg"):
+        summary = records.build_tile_dataset(tiles.list_images(str(image_folder)), data_dir, PREFIX)
+    skipped = {os.path.basename(p) for p, _ in summary.skipped}
+    assert skipped == {"zero.jpg", "notes.png"} and summary.images_read == 10
+    assert "files skipped: 2" in summary.report() and "zero.jpg" in summary.report()
+
+
+KILL_SCRIPT = """
+import sys
+from allen_sr import records, tiles
+records.build_tile_dataset(tiles.list_images(sys.argv[1]), sys.argv[2], "%s", tiles_per_shard=200)
+""" % PREFIX
+
+
+@pytest.mark.slow
+def test_killed_datagen_leaves_no_partial_shard_and_rerun_completes(tmp_path):
+    from conftest import tissue_image
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(40):
+        Image.fromarray(tissue_image(512, 512, seed=k)).save(folder / f"img_{k:02d}.png")
+    data_dir = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(folder), str(data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tmp_root = data_dir / records.TMP_DIRNAME
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_root.exists() and any(tmp_root.rglob("bucket-*"))):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list(data_dir.glob(f"{PREFIX}-train-*")), "a shard appeared under its final name mid-run"
+    assert not (data_dir / f"{PREFIX}-info.json").exists()
+
+    summary = records.build_tile_dataset(tiles.list_images(str(folder)), str(data_dir), PREFIX, tiles_per_shard=200)
+    total = sum(len(read_records(p)) for split in ("train", "dev") for p in shard_paths(str(data_dir), split))
+    assert total == summary.tiles_kept["train"] + summary.tiles_kept["dev"] > 0
+    assert not tmp_root.exists()
+
+
+def test_t2t_pipeline_reads_centre_crops_and_area_inputs(image_folder, tmp_path):
+    """The registered problem reads our shards through t2t: dev targets are the centre 32x32 of a
+    tile and inputs their rounded 8x8 area downsample."""
+    import allen_sr.problems  # noqa: F401
+    import tensorflow as tf
+    from tensor2tensor.utils import registry, trainer_lib
+
+    data_dir = str(tmp_path / "data")
+    problem = registry.problem(PREFIX)
+    problem.generate_data(data_dir, str(image_folder))
+    hp = trainer_lib.create_hparams("img2img_allen_cpu_tiny", data_dir=data_dir, problem_name=PREFIX)
+    ds = problem.dataset(tf.estimator.ModeKeys.EVAL, data_dir=data_dir, hparams=hp, shuffle_files=False)
+    dev = {(r["top"], r["left"], r["source"]): r for s in shard_paths(data_dir, "dev") for r in read_records(s)}
+    tiles_by_pixels = {np.asarray(Image.open(io.BytesIO(r["png"])))[16:48, 16:48].tobytes() for r in dev.values()}
+    n = 0
+    for ex in ds.take(5).as_numpy_iterator():
+        target, inputs = ex["targets"].astype(np.uint8), ex["inputs"].astype(np.uint8)
+        assert target.shape == (32, 32, 3) and inputs.shape == (8, 8, 3)
+        assert target.tobytes() in tiles_by_pixels
+        np.testing.assert_array_equal(inputs, tiles.area_downsample(target, 4))
+        n += 1
+    assert n == 5
