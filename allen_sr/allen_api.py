@@ -409,6 +409,14 @@ class AllenClient:
         self.limiter.acquire(self.stop_event)
         try:
             return self.session.get(url, stream=stream, timeout=self.timeout)
+        except requests.exceptions.SSLError as error:
+            if "certificate verify failed" in str(error).lower():
+                # Asking again will not make an untrusted certificate trusted.
+                raise AllenApiError(
+                    f"TLS certificate verification failed for {url} ({_first_line(error)}): "
+                    f"check the URL and the system clock, or point REQUESTS_CA_BUNDLE at the CA "
+                    f"bundle your network requires") from error
+            raise TransientError(f"TLS error for {url}: {_first_line(error)}") from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise TransientError(f"{_describe_connection_error(error)} for {url}") from error
 
@@ -556,6 +564,11 @@ def _describe_connection_error(error: Exception) -> str:
     return f"connection error: {text[:300]}"
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:limit]
+
+
 def _snippet(content: bytes, limit: int = 200) -> str:
     text = content[:limit].decode("utf-8", errors="replace")
     text = " ".join(text.split())
@@ -569,7 +582,7 @@ def _snippet(content: bytes, limit: int = 200) -> str:
 def list_section_images(
     data_set_ids: Sequence[int], *, api_base: str = DEFAULT_API_BASE, **client_options: Any
 ) -> list[dict[str, Any]]:
-    """SectionImage records of the given SectionDataSets (see :meth:`AllenClient.list_section_images`)."""
+    """SectionImage records of the given SectionDataSets (one client for this call)."""
     with AllenClient(api_base, **client_options) as client:
         return client.list_section_images(data_set_ids)
 
@@ -583,7 +596,7 @@ def list_section_data_sets(
     api_base: str = DEFAULT_API_BASE,
     **client_options: Any,
 ) -> list[dict[str, Any]]:
-    """SectionDataSet records matching the filters (see :meth:`AllenClient.list_section_data_sets`)."""
+    """SectionDataSet records matching the filters (one client for this call)."""
     with AllenClient(api_base, **client_options) as client:
         return client.list_section_data_sets(product=product, plane=plane, failed=failed,
                                              limit=limit)

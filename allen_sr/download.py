@@ -54,7 +54,6 @@ from allen_sr.allen_api import (
     parse_retry_after,
     retry_call,
 )
-from allen_sr.fileio import write_json_atomic
 
 __all__ = [
     "ALLEN_MAX_IMAGE_PIXELS",
@@ -70,6 +69,7 @@ __all__ = [
     "ImageCheck",
     "DownloadReport",
     "configure_pillow",
+    "default_image_ids",
     "image_path",
     "read_manifest",
     "verify_image_file",
@@ -82,10 +82,11 @@ log = logging.getLogger(__name__)
 
 # Pillow refuses to open images above 2 x MAX_IMAGE_PIXELS (a "decompression bomb") and warns above
 # MAX_IMAGE_PIXELS; its default (~89 MP) is below a full-resolution Allen section (~15000 x 8500 px
-# = ~130 MP). 500 MP leaves room for the largest sections without a warning, while a header that
-# claims more than 1 GP (the error threshold) is far more likely corrupt than a real section.
-# configure_pillow() applies it; the tiler should call it too before opening full-size images.
-ALLEN_MAX_IMAGE_PIXELS = 500_000_000
+# = ~130 MP). 250 MP, about twice a full section, opens every real section without a warning,
+# while a header claiming more than 500 MP (the error threshold) is far more likely corrupt than a
+# section. It is the same value allen_sr/tiles.py sets, so whichever module sets Pillow's
+# process-wide limit last, the limit is the same. configure_pillow() applies it.
+ALLEN_MAX_IMAGE_PIXELS = 250_000_000
 
 # A real section JPEG, even a small region at a high downsample, is kilobytes; anything smaller
 # is an error stub or an empty answer, not an image.
@@ -103,7 +104,10 @@ TEMP_SUFFIX = ".allen-sr-part"
 CHUNK_SIZE = 1 << 16
 DEFAULT_WORKERS = 4
 
-_TEMP_NAME = re.compile(r"^\.\d+\.jpg\.[0-9a-f]+" + re.escape(TEMP_SUFFIX) + r"$")
+# Temp files of images (.<id>.jpg.<hex>.allen-sr-part) and of the manifest
+# (.manifest.json.<hex>.allen-sr-part): one pattern, so one cleanup covers what a kill leaves.
+_TEMP_NAME = re.compile(r"^\.(\d+\.jpg|" + re.escape(MANIFEST_NAME) + r")\.[0-9a-f]+"
+                        + re.escape(TEMP_SUFFIX) + r"$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +157,11 @@ class ImageCheck:
 def configure_pillow() -> None:
     """Set Pillow's decompression-bomb limit to :data:`ALLEN_MAX_IMAGE_PIXELS` (process-wide)."""
     Image.MAX_IMAGE_PIXELS = ALLEN_MAX_IMAGE_PIXELS
+
+
+def default_image_ids() -> list[int]:
+    """The 100 SectionImage ids of the stock tensor2tensor Allen problem (the default list)."""
+    return list(STOCK_IMAGE_IDS)
 
 
 def image_path(tmp_dir: str | os.PathLike[str], image_id: int) -> Path:
@@ -270,7 +279,19 @@ class _Manifest:
             "format": MANIFEST_FORMAT,
             "images": {str(key): self._entries[key] for key in sorted(self._entries)},
         }
-        write_json_atomic(document, self.path)
+        data = (json.dumps(document, indent=1) + "\n").encode("utf-8")
+        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            with _create_temp_file(temp) as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+        _fsync_directory(self.path.parent)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,10 +334,10 @@ class DownloadReport:
 
     def summary(self) -> str:
         """A few lines for people: counts, then one line per failure with its reason."""
-        megabytes = self.bytes_downloaded / 1e6
         lines = [
             f"{len(self.present)} of {len(self.requested)} images present in {self.tmp_dir}: "
-            f"{len(self.downloaded)} downloaded ({megabytes:.1f} MB in {self.seconds:.1f} s), "
+            f"{len(self.downloaded)} downloaded ({_human_size(self.bytes_downloaded)} in "
+            f"{self.seconds:.1f} s), "
             f"{len(self.skipped)} skipped as already present, {len(self.failed)} failed."
         ]
         order = {image_id: index for index, image_id in enumerate(self.requested)}
@@ -326,6 +347,13 @@ class DownloadReport:
             lines.append("Run the same command again to retry the failed images; finished images "
                          "are skipped.")
         return "\n".join(lines)
+
+
+def _human_size(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,7 +532,8 @@ class _DownloadRun:
             report.failed[image_id] = message
         except Exception as error:  # one bad image must never stop the others
             log.exception("image %d: unexpected error", image_id)
-            report.failed[image_id] = f"image {image_id}: unexpected {type(error).__name__}: {error}"
+            report.failed[image_id] = (f"image {image_id}: unexpected "
+                                       f"{type(error).__name__}: {error}")
         else:
             (report.skipped if outcome == "skipped" else report.downloaded).append(image_id)
 
@@ -534,7 +563,11 @@ class _DownloadRun:
         if final.exists():
             # Whatever is there is not known to be good; never leave it for the tiler to read.
             log.info("image %d: %s; downloading it again", image_id, problem)
-            final.unlink()
+            try:
+                final.unlink()
+            except OSError as error:
+                raise DownloadError(f"image {image_id}: cannot remove the unverified {final} "
+                                    f"({error.strerror}); remove it by hand") from error
         self.manifest.remove(image_id)
         url = image_download_url(self.client.api_base, image_id, downsample=self.downsample,
                                  quality=self.quality, region=self.region)
@@ -562,7 +595,8 @@ class _DownloadRun:
         if entry is None:
             return f"{final.name} has no manifest entry"
         if entry.get("params") != self.params:
-            return f"{final.name} was downloaded with {entry.get('params')}, this run asks {self.params}"
+            return (f"{final.name} was downloaded with {entry.get('params')}, this run asks "
+                    f"{self.params}")
         if entry.get("bytes") != size:
             return f"{final.name} has {size} bytes, the manifest says {entry.get('bytes')}"
         if entry.get("sha256") != _sha256_file(final):
@@ -577,8 +611,9 @@ class _DownloadRun:
                 raise ImageNotFoundError(
                     f"image {image_id} not found on {self.client.api_base} (404): check the id")
             if is_retryable_status(status):
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 raise TransientError(f"HTTP {status} {response.reason} from {url}",
-                                     retry_after=parse_retry_after(response.headers.get("Retry-After")))
+                                     retry_after=retry_after)
             if status != 200:
                 raise DownloadError(f"image {image_id}: HTTP {status} {response.reason} from "
                                     f"{url}: {_snippet(_read_head(response))}")
@@ -595,39 +630,27 @@ class _DownloadRun:
                          final: Path) -> ImageCheck:
         expected = _content_length(response)
         temp = self.folder / f".{image_id}.jpg.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        size = 0
-        digest = hashlib.sha256()
         try:
             try:
                 out = _create_temp_file(temp)
             except OSError as error:
+                raise self._write_error(image_id, temp, error) from error
+            try:
+                size, sha256 = self._receive(image_id, url, response, out, temp, expected)
+            except BaseException:
+                # close() flushes again; on a full disk that fails too and would hide the
+                # DiskFullError that explains what happened.
+                with contextlib.suppress(OSError):
+                    out.close()
+                raise
+            try:
+                out.close()
+            except OSError as error:
                 raise self._write_error(image_id, temp, error, size) from error
-            with out:
-                try:
-                    for chunk in response.iter_content(CHUNK_SIZE):
-                        if self.stop.is_set():
-                            raise Cancelled(self.stop_reason)
-                        try:
-                            out.write(chunk)
-                        except OSError as error:
-                            raise self._write_error(image_id, temp, error, size) from error
-                        digest.update(chunk)
-                        size += len(chunk)
-                except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
-                    of = f" of {expected}" if expected is not None else ""
-                    raise TransientError(f"connection lost after {size}{of} bytes from {url} "
-                                         f"({_short(error)})") from error
-                try:
-                    out.flush()
-                    # Without fsync a crash right after the rename can leave an empty or partial
-                    # file under the final name (ext4 delayed allocation).
-                    os.fsync(out.fileno())
-                except OSError as error:
-                    raise self._write_error(image_id, temp, error, size) from error
             if expected is not None and size != expected:
                 raise TransientError(f"truncated answer: {size} of {expected} bytes "
                                      f"(Content-Length) from {url}")
-            check = verify_image_file(temp, sha256=digest.hexdigest(), source=url)
+            check = verify_image_file(temp, sha256=sha256, source=url)
             os.replace(temp, final)
             _fsync_directory(self.folder)
         except BaseException:
@@ -638,7 +661,36 @@ class _DownloadRun:
             self.bytes_downloaded += size
         return check
 
-    def _write_error(self, image_id: int, path: Path, error: OSError, written: int = 0) -> DownloadError:
+    def _receive(self, image_id: int, url: str, response: requests.Response, out: BinaryIO,
+                 temp: Path, expected: int | None) -> tuple[int, str]:
+        """Copy the body into ``out`` and make it durable; return its size and sha256."""
+        size = 0
+        digest = hashlib.sha256()
+        try:
+            for chunk in response.iter_content(CHUNK_SIZE):
+                if self.stop.is_set():
+                    raise Cancelled(self.stop_reason)
+                try:
+                    out.write(chunk)
+                except OSError as error:
+                    raise self._write_error(image_id, temp, error, size) from error
+                digest.update(chunk)
+                size += len(chunk)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            of = f" of {expected}" if expected is not None else ""
+            raise TransientError(f"connection lost after {size}{of} bytes from {url} "
+                                 f"({_short(error)})") from error
+        try:
+            out.flush()
+            # Without fsync a crash right after the rename can leave an empty or partial file
+            # under the final name (ext4 delayed allocation).
+            os.fsync(out.fileno())
+        except OSError as error:
+            raise self._write_error(image_id, temp, error, size) from error
+        return size, digest.hexdigest()
+
+    def _write_error(self, image_id: int, path: Path, error: OSError,
+                     written: int = 0) -> DownloadError:
         if error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
             return DiskFullError(
                 f"image {image_id}: no space left on the device holding {self.folder} "
@@ -726,7 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Allen problem are downloaded. Images (c) Allen Institute; cite the image URLs "
                "recorded in manifest.json.",
     )
-    parser.add_argument("--tmp_dir", required=True, help="folder for <id>.jpg files and manifest.json")
+    parser.add_argument("--tmp_dir", required=True,
+                        help="folder for <id>.jpg files and manifest.json")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--image_ids", help="comma-separated SectionImage ids, e.g. 1,2,3")
     source.add_argument("--image_ids_file",
@@ -776,7 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Region | None:
-    if (args.product or args.plane) and (args.image_ids or args.image_ids_file or args.data_set_ids):
+    by_id = args.image_ids or args.image_ids_file or args.data_set_ids
+    if (args.product or args.plane) and by_id:
         parser.error("--product/--plane select images by filter; do not combine them with "
                      "--image_ids, --image_ids_file or --data_set_ids")
     if args.max_data_sets is not None and not (args.product or args.plane):
@@ -825,7 +879,7 @@ def _select_ids(args: argparse.Namespace, client: AllenClient) -> list[int]:
             raise AllenApiError(f"no section images match product={args.product or 'Mouse'!r} "
                                 f"plane={args.plane!r} on {client.api_base}")
     else:
-        ids = list(STOCK_IMAGE_IDS)
+        ids = default_image_ids()
     ids = _unique(ids)
     return ids if args.max_images is None else ids[: args.max_images]
 

@@ -74,7 +74,8 @@ def main() -> int:
     print("### Download rate\n")
     print(f"Stand-in Allen API on 127.0.0.1 (separate process), {LATENCY * 1000:.0f} ms added "
           f"latency per request, {BANDWIDTH / 1000:.0f} kB/s per connection; {IMAGES} JPEGs of "
-          f"{WIDTH}x{HEIGHT} px; fresh folder per run; best of {REPEATS} runs (one for the rate-limited row). Each image is "
+          f"{WIDTH}x{HEIGHT} px; fresh folder per run; best of {REPEATS} runs (one for the "
+          f"rate-limited row). Each image is "
           f"streamed to a temp file, fully decoded with Pillow, fsynced and renamed.\n")
     print("| workers | rate limit | images | seconds | images/s |")
     print("|---:|---:|---:|---:|---:|")

@@ -9,7 +9,7 @@ block-raster order, which its own decoder cannot run (see README).
 from tensor2tensor.layers import common_image_attention as cia
 from tensor2tensor.models import image_transformer_2d
 
-from allen_sr import registration
+from allen_sr import registration, t2t_models  # noqa: F401  (registers img2img_transformer_sr)
 
 
 def _allen_transformer_base():
@@ -26,6 +26,8 @@ def _allen_transformer_base():
     hp.learning_rate_warmup_steps = 4000
     hp.clip_grad_norm = 1.0
     hp.add_hparam("normalize_inputs", False)
+    # Only model img2img_transformer_sr reads this (allen_sr/t2t_models.py).
+    hp.add_hparam("input_skip", True)
     return hp
 
 

@@ -35,6 +35,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -116,6 +117,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 64
     stand_in: "AllenStandIn"
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        # Counted before accept(): with TLS, accept() also runs the handshake, which may fail.
+        self.stand_in._count_connection()
+        return super().get_request()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hanging up on purpose (timeouts, our own resets) are part of the tests.
         error = sys.exc_info()[1]
@@ -140,8 +146,10 @@ class AllenStandIn:
     per connection) throttles bodies; both can be changed while it runs."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
-                 bandwidth: float | None = None, jpeg_quality: int = 90) -> None:
+                 bandwidth: float | None = None, jpeg_quality: int = 90,
+                 tls: tuple[str, str] | None = None) -> None:
         self.host, self._port = host, port
+        self.tls = tls  # (certificate file, key file): serve HTTPS instead of HTTP
         self.latency = latency
         self.bandwidth = bandwidth
         self.jpeg_quality = jpeg_quality
@@ -152,6 +160,7 @@ class AllenStandIn:
         self._lock = threading.Lock()
         self._cache: dict[tuple, bytes] = {}
         self._stopping = threading.Event()
+        self.connections = 0  # TCP connections accepted (or attempted, with TLS)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -164,6 +173,10 @@ class AllenStandIn:
         self._stopping.clear()
         self._server = _Server((self.host, self._port), _Handler)
         self._server.stand_in = self
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
                                         name="allen-stand-in", daemon=True)
@@ -196,8 +209,8 @@ class AllenStandIn:
 
     @property
     def api_base(self) -> str:
-        """``http://127.0.0.1:<port>``, to pass as the client's API base."""
-        return f"http://{self.host}:{self.port}"
+        """``http://127.0.0.1:<port>`` (https with ``tls``), to pass as the client's API base."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # ---- content ---------------------------------------------------------------------------
 
@@ -230,7 +243,7 @@ class AllenStandIn:
     def add_data_set(self, data_set_id: int, *, product: str = "Mouse", plane: str = "coronal",
                      failed: bool = False, image_count: int = 0, first_image_id: int | None = None,
                      **image_options: Any) -> list[int]:
-        """Register a SectionDataSet, optionally with ``image_count`` new images; returns their ids."""
+        """Register a SectionDataSet, optionally with ``image_count`` new images (their ids)."""
         with self._lock:
             data_set = self._data_sets.setdefault(data_set_id, _DataSet(data_set_id))
             data_set.product, data_set.plane, data_set.failed = product, plane, failed
@@ -260,9 +273,11 @@ class AllenStandIn:
             image = image.reduce(factor) if min(image.size) >= factor else image.resize((1, 1))
         if width is not None and height is not None:
             x0, y0 = (left or 0) // factor, (top or 0) // factor
-            image = image.crop((x0, y0, min(image.width, x0 + width), min(image.height, y0 + height)))
+            image = image.crop((x0, y0, min(image.width, x0 + width),
+                                min(image.height, y0 + height)))
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=quality if quality is not None else self.jpeg_quality)
+        image.save(buffer, format="JPEG",
+                   quality=quality if quality is not None else self.jpeg_quality)
         data = buffer.getvalue()
         with self._lock:
             self._cache[key] = data
@@ -310,6 +325,10 @@ class AllenStandIn:
         with self._lock:
             self._log.clear()
 
+    def _count_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
     def _take_fault(self, kind: str, image_id: int | None) -> Fault | None:
         with self._lock:
             for fault in self._faults:
@@ -328,7 +347,8 @@ class AllenStandIn:
 
     def _handle(self, handler: _Handler) -> None:
         parts = urlsplit(handler.path)
-        query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
+        query = {key: values[-1]
+                 for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
         match = _IMAGE_PATH.match(parts.path)
         kind = "image" if match else "query" if parts.path == _QUERY_PATH else "other"
         record = RequestRecord(time.time(), handler.command, parts.path, query, kind,
@@ -337,7 +357,8 @@ class AllenStandIn:
             self._log.append(record)
         if kind == "other":
             if parts.path == "/_stand_in/requests":
-                self._send(handler, record, 200, json.dumps([asdict(r) for r in self.requests]).encode(),
+                log = json.dumps([asdict(r) for r in self.requests]).encode()
+                self._send(handler, record, 200, log,
                            "application/json")
             else:
                 self._send(handler, record, 404, b"<html><body>404 Not Found</body></html>",
@@ -358,7 +379,8 @@ class AllenStandIn:
         """Carry out a fault; True if the request is fully answered (or dropped)."""
         if fault.kind.isdigit():
             status = int(fault.kind)
-            headers = {"Retry-After": fault.retry_after} if status == 429 and fault.retry_after else {}
+            headers = ({"Retry-After": fault.retry_after}
+                       if status == 429 and fault.retry_after else {})
             body = f"<html><body><h1>{status}</h1><p>{fault.message}</p></body></html>".encode()
             self._send(handler, record, status, body, "text/html", headers)
             return True
@@ -478,13 +500,14 @@ class AllenStandIn:
             ids = {int(v) for v in wanted.group(2).split(",")} if wanted else None
             chosen = [image for image in images.values()
                       if ids is None or image.data_set_id in ids]
-            chosen.sort(key=lambda image: (image.data_set_id or 0, image.section_number, image.image_id))
+            chosen.sort(key=lambda im: (im.data_set_id or 0, im.section_number, im.image_id))
             return [self._image_row(image) for image in chosen]
         if name == "SectionDataSet":
             failed = re.search(r"\[failed\$eq'?(true|false)'?\]", criteria)
             product = re.search(r"products\[abbreviation\$eq'([^']*)'\]", criteria)
             plane = re.search(r"plane_of_section\[name\$eq'([^']*)'\]", criteria)
-            chosen = [data_set for data_set in sorted(data_sets.values(), key=lambda d: d.data_set_id)
+            ordered = sorted(data_sets.values(), key=lambda d: d.data_set_id)
+            chosen = [data_set for data_set in ordered
                       if (failed is None or data_set.failed == (failed.group(1) == "true"))
                       and (product is None or data_set.product == product.group(1))
                       and (plane is None or data_set.plane == plane.group(1))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,13 +132,14 @@ def test_retry_after_is_honoured(server, tmp_path):
 
 def test_rate_limit_spaces_requests_across_workers(server, tmp_path):
     ids = server.add_images(5)
+    started = time.time()
     report = download_images(ids, tmp_path, api_base=server.api_base, workers=5,
                              **dict(FAST, rate=10.0))
     assert report.ok
+    # 10/s shared by 5 workers: the j-th request cannot arrive before j * 100 ms.
     times = sorted(record.time for record in server.image_requests())
-    # 10/s: five requests span at least 0.4 s; thread scheduling may shift one a little.
-    assert times[-1] - times[0] >= 0.4 * 0.9
-    assert min(b - a for a, b in zip(times, times[1:])) >= 0.05
+    assert all(t - started >= j * 0.1 - 0.01 for j, t in enumerate(times))
+    assert times[-1] - started >= 0.4 - 0.01
 
 
 def test_downsample_quality_and_region_are_sent_and_respected(server, tmp_path):
@@ -190,10 +192,22 @@ def test_rerun_refetches_corrupt_truncated_unrecorded_and_missing_files(server, 
     server.clear_log()
     report = download_images(ids, tmp_path, api_base=server.api_base, **FAST)
     assert report.ok
-    assert sorted(report.downloaded) == sorted([corrupt, truncated, unrecorded, missing, other_params])
+    assert sorted(report.downloaded) == \
+        sorted([corrupt, truncated, unrecorded, missing, other_params])
     assert report.skipped == [ids[5]]
     assert sorted(r.image_id for r in server.image_requests()) == sorted(report.downloaded)
     assert_identical(server, tmp_path, ids)
+
+
+def test_an_unreadable_manifest_is_set_aside_and_everything_is_verified_again(server, tmp_path):
+    ids = server.add_images(2)
+    assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
+    (tmp_path / MANIFEST_NAME).write_text("{ not json")
+    server.clear_log()
+    report = download_images(ids, tmp_path, api_base=server.api_base, **FAST)
+    assert report.ok and sorted(report.downloaded) == ids
+    assert len(list(tmp_path.glob(f"{MANIFEST_NAME}.unreadable-*"))) == 1
+    assert sorted(read_manifest(tmp_path)) == ids
 
 
 def test_changed_download_parameters_refetch(server, tmp_path):
@@ -208,8 +222,13 @@ def test_stale_temp_files_from_a_killed_run_are_removed(server, tmp_path):
     ids = server.add_images(1)
     stale = tmp_path / f".{ids[0]}.jpg.0badc0de{TEMP_SUFFIX}"
     stale.write_bytes(b"half an image")
+    stale_manifest = tmp_path / f".{MANIFEST_NAME}.0badc0de{TEMP_SUFFIX}"
+    stale_manifest.write_text('{"format": ')
+    someone_elses = tmp_path / "notes.part"
+    someone_elses.write_text("not ours")
     assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
-    assert not stale.exists()
+    assert not stale.exists() and not stale_manifest.exists()
+    assert someone_elses.exists()
 
 
 def test_a_second_run_on_the_same_folder_is_refused_while_one_is_active(server, tmp_path):
@@ -349,20 +368,20 @@ def test_disk_full_says_so_and_tells_what_to_do(server, tmp_path, monkeypatch):
     real_create = download._create_temp_file
 
     class FullDisk:
+        """A real temp file on a disk that is full: writing fails, and so does close()'s flush."""
+
         def __init__(self, handle):
             self.handle = handle
 
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
+        def close(self):
+            self.handle.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
         def __getattr__(self, name):
             return getattr(self.handle, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
 
     monkeypatch.setattr(download, "_create_temp_file", lambda path: FullDisk(real_create(path)))
     report = download_images(ids, tmp_path, api_base=server.api_base, workers=1, **FAST)
@@ -397,10 +416,52 @@ def test_verify_image_file_rejects_tiny_html_and_truncated_files(tmp_path, serve
     assert verify_image_file(whole).bytes == len(body)
 
 
+def test_reduced_scale_verification_of_big_images_still_catches_truncation(
+        tmp_path, server, monkeypatch):
+    # Big images are decoded at 1/8 scale to save memory; pretend this one is big.
+    monkeypatch.setattr(download, "DRAFT_DECODE_ABOVE_PIXELS", 1000)
+    [image_id] = server.add_images(1, width=256, height=192)
+    body = server.expected_bytes(image_id)
+    whole, cut = tmp_path / "whole.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(body)
+    cut.write_bytes(body[: len(body) - 200])
+    assert (verify_image_file(whole).width, verify_image_file(whole).height) == (256, 192)
+    with pytest.raises(CorruptImageError, match="incomplete or corrupt"):
+        verify_image_file(cut)
+
+
 def test_pillow_limit_is_set_for_full_resolution_sections(server, tmp_path):
     download_images(server.add_images(1), tmp_path, api_base=server.api_base, **FAST)
     assert Image.MAX_IMAGE_PIXELS == ALLEN_MAX_IMAGE_PIXELS
     assert ALLEN_MAX_IMAGE_PIXELS > 15000 * 8500  # no warning for a full-resolution section
+
+
+@pytest.fixture(scope="module")
+def self_signed_certificate(tmp_path_factory) -> tuple[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def test_https_certificates_are_verified(self_signed_certificate, tmp_path, monkeypatch):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    with AllenStandIn(tls=self_signed_certificate) as server:
+        ids = server.add_images(1, first_id=88)
+        report = download_images(ids, tmp_path / "untrusted", api_base=server.api_base, **FAST)
+        assert report.failed[88].startswith(
+            f"image 88: TLS certificate verification failed for {server.api_base}/api/v2/")
+        assert "REQUESTS_CA_BUNDLE" in report.failed[88]
+        assert server.requests == [] and server.connections == 1  # refused once, not retried
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", self_signed_certificate[0])
+        report = download_images(ids, tmp_path / "trusted", api_base=server.api_base, **FAST)
+        assert report.ok
+        assert_identical(server, tmp_path / "trusted", ids)
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -465,7 +526,7 @@ def test_cli_usage_errors(tmp_path, capsys):
 def test_default_selection_is_the_stock_ids(capsys, tmp_path):
     assert download_main(["--tmp_dir", str(tmp_path), "--list_only"]) == 0
     listed = [int(line) for line in capsys.readouterr().out.split()]
-    assert listed == list(download.STOCK_IMAGE_IDS)
+    assert listed == download.default_image_ids() == list(download.STOCK_IMAGE_IDS)
 
 
 def test_stand_in_runs_as_a_standalone_process(tmp_path):

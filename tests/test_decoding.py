@@ -1,0 +1,386 @@
+"""Autoregressive decoding: the fast NumPy decoder against the real t2t graph, on a real checkpoint.
+
+A tiny `img2img_allen_cpu_tiny` variant (hidden 32, 1 encoder / 2 decoder layers) is trained for a
+few real optimizer steps through tensor2tensor's estimator model_fn (t2t-trainer's code path, so
+the checkpoint has t2t-trainer's variable names) once per module. Every comparison then restores
+that checkpoint into the t2t model graph (NaiveDecoder) and into the NumPy decoder (FastDecoder).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from allen_sr import decoding
+from allen_sr.decoding import FastDecoder, NaiveDecoder, UnsupportedHParamsError
+
+PROBLEM = "img2img_allen_brain_dim8to32"
+HPARAMS_SET = "img2img_allen_cpu_tiny"
+# Smaller and faster than the set itself. Warm-up 1 and a learning rate of ~2e-3 make 5 Adam
+# steps move every weight by ~1e-2 (layer norms away from 1/0, biases away from 0) while the
+# random initialisation still dominates; a larger rate would learn the mean colour and make
+# every greedy sub-pixel the same value, a weak test of decoding.
+TRAIN_OVERRIDES = ("hidden_size=32,filter_size=64,num_heads=4,num_encoder_layers=1,"
+                   "num_decoder_layers=2,learning_rate_warmup_steps=1,learning_rate_constant=0.016")
+LOGIT_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tiny_run")
+    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES)
+    decoding.train_checkpoint(out, hparams, steps=5, batch_size=4, seed=0)
+    return str(out)
+
+
+def hparams_for(ckpt_dir: str, overrides: str = ""):
+    """Hparams as `allen-sr decode` builds them: the set, the run's hparams.json, then overrides."""
+    return decoding.load_hparams(HPARAMS_SET, PROBLEM, overrides, output_dir=ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def fast(ckpt_dir) -> FastDecoder:
+    return FastDecoder.from_checkpoint(hparams_for(ckpt_dir), ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def naive(ckpt_dir):
+    decoder = NaiveDecoder(hparams_for(ckpt_dir), decoding.find_checkpoint(ckpt_dir))
+    yield decoder
+    decoder.close()
+
+
+def random_pair(batch: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (batch, size // 4, size // 4, 3)),
+            rng.integers(0, 256, (batch, size, size, 3)))
+
+
+def assert_same_or_tie(naive_dec: NaiveDecoder, inputs, naive_out, fast_out, steps: int) -> None:
+    """Outputs agree on the first ``steps`` sub-pixels, or first differ at a (near) tie.
+
+    After the first difference the canvases diverge, so only that position can be judged: there
+    the naive model's logits of the two chosen values must be within LOGIT_TOL.
+    """
+    a = naive_out.reshape(len(naive_out), -1)[:, :steps]
+    b = fast_out.reshape(len(fast_out), -1)[:, :steps]
+    for i in range(len(a)):
+        diff = np.flatnonzero(a[i] != b[i])
+        if diff.size == 0:
+            continue
+        p = int(diff[0])
+        canvas = naive_out[i:i + 1].astype(np.int32).copy()
+        canvas.reshape(-1)[p:] = 0  # the naive decoder's canvas just before it chose position p
+        logits = naive_dec.step_logits(np.asarray(inputs)[i:i + 1], canvas, p)[0]
+        gap = abs(float(logits[a[i, p]]) - float(logits[b[i, p]]))
+        assert gap < LOGIT_TOL, f"example {i}: first difference at sub-pixel {p} is no tie (logit gap {gap})"
+
+
+# --------------------------------------------------------------------------- the checkpoint
+
+
+def test_checkpoint_is_real_and_trained(ckpt_dir):
+    """The fixture's checkpoint has t2t-trainer's names and weights moved by training."""
+    import tensorflow as tf
+
+    ckpt = decoding.find_checkpoint(ckpt_dir)
+    assert ckpt.endswith("model.ckpt-5")
+    names = dict(tf.train.list_variables(ckpt))
+    assert "global_step" in names
+    assert any("/parallel_0" in n and n.endswith("self_attention/q/kernel") for n in names)
+    reader = tf.train.load_checkpoint(ckpt)
+    scale = reader.get_tensor("img2img_transformer/body/layer_prepostprocess_1/layer_norm/layer_norm_scale")
+    bias = reader.get_tensor("img2img_transformer/body/output_conv/bias")
+    assert np.abs(scale - 1).max() > 2e-3 and np.abs(bias).max() > 2e-3
+    assert json.loads(Path(ckpt_dir, "hparams.json").read_text())["hidden_size"] == 32
+
+
+def test_canonical_variable_name():
+    name = ("img2img_transformer/parallel_0_4/img2img_transformer/img2img_transformer/body/"
+            "decoder_layer_0/ffn/conv1/kernel:0")
+    assert decoding.canonical_variable_name(name) == "img2img_transformer/body/decoder_layer_0/ffn/conv1/kernel"
+    plain = "img2img_transformer/body/output_conv/bias"
+    assert decoding.canonical_variable_name(plain) == plain
+    slot = "training/LazyAdam/img2img_transformer/body/output_conv/bias/m"
+    assert decoding.canonical_variable_name(slot) == slot
+
+
+# --------------------------------------------------------------------------- (a) logits
+
+
+@pytest.mark.parametrize("block_length, size", [(128, 32), (32, 32), (100, 32), (128, 8)])
+def test_fast_logits_equal_t2t_graph(ckpt_dir, block_length, size):
+    """Teacher-forced logits of the incremental decoder == one forward pass of the t2t graph.
+
+    block_length changes no variable, only the attention window: on 32x32x3 (3072 sub-pixels)
+    128 (the set's: 24 blocks), 32 (96 blocks) and 100 (does not divide 3072: t2t pads the last
+    block); on 8x8x3, 192 < 2 * 128, so t2t uses a single causal block of the whole length (the
+    decoder's single-buffer path).
+    """
+    hparams = hparams_for(ckpt_dir, f"block_length={block_length}")
+    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir), target_shape=(size, size))
+    try:
+        inputs, targets = random_pair(2, size, seed=block_length)
+        expected = naive_dec.logits(inputs, targets)
+        zero_canvas = naive_dec.logits(inputs, np.zeros_like(targets))
+    finally:
+        naive_dec.close()
+    fast_dec = FastDecoder.from_checkpoint(hparams, ckpt_dir, target_shape=(size, size))
+    got = fast_dec.logits(inputs, targets)
+    assert got.shape == expected.shape == (2, size, size, 3, 256)
+    # Non-trivial logits, which depend on the canvas (so teacher forcing is really exercised).
+    assert expected.std() > 0.05
+    assert np.abs(expected - zero_canvas).max() > 0.05
+    assert np.abs(got - expected).max() < LOGIT_TOL
+
+
+def test_float64_logits_equal_t2t_graph(ckpt_dir, naive):
+    inputs, targets = random_pair(1, 32, seed=7)
+    fast64 = FastDecoder.from_checkpoint(hparams_for(ckpt_dir), ckpt_dir, dtype="float64")
+    assert np.abs(fast64.logits(inputs, targets) - naive.logits(inputs, targets)).max() < LOGIT_TOL
+
+
+def test_t2t_graph_is_causal(naive):
+    """What both decoders rely on: logits at p depend only on sub-pixels before p."""
+    inputs, targets = random_pair(1, 32, seed=3)
+    before = naive.logits(inputs, targets).reshape(-1, 256)
+    p = 1000
+    changed = targets.copy()
+    changed.reshape(-1)[p] = (changed.reshape(-1)[p] + 128) % 256
+    after = naive.logits(inputs, changed).reshape(-1, 256)
+    assert np.abs(after[:p + 1] - before[:p + 1]).max() == 0
+    assert np.abs(after[p + 1] - before[p + 1]).max() > 1e-3
+
+
+# --------------------------------------------------------------------------- (b) greedy decoding
+
+
+def test_greedy_fast_equals_naive_full_small_canvas(ckpt_dir):
+    """Whole images on an 8x8x3 canvas (2x2 inputs), 12 attention blocks of 16: every step compared."""
+    hparams = hparams_for(ckpt_dir, "block_length=16")
+    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir), target_shape=(8, 8))
+    try:
+        inputs, _ = random_pair(2, 8, seed=11)
+        fast_dec = FastDecoder.from_checkpoint(hparams, ckpt_dir, target_shape=(8, 8))
+        fast_out = fast_dec.decode(inputs)
+        naive_out = naive_dec.decode(inputs)
+        assert fast_out.shape == naive_out.shape == (2, 8, 8, 3)
+        assert_same_or_tie(naive_dec, inputs, naive_out, fast_out, 8 * 8 * 3)
+        # A real decode, not a constant canvas (greedy decoding of a barely trained model does
+        # repeat itself a lot, so only ask for a few distinct values).
+        assert len(np.unique(fast_out)) >= 3
+    finally:
+        naive_dec.close()
+
+
+def test_greedy_fast_equals_naive_32x32_prefix(ckpt_dir):
+    """Full-size canvas, block 32: the first 100 sub-pixels cross three block boundaries."""
+    steps = 100
+    hparams = hparams_for(ckpt_dir, "block_length=32")
+    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir))
+    try:
+        inputs, _ = random_pair(2, 32, seed=5)
+        fast_out = FastDecoder.from_checkpoint(hparams, ckpt_dir).decode(inputs)
+        naive_out = naive_dec.decode(inputs, max_steps=steps)
+        assert np.all(naive_out.reshape(2, -1)[:, steps:] == 0)
+        assert_same_or_tie(naive_dec, inputs, naive_out, fast_out, steps)
+    finally:
+        naive_dec.close()
+
+
+def test_greedy_output_is_argmax_of_its_own_logits(fast):
+    """Self-consistency on the full 3072 steps: teacher-forcing the greedy output reproduces it."""
+    inputs, _ = random_pair(2, 32, seed=13)
+    out = fast.decode(inputs)
+    logits = fast.logits(inputs, out)
+    chosen = np.take_along_axis(logits, out[..., None].astype(np.int64), -1)[..., 0]
+    # Chosen value's logit is the maximum (exactly, or within a tie tolerance).
+    assert np.all(logits.max(-1) - chosen < LOGIT_TOL)
+
+
+# --------------------------------------------------------------------------- (c) mean and sample
+
+
+def test_mean_mode_feeds_back_rounded_expectation(fast):
+    inputs, _ = random_pair(2, 32, seed=17)
+    out = fast.decode(inputs, mode="mean")
+    assert out.dtype == np.uint8 and out.shape == (2, 32, 32, 3)
+    logits = fast.logits(inputs, out).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = probs @ np.arange(256)
+    # Each value is the rounded mean of the distribution conditioned on the values before it.
+    assert np.all(np.abs(out - expected) <= 0.5 + 1e-3)
+
+
+def test_sample_is_reproducible_and_batch_independent(fast):
+    inputs, _ = random_pair(3, 32, seed=19)
+    a = fast.decode(inputs, mode="sample", seed=1, max_steps=300)
+    b = fast.decode(inputs, mode="sample", seed=1, max_steps=300, batch_size=2)
+    c = fast.decode(inputs, mode="sample", seed=2, max_steps=300)
+    assert a.dtype == np.uint8 and a.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(a, b)
+    assert np.mean(a.reshape(3, -1)[:, :300] != c.reshape(3, -1)[:, :300]) > 0.5
+    # Sampling draws from the model: values spread over many levels at temperature 1.
+    assert len(np.unique(a.reshape(3, -1)[:, :300])) > 50
+
+
+def test_cold_sampling_is_greedy(fast):
+    inputs, _ = random_pair(2, 32, seed=23)
+    greedy = fast.decode(inputs, max_steps=200)
+    cold = fast.decode(inputs, mode="sample", temperature=1e-4, seed=0, max_steps=200)
+    np.testing.assert_array_equal(cold, greedy)
+
+
+@pytest.mark.parametrize("mode", ["mean", "sample"])
+def test_naive_and_fast_agree_in_other_modes(ckpt_dir, mode):
+    hparams = hparams_for(ckpt_dir, "block_length=16")
+    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir), target_shape=(8, 8))
+    try:
+        inputs, _ = random_pair(2, 8, seed=29)
+        fast_dec = FastDecoder.from_checkpoint(hparams, ckpt_dir, target_shape=(8, 8))
+        kwargs = dict(mode=mode, seed=4, temperature=0.8, max_steps=60)
+        np.testing.assert_array_equal(fast_dec.decode(inputs, **kwargs), naive_dec.decode(inputs, **kwargs))
+    finally:
+        naive_dec.close()
+
+
+def test_choose_values():
+    logits = np.full((3, 256), -50.0)
+    logits[0, 7] = 10.0
+    logits[1, [100, 200]] = 10.0  # two equally likely values: mean 150
+    logits[2, 255] = 10.0
+    np.testing.assert_array_equal(decoding.choose_values(logits, "greedy"), [7, 100, 255])
+    np.testing.assert_array_equal(decoding.choose_values(logits, "mean"), [7, 150, 255])
+    low = decoding.choose_values(logits, "sample", uniforms=np.array([0.1, 0.1, 0.999999]))
+    high = decoding.choose_values(logits, "sample", uniforms=np.array([0.9, 0.9, 1e-3]))
+    np.testing.assert_array_equal(low, [7, 100, 255])
+    np.testing.assert_array_equal(high, [7, 200, 255])
+    with pytest.raises(ValueError, match="temperature"):
+        decoding.choose_values(logits, "sample", temperature=0.0, uniforms=np.zeros(3))
+    with pytest.raises(ValueError, match="unknown mode"):
+        decoding.choose_values(logits, "beam")
+
+
+# --------------------------------------------------------------------------- (d) unsupported hparams
+
+
+@pytest.mark.parametrize("name, value, supported", [
+    ("dec_attention_type", "local_2d", "'local_1d'"),
+    ("block_raster_scan", True, "False"),
+    ("likelihood", "dmol", "'cat'"),
+    ("q_filter_width", 3, "1"),
+    ("kv_filter_width", 3, "1"),
+    ("ffn_layer", "normed_conv_hidden_relu", "'conv_hidden_relu'"),
+    ("enc_attention_type", "local_1d", "'global'"),
+    ("pos", "emb", "'timing'"),
+    ("layer_postprocess_sequence", "dz", "'none' or letters"),
+])
+def test_unsupported_hparams_are_refused(ckpt_dir, name, value, supported):
+    hparams = hparams_for(ckpt_dir)
+    if hasattr(hparams, name):
+        setattr(hparams, name, value)
+    else:
+        hparams.add_hparam(name, value)
+    with pytest.raises(UnsupportedHParamsError, match=name) as info:
+        FastDecoder.from_checkpoint(hparams, ckpt_dir)
+    assert supported in str(info.value)
+    with pytest.raises(UnsupportedHParamsError):
+        decoding.check_supported(hparams)
+
+
+def test_hparams_that_do_not_match_the_checkpoint_are_refused(ckpt_dir):
+    with pytest.raises(ValueError, match="unused"):
+        FastDecoder.from_checkpoint(hparams_for(ckpt_dir, "num_decoder_layers=1"), ckpt_dir)
+    with pytest.raises(KeyError, match="decoder_layer_2"):
+        FastDecoder.from_checkpoint(hparams_for(ckpt_dir, "num_decoder_layers=3"), ckpt_dir)
+
+
+def test_the_real_hparams_sets_are_supported():
+    for name in ("img2img_allen_cpu_tiny", "img2img_allen_base", "img2img_allen_multigpu"):
+        decoding.check_supported(decoding.load_hparams(name, PROBLEM))
+
+
+# --------------------------------------------------------------------------- reading examples and the CLI
+
+
+@pytest.fixture(scope="module")
+def local_data(tmp_path_factory) -> str:
+    """The problem's own datagen on the shipped sample images (real records, real dev split)."""
+    from tensor2tensor.utils import registry
+
+    import allen_sr.problems  # noqa: F401
+
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
+    if not any(sample.glob("*.png")):
+        pytest.skip("data/sample has no images")
+    data_dir = tmp_path_factory.mktemp("data")
+    registry.problem("img2img_local_dim8to32").generate_data(str(data_dir), str(sample))
+    return str(data_dir)
+
+
+def test_read_examples_through_the_problem_pipeline(local_data, ckpt_dir):
+    hparams = decoding.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
+    inputs, targets = decoding.read_examples("img2img_local_dim8to32", local_data, 4, hparams)
+    assert inputs.shape == (4, 8, 8, 3) and targets.shape == (4, 32, 32, 3)
+    assert inputs.dtype == targets.dtype == np.uint8
+    again, _ = decoding.read_examples("img2img_local_dim8to32", local_data, 4, hparams)
+    np.testing.assert_array_equal(inputs, again)  # same dev examples every time
+    # The problem's input is the area downsampling of its target (rounded).
+    area = targets.reshape(4, 8, 4, 8, 4, 3).astype(np.float64).mean(axis=(2, 4))
+    assert np.abs(inputs - area).max() <= 0.5 + 1e-6
+    assert len({t.tobytes() for t in targets}) == 4
+
+
+def test_decode_cli_end_to_end(local_data, ckpt_dir, tmp_path, capsys):
+    out = tmp_path / "decoded"
+    argv = ["--problem", "img2img_local_dim8to32", "--hparams_set", HPARAMS_SET,
+            "--output_dir", ckpt_dir, "--data_dir", local_data, "--num_examples", "3",
+            "--batch_size", "2", "--out", str(out), "--no_progress"]
+    assert decoding.decode_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "bicubic" in printed and "model" in printed and str(out) in printed
+    from PIL import Image
+
+    pngs = sorted(p.name for p in out.glob("example_*.png"))
+    assert pngs == ["example_000.png", "example_001.png", "example_002.png"]
+    assert Image.open(out / "example_000.png").size == (32, 32)
+    assert (out / "grid.png").stat().st_size > 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["tiles"] == 3 and set(summary["methods"]) == {"bicubic", "model"}
+    assert "fast autoregressive decoding, mode greedy" in summary["protocol"]
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "example,method,psnr,ssim" and len(rows) == 1 + 3 * 2
+    # The PNGs are the decoder's greedy output for those dev examples.
+    hparams = decoding.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
+    inputs, _ = decoding.read_examples("img2img_local_dim8to32", local_data, 3, hparams)
+    expected = FastDecoder.from_checkpoint(hparams, ckpt_dir).decode(inputs)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "example_002.png")), expected[2])
+
+
+def test_decode_cli_refuses_other_models(tmp_path, capsys):
+    argv = ["--problem", PROBLEM, "--model", "transformer", "--hparams_set", HPARAMS_SET,
+            "--output_dir", str(tmp_path), "--data_dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert decoding.decode_main(argv) == 2
+    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_decoder_registry_dispatch(ckpt_dir):
+    hparams = hparams_for(ckpt_dir)
+    assert isinstance(decoding.make_decoder("img2img_transformer", "fast", hparams, ckpt_dir), FastDecoder)
+    with pytest.raises(NotImplementedError, match="not supported yet"):
+        decoding.make_decoder("some_other_model", "fast", hparams, ckpt_dir)
+
+
+def test_import_is_cheap():
+    """`import allen_sr.decoding` must not pull in TensorFlow (the CLI imports it for --help)."""
+    import subprocess
+    import sys
+
+    code = "import sys, allen_sr.decoding; print('tensorflow' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.stdout.strip() == "False"
