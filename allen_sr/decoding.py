@@ -36,6 +36,7 @@ module is cheap.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -73,6 +74,9 @@ __all__ = [
 MODES: tuple[str, ...] = ("greedy", "sample", "mean")
 VOCAB = 256  # values per sub-pixel (uint8)
 DEFAULT_MODEL = "img2img_transformer"
+# allen_sr.t2t_models: img2img_transformer plus the input skip (hparam input_skip) into the decoder.
+SKIP_MODEL = "img2img_transformer_sr"
+TRANSFORMER_MODELS = (DEFAULT_MODEL, SKIP_MODEL)
 
 
 class UnsupportedHParamsError(ValueError):
@@ -134,9 +138,8 @@ def _example_uniforms(seed: int | None, indices: Sequence[int], steps: int) -> n
     the seed and the example's position in the dataset, not on the batch size or the decoder.
     """
     base = 0 if seed is None else int(seed)
-    return np.stack(
-        [np.random.default_rng([base, int(i)]).random(steps) for i in indices]
-    ) if len(indices) else np.zeros((0, steps))
+    streams = [np.random.default_rng([base, int(i)]).random(steps) for i in indices]
+    return np.stack(streams) if streams else np.zeros((0, steps))
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -154,6 +157,53 @@ def _as_batch(inputs: Any, channels: int) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() >= VOCAB):
         raise ValueError("inputs must hold values in 0..255")
     return arr.astype(np.int64)
+
+
+_OPENBLAS: Any = False  # not looked up yet
+
+
+def _openblas_thread_functions() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """(get, set) for the number of threads of numpy's bundled OpenBLAS, or None if not found."""
+    global _OPENBLAS
+    if _OPENBLAS is False:
+        _OPENBLAS = None
+        try:
+            import ctypes
+            import glob
+
+            libs_dir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+            libs = glob.glob(os.path.join(libs_dir, "libopenblas*"))
+            if libs:
+                lib = ctypes.CDLL(libs[0])  # the already loaded library: dlopen returns the same handle
+                for suffix in ("64_", ""):
+                    get = getattr(lib, f"openblas_get_num_threads{suffix}", None)
+                    set_ = getattr(lib, f"openblas_set_num_threads{suffix}", None)
+                    if get is not None and set_ is not None:
+                        _OPENBLAS = (get, set_)
+                        break
+        except OSError:
+            pass
+    return _OPENBLAS
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """Run numpy's BLAS on one thread inside the block (no-op if it cannot be controlled).
+
+    A decoding step is many tiny products ([8, 256] x [256, 1024] at most); OpenBLAS's threading
+    costs more than it gains on them: measured 2-3x slower attention with 2 threads on 2 cores.
+    """
+    functions = _openblas_thread_functions()
+    if functions is None:
+        yield
+        return
+    get, set_ = functions
+    previous = int(get())
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(previous)
 
 
 class Decoder(Protocol):
@@ -276,7 +326,8 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
     if os.path.isdir(path):
         ckpt = tf.train.latest_checkpoint(path)
         if ckpt is None:
-            raise FileNotFoundError(f"no checkpoint in {path} (expected a 'checkpoint' file from t2t-trainer)")
+            raise FileNotFoundError(
+                f"no checkpoint in {path} (expected a 'checkpoint' file from t2t-trainer)")
         return ckpt
     if os.path.exists(path + ".index"):
         return path
@@ -312,6 +363,23 @@ def _checkpoint_name_map(names: Sequence[str], model_name: str) -> dict[str, str
 # --------------------------------------------------------------------------- naive (reference) decoder
 
 
+# Decoder self-attention types whose mask is causal in plain raster order (row, column, channel).
+# "global" is not: the image decoder passes no bias to it, so every position sees the future.
+_RASTER_CAUSAL = ("local_1d", "rel_local_1d")
+
+
+def _check_raster_causal(hparams: "HParams") -> None:
+    """Decoding in raster order is only valid when the model is causal in that order."""
+    if hparams.dec_attention_type not in _RASTER_CAUSAL or hparams.block_raster_scan:
+        raise UnsupportedHParamsError(
+            f"raster-order decoding needs dec_attention_type in {_RASTER_CAUSAL} and "
+            f"block_raster_scan=False, got dec_attention_type={hparams.dec_attention_type!r}, "
+            f"block_raster_scan={hparams.block_raster_scan!r}")
+    if getattr(hparams, "likelihood", "cat") != "cat":
+        raise UnsupportedHParamsError(
+            f"decoding supports likelihood='cat' (256-way softmax) only, got {hparams.likelihood!r}")
+
+
 class NaiveDecoder(_BatchedDecoder):
     """The real t2t model graph (EVAL mode), one full forward pass per decoded sub-pixel.
 
@@ -329,6 +397,7 @@ class NaiveDecoder(_BatchedDecoder):
         model_name: str = DEFAULT_MODEL,
         target_shape: tuple[int, int] | None = None,
     ) -> None:
+        _check_raster_causal(hparams)
         _import_registrations()
         import tensorflow as tf
         from tensor2tensor.utils import registry
@@ -426,14 +495,15 @@ def check_supported(hparams: "HParams", model_name: str = DEFAULT_MODEL) -> None
     def need(name: str, value: Any, supported: Any, why: str = "") -> None:
         ok = value in supported if isinstance(supported, (tuple, list, set)) else value == supported
         if not ok:
-            shown = " or ".join(map(repr, supported)) if isinstance(supported, (tuple, list, set)) else repr(supported)
+            many = isinstance(supported, (tuple, list, set))
+            shown = " or ".join(map(repr, supported)) if many else repr(supported)
             raise UnsupportedHParamsError(
                 f"the fast decoder does not support {name}={value!r} (supported: {shown})"
                 + (f"; {why}" if why else "")
                 + "; use --decoder naive for other settings"
             )
 
-    need("model", model_name, DEFAULT_MODEL)
+    need("model", model_name, TRANSFORMER_MODELS)
     need("dec_attention_type", hparams.dec_attention_type, "local_1d",
          "decoding must be masked local 1-D attention in raster order")
     need("block_raster_scan", bool(hparams.block_raster_scan), False)
@@ -480,7 +550,8 @@ def check_supported(hparams: "HParams", model_name: str = DEFAULT_MODEL) -> None
             f"image_channel_embeddings_bottom) only, got {target_bottom!r}")
     if top.get("targets") is not modalities.identity_top:
         raise UnsupportedHParamsError(
-            f"the fast decoder supports top['targets'] = modalities.identity_top only, got {top.get('targets')!r}")
+            "the fast decoder supports top['targets'] = modalities.identity_top only, "
+            f"got {top.get('targets')!r}")
 
 
 def timing_signal_2d(rows: int, cols: int, channels: int, dtype: Any = np.float32) -> np.ndarray:
@@ -544,15 +615,23 @@ class _Ffn:
 
 @dataclass
 class _Layer:
+    """One encoder layer: self-attention and FFN, each wrapped in pre/postprocess."""
+
     self_pre: _PrePost
     self_att: _Attention
     self_post: _PrePost
     ffn_pre: _PrePost
     ffn: _Ffn
     ffn_post: _PrePost
-    encdec_pre: _PrePost | None = None
-    encdec_att: _Attention | None = None
-    encdec_post: _PrePost | None = None
+
+
+@dataclass
+class _DecoderLayer(_Layer):
+    """A decoder layer adds encoder-decoder attention between self-attention and FFN."""
+
+    encdec_pre: _PrePost
+    encdec_att: _Attention
+    encdec_post: _PrePost
 
 
 class FastDecoder(_BatchedDecoder):
@@ -603,6 +682,7 @@ class FastDecoder(_BatchedDecoder):
         self.post_seq = hparams.layer_postprocess_sequence
         self._weights = {canonical_variable_name(k): v for k, v in weights.items()}
         self._model = model_name
+        self.input_skip = model_name == SKIP_MODEL and bool(getattr(hparams, "input_skip", False))
         self._used: set[str] = set()
         self._load(int(hparams.num_encoder_layers), int(hparams.num_decoder_layers))
 
@@ -648,7 +728,8 @@ class FastDecoder(_BatchedDecoder):
             and ("/targets_bottom/" in k) == targets
         ]
         if len(found) != 1:
-            raise KeyError(f"expected one {'target' if targets else 'input'} embedding '*/{suffix}', found {found}")
+            kind = "target" if targets else "input"
+            raise KeyError(f"expected one {kind} embedding '*/{suffix}', found {found}")
         return self._get(found[0][len(self._model) + 1:])
 
     def _prepost(self, namer: _Namer, scope: str, sequence: str, pre: bool) -> _PrePost:
@@ -673,12 +754,15 @@ class FastDecoder(_BatchedDecoder):
                     self._get(f"{scope}/ffn/conv2/kernel"), self._get(f"{scope}/ffn/conv2/bias"))
 
     def _load(self, num_encoder_layers: int, num_decoder_layers: int) -> None:
-        self.input_embedding = self._find_embedding(targets=False) * np.asarray(self.hidden ** 0.5, self.dtype)
-        self.target_embedding = self._find_embedding(targets=True) * np.asarray(self.hidden ** 0.5, self.dtype)
+        # get_channel_embeddings multiplies the table by sqrt(hidden_size).
+        emb_scale = np.asarray(self.hidden ** 0.5, self.dtype)
+        self.input_embedding = self._find_embedding(targets=False) * emb_scale
+        self.target_embedding = self._find_embedding(targets=True) * emb_scale
         expected = (VOCAB * self.channels, self.hidden)
         for emb in (self.input_embedding, self.target_embedding):
             if emb.shape != expected:
-                raise ValueError(f"embedding has shape {emb.shape}, expected {expected} for num_channels={self.channels}")
+                raise ValueError(f"embedding has shape {emb.shape}, expected {expected} "
+                                 f"for num_channels={self.channels}")
         namer = _Namer()
         self.encoder: list[_Layer] = []
         for i in range(num_encoder_layers):
@@ -691,7 +775,7 @@ class FastDecoder(_BatchedDecoder):
             ffn_post = self._prepost(namer, scope, self.post_seq, False)
             self.encoder.append(_Layer(self_pre, att, self_post, ffn_pre, ffn, ffn_post))
         self.encoder_final = self._prepost(namer, "body", self.pre_seq, True)
-        self.decoder: list[_Layer] = []
+        self.decoder: list[_DecoderLayer] = []
         for i in range(num_decoder_layers):
             scope = f"body/decoder_layer_{i}"
             self_pre = self._prepost(namer, scope, self.pre_seq, True)
@@ -703,8 +787,8 @@ class FastDecoder(_BatchedDecoder):
             ffn_pre = self._prepost(namer, scope, self.pre_seq, True)
             ffn = self._ffn(scope)
             ffn_post = self._prepost(namer, scope, self.post_seq, False)
-            self.decoder.append(_Layer(self_pre, att, self_post, ffn_pre, ffn, ffn_post,
-                                       encdec_pre, encdec, encdec_post))
+            self.decoder.append(_DecoderLayer(self_pre, att, self_post, ffn_pre, ffn, ffn_post,
+                                              encdec_pre, encdec, encdec_post))
         self.decoder_final = self._prepost(namer, "body", self.pre_seq, True)
         self.out_kernel = self._get("body/output_conv/kernel")
         self.out_bias = self._get("body/output_conv/bias")
@@ -780,7 +864,7 @@ class FastDecoder(_BatchedDecoder):
     def encode(self, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run the encoder; returns per decoder layer the encoder-decoder keys and values.
 
-        Each is [B, heads, L_enc, depth/heads]; keys are pre-transposed to [B, heads, d, L_enc].
+        Keys are [B*heads, depth/heads, L_enc] (pre-transposed), values [B*heads, L_enc, depth/heads].
         """
         x = self._embed(np.asarray(inputs, np.int64), self.input_embedding)
         b, h, w, hidden = x.shape
@@ -792,12 +876,13 @@ class FastDecoder(_BatchedDecoder):
             x = self._apply(layer.ffn_post, self._ffn_apply(layer.ffn, y), x)
         memory = self._apply(self.encoder_final, x)
         kv = []
+        length = h * w
         for layer in self.decoder:
             att = layer.encdec_att
-            assert att is not None
-            k = self._split(memory @ att.wk, self.key_depth)
+            k = self._split(memory @ att.wk, self.key_depth).transpose(0, 1, 3, 2)
             v = self._split(memory @ att.wv, self.value_depth)
-            kv.append((np.ascontiguousarray(k.transpose(0, 1, 3, 2)), np.ascontiguousarray(v)))
+            kv.append((np.ascontiguousarray(k).reshape(b * self.heads, -1, length),
+                       np.ascontiguousarray(v).reshape(b * self.heads, length, -1)))
         return kv
 
     def effective_block_length(self, length: int) -> int:
@@ -818,13 +903,25 @@ class FastDecoder(_BatchedDecoder):
         dt = self.dtype.type
         encdec_kv = self.encode(inputs)
         timing = timing_signal_2d(rows, cols * c, self.hidden, self.dtype).reshape(length, self.hidden)
+        if self.input_skip:
+            # t2t_models.upsample_input_embeddings: sub-pixel (r, col, ch) also receives the
+            # embedding of input pixel (r // f, col // f), channel ch; it depends on inputs only.
+            emb = self._embed(np.asarray(inputs, np.int64), self.input_embedding)
+            b, h, wc, hidden = emb.shape
+            f = rows // h
+            emb = emb.reshape(b, h, 1, wc // c, 1, c, hidden)
+            skip = np.broadcast_to(emb, (b, h, f, wc // c, f, c, hidden)).reshape(b, length, hidden)
+            timing = timing[None] + skip  # [B, length, H]; indexed per position below
+        else:
+            timing = np.broadcast_to(timing[None], (batch, length, self.hidden))
         block = self.effective_block_length(length)
         capacity = length if block == length else 2 * block
         dk, dv = self.key_depth // self.heads, self.value_depth // self.heads
         scale = dt(dk ** -0.5)
+        # Batch and heads flattened: [B*heads, capacity, d], one stack of small matmuls per step.
+        bh = batch * self.heads
         caches = [
-            (np.zeros((batch, self.heads, capacity, dk), self.dtype),
-             np.zeros((batch, self.heads, capacity, dv), self.dtype))
+            (np.zeros((bh, capacity, dk), self.dtype), np.zeros((bh, capacity, dv), self.dtype))
             for _ in self.decoder
         ]
         kd = self.key_depth
@@ -835,29 +932,30 @@ class FastDecoder(_BatchedDecoder):
                 # A new block starts: its window is the previous block (now in slots block..2b)
                 # and itself, so slide the buffer left by one block.
                 for k_cache, v_cache in caches:
-                    k_cache[:, :, :block] = k_cache[:, :, block:]
-                    v_cache[:, :, :block] = v_cache[:, :, block:]
+                    k_cache[:, :block] = k_cache[:, block:]
+                    v_cache[:, :block] = v_cache[:, block:]
             slot = p if n == 0 else block + (p - n * block)
             # shift_right_3d: position p sees the embedding of sub-pixel p-1 (zeros at p = 0).
             if p == 0:
-                x = np.broadcast_to(timing[0], (batch, self.hidden)).astype(self.dtype)
+                x = np.array(timing[:, 0], dtype=self.dtype)
             else:
-                x = self.target_embedding[previous + ((p - 1) % c) * VOCAB] + timing[p]
+                x = self.target_embedding[previous + ((p - 1) % c) * VOCAB] + timing[:, p]
             for layer, (k_cache, v_cache), (ek, ev) in zip(self.decoder, caches, encdec_kv):
                 y = self._apply(layer.self_pre, x)
                 qkv = y @ layer.self_att.w_qkv
-                q = qkv[:, :kd].reshape(batch, self.heads, 1, dk) * scale
-                k_cache[:, :, slot] = qkv[:, kd:2 * kd].reshape(batch, self.heads, dk)
-                v_cache[:, :, slot] = qkv[:, 2 * kd:].reshape(batch, self.heads, dv)
-                keys = k_cache[:, :, :slot + 1]
-                logits = q @ keys.transpose(0, 1, 3, 2)  # [B, heads, 1, T]
-                attended = self._softmax(logits) @ v_cache[:, :, :slot + 1]  # [B, heads, 1, dv]
-                x = self._apply(layer.self_post, attended.reshape(batch, self.value_depth) @ layer.self_att.wo, x)
-                assert layer.encdec_att is not None and layer.encdec_pre is not None and layer.encdec_post is not None
+                # [B, heads*d] -> [B*heads, d]: t2t's split_heads puts head h at h*d .. h*d+d-1.
+                q = qkv[:, :kd].reshape(bh, 1, dk) * scale
+                k_cache[:, slot] = qkv[:, kd:2 * kd].reshape(bh, dk)
+                v_cache[:, slot] = qkv[:, 2 * kd:].reshape(bh, dv)
+                weights = self._softmax(q @ k_cache[:, :slot + 1].transpose(0, 2, 1))  # [BH, 1, T]
+                attended = weights @ v_cache[:, :slot + 1]  # [B*heads, 1, dv]
+                y = attended.reshape(batch, self.value_depth) @ layer.self_att.wo
+                x = self._apply(layer.self_post, y, x)
                 y = self._apply(layer.encdec_pre, x)
-                q = (y @ layer.encdec_att.wq).reshape(batch, self.heads, 1, dk) * scale
+                q = (y @ layer.encdec_att.wq).reshape(bh, 1, dk) * scale
                 attended = self._softmax(q @ ek) @ ev
-                x = self._apply(layer.encdec_post, attended.reshape(batch, self.value_depth) @ layer.encdec_att.wo, x)
+                y = attended.reshape(batch, self.value_depth) @ layer.encdec_att.wo
+                x = self._apply(layer.encdec_post, y, x)
                 y = self._apply(layer.ffn_pre, x)
                 x = self._apply(layer.ffn_post, self._ffn_apply(layer.ffn, y), x)
             out = self._apply(self.decoder_final, x)
@@ -883,8 +981,9 @@ class FastDecoder(_BatchedDecoder):
             out[:, p] = logits
             return flat[:, p]
 
-        for _ in self._steps(inputs, forced, flat.shape[1]):
-            pass
+        with _single_threaded_blas():
+            for _ in self._steps(inputs, forced, flat.shape[1]):
+                pass
         return out.reshape(targets.shape + (VOCAB,))
 
     def _decode_batch(self, inputs, choose, steps, bar):
@@ -896,9 +995,10 @@ class FastDecoder(_BatchedDecoder):
             flat[:, p] = values
             return values
 
-        for _ in self._steps(inputs, pick, steps):
-            if bar is not None:
-                bar.update(1)
+        with _single_threaded_blas():
+            for _ in self._steps(inputs, pick, steps):
+                if bar is not None:
+                    bar.update(1)
         return flat.reshape(inputs.shape[0], rows, cols, self.channels)
 
 
@@ -910,6 +1010,7 @@ DecoderFactory = Callable[..., Decoder]
 # A model with another decoding scheme (e.g. one-pass) registers its own with register_decoder.
 DECODERS: dict[str, dict[str, DecoderFactory]] = {
     DEFAULT_MODEL: {"fast": FastDecoder.from_checkpoint, "naive": NaiveDecoder},
+    SKIP_MODEL: {"fast": FastDecoder.from_checkpoint, "naive": NaiveDecoder},
 }
 
 
@@ -932,7 +1033,8 @@ def make_decoder(
     kinds = DECODERS[model_name]
     if kind not in kinds:
         raise NotImplementedError(
-            f"--decoder={kind} is not available for --model={model_name} (available: {', '.join(sorted(kinds))})")
+            f"--decoder={kind} is not available for --model={model_name} "
+            f"(available: {', '.join(sorted(kinds))})")
     return kinds[kind](hparams, find_checkpoint(checkpoint), model_name=model_name, target_shape=target_shape)
 
 
@@ -955,7 +1057,8 @@ def synthetic_examples(
     bottom = corners[:, 1, 0][:, None] * (1 - t)[None, :, None] + corners[:, 1, 1][:, None] * t[None, :, None]
     images = top[:, None] * (1 - t)[None, :, None, None] + bottom[:, None] * t[None, :, None, None]
     images = np.clip(np.rint(images + rng.normal(0, 6, images.shape)), 0, 255)
-    small = images.reshape(num, target_size // scale, scale, target_size // scale, scale, channels).mean(axis=(2, 4))
+    side = target_size // scale
+    small = images.reshape(num, side, scale, side, scale, channels).mean(axis=(2, 4))
     return np.rint(small).astype(np.uint8), images.astype(np.uint8)
 
 
@@ -1089,14 +1192,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="t2t model name (default %(default)s)")
     p.add_argument("--hparams_set", required=True, help="e.g. img2img_allen_cpu_tiny")
     p.add_argument("--hparams", default="", help='overrides "k=v,..." (as given to t2t-trainer)')
-    p.add_argument("--output_dir", required=True, help="t2t-trainer output dir (newest checkpoint) or a checkpoint prefix")
+    p.add_argument("--output_dir", required=True,
+                   help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
     p.add_argument("--data_dir", required=True, help="t2t data dir with the problem's records")
     p.add_argument("--dataset_split", default="dev", choices=sorted(_SPLITS), help="default %(default)s")
     p.add_argument("--num_examples", type=int, default=8, help="default %(default)s")
     p.add_argument("--mode", default="greedy", choices=MODES, help="default %(default)s")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for --mode sample")
     p.add_argument("--seed", type=int, default=0, help="seed for --mode sample (default %(default)s)")
-    p.add_argument("--batch_size", type=int, default=8, help="examples decoded together (default %(default)s)")
+    p.add_argument("--batch_size", type=int, default=8,
+                   help="examples decoded together (default %(default)s)")
     p.add_argument("--decoder", default="fast", choices=("fast", "naive"),
                    help="fast: incremental NumPy (default); naive: t2t graph, one pass per sub-pixel")
     p.add_argument("--out", required=True, help="folder for the PNGs and metrics")
@@ -1144,6 +1249,19 @@ def write_outputs(
     return table.summary(protocol)
 
 
+def _check_registered(problem: str, hparams_set: str) -> None:
+    """Short errors for unknown names (t2t's KeyError lists every registered problem)."""
+    _import_registrations()
+    from tensor2tensor.utils import registry
+
+    if problem not in registry.list_problems():
+        ours = sorted(p for p in registry.list_problems() if p.startswith("img2img_"))
+        raise ValueError(f"unknown problem {problem!r}; image problems: {', '.join(ours)}")
+    if hparams_set not in registry.list_hparams():
+        ours = sorted(h for h in registry.list_hparams() if h.startswith("img2img_allen"))
+        raise ValueError(f"unknown hparams set {hparams_set!r}; ours: {', '.join(ours)}")
+
+
 def run_decode(
     problem: str,
     hparams_set: str,
@@ -1166,6 +1284,7 @@ def run_decode(
     if model not in DECODERS:
         raise NotImplementedError(
             f"decoding --model={model} is not supported yet (supported: {', '.join(sorted(DECODERS))})")
+    _check_registered(problem, hparams_set)
     hparams = load_hparams(hparams_set, problem, hparams_overrides, output_dir)
     checkpoint = find_checkpoint(output_dir)
     inputs, targets = read_examples(problem, data_dir, num_examples, hparams, split)
@@ -1210,7 +1329,8 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
     print(metrics.summary_to_text(result.summary), end="")
     print(f"decoded {n} example(s) in {result.seconds:.1f} s ({result.seconds / n:.2f} s/image, "
           f"{args.decoder} decoder, mode {args.mode})")
-    print(f"wrote {result.out_dir}/example_000.png .. example_{n - 1:03d}.png, grid.png, metrics.csv, metrics.json")
+    print(f"wrote {result.out_dir}/example_000.png .. example_{n - 1:03d}.png, grid.png, "
+          "metrics.csv, metrics.json")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 1. datagen: tile data/sample/ into lossless TFRecords (problem img2img_local_dim8to32)
 2. train:   a short CPU run of the Image Transformer through t2t-trainer (img2img_allen_cpu_tiny)
-3. decode:  autoregressive decoding of dev tiles, PSNR/SSIM against bicubic
+3. decode:  autoregressive decoding of dev tiles (mean mode), PSNR/SSIM against bicubic
 4. plot:    the training loss curve
 
 Writes into --out: predictions.png, metrics.json, loss.png (plus data/, train/, decode/ and
@@ -21,7 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBLEM = "img2img_local_dim8to32"
-MODEL = "img2img_transformer"
+MODEL = "img2img_transformer_sr"  # img2img_transformer + input skip (allen_sr/t2t_models.py)
 STEP_RE = re.compile(r"loss = ([0-9.eE+-]+), step = (\d+)")
 
 
@@ -35,7 +35,10 @@ def parse_args(argv):
     p.add_argument("--train_steps", type=int, default=1000,
                    help="training steps (default 1000: about 7 minutes on 2 CPU cores)")
     p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
-    p.add_argument("--mode", default="greedy", choices=("greedy", "sample", "mean"))
+    p.add_argument("--model", default=MODEL, help="t2t model (default %(default)s)")
+    p.add_argument("--mode", default="mean", choices=("greedy", "sample", "mean"),
+                   help="decoding mode (default mean: after a short run, greedy decoding tends to "
+                        "lock onto one colour, the expected value does not)")
     return p.parse_args(argv)
 
 
@@ -48,7 +51,7 @@ def train(args, data_dir: str, train_dir: str, log_path: str) -> None:
     from tqdm import tqdm
 
     cmd = [sys.executable, "-m", "allen_sr.cli", "train",
-           f"--problem={PROBLEM}", f"--model={MODEL}", f"--hparams_set={args.hparams_set}",
+           f"--problem={PROBLEM}", f"--model={args.model}", f"--hparams_set={args.hparams_set}",
            f"--data_dir={data_dir}", f"--output_dir={train_dir}",
            f"--train_steps={args.train_steps}", "--schedule=train",
            "--log_step_count_steps=10", "--save_checkpoints_secs=120", "--keep_checkpoint_max=2"]
@@ -82,14 +85,14 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     registry.problem(PROBLEM).generate_data(data_dir, args.images)
 
-    banner(2, f"train: {MODEL} / {args.hparams_set}, {args.train_steps} steps on CPU -> {train_dir}")
+    banner(2, f"train: {args.model} / {args.hparams_set}, {args.train_steps} steps on CPU -> {train_dir}")
     train(args, data_dir, train_dir, os.path.join(out, "train.log"))
 
     banner(3, f"decode: {args.num_examples} dev tiles ({args.mode}) -> {decode_dir}")
     from allen_sr import decoding
 
     code = decoding.decode_main([
-        f"--problem={PROBLEM}", f"--model={MODEL}", f"--hparams_set={args.hparams_set}",
+        f"--problem={PROBLEM}", f"--model={args.model}", f"--hparams_set={args.hparams_set}",
         f"--output_dir={train_dir}", f"--data_dir={data_dir}", "--dataset_split=dev",
         f"--num_examples={args.num_examples}", f"--mode={args.mode}", f"--out={decode_dir}"])
     if code:

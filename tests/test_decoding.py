@@ -137,6 +137,28 @@ def test_fast_logits_equal_t2t_graph(ckpt_dir, block_length, size):
     assert np.abs(got - expected).max() < LOGIT_TOL
 
 
+@pytest.mark.parametrize("input_skip", [True, False])
+def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip):
+    """img2img_transformer_sr (allen_sr.t2t_models): the fast decoder adds the same upsampled
+    input embeddings as the t2t graph, and with the skip off it is the plain model."""
+    model = decoding.SKIP_MODEL
+    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES + f",input_skip={input_skip}")
+    decoding.train_checkpoint(tmp_path, hparams, steps=3, batch_size=2, seed=1, model_name=model)
+    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, output_dir=tmp_path)
+    assert hparams.input_skip == input_skip
+    inputs, targets = random_pair(2, 32, seed=7)
+    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(tmp_path), model_name=model)
+    try:
+        expected = naive_dec.logits(inputs, targets)
+        other_inputs = naive_dec.logits(inputs[::-1], targets)
+    finally:
+        naive_dec.close()
+    got = FastDecoder.from_checkpoint(hparams, str(tmp_path), model_name=model).logits(inputs, targets)
+    assert np.abs(got - expected).max() < LOGIT_TOL
+    if input_skip:  # the skip conditions every position on its input pixel from the first step
+        assert np.abs(expected - other_inputs).max() > 0.05
+
+
 def test_float64_logits_equal_t2t_graph(ckpt_dir, naive):
     inputs, targets = random_pair(1, 32, seed=7)
     fast64 = FastDecoder.from_checkpoint(hparams_for(ckpt_dir), ckpt_dir, dtype="float64")
@@ -290,6 +312,16 @@ def test_unsupported_hparams_are_refused(ckpt_dir, name, value, supported):
     assert supported in str(info.value)
     with pytest.raises(UnsupportedHParamsError):
         decoding.check_supported(hparams)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("dec_attention_type", "local_2d"), ("dec_attention_type", "global"), ("block_raster_scan", True)])
+def test_naive_decoder_refuses_orders_it_cannot_decode(ckpt_dir, name, value):
+    """Raster-order decoding of a model that is not causal in raster order would be wrong."""
+    hparams = hparams_for(ckpt_dir)
+    setattr(hparams, name, value)
+    with pytest.raises(UnsupportedHParamsError, match="raster-order decoding"):
+        NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir))
 
 
 def test_hparams_that_do_not_match_the_checkpoint_are_refused(ckpt_dir):

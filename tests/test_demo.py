@@ -1,0 +1,37 @@
+"""`allen-sr demo` end to end on the shipped sample images, with a short training run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_demo_writes_predictions_metrics_and_loss(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "allen-sr"), "demo", f"--out={out}",
+           "--train_steps=20", "--num_examples=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("predictions.png", "metrics.json", "loss.png"):
+        assert str(out / name) in proc.stdout  # it says where its results are
+
+    grid = Image.open(out / "predictions.png")
+    assert grid.width > 4 * 32 and grid.height > 4 * 32  # 4 columns, 4 rows of enlarged tiles
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["tiles"] == 4 and "RGB" in metrics["protocol"]
+    for method in ("bicubic", "model"):
+        assert 5 < metrics["methods"][method]["psnr"] < 100
+        assert -1 <= metrics["methods"][method]["ssim"] <= 1
+    assert Image.open(out / "loss.png").size[0] > 200
+
+    # The dataset came from data/sample and holds only tissue tiles, split by image.
+    info = json.loads((out / "data" / "img2img_local_dim8to32-info.json").read_text())
+    images = info["summary"]["images"]
+    assert images["dev"] and images["train"] and not set(images["dev"]) & set(images["train"])
+    assert os.path.exists(out / "train" / "model.ckpt-20.index")
