@@ -164,21 +164,21 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
                         warnings.warn(str(exc))
                         summary.skipped.append((path, str(exc)))
                         continue
-                    tiles_, positions, rejected = tiling.tissue_tiles(image, size)
-                    del image
                     key = tiling.image_id(path)
                     summary.images_read += 1
                     summary.images[split].append(key)
-                    summary.tiles_rejected += rejected
-                    summary.tiles_kept[split] += len(tiles_)
-                    if split == "train" and len(tiles_):
-                        flat = tiles_.reshape(-1, 3).astype(np.float64)
-                        total += flat.sum(0)
-                        total_sq += (flat ** 2).sum(0)
-                        count += flat.shape[0]
-                    for tile, (top, left) in zip(tiles_, positions):
-                        rec = tile_example(encode_png(tile), size, key, top, left)
-                        buckets[split][rng.randrange(n_shards[split])].write(rec)
+                    for tiles_, positions, rejected in tiling.tissue_tile_strips(image, size):
+                        summary.tiles_rejected += rejected
+                        summary.tiles_kept[split] += len(tiles_)
+                        if split == "train" and len(tiles_):
+                            flat = tiles_.reshape(-1, 3).astype(np.float64)
+                            total += flat.sum(0)
+                            total_sq += (flat ** 2).sum(0)
+                            count += flat.shape[0]
+                        for tile, (top, left) in zip(tiles_, positions):
+                            rec = tile_example(encode_png(tile), size, key, top, left)
+                            buckets[split][rng.randrange(n_shards[split])].write(rec)
+                    del image
                     bar.set_postfix(train=summary.tiles_kept["train"], dev=summary.tiles_kept["dev"])
         for writers in buckets.values():
             for w in writers:

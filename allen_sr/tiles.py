@@ -156,12 +156,33 @@ def grid_tiles(image: np.ndarray, size: int = TILE_SIZE) -> tuple[np.ndarray, np
     return tiles, np.stack([ys.ravel(), xs.ravel()], axis=1)
 
 
+def tissue_tile_strips(image: np.ndarray, size: int = TILE_SIZE,
+                       min_fraction: float = TISSUE_MIN_FRACTION) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Per strip of `size` rows: (kept tiles, their positions, number rejected).
+
+    Working one strip at a time keeps the temporaries (int16 copies for the filter, the tile
+    reshape) to one strip's size, so a 15000 x 8500 px slide needs little beyond its own pixels.
+    """
+    for top in range(0, image.shape[0] - size + 1, size):
+        strip_tiles, positions = grid_tiles(image[top:top + size], size)
+        if not len(strip_tiles):
+            continue
+        keep = tissue_fraction(strip_tiles) >= min_fraction
+        positions[:, 0] += top
+        yield strip_tiles[keep], positions[keep], int((~keep).sum())
+
+
 def tissue_tiles(image: np.ndarray, size: int = TILE_SIZE,
                  min_fraction: float = TISSUE_MIN_FRACTION) -> tuple[np.ndarray, np.ndarray, int]:
     """Grid tiles that pass the tissue filter: (tiles, positions, number rejected)."""
-    tiles, positions = grid_tiles(image, size)
-    keep = tissue_fraction(tiles) >= min_fraction if len(tiles) else np.zeros(0, bool)
-    return tiles[keep], positions[keep], int((~keep).sum())
+    kept, positions, rejected = [], [], 0
+    for k, p, r in tissue_tile_strips(image, size, min_fraction):
+        kept.append(k)
+        positions.append(p)
+        rejected += r
+    if not kept:
+        return np.zeros((0, size, size, image.shape[2]), np.uint8), np.zeros((0, 2), np.int64), rejected
+    return np.concatenate(kept), np.concatenate(positions), rejected
 
 
 def iter_image_tiles(paths: list[str], size: int = TILE_SIZE,

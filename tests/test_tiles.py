@@ -110,3 +110,21 @@ def test_bad_files_are_skipped_with_a_message_naming_them(tmp_path, kind, messag
 def test_list_images_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does_not_exist"):
         tiles.list_images(str(tmp_path / "does_not_exist"))
+
+
+def test_tiling_a_large_slide_needs_little_memory_beyond_its_pixels():
+    """Temporaries stay at one strip of tiles, not copies of the whole slide (tracemalloc sees
+    numpy's allocations)."""
+    import tracemalloc
+
+    image = np.full((4096, 4096, 3), 245, np.uint8)  # 48 MiB of glass ...
+    image[:, ::2] = (120, 60, 150)  # ... striped with stain, so every tile is kept
+    tracemalloc.start()
+    kept = rejected = 0
+    for t, _, r in tiles.tissue_tile_strips(image):
+        kept += len(t)
+        rejected += r
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert kept == 64 * 64 and rejected == 0
+    assert peak < image.nbytes / 4, f"peak {peak / 2**20:.1f} MiB while tiling a {image.nbytes / 2**20:.0f} MiB image"
