@@ -1,4 +1,4 @@
-"""Build a tile dataset: lossless PNG tiles in shuffled, atomically written TFRecord shards.
+"""Build a tile dataset: lossless raw tiles in shuffled, atomically written TFRecord shards.
 
 Layout in `data_dir` for a dataset prefix P (tensor2tensor's naming, so t2t reads it as is):
   P-train-00000-of-00004 ...   shuffled train shards
@@ -6,13 +6,16 @@ Layout in `data_dir` for a dataset prefix P (tensor2tensor's naming, so t2t read
   P-stats.json                 per-channel mean/std of the train tiles (0-255), for normalization
   P-info.json                  written last: what was built from what; its presence means complete
 
+Tiles are stored as raw uint8 bytes (`image/format` = "raw", `image/height`/`image/width` give
+the shape): lossless, and ten times faster to write than PNG, which dominated datagen time. Images
+are read and tiled in worker processes (one per core); the main process only writes records.
+
 Shards are first written under `data_dir/.allen_sr_tmp/` (outside t2t's `P-train*` glob) and
 renamed into place only when every shard of the run is finished; a killed run leaves no partial
 shard under a final name, and a rerun rebuilds everything.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -30,9 +33,8 @@ from allen_sr import tiles as tiling
 
 log = logging.getLogger(__name__)
 
-TILES_PER_SHARD = 10_000  # ~100 MB of 64x64 PNG tiles per shard
+TILES_PER_SHARD = 8_000  # ~100 MB of raw 64x64x3 tiles per shard
 TMP_DIRNAME = ".allen_sr_tmp"
-PNG_COMPRESS_LEVEL = 1  # lossless either way; level 1 encodes several times faster than 6
 
 
 @dataclass
@@ -56,27 +58,108 @@ class DatagenSummary:
         return "\n".join(lines)
 
 
-def encode_png(tile: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(tile).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits, n = n & 0x7F, n >> 7
+        if n:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
 
 
-def tile_example(png: bytes, size: int, source: str, top: int, left: int) -> bytes:
-    """A serialized tf.train.Example with the t2t image features plus provenance."""
-    import tensorflow as tf
+def _delimited(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
-    def b(v):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
 
-    def i(v):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+def _feature_entry(key: bytes, feature: bytes) -> bytes:
+    # Features.feature is map<string, Feature>: each entry is a message {1: key, 2: value}.
+    return _delimited(1, _delimited(1, key) + _delimited(2, feature))
 
-    return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": b(png), "image/format": b(b"png"),
-        "image/height": i(size), "image/width": i(size),
-        "image/source": b(source.encode("utf-8")), "image/top": i(top), "image/left": i(left),
-    })).SerializeToString()
+
+def _bytes_feature(value: bytes) -> bytes:
+    return _delimited(1, _delimited(1, value))  # Feature.bytes_list = 1 -> BytesList.value = 1
+
+
+def _int64_feature(value: int) -> bytes:
+    return _delimited(3, _delimited(1, _varint(value)))  # Feature.int64_list = 3, packed values
+
+
+def tile_example(tile: np.ndarray, source: str, top: int, left: int) -> bytes:
+    """A serialized tf.train.Example holding one raw tile with t2t's image features.
+
+    Encoded by hand (the Example wire format is five nested length-delimited fields): it keeps the
+    tiling workers free of TensorFlow and costs ~3 us instead of ~30 us per record. Tests parse
+    the result with tf.train.Example.
+    """
+    height, width = tile.shape[:2]
+    features = b"".join((
+        _feature_entry(b"image/encoded", _bytes_feature(tile.tobytes())),
+        _feature_entry(b"image/format", _bytes_feature(b"raw")),
+        _feature_entry(b"image/height", _int64_feature(height)),
+        _feature_entry(b"image/width", _int64_feature(width)),
+        _feature_entry(b"image/channels", _int64_feature(tile.shape[2])),
+        _feature_entry(b"image/source", _bytes_feature(source.encode("utf-8"))),
+        _feature_entry(b"image/top", _int64_feature(int(top))),
+        _feature_entry(b"image/left", _int64_feature(int(left))),
+    ))
+    return _delimited(1, features)
+
+
+@dataclass
+class ImageRecords:
+    """What a worker returns for one image: its records and counts, or why it was skipped."""
+
+    path: str
+    key: str
+    records: list
+    histogram: np.ndarray | None  # [3, 256] pixel value counts of the kept tiles
+    rejected: int
+    error: str | None = None
+
+
+def tile_image_records(path: str, size: int) -> ImageRecords:
+    """Read one image and turn its tissue tiles into serialized records (runs in a worker)."""
+    key = tiling.image_id(path)
+    try:
+        image = tiling.load_image(path, size)
+    except tiling.ImageSkipped as exc:
+        return ImageRecords(path, key, [], None, 0, str(exc))
+    recs, rejected = [], 0
+    histogram = np.zeros((3, 256), np.int64)
+    for tiles_, positions, strip_rejected in tiling.tissue_tile_strips(image, size):
+        rejected += strip_rejected
+        for c in range(3):
+            histogram[c] += np.bincount(tiles_[..., c].ravel(), minlength=256)
+        recs += [tile_example(t, key, top, left) for t, (top, left) in zip(tiles_, positions)]
+    return ImageRecords(path, key, recs, histogram, rejected)
+
+
+def _tile_all(paths: list[str], size: int, workers: int):
+    """Yield ImageRecords in input order, tiling in `workers` forked processes.
+
+    Fork, not spawn: spawn re-imports the caller's __main__, which breaks scripts and notebooks
+    without a main guard. The children run only NumPy/Pillow code, never TensorFlow, so forking a
+    process that has TensorFlow loaded is safe here. Without fork (not Linux/macOS), tile serially.
+    """
+    import multiprocessing
+
+    if workers <= 1 or len(paths) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for p in paths:
+            yield tile_image_records(p, size)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        # Submit a bounded window ahead so at most a few images' records are in memory.
+        pending, it = [], iter(paths)
+        for p in it:
+            pending.append(pool.submit(tile_image_records, p, size))
+            if len(pending) > 2 * workers:
+                yield pending.pop(0).result()
+        for fut in pending:
+            yield fut.result()
 
 
 def _shard_names(prefix: str, split: str, n: int) -> list[str]:
@@ -119,12 +202,14 @@ def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
 def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
                        dev_fraction: float = 0.1, size: int = tiling.TILE_SIZE,
                        seed: int = 1234, force: bool = False,
-                       tiles_per_shard: int = TILES_PER_SHARD) -> DatagenSummary | None:
+                       tiles_per_shard: int = TILES_PER_SHARD,
+                       workers: int | None = None) -> DatagenSummary | None:
     """Tile `image_paths` into shuffled train/dev TFRecord shards under `data_dir`.
 
     Returns the summary, or None when an identical complete dataset already exists (and not
     `force`). Shuffling is a two-pass external shuffle (random bucket per tile, then an in-memory
-    shuffle per bucket), so memory stays bounded by one image plus one shard.
+    shuffle per bucket), so memory stays bounded by a few images' tiles plus one shard.
+    `workers` tiling processes (default: one per core).
     """
     import tensorflow as tf
     from tqdm import tqdm
@@ -148,38 +233,30 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
     os.makedirs(tmp_root)
     summary = DatagenSummary()
     rng = random.Random(seed)
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    count = 0
+    histogram = np.zeros((3, 256), np.int64)
+    ordered = [(split, p) for split, ps in by_split.items() for p in ps]
+    split_of_path = dict((p, split) for split, p in ordered)
     try:
         buckets = {s: [tf.io.TFRecordWriter(os.path.join(tmp_root, f"bucket-{s}-{k}"))
                        for k in range(n_shards[s])] for s in by_split}
-        with tqdm(total=len(image_paths), desc=f"tiling {prefix}", unit="img") as bar:
-            for split, paths in by_split.items():
-                for path in paths:
-                    bar.update(1)
-                    try:
-                        image = tiling.load_image(path, size)
-                    except tiling.ImageSkipped as exc:
-                        warnings.warn(str(exc))
-                        summary.skipped.append((path, str(exc)))
-                        continue
-                    key = tiling.image_id(path)
-                    summary.images_read += 1
-                    summary.images[split].append(key)
-                    for tiles_, positions, rejected in tiling.tissue_tile_strips(image, size):
-                        summary.tiles_rejected += rejected
-                        summary.tiles_kept[split] += len(tiles_)
-                        if split == "train" and len(tiles_):
-                            flat = tiles_.reshape(-1, 3).astype(np.float64)
-                            total += flat.sum(0)
-                            total_sq += (flat ** 2).sum(0)
-                            count += flat.shape[0]
-                        for tile, (top, left) in zip(tiles_, positions):
-                            rec = tile_example(encode_png(tile), size, key, top, left)
-                            buckets[split][rng.randrange(n_shards[split])].write(rec)
-                    del image
-                    bar.set_postfix(train=summary.tiles_kept["train"], dev=summary.tiles_kept["dev"])
+        with tqdm(total=len(ordered), desc=f"tiling {prefix}", unit="img") as bar:
+            for result in _tile_all([p for _, p in ordered], size, workers or os.cpu_count() or 1):
+                bar.update(1)
+                if result.error:
+                    warnings.warn(result.error)
+                    summary.skipped.append((result.path, result.error))
+                    continue
+                split = split_of_path[result.path]
+                summary.images_read += 1
+                summary.images[split].append(result.key)
+                summary.tiles_rejected += result.rejected
+                summary.tiles_kept[split] += len(result.records)
+                if split == "train":
+                    histogram += result.histogram
+                writers = buckets[split]
+                for rec in result.records:
+                    writers[rng.randrange(n_shards[split])].write(rec)
+                bar.set_postfix(train=summary.tiles_kept["train"], dev=summary.tiles_kept["dev"], refresh=False)
         for writers in buckets.values():
             for w in writers:
                 w.close()
@@ -189,7 +266,7 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
             names = _shard_names(prefix, split, n_shards[split])
             for k, name in enumerate(tqdm(names, desc=f"shuffling {split}", unit="shard")):
                 bucket = os.path.join(tmp_root, f"bucket-{split}-{k}")
-                records = list(tf.data.TFRecordDataset(bucket).as_numpy_iterator())
+                records = list(tf.compat.v1.io.tf_record_iterator(bucket))  # no eager tensors: 10x faster
                 rng.shuffle(records)
                 with tf.io.TFRecordWriter(os.path.join(tmp_root, name)) as w:
                     for r in records:
@@ -197,11 +274,13 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
                 os.remove(bucket)
             final_names += names
 
+        count = int(histogram[0].sum())
         if count:
-            mean = total / count
-            std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0))
+            values = np.arange(256, dtype=np.float64)
+            mean = histogram @ values / count
+            std = np.sqrt(np.maximum(histogram @ values ** 2 / count - mean ** 2, 0))
             stats = {"mean": mean.round(4).tolist(), "std": std.round(4).tolist(),
-                     "pixels": int(count), "scale": "0-255, RGB, train tiles"}
+                     "pixels": count, "scale": "0-255, RGB, train tiles"}
         else:
             stats = None
 

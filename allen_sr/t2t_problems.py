@@ -1,6 +1,6 @@
 """tensor2tensor Problem base classes for tile super-resolution (registered in problems/).
 
-Records hold lossless 64x64 RGB tiles (allen_sr.records). Each problem crops its target from a
+Records hold lossless raw 64x64 RGB tiles (allen_sr.records). Each problem crops its target from a
 tile (random crop plus flips/90-degree rotations when training, the centre crop otherwise, so eval
 and decode see fixed examples) and derives its input by area downsampling, rounded to uint8.
 """
@@ -65,9 +65,11 @@ class TileSuperResolution(problem.Problem):
             "image/encoded": tf.FixedLenFeature((), tf.string),
             "image/format": tf.FixedLenFeature((), tf.string),
         }
+        # Tiles are raw uint8 bytes (allen_sr.records); the decoder also reads PNG/JPEG records.
         decoders = {
             "targets": contrib.slim().tfexample_decoder.Image(
-                image_key="image/encoded", format_key="image/format", channels=3),
+                image_key="image/encoded", format_key="image/format",
+                shape=[self.tile_size, self.tile_size, 3], channels=3),
         }
         return data_fields, decoders
 
@@ -113,6 +115,18 @@ class TileSuperResolution(problem.Problem):
     def eval_metrics(self):
         return [t2t_metrics.Metrics.ACC, t2t_metrics.Metrics.ACC_PER_SEQ,
                 t2t_metrics.Metrics.NEG_LOG_PERPLEXITY]
+
+    def eval_metric_fns(self, model_hparams):
+        """t2t's metrics above plus PSNR and SSIM (metrics-<problem>/targets/psnr, .../ssim).
+
+        They are not in eval_metrics() because t2t only accepts names from its own METRICS_FNS
+        table there.
+        """
+        from allen_sr import t2t_metrics as sr_metrics  # our t2t_metrics, not tensor2tensor's
+
+        fns = super().eval_metric_fns(model_hparams)
+        fns.update(sr_metrics.EVAL_METRIC_FNS)
+        return fns
 
 
 def area_downsample(image, size):

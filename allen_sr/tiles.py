@@ -130,10 +130,11 @@ def load_image(path: str, min_size: int = TILE_SIZE) -> np.ndarray:
 
 def tissue_mask(pixels: np.ndarray) -> np.ndarray:
     """Boolean mask (..., H, W) of tissue pixels for uint8 RGB arrays (..., H, W, 3)."""
-    p = pixels.astype(np.int16)
-    mean = p.sum(axis=-1) / 3.0
-    spread = p.max(axis=-1) - p.min(axis=-1)
-    return (mean < TISSUE_MAX_MEAN) | (spread >= TISSUE_MIN_SPREAD)
+    # Work on the three colour planes: reductions over a last axis of length 3 are ~15x slower.
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    total = r.astype(np.uint16) + g + b
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    return (total < 3 * TISSUE_MAX_MEAN) | (spread >= TISSUE_MIN_SPREAD)
 
 
 def tissue_fraction(tiles: np.ndarray) -> np.ndarray:

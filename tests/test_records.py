@@ -1,6 +1,5 @@
 """Dataset builds: lossless shuffled shards, split by image, stats, atomic and resumable datagen,
 and what tensor2tensor's own input pipeline reads back from them."""
-import io
 import json
 import os
 import signal
@@ -25,7 +24,9 @@ def read_records(path):
         ex = tf.train.Example.FromString(raw)
         f = ex.features.feature
         out.append({
-            "png": f["image/encoded"].bytes_list.value[0],
+            "pixels": np.frombuffer(f["image/encoded"].bytes_list.value[0], np.uint8).reshape(
+                f["image/height"].int64_list.value[0], f["image/width"].int64_list.value[0],
+                f["image/channels"].int64_list.value[0]),
             "format": f["image/format"].bytes_list.value[0],
             "source": f["image/source"].bytes_list.value[0].decode(),
             "top": f["image/top"].int64_list.value[0],
@@ -52,9 +53,9 @@ def test_build_writes_lossless_shuffled_split_records(image_folder, tmp_path):
         recs = [r for s in shards for r in read_records(s)]
         assert len(recs) == summary.tiles_kept[split]
         sources[split] = {r["source"] for r in recs}
-        for r in recs[:20]:  # lossless: the PNG decodes to exactly the source pixels
-            assert r["format"] == b"png"
-            tile = np.asarray(Image.open(io.BytesIO(r["png"])))
+        for r in recs[:20]:  # lossless: the raw bytes are exactly the source pixels
+            assert r["format"] == b"raw"
+            tile = r["pixels"]
             original = tiles.load_image(str(image_folder / f"{r['source']}.png"))
             np.testing.assert_array_equal(tile, original[r["top"]:r["top"] + 64, r["left"]:r["left"] + 64])
         if split == "train":
@@ -71,6 +72,29 @@ def test_build_writes_lossless_shuffled_split_records(image_folder, tmp_path):
     np.testing.assert_allclose(stats["mean"], train_pixels.mean(0), atol=1e-3)
     np.testing.assert_allclose(stats["std"], train_pixels.std(0), atol=1e-3)
     assert not os.path.exists(os.path.join(data_dir, records.TMP_DIRNAME))
+
+
+def test_hand_encoded_example_parses_as_tf_example():
+    import tensorflow as tf
+
+    tile = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ex = tf.train.Example.FromString(records.tile_example(tile, "slide_ü", 2**40, 300))
+    f = ex.features.feature
+    assert f["image/encoded"].bytes_list.value == [tile.tobytes()]
+    assert f["image/format"].bytes_list.value == [b"raw"]
+    assert [f[k].int64_list.value[0] for k in ("image/height", "image/width", "image/channels", "image/top", "image/left")] == [64, 64, 3, 2**40, 300]
+    assert f["image/source"].bytes_list.value[0].decode() == "slide_ü"
+    assert len(f) == 8
+
+
+def test_parallel_and_serial_builds_write_the_same_records(image_folder, tmp_path):
+    paths = tiles.list_images(str(image_folder))
+    got = {}
+    for workers in (1, 2):
+        data_dir = str(tmp_path / f"w{workers}")
+        records.build_tile_dataset(paths, data_dir, PREFIX, workers=workers)
+        got[workers] = [open(p, "rb").read() for split in ("train", "dev") for p in shard_paths(data_dir, split)]
+    assert got[1] == got[2] and got[1]
 
 
 def test_rerun_skips_a_complete_dataset_and_rebuilds_when_inputs_change(image_folder, tmp_path):
@@ -114,11 +138,11 @@ def test_killed_datagen_leaves_no_partial_shard_and_rerun_completes(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tmp_root = data_dir / records.TMP_DIRNAME
     deadline = time.time() + 120
+    # Bucket files are opened before tiling starts: kill the build as soon as they exist.
     while time.time() < deadline and not (tmp_root.exists() and any(tmp_root.rglob("bucket-*"))):
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "datagen finished before it could be killed mid-run"
     assert not list(data_dir.glob(f"{PREFIX}-train-*")), "a shard appeared under its final name mid-run"
     assert not (data_dir / f"{PREFIX}-info.json").exists()
 
@@ -141,7 +165,7 @@ def test_t2t_pipeline_reads_centre_crops_and_area_inputs(image_folder, tmp_path)
     hp = trainer_lib.create_hparams("img2img_allen_cpu_tiny", data_dir=data_dir, problem_name=PREFIX)
     ds = problem.dataset(tf.estimator.ModeKeys.EVAL, data_dir=data_dir, hparams=hp, shuffle_files=False)
     dev = {(r["top"], r["left"], r["source"]): r for s in shard_paths(data_dir, "dev") for r in read_records(s)}
-    tiles_by_pixels = {np.asarray(Image.open(io.BytesIO(r["png"])))[16:48, 16:48].tobytes() for r in dev.values()}
+    tiles_by_pixels = {r["pixels"][16:48, 16:48].tobytes() for r in dev.values()}
     n = 0
     for ex in ds.take(5).as_numpy_iterator():
         target, inputs = ex["targets"].astype(np.uint8), ex["inputs"].astype(np.uint8)
