@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from allen_stand_in import AllenStandIn
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DEV_IMAGES = os.path.join(REPO, "..", "shared", "data", "dev-images")
 SAMPLE_IMAGES = os.path.join(REPO, "data", "sample")
@@ -37,3 +39,17 @@ def dev_images():
     if not os.path.isdir(SHARED_DEV_IMAGES):
         pytest.skip("../shared/data/dev-images is not available in this clone")
     return SHARED_DEV_IMAGES
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proxy from the environment must not intercept requests meant for the local stand-in.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def server():
+    """A running Allen API stand-in on 127.0.0.1 (tests/allen_stand_in.py)."""
+    with AllenStandIn() as stand_in:
+        yield stand_in

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from allen_stand_in import AllenStandIn  # noqa: E402
 
 from allen_sr import allen_api  # noqa: E402
 from allen_sr.allen_api import (  # noqa: E402
@@ -34,19 +33,6 @@ from allen_sr.allen_api import (  # noqa: E402
 
 FAST = dict(timeout=(2.0, 2.0), retry=RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05),
             rate=None)
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A proxy from the environment must not intercept requests meant for the stand-in.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def server():
-    with AllenStandIn() as stand_in:
-        yield stand_in
 
 
 # ---- pure functions --------------------------------------------------------------------------

@@ -49,19 +49,6 @@ FAST_CLI = ["--rate", "0", "--timeout", "2", "--connect_timeout", "2", "--retrie
             "--backoff", "0.01", "--no_progress"]
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A proxy from the environment must not intercept requests meant for the stand-in.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-def server():
-    with AllenStandIn() as stand_in:
-        yield stand_in
-
-
 def assert_identical(server: AllenStandIn, folder: Path, ids: list[int], **params) -> None:
     for image_id in ids:
         assert image_path(folder, image_id).read_bytes() == \
