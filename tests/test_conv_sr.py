@@ -1,0 +1,307 @@
+"""The residual CNN `img2img_conv_sr`: real t2t training, its one-pass decoder and the CLI.
+
+Checkpoints are made by a few real optimizer steps through tensor2tensor's estimator model_fn
+(`decoding.train_checkpoint`, t2t-trainer's code path) or by `allen-sr train` itself, with a tiny
+variant of the hparams sets (width 8, one residual block) so that every run takes seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from allen_sr import conv_sr, decoding, evaluate
+from conftest import REPO, tissue_image
+
+PROBLEM = "img2img_local_dim8to32"
+MODEL = conv_sr.MODEL_NAME
+CPU_SET = "img2img_conv_sr_cpu"
+HYBRID_SET = "img2img_conv_sr_cpu_hybrid"
+TINY = "hidden_size=8,num_res_blocks=1"
+BIN = os.path.dirname(sys.executable)
+
+
+def tiny_hparams(hparams_set: str = CPU_SET, extra: str = "", output_dir=None):
+    """The hparams set at TINY size, with ``extra`` "k=v,..." overrides (which win)."""
+    merged = dict(kv.split("=", 1) for kv in f"{TINY},{extra}".strip(",").split(","))
+    overrides = ",".join(f"{k}={v}" for k, v in merged.items())
+    return decoding.load_hparams(hparams_set, PROBLEM, overrides, output_dir)
+
+
+def checkpoint_values(ckpt: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(ckpt)
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(ckpt)}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """Our problem's real datagen on brightfield-like synthetic images (records + stats)."""
+    from tensor2tensor.utils import registry
+
+    root = tmp_path_factory.mktemp("conv_data")
+    images = root / "images"
+    images.mkdir()
+    for k in range(10):
+        Image.fromarray(tissue_image(160, 192, seed=k)).save(images / f"slide_{k}.png")
+    out = root / "data"
+    registry.problem(PROBLEM).generate_data(str(out), str(images))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("conv_run")
+    decoding.train_checkpoint(out, tiny_hparams(), steps=3, batch_size=4, model_name=MODEL)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def decoder(ckpt_dir):
+    dec = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
+    yield dec
+    dec.close()
+
+
+# --------------------------------------------------------------------------- hparams and errors
+
+
+def test_hparams_sets_are_registered_with_docstrings():
+    from tensor2tensor.utils import registry
+
+    decoding._import_registrations()
+    from allen_sr.hparams import conv_sr as sets
+
+    for name in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"):
+        assert name in registry.list_hparams() and getattr(sets, name).__doc__
+    cpu, hybrid, gpu = (decoding.load_hparams(n, PROBLEM) for n in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"))
+    assert (cpu.hidden_size, cpu.num_res_blocks, cpu.batch_size, cpu.gan_weight) == (64, 6, 64, 0.0)
+    assert hybrid.gan_weight > 0 and hybrid.hidden_size == cpu.hidden_size
+    assert gpu.hidden_size > cpu.hidden_size and gpu.num_res_blocks > cpu.num_res_blocks
+    for hp in (cpu, hybrid, gpu):
+        conv_sr.check_hparams(hp, conv_sr.scale_factor(hp))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("pixel_loss=l2", "pixel_loss must be one of"),
+    ("gan_weight=-0.1", "gan_weight must be >= 0"),
+    ("num_res_blocks=-1", "num_res_blocks must be >= 0"),
+    ("cosine_decay_min=2.0", "cosine_decay_min in"),
+])
+def test_bad_hparams_are_refused_by_name(override, message):
+    with pytest.raises(ValueError, match=message):
+        conv_sr.check_hparams(tiny_hparams(extra=override), 4)
+
+
+def test_bad_scale_factors_and_foreign_hparams_are_refused():
+    hp = decoding.load_hparams(CPU_SET, "img2img_allen_brain_dim48to64")
+    with pytest.raises(ValueError, match="integer scale factor, got 48 -> 64"):
+        conv_sr.scale_factor(hp)
+    with pytest.raises(ValueError, match="power of 2"):
+        conv_sr.check_hparams(hp, 3)
+    with pytest.raises(ValueError, match="use an img2img_conv_sr_\\* hparams set"):
+        conv_sr.check_hparams(decoding.load_hparams("img2img_allen_cpu_tiny", PROBLEM))
+
+
+def test_normalization_without_stats_names_the_missing_file(tmp_path):
+    hp = tiny_hparams(extra="normalize_inputs=True")
+    with pytest.raises(ValueError, match="normalize_inputs=True .* no data_dir"):
+        decoding.train_checkpoint(tmp_path / "a", hp, steps=1, batch_size=2, model_name=MODEL)
+    hp.add_hparam("data_dir", str(tmp_path))
+    expected = re.escape(str(tmp_path / f"{PROBLEM}-stats.json")) + ".*allen-sr datagen"
+    with pytest.raises(FileNotFoundError, match=expected):
+        decoding.train_checkpoint(tmp_path / "b", hp, steps=1, batch_size=2, model_name=MODEL)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+def test_allen_sr_train_lowers_the_loss_checkpoints_and_evaluates(data_dir, tmp_path):
+    """The real `allen-sr train` (t2t-trainer) with eval: the loss falls, eval reports PSNR."""
+    out = tmp_path / "train"
+    cmd = [os.path.join(BIN, "allen-sr"), "train", f"--problem={PROBLEM}", f"--model={MODEL}",
+           f"--hparams_set={CPU_SET}", f"--data_dir={data_dir}", f"--output_dir={out}",
+           "--train_steps=150", "--local_eval_frequency=150", "--eval_steps=1",
+           "--log_step_count_steps=1", "--random_seed=1",
+           f"--hparams={TINY},batch_size=16,learning_rate_constant=0.005,learning_rate_warmup_steps=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    assert (out / "model.ckpt-150.index").exists()
+    # Batch losses of every step; the untrained model is bicubic, so a fall means learning
+    # (measured: ~0.030 over the first 20 steps, ~0.024 over the last 20).
+    losses = [float(v) for v in re.findall(r"INFO:tensorflow:loss = ([0-9.e-]+), step = \d+", log)]
+    assert len(losses) >= 140
+    assert np.mean(losses[-20:]) < 0.9 * np.mean(losses[:20]), losses
+    # Our eval metrics replace the problem's logit metrics (accuracy would crash on an image).
+    psnr = re.search(rf"metrics-{PROBLEM}/targets/psnr = ([0-9.]+)", log)
+    assert psnr and 10 < float(psnr.group(1)) < 60
+    assert "targets/accuracy" not in log
+
+
+def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path):
+    stats = {"mean": [180.0, 120.0, 140.0], "std": [40.0, 60.0, 50.0]}
+    (tmp_path / f"{PROBLEM}-stats.json").write_text(json.dumps(stats))
+    # Warm-up 1: two full-rate steps move the zero-initialized output conv off 0, so the
+    # prediction depends on the (normalized) inputs and not only on bicubic.
+    hp = tiny_hparams(extra="normalize_inputs=True,learning_rate_warmup_steps=1")
+    hp.add_hparam("data_dir", str(tmp_path))
+    ckpt = decoding.train_checkpoint(tmp_path / "run", hp, steps=2, batch_size=2, model_name=MODEL)
+    values = checkpoint_values(ckpt)
+    names = {conv_sr.decoding.canonical_variable_name(n): n for n in values}
+    mean = values[names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/mean"]]
+    std = values[names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/std"]]
+    np.testing.assert_allclose(mean, stats["mean"])
+    np.testing.assert_allclose(std, stats["std"])
+
+    # Decoding reads the statistics from the checkpoint (no data_dir): other stats there give
+    # another prediction from the same weights.
+    inputs, _ = decoding.synthetic_examples(4, 32, 4, seed=3)
+    dec_hp = tiny_hparams(extra="normalize_inputs=True", output_dir=tmp_path / "run")
+    before = conv_sr.OnePassDecoder(dec_hp, ckpt).predict(inputs)
+    changed = str(tmp_path / "changed" / "model.ckpt")
+    # (The mean, not the std: a ReLU network with ~0 biases is homogeneous, f(x / 2) * 2 = f(x),
+    # so scaling the std alone would barely change it.)
+    rewrite_checkpoint(ckpt, changed, {names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/mean"]: mean - 60})
+    after = conv_sr.OnePassDecoder(dec_hp, changed).predict(inputs)
+    assert np.abs(after - before).max() > 0.1
+
+
+def rewrite_checkpoint(src: str, dst: str, replace: dict[str, np.ndarray]) -> None:
+    """Copy checkpoint ``src`` to prefix ``dst`` with some variables' values replaced."""
+    v1 = tf.compat.v1
+    values = checkpoint_values(src)
+    values.update(replace)
+    with tf.Graph().as_default():
+        variables = {n: v1.Variable(v, name=n.replace("/", "_")) for n, v in values.items()}
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            v1.train.Saver(var_list=variables).save(session, dst)
+
+
+def test_hybrid_loss_updates_both_networks_each_with_its_own_optimizer(tmp_path):
+    out = tmp_path / "hybrid"
+    hp = tiny_hparams(HYBRID_SET, "gan_filters=4,learning_rate_warmup_steps=1")
+    first = checkpoint_values(decoding.train_checkpoint(out, hp, steps=1, batch_size=2, model_name=MODEL))
+    last = checkpoint_values(decoding.train_checkpoint(out, hp, steps=3, batch_size=2, model_name=MODEL))
+    assert last["global_step"] == 3  # the discriminator's step does not advance it
+
+    def weights(values, discriminator):
+        return {n: v for n, v in values.items() if n.startswith(f"{MODEL}/") and n.endswith(("kernel", "bias"))
+                and (f"/{conv_sr.DISCRIMINATOR_SCOPE}/" in n) == discriminator}
+
+    for discriminator in (True, False):
+        before, after = weights(first, discriminator), weights(last, discriminator)
+        assert before and before.keys() == after.keys()
+        changed = [n for n in before if not np.array_equal(before[n], after[n])]
+        assert len(changed) == len(before), f"unchanged: {set(before) - set(changed)}"
+    # Each optimizer holds slots for its own network only: t2t's (LazyAdam, "training/...") for
+    # the generator, DiscriminatorAdam for the discriminator.
+    g_slots = [n for n in last if n.startswith("training/LazyAdam/") and n.endswith("/m")]
+    d_slots = [n for n in last if n.endswith("/DiscriminatorAdam")]
+    assert g_slots and not any(conv_sr.DISCRIMINATOR_SCOPE in n for n in g_slots)
+    assert d_slots and all(f"/{conv_sr.DISCRIMINATOR_SCOPE}/" in n for n in d_slots)
+
+
+def test_pixel_loss_only_builds_no_discriminator(ckpt_dir):
+    names = [n for n, _ in tf.train.list_variables(decoding.find_checkpoint(ckpt_dir))]
+    assert any(n.endswith("conv_in/kernel") for n in names)
+    assert not any(conv_sr.DISCRIMINATOR_SCOPE in n for n in names)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def test_decoder_equals_t2t_estimator_predict(ckpt_dir, decoder):
+    """The one-pass decoder against tensor2tensor's own PREDICT path (estimator + infer)."""
+    from tensor2tensor.utils import t2t_model, trainer_lib
+    from tensorflow.python.autograph.core import ag_ctx
+
+    hp = tiny_hparams(output_dir=ckpt_dir)
+    inputs, _ = decoding.synthetic_examples(5, 32, 4, seed=7)
+    config = trainer_lib.create_run_config(MODEL, model_dir=ckpt_dir, num_gpus=0)
+    t2t_fn = t2t_model.T2TModel.make_estimator_model_fn(MODEL, hp)
+
+    def model_fn(features, labels, mode, params=None, config=None):
+        # The same graph without AutoGraph's slow rewrite of t2t's Python control flow.
+        with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
+            return t2t_fn(features, labels, mode, params=params, config=config)
+
+    estimator = tf.estimator.Estimator(model_fn, model_dir=ckpt_dir, config=config)
+
+    def input_fn():
+        return tf.data.Dataset.from_tensor_slices({"inputs": inputs.astype(np.int32)}).batch(5)
+
+    expected = np.stack([p["outputs"] for p in estimator.predict(input_fn)])
+    assert expected.shape == (5, 32, 32, 3) and expected.dtype == np.float32  # continuous
+    got = decoder.predict(inputs, batch_size=2)
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    decoded = decoder.decode(inputs, mode="greedy")
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, np.clip(np.rint(got), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(decoder.decode(inputs, mode="mean"), decoded)
+
+
+def test_untrained_model_is_close_to_bicubic_and_keeps_block_means(decoder):
+    inputs, _ = decoding.synthetic_examples(3, 32, 4, seed=2)
+    pred = decoder.predict(inputs)
+    block_means = pred.reshape(3, 8, 4, 8, 4, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(block_means, inputs, atol=1e-3)  # block-mean projection
+
+
+def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
+    hp = tiny_hparams(extra="decode_tta=True", output_dir=ckpt_dir)
+    tta = decoding.make_decoder(MODEL, "fast", hp, ckpt_dir, (32, 32))
+    plain = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
+    inputs, _ = decoding.synthetic_examples(2, 32, 4, seed=5)
+    manual = np.mean([np.rot90(plain.predict(np.rot90(inputs, k, (1, 2))), -k, (1, 2)) for k in range(4)]
+                     + [np.rot90(plain.predict(np.rot90(inputs[:, :, ::-1], k, (1, 2))), -k, (1, 2))[:, :, ::-1]
+                        for k in range(4)], axis=0)
+    np.testing.assert_allclose(tta.predict(inputs), manual, atol=1e-3)
+    # Averaging over the group makes the prediction exactly equivariant to it.
+    np.testing.assert_allclose(tta.predict(np.rot90(inputs, 1, (1, 2))),
+                               np.rot90(tta.predict(inputs), 1, (1, 2)), atol=1e-3)
+
+
+def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir, decoder):
+    inputs, _ = decoding.synthetic_examples(1, 32, 4)
+    with pytest.raises(ValueError, match="sample is not available for img2img_conv_sr"):
+        decoder.decode(inputs, mode="sample")
+    with pytest.raises(ValueError, match=r"inputs must be \[N, 8, 8, 3\]"):
+        decoder.decode(inputs[:, :4])
+    with pytest.raises(ValueError, match="lacks .* variable"):
+        decoding.make_decoder(MODEL, "fast", tiny_hparams(extra="num_res_blocks=2"), ckpt_dir, (32, 32))
+
+
+def test_decode_evaluate_and_upscale_commands(data_dir, ckpt_dir, tmp_path, capsys):
+    common = [f"--problem={PROBLEM}", f"--model={MODEL}", f"--hparams_set={CPU_SET}",
+              f"--hparams={TINY}", f"--output_dir={ckpt_dir}"]
+    out = tmp_path / "decoded"
+    assert decoding.decode_main(common + [f"--data_dir={data_dir}", "--num_examples=3",
+                                          f"--out={out}", "--no_progress"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["tiles"] == 3 and set(summary["methods"]) == {"bicubic", "model"}
+    assert sorted(p.name for p in out.glob("example_*.png")) == [f"example_00{i}.png" for i in range(3)]
+
+    assert decoding.decode_main(common + [f"--data_dir={data_dir}", "--mode=sample", f"--out={out}"]) == 2
+    assert "not available for img2img_conv_sr" in capsys.readouterr().err
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(tissue_image(96, 96, seed=11)).save(images / "held_out.png")
+    assert evaluate.evaluate_main(common + [f"--images={images}", "--max_tiles=4", f"--out={tmp_path / 'ev'}"]) == 0
+    summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(summary["methods"]) == {"nearest", "bilinear", "bicubic", "model"} and MODEL in summary["protocol"]
+
+    from allen_sr import upscale
+
+    assert upscale.upscale_main(common + [f"--image={images / 'held_out.png'}", "--left=16", "--top=16",
+                                          "--width=16", "--height=16", f"--out={tmp_path / 'up.png'}"]) == 0
+    assert np.asarray(Image.open(tmp_path / "up.png")).shape == (64, 64, 3)
