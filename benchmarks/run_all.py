@@ -33,7 +33,11 @@ def machine_facts() -> str:
 
 
 def main() -> int:
+    # `python benchmarks/run_all.py decode datagen` runs only bench_decode.py and bench_datagen.py.
+    wanted = sys.argv[1:]
     scripts = sorted(glob.glob(os.path.join(HERE, "bench_*.py")))
+    if wanted:
+        scripts = [s for s in scripts if os.path.basename(s)[len("bench_"):-len(".py")] in wanted]
     sections, failed = [], []
     for script in scripts:
         name = os.path.basename(script)
@@ -45,7 +49,10 @@ def main() -> int:
             sections.append(f"## {name}\n\nFAILED (exit {proc.returncode}); see the console output.\n")
         else:
             sections.append(f"## {name}\n\n{proc.stdout.strip()}\n")
-    text = "# Benchmark results\n\nWritten by `make bench`. Ratios are measured side by side in one run.\n\n"
+    text = "# Benchmark results\n\nWritten by `make bench`. Ratios are measured side by side in one run.\n"
+    if wanted:
+        text += f"This file holds a partial run: `python benchmarks/run_all.py {' '.join(wanted)}`.\n"
+    text += "\n"
     text += machine_facts() + "\n" + "\n".join(sections)
     path = os.path.join(HERE, "RESULTS.md")
     with open(path + ".tmp", "w") as f:
