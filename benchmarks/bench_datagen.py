@@ -82,7 +82,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     ratio = (ours_n / ours_s) / (stock_n / stock_s)
     print("### Datagen throughput\n")
-    print(f"{args.images} local JPEGs of {args.size}x{args.size} px cut from data/sample, one process each, "
+    print(f"{args.images} local JPEGs of {args.size}x{args.size} px cut from data/sample, "
           "same run. Stock keeps tiles with max >= 230 (background included) as 63x63 JPEG; ours keeps "
           "64x64 tissue tiles as lossless raw bytes, tiles in one worker per core and shuffles for real.\n")
     print("| generator | tiles written | seconds | tiles/s | lossless |")
