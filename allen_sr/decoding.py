@@ -683,6 +683,7 @@ class FastDecoder(_BatchedDecoder):
         self._weights = {canonical_variable_name(k): v for k, v in weights.items()}
         self._model = model_name
         self.input_skip = model_name == SKIP_MODEL and bool(getattr(hparams, "input_skip", False))
+        self.normalize = model_name == SKIP_MODEL and bool(getattr(hparams, "normalize_inputs", False))
         self._used: set[str] = set()
         self._load(int(hparams.num_encoder_layers), int(hparams.num_decoder_layers))
 
@@ -763,6 +764,11 @@ class FastDecoder(_BatchedDecoder):
             if emb.shape != expected:
                 raise ValueError(f"embedding has shape {emb.shape}, expected {expected} "
                                  f"for num_channels={self.channels}")
+        if self.normalize:  # t2t_models.normalized_input_term
+            self.norm_mean = self._get("body/input_normalization/mean")
+            self.norm_std = self._get("body/input_normalization/std")
+            self.norm_kernel = self._get("body/normalized_inputs/kernel")  # [1, H]
+            self.norm_bias = self._get("body/normalized_inputs/bias")
         namer = _Namer()
         self.encoder: list[_Layer] = []
         for i in range(num_encoder_layers):
@@ -861,12 +867,21 @@ class FastDecoder(_BatchedDecoder):
         b, h, w, c, hidden = emb.shape
         return emb.reshape(b, h, w * c, hidden)
 
+    def _input_features(self, inputs: np.ndarray) -> np.ndarray:
+        """The inputs bottom [B, h, w*C, H], plus the normalized-value term when enabled."""
+        x = self._embed(np.asarray(inputs, np.int64), self.input_embedding)
+        if self.normalize:
+            values = (np.asarray(inputs, self.dtype) - self.norm_mean) / self.norm_std
+            b, h, w, c = values.shape
+            x = x + values.reshape(b, h, w * c, 1) @ self.norm_kernel + self.norm_bias
+        return x
+
     def encode(self, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Run the encoder; returns per decoder layer the encoder-decoder keys and values.
 
         Keys are [B*heads, depth/heads, L_enc] (pre-transposed), values [B*heads, L_enc, depth/heads].
         """
-        x = self._embed(np.asarray(inputs, np.int64), self.input_embedding)
+        x = self._input_features(inputs)
         b, h, w, hidden = x.shape
         x = (x + timing_signal_2d(h, w, hidden, self.dtype)).reshape(b, h * w, hidden)
         for layer in self.encoder:
@@ -906,7 +921,7 @@ class FastDecoder(_BatchedDecoder):
         if self.input_skip:
             # t2t_models.upsample_input_embeddings: sub-pixel (r, col, ch) also receives the
             # embedding of input pixel (r // f, col // f), channel ch; it depends on inputs only.
-            emb = self._embed(np.asarray(inputs, np.int64), self.input_embedding)
+            emb = self._input_features(inputs)
             b, h, wc, hidden = emb.shape
             f = rows // h
             emb = emb.reshape(b, h, 1, wc // c, 1, c, hidden)

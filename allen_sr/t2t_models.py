@@ -7,10 +7,17 @@ conditions on the input only through encoder-decoder attention, which a small mo
 budget does not learn in time: it learns the autoregressive prior and greedy decoding collapses to
 flat colour. With the skip, "copy the input colour, then refine" is available from the first step.
 The skip depends on the inputs only, so causal decoding is unchanged.
+
+With the hparam `normalize_inputs`, each input sub-pixel's embedding also receives a learned
+projection of its value normalized by the dataset's per-channel mean/std (written by datagen):
+the discrete embeddings cannot express "how dark, relative to this dataset" directly. The
+statistics are stored in the checkpoint, so decoding needs no data_dir.
 """
 from __future__ import annotations
 
 import copy
+
+import numpy as np
 
 from allen_sr import t2t_compat
 
@@ -21,7 +28,39 @@ from tensor2tensor.layers import common_image_attention as cia  # noqa: E402
 from tensor2tensor.layers import common_layers  # noqa: E402
 from tensor2tensor.models import image_transformer_2d  # noqa: E402
 
-from allen_sr import registration  # noqa: E402
+from allen_sr import records, registration  # noqa: E402
+
+NORMALIZATION_SCOPE = "input_normalization"
+
+
+def normalization_stats(hparams, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) in 0-255 of the training tiles, with clear errors."""
+    problem, data_dir = getattr(hparams, "problem", None), getattr(hparams, "data_dir", None)
+    if problem is None or not data_dir:
+        raise ValueError("normalize_inputs=True needs --data_dir (its <dataset>-stats.json, written "
+                         "by allen-sr datagen); or train with --hparams=normalize_inputs=False")
+    stats = records.read_stats(data_dir, problem.dataset_filename())
+    mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+    if channels == 1:  # greyscale problems: luma of the RGB statistics
+        luma = np.array([0.2989, 0.5870, 0.1140], np.float32)
+        mean, std = np.array([mean @ luma]), np.array([std @ luma])
+    return mean, np.maximum(std, 1.0)
+
+
+def normalized_input_term(raw_inputs, hparams):
+    """[B, h, w*C, H]: a learned projection of each input sub-pixel's normalized value."""
+    channels = hparams.num_channels
+    if hparams.mode == tf.estimator.ModeKeys.TRAIN:
+        mean, std = normalization_stats(hparams, channels)
+    else:  # restored from the checkpoint
+        mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    with tf.variable_scope(NORMALIZATION_SCOPE):
+        mean = tf.get_variable("mean", initializer=tf.constant(mean), trainable=False)
+        std = tf.get_variable("std", initializer=tf.constant(std), trainable=False)
+    x = (tf.cast(raw_inputs, tf.float32) - mean) / std
+    batch, h, w, c = common_layers.shape_list(x)
+    x = tf.reshape(x, [batch, h, w * c, 1])
+    return tf.layers.dense(x, hparams.hidden_size, name="normalized_inputs")
 
 
 def upsample_input_embeddings(inputs, rows: int, cols: int, channels: int):
@@ -44,6 +83,8 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     def body(self, features):
         hparams = copy.copy(self._hparams)
         inputs, targets = features["inputs"], features["targets"]
+        if getattr(hparams, "normalize_inputs", False):
+            inputs += normalized_input_term(features["inputs_raw"], hparams)
         encoder_input = cia.prepare_encoder(inputs, hparams)
         encoder_output = cia.transformer_encoder_layers(
             encoder_input, hparams.num_encoder_layers, hparams,

@@ -25,8 +25,9 @@ def _allen_transformer_base():
     hp.learning_rate_constant = 1.0
     hp.learning_rate_warmup_steps = 4000
     hp.clip_grad_norm = 1.0
+    # Both read by model img2img_transformer_sr only (allen_sr/t2t_models.py): normalize_inputs
+    # adds each input sub-pixel's value normalized by datagen's per-channel mean/std.
     hp.add_hparam("normalize_inputs", False)
-    # Only model img2img_transformer_sr reads this (allen_sr/t2t_models.py).
     hp.add_hparam("input_skip", True)
     return hp
 

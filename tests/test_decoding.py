@@ -137,23 +137,41 @@ def test_fast_logits_equal_t2t_graph(ckpt_dir, block_length, size):
     assert np.abs(got - expected).max() < LOGIT_TOL
 
 
-@pytest.mark.parametrize("input_skip", [True, False])
-def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip):
+@pytest.mark.parametrize("input_skip, normalize", [(True, False), (False, False), (True, True)])
+def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, normalize):
     """img2img_transformer_sr (allen_sr.t2t_models): the fast decoder adds the same upsampled
-    input embeddings as the t2t graph, and with the skip off it is the plain model."""
+    input embeddings (and normalized-input term) as the t2t graph; with both off it is the plain
+    model."""
     model = decoding.SKIP_MODEL
-    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES + f",input_skip={input_skip}")
-    decoding.train_checkpoint(tmp_path, hparams, steps=3, batch_size=2, seed=1, model_name=model)
-    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, output_dir=tmp_path)
-    assert hparams.input_skip == input_skip
+    hparams = decoding.load_hparams(
+        HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES + f",input_skip={input_skip},normalize_inputs={normalize}")
+    if normalize:  # the statistics datagen writes; training reads them from data_dir
+        stats_dir = tmp_path / "data"
+        stats_dir.mkdir()
+        (stats_dir / "img2img_allen_brain-stats.json").write_text(
+            json.dumps({"mean": [200.0, 150.0, 170.0], "std": [30.0, 50.0, 40.0]}))
+        if hasattr(hparams, "data_dir"):
+            hparams.data_dir = str(stats_dir)
+        else:
+            hparams.add_hparam("data_dir", str(stats_dir))
+    run_dir = tmp_path / "run"
+    decoding.train_checkpoint(run_dir, hparams, steps=3, batch_size=2, seed=1, model_name=model)
+    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, output_dir=run_dir)
+    assert hparams.input_skip == input_skip and hparams.normalize_inputs == normalize
+    if normalize:  # the statistics travel in the checkpoint
+        import tensorflow as tf
+
+        reader = tf.train.load_checkpoint(decoding.find_checkpoint(run_dir))
+        mean = [v for v in reader.get_variable_to_shape_map() if v.endswith("input_normalization/mean")]
+        assert mean and reader.get_tensor(mean[0]).tolist() == [200.0, 150.0, 170.0]
     inputs, targets = random_pair(2, 32, seed=7)
-    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(tmp_path), model_name=model)
+    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(run_dir), model_name=model)
     try:
         expected = naive_dec.logits(inputs, targets)
         other_inputs = naive_dec.logits(inputs[::-1], targets)
     finally:
         naive_dec.close()
-    got = FastDecoder.from_checkpoint(hparams, str(tmp_path), model_name=model).logits(inputs, targets)
+    got = FastDecoder.from_checkpoint(hparams, str(run_dir), model_name=model).logits(inputs, targets)
     assert np.abs(got - expected).max() < LOGIT_TOL
     if input_skip:  # the skip conditions every position on its input pixel from the first step
         assert np.abs(expected - other_inputs).max() > 0.05
