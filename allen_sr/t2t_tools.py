@@ -13,10 +13,11 @@ import sys
 
 
 def usr_dir() -> str:
-    """The folder to pass as --t2t_usr_dir to the stock t2t tools."""
-    import allen_sr.problems
+    """The folder to pass as --t2t_usr_dir to the stock t2t tools (found without importing it,
+    which would load TensorFlow)."""
+    import importlib.util
 
-    return os.path.dirname(os.path.abspath(allen_sr.problems.__file__))
+    return os.path.dirname(os.path.abspath(importlib.util.find_spec("allen_sr.problems").origin))
 
 
 def usr_dir_main(argv: list[str]) -> int:
