@@ -39,11 +39,11 @@ FAST = dict(timeout=(2.0, 2.0), retry=RetryPolicy(attempts=3, backoff=0.01, max_
 
 
 def test_image_download_url_has_documented_shape_and_parameters():
-    assert image_download_url("https://api.brain-map.org/", 42) == \
-        "https://api.brain-map.org/api/v2/image_download/42"
-    url = image_download_url("https://api.brain-map.org", 42, downsample=2, quality=80,
+    assert image_download_url("https://allen.invalid/", 42) == \
+        "https://allen.invalid/api/v2/image_download/42"
+    url = image_download_url("https://allen.invalid", 42, downsample=2, quality=80,
                              region=Region(left=100, top=200, width=30, height=40))
-    assert url == ("https://api.brain-map.org/api/v2/image_download/42"
+    assert url == ("https://allen.invalid/api/v2/image_download/42"
                    "?downsample=2&quality=80&left=100&top=200&width=30&height=40")
     with pytest.raises(ValueError, match="quality"):
         image_download_url("https://x", 1, quality=101)
@@ -63,9 +63,9 @@ def test_criteria_match_the_documented_rma_shapes():
 
 
 def test_rma_query_url_pages_and_keeps_rma_punctuation_literal():
-    url = rma_query_url("https://api.brain-map.org", section_image_criteria(7), start_row=50,
+    url = rma_query_url("https://allen.invalid", section_image_criteria(7), start_row=50,
                         num_rows=25, order="sub_images.section_number")
-    assert url == ("https://api.brain-map.org/api/v2/data/query.json?criteria=model::SectionImage,"
+    assert url == ("https://allen.invalid/api/v2/data/query.json?criteria=model::SectionImage,"
                    "rma::criteria,[data_set_id$eq7],rma::options[start_row$eq50][num_rows$eq25]"
                    "[order$eq'sub_images.section_number']")
     assert "%20" in rma_query_url("https://x", section_data_set_criteria("Mouse", "a b"))
