@@ -181,16 +181,19 @@ def test_chief_worker_and_ps_train_through_tf_config(dataset, tmp_path):
                 proc.wait()
 
     chief, worker = log_of("chief"), log_of("worker")
-    # Only the chief saves checkpoints; its last one is the final step.
-    assert latest_checkpoint_step(out) == steps
-    assert f"Saving checkpoints for {steps} into" in chief
+    # Only the chief saves checkpoints; its last one is the final step. Training is asynchronous:
+    # a step the worker starts just before the end lands too, so the global step may end one
+    # past train_steps for each worker.
+    final = latest_checkpoint_step(out)
+    assert steps <= final <= steps + 1, final
+    assert f"Saving checkpoints for {final} into" in chief
     assert "Saving checkpoints for" not in worker
     # The worker joined the cluster's session on the shared variables (whether it still ran a step
     # depends on timing: TF checks readiness every 30 s and the chief may be done by then) and
     # left evaluation to the chief.
     assert "Graph was finalized" in worker, f"the worker never created its session:\n{tail(worker)}"
     assert "schedule=train" in worker
-    assert f"Saving dict for global step {steps}" in chief and "Saving dict" not in worker
+    assert f"Saving dict for global step {final}" in chief and "Saving dict" not in worker
     # Every variable lives on the parameter server; the chief's compute stays on the chief.
     nodes = graph_nodes(out)
     variables = {device for _, op, device in nodes if op in ("VarHandleOp", "VariableV2")}
