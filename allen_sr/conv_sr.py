@@ -76,8 +76,6 @@ MODEL_NAME = "img2img_conv_sr"
 PIXEL_LOSSES: tuple[str, ...] = ("l1", "charbonnier")
 DISCRIMINATOR_SCOPE = "discriminator"
 NORMALIZATION_SCOPE = "input_normalization"
-# Luma weights of tf.image.rgb_to_grayscale: how the greyscale problems derive their tiles.
-_LUMA = np.array([0.2989, 0.5870, 0.1140])
 
 
 # --------------------------------------------------------------------------- hparams
@@ -255,28 +253,6 @@ def pixel_loss(prediction: tf.Tensor, targets: tf.Tensor, kind: str, epsilon: fl
     return tf.reduce_mean(tf.sqrt(tf.square(diff) + epsilon * epsilon))
 
 
-def _read_normalization_stats(hparams: "HParams", channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) in 0-255 from the dataset's stats file, with clear errors."""
-    problem = getattr(hparams, "problem", None)
-    data_dir = getattr(hparams, "data_dir", None)
-    if problem is None or not data_dir:
-        raise ValueError(
-            f"{MODEL_NAME}: normalize_inputs=True reads the dataset statistics from "
-            "<data_dir>/<dataset>-stats.json, but the hparams have no "
-            f"{'problem' if problem is None else 'data_dir'} (t2t-trainer sets both from "
-            "--problem and --data_dir); pass them, or train with --hparams=normalize_inputs=False")
-    stats = records.read_stats(data_dir, problem.dataset_filename())
-    mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
-    if channels == 1 and mean.shape == (3,):
-        # Greyscale problems train on the luma of the RGB tiles the stats describe: the luma
-        # mean is exact; the weighted std is an upper bound, good enough for scaling.
-        mean, std = np.array([mean @ _LUMA]), np.array([std @ _LUMA])
-    if mean.shape != (channels,) or std.shape != (channels,):
-        raise ValueError(f"{MODEL_NAME}: the statistics in {data_dir} have {mean.shape[0]} "
-                         f"channels, the problem has {channels}")
-    return mean.astype(np.float32), np.maximum(std, 1.0).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- the model
 
 
@@ -297,7 +273,7 @@ class Img2imgConvSr(t2t_model.T2TModel):
             # Without dataset statistics: a fixed 0-255 -> about [-1, 1] scaling.
             return tf.constant([127.5] * channels), tf.constant([127.5] * channels)
         if hp.mode == tf.estimator.ModeKeys.TRAIN:
-            mean, std = _read_normalization_stats(hp, channels)
+            mean, std = records.normalization_stats(hp, channels, MODEL_NAME)
         else:
             # Eval/predict always restore a checkpoint, which holds the training statistics;
             # the file is not needed (the decoder may run with no data_dir at all).

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from allen_sr import tiles as tiling
+from allen_sr.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -296,10 +297,10 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
             if (name.startswith(f"{prefix}-train-") or name.startswith(f"{prefix}-dev-")) and name not in keep:
                 os.remove(os.path.join(data_dir, name))
         if stats is not None:
-            _write_json(os.path.join(data_dir, f"{prefix}-stats.json"), stats)
+            write_json_atomic(stats, os.path.join(data_dir, f"{prefix}-stats.json"))
         info = {"prefix": prefix, "shards": final_names, "fingerprint": fingerprint,
                 "summary": asdict(summary)}
-        _write_json(info_path, info)
+        write_json_atomic(info, info_path)
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
         parent = os.path.dirname(tmp_root)
@@ -331,15 +332,6 @@ def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_stats(data_dir: str, prefix: str) -> dict:
     """The per-channel statistics written by datagen, or a clear error saying how to get them."""
     path = os.path.join(data_dir, f"{prefix}-stats.json")
@@ -350,3 +342,33 @@ def read_stats(data_dir: str, prefix: str) -> dict:
         raise FileNotFoundError(
             f"{path} not found: normalization needs the statistics written by datagen; "
             f"run `allen-sr datagen` for this data_dir first") from None
+
+
+# ITU-R 601 luma, as tf.image.rgb_to_grayscale (what the greyscale problems train on).
+LUMA = np.array([0.2989, 0.5870, 0.1140])
+
+
+def normalization_stats(hparams, channels: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) in 0-255 of a problem's training tiles, for `normalize_inputs`.
+
+    Reads `<hparams.data_dir>/<dataset>-stats.json` (t2t-trainer sets hparams.problem and
+    data_dir); errors name `model`, the missing piece and how to get it.
+    """
+    problem = getattr(hparams, "problem", None)
+    data_dir = getattr(hparams, "data_dir", None)
+    if problem is None or not data_dir:
+        raise ValueError(
+            f"{model}: normalize_inputs=True reads the dataset statistics from "
+            "<data_dir>/<dataset>-stats.json, but the hparams have no "
+            f"{'problem' if problem is None else 'data_dir'} (t2t-trainer sets both from "
+            "--problem and --data_dir); pass them, or train with --hparams=normalize_inputs=False")
+    stats = read_stats(data_dir, problem.dataset_filename())
+    mean, std = np.asarray(stats["mean"], np.float64), np.asarray(stats["std"], np.float64)
+    if channels == 1 and mean.shape == (3,):
+        # Greyscale problems train on the luma of the RGB tiles the stats describe: the luma
+        # mean is exact; the weighted std is an upper bound, good enough for scaling.
+        mean, std = np.array([mean @ LUMA]), np.array([std @ LUMA])
+    if mean.shape != (channels,) or std.shape != (channels,):
+        raise ValueError(f"{model}: the statistics in {data_dir} have {mean.shape[0]} "
+                         f"channels, the problem has {channels}")
+    return mean.astype(np.float32), np.maximum(std, 1.0).astype(np.float32)

@@ -33,25 +33,11 @@ from allen_sr import records, registration  # noqa: E402
 NORMALIZATION_SCOPE = "input_normalization"
 
 
-def normalization_stats(hparams, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) in 0-255 of the training tiles, with clear errors."""
-    problem, data_dir = getattr(hparams, "problem", None), getattr(hparams, "data_dir", None)
-    if problem is None or not data_dir:
-        raise ValueError("normalize_inputs=True needs --data_dir (its <dataset>-stats.json, written "
-                         "by allen-sr datagen); or train with --hparams=normalize_inputs=False")
-    stats = records.read_stats(data_dir, problem.dataset_filename())
-    mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
-    if channels == 1:  # greyscale problems: luma of the RGB statistics
-        luma = np.array([0.2989, 0.5870, 0.1140], np.float32)
-        mean, std = np.array([mean @ luma]), np.array([std @ luma])
-    return mean, np.maximum(std, 1.0)
-
-
 def normalized_input_term(raw_inputs, hparams):
     """[B, h, w*C, H]: a learned projection of each input sub-pixel's normalized value."""
     channels = hparams.num_channels
     if hparams.mode == tf.estimator.ModeKeys.TRAIN:
-        mean, std = normalization_stats(hparams, channels)
+        mean, std = records.normalization_stats(hparams, channels, "img2img_transformer_sr")
     else:  # restored from the checkpoint
         mean, std = np.zeros(channels, np.float32), np.ones(channels, np.float32)
     with tf.variable_scope(NORMALIZATION_SCOPE):
