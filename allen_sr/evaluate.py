@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr import fileio, metrics, tiles as tiling
+from allen_sr import fileio, metrics, records, tiles as tiling
 
 GRID_ROWS = 16
 
@@ -63,7 +63,7 @@ def problem_shape(problem_name: str) -> tuple[int, int, int]:
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
     """Luma as tf.image.rgb_to_grayscale computes it (what the greyscale problems train on)."""
-    y = rgb.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
+    y = rgb.astype(np.float64) @ records.LUMA
     return np.clip(np.round(y), 0, 255).astype(np.uint8)[..., None]
 
 
