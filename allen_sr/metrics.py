@@ -44,8 +44,13 @@ __all__ = [
     "METHODS",
     "PROTOCOL",
     "PSNR_CAP_DB",
+    "SSIM_FILTER_SIGMA",
+    "SSIM_FILTER_SIZE",
+    "SSIM_K1",
+    "SSIM_K2",
     "MetricTable",
     "baselines",
+    "gaussian_kernel_1d",
     "psnr",
     "psnr_batch",
     "ssim",
@@ -72,11 +77,11 @@ PROTOCOL: str = (
     "resizes (nearest/bilinear/bicubic) of the 8x8 input"
 )
 
-# tf.image.ssim defaults.
-_SSIM_FILTER_SIZE = 11
-_SSIM_FILTER_SIGMA = 1.5
-_SSIM_K1 = 0.01
-_SSIM_K2 = 0.03
+# tf.image.ssim defaults (allen_sr.t2t_metrics, the in-graph version, uses these too).
+SSIM_FILTER_SIZE = 11
+SSIM_FILTER_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
 
 # Digits kept in the JSON summary: well below any difference worth reporting, yet stable to diff.
 _PSNR_DIGITS = 3
@@ -126,7 +131,7 @@ def psnr(pred: Any, target: Any, max_val: float = 255.0) -> float:
     return float(psnr_batch(pred, target, max_val))
 
 
-def _gaussian_kernel_1d(size: int, sigma: float) -> np.ndarray:
+def gaussian_kernel_1d(size: int = SSIM_FILTER_SIZE, sigma: float = SSIM_FILTER_SIGMA) -> np.ndarray:
     # tf.image.ssim builds a 2-D kernel as softmax(-(x^2 + y^2) / (2 sigma^2)); that is exactly the
     # outer product of this normalised 1-D kernel with itself, so two 1-D passes reproduce it.
     coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
@@ -153,15 +158,15 @@ def ssim_batch(preds: Any, targets: Any, max_val: float = 255.0) -> np.ndarray:
     would give numbers nobody else can reproduce.
     """
     x, y = _as_pair(preds, targets)
-    size = _SSIM_FILTER_SIZE
+    size = SSIM_FILTER_SIZE
     if x.shape[-3] < size or x.shape[-2] < size:
         raise ValueError(
             f"SSIM needs images of at least {size}x{size} (the tf.image.ssim window); "
             f"got {x.shape[-3]}x{x.shape[-2]}"
         )
-    kernel = _gaussian_kernel_1d(size, _SSIM_FILTER_SIGMA)
-    c1 = (_SSIM_K1 * max_val) ** 2
-    c2 = (_SSIM_K2 * max_val) ** 2
+    kernel = gaussian_kernel_1d(size, SSIM_FILTER_SIGMA)
+    c1 = (SSIM_K1 * max_val) ** 2
+    c2 = (SSIM_K2 * max_val) ** 2
     mu_x = _filter_valid(x, kernel)
     mu_y = _filter_valid(y, kernel)
     # Same algebra as TF's _ssim_helper (covariances via E[xy] - E[x]E[y], compensation 1.0),

@@ -31,16 +31,11 @@ from typing import Any, Callable
 
 import tensorflow.compat.v1 as tf
 
-from allen_sr.metrics import PSNR_CAP_DB
+from allen_sr.metrics import PSNR_CAP_DB, SSIM_FILTER_SIZE, SSIM_K1, SSIM_K2, gaussian_kernel_1d
 
 __all__ = ["EVAL_METRIC_FNS", "predicted_image", "psnr", "ssim"]
 
-# tf.image.ssim defaults (also allen_sr.metrics'; tests/test_training.py checks the two agree).
-SSIM_FILTER_SIZE = 11
-SSIM_FILTER_SIGMA = 1.5
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-MAX_VALUE = 255.0
+MAX_VALUE = 255.0  # uint8 intensities
 
 
 def predicted_image(predictions: tf.Tensor) -> tf.Tensor:
@@ -90,14 +85,6 @@ def psnr(predictions: tf.Tensor, labels: tf.Tensor,
         return values, _per_example_weights(values)
 
 
-def _gaussian_kernel_1d() -> list[float]:
-    # tf.image.ssim's 2-D kernel is the outer product of this normalised 1-D Gaussian with itself.
-    half = (SSIM_FILTER_SIZE - 1) / 2.0
-    g = [math.exp(-0.5 * ((i - half) / SSIM_FILTER_SIGMA) ** 2) for i in range(SSIM_FILTER_SIZE)]
-    total = sum(g)
-    return [v / total for v in g]
-
-
 def _filter_valid(x: tf.Tensor, kernel: list[float]) -> tf.Tensor:
     """Separable VALID Gaussian filtering of [B, H, W, C] over H and W, by shifted sums.
 
@@ -124,7 +111,7 @@ def ssim(predictions: tf.Tensor, labels: tf.Tensor,
             raise ValueError(
                 f"SSIM needs images of at least {SSIM_FILTER_SIZE}x{SSIM_FILTER_SIZE} (the "
                 f"tf.image.ssim window); got {height}x{width}")
-        kernel = _gaussian_kernel_1d()
+        kernel = gaussian_kernel_1d().tolist()
         c1 = (SSIM_K1 * MAX_VALUE) ** 2
         c2 = (SSIM_K2 * MAX_VALUE) ** 2
         mu_x = _filter_valid(x, kernel)
