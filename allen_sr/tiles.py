@@ -100,10 +100,34 @@ def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
     return np.asarray(img.convert("RGB") if mode != "RGB" else img)
 
 
+def _decode_colour_jpeg(path: str, min_size: int) -> np.ndarray | None:
+    """A colour JPEG decoded by libjpeg-turbo straight into a NumPy array, or None.
+
+    Allen section images are colour JPEGs: simplejpeg decodes them to the same pixels as Pillow
+    (both use libjpeg-turbo's accurate IDCT) in ~70% of the time, without Pillow's extra copy
+    into NumPy. Anything else, or anything it refuses (truncated data raises in strict mode), is
+    left to Pillow, whose errors name the problem.
+    """
+    import simplejpeg
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\xff\xd8":
+        return None
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "RGB") or min(height, width) < min_size or height * width > MAX_IMAGE_PIXELS:
+            return None
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except Exception:  # noqa: BLE001 - whatever it is, Pillow reads the file again and reports it
+        return None
+
+
 def load_image(path: str, min_size: int = TILE_SIZE) -> np.ndarray:
     """Read `path` completely as HxWx3 uint8 or raise ImageSkipped saying why.
 
-    Truncated files are errors, not silently padded: Pillow's LOAD_TRUNCATED_IMAGES stays off.
+    Truncated files are errors, not silently padded: Pillow's LOAD_TRUNCATED_IMAGES stays off
+    and simplejpeg runs in strict mode.
     """
     try:
         size = os.path.getsize(path)
@@ -111,6 +135,10 @@ def load_image(path: str, min_size: int = TILE_SIZE) -> np.ndarray:
         raise ImageSkipped(f"{path}: cannot read ({exc.strerror})") from exc
     if size == 0:
         raise ImageSkipped(f"{path}: empty file (0 bytes); delete it or download it again")
+    if path.lower().endswith((".jpg", ".jpeg")):
+        pixels = _decode_colour_jpeg(path, min_size)
+        if pixels is not None:
+            return pixels
     try:
         with Image.open(path) as img:
             img.load()
@@ -130,9 +158,10 @@ def load_image(path: str, min_size: int = TILE_SIZE) -> np.ndarray:
 
 def tissue_mask(pixels: np.ndarray) -> np.ndarray:
     """Boolean mask (..., H, W) of tissue pixels for uint8 RGB arrays (..., H, W, 3)."""
-    # Work on the three colour planes (reductions over a last axis of length 3 are ~15x slower),
-    # in place where possible: this runs over every pixel of every image datagen reads.
-    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    # This runs over every pixel of every image datagen reads. Copy the interleaved RGB into
+    # three contiguous planes first: the ten element-wise passes below then run at SIMD speed
+    # instead of striding (reductions over a last axis of length 3 are slower still).
+    r, g, b = np.moveaxis(pixels, -1, 0).copy()
     total = r.astype(np.uint16)
     total += g
     total += b
@@ -178,12 +207,13 @@ def tissue_tile_strips(image: np.ndarray, size: int = TILE_SIZE,
         return
     for top in range(0, image.shape[0] - size + 1, size):
         strip = image[top:top + size, :cols * size]
-        # Tissue pixels per tile, counted on the strip as it lies in memory (no tile copies).
-        counts = tissue_mask(strip).reshape(size, cols, size).sum(axis=(0, 2))
-        keep = counts >= min_fraction * size * size
-        strip_tiles, positions = grid_tiles(strip, size)
-        positions[:, 0] += top
-        yield strip_tiles[keep], positions[keep], int((~keep).sum())
+        # Tissue pixels per tile, counted on the strip as it lies in memory (no tile copies),
+        # then only the kept tiles are gathered (one copy).
+        counts = tissue_mask(strip).view(np.uint8).reshape(size, cols, size).sum(axis=(0, 2), dtype=np.int32)
+        keep = np.flatnonzero(counts >= min_fraction * size * size)
+        kept = strip.reshape(size, cols, size, -1).swapaxes(0, 1)[keep]
+        positions = np.stack([np.full(len(keep), top), keep * size], axis=1).astype(np.int64)
+        yield kept, positions, cols - len(keep)
 
 
 def tissue_tiles(image: np.ndarray, size: int = TILE_SIZE,

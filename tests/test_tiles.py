@@ -87,6 +87,24 @@ def test_unusual_modes_are_converted_to_rgb(tmp_path, kind):
         np.testing.assert_array_equal(out[:, :, 0], rgb[:, :, 0])
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpegs_decode_to_pillows_pixels(tmp_path, mode):
+    """Colour JPEGs take the libjpeg-turbo fast path (simplejpeg), others Pillow's; either way
+    the pixels are exactly what Pillow decodes (and greyscale still warns)."""
+    path = tmp_path / f"{mode}.jpg"
+    Image.fromarray(tissue_image(130, 200)).convert(mode).save(path, quality=90)
+    if mode == "RGB":
+        assert tiles._decode_colour_jpeg(str(path), 64) is not None
+    else:
+        assert tiles._decode_colour_jpeg(str(path), 64) is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = tiles.load_image(str(path))
+    with Image.open(path) as im:
+        np.testing.assert_array_equal(out, np.asarray(im.convert("RGB")))
+    assert any("greyscale" in str(w.message) for w in caught) == (mode == "L")
+
+
 @pytest.mark.parametrize("kind, message", [
     ("empty", "empty file"), ("text", "not a readable image"), ("truncated", "not a readable image"),
     ("small", "smaller than one 64x64 tile")])
