@@ -26,8 +26,10 @@ Protocol (also printed with the results):
    bicubic by >= 1.5 dB PSNR.
 
 Prints a markdown section on stdout (progress goes to stderr) and writes it with a JSON copy to
-`<work>/quality.md` and `quality.json`. Takes about 3 x (minutes + 1) + 5 minutes: ~52 min at
-the default 15, ~13 min with --minutes 2.
+`<work>/quality.md` and `quality.json`, and a picture grid of a few held-out tiles per source
+(input, every method, target) to `<work>/comparison.png`. Takes about 3 x (minutes + 1) + 5
+minutes: ~52 min at the default 15, ~13 min with --minutes 2. `--reuse_runs` evaluates runs
+already trained in `--work` (e.g. by separate `--only` invocations) without training again.
 """
 from __future__ import annotations
 
@@ -273,6 +275,27 @@ def score(preds: np.ndarray, targets: np.ndarray, sources: list[str]) -> dict[st
     return {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()), "psnr_by_source": per_source}
 
 
+def write_grid(path: Path, inputs: np.ndarray, targets: np.ndarray, shown: dict[str, np.ndarray],
+               sources: list[str], per_source: int = 2) -> None:
+    """A picture grid: input, every method and the target, for a few tiles of each held-out source.
+
+    The tiles are those at evenly spaced positions of each source's (randomly sampled) tiles, so
+    the choice does not depend on any method's result.
+    """
+    from allen_sr import pictures
+
+    picks = []
+    for source in dict.fromkeys(sources):
+        index = [i for i, s in enumerate(sources) if s == source]
+        picks += [index[int(k)] for k in np.linspace(0, len(index) - 1, per_source + 2)[1:-1]]
+    rows = [[metrics.upscale(inputs[i], FACTOR, "nearest"), *(shown[m][i] for m in shown), targets[i]]
+            for i in picks]
+    captions = [sources[i] for i in picks]
+    grid = pictures.prediction_grid(rows, columns=("input", *shown, "target"), captions=captions)
+    pictures.save_png(grid, path)
+    log(f"wrote {path}")
+
+
 def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace, description: str,
            split: dict[str, list[str]], sources: list[str], train_tiles: int) -> str:
     """The markdown section."""
@@ -322,6 +345,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--conv_hparams", default="",
                    help="extra --hparams for both conv runs (e.g. to compare settings)")
     p.add_argument("--only", default="", help="comma-separated subset of: conv,hybrid,transformer")
+    p.add_argument("--reuse_runs", action="store_true",
+                   help="evaluate runs already trained in --work (runs/<name>/result.json) instead of "
+                        "training them again")
     return p.parse_args(argv)
 
 
@@ -357,17 +383,27 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{len(targets)} held-out tiles from {len(held_out)} source(s)")
 
         for run in runs:
+            run_dir = work / "runs" / run.name
+            saved = run_dir / "result.json"
+            if args.reuse_runs and saved.exists():
+                run.result = json.loads(saved.read_text())
+                log(f"{run.name}: reusing {run.result['checkpoint']} ({run.result['steps']} steps)")
+                continue
             overrides = args.conv_hparams if run.self_timed else ""
-            run.result = train_for(run, seconds, work / "data", work / "runs" / run.name, save_secs, overrides)
+            run.result = train_for(run, seconds, work / "data", run_dir, save_secs, overrides)
+            saved.write_text(json.dumps(run.result, indent=2, default=str))
 
         bicubic = np.stack([metrics.upscale(lr, FACTOR, "bicubic") for lr in inputs])
         rows = [{"method": "bicubic", **score(bicubic, targets, sources)}]
+        shown = {"bicubic": bicubic}
         for run in runs:
             for label, mode, extra in run.decodes:
                 log(f"decoding {len(inputs)} tiles: {label} ...")
                 preds, decode_seconds = predict(run, work / "runs" / run.name, inputs, mode, extra)
+                shown[label] = preds
                 rows.append({"method": label, "steps": run.result["steps"], "seconds": run.result["seconds"],
                              "decode_seconds": decode_seconds, **score(preds, targets, sources)})
+        write_grid(work / "comparison.png", inputs, targets, shown, sources)
         text = report(rows, runs, args, description, split, sources, train_tiles)
         (work / "quality.md").write_text(text)
         (work / "quality.json").write_text(json.dumps(
