@@ -159,18 +159,31 @@ def _mask(crc: int) -> bytes:
     return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
+def _framed(pieces: tuple[bytes, ...]) -> list[bytes]:
+    """The pieces of one record framed as in a TFRecord file, still in pieces (no join).
+
+    The frame is: length (uint64), masked CRC32C of the length, the data, masked CRC32C of the
+    data. The length and its CRC are prepended to the first piece, the data's CRC (computed
+    across the pieces) appended to the last.
+    """
+    length = struct.pack("<Q", sum(len(p) for p in pieces))
+    crc = google_crc32c.value(pieces[0])
+    for piece in pieces[1:]:
+        crc = google_crc32c.extend(crc, piece)
+    parts = list(pieces)
+    parts[0] = length + _mask(google_crc32c.value(length)) + parts[0]
+    parts[-1] = parts[-1] + _mask(crc)
+    return parts
+
+
 def tfrecord_frame(record: bytes) -> bytes:
     """`record` framed as in a TFRecord file: length, masked CRC32C of it, data, masked CRC32C."""
-    length = struct.pack("<Q", len(record))
-    return b"".join((length, _mask(google_crc32c.value(length)), record, _mask(google_crc32c.value(record))))
+    return b"".join(_framed((record,)))
 
 
-def _framed_tile_parts(tile: np.ndarray, source: str, top: int, left: int) -> tuple[bytes, bytes, bytes]:
-    """tfrecord_frame(tile_example(...)) as three pieces, without joining the pixels twice."""
-    head, pixels, tail = _example_parts(tile, source, top, left)
-    length = struct.pack("<Q", len(head) + len(pixels) + len(tail))
-    crc = google_crc32c.extend(google_crc32c.extend(google_crc32c.value(head), pixels), tail)
-    return length + _mask(google_crc32c.value(length)) + head, pixels, tail + _mask(crc)
+def _framed_tile_parts(tile: np.ndarray, source: str, top: int, left: int) -> list[bytes]:
+    """tfrecord_frame(tile_example(...)) as pieces, without joining the pixels twice."""
+    return _framed(_example_parts(tile, source, top, left))
 
 
 def write_parts(fd: int, parts: list) -> int:

@@ -10,7 +10,6 @@ import hashlib
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -40,20 +39,6 @@ TISSUE_MIN_FRACTION = 0.2
 
 class ImageSkipped(Exception):
     """An input file that cannot be used; the message names the file and the reason."""
-
-
-@dataclass
-class TileStats:
-    """Counts for the end-of-run summary."""
-
-    images_read: int = 0
-    tiles_kept: int = 0
-    tiles_rejected: int = 0
-
-    def add(self, other: "TileStats") -> None:
-        self.images_read += other.images_read
-        self.tiles_kept += other.tiles_kept
-        self.tiles_rejected += other.tiles_rejected
 
 
 def list_images(folder: str) -> list[str]:
@@ -227,23 +212,6 @@ def tissue_tiles(image: np.ndarray, size: int = TILE_SIZE,
     if not kept:
         return np.zeros((0, size, size, image.shape[2]), np.uint8), np.zeros((0, 2), np.int64), rejected
     return np.concatenate(kept), np.concatenate(positions), rejected
-
-
-def iter_image_tiles(paths: list[str], size: int = TILE_SIZE,
-                     stats: TileStats | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Yield (image id, tiles, positions) per readable image; unreadable ones are warned and skipped."""
-    for path in paths:
-        try:
-            image = load_image(path, size)
-        except ImageSkipped as exc:
-            warnings.warn(str(exc))
-            continue
-        tiles, positions, rejected = tissue_tiles(image, size)
-        if stats is not None:
-            stats.images_read += 1
-            stats.tiles_kept += len(tiles)
-            stats.tiles_rejected += rejected
-        yield image_id(path), tiles, positions
 
 
 def split_of(image_key: str, dev_fraction: float) -> str:
