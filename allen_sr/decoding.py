@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -1126,7 +1127,15 @@ def train_checkpoint(
         return tf.data.Dataset.from_tensor_slices(data).repeat().batch(batch_size, drop_remainder=True)
 
     estimator = tf.estimator.Estimator(model_fn=model_fn, model_dir=output_dir, config=run_config)
-    estimator.train(input_fn, max_steps=steps)
+    # The run config's seed only reaches TF's graph-level ops; the Keras layers inside t2t draw
+    # their initializers' seeds from Python's `random` (as t2t-trainer's --random_seed seeds it),
+    # so seed that too, for this call only, or every call starts from different weights.
+    saved_random = random.getstate()
+    random.seed(seed)
+    try:
+        estimator.train(input_fn, max_steps=steps)
+    finally:
+        random.setstate(saved_random)
     saved = hparams_lib.copy_hparams(hparams)
     for key in ("modality",):
         if hasattr(saved, key):
