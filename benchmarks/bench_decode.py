@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from allen_sr import decoding  # noqa: E402
+from allen_sr import decoding, tiny_training  # noqa: E402
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 BATCH = 8
@@ -43,7 +43,7 @@ def measure(hparams_set: str, naive_steps: int, inputs: np.ndarray) -> dict:
     """Seconds per image of both decoders for one hparams set, and whether they agreed."""
     with tempfile.TemporaryDirectory(prefix="bench_decode_") as run_dir:
         log(f"{hparams_set}: training 1 step to get a real checkpoint ...")
-        checkpoint = decoding.train_checkpoint(
+        checkpoint = tiny_training.train_checkpoint(
             run_dir, decoding.load_hparams(hparams_set, PROBLEM), steps=1, batch_size=2)
         hparams = decoding.load_hparams(hparams_set, PROBLEM, output_dir=run_dir)
         sub_pixels = hparams.img_len * hparams.img_len * hparams.num_channels
@@ -75,7 +75,7 @@ def measure(hparams_set: str, naive_steps: int, inputs: np.ndarray) -> dict:
 
 
 def main() -> int:
-    inputs, _ = decoding.synthetic_examples(BATCH, 32, 4, seed=1)
+    inputs, _ = tiny_training.synthetic_examples(BATCH, 32, 4, seed=1)
     results = {name: measure(name, steps, inputs) for name, steps in SETS}
     print("### Decode speed\n")
     print(f"Greedy decoding of 32x32x3 images (3072 sub-pixels), batch {BATCH}, "

@@ -24,14 +24,21 @@ def tissue_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def save_tissue_images(folder, count: int = 10, height: int = 192, width: int = 256):
+    """Create `folder` with slide_0.png .. slide_<count-1>.png made by tissue_image; returns it.
+
+    By the hash split slide_9 is dev at 10% and 20%.
+    """
+    folder.mkdir(parents=True)
+    for k in range(count):
+        Image.fromarray(tissue_image(height, width, seed=k)).save(folder / f"slide_{k}.png")
+    return folder
+
+
 @pytest.fixture
 def image_folder(tmp_path):
-    """A folder of 10 synthetic tissue images; by the hash split slide_9 is dev at 10% and 20%."""
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for k in range(10):
-        Image.fromarray(tissue_image(192, 256, seed=k)).save(folder / f"slide_{k}.png")
-    return folder
+    """A folder of 10 synthetic tissue images (save_tissue_images)."""
+    return save_tissue_images(tmp_path / "images")
 
 
 @pytest.fixture

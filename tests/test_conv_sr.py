@@ -1,7 +1,7 @@
 """The residual CNN `img2img_conv_sr`: real t2t training, its one-pass decoder and the CLI.
 
 Checkpoints are made by a few real optimizer steps through tensor2tensor's estimator model_fn
-(`decoding.train_checkpoint`, t2t-trainer's code path) or by `allen-sr train` itself, with a tiny
+(`tiny_training.train_checkpoint`, t2t-trainer's code path) or by `allen-sr train` itself, with a tiny
 variant of the hparams sets (width 8, one residual block) so that every run takes seconds.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from allen_sr import conv_sr, decoding, evaluate
-from conftest import REPO, tissue_image
+from allen_sr import conv_sr, decoding, evaluate, tiny_training
+from conftest import REPO, save_tissue_images, tissue_image
 
 PROBLEM = "img2img_local_dim8to32"
 MODEL = conv_sr.MODEL_NAME
@@ -46,10 +46,7 @@ def data_dir(tmp_path_factory) -> str:
     from tensor2tensor.utils import registry
 
     root = tmp_path_factory.mktemp("conv_data")
-    images = root / "images"
-    images.mkdir()
-    for k in range(10):
-        Image.fromarray(tissue_image(160, 192, seed=k)).save(images / f"slide_{k}.png")
+    images = save_tissue_images(root / "images", height=160, width=192)
     out = root / "data"
     registry.problem(PROBLEM).generate_data(str(out), str(images))
     return str(out)
@@ -58,7 +55,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("conv_run")
-    decoding.train_checkpoint(out, tiny_hparams(), steps=3, batch_size=4, model_name=MODEL)
+    tiny_training.train_checkpoint(out, tiny_hparams(), steps=3, batch_size=4, model_name=MODEL)
     return str(out)
 
 
@@ -113,11 +110,11 @@ def test_bad_scale_factors_and_foreign_hparams_are_refused():
 def test_normalization_without_stats_names_the_missing_file(tmp_path):
     hp = tiny_hparams(extra="normalize_inputs=True")
     with pytest.raises(ValueError, match="normalize_inputs=True .* no data_dir"):
-        decoding.train_checkpoint(tmp_path / "a", hp, steps=1, batch_size=2, model_name=MODEL)
+        tiny_training.train_checkpoint(tmp_path / "a", hp, steps=1, batch_size=2, model_name=MODEL)
     hp.add_hparam("data_dir", str(tmp_path))
     expected = re.escape(str(tmp_path / f"{PROBLEM}-stats.json")) + ".*allen-sr datagen"
     with pytest.raises(FileNotFoundError, match=expected):
-        decoding.train_checkpoint(tmp_path / "b", hp, steps=1, batch_size=2, model_name=MODEL)
+        tiny_training.train_checkpoint(tmp_path / "b", hp, steps=1, batch_size=2, model_name=MODEL)
 
 
 # --------------------------------------------------------------------------- training
@@ -151,7 +148,7 @@ def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):
     """train_budget_seconds ends training long before train_steps, with a final checkpoint that
     records the time trained (and decodes like any other)."""
     hp = tiny_hparams(extra="train_budget_seconds=1.0")
-    ckpt = decoding.train_checkpoint(tmp_path, hp, steps=10 ** 6, batch_size=2, model_name=MODEL)
+    ckpt = tiny_training.train_checkpoint(tmp_path, hp, steps=10 ** 6, batch_size=2, model_name=MODEL)
     values = checkpoint_values(ckpt)
     assert 2 <= int(values["global_step"]) < 10 ** 6
     assert values["train_clock/elapsed_seconds"] >= 1.0
@@ -170,7 +167,7 @@ def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path)
     # prediction depends on the (normalized) inputs and not only on bicubic.
     hp = tiny_hparams(extra="normalize_inputs=True,learning_rate_warmup_steps=1")
     hp.add_hparam("data_dir", str(tmp_path))
-    ckpt = decoding.train_checkpoint(tmp_path / "run", hp, steps=2, batch_size=2, model_name=MODEL)
+    ckpt = tiny_training.train_checkpoint(tmp_path / "run", hp, steps=2, batch_size=2, model_name=MODEL)
     values = checkpoint_values(ckpt)
     names = {conv_sr.decoding.canonical_variable_name(n): n for n in values}
     mean = values[names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/mean"]]
@@ -180,7 +177,7 @@ def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path)
 
     # Decoding reads the statistics from the checkpoint (no data_dir): other stats there give
     # another prediction from the same weights.
-    inputs, _ = decoding.synthetic_examples(4, 32, 4, seed=3)
+    inputs, _ = tiny_training.synthetic_examples(4, 32, 4, seed=3)
     dec_hp = tiny_hparams(extra="normalize_inputs=True", output_dir=tmp_path / "run")
     before = conv_sr.OnePassDecoder(dec_hp, ckpt).predict(inputs)
     changed = str(tmp_path / "changed" / "model.ckpt")
@@ -206,8 +203,8 @@ def rewrite_checkpoint(src: str, dst: str, replace: dict[str, np.ndarray]) -> No
 def test_hybrid_loss_updates_both_networks_each_with_its_own_optimizer(tmp_path):
     out = tmp_path / "hybrid"
     hp = tiny_hparams(HYBRID_SET, "gan_filters=4,learning_rate_warmup_steps=1")
-    first = checkpoint_values(decoding.train_checkpoint(out, hp, steps=1, batch_size=2, model_name=MODEL))
-    last = checkpoint_values(decoding.train_checkpoint(out, hp, steps=3, batch_size=2, model_name=MODEL))
+    first = checkpoint_values(tiny_training.train_checkpoint(out, hp, steps=1, batch_size=2, model_name=MODEL))
+    last = checkpoint_values(tiny_training.train_checkpoint(out, hp, steps=3, batch_size=2, model_name=MODEL))
     assert last["global_step"] == 3  # the discriminator's step does not advance it
 
     def weights(values, discriminator):
@@ -253,7 +250,7 @@ def test_decoder_equals_t2t_estimator_predict(ckpt_dir, decoder):
     from tensorflow.python.autograph.core import ag_ctx
 
     hp = tiny_hparams(output_dir=ckpt_dir)
-    inputs, _ = decoding.synthetic_examples(5, 32, 4, seed=7)
+    inputs, _ = tiny_training.synthetic_examples(5, 32, 4, seed=7)
     config = trainer_lib.create_run_config(MODEL, model_dir=ckpt_dir, num_gpus=0)
     t2t_fn = t2t_model.T2TModel.make_estimator_model_fn(MODEL, hp)
 
@@ -278,7 +275,7 @@ def test_decoder_equals_t2t_estimator_predict(ckpt_dir, decoder):
 
 
 def test_untrained_model_is_close_to_bicubic_and_keeps_block_means(decoder):
-    inputs, _ = decoding.synthetic_examples(3, 32, 4, seed=2)
+    inputs, _ = tiny_training.synthetic_examples(3, 32, 4, seed=2)
     pred = decoder.predict(inputs)
     block_means = pred.reshape(3, 8, 4, 8, 4, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(block_means, inputs, atol=1e-3)  # block-mean projection
@@ -288,7 +285,7 @@ def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
     hp = tiny_hparams(extra="decode_tta=True", output_dir=ckpt_dir)
     tta = decoding.make_decoder(MODEL, "fast", hp, ckpt_dir, (32, 32))
     plain = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
-    inputs, _ = decoding.synthetic_examples(2, 32, 4, seed=5)
+    inputs, _ = tiny_training.synthetic_examples(2, 32, 4, seed=5)
     manual = np.mean([np.rot90(plain.predict(np.rot90(inputs, k, (1, 2))), -k, (1, 2)) for k in range(4)]
                      + [np.rot90(plain.predict(np.rot90(inputs[:, :, ::-1], k, (1, 2))), -k, (1, 2))[:, :, ::-1]
                         for k in range(4)], axis=0)
@@ -299,7 +296,7 @@ def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
 
 
 def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir, decoder):
-    inputs, _ = decoding.synthetic_examples(1, 32, 4)
+    inputs, _ = tiny_training.synthetic_examples(1, 32, 4)
     with pytest.raises(ValueError, match="sample is not available for img2img_conv_sr"):
         decoder.decode(inputs, mode="sample")
     with pytest.raises(ValueError, match=r"inputs must be \[N, 8, 8, 3\]"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allen_sr import decoding
+from allen_sr import decoding, tiny_training
 from allen_sr.decoding import FastDecoder, NaiveDecoder, UnsupportedHParamsError
 
 PROBLEM = "img2img_allen_brain_dim8to32"
@@ -32,7 +32,7 @@ LOGIT_TOL = 1e-4
 def ckpt_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny_run")
     hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES)
-    decoding.train_checkpoint(out, hparams, steps=5, batch_size=4, seed=0)
+    tiny_training.train_checkpoint(out, hparams, steps=5, batch_size=4, seed=0)
     return str(out)
 
 
@@ -106,7 +106,7 @@ def test_train_checkpoint_is_reproducible(tmp_path):
     kernels = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         reader = tf.train.load_checkpoint(
-            decoding.train_checkpoint(tmp_path / name, hparams, steps=1, batch_size=2, seed=seed))
+            tiny_training.train_checkpoint(tmp_path / name, hparams, steps=1, batch_size=2, seed=seed))
         key = next(k for k in reader.get_variable_to_shape_map() if k.endswith("self_attention/q/kernel"))
         kernels.append(reader.get_tensor(key))
     assert np.abs(kernels[0] - kernels[1]).max() < 1e-5
@@ -170,7 +170,7 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
         else:
             hparams.add_hparam("data_dir", str(stats_dir))
     run_dir = tmp_path / "run"
-    decoding.train_checkpoint(run_dir, hparams, steps=3, batch_size=2, seed=1, model_name=model)
+    tiny_training.train_checkpoint(run_dir, hparams, steps=3, batch_size=2, seed=1, model_name=model)
     hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, output_dir=run_dir)
     assert hparams.input_skip == input_skip and hparams.normalize_inputs == normalize
     if normalize:  # the statistics travel in the checkpoint

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allen_sr import decoding, evaluate, metrics, tiles, upscale
+from allen_sr import decoding, evaluate, metrics, tiles, tiny_training, upscale
 from conftest import tissue_image
 
 PROBLEM = "img2img_allen_brain_dim8to32"
@@ -19,7 +19,7 @@ TINY = "hidden_size=32,filter_size=64,num_heads=4,num_encoder_layers=1,num_decod
 def ckpt_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TINY)
-    decoding.train_checkpoint(out, hparams, steps=3, batch_size=2, model_name=MODEL)
+    tiny_training.train_checkpoint(out, hparams, steps=3, batch_size=2, model_name=MODEL)
     return out
 
 

@@ -30,14 +30,10 @@ def test_usr_dir_is_the_problems_folder():
 
 @pytest.fixture(scope="module")
 def stock_datagen(tmp_path_factory):
-    from PIL import Image
-    from conftest import tissue_image
+    from conftest import save_tissue_images
 
     root = tmp_path_factory.mktemp("t2t")
-    images = root / "images"
-    images.mkdir()
-    for k in range(10):
-        Image.fromarray(tissue_image(192, 256, seed=k)).save(images / f"slide_{k}.png")
+    images = save_tissue_images(root / "images")
     data_dir = root / "data"
     run([os.path.join(BIN, "t2t-datagen"), "--t2t_usr_dir=problems", f"--problem={PROBLEM}",
          f"--data_dir={data_dir}", f"--tmp_dir={images}"])

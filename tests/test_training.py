@@ -79,14 +79,10 @@ def graph_nodes(output_dir):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A tiny dataset of the local-images problem (72 train / 8 dev tiles)."""
-    from PIL import Image
-    from conftest import tissue_image
+    from conftest import save_tissue_images
 
     root = tmp_path_factory.mktemp("training")
-    images = root / "images"
-    images.mkdir()
-    for k in range(10):
-        Image.fromarray(tissue_image(192, 256, seed=k)).save(images / f"slide_{k}.png")
+    images = save_tissue_images(root / "images")
     data_dir = root / "data"
     proc = subprocess.run([ALLEN_SR, "datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}",
                            f"--tmp_dir={images}"], capture_output=True, text=True, timeout=600, cwd=REPO)
