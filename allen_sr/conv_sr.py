@@ -75,7 +75,10 @@ __all__ = [
 ]
 
 MODEL_NAME = "img2img_conv_sr"
-PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2", "charbonnier")
+PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2", "charbonnier", "psnr")
+# pixel_loss=psnr: the per-example MSE (0-1 scale) is floored here, i.e. at 50 dB, so that a
+# nearly perfect example cannot take over the gradient (its weight is 1/MSE).
+PSNR_LOSS_MSE_FLOOR = 1e-5
 DISCRIMINATOR_SCOPE = "discriminator"
 NORMALIZATION_SCOPE = "input_normalization"
 
@@ -88,7 +91,9 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
 
     hidden_size (from t2t's base) is the CNN width. Added here:
     num_res_blocks, img_len/num_channels (set by our problems), normalize_inputs,
-    pixel_loss ("l1" | "l2" | "charbonnier"; l2 is the mean squared error, what PSNR measures) and charbonnier_epsilon (0-1 scale),
+    pixel_loss ("l1" | "l2" | "charbonnier" | "psnr"; l2 is the mean squared error over the
+    batch; psnr is minus the mean per-example PSNR, exactly what the benchmark averages over
+    tiles, which weighs each example by 1/its MSE) and charbonnier_epsilon (0-1 scale),
     block_mean_projection, cosine_decay_steps / cosine_decay_min (the learning rate follows
     t2t's learning_rate_schedule times a half cosine from 1 to cosine_decay_min over
     cosine_decay_steps steps, then stays there; 0 steps = no decay), train_budget_seconds
@@ -254,12 +259,16 @@ def discriminator_variables(variables: Sequence[Any] | None = None) -> list[Any]
 
 
 def pixel_loss(prediction: tf.Tensor, targets: tf.Tensor, kind: str, epsilon: float) -> tf.Tensor:
-    """Mean L1, squared (l2) or Charbonnier distance on the 0-1 scale (inputs in 0-255)."""
+    """Mean L1, squared (l2) or Charbonnier distance on the 0-1 scale (inputs in 0-255), or
+    (psnr) the mean over examples of 10 log10(MSE), i.e. minus their mean PSNR in dB."""
     diff = (prediction - targets) / 255.0
     if kind == "l1":
         return tf.reduce_mean(tf.abs(diff))
     if kind == "l2":
         return tf.reduce_mean(tf.square(diff))
+    if kind == "psnr":
+        mse = tf.reduce_mean(tf.square(diff), axis=list(range(1, diff.shape.rank)))
+        return tf.reduce_mean(10.0 * tf.log(mse + PSNR_LOSS_MSE_FLOOR) / math.log(10.0))
     return tf.reduce_mean(tf.sqrt(tf.square(diff) + epsilon * epsilon))
 
 

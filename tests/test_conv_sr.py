@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from allen_sr import conv_sr, decoding, evaluate, tiny_training
+from allen_sr import conv_sr, decoding, evaluate, metrics, tiny_training
 from conftest import REPO, save_tissue_images, tissue_image
 
 PROBLEM = "img2img_local_dim8to32"
@@ -229,7 +229,10 @@ def test_pixel_losses_match_their_definitions():
     pred, target = rng.uniform(0, 255, (2, 4, 8, 8, 3))
     diff = (pred - target) / 255.0
     expected = {"l1": np.abs(diff).mean(), "l2": np.square(diff).mean(),
-                "charbonnier": np.sqrt(np.square(diff) + 1e-6).mean()}
+                "charbonnier": np.sqrt(np.square(diff) + 1e-6).mean(),
+                "psnr": np.mean(10 * np.log10(np.square(diff).mean(axis=(1, 2, 3)) + conv_sr.PSNR_LOSS_MSE_FLOOR))}
+    # psnr is minus the mean per-example PSNR the benchmark reports (up to the 50 dB floor).
+    assert abs(expected["psnr"] + metrics.psnr_batch(pred, target).mean()) < 1e-3
     for kind in conv_sr.PIXEL_LOSSES:
         got = conv_sr.pixel_loss(tf.constant(pred, tf.float32), tf.constant(target, tf.float32), kind, 1e-3)
         np.testing.assert_allclose(float(got), expected[kind], rtol=1e-5, err_msg=kind)
