@@ -108,10 +108,13 @@ def test_hand_framed_records_are_tfrecords_with_checked_crcs(tmp_path):
         records.split_frames(bytes(corrupt[:-5]), len(payloads))
 
 
-def test_parallel_and_serial_builds_write_the_same_records(image_folder, tmp_path):
+def test_parallel_and_serial_builds_write_the_same_records(image_folder, tmp_path, monkeypatch):
+    """Same bytes whichever worker tiled which image, and whether an image's records went into a
+    bucket file in one append or in many interleaved with the other worker's (a few tiles each)."""
     paths = tiles.list_images(str(image_folder))
     got = {}
-    for workers in (1, 2):
+    for workers, segment_bytes in ((1, records.SEGMENT_BYTES), (2, 3 * 64 * 64 * 3)):
+        monkeypatch.setattr(records, "SEGMENT_BYTES", segment_bytes)  # forked workers inherit it
         data_dir = str(tmp_path / f"w{workers}")
         records.build_tile_dataset(paths, data_dir, PREFIX, workers=workers, tiles_per_shard=40)
         got[workers] = [open(p, "rb").read() for split in ("train", "dev") for p in shard_paths(data_dir, split)]
