@@ -80,6 +80,7 @@ PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2", "charbonnier", "psnr")
 # nearly perfect example cannot take over the gradient (its weight is 1/MSE).
 PSNR_LOSS_MSE_FLOOR = 1e-5
 DISCRIMINATOR_SCOPE = "discriminator"
+EMA_NAME = "ExponentialMovingAverage"  # weight_ema_decay: checkpoint name <variable>/<EMA_NAME>
 NORMALIZATION_SCOPE = "input_normalization"
 
 
@@ -100,7 +101,10 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
     (> 0: train for this many seconds of wall-clock time and stop, the cosine decay following
     that time instead of cosine_decay_steps; see :func:`training_clock`), gan_weight (0 = pure
     pixel loss, no discriminator is built), gan_filters, gan_learning_rate, gan_beta1,
-    decode_tta (decoder averages the 8 flips/rotations).
+    decode_tta (decoder averages the 8 flips/rotations), weight_ema_decay (> 0: keep an
+    exponential moving average of the generator's weights with this decay, warmed up by t2t's
+    step count as tf.train.ExponentialMovingAverage's num_updates does; the checkpoint holds both
+    and the decoders predict with the average; 0 = off).
     """
     for name, value in (
         ("num_res_blocks", 6),
@@ -118,6 +122,7 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
         ("gan_learning_rate", 2e-4),
         ("gan_beta1", 0.5),
         ("decode_tta", False),
+        ("weight_ema_decay", 0.0),
     ):
         if not hasattr(hp, name):
             hp.add_hparam(name, value)
@@ -168,6 +173,8 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
     if int(hparams.cosine_decay_steps) < 0 or not 0 <= float(hparams.cosine_decay_min) <= 1:
         fail("cosine_decay_steps must be >= 0 and cosine_decay_min in [0, 1], got "
              f"{hparams.cosine_decay_steps} and {hparams.cosine_decay_min}")
+    if not 0 <= float(getattr(hparams, "weight_ema_decay", 0.0)) < 1:
+        fail(f"weight_ema_decay must be in [0, 1) (0 = no averaging), got {hparams.weight_ema_decay}")
     if factor is not None and (factor < 1 or factor & (factor - 1)):
         fail(f"the scale factor must be a power of 2 (x2 depth-to-space stages), got {factor}")
 
@@ -479,6 +486,13 @@ class Img2imgConvSr(t2t_model.T2TModel):
             train_op = tf.group(g_op, d_op, name="generator_and_discriminator_step")
         else:
             train_op = g_op
+        decay = float(getattr(self.hparams, "weight_ema_decay", 0.0))
+        if decay > 0:
+            # After the step: the average follows the weights the step just wrote.
+            ema = tf.train.ExponentialMovingAverage(
+                decay, num_updates=tf.train.get_or_create_global_step(), name=EMA_NAME)
+            with tf.control_dependencies([train_op]):
+                train_op = tf.group(train_op, ema.apply(g_vars), name="step_and_weight_average")
         if self._clock is None:
             return train_op
         with tf.control_dependencies([train_op]):
@@ -546,28 +560,40 @@ class OnePassDecoder:
             # AutoGraph would only rewrite t2t's Python control flow, at a cost of seconds per graph.
             with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
                 self._outputs = model.infer({"inputs": self._inputs})["outputs"]
-            saver = tf.train.Saver(var_list=self._match_variables(tf.global_variables(), checkpoint))
+            # With weight_ema_decay the trainable weights are restored from their averages.
+            averaged = tf.trainable_variables() if float(getattr(hparams, "weight_ema_decay", 0.0)) > 0 else []
+            saver = tf.train.Saver(var_list=self._match_variables(tf.global_variables(), checkpoint, averaged))
             self._session = tf.Session(graph=self._graph)
             saver.restore(self._session, checkpoint)
 
     @staticmethod
-    def _match_variables(variables: Sequence[Any], checkpoint: str) -> dict[str, Any]:
-        """{checkpoint name: graph variable}, matched by name without data-parallel scopes."""
+    def _match_variables(variables: Sequence[Any], checkpoint: str,
+                         averaged: Sequence[Any] = ()) -> dict[str, Any]:
+        """{checkpoint name: graph variable}, matched by name without data-parallel scopes.
+
+        Variables in ``averaged`` are restored from their moving average
+        (``<name>/ExponentialMovingAverage``, under whatever scope training created it).
+        """
         import tensorflow as tf2
 
         in_ckpt = {decoding.canonical_variable_name(n): n for n, _ in tf2.train.list_variables(checkpoint)}
+        averages = [key for key in in_ckpt if key.endswith("/" + EMA_NAME)]
+        averaged_ids = {id(v) for v in averaged}
         found, missing = {}, []
         for var in variables:
             key = decoding.canonical_variable_name(var.op.name)
+            if id(var) in averaged_ids:
+                hits = [a for a in averages if a == f"{key}/{EMA_NAME}" or a.endswith(f"/{key}/{EMA_NAME}")]
+                key = hits[0] if len(hits) == 1 else f"{key}/{EMA_NAME}"
             if key in in_ckpt:
                 found[in_ckpt[key]] = var
             else:
-                missing.append(var.op.name)
+                missing.append(key)
         if missing:
             raise ValueError(
                 f"checkpoint {checkpoint} lacks {len(missing)} variable(s) of {MODEL_NAME}, e.g. "
                 f"{missing[:3]}: was it trained with this --model/--hparams_set/--hparams "
-                "(hidden_size, num_res_blocks, normalize_inputs)?")
+                "(hidden_size, num_res_blocks, normalize_inputs, weight_ema_decay)?")
         return found
 
     def predict(self, inputs: np.ndarray, batch_size: int | None = None,

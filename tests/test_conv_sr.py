@@ -224,6 +224,35 @@ def test_hybrid_loss_updates_both_networks_each_with_its_own_optimizer(tmp_path)
     assert d_slots and all(f"/{conv_sr.DISCRIMINATOR_SCOPE}/" in n for n in d_slots)
 
 
+def test_weight_average_is_checkpointed_and_used_by_the_decoder(tmp_path):
+    """weight_ema_decay: each step updates <var>/ExponentialMovingAverage with decay
+    min(d, (1 + step) / (10 + step)) after the step, and the decoder predicts with the averages."""
+    out = tmp_path / "ema"
+    hp = tiny_hparams(extra="weight_ema_decay=0.2,learning_rate_warmup_steps=1")
+    values = [checkpoint_values(tiny_training.train_checkpoint(out, hp, steps=k, batch_size=2, model_name=MODEL))
+              for k in (1, 2, 3)]  # each call resumes the run one step further
+    name = next(n for n in values[0] if n.endswith("conv_in/kernel") and "/ExponentialMovingAverage" not in n
+                and "/Adam" not in n and "/LazyAdam" not in n)
+    average = next(n for n in values[0] if n.endswith(f"{name}/{conv_sr.EMA_NAME}"))
+    for step in (2, 3):
+        decay = min(0.2, (1 + step) / (10 + step))
+        expected = decay * values[step - 2][average] + (1 - decay) * values[step - 1][name]
+        np.testing.assert_allclose(values[step - 1][average], expected, atol=1e-6)
+    assert np.abs(values[2][average] - values[2][name]).max() > 1e-4  # not just the weights
+
+    def restored(hparams):
+        dec = decoding.make_decoder(MODEL, "fast", hparams, str(out), (32, 32))
+        try:
+            var = next(v for v in dec._graph.get_collection("variables") if v.op.name.endswith("conv_in/kernel"))
+            return dec._session.run(var)
+        finally:
+            dec.close()
+
+    np.testing.assert_array_equal(restored(tiny_hparams(output_dir=out)), values[2][average])
+    raw = tiny_hparams(extra="weight_ema_decay=0.0", output_dir=out)
+    np.testing.assert_array_equal(restored(raw), values[2][name])
+
+
 def test_pixel_losses_match_their_definitions():
     rng = np.random.default_rng(0)
     pred, target = rng.uniform(0, 255, (2, 4, 8, 8, 3))
