@@ -104,7 +104,8 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
     decode_tta (decoder averages the 8 flips/rotations), weight_ema_decay (> 0: keep an
     exponential moving average of the generator's weights with this decay, warmed up by t2t's
     step count as tf.train.ExponentialMovingAverage's num_updates does; the checkpoint holds both
-    and the decoders predict with the average; 0 = off).
+    and our decoders predict with the average, t2t's own evaluation during training with the
+    raw weights; 0 = off).
     """
     for name, value in (
         ("num_res_blocks", 6),
