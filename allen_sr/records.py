@@ -213,26 +213,6 @@ def append_segment(path: str, data) -> int:
         os.close(fd)
 
 
-def write_parts(fd: int, parts: list) -> int:
-    """Write the bytes-like `parts` in order to file descriptor `fd` (gathered writes, no join).
-
-    os.writev copies straight from the parts into the page cache; joining first would copy every
-    record once more. Returns the number of bytes written.
-    """
-    iov_max = 1024  # Linux's IOV_MAX
-    written = 0
-    for start in range(0, len(parts), iov_max):
-        chunk = parts[start:start + iov_max]
-        expected = sum(len(p) for p in chunk)
-        n = os.writev(fd, chunk)
-        if n < expected:  # a short write (e.g. disk nearly full): finish it with plain writes
-            rest = memoryview(b"".join(chunk))[n:]
-            while rest:
-                rest = rest[os.write(fd, rest):]
-        written += expected
-    return written
-
-
 def split_frames(buffer, count: int) -> list[memoryview]:
     """The first `count` framed records of `buffer` (bytes-like; views, no copies); checks the framing."""
     view, frames, offset = memoryview(buffer), [], 0
@@ -318,19 +298,22 @@ def tile_image_to_buckets(index: int, path: str, size: int, n_buckets: int, buck
 _shuffle_buffer = bytearray()  # pass 2's buffer, kept by each worker from shard to shard
 
 
-def write_shard(segments: list[Segment], bucket_path: str, out_path: str, shuffle_seed: str) -> int:
-    """Pass 2 for one shard (runs in a worker): shuffle the bucket file's records in place.
+def write_shard(segments: list[Segment], out_path: str, shuffle_seed: str) -> int:
+    """Pass 2 for one shard (runs in a worker): shuffle its bucket file's records in place.
 
-    `segments` (all in `bucket_path`) are read in image order, so the shard's content depends
+    `segments` (all in one bucket file) are read in image order, so the shard's content depends
     only on the inputs and the seed, not on where the workers' appends landed. The records are
     copied in shuffled order into a buffer this worker reuses, written back over the bucket
     file, which is then renamed to `out_path`. Returns the number of records.
     """
     global _shuffle_buffer
-    total = sum(seg.length for seg in segments)
     if not segments:  # no tile drew this bucket
         open(out_path, "wb").close()
         return 0
+    bucket_path = segments[0].path
+    if any(seg.path != bucket_path for seg in segments):
+        raise ValueError(f"segments of one shard in several bucket files: {bucket_path}, ...")
+    total = sum(seg.length for seg in segments)
     with open(bucket_path, "r+b", buffering=0) as f:
         if os.fstat(f.fileno()).st_size != total:
             raise ValueError(f"bucket file {bucket_path} holds {os.fstat(f.fileno()).st_size} bytes, "
@@ -601,11 +584,10 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
     summary = DatagenSummary()
     histogram = np.zeros((3, 256), np.int64)
     segments = {(s, k): [] for s in by_split for k in range(n_shards[s])}
-    bucket_prefix = {s: os.path.join(tmp_root, f"bucket-{s}") for s in by_split}
     try:
         with _frozen_gc(), _executor(workers or os.cpu_count() or 1) as pool, _cancel_on_error(pool):
             futures = [pool.submit(tile_image_to_buckets, i, p, size, n_shards[split],
-                                   bucket_prefix[split], seed)
+                                   os.path.join(tmp_root, f"bucket-{split}"), seed)
                        for i, (split, p) in enumerate(ordered)]
             with tqdm(total=len(futures), desc=f"tiling {prefix}", unit="img") as bar:
                 results = _in_order(futures, bar)
@@ -624,8 +606,8 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
                     segments[split, bucket].append(seg)
 
             names = {s: _shard_names(prefix, s, n_shards[s]) for s in by_split}
-            futures = [pool.submit(write_shard, segments[s, k], f"{bucket_prefix[s]}-{k:05d}",
-                                   os.path.join(tmp_root, name), f"{seed}:{s}:{k}")
+            futures = [pool.submit(write_shard, segments[s, k], os.path.join(tmp_root, name),
+                                   f"{seed}:{s}:{k}")
                        for s in by_split for k, name in enumerate(names[s])]
             with tqdm(total=len(futures), desc=f"shuffling {prefix}", unit="shard") as bar:
                 written = _in_order(futures, bar)
