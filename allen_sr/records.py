@@ -204,13 +204,22 @@ def append_segment(path: str, data) -> int:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        n = os.write(fd, data)
+        try:
+            n = os.write(fd, data)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
         if n != len(data):  # e.g. disk full: the rest could not follow contiguously
-            raise OSError(errno.ENOSPC, f"short write to {path} ({n} of {len(data)} bytes); "
-                          "free some disk space and run datagen again")
+            raise _write_error(path, OSError(errno.ENOSPC, f"short write ({n} of {len(data)} bytes)"))
         return os.lseek(fd, 0, os.SEEK_CUR) - n
     finally:
         os.close(fd)
+
+
+def _write_error(path: str, exc: OSError) -> OSError:
+    """`exc` with the file and what to do in its message (os.write's errors name no file)."""
+    return OSError(exc.errno, f"datagen could not write {path}: {exc.strerror or exc}; make room "
+                   "(disk space, quota, file size limit) or choose another --data_dir, then run "
+                   "datagen again (the previous dataset, if any, is untouched)")
 
 
 def split_frames(buffer, count: int) -> list[memoryview]:
@@ -339,8 +348,11 @@ def write_shard(segments: list[Segment], out_path: str, shuffle_seed: str) -> in
             except BufferError:  # a view is still held by a traceback; garbage collection closes it
                 pass
         data = memoryview(_shuffle_buffer)[:total]
-        while data:
-            data = data[os.pwrite(f.fileno(), data, total - len(data)):]
+        try:
+            while data:
+                data = data[os.pwrite(f.fileno(), data, total - len(data)):]
+        except OSError as exc:
+            raise _write_error(bucket_path, exc) from exc
     os.replace(bucket_path, out_path)
     return count
 

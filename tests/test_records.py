@@ -2,6 +2,7 @@
 and what tensor2tensor's own input pipeline reads back from them."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,30 @@ def test_killed_datagen_leaves_no_partial_shard_and_rerun_completes(tmp_path):
     total = sum(len(read_records(p)) for split in ("train", "dev") for p in shard_paths(str(data_dir), split))
     assert total == summary.tiles_kept["train"] + summary.tiles_kept["dev"] > 0
     assert not tmp_root.exists()
+
+
+FULL_DISK_SCRIPT = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then an over-limit write fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # inherited by the workers
+from allen_sr import records, tiles
+records.build_tile_dataset(tiles.list_images(sys.argv[1]), sys.argv[2], "%s", force=True)
+""" % PREFIX
+
+
+def test_a_failed_write_names_the_file_and_keeps_the_previous_dataset(image_folder, tmp_path):
+    """A write that fails mid-build (here: a file size limit, as a full disk would) ends datagen
+    with an error naming the file and what to do, and leaves the complete dataset already in
+    data_dir exactly as it was."""
+    data_dir = tmp_path / "data"
+    records.build_tile_dataset(tiles.list_images(str(image_folder)), str(data_dir), PREFIX)
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(image_folder), str(data_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert re.search(r"datagen could not write \S+bucket-train-\d+: .*run datagen again", proc.stderr), proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()} == before
+    assert not (data_dir / records.TMP_DIRNAME).exists()
 
 
 def test_t2t_pipeline_reads_centre_crops_and_area_inputs(image_folder, tmp_path):
