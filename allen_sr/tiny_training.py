@@ -53,7 +53,7 @@ def train_checkpoint(
 
     Uses tensor2tensor's estimator model_fn and `tf.estimator.Estimator` with t2t's run config,
     i.e. t2t-trainer's own code path (optimizer, learning-rate schedule, variable names), and
-    writes ``hparams.json`` as t2t-trainer does, so :func:`load_hparams` finds the same hparams.
+    writes ``hparams.json`` as t2t-trainer does, so `decoding.load_hparams` finds the same hparams.
     Meant for tests and benchmarks: the weights are the random initialisation moved by a few
     optimizer steps, not a useful model.
     """
