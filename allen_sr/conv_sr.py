@@ -487,17 +487,20 @@ class Img2imgConvSr(t2t_model.T2TModel):
             train_op = tf.group(g_op, d_op, name="generator_and_discriminator_step")
         else:
             train_op = g_op
+        # Ops that run once the step's updates are written: the weight average follows the new
+        # weights, the clock stamps the step's end.
+        after_step = []
         decay = float(getattr(self.hparams, "weight_ema_decay", 0.0))
-        if decay > 0:
-            # After the step: the average follows the weights the step just wrote.
-            ema = tf.train.ExponentialMovingAverage(
-                decay, num_updates=tf.train.get_or_create_global_step(), name=EMA_NAME)
-            with tf.control_dependencies([train_op]):
-                train_op = tf.group(train_op, ema.apply(g_vars), name="step_and_weight_average")
-        if self._clock is None:
-            return train_op
         with tf.control_dependencies([train_op]):
-            return tf.group(train_op, self._clock[1], name="step_and_clock_tick")
+            if decay > 0:
+                ema = tf.train.ExponentialMovingAverage(
+                    decay, num_updates=tf.train.get_or_create_global_step(), name=EMA_NAME)
+                after_step.append(ema.apply(g_vars))
+            if self._clock is not None:
+                after_step.append(self._clock[1])
+        if not after_step:
+            return train_op
+        return tf.group(train_op, *after_step, name="step_and_after_step")
 
     def estimator_spec_train(self, loss: tf.Tensor, num_async_replicas: int = 1,
                              use_tpu: bool = False) -> Any:
@@ -573,19 +576,17 @@ class OnePassDecoder:
         """{checkpoint name: graph variable}, matched by name without data-parallel scopes.
 
         Variables in ``averaged`` are restored from their moving average
-        (``<name>/ExponentialMovingAverage``, under whatever scope training created it).
+        (``<name>/ExponentialMovingAverage``, see weight_ema_decay).
         """
         import tensorflow as tf2
 
         in_ckpt = {decoding.canonical_variable_name(n): n for n, _ in tf2.train.list_variables(checkpoint)}
-        averages = [key for key in in_ckpt if key.endswith("/" + EMA_NAME)]
         averaged_ids = {id(v) for v in averaged}
         found, missing = {}, []
         for var in variables:
             key = decoding.canonical_variable_name(var.op.name)
             if id(var) in averaged_ids:
-                hits = [a for a in averages if a == f"{key}/{EMA_NAME}" or a.endswith(f"/{key}/{EMA_NAME}")]
-                key = hits[0] if len(hits) == 1 else f"{key}/{EMA_NAME}"
+                key = f"{key}/{EMA_NAME}"
             if key in in_ckpt:
                 found[in_ckpt[key]] = var
             else:
