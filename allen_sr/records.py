@@ -324,9 +324,9 @@ def write_shard(segments: list[Segment], out_path: str, shuffle_seed: str) -> in
         raise ValueError(f"segments of one shard in several bucket files: {bucket_path}, ...")
     total = sum(seg.length for seg in segments)
     with open(bucket_path, "r+b", buffering=0) as f:
-        if os.fstat(f.fileno()).st_size != total:
-            raise ValueError(f"bucket file {bucket_path} holds {os.fstat(f.fileno()).st_size} bytes, "
-                             f"its segments {total}")
+        size = os.fstat(f.fileno()).st_size
+        if size != total:
+            raise ValueError(f"bucket file {bucket_path} holds {size} bytes, its segments {total}")
         if len(_shuffle_buffer) < total:
             _shuffle_buffer = bytearray()  # free the old one first
             _shuffle_buffer = bytearray(total)
