@@ -62,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "MODEL_NAME",
     "PIXEL_LOSSES",
+    "UPSAMPLERS",
     "Img2imgConvSr",
     "OnePassDecoder",
     "add_conv_sr_hparams",
@@ -76,6 +77,9 @@ __all__ = [
 
 MODEL_NAME = "img2img_conv_sr"
 PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2", "charbonnier", "psnr")
+# hparam upsample: x2 conv + depth-to-space stages at the CNN's width, or one conv at the input
+# resolution to factor^2 * upsample_width channels and one depth-to-space (see generator_residual).
+UPSAMPLERS: tuple[str, ...] = ("x2_stages", "pixel_shuffle")
 # pixel_loss=psnr: the per-example MSE (0-1 scale) is floored here, i.e. at 50 dB, so that a
 # nearly perfect example cannot take over the gradient (its weight is 1/MSE).
 PSNR_LOSS_MSE_FLOOR = 1e-5
@@ -91,7 +95,8 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
     """Add this model's hparams (with their defaults) to ``hp``; returns it.
 
     hidden_size (from t2t's base) is the CNN width. Added here:
-    num_res_blocks, img_len/num_channels (set by our problems), normalize_inputs,
+    num_res_blocks, upsample ("x2_stages" | "pixel_shuffle", see :func:`generator_residual`)
+    and upsample_width, img_len/num_channels (set by our problems), normalize_inputs,
     pixel_loss ("l1" | "l2" | "charbonnier" | "psnr"; l2 is the mean squared error over the
     batch; psnr is minus the mean per-example PSNR, exactly what the benchmark averages over
     tiles, which weighs each example by 1/its MSE) and charbonnier_epsilon (0-1 scale),
@@ -124,6 +129,8 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
         ("gan_beta1", 0.5),
         ("decode_tta", False),
         ("weight_ema_decay", 0.0),
+        ("upsample", "x2_stages"),
+        ("upsample_width", 16),
     ):
         if not hasattr(hp, name):
             hp.add_hparam(name, value)
@@ -160,6 +167,10 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"hidden_size must be >= 1, got {hparams.hidden_size}")
     if int(hparams.num_res_blocks) < 0:
         fail(f"num_res_blocks must be >= 0, got {hparams.num_res_blocks}")
+    if getattr(hparams, "upsample", UPSAMPLERS[0]) not in UPSAMPLERS:
+        fail(f"upsample must be one of {UPSAMPLERS}, got {hparams.upsample!r}")
+    if int(getattr(hparams, "upsample_width", 1)) < 1:
+        fail(f"upsample_width must be >= 1, got {hparams.upsample_width}")
     if hparams.pixel_loss not in PIXEL_LOSSES:
         fail(f"pixel_loss must be one of {PIXEL_LOSSES}, got {hparams.pixel_loss!r}")
     if not float(hparams.charbonnier_epsilon) > 0:
@@ -228,8 +239,17 @@ def _conv(x: tf.Tensor, filters: int, kernel: int, name: str, stride: int = 1,
         return y
 
 
-def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, channels: int) -> tf.Tensor:
-    """The CNN: normalized inputs [B, h, w, C] -> residual [B, h*f, w*f, C] (normalized units)."""
+def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, channels: int,
+                       upsample: str = "x2_stages", upsample_width: int = 16) -> tf.Tensor:
+    """The CNN: normalized inputs [B, h, w, C] -> residual [B, h*f, w*f, C] (normalized units).
+
+    ``upsample`` "x2_stages" (EDSR's upsampler): log2(f) stages of a 3x3 conv to 4 * width
+    channels and a x2 depth-to-space. "pixel_shuffle": one 3x3 conv at the input resolution to
+    f * f * upsample_width channels and one x f depth-to-space (ESPCN's sub-pixel layer), which
+    skips the costly conv at the intermediate resolution (measured on 2 CPU cores, width 64, 6
+    blocks, batch 64: 1.7x the training steps per second, the same quality after 5 minutes).
+    Both end in a 3x3 conv at the output resolution.
+    """
     head = _conv(x, width, 3, "conv_in")
     h = head
     for i in range(blocks):
@@ -239,8 +259,12 @@ def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, chann
             r = tf.nn.relu(_conv(h, width, 3, "conv_a"))
             h = h + _conv(r, width, 3, "conv_b", init_scale=0.1)
     h = _conv(h, width, 3, "conv_body_out") + head
-    for stage in range(int(round(math.log2(factor)))):
-        h = tf.nn.relu(tf.nn.depth_to_space(_conv(h, 4 * width, 3, f"upsample_{stage}"), 2))
+    if upsample == "x2_stages":
+        for stage in range(int(round(math.log2(factor)))):
+            h = tf.nn.relu(tf.nn.depth_to_space(_conv(h, 4 * width, 3, f"upsample_{stage}"), 2))
+    else:
+        h = tf.nn.relu(tf.nn.depth_to_space(
+            _conv(h, factor * factor * upsample_width, 3, "upsample_pixel_shuffle"), factor))
     # Starting at 0 makes the untrained model bicubic, the right first guess (a random start
     # would add noise of the data's scale: the residual is multiplied by std). Its gradient
     # is not 0, so training moves it away at the first step.
@@ -369,7 +393,8 @@ class Img2imgConvSr(t2t_model.T2TModel):
         x = (inputs - mean) / std
         # In normalized units the prediction is bicubic(x) + residual; bicubic is linear with
         # weights summing to 1, so in 0-255 that is bicubic(inputs) + residual * std.
-        residual = generator_residual(x, int(hp.hidden_size), int(hp.num_res_blocks), factor, channels)
+        residual = generator_residual(x, int(hp.hidden_size), int(hp.num_res_blocks), factor, channels,
+                                      hp.upsample, int(hp.upsample_width))
         prediction = bicubic_upsample(inputs, factor) + residual * std
         if hp.block_mean_projection:
             prediction = block_mean_projection(prediction, inputs, factor)
@@ -595,7 +620,8 @@ class OnePassDecoder:
             raise ValueError(
                 f"checkpoint {checkpoint} lacks {len(missing)} variable(s) of {MODEL_NAME}, e.g. "
                 f"{missing[:3]}: was it trained with this --model/--hparams_set/--hparams "
-                "(hidden_size, num_res_blocks, normalize_inputs, weight_ema_decay)?")
+                "(hidden_size, num_res_blocks, upsample, upsample_width, normalize_inputs, "
+                "weight_ema_decay)?")
         return found
 
     def predict(self, inputs: np.ndarray, batch_size: int | None = None,

@@ -22,8 +22,10 @@ Protocol (also printed with the results):
    H&E image with the shipped samples). Without `../shared`, only the dev-split images.
 4. Inputs are the rounded 4x4 area means of the tiles (what the problem feeds the model);
    metrics as `allen-sr evaluate` (allen_sr.metrics.PROTOCOL: RGB uint8, no border crop,
-   per-tile PSNR/SSIM averaged over tiles). The goal: the conv model (pixel loss) beats
-   bicubic by >= 1.5 dB PSNR.
+   per-tile PSNR/SSIM averaged over tiles). The goal: the conv model (pixel loss), decoded as
+   `allen-sr evaluate` decodes it by default (`img2img_conv_sr_cpu` has decode_tta=True: the
+   mean prediction over the 8 flips/rotations of each input, in one forward pass of a batch 8x
+   as large), beats bicubic by >= 1.5 dB PSNR. Its single prediction is reported too.
 
 Prints a markdown section on stdout (progress goes to stderr) and writes it with a JSON copy to
 `<work>/quality.md` and `quality.json`, and a picture grid of a few held-out tiles per source
@@ -66,6 +68,10 @@ SHIPPED_CROP = (1000, 600, 1024)  # top, left, size
 # Held-out row bands of the full image, each a whole number of tiles, away from the crop.
 HELD_OUT_BANDS = ((0, 992), (2048, 2944))
 GOAL_DB = 1.5
+# Rows of the conv model: as its hparams set decodes by default (decode_tta=True: the mean of the
+# predictions for the 8 flips/rotations of each input), and its single prediction.
+CONV_DEFAULT = "conv pixel loss (8-fold TTA, default)"
+CONV_ONE_PASS = "conv pixel loss, one pass"
 
 
 @dataclass
@@ -312,15 +318,16 @@ def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace
         cells = [r["method"], steps, *[f"{r['psnr_by_source'][s]:.2f}" for s in source_names],
                  f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnr'] - bicubic['psnr']:+.2f} dB"]
         lines.append("| " + " | ".join(cells) + " |")
-    conv = next((r for r in rows if r["method"] == "conv pixel loss"), None)
-    conv_tta = next((r for r in rows if r["method"] == "conv pixel loss + TTA"), None)
-    goal = f"Goal (conv, pixel loss, beats bicubic by >= {GOAL_DB} dB PSNR): "
+    conv = next((r for r in rows if r["method"] == CONV_DEFAULT), None)
+    one_pass = next((r for r in rows if r["method"] == CONV_ONE_PASS), None)
+    goal = (f"Goal (conv, pixel loss, decoded as `allen-sr evaluate` does by default, beats bicubic "
+            f"by >= {GOAL_DB} dB PSNR): ")
     if conv is None:
         lines += ["", goal + "not measured (conv not run).", ""]
     else:
         gain = conv["psnr"] - bicubic["psnr"]
-        tta = f"; {conv_tta['psnr'] - bicubic['psnr']:+.2f} dB with 8-fold TTA" if conv_tta else ""
-        lines += ["", goal + f"**{'met' if gain >= GOAL_DB else 'NOT met'}** ({gain:+.2f} dB{tta}).", ""]
+        single = f"; one pass without TTA: {one_pass['psnr'] - bicubic['psnr']:+.2f} dB" if one_pass else ""
+        lines += ["", goal + f"**{'met' if gain >= GOAL_DB else 'NOT met'}** ({gain:+.2f} dB{single}).", ""]
     lines += [
         "Protocol: each model trained alone on this machine's CPU by `allen-sr train` (t2t-trainer) "
         f"for {args.minutes:g} min of wall-clock time counted from its first step (graph building "
@@ -359,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     save_secs = int(max(5, min(60, seconds / 30)))
     runs = [
         Run("conv", "img2img_conv_sr", "img2img_conv_sr_cpu",
-            (("conv pixel loss", "greedy", ""), ("conv pixel loss + TTA", "greedy", "decode_tta=True")),
+            ((CONV_ONE_PASS, "greedy", "decode_tta=False"), (CONV_DEFAULT, "greedy", "decode_tta=True")),
             self_timed=True),
         Run("hybrid", "img2img_conv_sr", "img2img_conv_sr_cpu_hybrid",
             (("conv hybrid loss", "greedy", ""),), self_timed=True),

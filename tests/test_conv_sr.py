@@ -24,7 +24,9 @@ PROBLEM = "img2img_local_dim8to32"
 MODEL = conv_sr.MODEL_NAME
 CPU_SET = "img2img_conv_sr_cpu"
 HYBRID_SET = "img2img_conv_sr_cpu_hybrid"
-TINY = "hidden_size=8,num_res_blocks=1"
+SMALL = "hidden_size=8,num_res_blocks=1"
+# The tests compare single predictions (e.g. with t2t's own); test_tta covers the set's default.
+TINY = f"{SMALL},decode_tta=False"
 BIN = os.path.dirname(sys.executable)
 
 
@@ -80,6 +82,7 @@ def test_hparams_sets_are_registered_with_docstrings():
     cpu, hybrid, gpu = (decoding.load_hparams(n, PROBLEM) for n in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"))
     assert (cpu.hidden_size, cpu.num_res_blocks, cpu.batch_size, cpu.gan_weight) == (64, 6, 64, 0.0)
     assert hybrid.gan_weight > 0 and hybrid.hidden_size == cpu.hidden_size
+    assert cpu.decode_tta and not hybrid.decode_tta  # averaging would blur the adversarial texture
     assert gpu.hidden_size > cpu.hidden_size and gpu.num_res_blocks > cpu.num_res_blocks
     for hp in (cpu, hybrid, gpu):
         conv_sr.check_hparams(hp, conv_sr.scale_factor(hp))
@@ -91,6 +94,8 @@ def test_hparams_sets_are_registered_with_docstrings():
     ("num_res_blocks=-1", "num_res_blocks must be >= 0"),
     ("cosine_decay_min=2.0", "cosine_decay_min in"),
     ("train_budget_seconds=-1", "train_budget_seconds must be >= 0"),
+    ("upsample=bilinear", "upsample must be one of"),
+    ("upsample_width=0", "upsample_width must be >= 1"),
 ])
 def test_bad_hparams_are_refused_by_name(override, message):
     with pytest.raises(ValueError, match=message):
@@ -252,6 +257,35 @@ def test_weight_average_is_checkpointed_and_used_by_the_decoder(tmp_path):
     np.testing.assert_array_equal(restored(raw), values[2][name])
 
 
+@pytest.mark.parametrize("upsample, layers", [
+    ("x2_stages", {"upsample_0/kernel": [3, 3, 8, 32], "upsample_1/kernel": [3, 3, 8, 32]}),
+    ("pixel_shuffle", {"upsample_pixel_shuffle/kernel": [3, 3, 8, 4 * 4 * 5]}),
+])
+def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, layers):
+    """Both upsamplers: their conv layers (width 8, x4: two x2 stages of 4 * 8 channels, or one
+    of 4 * 4 * upsample_width), a trained step that moves them, and a decoder that keeps the
+    block means. A checkpoint of one is refused by the other's graph, naming the hparam."""
+    extra = f"upsample={upsample},upsample_width=5,learning_rate_warmup_steps=1"
+    steps = [checkpoint_values(tiny_training.train_checkpoint(
+        tmp_path, tiny_hparams(extra=extra), steps=k, batch_size=2, model_name=MODEL)) for k in (1, 2)]
+    kernels = {n: v for n, v in steps[1].items() if n.endswith("/kernel") and "upsample" in n}
+    assert {n.split("/")[-2] + "/kernel": list(v.shape) for n, v in kernels.items()} == layers
+    # Step 1 moves the output conv off 0 (the bicubic start); step 2 then trains the upsampler.
+    for name, value in kernels.items():
+        assert np.abs(value - steps[0][name]).max() > 0, name
+    ckpt = decoding.find_checkpoint(tmp_path)
+    dec = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
+    try:
+        inputs, _ = tiny_training.synthetic_examples(2, 32, 4, seed=3)
+        pred = dec.predict(inputs)
+        np.testing.assert_allclose(pred.reshape(2, 8, 4, 8, 4, 3).mean(axis=(2, 4)), inputs, atol=1e-3)
+    finally:
+        dec.close()
+    other = "x2_stages" if upsample == "pixel_shuffle" else "pixel_shuffle"
+    with pytest.raises(ValueError, match="lacks .* upsample"):
+        decoding.make_decoder(MODEL, "fast", tiny_hparams(extra=f"upsample={other}"), ckpt, (32, 32))
+
+
 def test_pixel_losses_match_their_definitions():
     rng = np.random.default_rng(0)
     pred, target = rng.uniform(0, 255, (2, 4, 8, 8, 3))
@@ -324,6 +358,14 @@ def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
     # Averaging over the group makes the prediction exactly equivariant to it.
     np.testing.assert_allclose(tta.predict(np.rot90(inputs, 1, (1, 2))),
                                np.rot90(tta.predict(inputs), 1, (1, 2)), atol=1e-3)
+    # img2img_conv_sr_cpu decodes this way unless told decode_tta=False.
+    default = decoding.make_decoder(MODEL, "fast", decoding.load_hparams(CPU_SET, PROBLEM, SMALL), ckpt_dir, (32, 32))
+    try:
+        assert default.tta
+        np.testing.assert_allclose(default.predict(inputs), tta.predict(inputs), atol=1e-5)
+    finally:
+        for dec in (default, tta, plain):
+            dec.close()
 
 
 def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir, decoder):
