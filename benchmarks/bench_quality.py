@@ -70,7 +70,7 @@ HELD_OUT_BANDS = ((0, 992), (2048, 2944))
 GOAL_DB = 1.5
 # Rows of the conv model: as its hparams set decodes by default (decode_tta=True: the mean of the
 # predictions for the 8 flips/rotations of each input), and its single prediction.
-CONV_DEFAULT = "conv pixel loss (8-fold TTA, default)"
+CONV_DEFAULT = "conv pixel loss + TTA"
 CONV_ONE_PASS = "conv pixel loss, one pass"
 
 
