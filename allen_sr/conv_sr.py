@@ -5,8 +5,9 @@ autoregressively. This model instead predicts the high-resolution image directly
 
     prediction = bicubic(inputs) + std * CNN((inputs - mean) / std)
 
-where the CNN is conv in -> N residual blocks of width C -> conv (+ long skip) -> log2(factor)
-x2 depth-to-space stages -> conv out. Optionally (hparam ``block_mean_projection``) each
+where the CNN is conv in -> N residual blocks of width C -> conv (+ long skip) -> upsampling
+(hparam ``upsample``: log2(factor) x2 depth-to-space stages, or one sub-pixel conv and a
+x factor depth-to-space) -> conv out. Optionally (hparam ``block_mean_projection``) each
 factor x factor block of the prediction is shifted so that its mean equals the input pixel it
 was averaged from (the inputs are exactly such block means, rounded). It trains with an L1 or
 Charbonnier loss on the 0-1 scale, and optionally (``gan_weight > 0``) a pix2pix-style hybrid
@@ -187,8 +188,11 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
              f"{hparams.cosine_decay_steps} and {hparams.cosine_decay_min}")
     if not 0 <= float(getattr(hparams, "weight_ema_decay", 0.0)) < 1:
         fail(f"weight_ema_decay must be in [0, 1) (0 = no averaging), got {hparams.weight_ema_decay}")
-    if factor is not None and (factor < 1 or factor & (factor - 1)):
-        fail(f"the scale factor must be a power of 2 (x2 depth-to-space stages), got {factor}")
+    if factor is not None and factor < 1:
+        fail(f"the scale factor must be >= 1, got {factor}")
+    if factor is not None and factor & (factor - 1) and getattr(hparams, "upsample", "x2_stages") == "x2_stages":
+        fail(f"upsample=x2_stages needs a power-of-2 scale factor, got {factor}; "
+             "upsample=pixel_shuffle takes any integer factor")
 
 
 # --------------------------------------------------------------------------- building blocks

@@ -106,8 +106,9 @@ def test_bad_scale_factors_and_foreign_hparams_are_refused():
     hp = decoding.load_hparams(CPU_SET, "img2img_allen_brain_dim48to64")
     with pytest.raises(ValueError, match="integer scale factor, got 48 -> 64"):
         conv_sr.scale_factor(hp)
-    with pytest.raises(ValueError, match="power of 2"):
-        conv_sr.check_hparams(hp, 3)
+    with pytest.raises(ValueError, match="x2_stages needs a power-of-2 scale factor, got 3"):
+        conv_sr.check_hparams(tiny_hparams(extra="upsample=x2_stages"), 3)
+    conv_sr.check_hparams(tiny_hparams(extra="upsample=pixel_shuffle"), 3)  # any integer factor
     with pytest.raises(ValueError, match="use an img2img_conv_sr_\\* hparams set"):
         conv_sr.check_hparams(decoding.load_hparams("img2img_allen_cpu_tiny", PROBLEM))
 
@@ -284,6 +285,12 @@ def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, l
     other = "x2_stages" if upsample == "pixel_shuffle" else "pixel_shuffle"
     with pytest.raises(ValueError, match="lacks .* upsample"):
         decoding.make_decoder(MODEL, "fast", tiny_hparams(extra=f"upsample={other}"), ckpt, (32, 32))
+
+
+def test_pixel_shuffle_upsamples_by_any_integer_factor():
+    with tf.Graph().as_default():
+        out = conv_sr.generator_residual(tf.zeros([2, 5, 7, 3]), 4, 1, 3, 3, "pixel_shuffle", 2)
+        assert out.shape.as_list() == [2, 15, 21, 3]
 
 
 def test_pixel_losses_match_their_definitions():
