@@ -645,7 +645,8 @@ class OnePassDecoder:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=n, desc=f"{MODEL_NAME} one pass", unit="tile", mininterval=0.5)
+            desc = f"{MODEL_NAME} one pass" + (" (8-fold TTA)" if self.tta else "")
+            bar = tqdm(total=n, desc=desc, unit="tile", mininterval=0.5)
         try:
             for start in range(0, n, max(batch_size, 1)):
                 chunk = x[start:start + batch_size].astype(np.int32)
