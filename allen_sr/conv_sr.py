@@ -168,8 +168,9 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"hidden_size must be >= 1, got {hparams.hidden_size}")
     if int(hparams.num_res_blocks) < 0:
         fail(f"num_res_blocks must be >= 0, got {hparams.num_res_blocks}")
-    if getattr(hparams, "upsample", UPSAMPLERS[0]) not in UPSAMPLERS:
-        fail(f"upsample must be one of {UPSAMPLERS}, got {hparams.upsample!r}")
+    upsample = getattr(hparams, "upsample", UPSAMPLERS[0])
+    if upsample not in UPSAMPLERS:
+        fail(f"upsample must be one of {UPSAMPLERS}, got {upsample!r}")
     if int(getattr(hparams, "upsample_width", 1)) < 1:
         fail(f"upsample_width must be >= 1, got {hparams.upsample_width}")
     if hparams.pixel_loss not in PIXEL_LOSSES:
@@ -190,7 +191,7 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"weight_ema_decay must be in [0, 1) (0 = no averaging), got {hparams.weight_ema_decay}")
     if factor is not None and factor < 1:
         fail(f"the scale factor must be >= 1, got {factor}")
-    if factor is not None and factor & (factor - 1) and getattr(hparams, "upsample", "x2_stages") == "x2_stages":
+    if factor is not None and factor & (factor - 1) and upsample == "x2_stages":
         fail(f"upsample=x2_stages needs a power-of-2 scale factor, got {factor}; "
              "upsample=pixel_shuffle takes any integer factor")
 
