@@ -4,7 +4,7 @@ Install through `make venv` (see README): TensorFlow and tensor2tensor need pinn
 pip's resolver cannot find on its own, so this file lists no install requirements; the pins live
 in requirements/lock.txt.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="allen-sr",
@@ -15,8 +15,10 @@ setup(
     python_requires=">=3.11,<3.12",
     # problems/ and hparams/ hold the tensor2tensor registrations; they install as
     # allen_sr.problems and allen_sr.hparams so the names stay inside our namespace.
-    packages=["allen_sr", "allen_sr.problems", "allen_sr.hparams"],
+    packages=find_packages(include=["allen_sr", "allen_sr.*"]) + ["allen_sr.problems", "allen_sr.hparams"],
     package_dir={"allen_sr": "allen_sr", "allen_sr.problems": "problems", "allen_sr.hparams": "hparams"},
+    # The sample images `allen-sr demo` tiles by default, so the demo runs from any install.
+    package_data={"allen_sr.sample_data": ["*.png", "*.jpg", "LICENSES.md"]},
     entry_points={"console_scripts": ["allen-sr = allen_sr.cli:main"]},
     license="Apache-2.0",
 )

@@ -6,20 +6,21 @@ Each subcommand lives in the module that owns its concern and is imported only w
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, function, one-line help). Each function takes argv (list of str), returns an exit code.
 SUBCOMMANDS = {
-    "download": ("allen_sr.download", "download_main", "download Allen section images (resumable, verified)"),
-    "datagen": ("allen_sr.t2t_tools", "datagen_main", "t2t-datagen with our problems registered (every t2t-datagen flag)"),
-    "train": ("allen_sr.t2t_tools", "train_main", "t2t-trainer with our problems/hparams registered (every t2t-trainer flag)"),
-    "decode": ("allen_sr.decoding", "decode_main", "decode dev examples autoregressively; PNGs, grid, PSNR/SSIM CSV"),
-    "evaluate": ("allen_sr.evaluate", "evaluate_main", "PSNR/SSIM of a model vs nearest/bilinear/bicubic on any images"),
-    "upscale": ("allen_sr.upscale", "upscale_main", "enlarge an image region 4x tile by tile"),
-    "plot": ("allen_sr.pictures", "plot_main", "loss curves of one or several runs on one figure"),
-    "launch": ("allen_sr.launch", "launch_main", "build (and submit) a Kubeflow TFJob for multi-host training"),
-    "demo": ("allen_sr.demo", "demo_main", "the main job end to end on the shipped sample images (make demo)"),
-    "usr_dir": ("allen_sr.t2t_tools", "usr_dir_main", "print the --t2t_usr_dir path for t2t-datagen / t2t-trainer"),
+    "download": ("allen_sr.commands.download", "download_main", "download Allen section images (resumable, verified)"),
+    "datagen": ("allen_sr.t2t.tools", "datagen_main", "t2t-datagen with our problems registered (every t2t-datagen flag)"),
+    "train": ("allen_sr.t2t.tools", "train_main", "t2t-trainer with our problems/hparams registered (every t2t-trainer flag)"),
+    "decode": ("allen_sr.commands.decode", "decode_main", "decode dev examples autoregressively; PNGs, grid, PSNR/SSIM CSV"),
+    "evaluate": ("allen_sr.commands.evaluate", "evaluate_main", "PSNR/SSIM of a model vs nearest/bilinear/bicubic on any images"),
+    "upscale": ("allen_sr.commands.upscale", "upscale_main", "enlarge an image region 4x tile by tile"),
+    "plot": ("allen_sr.commands.plot", "plot_main", "loss curves of one or several runs on one figure"),
+    "launch": ("allen_sr.commands.launch", "launch_main", "build (and submit) a Kubeflow TFJob for multi-host training"),
+    "demo": ("allen_sr.commands.demo", "demo_main", "the main job end to end on the shipped sample images (make demo)"),
+    "usr_dir": ("allen_sr.t2t.tools", "usr_dir_main", "print the --t2t_usr_dir path for t2t-datagen / t2t-trainer"),
 }
 
 
@@ -31,6 +32,9 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CUDA probing on CPU hosts, oneDNN notices) buries our
+    # own progress output; TF_CPP_MIN_LOG_LEVEL=0 in the environment still shows it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -5,10 +5,9 @@ stock problem downloads `<index>.jpg` files into tmp_dir and skips the download 
 so naming the local images 0.jpg .. N-1.jpg points its download step at local files. Tiles/s
 counts records written to TFRecord shards.
 
-Each generator is timed twice over: with cold memory (what this VM gives a fresh process: it
-backs guest memory lazily and takes freed memory back at once, so every page a run touches for
-the first time costs ~30x a reused one) and with warm memory (the child touches and frees a
-block just before timing, as a long-running machine without that cost would behave).
+Each generator is timed twice over: with cold memory (what a fresh process gets) and with warm
+memory (the child touches and frees a block just before timing). On a VM that backs guest memory
+lazily the two differ a lot; docs/notes/data.md explains why.
 """
 from __future__ import annotations
 
@@ -31,9 +30,9 @@ sys.path.insert(0, REPO)
 
 
 def make_images(folder: str, count: int, size: int) -> None:
-    """`count` JPEG crops (size x size) cut from the shipped sample slides."""
-    sources = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(glob.glob(os.path.join(REPO, "data", "sample", "*")))
-               if not p.endswith(".md")]
+    """`count` JPEG crops (size x size) cut from the shipped sample slides (allen_sr/sample_data)."""
+    sources = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(glob.glob(os.path.join(REPO, "allen_sr", "sample_data", "*")))
+               if p.endswith((".png", ".jpg"))]
     rng = np.random.default_rng(0)
     for i in range(count):
         src = sources[i % len(sources)]
@@ -47,12 +46,8 @@ def make_images(folder: str, count: int, size: int) -> None:
 def warm_memory(gib: float) -> None:
     """Touch `gib` GiB of fresh memory once and free it, just before the timed run.
 
-    On a VM whose host backs guest memory lazily (firecracker here), the first write to a guest
-    page costs ~2.7 s/GiB against ~0.08 s/GiB later, and with free page reporting
-    (/sys/module/page_reporting, min_free_ms 0 here) freed memory goes back to the host at once,
-    so only memory touched moments before the run is warm: warming in the parent process, seconds
-    earlier, made no difference. Datagen writes its records through the page cache, so whichever
-    generator writes more bytes is timed partly on this first-touch cost.
+    Only memory touched moments before the run is warm on a VM with free page reporting (see
+    docs/notes/data.md); datagen writes through the page cache, so this matters to its timing.
     """
     block = np.ones(int(gib * 2**30), np.uint8)
     del block
@@ -67,7 +62,7 @@ def count_records(pattern: str) -> int:
 def child(kind: str, tmp_dir: str, data_dir: str, warm_gib: float) -> None:
     """One generator run in this fresh process, as `t2t-datagen` / `allen-sr datagen` would run it:
     TensorFlow and tensor2tensor imported, then the problem's generate_data timed."""
-    from allen_sr import t2t_compat
+    from allen_sr.t2t import compat as t2t_compat
 
     t2t_compat.apply()
     if kind == "stock":
@@ -130,7 +125,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("### Datagen throughput\n")
-    print(f"{args.images} local JPEGs of {args.size}x{args.size} px cut from data/sample, "
+    print(f"{args.images} local JPEGs of {args.size}x{args.size} px cut from allen_sr/sample_data, "
           f"same run. Each generator runs in a fresh Python process as `t2t-datagen` / `allen-sr datagen` "
           "would (TensorFlow and tensor2tensor imported, then the problem's generate_data timed); best "
           f"of {args.repeats} alternating runs each, each run's output deleted once counted; cold: "
@@ -141,7 +136,7 @@ def main() -> int:
     print("| generator | tiles written | seconds, cold | tiles/s, cold | seconds, warm | tiles/s, warm | lossless |")
     print("|---|---:|---:|---:|---:|---:|---|")
     labels = {"stock": ("tensor2tensor stock (`allen_brain.Img2imgAllenBrainDim8to32`)", "no (JPEG)"),
-              "ours": ("allen-sr (`img2img_allen_brain_dim8to32`, records.build_tile_dataset)", "yes (raw)")}
+              "ours": ("allen-sr (`img2img_allen_brain_dim8to32`, datagen.build_tile_dataset)", "yes (raw)")}
     for name, (label, lossless) in labels.items():
         (cold_s, n), (warm_s, _) = best[name, "cold"], best[name, "warm"]
         print(f"| {label} | {n} | {cold_s:.2f} | {n / cold_s:.0f} | {warm_s:.2f} | {n / warm_s:.0f} | {lossless} |")

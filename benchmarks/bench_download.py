@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from allen_sr.download import download_images  # noqa: E402
+from allen_sr.data.download import download_images  # noqa: E402
 
 IMAGES = 24
 WIDTH, HEIGHT = 320, 240  # ~44 kB JPEGs

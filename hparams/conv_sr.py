@@ -1,13 +1,16 @@
-"""Hparams sets for the residual CNN `img2img_conv_sr` (allen_sr/conv_sr.py).
+"""Hparams sets for the residual CNN `img2img_conv_sr` (allen_sr/models/conv_sr.py).
 
 All train with Adam, batch 64, a short linear warm-up and a clamped
 cosine decay of the learning rate over `cosine_decay_steps` (or, with
 `train_budget_seconds`, over that much training time, after which training stops), L1 loss on
 the 0-1 scale, and the block-mean projection. The `*_hybrid` set adds the pix2pix-style adversarial loss.
+The model's own hparams, one line each: `allen_sr.models.conv_sr.HPARAMS`; the measurements behind
+these choices: docs/notes/models.md.
 """
 from tensor2tensor.layers import common_hparams
 
-from allen_sr import conv_sr, registration  # noqa: F401  (registers model img2img_conv_sr)
+from allen_sr.models import conv_sr
+from allen_sr.t2t import registration  # noqa: F401  (registers model img2img_conv_sr)
 
 
 def _conv_sr_base():
@@ -40,19 +43,12 @@ def img2img_conv_sr_cpu():
     hp = _conv_sr_base()
     hp.hidden_size = 64
     hp.num_res_blocks = 6
-    # One conv + x4 depth-to-space instead of two x2 stages: 1.7x the steps per second on 2 CPU
-    # cores, the same quality after 5 minutes (benchmarks/RESULTS.md).
-    hp.upsample = "pixel_shuffle"
-    # For a wall-clock budget pass --hparams=train_budget_seconds=900: the decay then follows the
-    # time trained and training stops at the budget (what benchmarks/bench_quality.py does).
-    # Without it the decay runs over these steps, ~15 minutes of `allen-sr train` on 2 idle
-    # cores (measured 16-17 steps/s; about half when another job takes a core).
+    hp.upsample = "pixel_shuffle"  # faster than x2 stages on CPU, same quality
+    # ~15 minutes of `allen-sr train` on 2 idle cores; for a wall-clock budget instead pass
+    # --hparams=train_budget_seconds=900 (the decay then follows the time trained).
     hp.cosine_decay_steps = 15000
     hp.cosine_decay_min = 0.02
-    # Decoders average the predictions of the 8 flips/rotations of each input (one forward pass
-    # of a batch 8x as large): +0.2 dB on held-out tissue for 8x the decoding compute, which
-    # for this small model is ~2 ms per 32 px tile on 2 CPU cores. decode_tta=False: one prediction.
-    hp.decode_tta = True
+    hp.decode_tta = True  # average the 8 flips/rotations: a little better, 8x the decoding compute
     return hp
 
 
@@ -60,8 +56,7 @@ def img2img_conv_sr_cpu():
 def img2img_conv_sr_cpu_hybrid():
     """img2img_conv_sr_cpu plus the pix2pix-style adversarial loss (weight 0.005 vs L1)."""
     hp = img2img_conv_sr_cpu()
-    # pix2pix weighs L1 100 : 1 on a [-1, 1] scale, i.e. 1 : 0.005 with our 0-1 L1.
-    hp.gan_weight = 0.005
+    hp.gan_weight = 0.005  # pix2pix's L1 : GAN = 100 : 1 on [-1, 1] is 1 : 0.005 with our 0-1 L1
     hp.gan_filters = 32
     hp.gan_learning_rate = 2e-4
     hp.gan_beta1 = 0.5

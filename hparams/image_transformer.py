@@ -9,7 +9,8 @@ block-raster order, which its own decoder cannot run (see README).
 from tensor2tensor.layers import common_image_attention as cia
 from tensor2tensor.models import image_transformer_2d
 
-from allen_sr import registration, t2t_models  # noqa: F401  (registers img2img_transformer_sr)
+from allen_sr.models import image_transformer  # noqa: F401  (registers img2img_transformer_sr)
+from allen_sr.t2t import registration
 
 
 def _allen_transformer_base():
@@ -25,10 +26,9 @@ def _allen_transformer_base():
     hp.learning_rate_constant = 1.0
     hp.learning_rate_warmup_steps = 4000
     hp.clip_grad_norm = 1.0
-    # Both read by model img2img_transformer_sr only (allen_sr/t2t_models.py): normalize_inputs
-    # adds each input sub-pixel's value normalized by datagen's per-channel mean/std.
-    hp.add_hparam("normalize_inputs", False)
-    hp.add_hparam("input_skip", True)
+    # Read by model img2img_transformer_sr only (allen_sr/models/image_transformer.py):
+    hp.add_hparam("normalize_inputs", False)  # add each input value scaled by the dataset mean/std
+    hp.add_hparam("input_skip", True)  # add each sub-pixel's input pixel embedding to its decoder input
     return hp
 
 

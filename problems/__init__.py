@@ -1,13 +1,14 @@
-"""tensor2tensor registrations: our problems, and our hparams sets with them.
+"""tensor2tensor registrations of our problems (and, with them, our hparams sets and models).
 
-This folder is the `--t2t_usr_dir` for the stock tools (t2t-datagen, t2t-trainer): importing it
-applies allen_sr.t2t_compat's shims and registers every problem, hparams set and model of ours.
-Installed, it is also importable as `allen_sr.problems`.
+This folder is the `--t2t_usr_dir` for the stock tools (t2t-datagen, t2t-trainer), which import
+it as `problems`; installed, it is also the package `allen_sr.problems`. Either way the
+registering modules are imported once, under their `allen_sr.` names, so tensor2tensor's
+duplicate-name check stays on.
 """
-from allen_sr import t2t_compat
+from allen_sr.t2t import compat as _compat
 
-t2t_compat.apply()
+_compat.apply()
 
-import allen_sr.hparams  # noqa: E402,F401  (registers our hparams sets too)
-
-from . import allen_brain, local_images  # noqa: E402,F401
+import allen_sr.hparams  # noqa: E402,F401  (our hparams sets and models)
+import allen_sr.problems.allen_brain  # noqa: E402,F401
+import allen_sr.problems.local_images  # noqa: E402,F401

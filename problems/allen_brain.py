@@ -1,12 +1,7 @@
 """Allen Brain Atlas problems. These replace tensor2tensor's stock registrations of the same
-names (allen_sr.registration), which cut 63 px tiles, keep background, re-encode tiles as JPEG and
-split train/dev by an unsorted glob."""
-# Import the stock module first: its registrations must exist before ours replace them, or
-# a later import of it (t2t-trainer imports every stock problem) would fail on the duplicate name.
-import tensor2tensor.data_generators.allen_brain  # noqa: F401
-
-from allen_sr import registration
-from allen_sr.t2t_problems import AllenBrain
+names (allen_sr.t2t.registration.REPLACED_STOCK_PROBLEMS)."""
+from allen_sr.t2t import registration
+from allen_sr.t2t.problems import AllenBrain
 
 
 @registration.problem

@@ -1,6 +1,6 @@
 """Bring-your-own-microscope-images problems: tile the images in --tmp_dir, no download."""
-from allen_sr import registration
-from allen_sr.t2t_problems import LocalImages
+from allen_sr.t2t import registration
+from allen_sr.t2t.problems import LocalImages
 
 
 @registration.problem

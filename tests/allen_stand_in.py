@@ -97,9 +97,17 @@ class RequestRecord:
 @dataclass
 class _Image:
     image_id: int
-    pixels: np.ndarray  # full-resolution RGB
+    pixels: np.ndarray | None  # full-resolution RGB, or None for a ready-made `picture`
     data_set_id: int | None = None
     section_number: int = 0
+    picture: Image.Image | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) at full resolution."""
+        if self.picture is not None:
+            return self.picture.size
+        return self.pixels.shape[1], self.pixels.shape[0]
 
 
 @dataclass
@@ -236,6 +244,18 @@ class AllenStandIn:
                     data_set.image_ids.append(int(image_id))
         return int(image_id)
 
+    def add_picture(self, image_id: int, picture: Image.Image) -> int:
+        """Register a ready-made Pillow image (any mode JPEG can hold, e.g. a huge flat "L" one).
+
+        Cheaper than :meth:`add_image` for very large test images: no RGB array is kept.
+        """
+        with self._lock:
+            self._images[int(image_id)] = _Image(int(image_id), None, picture=picture,
+                                                 section_number=len(self._images))
+            self._cache = {key: value for key, value in self._cache.items()
+                           if key[0] != int(image_id)}
+        return int(image_id)
+
     def add_images(self, count: int, *, first_id: int = 1000, **image_options: Any) -> list[int]:
         """Register ``count`` images with consecutive ids from ``first_id``; returns the ids."""
         return [self.add_image(first_id + index, **image_options) for index in range(count)]
@@ -253,7 +273,7 @@ class AllenStandIn:
 
     def image_size(self, image_id: int, downsample: int = 0) -> tuple[int, int]:
         """(width, height) of the image at a downsample level."""
-        height, width = self._images[image_id].pixels.shape[:2]
+        width, height = self._images[image_id].size
         factor = 2 ** downsample
         return max(1, width // factor), max(1, height // factor)
 
@@ -267,7 +287,7 @@ class AllenStandIn:
             source = self._images[image_id]
         if cached is not None:
             return cached
-        image = Image.fromarray(source.pixels)
+        image = source.picture if source.picture is not None else Image.fromarray(source.pixels)
         factor = 2 ** downsample
         if factor > 1:
             image = image.reduce(factor) if min(image.size) >= factor else image.resize((1, 1))
@@ -516,7 +536,7 @@ class AllenStandIn:
         raise ValueError(f"Data Access error: the stand-in does not know model {name}")
 
     def _image_row(self, image: _Image) -> dict[str, Any]:
-        height, width = image.pixels.shape[:2]
+        width, height = image.size
         return {"id": image.image_id, "data_set_id": image.data_set_id,
                 "section_number": image.section_number, "width": width, "height": height,
                 "image_width": width, "image_height": height, "resolution": 1.0, "x": 0, "y": 0}

@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from allen_stand_in import AllenStandIn
+from shared_data import shared_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DEV_IMAGES = os.path.join(REPO, "..", "shared", "data", "dev-images")
-SAMPLE_IMAGES = os.path.join(REPO, "data", "sample")
+SAMPLE_IMAGES = os.path.join(REPO, "allen_sr", "sample_data")
 
 
 def tissue_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -43,9 +43,8 @@ def image_folder(tmp_path):
 
 @pytest.fixture
 def dev_images():
-    if not os.path.isdir(SHARED_DEV_IMAGES):
-        pytest.skip("../shared/data/dev-images is not available in this clone")
-    return SHARED_DEV_IMAGES
+    """The real dev slides in ../shared/data/dev-images (the test is skipped without them)."""
+    return str(shared_path("data", "dev-images"))
 
 
 @pytest.fixture(autouse=True)

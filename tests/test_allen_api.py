@@ -1,10 +1,12 @@
-"""Tests for allen_sr.allen_api: URL and RMA building, listing with paging, retries, rate limit.
+"""The Allen API side: URL and RMA building, listing with paging, retries, rate limit.
 
-Every request goes to the stand-in server on 127.0.0.1 (tests/allen_stand_in.py), never to the
-real Allen API.
+Covers allen_sr.data.allen_urls, allen_sr.data.retry and allen_sr.data.allen_api. Every request
+goes to the stand-in server on 127.0.0.1 (tests/allen_stand_in.py), never to the real Allen API.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
 import sys
 import threading
 import time
@@ -15,21 +17,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from allen_sr import allen_api  # noqa: E402
-from allen_sr.allen_api import (  # noqa: E402
+from shared_data import shared_path  # noqa: E402
+
+from allen_sr.data import allen_api  # noqa: E402
+from allen_sr.data.allen_api import AllenClient  # noqa: E402
+from allen_sr.data.allen_urls import (  # noqa: E402
     STOCK_IMAGE_IDS,
-    AllenClient,
-    GaveUpError,
-    RateLimiter,
     Region,
-    RetryPolicy,
-    RmaQueryError,
     image_download_url,
-    parse_retry_after,
     rma_query_url,
     section_data_set_criteria,
     section_image_criteria,
 )
+from allen_sr.data.errors import Cancelled, GaveUpError, RmaQueryError  # noqa: E402
+from allen_sr.data.retry import RateLimiter, RetryPolicy, parse_retry_after  # noqa: E402
 
 FAST = dict(timeout=(2.0, 2.0), retry=RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.05),
             rate=None)
@@ -71,11 +72,25 @@ def test_rma_query_url_pages_and_keeps_rma_punctuation_literal():
     assert "%20" in rma_query_url("https://x", section_data_set_criteria("Mouse", "a b"))
 
 
-def test_stock_image_ids_are_the_100_reference_ids():
+def _tensor2tensor_image_ids() -> list[int]:
+    """`_IMAGE_IDS` as written in the installed tensor2tensor's allen_brain.py (read, not imported)."""
+    package = importlib.util.find_spec("tensor2tensor")
+    source = Path(package.submodule_search_locations[0], "data_generators", "allen_brain.py")
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["_IMAGE_IDS"]:
+            return [int(value) for value in ast.literal_eval(node.value)]
+    raise AssertionError(f"no _IMAGE_IDS list in {source}")
+
+
+def test_stock_image_ids_are_tensor2tensors_list():
+    """Our embedded copy is the stock problem's list, in its order (its files are <index>.jpg)."""
     assert len(STOCK_IMAGE_IDS) == 100 and len(set(STOCK_IMAGE_IDS)) == 100
-    reference = Path("/work/shared/reference/stock_image_ids.txt")
-    if reference.exists():  # only the test reads it; the package embeds its own copy
-        assert list(STOCK_IMAGE_IDS) == [int(line) for line in reference.read_text().split()]
+    assert list(STOCK_IMAGE_IDS) == _tensor2tensor_image_ids()
+
+
+def test_stock_image_ids_match_the_shared_reference_list():
+    reference = shared_path("reference", "stock_image_ids.txt")
+    assert list(STOCK_IMAGE_IDS) == [int(line) for line in reference.read_text().split()]
 
 
 def test_parse_retry_after_seconds_and_http_date():
@@ -132,7 +147,7 @@ def test_rate_limiter_wait_is_cancelled_by_stop_event():
     limiter.acquire(stop)
     threading.Timer(0.1, stop.set).start()
     started = time.monotonic()
-    with pytest.raises(allen_api.Cancelled):
+    with pytest.raises(Cancelled):
         limiter.acquire(stop)
     assert time.monotonic() - started < 1.0
 

@@ -17,7 +17,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from allen_sr import conv_sr, decoding, evaluate, metrics, tiny_training
+from allen_sr.commands import decode, evaluate
+from allen_sr.decoding import checkpoints, one_pass
+from allen_sr.decoding.registry import decoder_kinds, make_decoder
+from allen_sr.evaluation import metrics
+from allen_sr.models import conv_net, conv_sr, normalization, schedule, variables
+from allen_sr.testing import tiny_training
+from allen_sr.t2t.names import register_all
 from conftest import REPO, save_tissue_images, tissue_image
 
 PROBLEM = "img2img_local_dim8to32"
@@ -34,7 +40,7 @@ def tiny_hparams(hparams_set: str = CPU_SET, extra: str = "", output_dir=None):
     """The hparams set at TINY size, with ``extra`` "k=v,..." overrides (which win)."""
     merged = dict(kv.split("=", 1) for kv in f"{TINY},{extra}".strip(",").split(","))
     overrides = ",".join(f"{k}={v}" for k, v in merged.items())
-    return decoding.load_hparams(hparams_set, PROBLEM, overrides, output_dir)
+    return checkpoints.load_hparams(hparams_set, PROBLEM, overrides, output_dir)
 
 
 def checkpoint_values(ckpt: str) -> dict[str, np.ndarray]:
@@ -63,7 +69,7 @@ def ckpt_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def decoder(ckpt_dir):
-    dec = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
+    dec = make_decoder(MODEL, None, tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
     yield dec
     dec.close()
 
@@ -74,18 +80,34 @@ def decoder(ckpt_dir):
 def test_hparams_sets_are_registered_with_docstrings():
     from tensor2tensor.utils import registry
 
-    decoding._import_registrations()
+    register_all()
     from allen_sr.hparams import conv_sr as sets
 
     for name in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"):
         assert name in registry.list_hparams() and getattr(sets, name).__doc__
-    cpu, hybrid, gpu = (decoding.load_hparams(n, PROBLEM) for n in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"))
+    cpu, hybrid, gpu = (checkpoints.load_hparams(n, PROBLEM) for n in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"))
     assert (cpu.hidden_size, cpu.num_res_blocks, cpu.batch_size, cpu.gan_weight) == (64, 6, 64, 0.0)
     assert hybrid.gan_weight > 0 and hybrid.hidden_size == cpu.hidden_size
     assert cpu.decode_tta and not hybrid.decode_tta  # averaging would blur the adversarial texture
     assert gpu.hidden_size > cpu.hidden_size and gpu.num_res_blocks > cpu.num_res_blocks
     for hp in (cpu, hybrid, gpu):
         conv_sr.check_hparams(hp, conv_sr.scale_factor(hp))
+    # Every hparam the model adds has a default and a one-line description, where it is defined.
+    names = [name for name, _, _ in conv_sr.HPARAMS]
+    assert len(set(names)) == len(names) == 18
+    assert all(doc and "\n" not in doc for _, _, doc in conv_sr.HPARAMS)
+    assert all(getattr(cpu, name) is not None for name in names)
+
+
+def test_one_pass_is_the_models_only_decoder_and_imports_lightly():
+    """The registry's table names the one-pass decoder; importing it loads no TensorFlow."""
+    assert decoder_kinds(MODEL) == ["one_pass"]
+    with pytest.raises(NotImplementedError, match="--decoder=fast is not available"):
+        make_decoder(MODEL, "fast", None, "unused")
+    code = ("import sys, allen_sr.decoding.one_pass\n"
+            "print([m for m in ('tensorflow', 'tensor2tensor') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("override, message", [
@@ -103,14 +125,14 @@ def test_bad_hparams_are_refused_by_name(override, message):
 
 
 def test_bad_scale_factors_and_foreign_hparams_are_refused():
-    hp = decoding.load_hparams(CPU_SET, "img2img_allen_brain_dim48to64")
+    hp = checkpoints.load_hparams(CPU_SET, "img2img_allen_brain_dim48to64")
     with pytest.raises(ValueError, match="integer scale factor, got 48 -> 64"):
         conv_sr.scale_factor(hp)
     with pytest.raises(ValueError, match="x2_stages needs a power-of-2 scale factor, got 3"):
         conv_sr.check_hparams(tiny_hparams(extra="upsample=x2_stages"), 3)
     conv_sr.check_hparams(tiny_hparams(extra="upsample=pixel_shuffle"), 3)  # any integer factor
     with pytest.raises(ValueError, match="use an img2img_conv_sr_\\* hparams set"):
-        conv_sr.check_hparams(decoding.load_hparams("img2img_allen_cpu_tiny", PROBLEM))
+        conv_sr.check_hparams(checkpoints.load_hparams("img2img_allen_cpu_tiny", PROBLEM))
 
 
 def test_normalization_without_stats_names_the_missing_file(tmp_path):
@@ -159,7 +181,7 @@ def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):
     assert 2 <= int(values["global_step"]) < 10 ** 6
     assert values["train_clock/elapsed_seconds"] >= 1.0
     assert ckpt.endswith(f"-{int(values['global_step'])}")
-    dec = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
+    dec = make_decoder(MODEL, None, tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
     try:
         assert dec.decode(np.full((1, 8, 8, 3), 128, np.uint8)).shape == (1, 32, 32, 3)
     finally:
@@ -175,9 +197,9 @@ def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path)
     hp.add_hparam("data_dir", str(tmp_path))
     ckpt = tiny_training.train_checkpoint(tmp_path / "run", hp, steps=2, batch_size=2, model_name=MODEL)
     values = checkpoint_values(ckpt)
-    names = {conv_sr.decoding.canonical_variable_name(n): n for n in values}
-    mean = values[names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/mean"]]
-    std = values[names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/std"]]
+    names = {checkpoints.canonical_variable_name(n): n for n in values}
+    mean = values[names[f"{MODEL}/body/{normalization.NORMALIZATION_SCOPE}/mean"]]
+    std = values[names[f"{MODEL}/body/{normalization.NORMALIZATION_SCOPE}/std"]]
     np.testing.assert_allclose(mean, stats["mean"])
     np.testing.assert_allclose(std, stats["std"])
 
@@ -185,12 +207,12 @@ def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path)
     # another prediction from the same weights.
     inputs, _ = tiny_training.synthetic_examples(4, 32, 4, seed=3)
     dec_hp = tiny_hparams(extra="normalize_inputs=True", output_dir=tmp_path / "run")
-    before = conv_sr.OnePassDecoder(dec_hp, ckpt).predict(inputs)
+    before = one_pass.OnePassDecoder(dec_hp, ckpt).predict(inputs)
     changed = str(tmp_path / "changed" / "model.ckpt")
     # (The mean, not the std: a ReLU network with ~0 biases is homogeneous, f(x / 2) * 2 = f(x),
     # so scaling the std alone would barely change it.)
-    rewrite_checkpoint(ckpt, changed, {names[f"{MODEL}/body/{conv_sr.NORMALIZATION_SCOPE}/mean"]: mean - 60})
-    after = conv_sr.OnePassDecoder(dec_hp, changed).predict(inputs)
+    rewrite_checkpoint(ckpt, changed, {names[f"{MODEL}/body/{normalization.NORMALIZATION_SCOPE}/mean"]: mean - 60})
+    after = one_pass.OnePassDecoder(dec_hp, changed).predict(inputs)
     assert np.abs(after - before).max() > 0.1
 
 
@@ -215,7 +237,7 @@ def test_hybrid_loss_updates_both_networks_each_with_its_own_optimizer(tmp_path)
 
     def weights(values, discriminator):
         return {n: v for n, v in values.items() if n.startswith(f"{MODEL}/") and n.endswith(("kernel", "bias"))
-                and (f"/{conv_sr.DISCRIMINATOR_SCOPE}/" in n) == discriminator}
+                and (f"/{conv_net.DISCRIMINATOR_SCOPE}/" in n) == discriminator}
 
     for discriminator in (True, False):
         before, after = weights(first, discriminator), weights(last, discriminator)
@@ -226,8 +248,8 @@ def test_hybrid_loss_updates_both_networks_each_with_its_own_optimizer(tmp_path)
     # the generator, DiscriminatorAdam for the discriminator.
     g_slots = [n for n in last if n.startswith("training/LazyAdam/") and n.endswith("/m")]
     d_slots = [n for n in last if n.endswith("/DiscriminatorAdam")]
-    assert g_slots and not any(conv_sr.DISCRIMINATOR_SCOPE in n for n in g_slots)
-    assert d_slots and all(f"/{conv_sr.DISCRIMINATOR_SCOPE}/" in n for n in d_slots)
+    assert g_slots and not any(conv_net.DISCRIMINATOR_SCOPE in n for n in g_slots)
+    assert d_slots and all(f"/{conv_net.DISCRIMINATOR_SCOPE}/" in n for n in d_slots)
 
 
 def test_weight_average_is_checkpointed_and_used_by_the_decoder(tmp_path):
@@ -238,7 +260,7 @@ def test_weight_average_is_checkpointed_and_used_by_the_decoder(tmp_path):
     values = [checkpoint_values(tiny_training.train_checkpoint(out, hp, steps=k, batch_size=2, model_name=MODEL))
               for k in (1, 2, 3)]  # each call resumes the run one step further
     name = next(n for n in values[0] if n.endswith("conv_in/kernel"))  # not its slots or average
-    average = next(n for n in values[0] if n.endswith(f"{name}/{conv_sr.EMA_NAME}"))
+    average = next(n for n in values[0] if n.endswith(f"{name}/{variables.EMA_NAME}"))
     for step in (2, 3):
         decay = min(0.2, (1 + step) / (10 + step))
         expected = decay * values[step - 2][average] + (1 - decay) * values[step - 1][name]
@@ -246,7 +268,7 @@ def test_weight_average_is_checkpointed_and_used_by_the_decoder(tmp_path):
     assert np.abs(values[2][average] - values[2][name]).max() > 1e-4  # not just the weights
 
     def restored(hparams):
-        dec = decoding.make_decoder(MODEL, "fast", hparams, str(out), (32, 32))
+        dec = make_decoder(MODEL, None, hparams, str(out), (32, 32))
         try:
             var = next(v for v in dec._graph.get_collection("variables") if v.op.name.endswith("conv_in/kernel"))
             return dec._session.run(var)
@@ -268,14 +290,16 @@ def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, l
     block means. A checkpoint of one is refused by the other's graph, naming the hparam."""
     extra = f"upsample={upsample},upsample_width=5,learning_rate_warmup_steps=1"
     steps = [checkpoint_values(tiny_training.train_checkpoint(
-        tmp_path, tiny_hparams(extra=extra), steps=k, batch_size=2, model_name=MODEL)) for k in (1, 2)]
+        tmp_path, tiny_hparams(extra=extra), steps=k, batch_size=2, model_name=MODEL)) for k in (1, 3)]
     kernels = {n: v for n, v in steps[1].items() if n.endswith("/kernel") and "upsample" in n}
     assert {n.split("/")[-2] + "/kernel": list(v.shape) for n, v in kernels.items()} == layers
-    # Step 1 moves the output conv off 0 (the bicubic start); step 2 then trains the upsampler.
+    # Step 2 at the latest moves the output conv off 0 (the bicubic start), the next one trains the
+    # upsampler. (Not always step 1: under TF 2, t2t's warm-up reads the global step racing its
+    # increment, so the first step's learning rate is 0 or the full rate, run by run.)
     for name, value in kernels.items():
         assert np.abs(value - steps[0][name]).max() > 0, name
-    ckpt = decoding.find_checkpoint(tmp_path)
-    dec = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
+    ckpt = checkpoints.find_checkpoint(tmp_path)
+    dec = make_decoder(MODEL, None, tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
     try:
         inputs, _ = tiny_training.synthetic_examples(2, 32, 4, seed=3)
         pred = dec.predict(inputs)
@@ -284,12 +308,30 @@ def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, l
         dec.close()
     other = "x2_stages" if upsample == "pixel_shuffle" else "pixel_shuffle"
     with pytest.raises(ValueError, match="lacks .* upsample"):
-        decoding.make_decoder(MODEL, "fast", tiny_hparams(extra=f"upsample={other}"), ckpt, (32, 32))
+        make_decoder(MODEL, None, tiny_hparams(extra=f"upsample={other}"), ckpt, (32, 32))
+
+
+def test_cosine_decay_is_clamped_over_steps_and_over_training_time():
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        step = v1.train.get_or_create_global_step()
+        elapsed = v1.placeholder(tf.float64, [])
+        by_steps = schedule.cosine_decay(tf.constant(2.0), 0.1, decay_steps=10)
+        by_time = schedule.cosine_decay(tf.constant(2.0), 0.1, budget_seconds=4.0, elapsed=elapsed)
+        assert schedule.cosine_decay(tf.constant(2.0), 0.1).op.type == "Const"  # no decay
+        with v1.Session() as session:
+            for value, expected in ((0, 2.0), (5, 2.0 * (0.1 + 0.9 * 0.5)), (10, 0.2), (30, 0.2)):
+                session.run(step.assign(value))
+                np.testing.assert_allclose(session.run(by_steps), expected, rtol=1e-6)
+            for seconds, expected in ((0.0, 2.0), (2.0, 1.1), (4.0, 0.2), (100.0, 0.2)):
+                np.testing.assert_allclose(session.run(by_time, {elapsed: seconds}), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="needs the clock"):
+        schedule.cosine_decay(2.0, 0.1, budget_seconds=4.0)
 
 
 def test_pixel_shuffle_upsamples_by_any_integer_factor():
     with tf.Graph().as_default():
-        out = conv_sr.generator_residual(tf.zeros([2, 5, 7, 3]), 4, 1, 3, 3, "pixel_shuffle", 2)
+        out = conv_net.generator_residual(tf.zeros([2, 5, 7, 3]), 4, 1, 3, 3, "pixel_shuffle", 2)
         assert out.shape.as_list() == [2, 15, 21, 3]
 
 
@@ -299,18 +341,18 @@ def test_pixel_losses_match_their_definitions():
     diff = (pred - target) / 255.0
     expected = {"l1": np.abs(diff).mean(), "l2": np.square(diff).mean(),
                 "charbonnier": np.sqrt(np.square(diff) + 1e-6).mean(),
-                "psnr": np.mean(10 * np.log10(np.square(diff).mean(axis=(1, 2, 3)) + conv_sr.PSNR_LOSS_MSE_FLOOR))}
+                "psnr": np.mean(10 * np.log10(np.square(diff).mean(axis=(1, 2, 3)) + conv_net.PSNR_LOSS_MSE_FLOOR))}
     # psnr is minus the mean per-example PSNR the benchmark reports (up to the 50 dB floor).
     assert abs(expected["psnr"] + metrics.psnr_batch(pred, target).mean()) < 1e-3
-    for kind in conv_sr.PIXEL_LOSSES:
-        got = conv_sr.pixel_loss(tf.constant(pred, tf.float32), tf.constant(target, tf.float32), kind, 1e-3)
+    for kind in conv_net.PIXEL_LOSSES:
+        got = conv_net.pixel_loss(tf.constant(pred, tf.float32), tf.constant(target, tf.float32), kind, 1e-3)
         np.testing.assert_allclose(float(got), expected[kind], rtol=1e-5, err_msg=kind)
 
 
 def test_pixel_loss_only_builds_no_discriminator(ckpt_dir):
-    names = [n for n, _ in tf.train.list_variables(decoding.find_checkpoint(ckpt_dir))]
+    names = [n for n, _ in tf.train.list_variables(checkpoints.find_checkpoint(ckpt_dir))]
     assert any(n.endswith("conv_in/kernel") for n in names)
-    assert not any(conv_sr.DISCRIMINATOR_SCOPE in n for n in names)
+    assert not any(conv_net.DISCRIMINATOR_SCOPE in n for n in names)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -355,8 +397,8 @@ def test_untrained_model_is_close_to_bicubic_and_keeps_block_means(decoder):
 
 def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
     hp = tiny_hparams(extra="decode_tta=True", output_dir=ckpt_dir)
-    tta = decoding.make_decoder(MODEL, "fast", hp, ckpt_dir, (32, 32))
-    plain = decoding.make_decoder(MODEL, "fast", tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
+    tta = make_decoder(MODEL, None, hp, ckpt_dir, (32, 32))
+    plain = make_decoder(MODEL, None, tiny_hparams(output_dir=ckpt_dir), ckpt_dir, (32, 32))
     inputs, _ = tiny_training.synthetic_examples(2, 32, 4, seed=5)
     manual = np.mean([np.rot90(plain.predict(np.rot90(inputs, k, (1, 2))), -k, (1, 2)) for k in range(4)]
                      + [np.rot90(plain.predict(np.rot90(inputs[:, :, ::-1], k, (1, 2))), -k, (1, 2))[:, :, ::-1]
@@ -366,7 +408,7 @@ def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
     np.testing.assert_allclose(tta.predict(np.rot90(inputs, 1, (1, 2))),
                                np.rot90(tta.predict(inputs), 1, (1, 2)), atol=1e-3)
     # img2img_conv_sr_cpu decodes this way unless told decode_tta=False.
-    default = decoding.make_decoder(MODEL, "fast", decoding.load_hparams(CPU_SET, PROBLEM, SMALL), ckpt_dir, (32, 32))
+    default = make_decoder(MODEL, None, checkpoints.load_hparams(CPU_SET, PROBLEM, SMALL), ckpt_dir, (32, 32))
     try:
         assert default.tta
         np.testing.assert_allclose(default.predict(inputs), tta.predict(inputs), atol=1e-5)
@@ -382,20 +424,20 @@ def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir
     with pytest.raises(ValueError, match=r"inputs must be \[N, 8, 8, 3\]"):
         decoder.decode(inputs[:, :4])
     with pytest.raises(ValueError, match="lacks .* variable"):
-        decoding.make_decoder(MODEL, "fast", tiny_hparams(extra="num_res_blocks=2"), ckpt_dir, (32, 32))
+        make_decoder(MODEL, None, tiny_hparams(extra="num_res_blocks=2"), ckpt_dir, (32, 32))
 
 
 def test_decode_evaluate_and_upscale_commands(data_dir, ckpt_dir, tmp_path, capsys):
     common = [f"--problem={PROBLEM}", f"--model={MODEL}", f"--hparams_set={CPU_SET}",
               f"--hparams={TINY}", f"--output_dir={ckpt_dir}"]
     out = tmp_path / "decoded"
-    assert decoding.decode_main(common + [f"--data_dir={data_dir}", "--num_examples=3",
+    assert decode.decode_main(common + [f"--data_dir={data_dir}", "--num_examples=3",
                                           f"--out={out}", "--no_progress"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["tiles"] == 3 and set(summary["methods"]) == {"bicubic", "model"}
     assert sorted(p.name for p in out.glob("example_*.png")) == [f"example_00{i}.png" for i in range(3)]
 
-    assert decoding.decode_main(common + [f"--data_dir={data_dir}", "--mode=sample", f"--out={out}"]) == 2
+    assert decode.decode_main(common + [f"--data_dir={data_dir}", "--mode=sample", f"--out={out}"]) == 2
     assert "not available for img2img_conv_sr" in capsys.readouterr().err
 
     images = tmp_path / "imgs"
@@ -405,7 +447,7 @@ def test_decode_evaluate_and_upscale_commands(data_dir, ckpt_dir, tmp_path, caps
     summary = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(summary["methods"]) == {"nearest", "bilinear", "bicubic", "model"} and MODEL in summary["protocol"]
 
-    from allen_sr import upscale
+    from allen_sr.commands import upscale
 
     assert upscale.upscale_main(common + [f"--image={images / 'held_out.png'}", "--left=16", "--top=16",
                                           "--width=16", "--height=16", f"--out={tmp_path / 'up.png'}"]) == 0

@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allen_sr import decoding, tiny_training
-from allen_sr.decoding import FastDecoder, NaiveDecoder, UnsupportedHParamsError
+from allen_sr.decoding import checkpoints, examples, modes, registry, support
+from allen_sr.testing import tiny_training
+from allen_sr.commands.decode import decode_main
+from allen_sr.decoding.fast import FastDecoder
+from allen_sr.decoding.reference import NaiveDecoder
+from allen_sr.decoding.support import UnsupportedHParamsError
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 HPARAMS_SET = "img2img_allen_cpu_tiny"
@@ -31,14 +35,14 @@ LOGIT_TOL = 1e-4
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("tiny_run")
-    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES)
+    hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES)
     tiny_training.train_checkpoint(out, hparams, steps=5, batch_size=4, seed=0)
     return str(out)
 
 
 def hparams_for(ckpt_dir: str, overrides: str = ""):
     """Hparams as `allen-sr decode` builds them: the set, the run's hparams.json, then overrides."""
-    return decoding.load_hparams(HPARAMS_SET, PROBLEM, overrides, output_dir=ckpt_dir)
+    return checkpoints.load_hparams(HPARAMS_SET, PROBLEM, overrides, output_dir=ckpt_dir)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def fast(ckpt_dir) -> FastDecoder:
 
 @pytest.fixture(scope="module")
 def naive(ckpt_dir):
-    decoder = NaiveDecoder(hparams_for(ckpt_dir), decoding.find_checkpoint(ckpt_dir))
+    decoder = NaiveDecoder(hparams_for(ckpt_dir), checkpoints.find_checkpoint(ckpt_dir))
     yield decoder
     decoder.close()
 
@@ -86,7 +90,7 @@ def test_checkpoint_is_real_and_trained(ckpt_dir):
     """The fixture's checkpoint has t2t-trainer's names and weights moved by training."""
     import tensorflow as tf
 
-    ckpt = decoding.find_checkpoint(ckpt_dir)
+    ckpt = checkpoints.find_checkpoint(ckpt_dir)
     assert ckpt.endswith("model.ckpt-5")
     names = dict(tf.train.list_variables(ckpt))
     assert "global_step" in names
@@ -104,7 +108,7 @@ def test_train_checkpoint_starts_from_the_seeds_weights(tmp_path):
     differ in last bits from run to run (threaded float sums; Adam's first steps amplify signs)."""
     import tensorflow as tf
 
-    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM,
+    hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM,
                                     TRAIN_OVERRIDES.replace("learning_rate_constant=0.016", "learning_rate_constant=0.0"))
     kernels = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -119,11 +123,11 @@ def test_train_checkpoint_starts_from_the_seeds_weights(tmp_path):
 def test_canonical_variable_name():
     name = ("img2img_transformer/parallel_0_4/img2img_transformer/img2img_transformer/body/"
             "decoder_layer_0/ffn/conv1/kernel:0")
-    assert decoding.canonical_variable_name(name) == "img2img_transformer/body/decoder_layer_0/ffn/conv1/kernel"
+    assert checkpoints.canonical_variable_name(name) == "img2img_transformer/body/decoder_layer_0/ffn/conv1/kernel"
     plain = "img2img_transformer/body/output_conv/bias"
-    assert decoding.canonical_variable_name(plain) == plain
+    assert checkpoints.canonical_variable_name(plain) == plain
     slot = "training/LazyAdam/img2img_transformer/body/output_conv/bias/m"
-    assert decoding.canonical_variable_name(slot) == slot
+    assert checkpoints.canonical_variable_name(slot) == slot
 
 
 # --------------------------------------------------------------------------- (a) logits
@@ -139,7 +143,7 @@ def test_fast_logits_equal_t2t_graph(ckpt_dir, block_length, size):
     decoder's single-buffer path).
     """
     hparams = hparams_for(ckpt_dir, f"block_length={block_length}")
-    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir), target_shape=(size, size))
+    naive_dec = NaiveDecoder(hparams, checkpoints.find_checkpoint(ckpt_dir), target_shape=(size, size))
     try:
         inputs, targets = random_pair(2, size, seed=block_length)
         expected = naive_dec.logits(inputs, targets)
@@ -160,8 +164,8 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
     """img2img_transformer_sr (allen_sr.t2t_models): the fast decoder adds the same upsampled
     input embeddings (and normalized-input term) as the t2t graph; with both off it is the plain
     model."""
-    model = decoding.SKIP_MODEL
-    hparams = decoding.load_hparams(
+    model = support.SKIP_MODEL
+    hparams = checkpoints.load_hparams(
         HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES + f",input_skip={input_skip},normalize_inputs={normalize}")
     if normalize:  # the statistics datagen writes; training reads them from data_dir
         stats_dir = tmp_path / "data"
@@ -174,16 +178,16 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
             hparams.add_hparam("data_dir", str(stats_dir))
     run_dir = tmp_path / "run"
     tiny_training.train_checkpoint(run_dir, hparams, steps=3, batch_size=2, seed=1, model_name=model)
-    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, output_dir=run_dir)
+    hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM, output_dir=run_dir)
     assert hparams.input_skip == input_skip and hparams.normalize_inputs == normalize
     if normalize:  # the statistics travel in the checkpoint
         import tensorflow as tf
 
-        reader = tf.train.load_checkpoint(decoding.find_checkpoint(run_dir))
+        reader = tf.train.load_checkpoint(checkpoints.find_checkpoint(run_dir))
         mean = [v for v in reader.get_variable_to_shape_map() if v.endswith("input_normalization/mean")]
         assert mean and reader.get_tensor(mean[0]).tolist() == [200.0, 150.0, 170.0]
     inputs, targets = random_pair(2, 32, seed=7)
-    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(run_dir), model_name=model)
+    naive_dec = NaiveDecoder(hparams, checkpoints.find_checkpoint(run_dir), model_name=model)
     try:
         expected = naive_dec.logits(inputs, targets)
         other_inputs = naive_dec.logits(inputs[::-1], targets)
@@ -219,7 +223,7 @@ def test_t2t_graph_is_causal(naive):
 def test_greedy_fast_equals_naive_full_small_canvas(ckpt_dir):
     """Whole images on an 8x8x3 canvas (2x2 inputs), 12 attention blocks of 16: every step compared."""
     hparams = hparams_for(ckpt_dir, "block_length=16")
-    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir), target_shape=(8, 8))
+    naive_dec = NaiveDecoder(hparams, checkpoints.find_checkpoint(ckpt_dir), target_shape=(8, 8))
     try:
         inputs, _ = random_pair(2, 8, seed=11)
         fast_dec = FastDecoder.from_checkpoint(hparams, ckpt_dir, target_shape=(8, 8))
@@ -238,7 +242,7 @@ def test_greedy_fast_equals_naive_32x32_prefix(ckpt_dir):
     """Full-size canvas, block 32: the first 100 sub-pixels cross three block boundaries."""
     steps = 100
     hparams = hparams_for(ckpt_dir, "block_length=32")
-    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir))
+    naive_dec = NaiveDecoder(hparams, checkpoints.find_checkpoint(ckpt_dir))
     try:
         inputs, _ = random_pair(2, 32, seed=5)
         fast_out = FastDecoder.from_checkpoint(hparams, ckpt_dir).decode(inputs)
@@ -305,7 +309,7 @@ def test_cold_sampling_is_greedy(fast):
 @pytest.mark.parametrize("mode", ["mean", "sample"])
 def test_naive_and_fast_agree_in_other_modes(ckpt_dir, mode):
     hparams = hparams_for(ckpt_dir, "block_length=16")
-    naive_dec = NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir), target_shape=(8, 8))
+    naive_dec = NaiveDecoder(hparams, checkpoints.find_checkpoint(ckpt_dir), target_shape=(8, 8))
     try:
         inputs, _ = random_pair(2, 8, seed=29)
         fast_dec = FastDecoder.from_checkpoint(hparams, ckpt_dir, target_shape=(8, 8))
@@ -320,25 +324,23 @@ def test_choose_values():
     logits[0, 7] = 10.0
     logits[1, [100, 200]] = 10.0  # two equally likely values: mean 150
     logits[2, 255] = 10.0
-    np.testing.assert_array_equal(decoding.choose_values(logits, "greedy"), [7, 100, 255])
-    np.testing.assert_array_equal(decoding.choose_values(logits, "mean"), [7, 150, 255])
-    low = decoding.choose_values(logits, "sample", uniforms=np.array([0.1, 0.1, 0.999999]))
-    high = decoding.choose_values(logits, "sample", uniforms=np.array([0.9, 0.9, 1e-3]))
+    np.testing.assert_array_equal(modes.choose_values(logits, "greedy"), [7, 100, 255])
+    np.testing.assert_array_equal(modes.choose_values(logits, "mean"), [7, 150, 255])
+    low = modes.choose_values(logits, "sample", uniforms=np.array([0.1, 0.1, 0.999999]))
+    high = modes.choose_values(logits, "sample", uniforms=np.array([0.9, 0.9, 1e-3]))
     np.testing.assert_array_equal(low, [7, 100, 255])
     np.testing.assert_array_equal(high, [7, 200, 255])
     with pytest.raises(ValueError, match="temperature"):
-        decoding.choose_values(logits, "sample", temperature=0.0, uniforms=np.zeros(3))
+        modes.choose_values(logits, "sample", temperature=0.0, uniforms=np.zeros(3))
     with pytest.raises(ValueError, match="unknown mode"):
-        decoding.choose_values(logits, "beam")
+        modes.choose_values(logits, "beam")
 
 
 # --------------------------------------------------------------------------- (d) unsupported hparams
 
 
 @pytest.mark.parametrize("name, value, supported", [
-    ("dec_attention_type", "local_2d", "'local_1d'"),
-    ("block_raster_scan", True, "False"),
-    ("likelihood", "dmol", "'cat'"),
+    ("dec_attention_type", "rel_local_1d", "'local_1d' or 'local_2d'"),
     ("q_filter_width", 3, "1"),
     ("kv_filter_width", 3, "1"),
     ("ffn_layer", "normed_conv_hidden_relu", "'conv_hidden_relu'"),
@@ -347,6 +349,8 @@ def test_choose_values():
     ("layer_postprocess_sequence", "dz", "'none' or letters"),
 ])
 def test_unsupported_hparams_are_refused(ckpt_dir, name, value, supported):
+    """What only the fast decoder lacks: the message names the hparam, its value and what works,
+    and points to the naive decoder, which accepts these hparams."""
     hparams = hparams_for(ckpt_dir)
     if hasattr(hparams, name):
         setattr(hparams, name, value)
@@ -354,19 +358,37 @@ def test_unsupported_hparams_are_refused(ckpt_dir, name, value, supported):
         hparams.add_hparam(name, value)
     with pytest.raises(UnsupportedHParamsError, match=name) as info:
         FastDecoder.from_checkpoint(hparams, ckpt_dir)
-    assert supported in str(info.value)
+    assert supported in str(info.value) and repr(value) in str(info.value)
+    assert "--decoder naive" in str(info.value)
     with pytest.raises(UnsupportedHParamsError):
-        decoding.check_supported(hparams)
+        support.check_supported(hparams)
+    support.check_decodable(hparams)  # the naive decoder's own check passes
 
 
-@pytest.mark.parametrize("name, value", [
-    ("dec_attention_type", "local_2d"), ("dec_attention_type", "global"), ("block_raster_scan", True)])
-def test_naive_decoder_refuses_orders_it_cannot_decode(ckpt_dir, name, value):
-    """Raster-order decoding of a model that is not causal in raster order would be wrong."""
+@pytest.mark.parametrize("name, value, why", [
+    ("dec_attention_type", "global", "causal in no order"),
+    ("dec_attention_type", "global_local", "causal in no order"),
+    ("dec_attention_type", "local_1d_noncausal", "causal in no order"),
+    ("dec_attention_type", "dilated", "not implemented"),
+    ("likelihood", "dmol", "likelihood='cat'"),
+])
+def test_no_decoder_takes_what_no_order_decodes(ckpt_dir, name, value, why):
+    """Both decoders refuse, naming the hparam and value, and the fast decoder's message does not
+    send the user to the naive decoder, which refuses too."""
     hparams = hparams_for(ckpt_dir)
-    setattr(hparams, name, value)
-    with pytest.raises(UnsupportedHParamsError, match="raster-order decoding"):
-        NaiveDecoder(hparams, decoding.find_checkpoint(ckpt_dir))
+    if hasattr(hparams, name):
+        setattr(hparams, name, value)
+    else:
+        hparams.add_hparam(name, value)
+    with pytest.raises(UnsupportedHParamsError, match=f"{name}={value!r}") as naive_info:
+        NaiveDecoder(hparams, checkpoints.find_checkpoint(ckpt_dir))
+    with pytest.raises(UnsupportedHParamsError, match=f"{name}={value!r}") as fast_info:
+        FastDecoder.from_checkpoint(hparams, ckpt_dir)
+    for info in (naive_info, fast_info):
+        assert why in str(info.value)
+        assert "naive" not in str(info.value)
+    if name == "dec_attention_type":
+        assert "'local_2d' (block-raster order" in str(fast_info.value)  # what works
 
 
 def test_hparams_that_do_not_match_the_checkpoint_are_refused(ckpt_dir):
@@ -378,7 +400,7 @@ def test_hparams_that_do_not_match_the_checkpoint_are_refused(ckpt_dir):
 
 def test_the_real_hparams_sets_are_supported():
     for name in ("img2img_allen_cpu_tiny", "img2img_allen_base", "img2img_allen_multigpu"):
-        decoding.check_supported(decoding.load_hparams(name, PROBLEM))
+        support.check_supported(checkpoints.load_hparams(name, PROBLEM))
 
 
 # --------------------------------------------------------------------------- reading examples and the CLI
@@ -389,22 +411,22 @@ def local_data(tmp_path_factory) -> str:
     """The problem's own datagen on the shipped sample images (real records, real dev split)."""
     from tensor2tensor.utils import registry
 
-    import allen_sr.problems  # noqa: F401
+    from allen_sr.sample_data import sample_folder
+    from allen_sr.t2t.names import register_all
 
-    sample = Path(__file__).resolve().parents[1] / "data" / "sample"
-    if not any(sample.glob("*.png")):
-        pytest.skip("data/sample has no images")
+    register_all()
+    sample = sample_folder()
     data_dir = tmp_path_factory.mktemp("data")
     registry.problem("img2img_local_dim8to32").generate_data(str(data_dir), str(sample))
     return str(data_dir)
 
 
 def test_read_examples_through_the_problem_pipeline(local_data, ckpt_dir):
-    hparams = decoding.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
-    inputs, targets = decoding.read_examples("img2img_local_dim8to32", local_data, 4, hparams)
+    hparams = checkpoints.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
+    inputs, targets = examples.read_examples("img2img_local_dim8to32", local_data, 4, hparams)
     assert inputs.shape == (4, 8, 8, 3) and targets.shape == (4, 32, 32, 3)
     assert inputs.dtype == targets.dtype == np.uint8
-    again, _ = decoding.read_examples("img2img_local_dim8to32", local_data, 4, hparams)
+    again, _ = examples.read_examples("img2img_local_dim8to32", local_data, 4, hparams)
     np.testing.assert_array_equal(inputs, again)  # same dev examples every time
     # The problem's input is the area downsampling of its target (rounded).
     area = targets.reshape(4, 8, 4, 8, 4, 3).astype(np.float64).mean(axis=(2, 4))
@@ -417,7 +439,7 @@ def test_decode_cli_end_to_end(local_data, ckpt_dir, tmp_path, capsys):
     argv = ["--problem", "img2img_local_dim8to32", "--hparams_set", HPARAMS_SET,
             "--output_dir", ckpt_dir, "--data_dir", local_data, "--num_examples", "3",
             "--batch_size", "2", "--out", str(out), "--no_progress"]
-    assert decoding.decode_main(argv) == 0
+    assert decode_main(argv) == 0
     printed = capsys.readouterr().out
     assert "bicubic" in printed and "model" in printed and str(out) in printed
     from PIL import Image
@@ -428,12 +450,12 @@ def test_decode_cli_end_to_end(local_data, ckpt_dir, tmp_path, capsys):
     assert (out / "grid.png").stat().st_size > 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["tiles"] == 3 and set(summary["methods"]) == {"bicubic", "model"}
-    assert "fast autoregressive decoding, mode greedy" in summary["protocol"]
+    assert "fast decoding, mode greedy" in summary["protocol"]
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0] == "example,method,psnr,ssim" and len(rows) == 1 + 3 * 2
     # The PNGs are the decoder's greedy output for those dev examples.
-    hparams = decoding.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
-    inputs, _ = decoding.read_examples("img2img_local_dim8to32", local_data, 3, hparams)
+    hparams = checkpoints.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
+    inputs, _ = examples.read_examples("img2img_local_dim8to32", local_data, 3, hparams)
     expected = FastDecoder.from_checkpoint(hparams, ckpt_dir).decode(inputs)
     np.testing.assert_array_equal(np.asarray(Image.open(out / "example_002.png")), expected[2])
 
@@ -441,23 +463,24 @@ def test_decode_cli_end_to_end(local_data, ckpt_dir, tmp_path, capsys):
 def test_decode_cli_refuses_other_models(tmp_path, capsys):
     argv = ["--problem", PROBLEM, "--model", "transformer", "--hparams_set", HPARAMS_SET,
             "--output_dir", str(tmp_path), "--data_dir", str(tmp_path), "--out", str(tmp_path / "o")]
-    assert decoding.decode_main(argv) == 2
-    assert "not supported yet" in capsys.readouterr().err
+    assert decode_main(argv) == 2
+    assert "not supported" in capsys.readouterr().err
 
 
 def test_decoder_registry_dispatch(ckpt_dir):
     hparams = hparams_for(ckpt_dir)
-    assert isinstance(decoding.make_decoder("img2img_transformer", "fast", hparams, ckpt_dir), FastDecoder)
-    with pytest.raises(NotImplementedError, match="not supported yet"):
-        decoding.make_decoder("some_other_model", "fast", hparams, ckpt_dir)
+    assert isinstance(registry.make_decoder("img2img_transformer", "fast", hparams, ckpt_dir), FastDecoder)
+    with pytest.raises(NotImplementedError, match="not supported"):
+        registry.make_decoder("some_other_model", "fast", hparams, ckpt_dir)
 
 
 def test_import_is_cheap():
-    """`import allen_sr.decoding` must not pull in TensorFlow (the CLI imports it for --help)."""
+    """Importing the decode command and the NumPy decoders must not pull in TensorFlow."""
     import subprocess
     import sys
 
-    code = "import sys, allen_sr.decoding; print('tensorflow' in sys.modules)"
+    code = ("import sys, allen_sr.commands.decode, allen_sr.decoding.fast, allen_sr.decoding.registry; "
+            "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.stdout.strip() == "False"

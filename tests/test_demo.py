@@ -1,6 +1,7 @@
 """`allen-sr demo` end to end on the shipped sample images, with a short training run."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,12 +11,29 @@ from PIL import Image
 from conftest import REPO
 
 
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """allen-sr installed the way `pip install .` does (a built wheel, not the checkout)."""
+    site, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / "allen-sr"
+    # A copy of the source, so the build leaves nothing in the checkout.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "out", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "--target", str(site), str(source)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run([sys.executable, "-c", "import allen_sr; print(allen_sr.__file__)"], env=env,
+                           cwd=str(site), check=True, capture_output=True, text=True).stdout.strip()
+    assert where.startswith(str(site))  # not the checkout
+    return env
+
+
 @pytest.mark.slow
-def test_demo_writes_predictions_metrics_and_loss(tmp_path):
+def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
+    """`allen-sr demo` from an installed copy, run outside the checkout, finds its sample images."""
     out = tmp_path / "demo"
-    cmd = [os.path.join(os.path.dirname(sys.executable), "allen-sr"), "demo", f"--out={out}",
-           "--train_steps=20", "--num_examples=4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO)
+    cmd = [sys.executable, "-m", "allen_sr.cli", "demo", f"--out={out}", "--train_steps=20", "--num_examples=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=installed)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("predictions.png", "metrics.json", "loss.png"):
         assert str(out / name) in proc.stdout  # it says where its results are
@@ -30,7 +48,7 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path):
         assert -1 <= metrics["methods"][method]["ssim"] <= 1
     assert Image.open(out / "loss.png").size[0] > 200
 
-    # The dataset came from data/sample and holds only tissue tiles, split by image.
+    # The dataset came from the shipped sample images and holds only tissue tiles, split by image.
     info = json.loads((out / "data" / "img2img_local_dim8to32-info.json").read_text())
     images = info["summary"]["images"]
     assert images["dev"] and images["train"] and not set(images["dev"]) & set(images["train"])

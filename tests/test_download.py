@@ -1,4 +1,5 @@
-"""Tests for allen_sr.download against a real local HTTP server (tests/allen_stand_in.py).
+"""The downloader (allen_sr.data.download, .manifest and allen_sr.commands.download) against a
+real local HTTP server (tests/allen_stand_in.py).
 
 They prove that, with faults injected, every image ends up byte-identical to the server's; that
 no partial file is ever visible under a final ``<id>.jpg`` name; that a run killed with SIGKILL
@@ -25,17 +26,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from allen_stand_in import AllenStandIn  # noqa: E402
 
-from allen_sr import download  # noqa: E402
-from allen_sr.allen_api import Region  # noqa: E402
-from allen_sr.download import (  # noqa: E402
-    ALLEN_MAX_IMAGE_PIXELS,
+from allen_sr.commands.download import download_main  # noqa: E402
+from allen_sr.data import download, manifest  # noqa: E402
+from allen_sr.data.allen_urls import STOCK_IMAGE_IDS, Region  # noqa: E402
+from allen_sr.data.download import directory_lock, download_images  # noqa: E402
+from allen_sr.data.errors import CorruptImageError, DirectoryBusyError, NotAnImageError  # noqa: E402
+from allen_sr.data.manifest import (  # noqa: E402
     MANIFEST_NAME,
     TEMP_SUFFIX,
-    CorruptImageError,
-    DirectoryBusyError,
-    NotAnImageError,
-    download_images,
-    download_main,
     image_path,
     read_manifest,
     verify_image_file,
@@ -220,7 +218,7 @@ def test_stale_temp_files_from_a_killed_run_are_removed(server, tmp_path):
 
 def test_a_second_run_on_the_same_folder_is_refused_while_one_is_active(server, tmp_path):
     ids = server.add_images(1)
-    with download._directory_lock(tmp_path):
+    with directory_lock(tmp_path):
         with pytest.raises(DirectoryBusyError, match=str(tmp_path)):
             download_images(ids, tmp_path, api_base=server.api_base, **FAST)
     assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
@@ -271,7 +269,7 @@ def test_killed_download_resumes_without_refetching_finished_images(tmp_path):
         args = ["--tmp_dir", str(tmp_path), "--image_ids", ",".join(map(str, ids)),
                 "--api_base", server.api_base, "--workers", "2", *FAST_CLI]
         env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-        process = subprocess.Popen([sys.executable, "-m", "allen_sr.download", *args], cwd=REPO,
+        process = subprocess.Popen([sys.executable, "-m", "allen_sr.commands.download", *args], cwd=REPO,
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         try:
@@ -352,7 +350,7 @@ def test_truncation_that_never_heals_says_so(server, tmp_path):
 
 def test_disk_full_says_so_and_tells_what_to_do(server, tmp_path, monkeypatch):
     ids = server.add_images(3, first_id=50)
-    real_create = download._create_temp_file
+    real_create = download.create_temp_file
 
     class FullDisk:
         """A real temp file on a disk that is full: writing fails, and so does close()'s flush."""
@@ -370,7 +368,7 @@ def test_disk_full_says_so_and_tells_what_to_do(server, tmp_path, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.handle, name)
 
-    monkeypatch.setattr(download, "_create_temp_file", lambda path: FullDisk(real_create(path)))
+    monkeypatch.setattr(download, "create_temp_file", lambda path: FullDisk(real_create(path)))
     report = download_images(ids, tmp_path, api_base=server.api_base, workers=1, **FAST)
     assert not report.ok and report.downloaded == []
     first = report.failed[50]
@@ -406,7 +404,7 @@ def test_verify_image_file_rejects_tiny_html_and_truncated_files(tmp_path, serve
 def test_reduced_scale_verification_of_big_images_still_catches_truncation(
         tmp_path, server, monkeypatch):
     # Big images are decoded at 1/8 scale to save memory; pretend this one is big.
-    monkeypatch.setattr(download, "DRAFT_DECODE_ABOVE_PIXELS", 1000)
+    monkeypatch.setattr(manifest, "DRAFT_DECODE_ABOVE_PIXELS", 1000)
     [image_id] = server.add_images(1, width=256, height=192)
     body = server.expected_bytes(image_id)
     whole, cut = tmp_path / "whole.jpg", tmp_path / "cut.jpg"
@@ -417,10 +415,47 @@ def test_reduced_scale_verification_of_big_images_still_catches_truncation(
         verify_image_file(cut)
 
 
-def test_pillow_limit_is_set_for_full_resolution_sections(server, tmp_path):
-    download_images(server.add_images(1), tmp_path, api_base=server.api_base, **FAST)
-    assert Image.MAX_IMAGE_PIXELS == ALLEN_MAX_IMAGE_PIXELS
-    assert ALLEN_MAX_IMAGE_PIXELS > 15000 * 8500  # no warning for a full-resolution section
+PILLOW_DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3  # PIL.Image.MAX_IMAGE_PIXELS as shipped
+BIG_IMAGE_SCRIPT = """
+import sys, warnings
+from PIL import Image
+default = Image.MAX_IMAGE_PIXELS
+# Above Pillow's default limit a decode warns of a "decompression bomb": make that an error.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+from allen_sr.data import datagen, images, tiles
+from allen_sr.data.download import download_images
+from allen_sr.data.manifest import image_path
+assert Image.MAX_IMAGE_PIXELS == default, "importing the data side changed Pillow's limit"
+image_id, api_base, tmp_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+report = download_images([image_id], tmp_dir, api_base=api_base, rate=None, retries=0)
+assert report.ok, report.summary()
+path = str(image_path(tmp_dir, image_id))
+# Each reader must set the limit itself: start each from Pillow's default again.
+Image.MAX_IMAGE_PIXELS = default
+assert images.image_size(path) == (10_000, 9_000)  # datagen sizes its shards from headers
+Image.MAX_IMAGE_PIXELS = default
+kept, _, rejected = tiles.tissue_tiles(images.load_image(path))
+print(len(kept), rejected)
+"""
+
+
+def test_an_image_above_pillows_default_limit_is_downloaded_and_tiled(server, tmp_path):
+    """A 90 MP section (full-resolution Allen sections are ~130 MP; Pillow's default limit is
+    ~89 MP) goes through download verification and tiling in a fresh process that imports only
+    the data side: no reader may rely on an import or another reader having raised the limit."""
+    width, height = 10_000, 9_000
+    assert width * height > PILLOW_DEFAULT_MAX_PIXELS
+    picture = Image.new("L", (width, height), 245)  # glass (a grey JPEG: Pillow decodes it) ...
+    picture.paste(60, (640, 640, 1280, 1280))  # ... with 10 x 10 tiles of dark stain
+    image_id = server.add_picture(4711, picture)
+    env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    proc = subprocess.run([sys.executable, "-c", BIG_IMAGE_SCRIPT, str(image_id), server.api_base,
+                           str(tmp_path / "raw")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kept, rejected = map(int, proc.stdout.split())
+    assert kept == 100 and kept + rejected == (width // 64) * (height // 64)
+    assert image_path(tmp_path / "raw", image_id).read_bytes() == server.expected_bytes(image_id)
 
 
 @pytest.fixture(scope="module")
@@ -513,7 +548,7 @@ def test_cli_usage_errors(tmp_path, capsys):
 def test_default_selection_is_the_stock_ids(capsys, tmp_path):
     assert download_main(["--tmp_dir", str(tmp_path), "--list_only"]) == 0
     listed = [int(line) for line in capsys.readouterr().out.split()]
-    assert listed == download.default_image_ids() == list(download.STOCK_IMAGE_IDS)
+    assert len(listed) == 100 and listed == list(STOCK_IMAGE_IDS)  # checked against t2t's list
 
 
 def test_stand_in_runs_as_a_standalone_process(tmp_path):

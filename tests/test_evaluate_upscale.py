@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allen_sr import decoding, evaluate, metrics, tiles, tiny_training, upscale
+from allen_sr.decoding import checkpoints
+from allen_sr.commands import args, evaluate
+from allen_sr.evaluation import metrics
+from allen_sr.data import tiles
+from allen_sr.data.images import load_image
+from allen_sr.testing import tiny_training
+from allen_sr.commands import upscale
 from conftest import tissue_image
 
 PROBLEM = "img2img_allen_brain_dim8to32"
@@ -18,7 +24,7 @@ TINY = "hidden_size=32,filter_size=64,num_heads=4,num_encoder_layers=1,num_decod
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    hparams = decoding.load_hparams(HPARAMS_SET, PROBLEM, TINY)
+    hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM, TINY)
     tiny_training.train_checkpoint(out, hparams, steps=3, batch_size=2, model_name=MODEL)
     return out
 
@@ -46,7 +52,7 @@ def test_evaluate_reports_every_method_on_tissue_tiles(ckpt_dir, tmp_path, capsy
     first = next(r for r in rows if r["method"] == "bicubic")
     name, pos = first["example"].split("@")
     top, left = map(int, pos.split(","))
-    target = tiles.load_image(str(images / f"{name}.png"))[top:top + 32, left:left + 32]
+    target = load_image(str(images / f"{name}.png"))[top:top + 32, left:left + 32]
     assert tiles.tissue_fraction(target[None])[0] >= tiles.TISSUE_MIN_FRACTION
     bicubic = metrics.upscale(tiles.area_downsample(target, 4), 4, "bicubic")
     assert float(first["psnr"]) == pytest.approx(metrics.psnr(bicubic, target), abs=1e-3)
@@ -58,7 +64,7 @@ def test_evaluate_reports_every_method_on_tissue_tiles(ckpt_dir, tmp_path, capsy
 
 def test_evaluate_names_a_bad_images_argument(ckpt_dir, tmp_path, capsys):
     code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}/nothing*.png", f"--out={tmp_path}/o"])
-    assert code == 1 and "nothing*.png" in capsys.readouterr().err
+    assert code == 2 and "nothing*.png" in capsys.readouterr().err
 
 
 def test_upscale_stitches_tiles_and_refuses_large_regions(ckpt_dir, tmp_path, capsys):
@@ -71,13 +77,14 @@ def test_upscale_stitches_tiles_and_refuses_large_regions(ckpt_dir, tmp_path, ca
     model = np.asarray(Image.open(out))
     assert model.shape == (64, 96, 3)  # 27 px trimmed to 3 whole 8 px tiles, x4
     # Each 32x32 block is the decoder's prediction of the matching 8x8 input tile.
-    decoder, _ = evaluate.open_model(upscale.parse_args(model_flags(ckpt_dir) + [f"--image={src}", "--out=x"]))
-    tile = tiles.load_image(str(src))[58:66, 48:56][None]
+    spec = args.model_spec(upscale.build_parser().parse_args(model_flags(ckpt_dir) + [f"--image={src}", "--out=x"]))
+    decoder = args.open_model(spec).decoder
+    tile = load_image(str(src))[58:66, 48:56][None]
     expected = decoder.decode(tile, mode="mean", batch_size=1)[0]
     np.testing.assert_array_equal(model[32:64, 32:64], expected)
     assert (tmp_path / "up.bicubic.png").exists() and (tmp_path / "up.compare.png").exists()
 
     code = upscale.upscale_main(model_flags(ckpt_dir) + [f"--image={src}", f"--out={tmp_path}/big.png"])
     err = capsys.readouterr().err
-    assert code == 1 and "300x300" in err and f"{upscale.MAX_REGION}x{upscale.MAX_REGION}" in err
+    assert code == 2 and "300x300" in err and f"{upscale.MAX_REGION}x{upscale.MAX_REGION}" in err
     assert not (tmp_path / "big.png").exists()

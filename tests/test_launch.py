@@ -13,12 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from allen_sr import launch
+from allen_sr.commands import launch
 from conftest import REPO
+from shared_data import shared_path
 
 BIN = os.path.dirname(sys.executable)
 ALLEN_SR = os.path.join(BIN, "allen-sr")
-CRD_PATH = os.path.join(REPO, "..", "shared", "reference", "kubeflow-tfjob-crd-v1.9.0.yaml")
 TRAINER_FLAGS = ["--problem=img2img_allen_brain_dim8to32", "--model=img2img_transformer",
                  "--hparams_set=img2img_allen_multigpu", "--train_steps=100000"]
 
@@ -73,9 +73,7 @@ def parse_flags(argv):
 
 @pytest.fixture(scope="module")
 def tfjob_schema():
-    if not os.path.exists(CRD_PATH):
-        pytest.skip("../shared/reference/kubeflow-tfjob-crd-v1.9.0.yaml is not available in this clone")
-    with open(CRD_PATH) as f:
+    with open(shared_path("reference", "kubeflow-tfjob-crd-v1.9.0.yaml")) as f:
         crd = yaml.safe_load(f)
     [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return version["schema"]["openAPIV3Schema"]
@@ -315,44 +313,3 @@ def test_launch_usage_errors_name_the_option(tmp_path):
                       + ["--dry_run"], tmp_path, tmp_path / "unused")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "allen-sr launch: error: --workers 1 needs --ps >= 1" in proc.stderr
-
-
-# --- TF_CONFIG -> t2t flags (inside each replica) --------------------------------------------------
-
-CLUSTER = {"chief": ["c:1"], "worker": ["w0:1", "w1:1"], "ps": ["p:1"]}
-
-
-def tf_config(task_type, index=0, cluster=CLUSTER):
-    return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
-
-
-def test_t2t_flags_for_each_role():
-    assert launch.t2t_flags_from_tf_config({}) == []
-    assert launch.t2t_flags_from_tf_config({"TF_CONFIG": '{"cluster": {}}'}) == []
-    assert launch.t2t_flags_from_tf_config(tf_config("chief")) == []
-    assert launch.t2t_flags_from_tf_config(tf_config("ps")) == ["--schedule=run_std_server"]
-    assert launch.t2t_flags_from_tf_config(tf_config("worker", 0)) == ["--schedule=train", "--worker_id=1"]
-    assert launch.t2t_flags_from_tf_config(tf_config("worker", 1)) == ["--schedule=train", "--worker_id=2"]
-    task = launch.parse_tf_config(tf_config("worker", 1))
-    assert (task.task_type, task.task_index, task.cluster) == ("worker", 1, CLUSTER)
-
-
-@pytest.mark.parametrize("env, message", [
-    ({"TF_CONFIG": "{not json"}, "TF_CONFIG is not valid JSON"),
-    ({"TF_CONFIG": "[]"}, "TF_CONFIG must be a JSON object"),
-    (tf_config("trainer"), "\"task.type\" is 'trainer'"),
-    (tf_config("worker", 2), "task worker:2 is not in the cluster"),
-    (tf_config("worker", -1), "must be a non-negative integer"),
-    (tf_config("ps", 0, {"ps": ["p:1"], "gpu": ["g:1"]}), r"unknown job\(s\) \['gpu'\]"),
-    (tf_config("worker", 0, {"worker": ["w:1"], "ps": ["p:1"]}), "workers but no chief"),
-])
-def test_bad_tf_config_is_named(env, message):
-    with pytest.raises(ValueError, match=message):
-        launch.parse_tf_config(env)
-
-
-def test_without_tf_config_train_argv_is_untouched():
-    """No TF_CONFIG: allen-sr train's argv, gs:// paths included, passes through unchanged."""
-    argv = ["--data_dir=gs://bucket/data", "--output_dir", "gs://bucket/train", "--problem=p"]
-    assert launch.prepare_cluster_task(argv, {}) == argv
-    assert launch.prepare_cluster_task(argv + ["--help"], tf_config("ps")) == argv + ["--help"]

@@ -12,8 +12,9 @@ import sys
 import numpy as np
 import pytest
 
-from allen_sr import fileio, metrics
-from allen_sr.metrics import METHODS, PROTOCOL, PSNR_CAP_DB, MetricTable
+from allen_sr import fileio
+from allen_sr.evaluation import metrics
+from allen_sr.evaluation.metrics import METHODS, PROTOCOL, PSNR_CAP_DB, MetricTable
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +276,7 @@ def test_library_modules_do_not_import_heavy_dependencies():
     # metrics/pictures are imported by the CLI and by tools without TensorFlow; importing them
     # must not pull in TensorFlow, tensor2tensor or matplotlib.
     code = (
-        "import sys, allen_sr.metrics, allen_sr.pictures, allen_sr.fileio\n"
+        "import sys, allen_sr.evaluation.metrics, allen_sr.evaluation.pictures, allen_sr.fileio\n"
         "heavy = ('tensorflow', 'tensor2tensor', 'matplotlib', 'tensorboard')\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )

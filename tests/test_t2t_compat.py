@@ -11,7 +11,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import tensorflow as tf
 tf.compat.v1.disable_eager_execution()
 if sys.argv[1] == "shim":
-    from allen_sr import t2t_compat
+    from allen_sr.t2t import compat as t2t_compat
     t2t_compat.apply()
 """
 
@@ -76,7 +76,7 @@ def test_shim_fixes_what_breaks_without_it(code, broken, fixed):
 def test_apply_is_idempotent_and_loaded_with_our_registrations():
     code = """
 import allen_sr.problems
-from allen_sr import t2t_compat
+from allen_sr.t2t import compat as t2t_compat
 summary_image = tf.compat.v1.summary.image
 t2t_compat.apply(); t2t_compat.apply()
 assert tf.compat.v1.summary.image is summary_image

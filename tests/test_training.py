@@ -35,8 +35,8 @@ def tail(text, n=4000):
     return text[-n:]
 
 
-# t2t's own crash on a TF_CONFIG with a chief, which allen_sr.launch.prepare_cluster_task fixes.
-NOT_HOOKED = ("allen-sr train does not call allen_sr.launch.prepare_cluster_task: t2t's "
+# t2t's own crash on a TF_CONFIG with a chief, which allen_sr.t2t.cluster.prepare_cluster_task fixes.
+NOT_HOOKED = ("allen-sr train does not call allen_sr.t2t.cluster.prepare_cluster_task: t2t's "
               "create_run_config crashed on TF_CONFIG (KeyError 'evaluation_master')")
 
 
@@ -258,7 +258,7 @@ def test_resumes_from_last_checkpoint_after_sigkill(dataset, tmp_path):
 RAM_FS_TRAIN = """
 import glob, os, sys
 import tensorflow as tf
-from allen_sr import t2t_tools
+from allen_sr.t2t import tools as t2t_tools
 
 local_data, flags = sys.argv[1], sys.argv[2:]
 tf.io.gfile.makedirs("ram://sr/data")
@@ -291,7 +291,7 @@ def test_training_reads_and_writes_a_non_local_filesystem(dataset, tmp_path):
 RAM_FS_DATAGEN = """
 import sys
 import tensorflow as tf
-from allen_sr import t2t_tools
+from allen_sr.t2t import tools as t2t_tools
 code = t2t_tools.datagen_main(sys.argv[1:])
 print("EXIT", code)
 print("FILES", sorted(tf.io.gfile.listdir("ram://sr/data")) if tf.io.gfile.exists("ram://sr/data") else None)
@@ -323,7 +323,8 @@ def test_datagen_writes_a_non_local_filesystem(image_folder, tmp_path):
 def test_metric_fns_match_the_reference_metrics_on_logits_and_intensities():
     """t2t metric fns == allen_sr.metrics (float64 SSIM, capped PSNR), for logits and for RGB floats."""
     import tensorflow as tf
-    from allen_sr import metrics, t2t_metrics
+    from allen_sr.evaluation import metrics
+    from allen_sr.t2t import metrics as t2t_metrics
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 256, (3, 32, 32, 3))

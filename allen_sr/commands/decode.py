@@ -1,0 +1,94 @@
+"""`allen-sr decode`: decode examples of a problem's split with a trained model.
+
+Reads the split through the problem's own input pipeline, decodes it with the model's decoder
+(autoregressive for the Image Transformer, one pass for the conv model) and writes one PNG per
+example plus the shared results (grid.png, metrics.csv/.json/.md: PSNR/SSIM of the model and of
+bicubic).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from allen_sr.commands import args as shared
+from allen_sr.decoding.examples import SPLITS
+
+
+@dataclass
+class DecodeResult:
+    """What :func:`run_decode` produced."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    predictions: np.ndarray
+    summary: dict[str, Any]
+    seconds: float
+    out_dir: Path
+    mode: str
+    decoder: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="allen-sr decode", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    shared.add_model_args(p)
+    p.add_argument("--data_dir", required=True, help="t2t data dir with the problem's records")
+    p.add_argument("--dataset_split", default="dev", choices=sorted(SPLITS), help="default %(default)s")
+    p.add_argument("--num_examples", type=int, default=8, help="default %(default)s")
+    p.add_argument("--out", required=True, help="folder for the PNGs and metrics")
+    return p
+
+
+def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               split: str = "dev", num_examples: int = 8, progress: bool = True) -> DecodeResult:
+    """Everything `allen-sr decode` does, as a function (used by the CLI and the demo)."""
+    from allen_sr.decoding.examples import read_examples
+    from allen_sr.evaluation.results import write_results
+
+    if num_examples < 1:
+        raise ValueError(f"--num_examples must be >= 1, got {num_examples}")
+    opened = shared.open_model(spec)
+    inputs, targets = read_examples(spec.problem, data_dir, num_examples, opened.hparams, split)
+    if tuple(targets.shape[1:3]) != tuple(opened.decoder.target_shape):
+        opened = shared.open_model(spec, target_shape=tuple(targets.shape[1:3]))
+    start = time.perf_counter()
+    predictions = opened.decoder.decode(inputs, **shared.decode_kwargs(spec, opened.mode, progress))
+    seconds = time.perf_counter() - start
+    kind = getattr(opened.decoder, "name", "model")
+    note = (f"model = {opened.model} {spec.hparams_set} checkpoint {os.path.basename(opened.checkpoint)}, "
+            f"{kind} decoding, mode {opened.mode}"
+            + (f" (temperature {spec.temperature}, seed {spec.seed})" if opened.mode == "sample" else "")
+            + f", {split} split")
+    summary = write_results(out_dir, inputs, targets, predictions, note, example_pngs=True)
+    return DecodeResult(inputs, targets, predictions, summary, seconds, Path(out_dir), opened.mode, kind)
+
+
+def decode_main(argv: Sequence[str] | None = None) -> int:
+    """`allen-sr decode ...`: returns the process exit code."""
+    args = shared.parse(build_parser(), argv)
+
+    def body() -> int:
+        from allen_sr.evaluation import metrics
+
+        result = run_decode(shared.model_spec(args), args.data_dir, args.out, args.dataset_split,
+                            args.num_examples, progress=not args.no_progress)
+        n = len(result.predictions)
+        print(metrics.summary_to_text(result.summary), end="")
+        print(f"decoded {n} example(s) in {result.seconds:.1f} s ({result.seconds / n:.2f} s/image, "
+              f"{result.decoder} decoder, mode {result.mode})")
+        print(f"wrote {result.out_dir}/example_000.png .. example_{n - 1:03d}.png, grid.png, "
+              "metrics.csv, metrics.json, metrics.md")
+        return 0
+
+    return shared.run_command("decode", body)
+
+
+if __name__ == "__main__":
+    sys.exit(decode_main())

@@ -1,0 +1,271 @@
+"""Build a tile dataset: lossless raw tiles in shuffled, atomically committed TFRecord shards.
+
+Layout in `data_dir` for a dataset prefix P (tensor2tensor's naming, so t2t reads it as is):
+  P-train-00000-of-00004 ...   shuffled train shards
+  P-dev-00000-of-00001         dev shards (dev images never share an image with train)
+  P-stats.json                 per-channel mean/std of the train tiles (0-255), for normalization
+  P-info.json                  written last: what was built from what; its presence means complete
+
+Tiles are stored as raw uint8 bytes (`image/format` = "raw"; allen_sr.data.tfrecord). The build
+is a two-pass external shuffle run by worker processes (allen_sr.data.buckets), with no
+TensorFlow. Everything is written under `data_dir/.allen_sr_tmp/` (outside t2t's `P-train*` glob)
+and renamed into place only when every shard of the run is finished; a killed run leaves no
+partial shard under a final name and no P-info.json, and a rerun rebuilds everything. Memory stays
+bounded by one image per worker in pass 1 and one shard per worker in pass 2 (TILES_PER_SHARD).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from allen_sr.data import buckets, images, tiles
+from allen_sr.data.paths import exists, is_remote, read_json
+from allen_sr.data.stats import channel_stats
+from allen_sr.data.workers import cancel_on_error, executor, frozen_gc, in_order
+from allen_sr.fileio import write_json_atomic
+
+__all__ = ["TILES_PER_SHARD", "TMP_DIRNAME", "DatagenSummary", "inputs_fingerprint",
+           "dataset_complete", "build_tile_dataset"]
+
+log = logging.getLogger(__name__)
+
+TILES_PER_SHARD = 2_000  # ~25 MB of raw 64x64x3 tiles per shard
+TMP_DIRNAME = ".allen_sr_tmp"
+
+
+@dataclass
+class DatagenSummary:
+    """What a dataset build read, kept and skipped (printed at the end and saved in P-info.json)."""
+
+    images_read: int = 0
+    tiles_kept: dict = field(default_factory=lambda: {"train": 0, "dev": 0})
+    tiles_rejected: int = 0
+    skipped: list = field(default_factory=list)  # [(file, reason)]
+    images: dict = field(default_factory=lambda: {"train": [], "dev": []})
+
+    def report(self) -> str:
+        lines = [
+            f"images read: {self.images_read} (train {len(self.images['train'])}, dev {len(self.images['dev'])})",
+            f"tiles kept: train {self.tiles_kept['train']}, dev {self.tiles_kept['dev']}; "
+            f"rejected as background: {self.tiles_rejected}",
+            f"files skipped: {len(self.skipped)}",
+        ]
+        lines += [f"  - {reason}" for _, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def _shard_names(prefix: str, split: str, n: int) -> list[str]:
+    return [f"{prefix}-{split}-{k:05d}-of-{n:05d}" for k in range(n)]
+
+
+def _estimate_tiles(paths: list[str], size: int) -> int:
+    """Upper bound on grid tiles from image headers only (cheap), to size the shard count."""
+    total = 0
+    for p in paths:
+        try:
+            width, height = images.image_size(p)
+        except Exception:  # unreadable files are reported when they are really read
+            continue
+        total += (width // size) * (height // size)
+    return total
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def inputs_fingerprint(paths: list[str], params: dict) -> dict:
+    """What a dataset is built from: the build parameters and each input's size and sha256.
+
+    Content, not modification time: an image replaced in place keeps its name, size and
+    possibly its mtime.
+    """
+    files = {os.path.basename(p): [os.path.getsize(p), _sha256(p)] for p in paths}
+    return {"params": params, "files": files}
+
+
+def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
+    """True when P-info.json exists, matches these inputs and all its shards are present."""
+    base = data_dir.rstrip("/")
+    try:
+        info = read_json(f"{base}/{prefix}-info.json")
+    except (OSError, ValueError):
+        return False
+    if info.get("fingerprint") != fingerprint:
+        return False
+    return all(exists(f"{base}/{s}") for s in info.get("shards", []))
+
+
+def _upload(local_dir: str, data_dir: str, prefix: str) -> None:
+    """Publish the dataset built in `local_dir` to a remote `data_dir` (gs://...), info last.
+
+    The old info goes first, so an interrupted upload reads as incomplete; shards of an older
+    build that this one does not have are removed.
+    """
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    gfile, base = tf.io.gfile, data_dir.rstrip("/")
+    info = read_json(os.path.join(local_dir, f"{prefix}-info.json"))
+    gfile.makedirs(base)
+    if gfile.exists(f"{base}/{prefix}-info.json"):
+        gfile.remove(f"{base}/{prefix}-info.json")
+    for name in tqdm(info["shards"], desc=f"uploading to {base}", unit="shard"):
+        gfile.copy(os.path.join(local_dir, name), f"{base}/{name}", overwrite=True)
+    keep = set(info["shards"])
+    for path in gfile.glob(f"{base}/{prefix}-train-*") + gfile.glob(f"{base}/{prefix}-dev-*"):
+        if path.rsplit("/", 1)[-1] not in keep:
+            gfile.remove(path)
+    for name in (f"{prefix}-stats.json", f"{prefix}-info.json"):
+        if os.path.exists(os.path.join(local_dir, name)):
+            gfile.copy(os.path.join(local_dir, name), f"{base}/{name}", overwrite=True)
+
+
+def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
+                       dev_fraction: float = 0.1, size: int = tiles.TILE_SIZE,
+                       seed: int = 1234, force: bool = False,
+                       tiles_per_shard: int = TILES_PER_SHARD,
+                       workers: int | None = None) -> DatagenSummary | None:
+    """Tile `image_paths` into shuffled train/dev TFRecord shards under `data_dir`.
+
+    `data_dir` may be remote (gs://...): the dataset is then built in a local temporary folder
+    (it needs the local disk space) and uploaded through tf.io.gfile, info last.
+    Returns the summary, or None when an identical complete dataset already exists (and not
+    `force`). `workers` processes tile and shuffle (default: one per core); the output is the
+    same for any number of workers.
+    """
+    params = {"size": size, "dev_fraction": dev_fraction, "seed": seed,
+              "tissue": [tiles.TISSUE_MAX_MEAN, tiles.TISSUE_MIN_SPREAD, tiles.TISSUE_MIN_FRACTION]}
+    fingerprint = inputs_fingerprint(image_paths, params)
+    if not force and dataset_complete(data_dir, prefix, fingerprint):
+        log.info("dataset %s in %s is complete and up to date; skipping", prefix, data_dir)
+        return None
+    if is_remote(data_dir):
+        # Build in a local staging folder, then upload: the workers write plain files.
+        staging = tempfile.mkdtemp(prefix="allen_sr_datagen_")
+        try:
+            summary = build_tile_dataset(image_paths, staging, prefix, dev_fraction=dev_fraction,
+                                         size=size, seed=seed, force=True,
+                                         tiles_per_shard=tiles_per_shard, workers=workers)
+            _upload(staging, data_dir, prefix)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return summary
+    os.makedirs(data_dir, exist_ok=True)
+    _remove_stale_tmp(data_dir, prefix)
+    tmp_root = os.path.join(data_dir, TMP_DIRNAME, f"{prefix}-{os.getpid()}-{int(time.time())}")
+    os.makedirs(tmp_root)
+    try:
+        summary, shard_names, stats = _build(image_paths, tmp_root, prefix, dev_fraction, size,
+                                             seed, tiles_per_shard, workers or os.cpu_count() or 1)
+        _commit(tmp_root, data_dir, prefix, shard_names, stats,
+                {"prefix": prefix, "shards": shard_names, "fingerprint": fingerprint,
+                 "summary": asdict(summary)})
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        parent = os.path.dirname(tmp_root)
+        if os.path.isdir(parent) and not os.listdir(parent):
+            os.rmdir(parent)
+    return summary
+
+
+def _build(image_paths: list[str], tmp_root: str, prefix: str, dev_fraction: float, size: int,
+           seed: int, tiles_per_shard: int, workers: int) -> tuple[DatagenSummary, list[str], dict | None]:
+    """Both passes into `tmp_root`: (summary, shard names train then dev, train stats)."""
+    from tqdm import tqdm
+
+    by_split = {"train": [], "dev": []}
+    for p in image_paths:
+        by_split[tiles.split_of(images.image_id(p), dev_fraction)].append(p)
+    n_shards = {s: max(1, math.ceil(_estimate_tiles(ps, size) * 0.5 / tiles_per_shard))
+                for s, ps in by_split.items()}
+    ordered = [(split, p) for split, ps in by_split.items() for p in ps]
+    summary = DatagenSummary()
+    histogram = np.zeros((3, 256), np.int64)
+    segments = {(s, k): [] for s in by_split for k in range(n_shards[s])}
+    try:
+        with frozen_gc(), executor(workers) as pool, cancel_on_error(pool):
+            futures = [pool.submit(buckets.tile_image_to_buckets, i, p, size, n_shards[split],
+                                   os.path.join(tmp_root, f"bucket-{split}"), seed)
+                       for i, (split, p) in enumerate(ordered)]
+            with tqdm(total=len(futures), desc=f"tiling {prefix}", unit="img") as bar:
+                results = in_order(futures, bar)
+            for (split, _), result in zip(ordered, results):
+                if result.error:
+                    warnings.warn(result.error)
+                    summary.skipped.append((result.path, result.error))
+                    continue
+                summary.images_read += 1
+                summary.images[split].append(result.key)
+                summary.tiles_rejected += result.rejected
+                summary.tiles_kept[split] += result.kept
+                if split == "train":
+                    histogram += result.histogram
+                for bucket, seg in result.segments:
+                    segments[split, bucket].append(seg)
+
+            names = {s: _shard_names(prefix, s, n_shards[s]) for s in by_split}
+            futures = [pool.submit(buckets.write_shard, segments[s, k], os.path.join(tmp_root, name),
+                                   f"{seed}:{s}:{k}")
+                       for s in by_split for k, name in enumerate(names[s])]
+            with tqdm(total=len(futures), desc=f"shuffling {prefix}", unit="shard") as bar:
+                written = in_order(futures, bar)
+    finally:
+        buckets.release_shuffle_buffer()  # a serial build shuffled in this process
+    if sum(written) != summary.tiles_kept["train"] + summary.tiles_kept["dev"]:
+        raise RuntimeError(f"datagen wrote {sum(written)} records for {summary.tiles_kept} tiles kept")
+    return summary, names["train"] + names["dev"], channel_stats(histogram)
+
+
+def _commit(tmp_root: str, data_dir: str, prefix: str, shard_names: list[str],
+            stats: dict | None, info: dict) -> None:
+    """Move the finished shards into `data_dir`, then write stats and, last, P-info.json.
+
+    The old dataset's info goes first, so an interrupted commit reads as incomplete; shards of
+    an older build that this one does not have are removed.
+    """
+    info_path = os.path.join(data_dir, f"{prefix}-info.json")
+    if os.path.exists(info_path):
+        os.remove(info_path)
+    for name in shard_names:
+        os.replace(os.path.join(tmp_root, name), os.path.join(data_dir, name))
+    keep = set(shard_names)
+    for name in os.listdir(data_dir):
+        if (name.startswith(f"{prefix}-train-") or name.startswith(f"{prefix}-dev-")) and name not in keep:
+            os.remove(os.path.join(data_dir, name))
+    if stats is not None:
+        write_json_atomic(stats, os.path.join(data_dir, f"{prefix}-stats.json"))
+    write_json_atomic(info, info_path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
+    """Delete work folders left by killed builds of this dataset (their process is gone)."""
+    parent = os.path.join(data_dir, TMP_DIRNAME)
+    if not os.path.isdir(parent):
+        return
+    for name in os.listdir(parent):
+        rest = name[len(prefix) + 1:] if name.startswith(prefix + "-") else ""
+        pid = rest.split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            log.info("removing %s left by an interrupted datagen", name)
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

@@ -1,0 +1,140 @@
+"""Reading what `t2t-trainer` wrote: hparams as it built them, and checkpoint variables by name.
+
+Variable names are matched without tensor2tensor's data-parallelism scopes
+(:func:`canonical_variable_name`); one matcher (:func:`match_variables`) serves every decoder that
+restores a graph, including restoring trainable weights from their moving averages.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from allen_sr.models.variables import EMA_NAME
+from allen_sr.t2t.names import register_all
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tensor2tensor.utils.hparam import HParams
+
+
+
+def load_hparams(
+    hparams_set: str,
+    problem: Any,
+    overrides: str = "",
+    output_dir: str | os.PathLike[str] | None = None,
+) -> "HParams":
+    """The model hparams exactly as `t2t-trainer` builds them.
+
+    Starts from the registered ``hparams_set``, then applies ``output_dir/hparams.json`` if the
+    trainer wrote one (so a checkpoint is read with the hparams it was trained with), then the
+    ``overrides`` string ("k=v,..."), then the problem's hparams (``problem`` is a registered name
+    or a Problem instance; it sets modalities, and for our problems `img_len`/`num_channels`).
+    """
+    register_all()
+    from tensor2tensor.utils import hparams_lib
+
+    hparams_path = os.path.join(os.fspath(output_dir), "hparams.json") if output_dir else None
+    hparams = hparams_lib.create_hparams(hparams_set, overrides, hparams_path=hparams_path)
+    hparams_lib.add_problem_hparams(hparams, problem)
+    return hparams
+
+
+def find_checkpoint(path: str | os.PathLike[str]) -> str:
+    """The newest checkpoint in an output dir, or ``path`` itself if it is a checkpoint prefix."""
+    import tensorflow as tf
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        ckpt = tf.train.latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"no checkpoint in {path} (expected a 'checkpoint' file from t2t-trainer)")
+        return ckpt
+    if os.path.exists(path + ".index"):
+        return path
+    raise FileNotFoundError(f"{path} is neither an output dir with checkpoints nor a checkpoint prefix")
+
+
+def canonical_variable_name(name: str) -> str:
+    """A checkpoint variable's name without the data-parallelism name scope.
+
+    In TF 2.15 graph mode, t2t's Keras-style dense layers take their variable names from the name
+    scope, so `t2t-trainer` writes e.g.
+    ``img2img_transformer/parallel_0_4/img2img_transformer/img2img_transformer/body/...``; the
+    ``parallel_0_4`` counter depends on how many ops were built before the model. This returns
+    ``img2img_transformer/body/...`` so that names match however the graph was built.
+    """
+    name = name.split(":")[0]
+    return re.sub(r"^([^/]+)/parallel_\d+(?:_\d+)*/(?:\1/)+", r"\1/", name)
+
+
+def checkpoint_name_map(names: Sequence[str], model_name: str) -> dict[str, str]:
+    """{canonical name: checkpoint name} for the model's variables (optimizer slots excluded)."""
+    mapping: dict[str, str] = {}
+    for name in names:
+        if not name.startswith(model_name + "/"):
+            continue  # global_step, optimizer slots ("training/..."), loss averages
+        key = canonical_variable_name(name)
+        if key in mapping and mapping[key] != name:
+            raise ValueError(f"checkpoint variables {mapping[key]} and {name} both map to {key}")
+        mapping[key] = name
+    return mapping
+
+
+def match_variables(
+    variables: Sequence[Any],
+    checkpoint: str,
+    model_name: str,
+    averaged: Sequence[Any] = (),
+    hint: str = "--model/--hparams_set/--hparams",
+) -> dict[str, Any]:
+    """{checkpoint name: graph variable} for a graph's ``variables``, matched by canonical name.
+
+    Variables in ``averaged`` are restored from their moving average (``<name>/EMA_NAME``).
+    Raises ValueError naming the checkpoint and a few missing variables if any is absent;
+    ``hint`` says which settings decide the variables.
+    """
+    import tensorflow as tf
+
+    in_ckpt = {canonical_variable_name(n): n for n, _ in tf.train.list_variables(checkpoint)}
+    averaged_ids = {id(v) for v in averaged}
+    found: dict[str, Any] = {}
+    missing = []
+    for var in variables:
+        key = canonical_variable_name(var.op.name)
+        if id(var) in averaged_ids:
+            key = f"{key}/{EMA_NAME}"
+        if key in in_ckpt:
+            found[in_ckpt[key]] = var
+        else:
+            missing.append(key)
+    if missing:
+        raise ValueError(
+            f"checkpoint {checkpoint} lacks {len(missing)} variable(s) of {model_name}, e.g. "
+            f"{missing[:3]}: was it trained with this {hint}?")
+    return found
+
+
+def read_model_weights(checkpoint: str | os.PathLike[str], model_name: str) -> dict[str, np.ndarray]:
+    """{canonical name: array} of the model's variables in a checkpoint (prefix or output dir)."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(find_checkpoint(checkpoint))
+    names = checkpoint_name_map(list(reader.get_variable_to_shape_map()), model_name)
+    return {key: reader.get_tensor(name) for key, name in names.items()}
+
+
+def checkpoint_model(checkpoint: str | os.PathLike[str]) -> str:
+    """The t2t model name a checkpoint was written by (its variables' top scope)."""
+    import tensorflow as tf
+
+    scopes = {name.split("/")[0] for name, _ in tf.train.list_variables(os.fspath(checkpoint))
+              if "/" in name}
+    scopes -= {"training", "losses_avg", "train_stats", "global_step", "train_clock"}
+    if len(scopes) != 1:
+        raise ValueError(f"cannot tell which model wrote checkpoint {checkpoint} (variable scopes "
+                         f"{sorted(scopes)}): pass --model")
+    return scopes.pop()

@@ -1,0 +1,67 @@
+"""Reading a split's examples through the problem's own tensor2tensor input pipeline."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from allen_sr.t2t.names import register_all
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tensor2tensor.utils.hparam import HParams
+
+
+SPLITS = {"dev": "eval", "eval": "eval", "train": "train", "test": "test"}
+
+
+def read_examples(
+    problem: Any,
+    data_dir: str | os.PathLike[str],
+    num_examples: int,
+    hparams: "HParams",
+    split: str = "dev",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``num_examples`` examples of a split through the problem's own input pipeline.
+
+    Reads with ``problem.dataset(mode=EVAL, shuffle_files=False)`` and the problem's
+    preprocessing, so dev examples are exactly the ones evaluation sees. Returns inputs
+    [N, h, w, C] and targets [N, H, W, C] as uint8 (N may be smaller if the split is smaller).
+    """
+    register_all()
+    import tensorflow as tf
+    from tensor2tensor.data_generators import problem as problem_lib
+    from tensor2tensor.utils import hparams_lib, registry
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+    if isinstance(problem, str):
+        problem = registry.problem(problem)
+    dataset_split = {"eval": problem_lib.DatasetSplit.EVAL, "train": problem_lib.DatasetSplit.TRAIN,
+                     "test": problem_lib.DatasetSplit.TEST}[SPLITS[split]]
+    hparams = hparams_lib.copy_hparams(hparams)
+    inputs, targets = [], []
+    graph = tf.Graph()
+    with graph.as_default():
+        # A graph seed makes any random op in a problem's eval preprocessing repeatable.
+        tf.compat.v1.set_random_seed(0)
+        dataset = problem.dataset(
+            tf.estimator.ModeKeys.EVAL, data_dir=os.fspath(data_dir), hparams=hparams,
+            shuffle_files=False, dataset_split=dataset_split, num_threads=1,
+        ).take(num_examples)
+        features = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        with tf.compat.v1.Session(graph=graph) as session:
+            while True:
+                try:
+                    example = session.run({"inputs": features["inputs"], "targets": features["targets"]})
+                except tf.errors.OutOfRangeError:
+                    break
+                inputs.append(example["inputs"])
+                targets.append(example["targets"])
+    if not inputs:
+        raise ValueError(f"no {split} examples of {problem.name} in {data_dir}")
+    x, y = np.stack(inputs), np.stack(targets)
+    for name, arr in (("inputs", x), ("targets", y)):
+        if arr.min() < 0 or arr.max() > 255:
+            raise ValueError(f"{name} of {problem.name} hold values outside 0..255")
+    return x.astype(np.uint8), y.astype(np.uint8)

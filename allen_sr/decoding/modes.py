@@ -1,0 +1,70 @@
+"""Decoding modes: how one value per sub-pixel is chosen from the model's 256-way logits.
+
+``greedy`` (argmax), ``sample`` (softmax with a temperature, seeded, reproducible and independent
+of the batch size) and ``mean`` (the expected value of each distribution, rounded, fed back as
+the conditioning value). Every decoder turns the same logits and uniforms into the same values.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+MODES: tuple[str, ...] = ("greedy", "sample", "mean")
+VOCAB = 256  # values per sub-pixel (uint8)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def choose_values(
+    logits: np.ndarray,
+    mode: str,
+    temperature: float = 1.0,
+    uniforms: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pick one value in 0..255 per row of ``logits`` [B, 256]; returns int64 [B].
+
+    ``greedy``: argmax (first index on exact ties, like ``np.argmax``). ``mean``: the expected
+    value sum_v v * softmax(logits)_v, rounded to the nearest integer. ``sample``: a draw from
+    softmax(logits / temperature) by inverse CDF with the given ``uniforms`` [B] in [0, 1), so
+    both decoders turn the same uniforms into the same samples.
+    """
+    if mode == "greedy":
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    if mode == "mean":
+        probs = _softmax(logits)
+        expected = probs @ np.arange(VOCAB, dtype=np.float64)
+        return np.clip(np.rint(expected), 0, VOCAB - 1).astype(np.int64)
+    if mode == "sample":
+        if uniforms is None:
+            raise ValueError("mode 'sample' needs uniforms (one per row)")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        probs = _softmax(np.asarray(logits, np.float64) / float(temperature))
+        cdf = np.cumsum(probs, axis=-1)
+        index = (cdf < np.asarray(uniforms)[:, None] * cdf[:, -1:]).sum(axis=-1)
+        return np.minimum(index, VOCAB - 1).astype(np.int64)
+    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
+def check_mode(mode: str, temperature: float) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if mode == "sample" and not temperature > 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+
+
+def example_uniforms(seed: int | None, indices: Sequence[int], steps: int) -> np.ndarray:
+    """[len(indices), steps] uniforms, one stream per example index.
+
+    Seeding each example separately (SeedSequence of (seed, index)) makes a sample depend only on
+    the seed and the example's position in the dataset, not on the batch size or the decoder.
+    """
+    base = 0 if seed is None else int(seed)
+    streams = [np.random.default_rng([base, int(i)]).random(steps) for i in indices]
+    return np.stack(streams) if streams else np.zeros((0, steps))

@@ -1,0 +1,152 @@
+"""The decoder of `img2img_conv_sr`: one forward pass of the model restored from a checkpoint.
+
+`allen_sr.decoding.registry` names :class:`OnePassDecoder` as that model's decoder ("one_pass");
+TensorFlow and tensor2tensor load when one is built.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from allen_sr.decoding.checkpoints import match_variables
+from allen_sr.decoding.modes import MODES
+from allen_sr.t2t.names import register_all
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tensor2tensor.utils.hparam import HParams
+
+__all__ = ["OnePassDecoder", "dihedral", "undo_dihedral"]
+
+MODEL_NAME = "img2img_conv_sr"  # the model's registered name (allen_sr.models.conv_sr.MODEL_NAME)
+# Settings that decide the model's variables, named when a checkpoint lacks some.
+VARIABLE_HINT = ("--model/--hparams_set/--hparams (hidden_size, num_res_blocks, upsample, "
+                 "upsample_width, normalize_inputs, weight_ema_decay)")
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 8 flips/rotations of [N, H, W, C] images (k = 0 is the identity)."""
+    out = np.rot90(images, k % 4, axes=(1, 2))
+    return out[:, :, ::-1] if k >= 4 else out
+
+
+def undo_dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of :func:`dihedral`."""
+    out = images[:, :, ::-1] if k >= 4 else images
+    return np.rot90(out, -(k % 4), axes=(1, 2))
+
+
+class OnePassDecoder:
+    """Predict a batch in one forward pass of `img2img_conv_sr`, restored from a checkpoint.
+
+    Builds the model in PREDICT mode (the graph `t2t-trainer`'s estimator builds for inference:
+    ``Img2imgConvSr.infer``), restores its variables by name (the trainable ones from their
+    moving averages when hparam ``weight_ema_decay`` > 0) and returns the prediction rounded and
+    clipped to uint8. Modes ``greedy`` and ``mean`` both mean "the prediction" (one value per
+    sub-pixel); ``sample`` is refused. With ``tta`` (default: hparam ``decode_tta``) the
+    continuous predictions of the 8 flips/rotations of each input are averaged before rounding.
+
+    Parameters: ``hparams`` as `checkpoints.load_hparams` returns them, ``checkpoint`` a
+    checkpoint prefix, ``target_shape`` (rows, cols) of the outputs (default img_len square).
+    Raises ValueError for hparams the model refuses, a target shape that is not a multiple of
+    the scale factor, or a checkpoint that lacks some of the graph's variables.
+    """
+
+    name = "one-pass"
+
+    def __init__(self, hparams: "HParams", checkpoint: str, model_name: str = MODEL_NAME,
+                 target_shape: tuple[int, int] | None = None, tta: bool | None = None) -> None:
+        register_all()
+        import tensorflow.compat.v1 as tf
+        from tensor2tensor.utils import registry
+        from tensorflow.python.autograph.core import ag_ctx
+
+        from allen_sr.models.conv_sr import check_hparams, scale_factor
+
+        self.model_name = model_name
+        self.channels = int(hparams.num_channels)
+        self.target_shape = tuple(target_shape or (hparams.img_len, hparams.img_len))
+        self.factor = scale_factor(hparams)
+        check_hparams(hparams, self.factor)
+        self.tta = bool(getattr(hparams, "decode_tta", False)) if tta is None else bool(tta)
+        rows, cols = self.target_shape
+        if rows % self.factor or cols % self.factor:
+            raise ValueError(f"target shape {self.target_shape} is not a multiple of the scale "
+                             f"factor {self.factor}")
+        self.input_shape = (rows // self.factor, cols // self.factor)
+        self._graph = tf.Graph()
+        with self._graph.as_default():
+            model = registry.model(model_name)(hparams, tf.estimator.ModeKeys.PREDICT)
+            self._inputs = tf.placeholder(tf.int32, [None, *self.input_shape, self.channels], "inputs")
+            # AutoGraph would only rewrite t2t's Python control flow, at a cost of seconds per graph.
+            with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
+                self._outputs = model.infer({"inputs": self._inputs})["outputs"]
+            ema = float(getattr(hparams, "weight_ema_decay", 0.0)) > 0
+            averaged = tf.trainable_variables() if ema else []
+            names = match_variables(tf.global_variables(), checkpoint, model_name, averaged,
+                                    hint=VARIABLE_HINT)
+            saver = tf.train.Saver(var_list=names)
+            self._session = tf.Session(graph=self._graph)
+            saver.restore(self._session, checkpoint)
+
+    def predict(self, inputs: np.ndarray, batch_size: int | None = None,
+                progress: bool = False) -> np.ndarray:
+        """Continuous predictions float32 [N, H, W, C] (0-255 scale, not clipped)."""
+        x = np.asarray(inputs)
+        expected = (*self.input_shape, self.channels)
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(f"inputs must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
+                             f"got shape {x.shape}")
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError("inputs must hold values in 0..255")
+        n = x.shape[0]
+        batch_size = n if not batch_size else int(batch_size)
+        out = np.zeros((n, *self.target_shape, self.channels), np.float32)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            desc = f"{self.model_name} one pass" + (" (8-fold TTA)" if self.tta else "")
+            bar = tqdm(total=n, desc=desc, unit="tile", mininterval=0.5)
+        try:
+            for start in range(0, n, max(batch_size, 1)):
+                chunk = x[start:start + batch_size].astype(np.int32)
+                out[start:start + len(chunk)] = self._predict_chunk(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
+        if not self.tta:
+            return self._session.run(self._outputs, {self._inputs: x})
+        if x.shape[1] != x.shape[2]:
+            raise ValueError("test-time augmentation needs square inputs (rotations)")
+        # All 8 transforms in one run: one batch of 8N is faster than 8 runs of N on CPU.
+        stacked = np.concatenate([dihedral(x, k) for k in range(8)])
+        preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), 8)
+        return np.mean([undo_dihedral(p, k) for k, p in enumerate(preds)], axis=0)
+
+    def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
+               seed: int | None = None, batch_size: int | None = None,
+               max_steps: int | None = None, progress: bool = False) -> np.ndarray:
+        """uint8 [N, H, W, C] predictions of [N, h, w, C] inputs (the batching.Decoder protocol).
+
+        ``mode`` greedy or mean: the prediction, rounded and clipped. ``temperature``, ``seed``
+        and ``max_steps`` belong to autoregressive decoding and are ignored.
+        """
+        del temperature, seed, max_steps
+        if mode == "sample":
+            raise ValueError(
+                f"--mode sample is not available for {self.model_name}: it predicts one value per "
+                "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
+        return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)
+
+    def close(self) -> None:
+        """Release the TF session."""
+        self._session.close()

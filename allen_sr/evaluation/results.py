@@ -1,0 +1,65 @@
+"""The one results writer of `decode`, `evaluate` and `upscale`-style runs: metrics and pictures.
+
+Given low-resolution inputs, targets and predictions it scores the model and interpolation
+baselines (PSNR/SSIM, :mod:`allen_sr.evaluation.metrics`) and writes, in one folder:
+``metrics.json`` (summary with its protocol), ``metrics.md``, ``metrics.csv`` (per example and
+method) and ``grid.png`` (input enlarged | baseline | model | target, captioned with the PSNRs);
+optionally one PNG per prediction.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from allen_sr import fileio
+from allen_sr.evaluation import metrics, pictures
+
+GRID_ROWS = 16  # at most this many examples in grid.png
+
+
+def write_results(
+    out_dir: str | os.PathLike[str],
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    protocol_note: str = "",
+    names: Sequence[str] | None = None,
+    baselines: Sequence[str] = ("bicubic",),
+    example_pngs: bool = False,
+    grid_rows: int = GRID_ROWS,
+) -> dict[str, Any]:
+    """Score ``predictions`` against ``targets`` and write the outputs; returns the summary.
+
+    ``names`` label the examples in the CSV and grid (default: their index). ``baselines`` are
+    the interpolation methods scored beside the model; the last one is the grid's baseline
+    column. ``example_pngs`` also writes ``example_000.png``... (one per prediction).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scale = targets.shape[1] // inputs.shape[1]
+    names = [str(i) for i in range(len(inputs))] if names is None else list(names)
+    shown = baselines[-1]
+    table = metrics.MetricTable()
+    rows, captions = [], []
+    for i, (lr, pred, hr) in enumerate(zip(inputs, predictions, targets)):
+        candidates = metrics.baselines(lr, scale, baselines)
+        candidates["model"] = pred
+        scores = table.add_images(names[i], hr, candidates)
+        if example_pngs:
+            pictures.save_png(pred, out / f"example_{i:03d}.png")
+        if i < grid_rows:
+            rows.append([lr, candidates[shown], pred, hr])
+            captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
+                            f"{shown} {scores[shown][0]:.2f} dB")
+    protocol = metrics.PROTOCOL + (f"; {protocol_note}" if protocol_note else "")
+    summary = table.summary(protocol)
+    table.write_csv(out / "metrics.csv")
+    table.write_json(out / "metrics.json", protocol=protocol)
+    fileio.atomic_write_text(f"# Results\n\n{metrics.summary_to_markdown(summary)}\n", out / "metrics.md")
+    grid = pictures.prediction_grid(
+        rows, columns=("input (nearest)", shown, "model", "target"), captions=captions)
+    pictures.save_png(grid, out / "grid.png")
+    return summary

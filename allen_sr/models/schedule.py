@@ -1,0 +1,81 @@
+"""Training time as a checkpointed clock, the hook that stops at a time budget, and the
+clamped cosine learning-rate decay over steps or over that time (TensorFlow only).
+
+Used by `img2img_conv_sr` (hparams ``cosine_decay_steps``, ``cosine_decay_min`` and
+``train_budget_seconds``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow.compat.v1 as tf
+
+__all__ = ["CLOCK_SCOPE", "StopAfterSecondsHook", "cosine_decay", "training_clock"]
+
+CLOCK_SCOPE = "train_clock"
+
+
+def training_clock() -> tuple[tf.Tensor, tf.Tensor]:
+    """(elapsed, tick): seconds of training so far, and the op that advances them by one step.
+
+    ``elapsed`` (float64, in the checkpoint as ``train_clock/elapsed_seconds``) adds up the
+    wall-clock time between consecutive training steps of each run, so it counts from the first
+    step (graph building and the input pipeline's warm-up excluded) and a restart from a
+    checkpoint resumes it without counting the time the job was down. Run ``tick`` once per
+    step, after the update (it stamps the step's time in a local, not checkpointed, variable).
+    """
+    with tf.variable_scope(CLOCK_SCOPE, reuse=tf.AUTO_REUSE):
+        elapsed = tf.get_variable("elapsed_seconds", [], tf.float64, tf.zeros_initializer(),
+                                  trainable=False)
+        last = tf.get_variable("last_step_timestamp", [], tf.float64, tf.zeros_initializer(),
+                               trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
+    now = tf.timestamp()
+    delta = tf.where(last > 0.0, now - last, tf.constant(0.0, tf.float64))
+    with tf.control_dependencies([tf.assign_add(elapsed, delta)]):
+        tick = tf.assign(last, now)
+    return elapsed, tick
+
+
+class StopAfterSecondsHook(tf.train.SessionRunHook):
+    """Request the end of training once ``elapsed`` (see :func:`training_clock`) >= ``seconds``.
+
+    The estimator then ends as at its last step: its checkpoint saver writes a final checkpoint,
+    so the model trained for the budget is the newest checkpoint of the run. ``name`` (the
+    model's) prefixes the log line.
+    """
+
+    def __init__(self, elapsed: tf.Tensor, seconds: float, name: str = "training") -> None:
+        self._elapsed = elapsed
+        self._seconds = float(seconds)
+        self._name = name
+
+    def before_run(self, run_context: Any) -> Any:
+        return tf.train.SessionRunArgs(self._elapsed)
+
+    def after_run(self, run_context: Any, run_values: Any) -> None:
+        if run_values.results >= self._seconds:
+            tf.logging.info("%s: train_budget_seconds=%g reached; stopping", self._name, self._seconds)
+            run_context.request_stop()
+
+
+def cosine_decay(learning_rate: tf.Tensor, floor: float, decay_steps: int = 0,
+                 budget_seconds: float = 0.0, elapsed: tf.Tensor | None = None) -> tf.Tensor:
+    """``learning_rate`` times a half cosine from 1 to ``floor``, then ``floor`` for good.
+
+    The cosine runs over ``budget_seconds`` of training time (``elapsed`` of
+    :func:`training_clock`) if that is > 0, else over ``decay_steps`` global steps; with neither,
+    ``learning_rate`` is returned unchanged. Clamped, unlike t2t's cyclic ``cosdecay``: a run
+    longer than planned stays at the floor instead of climbing back to the peak.
+    """
+    if budget_seconds > 0:
+        if elapsed is None:
+            raise ValueError("a time-driven decay (budget_seconds > 0) needs the clock's elapsed seconds")
+        progress = tf.to_float(tf.minimum(elapsed / budget_seconds, 1.0))
+    elif decay_steps > 0:
+        step = tf.minimum(tf.to_float(tf.train.get_or_create_global_step()), float(decay_steps))
+        progress = step / decay_steps
+    else:
+        return learning_rate
+    cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
+    return learning_rate * (floor + (1.0 - floor) * cosine)

@@ -1,0 +1,133 @@
+"""Every shim tensor2tensor 1.15.7 needs on Python 3.11 + TensorFlow 2.15.1, in one place.
+
+tensor2tensor's last release (2020) and tf-slim 1.1.0 reach into TensorFlow internals that moved
+in later releases. Each shim below says what breaks without it; tests/test_t2t_compat.py shows
+each failure in a fresh interpreter and that the shim fixes it. `apply()` is idempotent and is
+called whenever our problems, hparams or CLI are loaded.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+_applied = False
+log = logging.getLogger(__name__)
+
+
+def _restore_control_flow_ops() -> None:
+    """tf-slim's image decoder calls `control_flow_ops.case` / `cond`.
+
+    TF 2.13+ no longer exposes them in `tensorflow.python.ops.control_flow_ops`, so reading any
+    image record through `tfexample_decoder.Image` (every image problem) raises AttributeError.
+    """
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_ops
+
+    for name, fn in (("case", tf.compat.v1.case), ("cond", tf.compat.v1.cond)):
+        if not hasattr(control_flow_ops, name):
+            setattr(control_flow_ops, name, fn)
+
+
+def _restore_ops_tensor_types() -> None:
+    """tf-slim's `optimize_loss` (t2t's optimizer path) checks `ops.Tensor` / `ops.IndexedSlices`.
+
+    TF 2.15 moved both out of `tensorflow.python.framework.ops`, so the first training step fails
+    with AttributeError.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework import ops
+
+    if not hasattr(ops, "Tensor"):
+        ops.Tensor = tf.Tensor
+    if not hasattr(ops, "IndexedSlices"):
+        ops.IndexedSlices = tf.IndexedSlices
+
+
+def _skip_invalid_image_summaries() -> None:
+    """`Img2imgTransformer.body` writes image summaries of already-embedded 4-D tensors.
+
+    Their last dimension is the hidden size, not 1/3/4 channels; TF 2.15's summary op raises
+    InvalidArgumentError on them at run time, which kills training at the first summary step.
+    We skip only summaries whose static channel count cannot be an image.
+    """
+    import tensorflow as tf
+
+    summary = tf.compat.v1.summary
+    original = summary.image
+    if getattr(original, "_allen_sr_shim", False):
+        return
+
+    def image(name, tensor, *args, **kwargs):
+        channels = tensor.shape[-1] if tensor.shape.rank is not None else None
+        if channels is not None and channels not in (1, 3, 4):
+            log.debug("skipping image summary %s: %s channels", name, channels)
+            return None
+        return original(name, tensor, *args, **kwargs)
+
+    image._allen_sr_shim = True
+    summary.image = image
+
+
+SHIMS = (
+    _restore_control_flow_ops,
+    _restore_ops_tensor_types,
+    _skip_invalid_image_summaries,
+)
+
+
+def apply() -> None:
+    """Apply every shim once. Safe to call many times."""
+    global _applied
+    if _applied:
+        return
+    # Import-time notices from end-of-life dependencies that say nothing actionable to our users.
+    warnings.filterwarnings("ignore", message=r"(?s).*TensorFlow Addons", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r".*google.api_core", category=FutureWarning)
+    for shim in SHIMS:
+        shim()
+    _applied = True
+
+
+def apply_cluster(task_type: str, task_index: int, single_node: bool) -> None:
+    """Shims for multi-host training through TF_CONFIG (allen_sr.t2t.cluster.prepare_cluster_task).
+
+    Only applied when TF_CONFIG defines a cluster; tests/test_training.py trains a real chief,
+    ps and worker on 127.0.0.1 with them.
+    1. t2t's `create_run_config` raises KeyError 'evaluation_master' on any cluster with a chief
+       (`is_cloud_async_distributed` treats TF2 like TF1 Cloud ML): it is switched off on TF2,
+       where it adds nothing.
+    2. t2t sets no device filters, so a worker waits forever for a chief that has finished, and
+       sets `isolate_session_state=True`, so a worker never sees the variables on the ps: we add
+       the estimator's default filters and share session state, for multi-task clusters only.
+    """
+    apply()
+    from tensor2tensor.utils import contrib, trainer_lib
+
+    if contrib.is_tf2 and not getattr(trainer_lib.is_cloud_async_distributed, "_allen_sr_shim", False):
+        def is_cloud_async_distributed() -> bool:
+            return False
+
+        is_cloud_async_distributed._allen_sr_shim = True  # type: ignore[attr-defined]
+        trainer_lib.is_cloud_async_distributed = is_cloud_async_distributed
+
+    original = trainer_lib.create_run_config
+    if getattr(original, "_allen_sr_shim", False):
+        return
+    # The estimator's own defaults (RunConfig._get_default_session_config_distributed). A
+    # one-task cluster trains in a local session, where there is nothing to filter.
+    filters = {"chief": ["/job:ps", "/job:chief"], "master": ["/job:ps", "/job:master"],
+               "worker": ["/job:ps", f"/job:worker/task:{task_index}"]}.get(task_type)
+    if single_node:
+        filters = None
+
+    def create_run_config(*args, **kwargs):
+        config = original(*args, **kwargs)
+        session_config = config.session_config
+        if filters and session_config is not None:
+            if not session_config.device_filters:
+                session_config.device_filters.extend(filters)
+            session_config.isolate_session_state = False
+        return config
+
+    create_run_config._allen_sr_shim = True  # type: ignore[attr-defined]
+    trainer_lib.create_run_config = create_run_config

@@ -1,0 +1,51 @@
+"""Looking up registered tensor2tensor names, with short errors; loads TensorFlow only when called.
+
+:func:`register_all` is the one way the package gets tensor2tensor ready: the compatibility shims,
+then our problems, hparams sets and models, then the stock image models.
+"""
+from __future__ import annotations
+
+import difflib
+
+
+def register_all() -> None:
+    """Shims, our hparams sets, problems and models, and the t2t image models, registered."""
+    from allen_sr.t2t import compat
+
+    compat.apply()
+    import allen_sr.hparams  # noqa: F401
+    import allen_sr.problems  # noqa: F401
+    from tensor2tensor.models import image_transformer_2d  # noqa: F401
+
+
+class UnknownNameError(ValueError):
+    """A problem, model or hparams set name that is not registered (names the closest ones)."""
+
+
+def _unknown(kind: str, name: str, known: list[str], flag: str) -> UnknownNameError:
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    hint = f"closest registered: {', '.join(close)}" if close else f"see `allen-sr {flag}` choices in the README"
+    return UnknownNameError(f"unknown {kind} {name!r} (--{flag}); {hint}")
+
+
+def check_names(problem: str | None = None, hparams_set: str | None = None, model: str | None = None) -> None:
+    """Raise :class:`UnknownNameError` for a name tensor2tensor does not know (its own KeyError
+    lists every registered problem)."""
+    register_all()
+    from tensor2tensor.utils import registry
+
+    if problem is not None and problem not in registry.list_problems():
+        raise _unknown("problem", problem, registry.list_problems(), "problem")
+    if hparams_set is not None and hparams_set not in registry.list_hparams():
+        raise _unknown("hparams set", hparams_set, registry.list_hparams(), "hparams_set")
+    if model is not None and model not in registry.list_models():
+        raise _unknown("model", model, registry.list_models(), "model")
+
+
+def problem_shape(problem_name: str) -> tuple[int, int, int]:
+    """(input size, target size, channels) of a registered image problem."""
+    check_names(problem=problem_name)
+    from tensor2tensor.utils import registry
+
+    p = registry.problem(problem_name)
+    return int(p.input_dim), int(p.output_dim), int(p.num_channels)

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: real few-step training runs on synthetic images."""

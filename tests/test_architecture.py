@@ -1,0 +1,100 @@
+"""The layout rules of docs/ARCHITECTURE.md, checked on the source: imports point down the layers,
+no private name crosses a module boundary, no module grows past the size limit, and importing a
+library module has no side effects on the process."""
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+ROOT = Path(REPO)
+# Package -> layer. A module may import its own layer and the layers below it.
+LAYERS = {
+    "allen_sr.fileio": 0, "allen_sr.sample_data": 0,
+    "allen_sr.data": 1, "allen_sr.evaluation": 1,
+    "allen_sr.t2t": 2,
+    "allen_sr.models": 3,
+    "allen_sr.problems": 4, "allen_sr.hparams": 4,
+    "allen_sr.decoding": 5,
+    "allen_sr.commands": 6, "allen_sr.cli": 6, "allen_sr.testing": 6,
+}
+# The one composition root: register_all() imports the registering packages (lazily).
+UPWARD_ALLOWED = {("allen_sr.t2t.names", "allen_sr.problems"), ("allen_sr.t2t.names", "allen_sr.hparams")}
+MAX_LINES = 520
+FOLDERS = {"allen_sr": "allen_sr", "problems": "allen_sr.problems", "hparams": "allen_sr.hparams"}
+
+
+def modules():
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            yield ".".join([package] + parts), path
+
+
+def layer(name):
+    if name == "allen_sr":  # the package root: its version only
+        return 0
+    best = max((p for p in LAYERS if name == p or name.startswith(p + ".")), key=len, default=None)
+    return None if best is None else LAYERS[best]
+
+
+def imports(path, name):
+    """(imported module, imported names) for every allen_sr import in the file."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("allen_sr"):
+                    yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: resolve against this package
+                base = name.split(".")[:len(name.split(".")) - node.level + (1 if path.name == "__init__.py" else 0)]
+                module = ".".join(base + ([module] if module else []))
+            if module.startswith("allen_sr"):
+                yield module, [a.name for a in node.names]
+
+
+def test_every_module_has_a_layer():
+    assert [n for n, _ in modules() if layer(n) is None] == []
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for name, path in modules():
+        for target, _ in imports(path, name):
+            if layer(target) is not None and layer(target) > layer(name):
+                if not any(name == a and (target == b or target.startswith(b + ".")) for a, b in UPWARD_ALLOWED):
+                    wrong.append(f"{name} (layer {layer(name)}) imports {target} (layer {layer(target)})")
+    assert wrong == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    wrong = []
+    for name, path in modules():
+        for target, names in imports(path, name):
+            wrong += [f"{name} imports {target}.{n}" for n in names if n.startswith("_") and n != "__version__"]
+    assert wrong == []
+
+
+def test_no_module_is_too_long():
+    long = {name: n for name, path in modules() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+@pytest.mark.parametrize("module", ["allen_sr", "allen_sr.data.tiles", "allen_sr.data.download",
+                                    "allen_sr.evaluation.pictures", "allen_sr.commands.decode"])
+def test_importing_a_library_module_changes_no_process_state(module):
+    """No environment variable set, no Pillow limit changed, no TensorFlow loaded by an import."""
+    code = ("import os, sys, PIL.Image as I; before = (dict(os.environ), I.MAX_IMAGE_PIXELS)\n"
+            f"import {module}\n"
+            "print(dict(os.environ) == before[0], I.MAX_IMAGE_PIXELS == before[1], 'tensorflow' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env, cwd="/").stdout.split()
+    assert out == ["True", "True", "False"]
