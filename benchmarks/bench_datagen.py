@@ -7,7 +7,7 @@ counts records written to TFRecord shards.
 
 Each generator is timed twice over: with cold memory (what a fresh process gets) and with warm
 memory (the child touches and frees a block just before timing). On a VM that backs guest memory
-lazily the two differ a lot; docs/notes/data.md explains why.
+lazily the two differ a lot; docs/ARCHITECTURE.md ("The data side") explains why.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def warm_memory(gib: float) -> None:
     """Touch `gib` GiB of fresh memory once and free it, just before the timed run.
 
     Only memory touched moments before the run is warm on a VM with free page reporting (see
-    docs/notes/data.md); datagen writes through the page cache, so this matters to its timing.
+    docs/ARCHITECTURE.md ("The data side")); datagen writes through the page cache, so this matters to its timing.
     """
     block = np.ones(int(gib * 2**30), np.uint8)
     del block

@@ -5,7 +5,7 @@ cosine decay of the learning rate over `cosine_decay_steps` (or, with
 `train_budget_seconds`, over that much training time, after which training stops), L1 loss on
 the 0-1 scale, and the block-mean projection. The `*_hybrid` set adds the pix2pix-style adversarial loss.
 The model's own hparams, one line each: `allen_sr.models.conv_sr.HPARAMS`; the measurements behind
-these choices: docs/notes/models.md.
+these choices: docs/ARCHITECTURE.md ("The models").
 """
 from tensor2tensor.layers import common_hparams
 

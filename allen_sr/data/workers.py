@@ -3,7 +3,7 @@
 The pool's workers die with the build's process (prctl PR_SET_PDEATHSIG), keep large freed
 blocks in their heap (mallopt), and are forked with the parent's objects frozen out of garbage
 collection (gc.freeze), so they do not copy the parent's memory. Design notes and measurements:
-docs/notes/data.md.
+docs/ARCHITECTURE.md ("The data side").
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def make_decoder(
         try:
             decoder = factory(hparams, checkpoint, model_name=model_name, target_shape=target_shape)
         except UnsupportedHParamsError as exc:
-            if True:  # BROKEN ON PURPOSE
+            if kind is not None:
                 raise
             first_error = first_error or exc
             continue

@@ -5,7 +5,7 @@
 optionally followed by :func:`block_mean_projection`. All weights are made with
 ``tf.get_variable`` under fixed variable scopes, so checkpoint names do not depend on the name
 scopes around the call (t2t's ``parallel_0_4``); the names are part of the checkpoint format.
-The tensor2tensor glue is `allen_sr.models.conv_sr`; the design notes are docs/notes/models.md.
+The tensor2tensor glue is `allen_sr.models.conv_sr`; the design notes are docs/ARCHITECTURE.md ("The models").
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ problems' IDENTITY modalities (``logits`` in train, eval and infer is the [B, H,
   into the train op.
 
 Its hparams are :data:`HPARAMS` (added by :func:`add_conv_sr_hparams`; sets in
-hparams/conv_sr.py). Decoding: `allen_sr.decoding.one_pass`. Design notes: docs/notes/models.md.
+hparams/conv_sr.py). Decoding: `allen_sr.decoding.one_pass`. Design notes: docs/ARCHITECTURE.md ("The models").
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Identical to tensor2tensor's `img2img_transformer` except for two additions, swi
   value normalized by the dataset's per-channel mean/std (`allen_sr.models.normalization`; stored
   in the checkpoint, so decoding needs no data_dir).
 
-Why: docs/notes/models.md.
+Why: docs/ARCHITECTURE.md ("The models").
 """
 from __future__ import annotations
 
