@@ -1,7 +1,11 @@
-"""Run every benchmarks/bench_*.py and write benchmarks/RESULTS.md (`make bench`).
+"""Run benchmarks/bench_*.py and write their sections of benchmarks/RESULTS.md (`make bench`).
 
-Each benchmark prints a markdown section; this script adds the machine facts and the date, so
-numbers are always read next to where and when they were measured.
+Each benchmark prints a markdown section. RESULTS.md holds one section per benchmark, each headed
+by the date and machine of the run that wrote it: running some benchmarks rewrites their own
+sections and keeps the others, so the file is always what the scripts wrote.
+
+    python benchmarks/run_all.py                 # every benchmark
+    python benchmarks/run_all.py decode datagen  # bench_decode.py and bench_datagen.py only
 """
 from __future__ import annotations
 
@@ -9,10 +13,15 @@ import datetime
 import glob
 import os
 import platform
+import re
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+HEADER = ("# Benchmark results\n\n"
+          "Written by `benchmarks/run_all.py` (`make bench`): one section per benchmark, each the "
+          "output of its last run, dated. Ratios are measured side by side in one run.\n")
+SECTION = re.compile(r"^## (bench_\w+\.py)$", re.M)
 
 
 def machine_facts() -> str:
@@ -27,40 +36,56 @@ def machine_facts() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}\n"
-            f"- machine: {os.cpu_count()} cores ({cpu}), {mem} RAM, no GPU used\n"
-            f"- python {platform.python_version()}, {platform.platform()}\n")
+    return (f"Run {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} cores "
+            f"({cpu}), {mem} RAM, no GPU; Python {platform.python_version()}.")
 
 
-def main() -> int:
-    # `python benchmarks/run_all.py decode datagen` runs only bench_decode.py and bench_datagen.py.
-    wanted = sys.argv[1:]
-    scripts = sorted(glob.glob(os.path.join(HERE, "bench_*.py")))
-    if wanted:
-        scripts = [s for s in scripts if os.path.basename(s)[len("bench_"):-len(".py")] in wanted]
-    sections, failed = [], []
+def read_sections(text: str) -> dict[str, str]:
+    """{script name: its section body} of an existing RESULTS.md."""
+    parts = SECTION.split(text)
+    return {name: body.strip() + "\n" for name, body in zip(parts[1::2], parts[2::2])}
+
+
+def render(sections: dict[str, str]) -> str:
+    return HEADER + "".join(f"\n## {name}\n\n{sections[name]}" for name in sorted(sections))
+
+
+def run(script: str) -> tuple[str, bool]:
+    """(section body, ok) of one benchmark run."""
+    name = os.path.basename(script)
+    print(f"==> {name}", flush=True)
+    facts = machine_facts()
+    proc = subprocess.run([sys.executable, script], stdout=subprocess.PIPE, text=True)
+    print(proc.stdout)
+    if proc.returncode:
+        return f"_{facts}_ FAILED (exit {proc.returncode}); see the console output.\n", False
+    return f"_{facts}_\n\n{proc.stdout.strip()}\n", True
+
+
+def main(argv: list[str], folder: str = HERE) -> int:
+    """Run the benchmarks ``argv`` names (all when empty) in ``folder``; update its RESULTS.md."""
+    results = os.path.join(folder, "RESULTS.md")
+    scripts = sorted(glob.glob(os.path.join(folder, "bench_*.py")))
+    if argv:
+        unknown = sorted(set(argv) - {os.path.basename(s)[len("bench_"):-len(".py")] for s in scripts})
+        if unknown:
+            print(f"run_all: no benchmark named {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        scripts = [s for s in scripts if os.path.basename(s)[len("bench_"):-len(".py")] in argv]
+    failed = []
     for script in scripts:
-        name = os.path.basename(script)
-        print(f"==> {name}", flush=True)
-        proc = subprocess.run([sys.executable, script], stdout=subprocess.PIPE, text=True)
-        print(proc.stdout)
-        if proc.returncode:
-            failed.append(name)
-            sections.append(f"## {name}\n\nFAILED (exit {proc.returncode}); see the console output.\n")
-        else:
-            sections.append(f"## {name}\n\n{proc.stdout.strip()}\n")
-    text = "# Benchmark results\n\nWritten by `make bench`. Ratios are measured side by side in one run.\n"
-    if wanted:
-        text += f"This file holds a partial run: `python benchmarks/run_all.py {' '.join(wanted)}`.\n"
-    text += "\n"
-    text += machine_facts() + "\n" + "\n".join(sections)
-    path = os.path.join(HERE, "RESULTS.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
+        body, ok = run(script)
+        if not ok:
+            failed.append(os.path.basename(script))
+        # Re-read before each write: another section may have been written meanwhile.
+        sections = read_sections(open(results).read()) if os.path.exists(results) else {}
+        sections[os.path.basename(script)] = body
+        with open(results + ".tmp", "w") as f:
+            f.write(render(sections))
+        os.replace(results + ".tmp", results)
+        print(f"wrote the {os.path.basename(script)} section of {results}")
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
