@@ -15,7 +15,7 @@ ROOT = Path(REPO)
 # Package -> layer. A module may import its own layer and the layers below it.
 LAYERS = {
     "allen_sr.fileio": 0, "allen_sr.sample_data": 0,
-    "allen_sr.data": 1, "allen_sr.evaluation": 1,
+    "allen_sr.data": 1, "allen_sr.evaluation": 1, "allen_sr.inference": 1,
     "allen_sr.t2t": 2,
     "allen_sr.models": 3,
     "allen_sr.problems": 4, "allen_sr.hparams": 4,
@@ -88,7 +88,9 @@ def test_no_module_is_too_long():
 
 
 @pytest.mark.parametrize("module", ["allen_sr", "allen_sr.data.tiles", "allen_sr.data.download",
-                                    "allen_sr.evaluation.pictures", "allen_sr.commands.decode"])
+                                    "allen_sr.evaluation.pictures", "allen_sr.commands.decode",
+                                    "allen_sr.inference.tiling", "allen_sr.inference.writers",
+                                    "allen_sr.commands.upscale"])
 def test_importing_a_library_module_changes_no_process_state(module):
     """No environment variable set, no Pillow limit changed, no TensorFlow loaded by an import."""
     code = ("import os, sys, PIL.Image as I; before = (dict(os.environ), I.MAX_IMAGE_PIXELS)\n"

@@ -67,24 +67,48 @@ def test_evaluate_names_a_bad_images_argument(ckpt_dir, tmp_path, capsys):
     assert code == 2 and "nothing*.png" in capsys.readouterr().err
 
 
-def test_upscale_stitches_tiles_and_refuses_large_regions(ckpt_dir, tmp_path, capsys):
+def test_upscale_without_overlap_stitches_the_decoders_tiles(ckpt_dir, tmp_path, capsys):
     src = tmp_path / "slide.png"
     Image.fromarray(tissue_image(300, 300)).save(src)
     out = tmp_path / "up.png"
     code = upscale.upscale_main(model_flags(ckpt_dir) + [f"--image={src}", "--left=40", "--top=50",
-                                                        "--width=27", "--height=16", f"--out={out}"])
+                                                        "--width=24", "--height=16", "--overlap=0",
+                                                        f"--out={out}"])
     assert code == 0
     model = np.asarray(Image.open(out))
-    assert model.shape == (64, 96, 3)  # 27 px trimmed to 3 whole 8 px tiles, x4
-    # Each 32x32 block is the decoder's prediction of the matching 8x8 input tile.
-    spec = args.model_spec(upscale.build_parser().parse_args(model_flags(ckpt_dir) + [f"--image={src}", "--out=x"]))
+    assert model.shape == (64, 96, 3)
+    # Abutting tiles: each 32x32 block is the decoder's prediction of the matching 8x8 input tile.
+    spec = args.model_spec(upscale.build_parser().parse_args(model_flags(ckpt_dir) + [f"--image={src}", "--out=x",
+                                                                                    "--batch_size=1"]))
     decoder = args.open_model(spec).decoder
     tile = load_image(str(src))[58:66, 48:56][None]
     expected = decoder.decode(tile, mode="mean", batch_size=1)[0]
     np.testing.assert_array_equal(model[32:64, 32:64], expected)
-    assert (tmp_path / "up.bicubic.png").exists() and (tmp_path / "up.compare.png").exists()
-
-    code = upscale.upscale_main(model_flags(ckpt_dir) + [f"--image={src}", f"--out={tmp_path}/big.png"])
+    assert (tmp_path / "up.compare.png").exists()
+    # The 256 px limit is gone; a region outside the image is refused, naming it.
+    code = upscale.upscale_main(model_flags(ckpt_dir) + [f"--image={src}", "--left=290", "--width=20",
+                                                        f"--out={tmp_path}/big.png"])
     err = capsys.readouterr().err
-    assert code == 2 and "300x300" in err and f"{upscale.MAX_REGION}x{upscale.MAX_REGION}" in err
+    assert code == 2 and "300x300" in err and "slide.png" in err
     assert not (tmp_path / "big.png").exists()
+
+
+def test_upscale_blends_transformer_tiles_without_seams(ckpt_dir, tmp_path):
+    from test_upscale import border_lines, seam_ratio, SEAM_TOLERANCE
+    from allen_sr.inference import tiling
+
+    src = tmp_path / "slide.png"
+    Image.fromarray(tissue_image(120, 120, seed=4)).save(src)
+    ratios = {}
+    for overlap in (4, 0):
+        out = tmp_path / f"o{overlap}.png"
+        code = upscale.upscale_main(model_flags(ckpt_dir) + [f"--image={src}", "--left=36", "--top=36",
+                                                            "--width=32", "--height=32", f"--overlap={overlap}",
+                                                            "--preview_size=0", "--no_progress", f"--out={out}"])
+        assert code == 0
+        res = np.asarray(Image.open(out))
+        lay = tiling.plan_tiles(32, 32, 8, overlap, exact_tile=True, min_tile=8)
+        ratios[overlap] = seam_ratio(res, border_lines(lay.cols, 8, 4, 128), border_lines(lay.rows, 8, 4, 128))
+    print("transformer seam ratios", ratios)
+    assert ratios[4] <= SEAM_TOLERANCE, ratios
+    assert ratios[0] > SEAM_TOLERANCE, ratios  # abutting tiles do show seams, and the measure sees them

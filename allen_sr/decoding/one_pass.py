@@ -16,12 +16,30 @@ from allen_sr.t2t.names import register_all
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
-__all__ = ["OnePassDecoder", "dihedral", "undo_dihedral"]
+__all__ = ["OnePassDecoder", "dihedral", "receptive_radius", "undo_dihedral"]
 
 MODEL_NAME = "img2img_conv_sr"  # the model's registered name (allen_sr.models.conv_sr.MODEL_NAME)
 # Settings that decide the model's variables, named when a checkpoint lacks some.
 VARIABLE_HINT = ("--model/--hparams_set/--hparams (hidden_size, num_res_blocks, upsample, "
                  "upsample_width, normalize_inputs, weight_ema_decay)")
+
+
+def receptive_radius(hparams: "HParams", factor: int) -> int:
+    """Input px beyond which an input pixel cannot change an output pixel of `img2img_conv_sr`.
+
+    Each 3x3 conv at the input resolution reaches 1 px further: conv_in, two per residual block,
+    conv_body_out and the upsampling convs (x2 stages run at 1x, 2x, ... the input resolution,
+    so stage s reaches 1/2^s px); conv_out runs at the output resolution (1/factor px); bicubic
+    reaches 2 px. Tiled prediction with at least this much context equals whole-image prediction.
+    """
+    reach = 1.0 + 2 * int(hparams.num_res_blocks) + 1.0
+    if getattr(hparams, "upsample", "x2_stages") == "x2_stages":
+        stages = max(int(round(np.log2(max(factor, 1)))), 0)
+        reach += sum(0.5 ** s for s in range(stages))
+    else:
+        reach += 1.0
+    reach += 1.0 / max(factor, 1)
+    return int(np.ceil(max(reach, 2.0 + 1.0 / max(factor, 1)))) + 1  # + 1: the block-mean projection's block
 
 
 def dihedral(images: np.ndarray, k: int) -> np.ndarray:
@@ -47,7 +65,8 @@ class OnePassDecoder:
     continuous predictions of the 8 flips/rotations of each input are averaged before rounding.
 
     Parameters: ``hparams`` as `checkpoints.load_hparams` returns them, ``checkpoint`` a
-    checkpoint prefix, ``target_shape`` (rows, cols) of the outputs (default img_len square).
+    checkpoint prefix, ``target_shape`` (rows, cols) of the outputs (default img_len square;
+    ``(None, None)``: any size, each batch of one shape, as tiled prediction of large images needs).
     Raises ValueError for hparams the model refuses, a target shape that is not a multiple of
     the scale factor, or a checkpoint that lacks some of the graph's variables.
     """
@@ -69,11 +88,15 @@ class OnePassDecoder:
         self.factor = scale_factor(hparams)
         check_hparams(hparams, self.factor)
         self.tta = bool(getattr(hparams, "decode_tta", False)) if tta is None else bool(tta)
+        self.radius = receptive_radius(hparams, self.factor)
         rows, cols = self.target_shape
-        if rows % self.factor or cols % self.factor:
+        if rows is None or cols is None:
+            self.input_shape: tuple[int | None, int | None] = (None, None)
+        elif rows % self.factor or cols % self.factor:
             raise ValueError(f"target shape {self.target_shape} is not a multiple of the scale "
                              f"factor {self.factor}")
-        self.input_shape = (rows // self.factor, cols // self.factor)
+        else:
+            self.input_shape = (rows // self.factor, cols // self.factor)
         self._graph = tf.Graph()
         with self._graph.as_default():
             model = registry.model(model_name)(hparams, tf.estimator.ModeKeys.PREDICT)
@@ -93,7 +116,8 @@ class OnePassDecoder:
                 progress: bool = False) -> np.ndarray:
         """Continuous predictions float32 [N, H, W, C] (0-255 scale, not clipped)."""
         x = np.asarray(inputs)
-        expected = (*self.input_shape, self.channels)
+        expected = tuple(x.shape[1 + i] if x.ndim == 4 and d is None else d
+                         for i, d in enumerate(self.input_shape)) + (self.channels,)
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"inputs must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
                              f"got shape {x.shape}")
@@ -101,7 +125,7 @@ class OnePassDecoder:
             raise ValueError("inputs must hold values in 0..255")
         n = x.shape[0]
         batch_size = n if not batch_size else int(batch_size)
-        out = np.zeros((n, *self.target_shape, self.channels), np.float32)
+        out = np.zeros((n, x.shape[1] * self.factor, x.shape[2] * self.factor, self.channels), np.float32)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -123,7 +147,14 @@ class OnePassDecoder:
         if not self.tta:
             return self._session.run(self._outputs, {self._inputs: x})
         if x.shape[1] != x.shape[2]:
-            raise ValueError("test-time augmentation needs square inputs (rotations)")
+            # Rotations by 90 degrees transpose a non-square input: one run per shape.
+            total = None
+            for ks in ((0, 2, 4, 6), (1, 3, 5, 7)):
+                stacked = np.concatenate([dihedral(x, k) for k in ks])
+                preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), 4)
+                part = np.sum([undo_dihedral(p, k) for k, p in zip(ks, preds)], axis=0)
+                total = part if total is None else total + part
+            return total / 8
         # All 8 transforms in one run: one batch of 8N is faster than 8 runs of N on CPU.
         stacked = np.concatenate([dihedral(x, k) for k in range(8)])
         preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), 8)

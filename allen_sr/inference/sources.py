@@ -1,0 +1,210 @@
+"""Images to predict, read region by region as uint8 RGB.
+
+TIFF files (classic, BigTIFF, OME-TIFF, pyramidal whole-slide TIFFs with SubIFDs or one page per
+level) are read with tifffile, one level, only the tiles or strips a region touches: a slide is
+never decoded whole. Anything else (PNG, JPEG, ...) is read whole by
+:func:`allen_sr.data.images.load_image` (Pillow's pixel limit applies).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from allen_sr.data.images import ImageSkipped, load_image
+
+__all__ = ["ImageSource", "ArraySource", "TiffSource", "open_image", "is_tiff", "crop_source"]
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
+OME_UNITS = {"µm": 1.0, "um": 1.0, "\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+def is_tiff(path: str) -> bool:
+    """True when the file starts with a TIFF or BigTIFF header."""
+    with open(path, "rb") as f:
+        return f.read(4) in TIFF_MAGIC
+
+
+@dataclass
+class ImageSource:
+    """An image of ``height`` x ``width`` px; :meth:`read` returns uint8 [h, w, 3]."""
+
+    name: str
+    width: int
+    height: int
+    pixel_size_um: float | None = None  # physical size of one pixel, when known
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the file."""
+
+
+class ArraySource(ImageSource):
+    """An image held in memory (what Pillow decodes)."""
+
+    def __init__(self, name: str, pixels: np.ndarray, pixel_size_um: float | None = None) -> None:
+        super().__init__(name, int(pixels.shape[1]), int(pixels.shape[0]), pixel_size_um)
+        self.pixels = pixels
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        return self.pixels[top:top + height, left:left + width]
+
+
+class CroppedSource(ImageSource):
+    """A rectangle of another source."""
+
+    def __init__(self, base: ImageSource, top: int, left: int, height: int, width: int) -> None:
+        super().__init__(base.name, width, height, base.pixel_size_um)
+        self.base, self.top, self.left = base, top, left
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        return self.base.read(self.top + top, self.left + left, height, width)
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def crop_source(base: ImageSource, left: int, top: int, width: int | None, height: int | None) -> ImageSource:
+    """The region of ``base`` (None: to the right/bottom edge); ValueError when outside it."""
+    width = base.width - left if width is None else width
+    height = base.height - top if height is None else height
+    if left < 0 or top < 0 or width <= 0 or height <= 0 or left + width > base.width or top + height > base.height:
+        raise ValueError(f"region left={left} top={top} width={width} height={height} is outside the "
+                         f"{base.width}x{base.height} image {base.name}; choose one inside it with "
+                         "--left/--top/--width/--height")
+    if (left, top, width, height) == (0, 0, base.width, base.height):
+        return base
+    return CroppedSource(base, top, left, height, width)
+
+
+def to_rgb(block: np.ndarray, name: str) -> np.ndarray:
+    """uint8 [h, w, 3] from a decoded TIFF block [h, w] or [h, w, samples] of any integer type."""
+    if block.ndim == 2:
+        block = block[:, :, None]
+    if block.dtype != np.uint8:
+        if block.dtype.kind == "u":
+            block = (block.astype(np.float32) * (255.0 / np.iinfo(block.dtype).max)).round().astype(np.uint8)
+        elif block.dtype.kind == "f":
+            block = np.clip(block.astype(np.float32) * (255.0 if block.max(initial=0) <= 1.0 else 1.0),
+                            0, 255).round().astype(np.uint8)
+        else:
+            raise ValueError(f"{name}: {block.dtype} pixels are not supported; convert the image to 8 or 16 bit")
+    if block.shape[2] == 1:
+        return np.repeat(block, 3, axis=2)
+    if block.shape[2] in (3, 4):
+        return block[:, :, :3]
+    raise ValueError(f"{name}: {block.shape[2]} samples per pixel; expected greyscale or RGB(A)")
+
+
+class TiffSource(ImageSource):
+    """One level of a TIFF, read tile by tile (or strip by strip) with tifffile."""
+
+    def __init__(self, path: str, level: int = 0) -> None:
+        import tifffile
+
+        try:
+            self.tif = tifffile.TiffFile(path)
+            series = self.tif.series[0]
+            levels = series.levels
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds for corrupt files
+            raise ImageSkipped(f"{path}: not a readable TIFF ({exc}); replace the file") from exc
+        if not 0 <= level < len(levels):
+            self.tif.close()
+            raise ValueError(f"{path} has {len(levels)} resolution level(s) (0-{len(levels) - 1}); "
+                             f"--level {level} does not exist")
+        page = levels[level].keyframe
+        self.page = page
+        if page.planarconfig == 2 and page.samplesperpixel > 1:
+            self.tif.close()
+            raise ValueError(f"{path}: planar (separate-plane) colour TIFFs are not supported; "
+                             "save it with interleaved (contiguous) samples")
+        if len(levels[level].pages) > 1 and page.samplesperpixel == 1 and series.shape[0] in (3, 4):
+            self.tif.close()
+            raise ValueError(f"{path}: channels stored as separate pages are not supported; save it as RGB")
+        height, width = int(page.imagelength), int(page.imagewidth)
+        super().__init__(path, width, height, tiff_pixel_size(self.tif, page, level, levels))
+        if page.is_tiled:
+            self.block = (int(page.tilelength), int(page.tilewidth))
+        else:
+            self.block = (int(page.rowsperstrip or height), width)
+        self.grid = (math.ceil(height / self.block[0]), math.ceil(width / self.block[1]))
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        bh, bw = self.block
+        out = np.empty((height, width, 3), np.uint8)
+        fh = self.tif.filehandle
+        page = self.page
+        for by in range(top // bh, (top + height - 1) // bh + 1):
+            for bx in range(left // bw, (left + width - 1) // bw + 1):
+                index = by * self.grid[1] + bx
+                offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+                try:
+                    fh.seek(offset)
+                    data = fh.read(count)
+                    if len(data) < count or (count == 0 and page.compression != 1):
+                        raise ValueError(f"segment {index} is cut off ({len(data)} of {count} bytes)")
+                    segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+                    if segment is None:
+                        raise ValueError(f"segment {index} is empty")
+                except Exception as exc:  # noqa: BLE001 - codecs raise many kinds
+                    raise ImageSkipped(f"{self.name}: truncated or corrupt TIFF data ({exc}); "
+                                       "replace the file (download or export it again)") from exc
+                seg = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]), self.name)
+                y0, x0 = by * bh, bx * bw
+                ys, ye = max(top, y0), min(top + height, y0 + bh, self.height)
+                xs, xe = max(left, x0), min(left + width, x0 + bw, self.width)
+                out[ys - top:ye - top, xs - left:xe - left] = seg[ys - y0:ye - y0, xs - x0:xe - x0]
+        return out
+
+    def close(self) -> None:
+        self.tif.close()
+
+
+def tiff_pixel_size(tif: Any, page: Any, level: int, levels: list[Any]) -> float | None:
+    """um per px of ``page`` from OME-XML (PhysicalSizeX) or the resolution tags, else None."""
+    base_width = int(levels[0].keyframe.imagewidth)
+    scale = base_width / max(int(page.imagewidth), 1)
+    ome = tif.ome_metadata or ""
+    found = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
+    if found:
+        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
+        factor = OME_UNITS.get(unit.group(1) if unit else "µm")
+        if factor is not None and float(found.group(1)) > 0:
+            return float(found.group(1)) * factor * scale
+    unit_tag = page.tags.get("ResolutionUnit")
+    res_tag = page.tags.get("XResolution")
+    if unit_tag is not None and res_tag is not None and int(unit_tag.value) in UM_PER_UNIT:
+        num, den = res_tag.value
+        if num > 0 and den > 0:
+            return UM_PER_UNIT[int(unit_tag.value)] * den / num
+    return None
+
+
+def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) -> ImageSource:
+    """An :class:`ImageSource` for ``path``: TIFFs region by region, anything else whole.
+
+    ImageSkipped (unreadable, truncated, empty) and ValueError (unsupported layout, a level that
+    does not exist) name the file and what to do.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: cannot read ({exc.strerror}); check the --image path") from exc
+    if size == 0:
+        raise ImageSkipped(f"{path}: empty file (0 bytes); replace it")
+    if is_tiff(path):
+        source: ImageSource = TiffSource(path, level)
+    else:
+        if level:
+            raise ValueError(f"{path} is not a TIFF: it has one resolution level, --level must be 0")
+        source = ArraySource(path, load_image(path, min_size=1))
+    if pixel_size_um is not None:
+        source.pixel_size_um = pixel_size_um
+    return source

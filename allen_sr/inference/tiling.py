@@ -1,0 +1,137 @@
+"""Tiled, blended, streaming prediction of an image of any size.
+
+:func:`predict_bands` walks the tile grid row by row, predicts the tiles of a group of tile rows
+in batches, adds each prediction times its blending weight (`allen_sr.inference.blend`) into an
+accumulator that spans only the output rows those tiles cover, and yields every output row as
+soon as no later tile can touch it. Memory is the accumulator (about one tile row of output) and
+one batch of tiles, whatever the size of the image.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from allen_sr.inference.blend import axis_profiles, axis_weight_sum, tile_starts
+from allen_sr.inference.sources import ImageSource
+
+__all__ = ["TileLayout", "plan_tiles", "predict_bands", "Predict"]
+
+# uint8 [N, h, w, C] tiles -> float [N, h*f, w*f, C] predictions (0-255 scale).
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """The tile grid of an image: tile sizes, starts along each axis, the blending context."""
+
+    height: int
+    width: int
+    tile_h: int
+    tile_w: int
+    rows: list[int]
+    cols: list[int]
+    overlap: int
+    context: int
+
+    @property
+    def tiles(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 0,
+               min_tile: int = 1, name: str = "the image", exact_tile: bool = False) -> TileLayout:
+    """Tiles of ``tile`` px (or the image's side where smaller) overlapping by ``overlap`` px.
+
+    ``exact_tile``: the model takes only ``tile`` x ``tile`` inputs (the Image Transformer), so
+    tiles never shrink. ValueError for an image smaller than ``min_tile`` or bad sizes.
+    """
+    if tile < min_tile:
+        raise ValueError(f"--tile must be at least {min_tile} px, got {tile}")
+    if overlap < 0 or 2 * overlap > tile:
+        raise ValueError(f"--overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
+    smallest = tile if exact_tile else min_tile
+    if height < smallest or width < smallest:
+        raise ValueError(f"{name}: the region is {width}x{height} px, smaller than one "
+                         f"{smallest}x{smallest} px tile; choose a larger region or image")
+    tile_h, tile_w = (tile, tile) if exact_tile else (min(tile, height), min(tile, width))
+    return TileLayout(height, width, tile_h, tile_w, tile_starts(height, tile_h, overlap),
+                      tile_starts(width, tile_w, overlap), overlap, context)
+
+
+def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
+                  batch_tiles: int = 1, progress: bool = True, channels: int = 3,
+                  to_model: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+    """Yield the blended uint8 prediction of ``source`` as consecutive bands of output rows.
+
+    ``to_model`` converts an input block before it is cut into tiles (e.g. to greyscale).
+    The bands add up to height * factor rows of width * factor px.
+    """
+    th, tw = layout.tile_h, layout.tile_w
+    rows, cols = layout.rows, layout.cols
+    prof_y = axis_profiles(rows, th, factor, layout.context)
+    prof_x = axis_profiles(cols, tw, factor, layout.context)
+    sum_y = axis_weight_sum(rows, prof_y, layout.height * factor, factor)
+    sum_x = axis_weight_sum(cols, prof_x, layout.width * factor, factor).astype(np.float32)
+    out_w = layout.width * factor
+    group = max(1, min(len(rows), math.ceil(batch_tiles / len(cols))))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=layout.tiles, unit="tile", mininterval=1.0, smoothing=0.1,
+                   desc=f"x{factor} {layout.width}x{layout.height} px")
+    acc_y0 = 0
+    acc: np.ndarray | None = None
+    start_time = time.perf_counter()
+    try:
+        for g0 in range(0, len(rows), group):
+            g_rows = list(range(g0, min(g0 + group, len(rows))))
+            top = rows[g_rows[0]] * factor
+            bottom = (rows[g_rows[-1]] + th) * factor
+            # Rows above this group's first tile are final: no later tile reaches them.
+            if acc is not None and top > acc_y0:
+                yield finish(acc[:top - acc_y0], sum_y[acc_y0:top], sum_x)
+                acc = acc[top - acc_y0:]
+                acc_y0 = top
+            need = bottom - acc_y0
+            if acc is None or acc.shape[0] < need:
+                grown = np.zeros((need, out_w, channels), np.float32)
+                if acc is not None:
+                    grown[:acc.shape[0]] = acc
+                acc = grown
+            jobs = [(r, c) for r in g_rows for c in range(len(cols))]
+            blocks = {}
+            for r in g_rows:
+                block = source.read(rows[r], 0, th, layout.width)
+                blocks[r] = to_model(block) if to_model is not None else block
+            for b in range(0, len(jobs), batch_tiles):
+                chunk = jobs[b:b + batch_tiles]
+                tiles = np.stack([blocks[r][:, cols[c]:cols[c] + tw] for r, c in chunk])
+                preds = predict(tiles)
+                for (r, c), p in zip(chunk, preds):
+                    y = rows[r] * factor - acc_y0
+                    x = cols[c] * factor
+                    weight = np.outer(prof_y[r], prof_x[c]).astype(np.float32)
+                    acc[y:y + th * factor, x:x + tw * factor] += p * weight[:, :, None]
+                if bar is not None:
+                    bar.update(len(chunk))
+                    mp = bar.n / layout.tiles * layout.height * layout.width * factor * factor / 1e6
+                    bar.set_postfix_str(f"{mp / max(time.perf_counter() - start_time, 1e-9):.2f} out MP/s",
+                                        refresh=False)
+            del blocks
+        assert acc is not None
+        yield finish(acc[:layout.height * factor - acc_y0], sum_y[acc_y0:], sum_x)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def finish(acc: np.ndarray, sum_y: np.ndarray, sum_x: np.ndarray) -> np.ndarray:
+    """Normalise accumulated rows by the weight sums and round to uint8."""
+    norm = acc / sum_y.astype(np.float32)[:, None, None]
+    norm /= sum_x[None, :, None]
+    return np.clip(np.rint(norm), 0, 255).astype(np.uint8)

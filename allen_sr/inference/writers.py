@@ -1,0 +1,243 @@
+"""Writing a prediction that arrives as bands of rows: PNG/JPEG, or a tiled pyramidal BigTIFF.
+
+Everything is written under a hidden partial name next to the output
+(``.<name>.<pid>.partial``) and renamed into place only when complete, so an interrupted run
+(Ctrl-C, SIGKILL, a full disk) never leaves anything under the final name. Partial files of runs
+that are no longer alive are removed when the next run for the same output starts.
+
+TIFF output (``.tif``, ``.tiff``, ``.ome.tif``): BigTIFF, OME-XML metadata, 256 x 256 tiles,
+deflate compression, sub-resolution levels (each half the previous, down to <= 1024 px) as
+SubIFDs, the layout QuPath, napari and Fiji/Bio-Formats read as a pyramid; the physical pixel size
+in the OME-XML and the resolution tags when known. Levels are built while the full-resolution
+rows stream through (2x2 means), spooled to raw files on disk, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+
+__all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "OutputError", "output_kind", "partial_path",
+           "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes"]
+
+MAX_PNG_PIXELS = 100_000_000  # PNG/JPEG are encoded whole: 100 MP RGB is 300 MB in memory
+JPEG_MAX_SIDE = 65500
+TIFF_TILE = 256
+MIN_LEVEL_SIDE = 1024  # stop adding pyramid levels when the level fits in this many px
+MAX_LEVELS = 8  # 256-row strips halve cleanly 7 times
+
+
+class OutputError(ValueError):
+    """The output cannot be written; the message names the file and what to do."""
+
+
+def output_kind(path: str | os.PathLike[str]) -> str:
+    """"png", "jpeg" or "tiff" from the file name; ValueError for anything else."""
+    name = str(path).lower()
+    if name.endswith(".png"):
+        return "png"
+    if name.endswith((".jpg", ".jpeg")):
+        return "jpeg"
+    if name.endswith((".tif", ".tiff")):
+        return "tiff"
+    raise OutputError(f"--out {path}: unknown output type; name it .png, .jpg, .tif or .ome.tif")
+
+
+def partial_path(path: Path, suffix: str = "partial") -> Path:
+    """The hidden name this process writes ``path`` under until it is complete."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Delete the partial files of earlier runs for ``path`` whose process is gone."""
+    removed = []
+    for p in path.parent.glob(f".{path.name}.*.*"):
+        parts = p.name[len(path.name) + 2:].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) != os.getpid() and not pid_alive(int(parts[0])):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            removed.append(p)
+    return removed
+
+
+def check_writable(path: Path) -> None:
+    """Raise OutputError naming the folder unless a file can be created next to ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = partial_path(path, "probe")
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: the folder {path.parent} is not writable "
+                          f"({exc.strerror or exc}); choose another --out") from exc
+
+
+@contextlib.contextmanager
+def committed(path: Path, extra: Iterable[Path] = ()) -> Iterator[Path]:
+    """Yield the partial path; on success fsync and rename it to ``path``; on any failure delete
+    it (and ``extra`` spool files) and turn disk errors into OutputError."""
+    part = partial_path(path)
+    spools = list(extra)
+    try:
+        yield part
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(part, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"{path}: the disk is full ({exc.strerror}) while writing; free space "
+                              "or choose --out on another disk (nothing was written under that name)") from exc
+        if isinstance(exc, (PermissionError, FileNotFoundError)):
+            raise
+        raise OutputError(f"{path}: writing failed ({exc}); nothing was written under that name") from exc
+    finally:
+        for p in [part, *spools]:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def rebanded(bands: Iterable[np.ndarray], rows: int) -> Iterator[np.ndarray]:
+    """The same rows in strips of exactly ``rows`` (the last may be shorter)."""
+    pending: list[np.ndarray] = []
+    have = 0
+    for band in bands:
+        pending.append(band)
+        have += band.shape[0]
+        while have >= rows:
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield joined[:rows]
+            rest = joined[rows:]
+            pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+    if have:
+        yield np.concatenate(pending) if len(pending) > 1 else pending[0]
+
+
+def halve(strip: np.ndarray) -> np.ndarray:
+    """2x2 means (edge rows/columns repeated when odd), rounded, uint8."""
+    h, w = strip.shape[:2]
+    if h % 2 or w % 2:
+        strip = np.pad(strip, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    s = strip.astype(np.uint16)
+    total = s[0::2, 0::2] + s[1::2, 0::2] + s[0::2, 1::2] + s[1::2, 1::2]
+    return ((total + 2) // 4).astype(np.uint8)
+
+
+def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """(height, width) of each level, full resolution first."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > MIN_LEVEL_SIDE and len(shapes) < MAX_LEVELS:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def tiles_of(strips: Iterable[np.ndarray], width: int, channels: int, spools: list[BinaryIO]) -> Iterator[np.ndarray]:
+    """TIFF tiles, row-major, of the strips; each strip is also halved into ``spools`` in turn."""
+    for strip in strips:
+        level = strip
+        for spool in spools:
+            level = halve(level)
+            spool.write(np.ascontiguousarray(level).tobytes())
+        padded = np.zeros((TIFF_TILE, width + (-width) % TIFF_TILE, channels), np.uint8)
+        padded[:strip.shape[0], :width] = strip
+        for x in range(0, width, TIFF_TILE):
+            yield padded[:, x:x + TIFF_TILE]
+
+
+def spooled_strips(spool: BinaryIO, height: int, width: int, channels: int) -> Iterator[np.ndarray]:
+    spool.seek(0)
+    row = width * channels
+    for y in range(0, height, TIFF_TILE):
+        n = min(TIFF_TILE, height - y)
+        data = spool.read(n * row)
+        yield np.frombuffer(data, np.uint8).reshape(n, width, channels)
+
+
+def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int, channels: int,
+               pixel_size_um: float | None, spool_paths: list[Path]) -> None:
+    import tifffile
+
+    shapes = pyramid_shapes(height, width)
+    photometric = "rgb" if channels == 3 else "minisblack"
+    metadata: dict[str, object] = {"axes": "YXS" if channels == 3 else "YX"}
+    options: dict[str, object] = dict(photometric=photometric, tile=(TIFF_TILE, TIFF_TILE),
+                                      compression="zlib", dtype=np.uint8)
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+
+    def resolution(level: int) -> dict[str, object]:
+        if not pixel_size_um:
+            return {}
+        per_cm = 1e4 / (pixel_size_um * 2 ** level)
+        return dict(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+
+    def shape(h: int, w: int) -> tuple[int, ...]:
+        return (h, w, channels) if channels > 1 else (h, w)
+
+    spools = [open(p, "w+b") for p in spool_paths[:len(shapes) - 1]]
+    try:
+        with tifffile.TiffWriter(part, bigtiff=True, ome=True) as tif:
+            tiles = tiles_of(rebanded(bands, TIFF_TILE), width, channels, spools)
+            if channels == 1:
+                tiles = (t[:, :, 0] for t in tiles)
+            tif.write(tiles, shape=shape(height, width), subifds=len(shapes) - 1, metadata=metadata,
+                      software="allen-sr upscale", **resolution(0), **options)
+            for level, (h, w) in enumerate(shapes[1:], start=1):
+                sub = tiles_of(spooled_strips(spools[level - 1], h, w, channels), w, channels, [])
+                if channels == 1:
+                    sub = (t[:, :, 0] for t in sub)
+                tif.write(sub, shape=shape(h, w), subfiletype=1, metadata=None, **resolution(level), **options)
+    finally:
+        for f in spools:
+            f.close()
+
+
+def write_flat(part: Path, kind: str, bands: Iterable[np.ndarray], height: int, width: int, channels: int) -> None:
+    from PIL import Image
+
+    image = np.empty((height, width, channels), np.uint8)
+    y = 0
+    for band in bands:
+        image[y:y + band.shape[0]] = band
+        y += band.shape[0]
+    pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
+    with open(part, "wb") as f:
+        pil.save(f, format="PNG" if kind == "png" else "JPEG", **({"quality": 95} if kind == "jpeg" else {}))
+
+
+def write_image(path: str | os.PathLike[str], bands: Iterable[np.ndarray], height: int, width: int,
+                channels: int = 3, pixel_size_um: float | None = None) -> Path:
+    """Consume ``bands`` (uint8 rows, top to bottom) and write them to ``path`` atomically."""
+    out = Path(path)
+    kind = output_kind(out)
+    if kind != "tiff" and height * width > MAX_PNG_PIXELS:
+        raise OutputError(f"--out {out}: a {width}x{height} px output ({height * width / 1e6:.0f} MP) is "
+                          f"above the {MAX_PNG_PIXELS // 1_000_000} MP a PNG/JPEG is written up to; "
+                          "name it .tif or .ome.tif (tiled pyramidal BigTIFF)")
+    if kind == "jpeg" and max(height, width) > JPEG_MAX_SIDE:
+        raise OutputError(f"--out {out}: JPEG cannot hold {width}x{height} px; use .png or .tif")
+    check_writable(out)
+    remove_stale_partials(out)
+    spool_paths = [partial_path(out, f"level{k}") for k in range(1, MAX_LEVELS)]
+    with committed(out, spool_paths) as part:
+        if kind == "tiff":
+            write_tiff(part, bands, height, width, channels, pixel_size_um, spool_paths)
+        else:
+            write_flat(part, kind, bands, height, width, channels)
+    return out

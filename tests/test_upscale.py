@@ -1,0 +1,289 @@
+"""`allen-sr upscale` on whole images: tiled prediction equals whole-image prediction (conv model),
+no seams, TIFF in and out, the Allen downloader, and clear errors for bad input.
+
+Real few-step checkpoints (tiny_training), real TIFFs written with tifffile, the real Allen
+stand-in on 127.0.0.1.
+"""
+import os
+import resource
+import signal
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from allen_sr.commands import upscale
+from allen_sr.decoding import checkpoints
+from allen_sr.decoding.one_pass import OnePassDecoder
+from allen_sr.inference import blend, sources, tiling, writers
+from allen_sr.testing import tiny_training
+from conftest import tissue_image
+
+PROBLEM = "img2img_local_dim8to32"
+CONV = "img2img_conv_sr"
+CONV_SET = "img2img_conv_sr_cpu"
+CONV_HP = "hidden_size=8,num_res_blocks=2,decode_tta=False"
+SEAM_TOLERANCE = 1.10  # mean step across tile borders <= 1.10 x the mean step across other lines
+
+
+@pytest.fixture(scope="module")
+def conv_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv_up")
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, CONV_HP + ",learning_rate_constant=0.05")
+    tiny_training.train_checkpoint(out, hp, steps=4, batch_size=4, model_name=CONV)
+    return str(out)
+
+
+def conv_flags(ckpt_dir):
+    return [f"--problem={PROBLEM}", f"--model={CONV}", f"--hparams_set={CONV_SET}",
+            f"--hparams={CONV_HP}", f"--output_dir={ckpt_dir}", "--no_progress"]
+
+
+def textured(height, width, seed=0):
+    """Tissue with fine texture everywhere, so that a missing context shows at tile borders."""
+    rng = np.random.default_rng(seed)
+    img = tissue_image(height, width, seed).astype(np.int16)
+    img += rng.integers(-40, 40, img.shape, dtype=np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def whole_prediction(ckpt_dir, image):
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, CONV_HP, ckpt_dir)
+    dec = OnePassDecoder(hp, checkpoints.find_checkpoint(ckpt_dir), target_shape=(None, None))
+    try:
+        return np.clip(np.rint(dec.predict(image[None])[0]), 0, 255).astype(np.uint8)
+    finally:
+        dec.close()
+
+
+def border_lines(starts, tile, factor, length_out):
+    lines = {s * factor for s in starts} | {(s + tile) * factor for s in starts}
+    return sorted(x for x in lines if 0 < x < length_out)
+
+
+def seam_ratio(out, xs, ys, factor=4):
+    """Mean |step| across the given columns/rows (tile borders) over the mean |step| across the
+    other lines at the same phase: the edges between input pixels' output blocks (x % factor == 0),
+    where a model that matches each block's mean to its input pixel has its steps too."""
+    img = out.astype(np.float64)
+    dx = np.abs(np.diff(img, axis=1)).mean(axis=(0, 2))  # dx[x-1]: step between column x-1 and x
+    dy = np.abs(np.diff(img, axis=0)).mean(axis=(1, 2))
+
+    def split(steps, lines):
+        border = np.zeros(len(steps), bool)
+        border[[x - 1 for x in lines]] = True
+        phase = (np.arange(1, len(steps) + 1) % factor) == 0
+        return steps[border], steps[phase & ~border]
+
+    (bx, ix), (by, iy) = split(dx, xs), split(dy, ys)
+    return np.concatenate([bx, by]).mean() / np.concatenate([ix, iy]).mean()
+
+
+def test_tiled_conv_prediction_equals_whole_image_prediction(conv_dir, tmp_path):
+    src = tmp_path / "section.png"
+    image = textured(192, 256)  # 3 x 4 tiles of 64 px when they abut
+    Image.fromarray(image).save(src)
+    whole = whole_prediction(conv_dir, image).astype(int)
+    out = tmp_path / "up.png"
+    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={out}", "--tile=64"]) == 0
+    tiled = np.asarray(Image.open(out)).astype(int)
+    assert tiled.shape == (768, 1024, 3)
+    assert np.abs(tiled - whole).max() <= 1
+    assert (tmp_path / "up.compare.png").exists()
+    # Without context (tiles abutting, no overlap) the same check fails: it does see borders.
+    cut = tmp_path / "cut.png"
+    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={cut}", "--tile=64",
+                                                       "--overlap=0"]) == 0
+    assert np.abs(np.asarray(Image.open(cut)).astype(int) - whole).max() > 1
+    print("max |tiled - whole|: blended", np.abs(tiled - whole).max(), "abutting",
+          np.abs(np.asarray(Image.open(cut)).astype(int) - whole).max())
+
+
+def test_blended_tiles_leave_no_seam_where_abutting_tiles_do(conv_dir, tmp_path):
+    image = textured(192, 256, seed=3)
+    src = tmp_path / "s.png"
+    Image.fromarray(image).save(src)
+    ratios = {}
+    for overlap in (32, 0):
+        out = tmp_path / f"o{overlap}.png"
+        assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={out}", "--tile=64",
+                                                           f"--overlap={overlap}", "--preview_size=0"]) == 0
+        res = np.asarray(Image.open(out))
+        lay = tiling.plan_tiles(192, 256, 64, overlap)
+        ratios[overlap] = seam_ratio(res, border_lines(lay.cols, 64, 4, 1024), border_lines(lay.rows, 64, 4, 768))
+    assert ratios[32] <= SEAM_TOLERANCE, ratios
+    assert ratios[0] > SEAM_TOLERANCE, ratios  # the measure does see a seam
+    print("seam ratios", ratios)
+
+
+def test_blend_weights_add_up_to_one_and_are_zero_in_the_context():
+    starts = blend.tile_starts(1000, 128, 40)
+    assert starts[0] == 0 and starts[-1] == 1000 - 128
+    assert all(b - a <= 128 - 40 for a, b in zip(starts, starts[1:]))
+    profiles = blend.axis_profiles(starts, 128, 4, 10)
+    total = blend.axis_weight_sum(starts, profiles, 4000, 4)
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+    assert np.all(profiles[1][:40] == 0) and np.all(profiles[1][-40:] == 0)
+    assert profiles[0][0] == 1.0 and profiles[-1][-1] == 1.0  # image borders are not tapered
+
+
+def test_rows_stream_out_before_the_image_is_done():
+    image = np.random.default_rng(0).integers(0, 255, (400, 90, 3), dtype=np.uint8)
+    calls = []
+
+    def predict(tiles):
+        calls.append(len(tiles))
+        return np.repeat(np.repeat(tiles.astype(np.float32), 2, 1), 2, 2)
+
+    layout = tiling.plan_tiles(400, 90, 64, 16)
+    bands = tiling.predict_bands(sources.ArraySource("x", image), layout, predict, 2, progress=False)
+    first = next(bands)
+    assert 0 < first.shape[0] < 800 and sum(calls) < layout.tiles
+    rest = np.concatenate([first, *bands])
+    np.testing.assert_array_equal(rest, np.repeat(np.repeat(image, 2, 0), 2, 1))
+
+
+def write_slide(path, image, pixel_size_um=0.5, levels=2, tile=(64, 64)):
+    """A pyramidal OME-TIFF (SubIFDs) as slide scanners' converters write them."""
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
+        meta = {"axes": "YXS", "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um}
+        tif.write(image, subifds=levels - 1, tile=tile, compression="zlib", photometric="rgb", metadata=meta)
+        for k in range(1, levels):
+            tif.write(image[::2 ** k, ::2 ** k], subfiletype=1, tile=tile, compression="zlib", photometric="rgb")
+
+
+def test_a_pyramidal_ome_tiff_in_and_a_pyramidal_bigtiff_out(conv_dir, tmp_path):
+    image = textured(640, 720, seed=5)
+    slide = tmp_path / "slide.ome.tif"
+    write_slide(slide, image)
+    level1 = image[::2, ::2]
+    Image.fromarray(level1).save(tmp_path / "level1.png")
+    out = tmp_path / "up.ome.tif"
+    region = ["--left=20", "--top=30", "--width=290", "--height=260", "--tile=96"]
+    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={slide}", "--level=1", f"--out={out}"] + region) == 0
+    ref = tmp_path / "ref.png"
+    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={tmp_path / 'level1.png'}", f"--out={ref}"] + region) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_bigtiff and tif.is_ome
+        levels = tif.series[0].levels
+        assert [lv.shape for lv in levels] == [(1040, 1160, 3), (520, 580, 3)]
+        page = levels[0].keyframe
+        assert page.is_tiled and page.tilewidth == writers.TIFF_TILE and page.compression == 8
+        np.testing.assert_array_equal(levels[0].asarray(), np.asarray(Image.open(ref)))
+        assert 'PhysicalSizeX="0.25"' in tif.ome_metadata  # 0.5 um/px x 2 (level 1) / 4
+        assert page.tags["ResolutionUnit"].value == 3
+    reread = sources.open_image(str(out), level=1)
+    assert reread.pixel_size_um == pytest.approx(0.5)
+    reread.close()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_striped_greyscale_16bit_tiff_is_read_region_by_region(tmp_path):
+    grey = (np.arange(300 * 200, dtype=np.uint32).reshape(300, 200) * 7 % 65536).astype(np.uint16)
+    path = tmp_path / "g.tif"
+    tifffile.imwrite(path, grey, rowsperstrip=16, resolution=(10000.0, 10000.0), resolutionunit="CENTIMETER")
+    src = sources.open_image(str(path))
+    assert (src.width, src.height, src.pixel_size_um) == (200, 300, pytest.approx(1.0))
+    block = src.read(37, 11, 50, 60)
+    expected = np.rint(grey[37:87, 11:71] * (255 / 65535)).astype(np.uint8)
+    np.testing.assert_array_equal(block, np.repeat(expected[:, :, None], 3, 2))
+    src.close()
+
+
+def test_an_allen_section_by_id_with_its_pixel_size(conv_dir, tmp_path, server):
+    image_id = server.add_image(4242, width=200, height=160)
+    out = tmp_path / "sec.tif"
+    code = upscale.upscale_main(conv_flags(conv_dir) + ["--image_id=4242", "--downsample=1",
+                                                       f"--api_base={server.api_base}", f"--out={out}"])
+    assert code == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].shape == (320, 400, 3)  # 100x80 px at downsample 1, x4
+        assert 'PhysicalSizeX="0.5"' in tif.ome_metadata  # resolution 1.0 um x 2 / 4
+    assert (tmp_path / f"{image_id}.jpg").exists()
+
+
+def error_of(capsys, flags):
+    code = upscale.upscale_main(flags)
+    return code, capsys.readouterr().err.strip()
+
+
+def test_bad_input_is_one_clear_line_and_nothing_is_written(conv_dir, tmp_path, capsys):
+    flags = conv_flags(conv_dir)
+    out = tmp_path / "out.tif"
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(textured(5, 40)).save(tiny)
+    slide = tmp_path / "slide.tif"
+    write_slide(slide, textured(256, 256), levels=1)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(slide.read_bytes()[:slide.stat().st_size // 2])
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        ([f"--image={tiny}", f"--out={out}"], ["tiny.png", "smaller than one 8x8"]),
+        ([f"--image={slide}", "--left=200", "--width=100", f"--out={out}"], ["outside", "slide.tif"]),
+        ([f"--image={slide}", "--level=3", f"--out={out}"], ["slide.tif", "--level 3"]),
+        ([f"--image={cut}", f"--out={out}"], ["cut.tif", "replace the file"]),
+        ([f"--image={junk}", f"--out={out}"], ["junk.png", "not a readable image"]),
+        ([f"--image={tmp_path / 'none.png'}", f"--out={out}"], ["none.png"]),
+        ([f"--image={tiny}", f"--out={blocker / 'o.tif'}"], ["not writable", "choose another --out"]),
+        ([f"--image={tiny}", f"--out={tmp_path / 'o.bmp'}"], [".tif"]),
+    ]
+    for extra, words in cases:
+        code, err = error_of(capsys, flags + extra)
+        assert code == 2 and len(err.splitlines()) == 1, (extra, err)
+        assert all(w in err for w in words), (extra, err)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_full_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, capsys):
+    src = tmp_path / "s.png"
+    Image.fromarray(textured(200, 200)).save(src)
+    out = tmp_path / "o.tif"
+    # A file size limit makes write() fail like a full disk (EFBIG; ENOSPC is handled the same).
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, old_limit[1]))
+    try:
+        code, err = error_of(capsys, conv_flags(conv_dir) + [f"--image={src}", f"--out={out}"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert code == 2 and "disk is full" in err and "o.tif" in err and len(err.splitlines()) == 1
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    os.sync()
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_nothing_under_the_final_name_and_a_rerun_completes(conv_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.png"
+    Image.fromarray(textured(1200, 1200)).save(src)
+    out = tmp_path / "big.tif"
+    argv = conv_flags(conv_dir) + [f"--image={src}", f"--out={out}", "--tile=128"]
+    code = f"import sys; from allen_sr.commands.upscale import upscale_main; sys.exit(upscale_main({argv!r}))"
+    for sig in (signal.SIGKILL, signal.SIGINT):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while not (tmp_path / f".big.tif.{proc.pid}.partial").exists() and time.time() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert not out.exists()
+        hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+        if sig == signal.SIGINT:
+            assert hidden == []  # Ctrl-C cleans up after itself (and the killed run's files were stale)
+        else:
+            assert hidden and all(".partial" in h or ".level" in h for h in hidden)  # SIGKILL cannot
+    assert upscale.upscale_main(argv) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].shape == (4800, 4800, 3)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
