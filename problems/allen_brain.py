@@ -32,7 +32,8 @@ class Img2imgAllenBrainDim8to32Grey(AllenBrain):
 
 @registration.problem
 class Img2imgAllenBrainDim16to16Paint1(AllenBrain):
-    """In-painting: a random square covering 1% of a 16x16 input is zeroed, per example."""
+    """In-painting: one random pixel of the 16x16 input is zeroed, per example (a square of side
+    int(sqrt(1% of 16x16)) = 1 px, i.e. 1 of 256 px: 0.4%)."""
 
     input_dim, output_dim = 16, 16
     inpaint_fraction = 0.01

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,6 +47,37 @@ def tiny_hparams(hparams_set: str = CPU_SET, extra: str = "", output_dir=None):
 def checkpoint_values(ckpt: str) -> dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(ckpt)
     return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(ckpt)}
+
+
+def train_graph(hparams, model_dir, batch_size: int = 2, seed: int = 0):
+    """(graph, EstimatorSpec) of the model's real TRAIN graph (t2t's estimator model_fn, as
+    t2t-trainer builds it) on one fixed batch of synthetic examples; nothing is run."""
+    from tensor2tensor.utils import hparams_lib, t2t_model, trainer_lib
+    from tensorflow.python.autograph.core import ag_ctx
+
+    hp = hparams_lib.copy_hparams(hparams)
+    for key, value in (("model_dir", str(model_dir)), ("data_dir", ""), ("train_steps", 1), ("eval_steps", 1),
+                       ("schedule", "train"), ("warm_start_from", None), ("std_server_protocol", "grpc"),
+                       ("eval_freq_in_steps", 1), ("eval_timeout_mins", 1)):
+        if not hasattr(hp, key):
+            hp.add_hparam(key, value)
+    inputs, targets = tiny_training.synthetic_examples(batch_size, 32, 4, seed=seed)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        config = trainer_lib.create_run_config(MODEL, model_dir=str(model_dir), num_gpus=0)
+        features = {"inputs": tf.constant(inputs, tf.int64), "targets": tf.constant(targets, tf.int64)}
+        model_fn = t2t_model.T2TModel.make_estimator_model_fn(MODEL, hp)
+        with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):  # skip AutoGraph's slow rewrite
+            spec = model_fn(features, None, tf.estimator.ModeKeys.TRAIN, config=config)
+    return graph, spec
+
+
+def summarized(graph, tag: str):
+    """The tensor a scalar summary ``tag`` (as TensorBoard shows it) of ``graph`` reports."""
+    [op] = [op for op in graph.get_operations()
+            if op.type == "ScalarSummary" and (op.name == tag or op.name.endswith("/" + tag))]
+    return op.inputs[1]
 
 
 @pytest.fixture(scope="module")
@@ -173,19 +205,118 @@ def test_allen_sr_train_lowers_the_loss_checkpoints_and_evaluates(data_dir, tmp_
 
 
 def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):
-    """train_budget_seconds ends training long before train_steps, with a final checkpoint that
-    records the time trained (and decodes like any other)."""
+    """train_budget_seconds ends training long before train_steps, within a step of the budget
+    (1 s of slack here; a step takes milliseconds), with a final checkpoint that records the time
+    trained (and decodes like any other). A restart resumes the clock without counting the time
+    the job was down: with a 2 s budget it trains about one more second."""
+    steps = 5000  # far more than fit in the budget, but finite: a run that ignores the budget ends
     hp = tiny_hparams(extra="train_budget_seconds=1.0")
-    ckpt = tiny_training.train_checkpoint(tmp_path, hp, steps=10 ** 6, batch_size=2, model_name=MODEL)
+    ckpt = tiny_training.train_checkpoint(tmp_path, hp, steps=steps, batch_size=2, model_name=MODEL)
     values = checkpoint_values(ckpt)
-    assert 2 <= int(values["global_step"]) < 10 ** 6
-    assert values["train_clock/elapsed_seconds"] >= 1.0
-    assert ckpt.endswith(f"-{int(values['global_step'])}")
+    first_steps = int(values["global_step"])
+    assert 2 <= first_steps < steps
+    assert 1.0 <= values["train_clock/elapsed_seconds"] < 1.0 + 1.0
+    assert ckpt.endswith(f"-{first_steps}")
     dec = make_decoder(MODEL, None, tiny_hparams(output_dir=str(tmp_path)), ckpt, (32, 32))
     try:
         assert dec.decode(np.full((1, 8, 8, 3), 128, np.uint8)).shape == (1, 32, 32, 3)
     finally:
         dec.close()
+
+    time.sleep(1.5)  # down time (plus the next run's graph building): must not count
+    hp = tiny_hparams(extra="train_budget_seconds=2.0")
+    values = checkpoint_values(tiny_training.train_checkpoint(tmp_path, hp, steps=steps, batch_size=2,
+                                                              model_name=MODEL))
+    assert int(values["global_step"]) >= first_steps + 2
+    assert 2.0 <= values["train_clock/elapsed_seconds"] < 2.0 + 1.0
+
+
+def test_learning_rate_follows_the_training_clock_not_the_step(tmp_path):
+    """With train_budget_seconds the real train graph's learning rate (t2t's `learning_rate`
+    summary) is the cosine over elapsed training time, whatever the global step; the clock counts
+    the time between steps, nothing before the first."""
+    budget, floor, peak = 100.0, 0.02, 1e-3
+    # img2img_conv_sr_cpu also decays over 15000 steps; with a budget the time must win.
+    hp = tiny_hparams(extra=f"train_budget_seconds={budget},learning_rate_warmup_steps=1")
+    assert (hp.cosine_decay_steps, hp.cosine_decay_min, hp.learning_rate_constant) == (15000, floor, peak)
+    graph, spec = train_graph(hp, tmp_path)
+    learning_rate = summarized(graph, "learning_rate")
+    v1 = tf.compat.v1
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        session.run([v1.global_variables_initializer(), v1.local_variables_initializer()])
+        [clock] = [v for v in v1.global_variables() if v.op.name == f"{schedule.CLOCK_SCOPE}/elapsed_seconds"]
+        session.run(spec.train_op)
+        assert session.run(clock) == 0.0  # the first step only starts the clock
+        time.sleep(0.5)
+        session.run(spec.train_op)
+        ticked = session.run(clock)
+        assert 0.5 <= ticked < 0.5 + 0.5
+        for step in (10, 5000, 20000):
+            session.run(v1.train.get_global_step().assign(step))
+            for seconds in (ticked, 25.0, 50.0, 100.0, 250.0):
+                session.run(clock.assign(seconds))
+                expected = peak * (floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(seconds / budget, 1.0))))
+                np.testing.assert_allclose(session.run(learning_rate), expected, rtol=1e-5,
+                                           err_msg=f"step {step}, {seconds} s")
+
+
+def test_one_discriminator_step_lowers_its_loss_on_a_fixed_batch(tmp_path):
+    """Hybrid set: each run of the real train op takes one DiscriminatorAdam step that lowers the
+    discriminator's loss (the `losses/discriminator` summary) on the same batch. The generator's
+    learning rate is 0 here, so the fakes stay fixed and the fall is the discriminator's own."""
+    hp = tiny_hparams(HYBRID_SET, "gan_filters=4,learning_rate_constant=0.0")
+    graph, spec = train_graph(hp, tmp_path)
+    d_loss = summarized(graph, "losses/discriminator")
+    v1 = tf.compat.v1
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        session.run([v1.global_variables_initializer(), v1.local_variables_initializer()])
+        d_vars = conv_net.discriminator_variables()
+        g_vars = [v for v in v1.trainable_variables() if all(v is not d for d in d_vars)]
+        assert d_vars and g_vars
+        before = session.run(d_vars + g_vars)
+        losses = [session.run(d_loss)]
+        for _ in range(3):
+            session.run(spec.train_op)
+            losses.append(session.run(d_loss))
+        after = session.run(d_vars + g_vars)
+    # Measured: about -7e-4 per step (Adam's first steps move every weight by ~the learning rate).
+    assert all(b - a > 1e-4 for a, b in zip(losses[1:], losses[:-1])), losses
+    moved = [not np.array_equal(a, b) for a, b in zip(before, after)]
+    assert all(moved[:len(d_vars)]) and not any(moved[len(d_vars):])
+
+
+def test_generator_adversarial_loss_uses_real_labels_and_the_discriminator_real_vs_fake():
+    """adversarial_losses: the generator's term is -log D(G(x)) (labelled "real": minimizing it
+    makes the discriminator call the prediction real), the discriminator's the cross-entropy of
+    targets as real and predictions as fake, with both images scaled to [-1, 1]."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 256, (2, 32, 32, 3))
+    prediction = np.clip(targets + rng.normal(0, 20, targets.shape), 0, 255)
+    condition = rng.uniform(-1, 1, (2, 32, 32, 3))
+    v1 = tf.compat.v1
+    with tf.Graph().as_default():
+        v1.set_random_seed(0)
+        pred = v1.placeholder(tf.float32, [2, 32, 32, 3])
+        cond = tf.constant(condition, tf.float32)
+        with v1.variable_scope("model"):
+            g_loss, d_loss = conv_net.adversarial_losses(cond, tf.constant(targets), pred, 4)
+        with v1.variable_scope("model", reuse=True), v1.variable_scope(conv_net.DISCRIMINATOR_SCOPE):
+            real = conv_net.patch_discriminator(cond, tf.constant(targets / 127.5 - 1.0, tf.float32), 4)
+            fake = conv_net.patch_discriminator(cond, pred / 127.5 - 1.0, 4)
+        assert len(conv_net.discriminator_variables()) == 8  # the logits above reuse the loss's weights
+        g_grad = tf.gradients(g_loss, pred)[0]
+        with v1.Session() as session:
+            session.run(v1.global_variables_initializer())
+            feed = {pred: prediction}
+            g, d, r, f, grad = session.run([g_loss, d_loss, real, fake, g_grad], feed)
+            softplus = lambda x: np.logaddexp(0.0, x)  # -log sigmoid(-x)  # noqa: E731
+            np.testing.assert_allclose(g, softplus(-f).mean(), rtol=1e-5)  # label 1: "real"
+            np.testing.assert_allclose(d, softplus(-r).mean() + softplus(f).mean(), rtol=1e-5)
+            # A small generator step down the adversarial term raises the discriminator's score
+            # of the prediction (half a grey level at most per sub-pixel).
+            stepped = session.run(fake, {pred: prediction - 0.5 * grad / np.abs(grad).max()})
+            assert stepped.mean() > f.mean() + 1e-4, (stepped.mean(), f.mean())
+
 
 
 def test_training_with_normalization_stores_and_uses_the_dataset_stats(tmp_path):
@@ -388,9 +519,49 @@ def test_decoder_equals_t2t_estimator_predict(ckpt_dir, decoder):
     np.testing.assert_array_equal(decoder.decode(inputs, mode="mean"), decoded)
 
 
-def test_untrained_model_is_close_to_bicubic_and_keeps_block_means(decoder):
+def cubic_convolution(images: np.ndarray, factor: int, a: float, half_pixel: bool) -> np.ndarray:
+    """NumPy bicubic enlargement of [N, h, w, C] by ``factor``: separable cubic convolution with
+    parameter ``a``, edge pixels repeated. Output pixel i samples the input at (i + 0.5) / f - 0.5
+    with half-pixel centres (Pillow, TF 2), else at i / f (TF 1's resize_bicubic)."""
+    def weights(n):
+        w = np.zeros((n * factor, n))
+        for i in range(n * factor):
+            x = (i + 0.5) / factor - 0.5 if half_pixel else i / factor
+            for j in range(int(np.floor(x)) - 1, int(np.floor(x)) + 3):
+                d = abs(x - j)
+                if d <= 1:
+                    k = ((a + 2) * d - (a + 3)) * d * d + 1
+                else:
+                    k = a * (((d - 5) * d + 8) * d - 4) if d < 2 else 0.0
+                w[i, min(max(j, 0), n - 1)] += k
+        return w
+    rows, cols = weights(images.shape[1]), weights(images.shape[2])
+    return np.einsum("ij,njkc,lk->nilc", rows, images.astype(np.float64), cols)
+
+
+def test_untrained_model_is_tf1_bicubic_and_keeps_block_means(tmp_path):
+    """At its initial weights (learning rate 0: the output conv is 0) the prediction is the bicubic
+    enlargement of the input, then each 4x4 block shifted to its input pixel's value.
+
+    That bicubic is TF 1's resize_bicubic (a = -0.75, output pixel i at input i / 4, no half-pixel
+    centres: conv_net.bicubic_upsample calls tf.compat.v1's resize), not the half-pixel bicubic of
+    Pillow (the baselines) and TF 2: its grid sits (4 - 1) / 2 = 1.5 output px up-left of theirs.
+    """
+    hp = tiny_hparams(extra="learning_rate_constant=0.0")
+    ckpt = tiny_training.train_checkpoint(tmp_path, hp, steps=1, batch_size=2, model_name=MODEL)
+    assert not checkpoint_values(ckpt)[f"{MODEL}/body/conv_out/kernel"].any()
     inputs, _ = tiny_training.synthetic_examples(3, 32, 4, seed=2)
-    pred = decoder.predict(inputs)
+    bicubic = cubic_convolution(inputs, 4, a=-0.75, half_pixel=False)
+    means = bicubic.reshape(3, 8, 4, 8, 4, 3).mean(axis=(2, 4))
+    projected = bicubic + (inputs - means).repeat(4, axis=1).repeat(4, axis=2)
+    for projection, expected in ((False, bicubic), (True, projected)):
+        hparams = tiny_hparams(extra=f"block_mean_projection={projection}", output_dir=tmp_path)
+        dec = make_decoder(MODEL, None, hparams, ckpt, (32, 32))
+        try:
+            pred = dec.predict(inputs)
+        finally:
+            dec.close()
+        np.testing.assert_allclose(pred, expected, atol=1e-3, err_msg=f"block_mean_projection={projection}")
     block_means = pred.reshape(3, 8, 4, 8, 4, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(block_means, inputs, atol=1e-3)  # block-mean projection
 

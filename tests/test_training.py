@@ -116,7 +116,7 @@ def test_two_data_shards_on_cpu(dataset, tmp_path):
     assert (out / "model.ckpt-3.index").exists()
 
 
-# --- 2. a chief, a worker and a parameter server on 127.0.0.1 -------------------------------------
+# --- 2. a chief, a parameter server and two workers on 127.0.0.1 -------------------------------
 
 def free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
@@ -130,40 +130,78 @@ def free_ports(n):
 
 
 @pytest.mark.slow
-def test_chief_worker_and_ps_train_through_tf_config(dataset, tmp_path):
-    """Three `allen-sr train` processes with the same flags and their own TF_CONFIG train together.
+def test_chief_ps_and_two_workers_each_train_through_tf_config(dataset, tmp_path):
+    """Four `allen-sr train` processes with the same flags and their own TF_CONFIG train together,
+    and each trainer runs training steps of its own, a worker that joins late included.
 
-    The parameter server holds the variables and serves until the test stops it with SIGTERM
-    (it never exits by itself; on Kubeflow the operator deletes it when the chief is done); the
-    chief and the worker exit 0, the worker after joining the session on the shared variables, and
-    the chief writes the final checkpoint. Uses t2t's default schedule, so the chief also runs
-    the final evaluation and the worker (switched to --schedule=train) does not.
+    The ps, the chief and worker 0 start together; worker 1 starts once the chief has begun
+    training. Asynchronous training on 2 shared cores is a race (the chief alone can finish the
+    run before a late worker has built its graph), so the test decides the interleaving with real
+    process control: a trainer that has logged its quota of steps (chief 1, workers 3 each) is
+    paused with SIGSTOP until every trainer has; then the workers resume and finish the run, then
+    the chief, which writes the final checkpoint and runs the final evaluation (t2t's default
+    schedule; the workers are switched to --schedule=train). A paused chief also shows that the
+    workers need nothing from it: their device filters let them train on the ps alone. The ps
+    serves until the test stops it with SIGTERM (it never exits by itself).
     """
     out = tmp_path / "train"
-    steps = 10
-    ports = free_ports(3)
+    steps, quota = 40, {"chief": 1, "worker0": 3, "worker1": 3}
+    ports = free_ports(4)
     cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "ps": [f"127.0.0.1:{ports[1]}"],
-               "worker": [f"127.0.0.1:{ports[2]}"]}
+               "worker": [f"127.0.0.1:{ports[2]}", f"127.0.0.1:{ports[3]}"]}
     flags = train_flags(dataset, out, f"--train_steps={steps}", "--eval_steps=1", "--log_step_count_steps=1")
-    procs, logs = {}, {}
+    procs, logs, paused = {}, {}, set()
+
+    def start(name):
+        task_type, index = ("worker", int(name[-1])) if name.startswith("worker") else (name, 0)
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}}))
+        logs[name] = tmp_path / f"{name}.log"
+        with open(logs[name], "w") as log:
+            procs[name] = subprocess.Popen([ALLEN_SR, "train", *flags], env=env, cwd=REPO,
+                                           stdout=log, stderr=subprocess.STDOUT)
+
+    def log_of(name):
+        return logs[name].read_text(errors="replace")
+
+    def pause_at_quota(names, until, timeout=240):
+        """Poll the logs of `names`, pausing each trainer at its quota, until `until` reached theirs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name in names:
+                if name not in paused and len(logged_steps(log_of(name))) >= quota[name]:
+                    procs[name].send_signal(signal.SIGSTOP)
+                    paused.add(name)
+                elif name not in paused and procs[name].poll() is not None:
+                    pytest.fail(f"{name} exited {procs[name].returncode} before {quota[name]} steps:\n"
+                                f"{tail(log_of(name))}")
+            if all(name in paused for name in until):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail("no steps from " + ", ".join(f"{n}:\n{tail(log_of(n))}" for n in until if n not in paused))
+            time.sleep(0.05)
+
+    def finish(name, timeout=300):
+        if name in paused:
+            procs[name].send_signal(signal.SIGCONT)
+            paused.discard(name)
+        try:
+            code = procs[name].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name} did not finish:\n{tail(log_of(name))}")
+        assert "KeyError: 'evaluation_master'" not in log_of(name), NOT_HOOKED
+        assert code == 0, f"{name} exited {code}:\n{tail(log_of(name))}"
+
     try:
-        for role in ("ps", "chief", "worker"):
-            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": role, "index": 0}}))
-            logs[role] = tmp_path / f"{role}.log"
-            with open(logs[role], "w") as log:
-                procs[role] = subprocess.Popen([ALLEN_SR, "train", *flags], env=env, cwd=REPO,
-                                               stdout=log, stderr=subprocess.STDOUT)
-
-        def log_of(role):
-            return logs[role].read_text(errors="replace")
-
-        for role in ("chief", "worker"):
-            try:
-                code = procs[role].wait(timeout=420)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{role} did not finish:\n{tail(log_of(role))}")
-            assert "KeyError: 'evaluation_master'" not in log_of(role), NOT_HOOKED
-            assert code == 0, f"{role} exited {code}:\n{tail(log_of(role))}"
+        for name in ("ps", "chief", "worker0"):
+            start(name)
+        pause_at_quota(["chief", "worker0"], until=["chief"])
+        start("worker1")  # joins late: the chief has begun training
+        pause_at_quota(["worker0", "worker1"], until=["worker0", "worker1"])
+        for name in ("worker0", "worker1"):
+            procs[name].send_signal(signal.SIGCONT)
+            paused.discard(name)
+        for name in ("worker0", "worker1", "chief"):
+            finish(name)
 
         assert procs["ps"].poll() is None, f"the ps died early:\n{tail(log_of('ps'))}"
         procs["ps"].send_signal(signal.SIGTERM)
@@ -176,20 +214,26 @@ def test_chief_worker_and_ps_train_through_tf_config(dataset, tmp_path):
                 proc.kill()
                 proc.wait()
 
-    chief, worker = log_of("chief"), log_of("worker")
+    chief, workers = log_of("chief"), {name: log_of(name) for name in ("worker0", "worker1")}
+    trained = {name: logged_steps(log_of(name)) for name in ("chief", "worker0", "worker1")}
+    for name, logged in trained.items():
+        # Each process logs its own steps only, each with the global step its run read (N or
+        # N + 1 for its step N, so one value may repeat, but never goes back).
+        assert len(logged) >= quota[name], (name, logged)
+        assert logged == sorted(logged), (name, logged)
     # Only the chief saves checkpoints; its last one is the final step. Training is asynchronous:
-    # a step the worker starts just before the end lands too, so the global step may end one
-    # past train_steps for each worker.
+    # the two workers may both start a step just before the end (one past train_steps), and the
+    # chief, resumed last, completes one more step (it checks for the end only after a step).
     final = latest_checkpoint_step(out)
-    assert steps <= final <= steps + 1, final
+    assert steps + 1 <= final <= steps + 2, final
+    # Every increment of the shared global step is one logged step of exactly one process.
+    assert sum(len(logged) for logged in trained.values()) == final, {n: len(v) for n, v in trained.items()}
+    assert min(trained["worker1"]) > min(trained["chief"])  # it joined a run already under way
     assert f"Saving checkpoints for {final} into" in chief
-    assert "Saving checkpoints for" not in worker
-    # The worker joined the cluster's session on the shared variables (whether it still ran a step
-    # depends on timing: TF checks readiness every 30 s and the chief may be done by then) and
-    # left evaluation to the chief.
-    assert "Graph was finalized" in worker, f"the worker never created its session:\n{tail(worker)}"
-    assert "schedule=train" in worker
-    assert f"Saving dict for global step {final}" in chief and "Saving dict" not in worker
+    assert f"Saving dict for global step {final}" in chief
+    for index, (name, log) in enumerate(workers.items()):
+        assert f"TF_CONFIG task worker:{index} of {{'chief': 1, 'ps': 1, 'worker': 2}}, schedule=train" in log
+        assert "Saving checkpoints for" not in log and "Saving dict" not in log, name
     # Every variable lives on the parameter server; the chief's compute stays on the chief.
     nodes = graph_nodes(out)
     variables = {device for _, op, device in nodes if op in ("VarHandleOp", "VariableV2")}

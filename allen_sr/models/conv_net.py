@@ -41,7 +41,7 @@ DISCRIMINATOR_SCOPE = "discriminator"
 
 
 def bicubic_upsample(images: tf.Tensor, factor: int) -> tf.Tensor:
-    """Bicubic resize of float [B, h, w, C] by ``factor`` (TF's Keys a=-0.5 kernel, half-pixel)."""
+    """Bicubic resize of float [B, h, w, C] by ``factor``: TF 1's resize_bicubic (a=-0.75, no half-pixel)."""
     if factor == 1:
         return images
     shape = tf.shape(images)
