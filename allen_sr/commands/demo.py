@@ -2,7 +2,7 @@
 
 1. datagen: tile the sample images (allen_sr/sample_data) into lossless TFRecords (problem img2img_local_dim8to32)
 2. train:   a short CPU run of the Image Transformer through t2t-trainer (img2img_allen_cpu_tiny)
-3. decode:  autoregressive decoding of dev tiles (mean mode), PSNR/SSIM against bicubic
+3. decode:  autoregressive decoding of dev tiles (the set's decode_mode), PSNR/SSIM against bicubic
 4. plot:    the training loss curve
 
 Writes into --out: predictions.png, metrics.json, loss.png (plus data/, train/, decode/ and
@@ -37,14 +37,24 @@ def parse_args(argv):
                    help="training steps (default 1000: about 7 minutes on 2 CPU cores)")
     p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
     p.add_argument("--model", default=MODEL, help="t2t model (default %(default)s)")
-    p.add_argument("--mode", default="mean", choices=("greedy", "sample", "mean"),
-                   help="decoding mode (default mean: after a short run, greedy decoding tends to "
-                        "lock onto one colour, the expected value does not)")
+    p.add_argument("--mode", default=None, choices=("greedy", "sample", "mean"),
+                   help="decoding mode (default: the hparams set's decode_mode, as `allen-sr "
+                        "decode` without --mode)")
     return p.parse_args(argv)
 
 
 def banner(i: int, text: str) -> None:
     print(f"\n[{i}/4] {text}", flush=True)
+
+
+def has_hparam(hparams_set: str, name: str) -> bool:
+    """Whether the registered ``hparams_set`` defines ``name`` (stock t2t sets lack ours)."""
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    from tensor2tensor.utils import registry
+
+    return hasattr(registry.hparams(hparams_set), name)
 
 
 def train(args, data_dir: str, train_dir: str, log_path: str) -> None:
@@ -56,6 +66,9 @@ def train(args, data_dir: str, train_dir: str, log_path: str) -> None:
            f"--data_dir={data_dir}", f"--output_dir={train_dir}",
            f"--train_steps={args.train_steps}", "--schedule=train",
            "--log_step_count_steps=10", "--save_checkpoints_secs=120", "--keep_checkpoint_max=2"]
+    if has_hparam(args.hparams_set, "cosine_decay_steps"):
+        # Our sets: the learning rate's clamped cosine decay runs over the demo's steps.
+        cmd.append(f"--hparams=cosine_decay_steps={args.train_steps}")
     print("  " + " ".join(cmd[2:]), flush=True)
     with open(log_path, "a") as log, tqdm(total=args.train_steps, desc="  training", unit="step") as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -91,7 +104,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     banner(2, f"train: {args.model} / {args.hparams_set}, {args.train_steps} steps on CPU -> {train_dir}")
     train(args, data_dir, train_dir, os.path.join(out, "train.log"))
 
-    banner(3, f"decode: {args.num_examples} dev tiles ({args.mode}) -> {decode_dir}")
+    banner(3, f"decode: {args.num_examples} dev tiles ({args.mode or 'decode_mode of the set'}) -> {decode_dir}")
     from allen_sr.commands.args import ModelSpec, run_command
     from allen_sr.commands.decode import run_decode
 

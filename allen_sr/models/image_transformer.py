@@ -1,7 +1,7 @@
 """Image Transformer variant for super-resolution (registered as `img2img_transformer_sr`).
 
-Identical to tensor2tensor's `img2img_transformer` except for two additions, switched by hparams
-(defined in hparams/image_transformer.py):
+The network is tensor2tensor's `img2img_transformer` plus two additions, switched by hparams
+(defined in hparams/image_transformer.py); what the decoders run is only this network:
 
 * ``input_skip``: each target sub-pixel's decoder input also receives the embedding of the
   low-resolution input pixel it lies in (same colour channel, nearest upsampling). It depends on
@@ -10,11 +10,31 @@ Identical to tensor2tensor's `img2img_transformer` except for two additions, swi
   value normalized by the dataset's per-channel mean/std (`allen_sr.models.normalization`; stored
   in the checkpoint, so decoding needs no data_dir).
 
-Why: docs/ARCHITECTURE.md ("The models").
+Training-only options (the network, and so decoding, is unchanged by them):
+
+* ``train_budget_seconds`` > 0: a checkpointed training clock (`allen_sr.models.schedule`); the
+  learning rate is t2t's schedule times a clamped half cosine (to ``cosine_decay_min``) over that
+  time, and training stops at the budget with a final checkpoint, as `img2img_conv_sr` does.
+  Without it, ``cosine_decay_steps`` > 0 runs the same cosine over steps.
+* ``embedding_init`` = "smooth": the two 256*C-row value embeddings start as smooth functions of
+  the value (random combinations of low-frequency cosines of v/255), so values never seen in
+  training start near their neighbours instead of at random.
+* ``embedding_smoothness`` > 0: adds that weight times the mean squared difference of the
+  embeddings of neighbouring values (v, v+1) of each channel to the loss.
+* ``target_noise`` > 0: in training, the previous sub-pixels the decoder is conditioned on are
+  perturbed by uniform integer noise of up to that many grey levels (the loss still scores the
+  clean targets): a cheap guard against exposure bias.
+
+Colour augmentation of training tiles is the problem's (`allen_sr.t2t.problems`, hparam
+``color_augment``). Why: docs/ARCHITECTURE.md ("The models").
 """
 from __future__ import annotations
 
 import copy
+import math
+from typing import Any, Sequence
+
+import numpy as np
 
 from allen_sr.t2t import compat as t2t_compat
 
@@ -24,7 +44,10 @@ import tensorflow.compat.v1 as tf  # noqa: E402
 from tensor2tensor.layers import common_image_attention as cia  # noqa: E402
 from tensor2tensor.layers import common_layers  # noqa: E402
 from tensor2tensor.models import image_transformer_2d  # noqa: E402
+from tensor2tensor.utils import learning_rate as t2t_learning_rate  # noqa: E402
+from tensor2tensor.utils import optimize as t2t_optimize  # noqa: E402
 
+from allen_sr.models import schedule  # noqa: E402
 from allen_sr.models.normalization import input_statistics  # noqa: E402
 from allen_sr.t2t import registration  # noqa: E402
 
@@ -53,9 +76,85 @@ def upsample_input_embeddings(inputs, rows: int, cols: int, channels: int):
     return tf.reshape(x, [batch, rows, cols, hidden])
 
 
+# The value embeddings of t2t's image_channel_embeddings_bottom (cia.get_channel_embeddings).
+EMBEDDING_SUFFIX = "rgb_target_emb_input_bottom"
+SMOOTH_FREQUENCIES = 8
+
+
+def smooth_embedding_initializer(base_initializer: Any, channels: int, frequencies: int = SMOOTH_FREQUENCIES):
+    """Initializer for a [256*C, H] value embedding: row c*256+v = sum_k A_ck cos(pi k v / 255).
+
+    A_ck is Gaussian with variance decaying as 1/(1+k); the result is rescaled to the standard
+    deviation of what ``base_initializer`` draws for the same shape, so the embeddings start at
+    the usual scale but vary smoothly with the value.
+    """
+    def init(shape, dtype=tf.float32, partition_info=None):
+        del partition_info
+        rows, hidden = int(shape[0]), int(shape[1])
+        vocab = rows // channels
+        v = np.arange(vocab, dtype=np.float32)[:, None]
+        k = np.arange(frequencies, dtype=np.float32)[None, :]
+        basis = tf.constant(np.cos(np.pi * k * v / (vocab - 1)) / np.sqrt(1.0 + k), tf.float32)
+        parts = [tf.matmul(basis, tf.random.normal([frequencies, hidden])) for _ in range(channels)]
+        smooth = tf.concat(parts, axis=0)
+        base = base_initializer(shape, dtype=dtype) if base_initializer is not None else \
+            tf.random.normal(shape, stddev=hidden ** -0.5)
+        _, base_var = tf.nn.moments(tf.reshape(base, [-1]), axes=[0])
+        _, smooth_var = tf.nn.moments(tf.reshape(smooth, [-1]), axes=[0])
+        return tf.cast(smooth * tf.sqrt(base_var / smooth_var), dtype)
+    return init
+
+
+def embedding_smoothness_penalty(embedding: tf.Tensor, channels: int) -> tf.Tensor:
+    """Mean over channels and v of ||e[c, v+1] - e[c, v]||^2 for a [256*C, H] value embedding."""
+    rows, hidden = common_layers.shape_list(embedding)
+    e = tf.reshape(embedding, [channels, rows // channels, hidden])
+    return tf.reduce_mean(tf.reduce_sum(tf.square(e[:, 1:] - e[:, :-1]), axis=-1))
+
+
+def noisy_targets(targets: tf.Tensor, amplitude: int) -> tf.Tensor:
+    """``targets`` plus uniform integer noise in [-amplitude, amplitude], clipped to 0-255."""
+    noise = tf.random.uniform(tf.shape(targets), -amplitude, amplitude + 1, dtype=tf.int32)
+    noisy = tf.clip_by_value(tf.cast(targets, tf.int32) + noise, 0, 255)
+    return tf.cast(noisy, targets.dtype)
+
+
 @registration.model
 class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     """img2img_transformer plus an optional input skip into the decoder (hparam input_skip)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (elapsed, tick) of schedule.training_clock(), made by optimize() when
+        # train_budget_seconds > 0.
+        self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
+        self._embeddings: list[tf.Tensor] = []
+
+    # --- bottoms: the same network; training-only initialisation and noise ----------------
+    def bottom(self, features):
+        hp = self._hparams
+        training = hp.mode == tf.estimator.ModeKeys.TRAIN
+        amplitude = int(getattr(hp, "target_noise", 0) or 0)
+        if training and amplitude > 0 and "targets" in features:
+            features = dict(features)
+            features["targets"] = noisy_targets(features["targets"], amplitude)
+        smooth = getattr(hp, "embedding_init", "default") == "smooth"
+        channels = int(hp.num_channels)
+        embeddings = self._embeddings
+
+        def getter(getter, *args, **kwargs):  # TF passes getter=, name=, ... by keyword
+            name = kwargs.get("name", args[0] if args else "")
+            if name.endswith(EMBEDDING_SUFFIX):
+                if smooth:
+                    kwargs["initializer"] = smooth_embedding_initializer(
+                        kwargs.get("initializer"), channels)
+                var = getter(*args, **kwargs)
+                embeddings.append(var)
+                return var
+            return getter(*args, **kwargs)
+
+        with tf.variable_scope(tf.get_variable_scope(), custom_getter=getter):
+            return super().bottom(features)
 
     def body(self, features):
         hparams = copy.copy(self._hparams)
@@ -73,3 +172,51 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
             decoder_input, encoder_output, hparams.num_decoder_layers, hparams,
             attention_type=hparams.dec_attention_type, name="decoder")
         return cia.create_output(decoder_output, rows, cols, targets, hparams)
+
+    # --- loss and optimization -----------------------------------------------------------
+    def loss(self, logits, features):
+        loss = super().loss(logits, features)
+        weight = float(getattr(self._hparams, "embedding_smoothness", 0.0) or 0.0)
+        if weight <= 0 or self._hparams.mode != tf.estimator.ModeKeys.TRAIN or not self._embeddings:
+            return loss
+        channels = int(self._hparams.num_channels)
+        unique = list({id(e): e for e in self._embeddings}.values())
+        penalty = tf.add_n([embedding_smoothness_penalty(e, channels) for e in unique])
+        tf.summary.scalar("losses/embedding_smoothness", penalty)
+        if isinstance(loss, tuple):  # (numerator, denominator) of t2t's modality loss
+            num, den = loss
+            return num + weight * penalty * den, den
+        return loss + weight * penalty
+
+    def _learning_rate(self, num_async_replicas: int) -> tf.Tensor:
+        """t2t's learning_rate_schedule times the clamped cosine decay (schedule.cosine_decay)."""
+        hp = self.hparams
+        lr = t2t_learning_rate.learning_rate_schedule(hp)
+        budget = float(hp.get("train_budget_seconds", 0.0) or 0.0)
+        if budget > 0 and self._clock is None:
+            self._clock = schedule.training_clock()
+        lr = schedule.cosine_decay(lr, float(hp.get("cosine_decay_min", 0.0)),
+                                   int(hp.get("cosine_decay_steps", 0)), budget,
+                                   self._clock[0] if self._clock is not None else None)
+        return lr / math.sqrt(float(num_async_replicas))
+
+    def optimize(self, loss, num_async_replicas: int = 1, use_tpu: bool = False,
+                 variables: Sequence[Any] | None = None):
+        """t2t's optimizer step with the time-driven learning rate; the clock stamps each step."""
+        lr = self._learning_rate(num_async_replicas)
+        train_op = t2t_optimize.optimize(loss, lr, self.hparams, use_tpu=use_tpu, variables=variables)
+        if self._clock is None:
+            return train_op
+        with tf.control_dependencies([train_op]):
+            tick = self._clock[1]
+        return tf.group(train_op, tick, name="step_and_clock")
+
+    def estimator_spec_train(self, loss, num_async_replicas: int = 1, use_tpu: bool = False):
+        """t2t's TRAIN spec, plus the hook ending training at train_budget_seconds (if set)."""
+        spec = super().estimator_spec_train(loss, num_async_replicas=num_async_replicas,
+                                            use_tpu=use_tpu)
+        if self._clock is None or use_tpu:
+            return spec
+        hook = schedule.StopAfterSecondsHook(self._clock[0], float(self.hparams.train_budget_seconds),
+                                             MODEL_NAME)
+        return spec._replace(training_hooks=list(spec.training_hooks) + [hook])

@@ -88,10 +88,12 @@ class TileSuperResolution(problem.Problem):
                            num_parallel_calls=tf.data.experimental.AUTOTUNE)
 
     def preprocess_example(self, example, mode, hparams):
-        del hparams
         tile = tf.reshape(example["targets"], [self.tile_size, self.tile_size, 3])
         size = self.output_dim
         if mode == tf.estimator.ModeKeys.TRAIN:
+            augment = str(getattr(hparams, "color_augment", "") or "")
+            if augment:
+                tile = color_augment(tile, augment)
             target = tf.image.random_crop(tile, [size, size, 3])
             target = tf.image.random_flip_left_right(target)
             target = tf.image.rot90(target, tf.random.uniform([], 0, 4, dtype=tf.int32))
@@ -141,6 +143,39 @@ class TileSuperResolution(problem.Problem):
         fns = super().eval_metric_fns(model_hparams)
         fns.update(sr_metrics.EVAL_METRIC_FNS)
         return fns
+
+
+COLOR_AUGMENTS = ("permute", "od", "brightness")
+
+
+def color_augment(tile, spec):
+    """Random colour/stain change of a uint8 RGB tile [H, W, 3] (training only), uint8 again.
+
+    ``spec`` joins any of these with "+" (applied in this order):
+
+    * ``od``: stain strength/hue: each channel's optical density -log((v + 1) / 256) is scaled by
+      its own factor exp(U(-0.5, 0.5)) (Beer-Lambert: white stays white, stain gets
+      lighter/darker and changes hue);
+    * ``brightness``: all channels times exp(U(-0.15, 0.15)) (illumination);
+    * ``permute``: a random permutation of the channels (every stain colour in every channel).
+
+    The input is derived from the augmented target afterwards, so pairs stay consistent.
+    """
+    parts = [p for p in spec.split("+") if p]
+    unknown = [p for p in parts if p not in COLOR_AUGMENTS]
+    if unknown:
+        raise ValueError(f"color_augment={spec!r}: unknown part(s) {unknown} (known: "
+                         f"{', '.join(COLOR_AUGMENTS)}, joined by '+')")
+    x = tf.cast(tile, tf.float32)
+    if "od" in parts:
+        density = -tf.math.log((x + 1.0) / 256.0)
+        density *= tf.exp(tf.random.uniform([1, 1, 3], -0.5, 0.5))
+        x = 256.0 * tf.exp(-density) - 1.0
+    if "brightness" in parts:
+        x *= tf.exp(tf.random.uniform([], -0.15, 0.15))
+    if "permute" in parts:
+        x = tf.gather(x, tf.random.shuffle(tf.range(3)), axis=2)
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tile.dtype)
 
 
 def area_downsample(image, size):
