@@ -63,3 +63,14 @@ def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None
     """
     text = json.dumps(obj, indent=indent, allow_nan=False, ensure_ascii=False)
     return atomic_write_text(text + "\n", path)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a temporary file named after a dead one may be removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

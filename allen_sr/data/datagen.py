@@ -31,7 +31,7 @@ from allen_sr.data import buckets, images, tiles
 from allen_sr.data.paths import exists, is_remote, read_json
 from allen_sr.data.stats import channel_stats
 from allen_sr.data.workers import cancel_on_error, executor, frozen_gc, in_order
-from allen_sr.fileio import write_json_atomic
+from allen_sr.fileio import pid_alive, write_json_atomic
 
 __all__ = ["TILES_PER_SHARD", "TMP_DIRNAME", "DatagenSummary", "inputs_fingerprint",
            "dataset_complete", "build_tile_dataset"]
@@ -248,16 +248,6 @@ def _commit(tmp_root: str, data_dir: str, prefix: str, shard_names: list[str],
     write_json_atomic(info, info_path)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
     """Delete work folders left by killed builds of this dataset (their process is gone)."""
     parent = os.path.join(data_dir, TMP_DIRNAME)
@@ -266,6 +256,6 @@ def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
     for name in os.listdir(parent):
         rest = name[len(prefix) + 1:] if name.startswith(prefix + "-") else ""
         pid = rest.split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             log.info("removing %s left by an interrupted datagen", name)
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)

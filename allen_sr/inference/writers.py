@@ -21,6 +21,8 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from allen_sr.fileio import pid_alive
+
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "OutputError", "output_kind", "partial_path",
            "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes"]
 
@@ -50,16 +52,6 @@ def output_kind(path: str | os.PathLike[str]) -> str:
 def partial_path(path: Path, suffix: str = "partial") -> Path:
     """The hidden name this process writes ``path`` under until it is complete."""
     return path.with_name(f".{path.name}.{os.getpid()}.{suffix}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_partials(path: Path) -> list[Path]:

@@ -279,8 +279,6 @@ class Img2imgConvSr(t2t_model.T2TModel):
         """t2t's TRAIN spec, plus the hook ending training at train_budget_seconds (if set)."""
         spec = super().estimator_spec_train(loss, num_async_replicas=num_async_replicas,
                                             use_tpu=use_tpu)
-        if self._clock is None or use_tpu:
+        if use_tpu:
             return spec
-        hook = schedule.StopAfterSecondsHook(self._clock[0], float(self.hparams.train_budget_seconds),
-                                             MODEL_NAME)
-        return spec._replace(training_hooks=list(spec.training_hooks) + [hook])
+        return schedule.with_stop_hook(spec, self._clock, self.hparams.train_budget_seconds, MODEL_NAME)

@@ -79,3 +79,12 @@ def cosine_decay(learning_rate: tf.Tensor, floor: float, decay_steps: int = 0,
         return learning_rate
     cosine = 0.5 * (1.0 + tf.cos(math.pi * progress))
     return learning_rate * (floor + (1.0 - floor) * cosine)
+
+
+def with_stop_hook(spec: Any, clock: tuple[tf.Tensor, tf.Tensor] | None, budget_seconds: float,
+                   name: str) -> Any:
+    """A TRAIN EstimatorSpec plus the hook that ends training at ``budget_seconds`` (no clock: as is)."""
+    if clock is None:
+        return spec
+    hook = StopAfterSecondsHook(clock[0], float(budget_seconds), name)
+    return spec._replace(training_hooks=list(spec.training_hooks) + [hook])
