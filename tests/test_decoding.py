@@ -438,7 +438,7 @@ def test_decode_cli_end_to_end(local_data, ckpt_dir, tmp_path, capsys):
     out = tmp_path / "decoded"
     argv = ["--problem", "img2img_local_dim8to32", "--hparams_set", HPARAMS_SET,
             "--output_dir", ckpt_dir, "--data_dir", local_data, "--num_examples", "3",
-            "--batch_size", "2", "--out", str(out), "--no_progress"]
+            "--batch_size", "2", "--mode", "greedy", "--out", str(out), "--no_progress"]
     assert decode_main(argv) == 0
     printed = capsys.readouterr().out
     assert "bicubic" in printed and "model" in printed and str(out) in printed
