@@ -13,19 +13,20 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json_atomic"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "pid_alive", "remove_stale_temp_files",
+           "write_json_atomic"]
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
     """Write ``data`` to ``path`` atomically, creating parent folders; returns the path.
 
     Either the old content or the complete new content is visible at ``path``, never a prefix.
-    The temporary file lives next to ``path`` as ``.<name>.<random>.tmp`` and is removed if
-    anything fails.
+    The temporary file lives next to ``path`` as ``.<name>.<pid>.<random>.tmp`` and is removed
+    if anything fails; one left by a killed process is removed by :func:`remove_stale_temp_files`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # os.open with mode 0o666 lets the process umask decide the final permissions, as a plain
     # open() would; tempfile.mkstemp would leave every result readable by its owner only.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
@@ -74,3 +75,23 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], prefix: str) -> list[str]:
+    """Delete the temporary files :func:`atomic_write_bytes` left in ``folder`` for names starting
+    with ``prefix`` when the process that wrote them is gone; returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        parts = name.split(".")
+        if (name.startswith("." + prefix) and name.endswith(".tmp") and len(parts) >= 4
+                and parts[-3].isdigit() and not pid_alive(int(parts[-3]))):
+            try:
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed

@@ -123,6 +123,23 @@ def test_rerun_skips_a_complete_dataset_and_rebuilds_when_inputs_change(image_fo
     assert summary is not None and summary.images_read == 11
 
 
+def test_a_rebuild_removes_the_temporary_files_a_killed_build_left(image_folder, tmp_path):
+    """A build killed while writing its stats or info file leaves `.<prefix>-....<pid>.<hex>.tmp`
+    (fileio's atomic write); the next build removes it, so the folder holds only the dataset."""
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = data_dir / f".{PREFIX}-stats.json.{dead}.0badcafe.tmp"
+    stale.write_text("{")
+    datagen.build_tile_dataset(images.list_images(str(image_folder)), str(data_dir), PREFIX)
+    assert not stale.exists()
+    assert all(not name.startswith(".") or name == datagen.TMP_DIRNAME for name in os.listdir(data_dir))
+
+
 def test_an_input_edited_in_place_with_its_size_and_mtime_kept_is_rebuilt(tmp_path):
     """The fingerprint is the content: a slide overwritten in place by another of the same size,
     with its modification time set back, still triggers a rebuild that holds the new pixels."""

@@ -282,3 +282,20 @@ def test_library_modules_do_not_import_heavy_dependencies():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
+    """A temporary file named after a process that is gone is removed; a live one's is kept."""
+    import subprocess as sp
+
+    dead = sp.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".data-stats.json.{dead}.abcd1234.tmp"
+    live = tmp_path / f".data-info.json.{os.getpid()}.abcd1234.tmp"
+    other = tmp_path / f".other-stats.json.{dead}.abcd1234.tmp"
+    for path in (stale, live, other):
+        path.write_text("partial")
+    assert fileio.remove_stale_temp_files(tmp_path, "data-") == [stale.name]
+    assert not stale.exists() and live.exists() and other.exists()
+    written = fileio.atomic_write_text("x", tmp_path / "data-stats.json")
+    assert written.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, other.name, "data-stats.json"])

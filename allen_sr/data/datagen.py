@@ -31,7 +31,7 @@ from allen_sr.data import buckets, images, tiles
 from allen_sr.data.paths import exists, is_remote, read_json
 from allen_sr.data.stats import channel_stats
 from allen_sr.data.workers import cancel_on_error, executor, frozen_gc, in_order
-from allen_sr.fileio import pid_alive, write_json_atomic
+from allen_sr.fileio import pid_alive, remove_stale_temp_files, write_json_atomic
 
 __all__ = ["TILES_PER_SHARD", "TMP_DIRNAME", "DatagenSummary", "inputs_fingerprint",
            "dataset_complete", "build_tile_dataset"]
@@ -249,7 +249,9 @@ def _commit(tmp_root: str, data_dir: str, prefix: str, shard_names: list[str],
 
 
 def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
-    """Delete work folders left by killed builds of this dataset (their process is gone)."""
+    """Delete work folders and temporary files left by killed builds of this dataset."""
+    for name in remove_stale_temp_files(data_dir, prefix):
+        log.info("removing %s left by an interrupted datagen", name)
     parent = os.path.join(data_dir, TMP_DIRNAME)
     if not os.path.isdir(parent):
         return
