@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "decode": ("allen_sr.commands.decode", "decode_main", "decode dev examples autoregressively; PNGs, grid, PSNR/SSIM CSV"),
     "evaluate": ("allen_sr.commands.evaluate", "evaluate_main", "PSNR/SSIM of a model vs nearest/bilinear/bicubic on any images"),
     "upscale": ("allen_sr.commands.upscale", "upscale_main", "enlarge an image region 4x tile by tile"),
+    "export": ("allen_sr.commands.export", "export_main", "write a trained model as ONNX/SavedModel/bioimage.io or NumPy weights"),
     "plot": ("allen_sr.commands.plot", "plot_main", "loss curves of one or several runs on one figure"),
     "launch": ("allen_sr.commands.launch", "launch_main", "build (and submit) a Kubeflow TFJob for multi-host training"),
     "demo": ("allen_sr.commands.demo", "demo_main", "the main job end to end on the shipped sample images (make demo)"),

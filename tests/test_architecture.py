@@ -20,6 +20,7 @@ LAYERS = {
     "allen_sr.models": 3,
     "allen_sr.problems": 4, "allen_sr.hparams": 4,
     "allen_sr.decoding": 5,
+    "allen_sr.export": 6,  # beside commands/: export writers (TF) and the TF-free runtime
     "allen_sr.commands": 6, "allen_sr.cli": 6, "allen_sr.testing": 6,
 }
 # The one composition root: register_all() imports the registering packages (lazily).
@@ -90,7 +91,8 @@ def test_no_module_is_too_long():
 @pytest.mark.parametrize("module", ["allen_sr", "allen_sr.data.tiles", "allen_sr.data.download",
                                     "allen_sr.evaluation.pictures", "allen_sr.commands.decode",
                                     "allen_sr.inference.tiling", "allen_sr.inference.writers",
-                                    "allen_sr.commands.upscale"])
+                                    "allen_sr.commands.upscale", "allen_sr.commands.export",
+                                    "allen_sr.export.runtime"])
 def test_importing_a_library_module_changes_no_process_state(module):
     """No environment variable set, no Pillow limit changed, no TensorFlow loaded by an import."""
     code = ("import os, sys, PIL.Image as I; before = (dict(os.environ), I.MAX_IMAGE_PIXELS)\n"

@@ -1,0 +1,159 @@
+"""`allen-sr export`: a trained model in files that run without TensorFlow or tensor2tensor.
+
+img2img_conv_sr -> OUT/saved_model/ (TensorFlow SavedModel, signature serving_default: uint8
+image [N, H, W, C] -> uint8 upscaled [N, 4H, 4W, C]), OUT/model.onnx (the same graph, through
+tf2onnx, dynamic N/H/W), OUT/rdf.yaml with what it names (a bioimage.io model package: napari,
+Fiji/deepImageJ) and OUT/config.json.
+Image Transformers (img2img_transformer, img2img_transformer_sr) -> OUT/weights.npz and
+OUT/config.json, decoded by the NumPy fast decoder.
+`allen-sr upscale/evaluate --exported OUT` run either without TensorFlow (README: "Use a trained
+model elsewhere"). OUT appears complete or not at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from allen_sr.commands import args as shared
+from allen_sr.export import runtime
+
+# Hparams t2t-trainer adds to every run's hparams.json, whatever the set.
+RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins", "model_dir",
+            "schedule", "std_server_protocol", "train_steps", "warm_start_from", "use_tpu"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="allen-sr export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--problem", required=True, help="registered problem the model was trained on")
+    p.add_argument("--model", default=None, help="t2t model (default: the one whose variables the checkpoint holds)")
+    p.add_argument("--hparams_set", required=True, help="hparams set the model was trained with")
+    p.add_argument("--hparams", default="", help='hparams overrides "k=v,..." as given to t2t-trainer')
+    p.add_argument("--output_dir", required=True,
+                   help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
+    p.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
+    p.add_argument("--author", default="allen-sr", help="author named in the bioimage.io package")
+    p.add_argument("--no_bioimageio", action="store_true", help="conv model: no rdf.yaml package")
+    return p
+
+
+def check_trained_set(output_dir: str, hparams: Any, hparams_set: str) -> None:
+    """Refuse a --hparams_set other than the one the run in ``output_dir`` was trained with.
+
+    t2t-trainer writes every hparam of the run to hparams.json (and its flags to flags.txt): a
+    hparam the named set does not have, or another --hparams_set in flags.txt, names the mistake.
+    """
+    folder = output_dir if os.path.isdir(output_dir) else os.path.dirname(output_dir)
+    flags = os.path.join(folder, "flags.txt")
+    if os.path.isfile(flags):
+        for line in open(flags, encoding="utf-8").read().split():
+            if line.startswith("--hparams_set=") and line.split("=", 1)[1] != hparams_set:
+                raise ValueError(f"--output_dir {output_dir} was trained with --hparams_set="
+                                 f"{line.split('=', 1)[1]}, not {hparams_set}: pass that set")
+    path = os.path.join(folder, "hparams.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as handle:
+            saved = set(json.load(handle))
+        foreign = sorted(saved - set(hparams.values()) - RUN_KEYS)
+        if foreign:
+            raise ValueError(f"--output_dir {output_dir} was trained with hparams that --hparams_set "
+                             f"{hparams_set} does not have ({', '.join(foreign[:5])}"
+                             f"{', ...' if len(foreign) > 5 else ''}): pass the set it was trained with")
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out} exists and is not an empty folder: remove it or choose another")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+
+
+def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLike[str],
+           model: str | None = None, overrides: str = "", author: str = "allen-sr",
+           bioimageio: bool = True) -> dict[str, Any]:
+    """Export the newest checkpoint of ``output_dir`` to the new folder ``out``; returns config.json."""
+    from allen_sr.decoding import checkpoints
+    from allen_sr.decoding.support import TRANSFORMER_MODELS
+    from allen_sr.t2t.names import check_names, problem_shape
+
+    out = Path(out)
+    check_out(out)
+    check_names(problem=problem, hparams_set=hparams_set)
+    checkpoint = checkpoints.find_checkpoint(output_dir)
+    written_by = checkpoints.checkpoint_model(checkpoint)
+    if model is not None and model != written_by:
+        raise ValueError(f"checkpoint {checkpoint} was written by model {written_by}, not --model "
+                         f"{model}: pass --model {written_by} (or leave --model out)")
+    if written_by != runtime.CONV_MODEL and written_by not in TRANSFORMER_MODELS:
+        raise NotImplementedError(f"exporting model {written_by} is not supported (supported: "
+                                  f"{runtime.CONV_MODEL}, {', '.join(TRANSFORMER_MODELS)})")
+    hparams = checkpoints.load_hparams(hparams_set, problem, overrides, output_dir)
+    check_trained_set(output_dir, hparams, hparams_set)
+    input_size, target_size, channels = problem_shape(problem)
+    factor = target_size // input_size
+    config: dict[str, Any] = {
+        "format": runtime.FORMAT, "format_version": runtime.FORMAT_VERSION,
+        "name": f"allen-sr {written_by} {hparams_set} x{factor}",
+        "model": written_by, "problem": problem, "hparams_set": hparams_set,
+        "hparams_overrides": overrides, "checkpoint": checkpoint,
+        "input_size": input_size, "target_size": target_size, "channels": channels,
+        "decode_mode": getattr(hparams, "decode_mode", "") or "greedy",
+    }
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        if written_by == runtime.CONV_MODEL:
+            import tensorflow as tf
+
+            from allen_sr.decoding.one_pass import receptive_radius
+            from allen_sr.export import conv
+            from allen_sr.models.conv_sr import check_hparams
+
+            check_hparams(hparams, factor)
+            tta = bool(getattr(hparams, "decode_tta", False))
+            graph_def = conv.frozen_graph(hparams, checkpoint, written_by, tta)
+            conv.write_saved_model(graph_def, tmp / runtime.SAVED_MODEL_NAME)
+            conv.write_onnx(graph_def, tmp / runtime.ONNX_NAME)
+            config.update(radius=receptive_radius(hparams, factor), tta=tta, decode_mode="greedy",
+                          onnx=runtime.ONNX_NAME, saved_model=runtime.SAVED_MODEL_NAME,
+                          tensorflow_version=tf.__version__, input_name=conv.INPUT_NAME,
+                          output_name=conv.OUTPUT_NAME)
+            if bioimageio:
+                from allen_sr.export.bioimageio import write_package
+
+                write_package(tmp, config, runtime.ONNX_NAME, runtime.SAVED_MODEL_NAME, author)
+                config["bioimageio"] = runtime.RDF_NAME
+        else:
+            from allen_sr.export.transformer import write_weights
+
+            config.update(write_weights(hparams, checkpoint, written_by, tmp, runtime.WEIGHTS_NAME))
+        (tmp / runtime.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty (check_out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return config
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    args = shared.parse(build_parser(), argv)
+
+    def body() -> None:
+        config = export(args.problem, args.hparams_set, args.output_dir, args.out, args.model,
+                        args.hparams, args.author, not args.no_bioimageio)
+        files = sorted(p.name for p in Path(args.out).iterdir())
+        print(f"exported {config['model']} ({config['checkpoint']}) to {args.out}: {', '.join(files)}")
+
+    return shared.run_command("export", body)
+
+
+if __name__ == "__main__":
+    sys.exit(export_main())

@@ -1,0 +1,146 @@
+"""`img2img_conv_sr` as a TensorFlow SavedModel and as ONNX.
+
+One graph, built from the model's own PREDICT code (`Img2imgConvSr.infer`) and restored from the
+checkpoint as `allen_sr.decoding.one_pass.OnePassDecoder` restores it (the weights' moving
+averages when the hparams average weights), then frozen: uint8 ``image`` [N, H, W, C] of any
+size in, uint8 ``upscaled`` [N, fH, fW, C] out. Normalization is part of the model; with
+``tta`` the continuous predictions of the 8 flips/rotations are averaged in the graph (two model
+runs, four transforms each: the 90-degree ones transpose a non-square input) before rounding.
+The SavedModel serves it as ``serving_default``; tf2onnx converts the same frozen graph.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from allen_sr.decoding.checkpoints import match_variables
+from allen_sr.decoding.one_pass import VARIABLE_HINT
+from allen_sr.t2t.names import register_all
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tensor2tensor.utils.hparam import HParams
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ONNX_OPSET", "frozen_graph", "write_saved_model", "write_onnx"]
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "upscaled"
+ONNX_OPSET = 17  # onnxruntime >= 1.11 runs it; Fiji's deepImageJ and bioimageio.core too
+
+
+def dihedral(tf: Any, images: Any, k: int) -> Any:
+    """The k-th flip/rotation, as `allen_sr.decoding.one_pass.dihedral` (np.rot90 = tf.image.rot90)."""
+    out = tf.image.rot90(images, k % 4)
+    return tf.reverse(out, [2]) if k >= 4 else out
+
+
+def undo_dihedral(tf: Any, images: Any, k: int) -> Any:
+    out = tf.reverse(images, [2]) if k >= 4 else images
+    return tf.image.rot90(out, (4 - k % 4) % 4)
+
+
+def frozen_graph(hparams: "HParams", checkpoint: str, model_name: str, tta: bool) -> Any:
+    """The model as a frozen GraphDef: ``image:0`` uint8 [N, H, W, C] -> ``upscaled:0`` uint8."""
+    register_all()
+    import tensorflow.compat.v1 as tf
+    from tensor2tensor.utils import registry
+    from tensorflow.python.autograph.core import ag_ctx
+
+    channels = int(hparams.num_channels)
+    graph = tf.Graph()
+    with graph.as_default():
+        model = registry.model(model_name)(hparams, tf.estimator.ModeKeys.PREDICT)
+        image = tf.placeholder(tf.uint8, [None, None, None, channels], INPUT_NAME)
+        x = tf.cast(image, tf.int32)
+
+        def run(batch: Any) -> Any:
+            return model.infer({"inputs": batch})["outputs"]
+
+        with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
+            if not tta:
+                prediction = run(x)
+            else:
+                total = None
+                for ks in ((0, 2, 4, 6), (1, 3, 5, 7)):
+                    preds = tf.split(run(tf.concat([dihedral(tf, x, k) for k in ks], 0)), 4)
+                    part = tf.add_n([undo_dihedral(tf, p, k) for k, p in zip(ks, preds)])
+                    total = part if total is None else total + part
+                prediction = total / 8.0
+        rounded = tf.clip_by_value(tf.round(prediction), 0.0, 255.0)
+        tf.identity(tf.cast(rounded, tf.uint8), OUTPUT_NAME)
+        ema = float(getattr(hparams, "weight_ema_decay", 0.0)) > 0
+        averaged = tf.trainable_variables() if ema else []
+        names = match_variables(tf.global_variables(), checkpoint, model_name, averaged, hint=VARIABLE_HINT)
+        with tf.Session(graph=graph) as session:
+            tf.train.Saver(var_list=names).restore(session, checkpoint)
+            return tf.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), [OUTPUT_NAME])
+
+
+def write_saved_model(graph_def: Any, folder: str | os.PathLike[str]) -> Path:
+    """A SavedModel of ``graph_def`` with the serving signature ``serving_default`` (image -> upscaled)."""
+    import tensorflow.compat.v1 as tf
+
+    folder = Path(folder)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(graph_def, name="")
+        image = graph.get_tensor_by_name(f"{INPUT_NAME}:0")
+        upscaled = graph.get_tensor_by_name(f"{OUTPUT_NAME}:0")
+        signature = tf.saved_model.signature_def_utils.predict_signature_def(
+            inputs={INPUT_NAME: image}, outputs={OUTPUT_NAME: upscaled})
+        builder = tf.saved_model.Builder(os.fspath(folder))
+        with tf.Session(graph=graph) as session:
+            builder.add_meta_graph_and_variables(
+                session, [tf.saved_model.tag_constants.SERVING],
+                signature_def_map={"serving_default": signature}, strip_default_attrs=True)
+        builder.save()
+    return folder
+
+
+def legacy_bicubic(model_proto: Any) -> int:
+    """Make tf2onnx's Resize nodes compute TF 1's ResizeBicubic; returns how many were changed.
+
+    The model upsamples with TF 1's ``resize_bicubic`` (no half-pixel centres: ONNX's
+    "asymmetric" coordinates), whose kernel has a = -0.75 and which repeats the border pixels.
+    tf2onnx 1.17 writes every bicubic resize with TF 2's a = -0.5 and ``exclude_outside=1``,
+    which changed 2 of 3 output values by up to 10 levels; with the legacy kernel's
+    a = -0.75 and ``exclude_outside=0`` onnxruntime matches TensorFlow.
+    """
+    from onnx import helper
+
+    changed = 0
+    for node in model_proto.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Resize" and attrs.get("mode") == b"cubic" \
+                and attrs.get("coordinate_transformation_mode") == b"asymmetric":
+            keep = [a for a in node.attribute if a.name not in ("cubic_coeff_a", "exclude_outside")]
+            del node.attribute[:]
+            node.attribute.extend(keep + [helper.make_attribute("cubic_coeff_a", -0.75),
+                                          helper.make_attribute("exclude_outside", 0)])
+            changed += 1
+    return changed
+
+
+def write_onnx(graph_def: Any, path: str | os.PathLike[str]) -> Path:
+    """``graph_def`` converted by tf2onnx: one uint8 input, one uint8 output, dynamic N, H, W."""
+    import tf2onnx
+
+    model_proto, _ = tf2onnx.convert.from_graph_def(
+        graph_def, input_names=[f"{INPUT_NAME}:0"], output_names=[f"{OUTPUT_NAME}:0"],
+        opset=ONNX_OPSET)
+    # tf2onnx keeps TF's tensor names ("image:0"); tools show the plain names.
+    renames = {f"{INPUT_NAME}:0": INPUT_NAME, f"{OUTPUT_NAME}:0": OUTPUT_NAME}
+    for node in model_proto.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in list(model_proto.graph.input) + list(model_proto.graph.output):
+        value.name = renames.get(value.name, value.name)
+    legacy_bicubic(model_proto)
+    for value, names in ((model_proto.graph.input[0], ("batch", "height", "width")),
+                         (model_proto.graph.output[0], ("batch", "out_height", "out_width"))):
+        for dim, name in zip(value.type.tensor_type.shape.dim, names):
+            dim.dim_param = name
+    path = Path(path)
+    path.write_bytes(model_proto.SerializeToString())
+    return path

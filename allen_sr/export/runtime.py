@@ -1,0 +1,195 @@
+"""Run an exported model (`allen-sr export`) with NumPy and onnxruntime only.
+
+Nothing here imports TensorFlow or tensor2tensor, at import time or later: this is the code path
+of ``allen-sr upscale/evaluate --exported DIR`` in the TF-free install (requirements/predict.txt,
+Python 3.12 and 3.13). An export folder holds ``config.json`` (what the model is, the problem's
+shape, the decoding defaults) and either ``model.onnx`` (``img2img_conv_sr``; normalization and
+the 8-fold averaging are inside the graph) or ``weights.npz`` (the Image Transformers, decoded by
+the NumPy fast decoder with the hparams stored in ``config.json``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from allen_sr.decoding.fast import FastDecoder
+from allen_sr.decoding.modes import MODES
+from allen_sr.decoding.network import ImageTransformerNetwork
+from allen_sr.decoding.orders import causal_order
+
+CONFIG_NAME = "config.json"
+ONNX_NAME = "model.onnx"
+WEIGHTS_NAME = "weights.npz"
+SAVED_MODEL_NAME = "saved_model"
+RDF_NAME = "rdf.yaml"
+FORMAT = "allen-sr-export"
+FORMAT_VERSION = 1
+CONV_MODEL = "img2img_conv_sr"  # allen_sr.models.conv_sr.MODEL_NAME
+
+__all__ = ["CONFIG_NAME", "ONNX_NAME", "WEIGHTS_NAME", "SAVED_MODEL_NAME", "RDF_NAME", "FORMAT",
+           "FORMAT_VERSION", "CONV_MODEL", "ExportedModel", "OnnxDecoder", "ExportedFastDecoder",
+           "read_config", "open_exported"]
+
+
+def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of an export folder; FileNotFoundError/ValueError naming the folder."""
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--exported {folder}: no such folder; pass the --out folder of "
+                                "`allen-sr export`")
+    if not path.is_file():
+        raise FileNotFoundError(f"--exported {folder}: not an export folder (no {CONFIG_NAME}); "
+                                "pass the --out folder of `allen-sr export`")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--exported {folder}: {CONFIG_NAME} is unreadable ({exc}); export again") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"--exported {folder}: {CONFIG_NAME} is not an allen-sr export; export again")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"--exported {folder}: format_version {config.get('format_version')!r} "
+                         f"(this allen-sr reads {FORMAT_VERSION}); export again with this version")
+    return config
+
+
+class OnnxDecoder:
+    """``img2img_conv_sr`` exported as ONNX: uint8 [N, h, w, C] in, uint8 [N, fh, fw, C] out.
+
+    The same interface as `allen_sr.decoding.one_pass.OnePassDecoder` where tiled prediction and
+    `evaluate` use it (``predict``, ``decode``, ``radius``, ``tta``, ``close``); the prediction is
+    rounded inside the graph, so ``predict`` returns the uint8 values as float32.
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | os.PathLike[str], channels: int, factor: int, radius: int,
+                 tta: bool, model_name: str = CONV_MODEL) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+        self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.channels, self.factor, self.radius, self.tta = channels, factor, radius, tta
+        self.model_name = model_name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """uint8 predictions of uint8 [N, h, w, C] inputs, in one call."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.uint8)})[0]
+
+    def predict(self, inputs: np.ndarray, batch_size: int | None = None,
+                progress: bool = False) -> np.ndarray:
+        x = np.asarray(inputs)
+        if x.ndim != 4 or x.shape[-1] != self.channels:
+            raise ValueError(f"inputs must be [N, h, w, {self.channels}], got shape {x.shape}")
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise ValueError("inputs must hold values in 0..255")
+        n = x.shape[0]
+        step = n if not batch_size else int(batch_size)
+        out = np.zeros((n, x.shape[1] * self.factor, x.shape[2] * self.factor, self.channels), np.float32)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc=f"{self.model_name} onnx", unit="tile", mininterval=0.5)
+        try:
+            for start in range(0, n, max(step, 1)):
+                chunk = x[start:start + step]
+                out[start:start + len(chunk)] = self.run(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
+               seed: int | None = None, batch_size: int | None = None,
+               max_steps: int | None = None, progress: bool = False) -> np.ndarray:
+        """The batching.Decoder protocol; ``mode`` greedy or mean (the same here)."""
+        del temperature, seed, max_steps
+        if mode == "sample":
+            raise ValueError(f"--mode sample is not available for {self.model_name}: it predicts one "
+                             "value per sub-pixel; use --mode greedy (or mean, the same here)")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        return self.predict(inputs, batch_size, progress).astype(np.uint8)
+
+    def close(self) -> None:
+        self.session = None
+
+
+class ExportedFastDecoder(FastDecoder):
+    """The NumPy fast decoder built from an export's weights and hparams (no tensor2tensor).
+
+    `FastDecoder.__init__` first checks the hparams with tensor2tensor's modality functions;
+    an export was checked that way when it was written, so this constructor builds the same
+    network and causal order without the check.
+    """
+
+    def __init__(self, hparams: Any, weights: Mapping[str, np.ndarray], model_name: str,
+                 target_shape: tuple[int, int] | None = None, dtype: str | np.dtype = "float32") -> None:
+        self.net = ImageTransformerNetwork(hparams, weights, model_name, dtype)
+        self.dtype = self.net.dtype
+        self.channels = self.net.channels
+        self.target_shape = tuple(target_shape or (hparams.img_len, hparams.img_len))  # type: ignore[assignment]
+        self.block_length = int(hparams.block_length)
+        rows, cols = self.target_shape
+        self.order = causal_order(hparams, rows, cols, self.channels)
+
+
+@dataclass
+class ExportedModel:
+    """An opened export folder: its decoder and what config.json says."""
+
+    decoder: Any
+    config: dict[str, Any]
+    folder: Path
+
+    @property
+    def model(self) -> str:
+        return str(self.config["model"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.config.get("decode_mode") or "greedy")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(input size, target size, channels) of the problem the model was trained on."""
+        c = self.config
+        return int(c["input_size"]), int(c["target_size"]), int(c["channels"])
+
+    def close(self) -> None:
+        getattr(self.decoder, "close", lambda: None)()
+
+
+def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
+    """Open an export folder; errors name the folder and the file that is missing or wrong."""
+    folder = Path(folder)
+    config = read_config(folder)
+    input_size, target_size, channels = (int(config[k]) for k in ("input_size", "target_size", "channels"))
+    factor = target_size // input_size
+    if config["model"] == CONV_MODEL:
+        path = folder / config.get("onnx", ONNX_NAME)
+        if not path.is_file():
+            raise FileNotFoundError(f"--exported {folder}: {path.name} is missing; export again")
+        decoder: Any = OnnxDecoder(path, channels, factor, int(config["radius"]), bool(config["tta"]),
+                                   config["model"])
+    else:
+        path = folder / config.get("weights", WEIGHTS_NAME)
+        if not path.is_file():
+            raise FileNotFoundError(f"--exported {folder}: {path.name} is missing; export again")
+        with np.load(path, allow_pickle=False) as data:
+            weights = {name: data[name] for name in data.files}
+        hparams = types.SimpleNamespace(**config["hparams"])
+        decoder = ExportedFastDecoder(hparams, weights, config["model"], (target_size, target_size))
+    return ExportedModel(decoder, config, folder)
+
