@@ -2,7 +2,9 @@
 
 Install through `make venv` (see README): TensorFlow and tensor2tensor need pinned versions that
 pip's resolver cannot find on its own, so this file lists no install requirements; the pins live
-in requirements/lock.txt.
+in requirements/lock.txt. Training and the checkpoint decoders need Python 3.11 (TensorFlow 2.15);
+prediction with exported models (`--exported`) runs on 3.11-3.13 without TensorFlow:
+`pip install -r requirements/predict.txt && pip install --no-deps .` (README).
 """
 from setuptools import find_packages, setup
 
@@ -12,7 +14,8 @@ setup(
     description="Super-resolve Allen Institute brain microscopy with the tensor2tensor Image Transformer",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    # 3.11 for the full stack (make venv checks it); 3.12/3.13 for the TF-free prediction install.
+    python_requires=">=3.11,<3.14",
     # problems/ and hparams/ hold the tensor2tensor registrations; they install as
     # allen_sr.problems and allen_sr.hparams so the names stay inside our namespace.
     packages=find_packages(include=["allen_sr", "allen_sr.*"]) + ["allen_sr.problems", "allen_sr.hparams"],

@@ -36,17 +36,21 @@ class ModelSpec:
     seed: int = 0
     batch_size: int = 16
     decoder: str | None = None  # None: the model's default decoder
+    exported: str | None = None  # an `allen-sr export` folder instead of problem/hparams_set/output_dir
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Add the shared model and decoding flags to a command's parser."""
     g = p.add_argument_group("model and decoding")
-    g.add_argument("--problem", required=True, help="registered problem the model was trained on")
+    g.add_argument("--exported", default=None, metavar="DIR",
+                   help="a folder written by `allen-sr export`: runs without TensorFlow; "
+                        "replaces --problem, --hparams_set, --output_dir")
+    g.add_argument("--problem", default=None, help="registered problem the model was trained on")
     g.add_argument("--model", default=None,
                    help="t2t model (default: the one whose variables the checkpoint holds)")
-    g.add_argument("--hparams_set", required=True, help="hparams set the model was trained with")
+    g.add_argument("--hparams_set", default=None, help="hparams set the model was trained with")
     g.add_argument("--hparams", default="", help='hparams overrides "k=v,..." as given to t2t-trainer')
-    g.add_argument("--output_dir", required=True,
+    g.add_argument("--output_dir", default=None,
                    help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
     g.add_argument("--mode", default=None, choices=MODES,
                    help="decoding mode (default: the hparams set's decode_mode, else greedy)")
@@ -65,10 +69,18 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.mode is not None:
         check_mode(args.mode, args.temperature)
-    return ModelSpec(problem=args.problem, hparams_set=args.hparams_set, output_dir=args.output_dir,
-                     model=args.model, hparams=args.hparams, mode=args.mode,
-                     temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
-                     decoder=args.decoder)
+    given = [f"--{k}" for k in ("problem", "hparams_set", "output_dir", "model", "hparams", "decoder")
+             if getattr(args, k)]
+    if args.exported is not None and given:
+        raise ValueError(f"--exported {args.exported} is the whole model: leave out {', '.join(given)}")
+    missing = [f"--{k}" for k in ("problem", "hparams_set", "output_dir") if not getattr(args, k)]
+    if args.exported is None and missing:
+        raise ValueError(f"{', '.join(missing)} required: name the trained model "
+                         "(--problem, --hparams_set, --output_dir) or pass --exported DIR")
+    return ModelSpec(problem=args.problem or "", hparams_set=args.hparams_set or "",
+                     output_dir=args.output_dir or "", model=args.model, hparams=args.hparams,
+                     mode=args.mode, temperature=args.temperature, seed=args.seed,
+                     batch_size=args.batch_size, decoder=args.decoder, exported=args.exported)
 
 
 @dataclass
@@ -76,14 +88,36 @@ class OpenModel:
     """A decoder ready to run, with what it was built from."""
 
     decoder: "Decoder"
-    hparams: "HParams"
+    hparams: "HParams | None"  # None for an exported model
     model: str
     mode: str
     checkpoint: str
 
 
+def model_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """(input size, target size, channels) of the model's problem (an export's config says it)."""
+    if spec.exported is not None:
+        from allen_sr.export.runtime import read_config
+
+        config = read_config(spec.exported)
+        return int(config["input_size"]), int(config["target_size"]), int(config["channels"])
+    from allen_sr.t2t.names import problem_shape
+
+    return problem_shape(spec.problem)
+
+
 def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
-    """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names."""
+    """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names.
+
+    With ``spec.exported``: open that export folder instead (NumPy/onnxruntime, no TensorFlow).
+    """
+    if spec.exported is not None:
+        from allen_sr.export.runtime import open_exported
+
+        exported = open_exported(spec.exported)
+        mode = spec.mode or exported.mode
+        check_mode(mode, spec.temperature)
+        return OpenModel(exported.decoder, None, exported.model, mode, str(exported.folder))
     from allen_sr.decoding import checkpoints, registry
     from allen_sr.t2t.names import check_names
 

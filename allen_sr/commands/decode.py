@@ -54,6 +54,9 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
 
     if num_examples < 1:
         raise ValueError(f"--num_examples must be >= 1, got {num_examples}")
+    if spec.exported is not None:
+        raise ValueError(f"--exported {spec.exported}: decode reads a dataset's TFRecords with the full "
+                         "install; score an exported model on image files with `allen-sr evaluate --exported`")
     opened = shared.open_model(spec)
     inputs, targets = read_examples(spec.problem, data_dir, num_examples, opened.hparams, split)
     if tuple(targets.shape[1:3]) != tuple(opened.decoder.target_shape):

@@ -78,9 +78,8 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
              max_tiles: int | None = 256, progress: bool = True) -> dict:
     """Score the model ``spec`` names on tissue tiles of ``images``; writes the results, returns the summary."""
     from allen_sr.evaluation.results import write_results
-    from allen_sr.t2t.names import problem_shape
 
-    input_size, size, channels = problem_shape(spec.problem)
+    input_size, size, channels = shared.model_shape(spec)
     factor = size // input_size
     targets, names = cut_targets(collect_images(images), size, channels, max_tiles or None, spec.seed)
     inputs = np.stack([tiling.area_downsample(t, factor) for t in targets])
@@ -90,8 +89,9 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     predictions = opened.decoder.decode(inputs, **shared.decode_kwargs(spec, opened.mode, progress))
     seconds = time.perf_counter() - start
     kind = getattr(opened.decoder, "name", "model")
+    source = f"exported {spec.exported}" if spec.exported else spec.hparams_set
     note = (f"{len(targets)} tissue tiles of {size}x{size} from {images}; "
-            f"model {opened.model} {spec.hparams_set}, {kind} decoding, mode {opened.mode}")
+            f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}")
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names,
                             baselines=metrics.METHODS)
     print(metrics.summary_to_text(summary))

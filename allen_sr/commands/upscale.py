@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_name_of(spec: shared.ModelSpec) -> str:
+    if spec.exported is not None:
+        from allen_sr.export.runtime import read_config
+
+        return str(read_config(spec.exported)["model"])
     from allen_sr.decoding import checkpoints
 
     return spec.model or checkpoints.checkpoint_model(checkpoints.find_checkpoint(spec.output_dir))
@@ -107,9 +111,7 @@ class TiledModel:
 
 def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -> TiledModel:
     """Open the checkpoint and wrap its decoder as a function of uint8 tiles."""
-    from allen_sr.t2t.names import problem_shape
-
-    in_size, out_size, channels = problem_shape(spec.problem)
+    in_size, out_size, channels = shared.model_shape(spec)
     factor = out_size // in_size
     model = model_name_of(spec)
     if model == CONV_MODEL:
@@ -119,10 +121,11 @@ def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -
         overlap = options.overlap if options.overlap is not None else min(2 * dec.radius + RAMP, tile // 2)
         return TiledModel(lambda x: dec.predict(x), factor, channels, tile, overlap, dec.radius,
                           options.batch_tiles or 1, False, in_size,
-                          f"{model} one pass" + (" (8-fold averaging)" if dec.tta else ""), dec.close)
+                          f"{model} {'onnx' if spec.exported else 'one pass'}"
+                          + (" (8-fold averaging)" if dec.tta else ""), dec.close)
     if options.tile not in (None, in_size):
         raise ValueError(f"--tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
-                         f"(problem {spec.problem}); leave --tile out")
+                         f"(problem {spec.problem or spec.exported}); leave --tile out")
     opened = shared.open_model(spec)
     batch = options.batch_tiles or TRANSFORMER_BATCH
     kwargs = shared.decode_kwargs(spec, opened.mode, progress=False)
