@@ -1,0 +1,236 @@
+"""`allen-sr export` and `--exported`: real tiny checkpoints, a real SavedModel, real ONNX (tf2onnx,
+onnxruntime), real bioimage.io validation, and a real Python 3.12 venv without TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from allen_sr.commands import evaluate as evaluate_cmd
+from allen_sr.commands import upscale as upscale_cmd
+from allen_sr.commands.args import ModelSpec
+from allen_sr.commands.export import export, export_main
+from allen_sr.decoding import checkpoints, support
+from allen_sr.decoding.fast import FastDecoder
+from allen_sr.decoding.one_pass import OnePassDecoder
+from allen_sr.export import runtime
+from allen_sr.testing import tiny_training
+from allen_sr.testing.predict_venv import find_python, predict_venv
+from conftest import REPO, SAMPLE_IMAGES
+
+PROBLEM = "img2img_allen_brain_dim8to32"
+CONV = "img2img_conv_sr"
+CONV_SET = "img2img_conv_sr_cpu"  # decode_tta=True: the 8-fold averaging goes into the graph
+IT_SET = "img2img_allen_cpu_tiny"
+IT_OVERRIDES = ("hidden_size=32,filter_size=64,num_heads=4,num_encoder_layers=1,num_decoder_layers=2,"
+                "learning_rate_warmup_steps=1,learning_rate_constant=0.016,input_skip=True,normalize_inputs=True")
+EVAL_TILES = 48
+
+
+@pytest.fixture(scope="module")
+def conv_run(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("conv_run")
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, "hidden_size=8,num_res_blocks=1,learning_rate_warmup_steps=1")
+    tiny_training.train_checkpoint(out, hp, steps=3, batch_size=4, model_name=CONV)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def conv_export(conv_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "conv"
+    export(PROBLEM, CONV_SET, conv_run, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def it_run(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("it_run")
+    hp = checkpoints.load_hparams(IT_SET, PROBLEM, IT_OVERRIDES)
+    if hasattr(hp, "bicubic_prior"):  # the output head that reads evaluation.bicubic
+        hp.bicubic_prior = True
+    (tmp / "data").mkdir()
+    (tmp / "data" / "img2img_allen_brain-stats.json").write_text(
+        json.dumps({"mean": [200.0, 150.0, 170.0], "std": [30.0, 50.0, 40.0]}))
+    hp.add_hparam("data_dir", str(tmp / "data"))
+    tiny_training.train_checkpoint(tmp / "run", hp, steps=3, batch_size=2, seed=1, model_name=support.SKIP_MODEL)
+    return str(tmp / "run")
+
+
+@pytest.fixture(scope="module")
+def it_export(it_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "it"
+    export(PROBLEM, IT_SET, it_run, out)
+    return out
+
+
+def sample_tiles(n: int, seed: int = 0) -> np.ndarray:
+    targets, _ = evaluate_cmd.cut_targets(evaluate_cmd.collect_images(SAMPLE_IMAGES), 32, 3, n, seed)
+    return np.stack([t.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) for t in targets]).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------- the conv model: SavedModel, ONNX
+
+
+def test_saved_model_and_onnx_serve_any_size_as_the_checkpoints_decoder(conv_run, conv_export):
+    """uint8 [N, H, W, 3] of any size -> uint8 [N, 4H, 4W, 3], the 8-fold averaging inside: the
+    SavedModel's serving signature (one call per image size) and the ONNX model (dynamic N/H/W,
+    one input, one output) give exactly what the checkpoint's own decoder gives."""
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    config = json.loads((conv_export / "config.json").read_text())
+    assert config["model"] == CONV and config["tta"] is True
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, "", conv_run)
+    decoder = OnePassDecoder(hp, checkpoints.find_checkpoint(conv_run), target_shape=(None, None))
+    assert decoder.tta
+    serve = tf.saved_model.load(str(conv_export / "saved_model")).signatures["serving_default"]
+    (spec,) = serve.structured_input_signature[1].values()
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 3]
+    session = ort.InferenceSession(str(conv_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.type, out.type) == ("tensor(uint8)", "tensor(uint8)")
+    assert all(isinstance(d, str) for d in inp.shape[:3]) and inp.shape[3] == 3
+    rng = np.random.default_rng(0)
+    for shape in [(2, 12, 20, 3), (1, 17, 9, 3)]:  # a batch of two, then another size
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        expected = decoder.decode(x)
+        served = serve(image=tf.constant(x))["upscaled"].numpy()
+        assert served.dtype == np.uint8 and served.shape == (shape[0], 4 * shape[1], 4 * shape[2], 3)
+        np.testing.assert_array_equal(served, expected)
+        np.testing.assert_array_equal(session.run(None, {inp.name: x})[0], expected)
+    decoder.close()
+
+
+def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(conv_export, tmp_path):
+    rdf = yaml.safe_load((conv_export / "rdf.yaml").read_text())
+    assert rdf["format_version"].startswith("0.5") and set(rdf["weights"]) >= {"onnx"}
+    assert any("1802.05751" in c.get("doi", "") for c in rdf["cite"])  # Image Transformer (Parmar et al.)
+    assert any("Tensor2Tensor" in c["text"] for c in rdf["cite"])
+    assert "Allen Mouse Brain Atlas" in rdf["config"]["allen_sr"]["training_data"]
+    for name in [rdf["documentation"], *rdf["covers"], rdf["inputs"][0]["test_tensor"]["source"],
+                 rdf["outputs"][0]["test_tensor"]["source"], *(w["source"] for w in rdf["weights"].values())]:
+        assert (conv_export / name).is_file(), name
+    # Validation in a fresh process with every HTTP(S) request sent to a closed port: offline.
+    closed = "http://127.0.0.1:9"
+    env = {**os.environ, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "http_proxy": closed,
+           "https_proxy": closed, "NO_PROXY": "", "no_proxy": "", "BIOIMAGEIO_CACHE_PATH": str(tmp_path)}
+    code = ("import sys; from bioimageio.spec import load_description\n"
+            "d = load_description(sys.argv[1], perform_io_checks=True)\n"
+            "print(d.validation_summary.status); print(d.validation_summary.format())")
+    out = subprocess.run([sys.executable, "-c", code, str(conv_export / "rdf.yaml")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.stdout.split("\n")[0] in ("valid-format", "passed"), out.stdout + out.stderr
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(conv_export / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.load(conv_export / rdf["inputs"][0]["test_tensor"]["source"])
+    assert x.dtype == np.uint8 and x.ndim == 4
+    np.testing.assert_array_equal(session.run(None, {"image": x})[0],
+                                  np.load(conv_export / rdf["outputs"][0]["test_tensor"]["source"]))
+
+
+# ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("case", ["missing", "other_model", "conv_with_it_set", "it_with_conv_set"])
+def test_export_refuses_a_foreign_or_missing_checkpoint_by_name(case, conv_run, it_run, tmp_path, capsys):
+    argv = {
+        "missing": ["--hparams_set", CONV_SET, "--output_dir", str(tmp_path / "nowhere")],
+        "other_model": ["--hparams_set", CONV_SET, "--output_dir", conv_run, "--model", support.SKIP_MODEL],
+        "conv_with_it_set": ["--hparams_set", IT_SET, "--output_dir", conv_run],
+        "it_with_conv_set": ["--hparams_set", CONV_SET, "--output_dir", it_run],
+    }[case]
+    named = {"missing": str(tmp_path / "nowhere"), "other_model": support.SKIP_MODEL,
+             "conv_with_it_set": IT_SET, "it_with_conv_set": CONV_SET}[case]
+    out = tmp_path / "out"
+    assert export_main(["--problem", PROBLEM, "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("allen-sr export: error:") and named in err[0], err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_exported_flags_refuse_a_missing_folder_and_mixed_flags(tmp_path, capsys):
+    assert evaluate_cmd.evaluate_main(["--exported", str(tmp_path / "none"), "--images", SAMPLE_IMAGES,
+                                       "--out", str(tmp_path / "e")]) == 2
+    assert str(tmp_path / "none") in capsys.readouterr().err
+    assert evaluate_cmd.evaluate_main(["--exported", str(tmp_path), "--problem", PROBLEM, "--images",
+                                       SAMPLE_IMAGES, "--out", str(tmp_path / "e")]) == 2
+    assert "leave out --problem" in capsys.readouterr().err
+    assert evaluate_cmd.evaluate_main(["--images", SAMPLE_IMAGES, "--out", str(tmp_path / "e")]) == 2
+    assert "--exported DIR" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the TF-free install (Python 3.12)
+
+
+@pytest.fixture(scope="module")
+def py312() -> Path:
+    python = find_python("3.12")
+    if python is None:
+        pytest.skip("no python3.12 on PATH or in ~/.pyenv/versions: the TF-free install test needs one")
+    return predict_venv(python, REPO)
+
+
+def run_in(python: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = subprocess.run([str(python), *args], capture_output=True, text=True, env=env, cwd="/", timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_exported_models_run_on_python_312_without_tensorflow(py312, conv_run, conv_export, it_run,
+                                                              it_export, tmp_path):
+    """In a Python 3.12 venv of requirements/predict.txt + `pip install --no-deps .` (no
+    TensorFlow, no tensor2tensor): `allen-sr evaluate --exported` scores the conv model's PSNR
+    as the full install scores the checkpoint (within 0.05 dB), `upscale --exported` writes the
+    same image, and the exported Image Transformer decodes to the full stack's greedy values."""
+    probe = run_in(py312, "-c", "import importlib.util as u, sys; print(sys.version_info[:2], "
+                   "u.find_spec('tensorflow'), u.find_spec('tensor2tensor'))")
+    assert probe.stdout.strip() == "(3, 12) None None"
+    allen_sr = str(py312.parent / "allen-sr")
+    # evaluate: the checkpoint with the full stack, the export in the 3.12 venv
+    spec = ModelSpec(problem=PROBLEM, hparams_set=CONV_SET, output_dir=conv_run)
+    full = evaluate_cmd.evaluate(spec, SAMPLE_IMAGES, tmp_path / "full", EVAL_TILES, progress=False)
+    subprocess.run([allen_sr, "evaluate", "--exported", str(conv_export), "--images", SAMPLE_IMAGES,
+                    "--max_tiles", str(EVAL_TILES), "--out", str(tmp_path / "light"), "--no_progress"],
+                   check=True, capture_output=True, cwd="/")
+    light = json.loads((tmp_path / "light" / "metrics.json").read_text())
+    assert light["tiles"] == full["tiles"] == EVAL_TILES
+    gap = abs(light["methods"]["model"]["psnr"] - full["methods"]["model"]["psnr"])
+    print(f"PSNR full {full['methods']['model']['psnr']} exported {light['methods']['model']['psnr']} gap {gap:.4f} dB")
+    assert gap <= 0.05
+    # upscale: same tiling, blending and writer
+    image = os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png")
+    region = ["--image", image, "--width", "150", "--height", "100", "--tile", "64", "--no_progress",
+              "--preview_size", "0"]
+    upscale_cmd.upscale_main(["--problem", PROBLEM, "--hparams_set", CONV_SET, "--output_dir", conv_run,
+                              *region, "--out", str(tmp_path / "full.tif")])
+    subprocess.run([allen_sr, "upscale", "--exported", str(conv_export), *region, "--out",
+                    str(tmp_path / "light.tif")], check=True, capture_output=True, cwd="/")
+    import tifffile
+
+    a, b = (tifffile.imread(tmp_path / n).astype(int) for n in ("full.tif", "light.tif"))
+    assert a.shape == b.shape == (400, 600, 3)
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3  # rounded before blending: a level at most
+    # the Image Transformer: greedy values of the exported NumPy decoder equal the full stack's
+    inputs = sample_tiles(3)
+    np.save(tmp_path / "inputs.npy", inputs)
+    code = ("import sys, numpy as np; from allen_sr.export.runtime import open_exported\n"
+            "m = open_exported(sys.argv[1]); x = np.load(sys.argv[2])\n"
+            "np.save(sys.argv[3], m.decoder.decode(x, mode='greedy'))\n"
+            "print('tensorflow' in sys.modules, 'tensor2tensor' in sys.modules)")
+    out = run_in(py312, "-c", code, str(it_export), str(tmp_path / "inputs.npy"), str(tmp_path / "it.npy"))
+    assert out.stdout.split() == ["False", "False"]
+    hp = checkpoints.load_hparams(IT_SET, PROBLEM, "", it_run)
+    expected = FastDecoder.from_checkpoint(hp, it_run, support.SKIP_MODEL).decode(inputs, mode="greedy")
+    got = np.load(tmp_path / "it.npy")
+    assert len(np.unique(expected)) > 8  # a real decode, not a constant canvas
+    np.testing.assert_array_equal(got, expected)
