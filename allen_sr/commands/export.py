@@ -119,7 +119,7 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
             tta = bool(getattr(hparams, "decode_tta", False))
             graph_def = conv.frozen_graph(hparams, checkpoint, written_by, tta)
             conv.write_saved_model(graph_def, tmp / runtime.SAVED_MODEL_NAME)
-            conv.write_onnx(graph_def, tmp / runtime.ONNX_NAME)
+            conv.write_onnx(graph_def, tmp / runtime.ONNX_NAME, factor, channels)
             config.update(radius=receptive_radius(hparams, factor), tta=tta, decode_mode="greedy",
                           onnx=runtime.ONNX_NAME, saved_model=runtime.SAVED_MODEL_NAME,
                           tensorflow_version=tf.__version__, input_name=conv.INPUT_NAME,
