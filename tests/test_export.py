@@ -114,6 +114,7 @@ def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(con
     assert any("1802.05751" in c.get("doi", "") for c in rdf["cite"])  # Image Transformer (Parmar et al.)
     assert any("Tensor2Tensor" in c["text"] for c in rdf["cite"])
     assert "Allen Mouse Brain Atlas" in rdf["config"]["allen_sr"]["training_data"]
+    assert rdf["training_data"]["name"] == "Allen Mouse Brain Atlas"  # inline: no dataset id to resolve
     for name in [rdf["documentation"], *rdf["covers"], rdf["inputs"][0]["test_tensor"]["source"],
                  rdf["outputs"][0]["test_tensor"]["source"], *(w["source"] for w in rdf["weights"].values())]:
         assert (conv_export / name).is_file(), name

@@ -59,6 +59,20 @@ def training_data(problem: str) -> str:
     return f"the images given to the allen-sr problem {problem} (not the {ALLEN_ATLAS['name']})"
 
 
+def training_data_field(problem: str) -> dict[str, Any]:
+    """The rdf's ``training_data``: the Allen Mouse Brain Atlas described inline (a bioimage.io
+    dataset id would need the network to resolve); nothing for images we cannot name."""
+    if not problem.startswith("img2img_allen_brain"):
+        return {}
+    return {"training_data": {
+        "type": "dataset", "format_version": "0.3.0", "name": ALLEN_ATLAS["name"],
+        "description": (f"Brightfield section images of the adult mouse brain ({ALLEN_ATLAS['url']}), "
+                        f"tiled by allen-sr's {problem}"),
+        "cite": [{"text": ALLEN_ATLAS["text"], "doi": ALLEN_ATLAS["doi"]}],
+        "license": "other",
+    }}
+
+
 def test_image(size: int) -> np.ndarray:
     """A ``size`` px square of real tissue from the shipped sample images (uint8 RGB)."""
     from allen_sr.data.images import list_images, load_image
@@ -179,6 +193,7 @@ def write_package(folder: str | os.PathLike[str], config: dict[str, Any], onnx_n
             "data": {"type": "uint8"},
         }],
         "weights": weights,
+        **training_data_field(config["problem"]),
         "config": {"allen_sr": {"problem": config["problem"], "model": config["model"],
                                 "hparams_set": config["hparams_set"],
                                 "training_data": training_data(config["problem"])}},
