@@ -20,6 +20,7 @@ from allen_sr.commands.decode import decode_main
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.reference import NaiveDecoder
 from allen_sr.decoding.support import UnsupportedHParamsError
+from allen_sr.evaluation.bicubic import bicubic_centres
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 HPARAMS_SET = "img2img_allen_cpu_tiny"
@@ -159,14 +160,19 @@ def test_fast_logits_equal_t2t_graph(ckpt_dir, block_length, size):
     assert np.abs(got - expected).max() < LOGIT_TOL
 
 
-@pytest.mark.parametrize("input_skip, normalize", [(True, False), (False, False), (True, True)])
-def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, normalize):
-    """img2img_transformer_sr (allen_sr.t2t_models): the fast decoder adds the same upsampled
-    input embeddings (and normalized-input term) as the t2t graph; with both off it is the plain
-    model."""
+@pytest.mark.parametrize("input_skip, normalize, prior",
+                         [(True, False, False), (False, False, False), (True, True, False), (True, False, True)])
+def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, normalize, prior):
+    """img2img_transformer_sr (allen_sr.models.image_transformer): the fast decoder adds the same
+    upsampled input embeddings (and normalized-input term, and bicubic prior) as the t2t graph;
+    with all off it is the plain model.
+
+    The prior's logits reach -0.5 * (255 / sigma)^2 far from its centre, so there the tolerance is
+    relative (float32 carries ~7 digits); near the centre, where the probability is, it is 1e-4."""
     model = support.SKIP_MODEL
     hparams = checkpoints.load_hparams(
-        HPARAMS_SET, PROBLEM, TRAIN_OVERRIDES + f",input_skip={input_skip},normalize_inputs={normalize}")
+        HPARAMS_SET, PROBLEM,
+        TRAIN_OVERRIDES + f",input_skip={input_skip},normalize_inputs={normalize},bicubic_prior={prior}")
     if normalize:  # the statistics datagen writes; training reads them from data_dir
         stats_dir = tmp_path / "data"
         stats_dir.mkdir()
@@ -194,7 +200,12 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
     finally:
         naive_dec.close()
     got = FastDecoder.from_checkpoint(hparams, str(run_dir), model_name=model).logits(inputs, targets)
-    assert np.abs(got - expected).max() < LOGIT_TOL
+    assert (np.abs(got - expected) < LOGIT_TOL * np.maximum(1.0, np.abs(expected))).all()
+    if prior:  # the prior is there: a Gaussian around each sub-pixel's bicubic value
+        centres = bicubic_centres(inputs, 4).reshape(-1)
+        peaks = expected.reshape(-1, 256).argmax(axis=-1)
+        assert np.abs(peaks - centres).mean() < 4.0, np.abs(peaks - centres).mean()
+        assert expected.min() < -100
     if input_skip:  # the skip conditions every position on its input pixel from the first step
         assert np.abs(expected - other_inputs).max() > 0.05
 

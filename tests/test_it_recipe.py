@@ -99,14 +99,15 @@ def test_train_budget_stops_training_with_a_final_checkpoint(tmp_path):
 def trained_with_every_training_option(tmp_path_factory):
     out = tmp_path_factory.mktemp("it_recipe")
     extra = ("embedding_init=smooth,embedding_smoothness=0.1,target_noise=3,input_skip=True,"
-             "learning_rate_warmup_steps=1")
+             "context_bicubic=0.5,learning_rate_warmup_steps=1")
     ckpt = tiny_training.train_checkpoint(out, small_hparams(extra), steps=3, batch_size=2, model_name=MODEL)
     return out, ckpt, extra
 
 
 def test_training_only_options_leave_the_decoders_exact(trained_with_every_training_option):
     """The fast decoder's logits equal the t2t graph's for a model trained with the smooth
-    embedding init, its penalty and noisy conditioning (they change training, not the network)."""
+    embedding init, its penalty, noisy and bicubic conditioning (they change training, not the
+    network)."""
     out, ckpt, extra = trained_with_every_training_option
     hp = small_hparams(extra, output_dir=out)
     inputs, targets = tiny_training.synthetic_examples(2, 32, 4, seed=5)
@@ -162,3 +163,35 @@ def test_color_augment_keeps_white_and_permutes_channels():
     assert any((o != tile).any() for o, _, _ in outs)
     with pytest.raises(ValueError, match="unknown part"):
         problems.color_augment(tf.constant(tile), "hue")
+
+
+def test_the_bicubic_prior_starts_at_bicubic(tmp_path):
+    """With ``bicubic_prior`` and no free logits, a model whose prior head is still at its zero
+    initialisation predicts each sub-pixel's bicubic value: the fast decoder's mean output is
+    Pillow's bicubic upscale of the input to within a grey level (Pillow rounds its 8-bit
+    intermediate; the prior's centre does not), whatever the rest of the network does."""
+    from allen_sr.evaluation import metrics
+
+    extra = "bicubic_prior=True,free_logit_scale=0.0,learning_rate_constant=0.0"
+    ckpt = tiny_training.train_checkpoint(tmp_path, small_hparams(extra), steps=1, batch_size=2, model_name=MODEL)
+    hp = small_hparams(extra, output_dir=tmp_path)
+    inputs, _ = tiny_training.synthetic_examples(3, 32, 4, seed=2)
+    decoded = make_decoder(MODEL, "fast", hp, ckpt, (32, 32)).decode(inputs, mode="mean", progress=False)
+    pillow = np.stack([metrics.upscale(x.astype(np.uint8), 4, "bicubic") for x in inputs])
+    diff = np.abs(decoded.astype(int) - pillow.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.4, (diff.max(), diff.mean())
+    assert pillow.std() > 10  # a real picture, not a flat one that any constant would match
+
+
+def test_bicubic_context_replaces_about_that_share_of_the_conditioning():
+    inputs, targets = tiny_training.synthetic_examples(4, 32, 4, seed=3)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        mixed = session.run(image_transformer.bicubic_context(
+            tf.constant(inputs, tf.int32), tf.constant(targets, tf.int32), 0.5))
+    from allen_sr.evaluation.bicubic import bicubic_centres
+
+    bicubic = np.rint(bicubic_centres(inputs, 4)).astype(int)
+    from_targets, from_bicubic = mixed == targets, mixed == bicubic
+    assert (from_targets | from_bicubic).all()
+    share = (from_bicubic & ~from_targets).sum() / (bicubic != targets).sum()
+    assert 0.4 < share < 0.6, share

@@ -54,8 +54,12 @@ class FastDecoder(BatchedDecoder):
         model_name: str = DEFAULT_MODEL,
         target_shape: tuple[int, int] | None = None,
         dtype: str | np.dtype = "float32",
+        check: bool = True,
     ) -> None:
-        check_supported(hparams, model_name)
+        # check=False: the hparams were checked when they were stored (an `allen-sr export`);
+        # the check reads t2t's modality functions, which a TF-free install does not have.
+        if check:
+            check_supported(hparams, model_name)
         self.net = ImageTransformerNetwork(hparams, weights, model_name, dtype)
         self.dtype = self.net.dtype
         self.channels = self.net.channels
@@ -98,6 +102,7 @@ class FastDecoder(BatchedDecoder):
         batch = inputs.shape[0]
         encdec_kv = net.encode(inputs)
         terms = net.position_terms(inputs, rows, cols)  # [B, length, H]
+        centres = net.prior_centres(inputs, rows)  # [B, length] or None
         heads = net.heads
         kd, dk, dv = net.key_depth, net.key_depth // heads, net.value_depth // heads
         bh = batch * heads
@@ -128,7 +133,8 @@ class FastDecoder(BatchedDecoder):
                 x = net.apply(layer.encdec_post, y, x)
                 y = net.apply(layer.ffn_pre, x)
                 x = net.apply(layer.ffn_post, net.ffn(layer.ffn, y), x)
-            value = np.asarray(next_value(t, net.output_logits(x)), np.int64)
+            logits = net.output_logits(x, None if centres is None else centres[:, pos])
+            value = np.asarray(next_value(t, logits), np.int64)
             yield t
 
     def logits(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 from allen_sr.decoding.checkpoints import canonical_variable_name
 from allen_sr.decoding.modes import VOCAB
 from allen_sr.decoding.support import DEFAULT_MODEL, SKIP_MODEL, UnsupportedHParamsError
+from allen_sr.evaluation.bicubic import PRIOR_SIGMA_RANGE, bicubic_centres
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -143,6 +144,9 @@ class ImageTransformerNetwork:
         self.model = model_name
         self.input_skip = model_name == SKIP_MODEL and bool(getattr(hparams, "input_skip", False))
         self.normalize = model_name == SKIP_MODEL and bool(getattr(hparams, "normalize_inputs", False))
+        self.prior = model_name == SKIP_MODEL and bool(getattr(hparams, "bicubic_prior", False))
+        self.prior_sigma = float(getattr(hparams, "prior_sigma", 8.0))
+        self.free_scale = self.dtype.type(getattr(hparams, "free_logit_scale", 1.0))
         self.self_attention_scope = SELF_ATTENTION_SCOPES[hparams.dec_attention_type]
         self.weights = {canonical_variable_name(k): v for k, v in weights.items()}
         self.used: set[str] = set()
@@ -240,6 +244,9 @@ class ImageTransformerNetwork:
         self.decoder_final = self.prepost(namer, "body", self.pre_seq, True)
         self.out_kernel = self.get("body/output_conv/kernel")
         self.out_bias = self.get("body/output_conv/bias")
+        if self.prior:  # allen_sr.models.image_transformer.bicubic_prior_logits
+            self.prior_kernel = self.get("body/bicubic_prior/kernel")  # [H, 2]: offset, log width
+            self.prior_bias = self.get("body/bicubic_prior/bias")
         if self.out_kernel.shape != (self.hidden, VOCAB):
             raise UnsupportedHParamsError(
                 f"output_conv kernel has shape {self.out_kernel.shape}, expected {(self.hidden, VOCAB)} "
@@ -361,6 +368,25 @@ class ImageTransformerNetwork:
         skip = np.broadcast_to(emb, (b, h, f, wc // c, f, c, hidden)).reshape(b, length, hidden)
         return timing[None] + skip
 
-    def output_logits(self, x: np.ndarray) -> np.ndarray:
-        """The final preprocess and `output_conv`: [B, H] -> [B, 256]."""
-        return self.apply(self.decoder_final, x) @ self.out_kernel + self.out_bias
+    def prior_centres(self, inputs: np.ndarray, rows: int) -> np.ndarray | None:
+        """[B, rows*cols*C]: each sub-pixel's bicubic value (the prior's centre), or None."""
+        if not self.prior:
+            return None
+        centres = bicubic_centres(inputs, rows // inputs.shape[1], self.dtype)
+        return centres.reshape(centres.shape[0], -1)
+
+    def output_logits(self, x: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+        """The final preprocess and `output_conv`: [B, H] -> [B, 256]; with the bicubic prior,
+        plus its Gaussian around ``centre`` [B] (from :meth:`prior_centres`) + the learned offset."""
+        y = self.apply(self.decoder_final, x)
+        logits = y @ self.out_kernel + self.out_bias
+        if not self.prior:
+            return logits
+        logits = logits * self.free_scale
+        params = y @ self.prior_kernel + self.prior_bias  # [B, 2]
+        sigma0 = self.dtype.type(self.prior_sigma)
+        low, high = (np.log(v) for v in PRIOR_SIGMA_RANGE)
+        inv_sigma = np.exp(-np.clip(np.log(sigma0) + params[:, 1], low, high)).astype(self.dtype)
+        mu = centre + params[:, 0] * sigma0
+        z = (np.arange(VOCAB, dtype=self.dtype)[None, :] - mu[:, None]) * inv_sigma[:, None]
+        return logits - self.dtype.type(0.5) * z * z

@@ -14,14 +14,12 @@ import os
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.modes import MODES
-from allen_sr.decoding.network import ImageTransformerNetwork
-from allen_sr.decoding.orders import causal_order
 
 CONFIG_NAME = "config.json"
 ONNX_NAME = "model.onnx"
@@ -33,7 +31,7 @@ FORMAT_VERSION = 1
 CONV_MODEL = "img2img_conv_sr"  # allen_sr.models.conv_sr.MODEL_NAME
 
 __all__ = ["CONFIG_NAME", "ONNX_NAME", "WEIGHTS_NAME", "SAVED_MODEL_NAME", "RDF_NAME", "FORMAT",
-           "FORMAT_VERSION", "CONV_MODEL", "ExportedModel", "OnnxDecoder", "ExportedFastDecoder",
+           "FORMAT_VERSION", "CONV_MODEL", "ExportedModel", "OnnxDecoder",
            "read_config", "open_exported"]
 
 
@@ -129,25 +127,6 @@ class OnnxDecoder:
         self.session = None
 
 
-class ExportedFastDecoder(FastDecoder):
-    """The NumPy fast decoder built from an export's weights and hparams (no tensor2tensor).
-
-    `FastDecoder.__init__` first checks the hparams with tensor2tensor's modality functions;
-    an export was checked that way when it was written, so this constructor builds the same
-    network and causal order without the check.
-    """
-
-    def __init__(self, hparams: Any, weights: Mapping[str, np.ndarray], model_name: str,
-                 target_shape: tuple[int, int] | None = None, dtype: str | np.dtype = "float32") -> None:
-        self.net = ImageTransformerNetwork(hparams, weights, model_name, dtype)
-        self.dtype = self.net.dtype
-        self.channels = self.net.channels
-        self.target_shape = tuple(target_shape or (hparams.img_len, hparams.img_len))  # type: ignore[assignment]
-        self.block_length = int(hparams.block_length)
-        rows, cols = self.target_shape
-        self.order = causal_order(hparams, rows, cols, self.channels)
-
-
 @dataclass
 class ExportedModel:
     """An opened export folder: its decoder and what config.json says."""
@@ -193,6 +172,7 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
         with np.load(path, allow_pickle=False) as data:
             weights = {name: data[name] for name in data.files}
         hparams = types.SimpleNamespace(**config["hparams"])
-        decoder = ExportedFastDecoder(hparams, weights, config["model"], (target_size, target_size))
+        # Checked by FastDecoder when the export was written; the check needs tensor2tensor.
+        decoder = FastDecoder(hparams, weights, config["model"], (target_size, target_size), check=False)
     return ExportedModel(decoder, config, folder)
 

@@ -9,6 +9,13 @@ The network is tensor2tensor's `img2img_transformer` plus two additions, switche
 * ``normalize_inputs``: each input sub-pixel's embedding also receives a learned projection of its
   value normalized by the dataset's per-channel mean/std (`allen_sr.models.normalization`; stored
   in the checkpoint, so decoding needs no data_dir).
+* ``bicubic_prior``: each sub-pixel's 256 logits also receive a Gaussian log-density in the value,
+  -((v - mu) / sigma)^2 / 2, centred on mu = the bicubic value of its input (a fixed operator,
+  `allen_sr.evaluation.bicubic`) plus a learned offset, with a learned width; both come from the
+  decoder's output at that position by a zero-initialised dense layer, so training starts at
+  "bicubic, give or take ``prior_sigma`` grey levels" and learns what to change. The distribution
+  is smooth in the value and its expected value is close to mu: what mean decoding needs, and a
+  new stain cannot drift it far from the bicubic.
 
 Training-only options (the network, and so decoding, is unchanged by them):
 
@@ -47,6 +54,7 @@ from tensor2tensor.models import image_transformer_2d  # noqa: E402
 from tensor2tensor.utils import learning_rate as t2t_learning_rate  # noqa: E402
 from tensor2tensor.utils import optimize as t2t_optimize  # noqa: E402
 
+from allen_sr.evaluation.bicubic import PRIOR_SIGMA_RANGE  # noqa: E402
 from allen_sr.models import schedule  # noqa: E402
 from allen_sr.models.normalization import input_statistics  # noqa: E402
 from allen_sr.t2t import registration  # noqa: E402
@@ -74,6 +82,53 @@ def upsample_input_embeddings(inputs, rows: int, cols: int, channels: int):
     x = tf.reshape(inputs, [batch, h, 1, w, 1, channels, hidden])
     x = tf.tile(x, [1, 1, factor, 1, factor, 1, 1])
     return tf.reshape(x, [batch, rows, cols, hidden])
+
+
+PRIOR_SCOPE = "bicubic_prior"
+
+
+def bicubic_matrix_tf(size, out_size: int):
+    """`allen_sr.evaluation.bicubic.pillow_bicubic_matrix` (scale = out_size / size) for an
+    input size known only at run time."""
+    a = -0.5
+    scale = float(out_size) / tf.cast(size, tf.float32)
+    centre = (tf.cast(tf.range(out_size), tf.float32)[:, None] + 0.5) / scale
+    x = tf.abs(tf.cast(tf.range(size), tf.float32)[None, :] + 0.5 - centre)
+    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    outer = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    weights = tf.where(x < 1.0, inner, tf.where(x < 2.0, outer, tf.zeros_like(x)))
+    return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+
+
+def bicubic_tf(raw_inputs, out_rows: int, out_cols: int):
+    """float [B, out_rows, out_cols, C]: `allen_sr.evaluation.bicubic.bicubic_centres` in TF."""
+    x = tf.cast(raw_inputs, tf.float32)
+    _, h, w, _ = common_layers.shape_list(x)
+    wide = tf.clip_by_value(tf.einsum("kl,bjlc->bjkc", bicubic_matrix_tf(w, out_cols), x), 0.0, 255.0)
+    return tf.clip_by_value(tf.einsum("ij,bjkc->bikc", bicubic_matrix_tf(h, out_rows), wide), 0.0, 255.0)
+
+
+def bicubic_prior_logits(decoder_output, raw_inputs, rows: int, cols: int, hparams):
+    """[B, rows, cols, 256] Gaussian log-densities (up to a constant per position); cols counts
+    sub-pixels (pixels x C), as t2t's postprocess_image lays out the logits."""
+    batch = common_layers.shape_list(decoder_output)[0]
+    x = tf.reshape(decoder_output, [batch, rows, cols, hparams.hidden_size])
+    params = tf.layers.dense(x, 2, kernel_initializer=tf.zeros_initializer(), name=PRIOR_SCOPE)
+    sigma0 = float(hparams.prior_sigma)
+    offset = params[..., 0] * sigma0
+    low, high = (math.log(v) for v in PRIOR_SIGMA_RANGE)
+    inv_sigma = tf.exp(-tf.clip_by_value(math.log(sigma0) + params[..., 1], low, high))
+    centre = tf.reshape(bicubic_tf(raw_inputs, rows, cols // hparams.num_channels), [batch, rows, cols])
+    z = (tf.range(256, dtype=tf.float32) - (centre + offset)[..., None]) * inv_sigma[..., None]
+    return -0.5 * tf.square(z)
+
+
+def add_prior(logits, prior, rows: int, hparams):
+    """``logits`` (create_output's layout for the mode) plus the [B, rows, cols, 256] prior."""
+    batch = common_layers.shape_list(prior)[0]
+    if hparams.mode == tf.estimator.ModeKeys.PREDICT:  # create_output's [B, rows, 1, 1, 256]
+        return logits + tf.reshape(prior, [batch, -1, 1, 1, 256])[:, :rows]
+    return logits + tf.reshape(prior, common_layers.shape_list(logits))
 
 
 # The value embeddings of t2t's image_channel_embeddings_bottom (cia.get_channel_embeddings).
@@ -119,6 +174,14 @@ def noisy_targets(targets: tf.Tensor, amplitude: int) -> tf.Tensor:
     return tf.cast(noisy, targets.dtype)
 
 
+def bicubic_context(inputs: tf.Tensor, targets: tf.Tensor, probability: float) -> tf.Tensor:
+    """``targets`` with each sub-pixel replaced, with ``probability``, by its rounded bicubic value."""
+    shape = common_layers.shape_list(targets)
+    bicubic = tf.cast(tf.round(bicubic_tf(inputs, shape[1], shape[2])), targets.dtype)
+    pick = tf.random.uniform(shape) < probability
+    return tf.where(pick, bicubic, targets)
+
+
 @registration.model
 class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     """img2img_transformer plus an optional input skip into the decoder (hparam input_skip)."""
@@ -138,6 +201,10 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         if training and amplitude > 0 and "targets" in features:
             features = dict(features)
             features["targets"] = noisy_targets(features["targets"], amplitude)
+        mix = float(getattr(hp, "context_bicubic", 0.0) or 0.0)
+        if training and mix > 0 and "targets" in features:
+            features = dict(features)
+            features["targets"] = bicubic_context(features["inputs"], features["targets"], mix)
         smooth = getattr(hp, "embedding_init", "default") == "smooth"
         channels = int(hp.num_channels)
         embeddings = self._embeddings
@@ -171,7 +238,12 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         decoder_output = cia.transformer_decoder_layers(
             decoder_input, encoder_output, hparams.num_decoder_layers, hparams,
             attention_type=hparams.dec_attention_type, name="decoder")
-        return cia.create_output(decoder_output, rows, cols, targets, hparams)
+        logits = cia.create_output(decoder_output, rows, cols, targets, hparams)
+        if getattr(hparams, "bicubic_prior", False):
+            logits *= float(hparams.free_logit_scale)
+            prior = bicubic_prior_logits(decoder_output, features["inputs_raw"], rows, cols, hparams)
+            logits = add_prior(logits, prior, rows, hparams)
+        return logits
 
     # --- loss and optimization -----------------------------------------------------------
     def loss(self, logits, features):
