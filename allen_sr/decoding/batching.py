@@ -29,6 +29,42 @@ def as_batch(inputs: Any, channels: int) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def predict_in_chunks(
+    inputs: np.ndarray,
+    run: Callable[[np.ndarray], np.ndarray],
+    factor: int,
+    channels: int,
+    batch_size: int | None,
+    progress: bool,
+    desc: str,
+) -> np.ndarray:
+    """float32 [N, h*factor, w*factor, C]: ``run`` (a one-pass model) on ``batch_size`` tiles at a
+    time, with a progress bar; the tiles' layout and values are checked first."""
+    x = np.asarray(inputs)
+    if x.ndim != 4 or x.shape[-1] != channels:
+        raise ValueError(f"inputs must be [N, h, w, {channels}], got shape {x.shape}")
+    if x.size and (x.min() < 0 or x.max() >= VOCAB):
+        raise ValueError("inputs must hold values in 0..255")
+    n = x.shape[0]
+    step = max(n if not batch_size else int(batch_size), 1)
+    out = np.zeros((n, x.shape[1] * factor, x.shape[2] * factor, channels), np.float32)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="tile", mininterval=0.5)
+    try:
+        for start in range(0, n, step):
+            chunk = x[start:start + step]
+            out[start:start + len(chunk)] = run(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return out
+
+
 _OPENBLAS: Any = False  # not looked up yet
 
 

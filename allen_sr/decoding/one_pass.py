@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from allen_sr.decoding.batching import predict_in_chunks
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.modes import MODES
 from allen_sr.t2t.names import register_all
@@ -121,27 +122,9 @@ class OnePassDecoder:
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"inputs must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
                              f"got shape {x.shape}")
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise ValueError("inputs must hold values in 0..255")
-        n = x.shape[0]
-        batch_size = n if not batch_size else int(batch_size)
-        out = np.zeros((n, x.shape[1] * self.factor, x.shape[2] * self.factor, self.channels), np.float32)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            desc = f"{self.model_name} one pass" + (" (8-fold TTA)" if self.tta else "")
-            bar = tqdm(total=n, desc=desc, unit="tile", mininterval=0.5)
-        try:
-            for start in range(0, n, max(batch_size, 1)):
-                chunk = x[start:start + batch_size].astype(np.int32)
-                out[start:start + len(chunk)] = self._predict_chunk(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
+        desc = f"{self.model_name} one pass" + (" (8-fold TTA)" if self.tta else "")
+        return predict_in_chunks(x, lambda chunk: self._predict_chunk(chunk.astype(np.int32)),
+                                 self.factor, self.channels, batch_size, progress, desc)
 
     def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
         if not self.tta:

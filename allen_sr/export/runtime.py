@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from allen_sr.decoding.batching import predict_in_chunks
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.modes import MODES
 
@@ -87,29 +88,8 @@ class OnnxDecoder:
 
     def predict(self, inputs: np.ndarray, batch_size: int | None = None,
                 progress: bool = False) -> np.ndarray:
-        x = np.asarray(inputs)
-        if x.ndim != 4 or x.shape[-1] != self.channels:
-            raise ValueError(f"inputs must be [N, h, w, {self.channels}], got shape {x.shape}")
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise ValueError("inputs must hold values in 0..255")
-        n = x.shape[0]
-        step = n if not batch_size else int(batch_size)
-        out = np.zeros((n, x.shape[1] * self.factor, x.shape[2] * self.factor, self.channels), np.float32)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=n, desc=f"{self.model_name} onnx", unit="tile", mininterval=0.5)
-        try:
-            for start in range(0, n, max(step, 1)):
-                chunk = x[start:start + step]
-                out[start:start + len(chunk)] = self.run(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
+        return predict_in_chunks(inputs, self.run, self.factor, self.channels, batch_size, progress,
+                                 f"{self.model_name} onnx")
 
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
