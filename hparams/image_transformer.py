@@ -26,20 +26,22 @@ def _allen_transformer_base():
     hp.learning_rate_constant = 1.0
     hp.learning_rate_warmup_steps = 4000
     hp.clip_grad_norm = 1.0
-    # Read by model img2img_transformer_sr only (allen_sr/models/image_transformer.py):
-    hp.add_hparam("normalize_inputs", False)  # add each input value scaled by the dataset mean/std
+    # Read by model img2img_transformer_sr only (allen_sr/models/image_transformer.py). The recipe
+    # (bicubic prior, Gaussian only, normalized inputs, bicubic/noisy conditioning in training) is
+    # what held-out side-by-side runs kept (docs/ARCHITECTURE.md, "Benchmark history").
+    hp.add_hparam("normalize_inputs", True)  # add each input value scaled by the dataset mean/std
     hp.add_hparam("input_skip", True)  # add each sub-pixel's input pixel embedding to its decoder input
-    hp.add_hparam("bicubic_prior", False)  # add a Gaussian around bicubic + learned offset to the logits
+    hp.add_hparam("bicubic_prior", True)  # add a Gaussian around bicubic + learned offset to the logits
     hp.add_hparam("prior_sigma", 8.0)  # the prior's initial width (and offset unit), grey levels
-    hp.add_hparam("free_logit_scale", 1.0)  # with the prior: weight of the free 256-way logits (0: Gaussian only)
+    hp.add_hparam("free_logit_scale", 0.0)  # with the prior: weight of the free 256-way logits (0: Gaussian only)
     # Training only (the network the decoders run is unchanged by these):
     hp.add_hparam("train_budget_seconds", 0.0)  # > 0: stop after this much training time; the cosine follows it
     hp.add_hparam("cosine_decay_steps", 0)  # without a budget: clamped half cosine over this many steps
     hp.add_hparam("cosine_decay_min", 0.1)  # the cosine's final factor of the learning rate
     hp.add_hparam("embedding_init", "default")  # "smooth": value embeddings start smooth in the value
     hp.add_hparam("embedding_smoothness", 0.0)  # weight of the neighbouring-value embedding penalty
-    hp.add_hparam("context_bicubic", 0.0)  # probability a conditioning sub-pixel is its bicubic value (training)
-    hp.add_hparam("target_noise", 0)  # +-grey levels of noise on the decoder's conditioning (training)
+    hp.add_hparam("context_bicubic", 0.75)  # probability a conditioning sub-pixel is its bicubic value (training)
+    hp.add_hparam("target_noise", 2)  # +-grey levels of noise on the decoder's conditioning (training)
     hp.add_hparam("color_augment", "")  # problem-side colour augmentation of training tiles (problems.py)
     # Decoding: the mode `allen-sr decode/evaluate/upscale` use when --mode is not given.
     hp.add_hparam("decode_mode", "mean")

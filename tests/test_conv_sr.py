@@ -170,11 +170,13 @@ def test_bad_scale_factors_and_foreign_hparams_are_refused():
 def test_normalization_without_stats_names_the_missing_file(tmp_path):
     hp = tiny_hparams(extra="normalize_inputs=True")
     with pytest.raises(ValueError, match="normalize_inputs=True .* no data_dir"):
-        tiny_training.train_checkpoint(tmp_path / "a", hp, steps=1, batch_size=2, model_name=MODEL)
+        tiny_training.train_checkpoint(tmp_path / "a", hp, steps=1, batch_size=2, model_name=MODEL,
+                                       synthetic_stats=False)
     hp.add_hparam("data_dir", str(tmp_path))
     expected = re.escape(str(tmp_path / f"{PROBLEM}-stats.json")) + ".*allen-sr datagen"
     with pytest.raises(FileNotFoundError, match=expected):
-        tiny_training.train_checkpoint(tmp_path / "b", hp, steps=1, batch_size=2, model_name=MODEL)
+        tiny_training.train_checkpoint(tmp_path / "b", hp, steps=1, batch_size=2, model_name=MODEL,
+                                       synthetic_stats=False)
 
 
 # --------------------------------------------------------------------------- training

@@ -28,9 +28,11 @@ Training-only options (the network, and so decoding, is unchanged by them):
   training start near their neighbours instead of at random.
 * ``embedding_smoothness`` > 0: adds that weight times the mean squared difference of the
   embeddings of neighbouring values (v, v+1) of each channel to the loss.
+* ``context_bicubic`` > 0: in training, each conditioning sub-pixel is replaced, with that
+  probability, by its rounded bicubic value: contexts like the smooth ones decoding produces.
 * ``target_noise`` > 0: in training, the previous sub-pixels the decoder is conditioned on are
-  perturbed by uniform integer noise of up to that many grey levels (the loss still scores the
-  clean targets): a cheap guard against exposure bias.
+  (after ``context_bicubic``) perturbed by uniform integer noise of up to that many grey levels
+  (the loss still scores the clean targets): a cheap guard against exposure bias.
 
 Colour augmentation of training tiles is the problem's (`allen_sr.t2t.problems`, hparam
 ``color_augment``). Why: docs/ARCHITECTURE.md ("The models").
@@ -197,14 +199,15 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     def bottom(self, features):
         hp = self._hparams
         training = hp.mode == tf.estimator.ModeKeys.TRAIN
-        amplitude = int(getattr(hp, "target_noise", 0) or 0)
-        if training and amplitude > 0 and "targets" in features:
-            features = dict(features)
-            features["targets"] = noisy_targets(features["targets"], amplitude)
+        # The conditioning the decoder sees in training: some sub-pixels bicubic, then noise.
         mix = float(getattr(hp, "context_bicubic", 0.0) or 0.0)
         if training and mix > 0 and "targets" in features:
             features = dict(features)
             features["targets"] = bicubic_context(features["inputs"], features["targets"], mix)
+        amplitude = int(getattr(hp, "target_noise", 0) or 0)
+        if training and amplitude > 0 and "targets" in features:
+            features = dict(features)
+            features["targets"] = noisy_targets(features["targets"], amplitude)
         smooth = getattr(hp, "embedding_init", "default") == "smooth"
         channels = int(hp.num_channels)
         embeddings = self._embeddings

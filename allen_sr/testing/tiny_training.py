@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from allen_sr.data.stats import channel_stats
 from allen_sr.decoding.checkpoints import find_checkpoint
+from allen_sr.fileio import write_json_atomic
 from allen_sr.decoding.support import DEFAULT_MODEL
 from allen_sr.t2t.names import register_all
 
 if TYPE_CHECKING:
     from tensor2tensor.utils.hparam import HParams
 
-__all__ = ["synthetic_examples", "train_checkpoint"]
+__all__ = ["synthetic_examples", "train_checkpoint", "write_synthetic_stats"]
 
 
 def synthetic_examples(
@@ -42,6 +44,17 @@ def synthetic_examples(
     return np.rint(small).astype(np.uint8), images.astype(np.uint8)
 
 
+def write_synthetic_stats(data_dir: str, hparams: "HParams", targets: np.ndarray) -> str:
+    """Write the per-channel statistics of ``targets`` where `normalize_inputs` looks for a
+    dataset's (``<data_dir>/<dataset>-stats.json``, as datagen writes them); returns data_dir."""
+    os.makedirs(data_dir, exist_ok=True)
+    flat = targets.reshape(-1, targets.shape[-1])
+    histogram = np.stack([np.bincount(flat[:, c], minlength=256) for c in range(flat.shape[1])])
+    path = os.path.join(data_dir, f"{hparams.problem.dataset_filename()}-stats.json")
+    write_json_atomic(channel_stats(histogram), path)
+    return data_dir
+
+
 def train_checkpoint(
     output_dir: str | os.PathLike[str],
     hparams: "HParams",
@@ -50,8 +63,13 @@ def train_checkpoint(
     scale: int = 4,
     seed: int = 0,
     model_name: str = DEFAULT_MODEL,
+    synthetic_stats: bool = True,
 ) -> str:
     """Run ``steps`` real training steps on synthetic images and save a checkpoint; returns it.
+
+    With ``normalize_inputs`` and no ``data_dir`` in the hparams, the statistics normalization
+    reads are those of the synthetic images (written as datagen would), unless
+    ``synthetic_stats`` is False (then the model's own error for missing statistics shows).
 
     Uses tensor2tensor's estimator model_fn and `tf.estimator.Estimator` with t2t's run config,
     i.e. t2t-trainer's own code path (optimizer, learning-rate schedule, variable names), and
@@ -76,6 +94,9 @@ def train_checkpoint(
             hparams.add_hparam(key, value)
     size = int(hparams.img_len)
     inputs, targets = synthetic_examples(4 * batch_size, size, scale, int(hparams.num_channels), seed)
+    if (synthetic_stats and getattr(hparams, "normalize_inputs", False) and not hparams.data_dir
+            and hasattr(hparams, "problem")):
+        hparams.data_dir = write_synthetic_stats(os.path.join(output_dir, "data"), hparams, targets)
     run_config = trainer_lib.create_run_config(
         model_name, model_dir=output_dir, num_gpus=0, save_checkpoints_steps=max(steps, 1),
         keep_checkpoint_max=1, random_seed=seed)
