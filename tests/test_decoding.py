@@ -200,7 +200,7 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
     finally:
         naive_dec.close()
     got = FastDecoder.from_checkpoint(hparams, str(run_dir), model_name=model).logits(inputs, targets)
-    assert (np.abs(got - expected) < LOGIT_TOL * np.maximum(1.0, np.abs(expected))).all()
+    np.testing.assert_allclose(got, expected, rtol=LOGIT_TOL, atol=LOGIT_TOL)
     if prior:  # the prior is there: a Gaussian around each sub-pixel's bicubic value
         centres = bicubic_centres(inputs, 4).reshape(-1)
         peaks = expected.reshape(-1, 256).argmax(axis=-1)

@@ -227,7 +227,9 @@ def test_input_skip_model_with_local_2d(tmp_path):
     finally:
         naive.close()
     fast = FastDecoder.from_checkpoint(hparams, run, model_name=support.SKIP_MODEL)
-    assert np.abs(fast.logits(inputs, targets) - expected).max() < LOGIT_TOL
+    # Our set has the bicubic prior, whose logits reach -0.5 * (255 / sigma)^2 far from its
+    # centre: there float32 carries ~7 digits, so the tolerance is relative (as test_decoding's).
+    np.testing.assert_allclose(fast.logits(inputs, targets), expected, rtol=LOGIT_TOL, atol=LOGIT_TOL)
 
 
 # --------------------------------------------------------------------------- decoding
