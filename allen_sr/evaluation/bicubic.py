@@ -5,8 +5,9 @@ centres each sub-pixel's distribution on the bicubic value of its input, and the
 (`allen_sr.decoding.network`) must compute exactly the same centres. Both use these matrices.
 
 Pillow resamples separably, horizontal pass first, keeping an 8-bit intermediate image. The
-operator here is its float version: each pass is a matrix (Pillow's own weights, read off by
-resizing unit impulses of a float image), the intermediate is clipped to 0..255 but not rounded
+operator here is its float version: each pass is a matrix of Pillow's weights (from its kernel;
+a test compares them with the weights read off Pillow by resizing unit impulses of a float image),
+the intermediate is clipped to 0..255 but not rounded
 (rounding would make the two frameworks' centres differ by a grey level where float32 sums land
 on .5). It stays within about a grey level of ``Image.resize(..., BICUBIC)`` on uint8 images (at
 most 1.1 on random noise, 0.3 on average; test).
