@@ -266,7 +266,11 @@ def test_a_killed_run_leaves_nothing_under_the_final_name_and_a_rerun_completes(
     Image.fromarray(textured(1200, 1200)).save(src)
     out = tmp_path / "big.tif"
     argv = conv_flags(conv_dir) + [f"--image={src}", f"--out={out}", "--tile=128"]
-    code = f"import sys; from allen_sr.commands.upscale import upscale_main; sys.exit(upscale_main({argv!r}))"
+    # The child starts as a user's process would, whatever the test runner's signal state:
+    # Ctrl-C raises KeyboardInterrupt and is not blocked.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+            f"from allen_sr.commands.upscale import upscale_main; sys.exit(upscale_main({argv!r}))")
     for sig in (signal.SIGKILL, signal.SIGINT):
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120
@@ -274,10 +278,11 @@ def test_a_killed_run_leaves_nothing_under_the_final_name_and_a_rerun_completes(
                 and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.5)
+        time.sleep(0.2)
         proc.send_signal(sig)
-        proc.communicate(timeout=60)
-        assert not out.exists()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0, f"signal {sig!r} came after the run completed: {err[-500:]!r}"
+        assert not out.exists(), (sig, proc.returncode, err[-1000:])
         hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
         if sig == signal.SIGINT:
             assert hidden == []  # Ctrl-C cleans up after itself (and the killed run's files were stale)
