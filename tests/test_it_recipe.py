@@ -99,7 +99,7 @@ def test_train_budget_stops_training_with_a_final_checkpoint(tmp_path):
 def trained_with_every_training_option(tmp_path_factory):
     out = tmp_path_factory.mktemp("it_recipe")
     extra = ("embedding_init=smooth,embedding_smoothness=0.1,target_noise=3,input_skip=True,"
-             "context_bicubic=0.5,learning_rate_warmup_steps=1")
+             "context_bicubic=0.5,self_condition=0.5,learning_rate_warmup_steps=1")
     ckpt = tiny_training.train_checkpoint(out, small_hparams(extra), steps=3, batch_size=2, model_name=MODEL)
     return out, ckpt, extra
 

@@ -53,6 +53,17 @@ with tf.compat.v1.Session() as s:
     print("OK", op is None)
 """
 
+DENSE_SHARED_ACROSS_SHARDS = """
+from tensor2tensor.layers import common_layers
+x = tf.zeros([2, 3])
+for shard in range(2):  # as t2t's data parallelism builds shards: new name scope, reused variables
+    with tf.name_scope(f"parallel_{shard}"), tf.compat.v1.variable_scope("model", reuse=shard > 0):
+        common_layers.dense(x, 4, name="q")
+names = sorted(v.name for v in tf.compat.v1.trainable_variables())
+assert names == ["model/q/bias:0", "model/q/kernel:0"], f"NOT SHARED: {names}"
+print("OK", len(names))
+"""
+
 
 def run(code: str, shim: bool) -> subprocess.CompletedProcess:
     script = textwrap.dedent(PRELUDE) + textwrap.dedent(code)
@@ -64,7 +75,8 @@ def run(code: str, shim: bool) -> subprocess.CompletedProcess:
     (SLIM_IMAGE_DECODE, "control_flow_ops' has no attribute", "OK 336"),
     (SLIM_OPTIMIZE_LOSS, "ops' has no attribute 'Tensor'", "OK 0.8"),
     (EMBEDDED_IMAGE_SUMMARY, "InvalidArgument", "OK True"),
-], ids=["tf_slim-image-decoder", "tf_slim-optimize_loss", "embedded-image-summary"])
+    (DENSE_SHARED_ACROSS_SHARDS, "NOT SHARED", "OK 2"),
+], ids=["tf_slim-image-decoder", "tf_slim-optimize_loss", "embedded-image-summary", "dense-shared"])
 def test_shim_fixes_what_breaks_without_it(code, broken, fixed):
     without = run(code, shim=False)
     assert without.returncode != 0 and broken in without.stderr, without.stderr[-2000:]

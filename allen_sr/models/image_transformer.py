@@ -33,6 +33,13 @@ Training-only options (the network, and so decoding, is unchanged by them):
 * ``target_noise`` > 0: in training, the previous sub-pixels the decoder is conditioned on are
   (after ``context_bicubic``) perturbed by uniform integer noise of up to that many grey levels
   (the loss still scores the clean targets): a cheap guard against exposure bias.
+* ``self_condition`` > 0: scheduled sampling with the model's own mean-decoding values. A first,
+  forward-only pass (its usual training context) gives each sub-pixel's expected value; the
+  second pass, which alone is trained, is conditioned on those rounded values at that fraction of
+  the sub-pixels, drawn at random, and on the true ones elsewhere (no bicubic context, no noise).
+  Contexts like the ones free-running mean decoding feeds itself, for about a third more time per
+  step (tensor2tensor's own ``scheduled_sampling_prob`` samples multinomially, as the noisy
+  "sample" mode does; it stays available when this is 0).
 
 Colour augmentation of training tiles is the problem's (`allen_sr.t2t.problems`, hparam
 ``color_augment``). Why: docs/ARCHITECTURE.md ("The models").
@@ -194,11 +201,14 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         # train_budget_seconds > 0.
         self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
         self._embeddings: list[tf.Tensor] = []
+        # While the self_condition pass is built: no bicubic/noisy context, loss on these targets.
+        self._self_conditioned = False
+        self._loss_targets: tf.Tensor | None = None
 
     # --- bottoms: the same network; training-only initialisation and noise ----------------
     def bottom(self, features):
         hp = self._hparams
-        training = hp.mode == tf.estimator.ModeKeys.TRAIN
+        training = hp.mode == tf.estimator.ModeKeys.TRAIN and not self._self_conditioned
         # The conditioning the decoder sees in training: some sub-pixels bicubic, then noise.
         mix = float(getattr(hp, "context_bicubic", 0.0) or 0.0)
         if training and mix > 0 and "targets" in features:
@@ -248,8 +258,30 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
             logits = add_prior(logits, prior, rows, hparams)
         return logits
 
+    def model_fn(self, features):
+        """t2t's model_fn, then the ``self_condition`` pass (see the module docstring)."""
+        logits, losses = super().model_fn(features)
+        fraction = float(getattr(self._hparams, "self_condition", 0.0) or 0.0)
+        if fraction <= 0 or self._hparams.mode != tf.estimator.ModeKeys.TRAIN:
+            return logits, losses
+        targets = features["targets"]
+        shape = common_layers.shape_list(targets)
+        values = tf.range(common_layers.shape_list(logits)[-1], dtype=logits.dtype)
+        expected = tf.reduce_sum(tf.nn.softmax(tf.stop_gradient(logits)) * values, axis=-1)
+        own = tf.cast(tf.reshape(tf.round(expected), shape), targets.dtype)
+        new_features = dict(features)
+        new_features["targets"] = tf.where(tf.random.uniform(shape) < fraction, own, targets)
+        self._self_conditioned, self._loss_targets = True, targets
+        try:
+            with tf.variable_scope(tf.get_variable_scope(), reuse=True):
+                return super().model_fn(new_features)
+        finally:
+            self._self_conditioned, self._loss_targets = False, None
+
     # --- loss and optimization -----------------------------------------------------------
     def loss(self, logits, features):
+        if self._loss_targets is not None:  # the self_condition pass: score the true targets
+            features = dict(features, targets=self._loss_targets)
         loss = super().loss(logits, features)
         weight = float(getattr(self._hparams, "embedding_smoothness", 0.0) or 0.0)
         if weight <= 0 or self._hparams.mode != tf.estimator.ModeKeys.TRAIN or not self._embeddings:

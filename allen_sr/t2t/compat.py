@@ -68,10 +68,28 @@ def _skip_invalid_image_summaries() -> None:
     summary.image = image
 
 
+def _share_layers_through_variable_scopes() -> None:
+    """t2t's layers (`common_layers.layers()`: every dense of attention, feed-forward and output).
+
+    With TF 2 behaviour on, t2t picks Keras layers, whose variables are named by the *name* scope
+    and ignore `variable_scope(reuse=True)`. So each data shard of `--worker_gpu=N` (t2t's
+    `parallel_i` scopes) trains its own copy of every dense weight, and any second pass of a model
+    over its own variables (scheduled sampling, our ``self_condition``) makes new ones. t2t 1.15
+    was written for `tf.compat.v1.layers`, which name and share variables by variable scope: we
+    give it those. Checkpoints written before this fix (``.../parallel_0_4/...`` names) still
+    decode: `decoding.checkpoints.canonical_variable_name` maps both namings to one.
+    """
+    import tensorflow as tf
+    from tensor2tensor.layers import common_layers
+
+    common_layers._cached_layers = tf.compat.v1.layers
+
+
 SHIMS = (
     _restore_control_flow_ops,
     _restore_ops_tensor_types,
     _skip_invalid_image_summaries,
+    _share_layers_through_variable_scopes,
 )
 
 
