@@ -163,20 +163,22 @@ def test_fast_logits_equal_t2t_graph(ckpt_dir, block_length, size):
     assert np.abs(got - expected).max() < LOGIT_TOL
 
 
-@pytest.mark.parametrize("input_skip, normalize, prior",
-                         [(True, False, False), (False, False, False), (True, True, False), (True, False, True)])
-def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, normalize, prior):
+@pytest.mark.parametrize("input_skip, normalize, prior, patch",
+                         [(True, False, False, 0), (False, False, False, 0), (True, True, False, 0),
+                          (True, False, True, 0), (True, True, True, 1), (False, False, False, 2)])
+def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, normalize, prior, patch):
     """img2img_transformer_sr (allen_sr.models.image_transformer): the fast decoder adds the same
-    upsampled input embeddings (and normalized-input term, and bicubic prior) as the t2t graph;
-    with all off it is the plain model.
+    upsampled input embeddings (and normalized-input term, bicubic prior, input_patch maps) as the
+    t2t graph; with all off it is the plain model.
 
     The prior's logits reach -0.5 * (255 / sigma)^2 far from its centre, so there the tolerance is
     relative (float32 carries ~7 digits); near the centre, where the probability is, it is 1e-4."""
     model = support.SKIP_MODEL
     hparams = checkpoints.load_hparams(
         HPARAMS_SET, PROBLEM,
-        TRAIN_OVERRIDES + f",input_skip={input_skip},normalize_inputs={normalize},bicubic_prior={prior}")
-    if normalize:  # the statistics datagen writes; training reads them from data_dir
+        TRAIN_OVERRIDES + f",input_skip={input_skip},normalize_inputs={normalize},bicubic_prior={prior},"
+        f"input_patch={patch}")
+    if normalize or patch:  # the statistics datagen writes; training reads them from data_dir
         stats_dir = tmp_path / "data"
         stats_dir.mkdir()
         (stats_dir / "img2img_allen_brain-stats.json").write_text(
@@ -189,7 +191,8 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
     tiny_training.train_checkpoint(run_dir, hparams, steps=3, batch_size=2, seed=1, model_name=model)
     hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM, output_dir=run_dir)
     assert hparams.input_skip == input_skip and hparams.normalize_inputs == normalize
-    if normalize:  # the statistics travel in the checkpoint
+    assert hparams.input_patch == patch
+    if normalize or patch:  # the statistics travel in the checkpoint
         import tensorflow as tf
 
         reader = tf.train.load_checkpoint(checkpoints.find_checkpoint(run_dir))
@@ -209,7 +212,7 @@ def test_input_skip_model_fast_logits_equal_t2t_graph(tmp_path, input_skip, norm
         peaks = expected.reshape(-1, 256).argmax(axis=-1)
         assert np.abs(peaks - centres).mean() < 4.0, np.abs(peaks - centres).mean()
         assert expected.min() < -100
-    if input_skip:  # the skip conditions every position on its input pixel from the first step
+    if input_skip or patch:  # the skip conditions every position on its input pixel from the first step
         assert np.abs(expected - other_inputs).max() > 0.05
 
 

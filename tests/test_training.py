@@ -114,6 +114,13 @@ def test_two_data_shards_on_cpu(dataset, tmp_path):
             body_devices.setdefault(int(shard.group(1)), set()).add(device)
     assert body_devices == {0: {"/device:GPU:0"}, 1: {"/device:GPU:1"}}
     assert (out / "model.ckpt-3.index").exists()
+    # Both shards train one set of weights: each variable once in the checkpoint, under the
+    # model's variable scope (before allen_sr.t2t.compat shared t2t's layers, shard 1 had its own
+    # copy of every dense weight under img2img_transformer/parallel_1/...).
+    import tensorflow as tf
+    names = [name for name, _ in tf.train.list_variables(str(out / "model.ckpt-3"))]
+    assert any(n.endswith("self_attention/q/kernel") for n in names)
+    assert not [n for n in names if "/parallel_" in n]
 
 
 # --- 2. a chief, a parameter server and two workers on 127.0.0.1 -------------------------------

@@ -146,6 +146,7 @@ class ImageTransformerNetwork:
         self.normalize = model_name == SKIP_MODEL and bool(getattr(hparams, "normalize_inputs", False))
         self.prior = model_name == SKIP_MODEL and bool(getattr(hparams, "bicubic_prior", False))
         self.prior_sigma = float(getattr(hparams, "prior_sigma", 8.0))
+        self.patch_radius = int(getattr(hparams, "input_patch", 0) or 0) if model_name == SKIP_MODEL else 0
         self.free_scale = self.dtype.type(getattr(hparams, "free_logit_scale", 1.0))
         self.self_attention_scope = SELF_ATTENTION_SCOPES[hparams.dec_attention_type]
         self.weights = {canonical_variable_name(k): v for k, v in weights.items()}
@@ -210,11 +211,17 @@ class ImageTransformerNetwork:
             if emb.shape != expected:
                 raise ValueError(f"embedding has shape {emb.shape}, expected {expected} "
                                  f"for num_channels={self.channels}")
-        if self.normalize:  # allen_sr.models.image_transformer.normalized_input_term
+        if self.normalize or self.patch_radius:  # image_transformer.normalized_values
             self.norm_mean = self.get("body/input_normalization/mean")
             self.norm_std = self.get("body/input_normalization/std")
+        if self.normalize:  # allen_sr.models.image_transformer.normalized_input_term
             self.norm_kernel = self.get("body/normalized_inputs/kernel")  # [1, H]
             self.norm_bias = self.get("body/normalized_inputs/bias")
+        if self.patch_radius:  # allen_sr.models.image_transformer.patch_terms
+            self.patch_skip = self.get("body/input_patch/skip")  # [f, f, C, K, H]
+            if self.prior:
+                self.patch_offset = self.get("body/input_patch/offset")  # [f, f, C, K]
+                self.patch_offset_bias = self.get("body/input_patch/offset_bias")  # [f, f, C]
         namer = ScopeNamer()
         self.encoder: list[EncoderLayer] = []
         for i in range(num_encoder_layers):
@@ -317,11 +324,23 @@ class ImageTransformerNetwork:
         b, h, w, c, hidden = emb.shape
         return emb.reshape(b, h, w * c, hidden)
 
+    def normalized(self, inputs: np.ndarray) -> np.ndarray:
+        """[B, h, w, C]: the inputs normalized by the checkpoint's per-channel mean/std."""
+        return (np.asarray(inputs, self.dtype) - self.norm_mean) / self.norm_std
+
+    def patches(self, inputs: np.ndarray) -> np.ndarray:
+        """[B, h, w, K]: `image_transformer.input_patches` of the normalized inputs."""
+        r = self.patch_radius
+        x = np.pad(self.normalized(inputs), ((0, 0), (r, r), (r, r), (0, 0)), mode="symmetric")
+        _, h, w, _ = inputs.shape
+        side = 2 * r + 1
+        return np.concatenate([x[:, dy:dy + h, dx:dx + w] for dy in range(side) for dx in range(side)], axis=-1)
+
     def input_features(self, inputs: np.ndarray) -> np.ndarray:
         """The inputs bottom [B, h, w*C, H], plus the normalized-value term when enabled."""
         x = self.embed(np.asarray(inputs, np.int64), self.input_embedding)
         if self.normalize:
-            values = (np.asarray(inputs, self.dtype) - self.norm_mean) / self.norm_std
+            values = self.normalized(inputs)
             b, h, w, c = values.shape
             x = x + values.reshape(b, h, w * c, 1) @ self.norm_kernel + self.norm_bias
         return x
@@ -354,35 +373,45 @@ class ImageTransformerNetwork:
         """[B, rows*cols*C, H]: what the decoder input adds at each flat grid position besides the
         shifted target embedding: the timing signal on [rows, cols*C], plus for the input skip
         (`upsample_input_embeddings`) the embedding of the input pixel (r // f, col // f), same
-        channel. Both depend on the inputs only, never on the canvas."""
+        channel, and for ``input_patch`` its map of the input pixel's neighbourhood. All depend on
+        the inputs only, never on the canvas."""
         c = self.channels
         length = rows * cols * c
         timing = timing_signal_2d(rows, cols * c, self.hidden, self.dtype).reshape(length, self.hidden)
         batch = inputs.shape[0]
-        if not self.input_skip:
-            return np.broadcast_to(timing[None], (batch, length, self.hidden))
-        emb = self.input_features(inputs)
-        b, h, wc, hidden = emb.shape
-        f = rows // h
-        emb = emb.reshape(b, h, 1, wc // c, 1, c, hidden)
-        skip = np.broadcast_to(emb, (b, h, f, wc // c, f, c, hidden)).reshape(b, length, hidden)
-        return timing[None] + skip
+        terms = np.broadcast_to(timing[None], (batch, length, self.hidden))
+        if self.input_skip:
+            emb = self.input_features(inputs)
+            b, h, wc, hidden = emb.shape
+            f = rows // h
+            emb = emb.reshape(b, h, 1, wc // c, 1, c, hidden)
+            terms = terms + np.broadcast_to(emb, (b, h, f, wc // c, f, c, hidden)).reshape(b, length, hidden)
+        if self.patch_radius:  # the input_patch head's decoder-input map
+            patch = np.einsum("nyxk,ijckh->nyixjch", self.patches(inputs), self.patch_skip, optimize=True)
+            terms = terms + patch.reshape(batch, length, self.hidden)
+        return terms
 
     def prior_centres(self, inputs: np.ndarray, rows: int) -> np.ndarray | None:
-        """[B, rows*cols*C]: each sub-pixel's bicubic value (the prior's centre), or None."""
+        """[B, rows*cols*C]: each sub-pixel's bicubic value plus the ``input_patch`` shift (the
+        prior's centre before the decoder's offset), or None without the prior."""
         if not self.prior:
             return None
         centres = bicubic_centres(inputs, rows // inputs.shape[1], self.dtype)
-        return centres.reshape(centres.shape[0], -1)
+        centres = centres.reshape(centres.shape[0], -1)
+        if self.patch_radius:  # the input_patch head's learned shift of the centre
+            shift = np.einsum("nyxk,ijck->nyixjc", self.patches(inputs), self.patch_offset, optimize=True)
+            shift = (shift + self.patch_offset_bias[None, None, :, None]) * self.dtype.type(self.prior_sigma)
+            centres = centres + shift.reshape(centres.shape[0], -1).astype(self.dtype)
+        return centres
 
     def output_logits(self, x: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
         """The final preprocess and `output_conv`: [B, H] -> [B, 256]; with the bicubic prior,
         plus its Gaussian around ``centre`` [B] (from :meth:`prior_centres`) + the learned offset."""
         y = self.apply(self.decoder_final, x)
-        logits = y @ self.out_kernel + self.out_bias
         if not self.prior:
-            return logits
-        logits = logits * self.free_scale
+            return y @ self.out_kernel + self.out_bias
+        # Gaussian only (free_logit_scale 0, our sets' default): the free logits add exactly 0.
+        logits = (y @ self.out_kernel + self.out_bias) * self.free_scale if self.free_scale else 0
         params = y @ self.prior_kernel + self.prior_bias  # [B, 2]
         sigma0 = self.dtype.type(self.prior_sigma)
         low, high = (np.log(v) for v in PRIOR_SIGMA_RANGE)

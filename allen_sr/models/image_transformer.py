@@ -16,6 +16,11 @@ The network is tensor2tensor's `img2img_transformer` plus two additions, switche
   "bicubic, give or take ``prior_sigma`` grey levels" and learns what to change. The distribution
   is smooth in the value and its expected value is close to mu: what mean decoding needs, and a
   new stain cannot drift it far from the bicubic.
+* ``input_patch`` = r > 0: each sub-pixel also sees its input pixel's (2r+1)^2 neighbourhood of
+  normalized values (all channels) through linear maps specific to its place in the f x f block
+  and its channel: one added to its decoder input, one (with the prior) to the prior's centre.
+  The centre starts at bicubic and becomes a learned linear upsampler; the decoder reads local
+  structure directly instead of only through attention over the encoder.
 
 Training-only options (the network, and so decoding, is unchanged by them):
 
@@ -71,13 +76,58 @@ from allen_sr.t2t import registration  # noqa: E402
 MODEL_NAME = "img2img_transformer_sr"
 
 
-def normalized_input_term(raw_inputs, hparams):
-    """[B, h, w*C, H]: a learned projection of each input sub-pixel's normalized value."""
+def normalized_values(raw_inputs, hparams):
+    """[B, h, w, C] float: the input values normalized by the dataset's per-channel mean/std."""
     mean, std = input_statistics(hparams, hparams.num_channels, MODEL_NAME)
-    x = (tf.cast(raw_inputs, tf.float32) - mean) / std
-    batch, h, w, c = common_layers.shape_list(x)
-    x = tf.reshape(x, [batch, h, w * c, 1])
+    return (tf.cast(raw_inputs, tf.float32) - mean) / std
+
+
+def normalized_input_term(normalized, hparams):
+    """[B, h, w*C, H]: a learned projection of each input sub-pixel's normalized value."""
+    batch, h, w, c = common_layers.shape_list(normalized)
+    x = tf.reshape(normalized, [batch, h, w * c, 1])
     return tf.layers.dense(x, hparams.hidden_size, name="normalized_inputs")
+
+
+PATCH_SCOPE = "input_patch"
+
+
+def input_patches(normalized, radius: int):
+    """[B, h, w, (2r+1)^2 * C]: each input pixel's neighbourhood of normalized values, rows then
+    columns then channels, the image mirrored at its border (numpy's "symmetric" pad)."""
+    _, h, w, _ = common_layers.shape_list(normalized)
+    side = 2 * radius + 1
+    x = tf.pad(normalized, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC")
+    return tf.concat([x[:, dy:dy + h, dx:dx + w, :] for dy in range(side) for dx in range(side)], axis=-1)
+
+
+def patch_terms(patches, rows: int, cols: int, hparams):
+    """The ``input_patch`` head: per sub-pixel position (i, j) in its f x f block and channel c,
+    two linear maps of its input pixel's neighbourhood ``patches`` [B, h, w, K]:
+
+    * [B, rows, cols, H] added to the decoder input (cols counts sub-pixels, as
+      `upsample_input_embeddings`), a learned filter bank the decoder reads;
+    * with ``bicubic_prior``, [B, rows, cols] added to the prior's centre, in units of
+      ``prior_sigma`` grey levels (zero-initialised: training starts at bicubic): a learned linear
+      upsampler. Without the prior this is None.
+    """
+    batch, h, w, k = common_layers.shape_list(patches)
+    channels, hidden = int(hparams.num_channels), int(hparams.hidden_size)
+    f = int(hparams.upscale_factor)  # static: the weights' shape (the input side may be dynamic)
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            h * f, rows, message="input_patch: upscale_factor does not match the problem's sizes")]):
+        patches = tf.identity(patches)
+    with tf.variable_scope(PATCH_SCOPE):
+        skip = tf.get_variable("skip", [f, f, channels, k, hidden],
+                               initializer=tf.random_normal_initializer(stddev=(k * hidden) ** -0.5))
+        decoder = tf.reshape(tf.einsum("nyxk,ijckh->nyixjch", patches, skip), [batch, rows, cols, hidden])
+        if not getattr(hparams, "bicubic_prior", False):
+            return decoder, None
+        offset = tf.get_variable("offset", [f, f, channels, k], initializer=tf.zeros_initializer())
+        bias = tf.get_variable("offset_bias", [f, f, channels], initializer=tf.zeros_initializer())
+    # [B, y, i, x, j, c] + bias [i, j, c] broadcast as [1, 1, i, 1, j, c]
+    centre = tf.einsum("nyxk,ijck->nyixjc", patches, offset) + bias[None, None, :, None]
+    return decoder, tf.reshape(centre, [batch, rows, cols]) * float(hparams.prior_sigma)
 
 
 def upsample_input_embeddings(inputs, rows: int, cols: int, channels: int):
@@ -117,9 +167,10 @@ def bicubic_tf(raw_inputs, out_rows: int, out_cols: int):
     return tf.clip_by_value(tf.einsum("ij,bjkc->bikc", bicubic_matrix_tf(h, out_rows), wide), 0.0, 255.0)
 
 
-def bicubic_prior_logits(decoder_output, raw_inputs, rows: int, cols: int, hparams):
+def bicubic_prior_logits(decoder_output, raw_inputs, rows: int, cols: int, hparams, shift=None):
     """[B, rows, cols, 256] Gaussian log-densities (up to a constant per position); cols counts
-    sub-pixels (pixels x C), as t2t's postprocess_image lays out the logits."""
+    sub-pixels (pixels x C), as t2t's postprocess_image lays out the logits. ``shift`` [B, rows,
+    cols] (grey levels, inputs only: the ``input_patch`` head) moves the centre from the bicubic."""
     batch = common_layers.shape_list(decoder_output)[0]
     x = tf.reshape(decoder_output, [batch, rows, cols, hparams.hidden_size])
     params = tf.layers.dense(x, 2, kernel_initializer=tf.zeros_initializer(), name=PRIOR_SCOPE)
@@ -128,6 +179,8 @@ def bicubic_prior_logits(decoder_output, raw_inputs, rows: int, cols: int, hpara
     low, high = (math.log(v) for v in PRIOR_SIGMA_RANGE)
     inv_sigma = tf.exp(-tf.clip_by_value(math.log(sigma0) + params[..., 1], low, high))
     centre = tf.reshape(bicubic_tf(raw_inputs, rows, cols // hparams.num_channels), [batch, rows, cols])
+    if shift is not None:
+        centre += shift
     z = (tf.range(256, dtype=tf.float32) - (centre + offset)[..., None]) * inv_sigma[..., None]
     return -0.5 * tf.square(z)
 
@@ -239,8 +292,11 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     def body(self, features):
         hparams = copy.copy(self._hparams)
         inputs, targets = features["inputs"], features["targets"]
+        radius = int(getattr(hparams, "input_patch", 0) or 0)
+        if getattr(hparams, "normalize_inputs", False) or radius:
+            normalized = normalized_values(features["inputs_raw"], hparams)
         if getattr(hparams, "normalize_inputs", False):
-            inputs += normalized_input_term(features["inputs_raw"], hparams)
+            inputs += normalized_input_term(normalized, hparams)
         encoder_input = cia.prepare_encoder(inputs, hparams)
         encoder_output = cia.transformer_encoder_layers(
             encoder_input, hparams.num_encoder_layers, hparams,
@@ -248,13 +304,17 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         decoder_input, rows, cols = cia.prepare_decoder(targets, hparams)
         if getattr(hparams, "input_skip", False):
             decoder_input += upsample_input_embeddings(inputs, rows, cols, hparams.num_channels)
+        shift = None
+        if radius:
+            patch_input, shift = patch_terms(input_patches(normalized, radius), rows, cols, hparams)
+            decoder_input += patch_input
         decoder_output = cia.transformer_decoder_layers(
             decoder_input, encoder_output, hparams.num_decoder_layers, hparams,
             attention_type=hparams.dec_attention_type, name="decoder")
         logits = cia.create_output(decoder_output, rows, cols, targets, hparams)
         if getattr(hparams, "bicubic_prior", False):
             logits *= float(hparams.free_logit_scale)
-            prior = bicubic_prior_logits(decoder_output, features["inputs_raw"], rows, cols, hparams)
+            prior = bicubic_prior_logits(decoder_output, features["inputs_raw"], rows, cols, hparams, shift)
             logits = add_prior(logits, prior, rows, hparams)
         return logits
 

@@ -127,6 +127,8 @@ class TileSuperResolution(problem.Problem):
             model_hparams.num_channels = self.num_channels
         if hasattr(model_hparams, "img_len"):
             model_hparams.img_len = self.output_dim
+        if hasattr(model_hparams, "upscale_factor"):  # static weight shapes (input_patch)
+            model_hparams.upscale_factor = self.output_dim // self.input_dim
 
     def eval_metrics(self):
         return [t2t_metrics.Metrics.ACC, t2t_metrics.Metrics.ACC_PER_SEQ,
