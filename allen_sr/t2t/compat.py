@@ -101,6 +101,8 @@ def apply() -> None:
     # Import-time notices from end-of-life dependencies that say nothing actionable to our users.
     warnings.filterwarnings("ignore", message=r"(?s).*TensorFlow Addons", category=UserWarning)
     warnings.filterwarnings("ignore", message=r".*google.api_core", category=FutureWarning)
+    # tensor2tensor's layers are tf.compat.v1.layers on purpose (_share_layers_through_variable_scopes).
+    warnings.filterwarnings("ignore", message=r"`tf\.layers\.\w+` is deprecated", category=UserWarning)
     for shim in SHIMS:
         shim()
     _applied = True
