@@ -33,7 +33,7 @@ def _allen_transformer_base():
     hp.add_hparam("input_skip", True)  # add each sub-pixel's input pixel embedding to its decoder input
     hp.add_hparam("bicubic_prior", True)  # add a Gaussian around bicubic + learned offset to the logits
     hp.add_hparam("prior_sigma", 8.0)  # the prior's initial width (and offset unit), grey levels
-    hp.add_hparam("input_patch", 1)  # r > 0: linear maps of each input pixel's (2r+1)^2 neighbourhood
+    hp.add_hparam("input_patch", 2)  # r > 0: linear maps of each input pixel's (2r+1)^2 neighbourhood
     hp.add_hparam("upscale_factor", 4)  # output / input side; our problems set it
     hp.add_hparam("free_logit_scale", 0.0)  # with the prior: weight of the free 256-way logits (0: Gaussian only)
     # Training only (the network the decoders run is unchanged by these):
