@@ -53,7 +53,7 @@ def _allen_transformer_base():
 
 @registration.hparams
 def img2img_allen_cpu_tiny():
-    """Tiny Image Transformer that learns visible structure in ~10 minutes on 2 CPU cores (make demo)."""
+    """Tiny Image Transformer that beats bicubic after ~15 minutes on 2 CPU cores (make demo)."""
     hp = _allen_transformer_base()
     hp.hidden_size = 64
     hp.filter_size = 128

@@ -568,6 +568,30 @@ def test_untrained_model_is_tf1_bicubic_and_keeps_block_means(tmp_path):
     np.testing.assert_allclose(block_means, inputs, atol=1e-3)  # block-mean projection
 
 
+def test_tta_of_large_tiles_runs_a_few_transforms_at_a_time(ckpt_dir, monkeypatch):
+    """The 8 transforms of a tile larger than one_pass.TTA_PIXELS_PER_RUN run in several
+    session runs (bounded memory) and average to the same prediction, square or not."""
+    hp = tiny_hparams(extra="decode_tta=True", output_dir=ckpt_dir)
+    tta = make_decoder(MODEL, None, hp, ckpt_dir, (None, None))
+    try:
+        rng = np.random.default_rng(3)
+        for shape in ((2, 12, 12, 3), (1, 8, 12, 3)):
+            inputs = rng.integers(0, 256, shape)
+            runs = []
+            original = tta._session.run
+            monkeypatch.setattr(tta._session, "run", lambda *a, **k: runs.append(1) or original(*a, **k))
+            together = tta.predict(inputs)
+            assert len(runs) == (1 if shape[1] == shape[2] else 2)
+            monkeypatch.setattr(one_pass, "TTA_PIXELS_PER_RUN", inputs[..., 0].size * 3)
+            runs.clear()
+            apart = tta.predict(inputs)
+            assert len(runs) == (3 if shape[1] == shape[2] else 4)  # groups of 3: 3+3+2, or 3+1 twice
+            np.testing.assert_allclose(apart, together, atol=1e-4)
+            monkeypatch.undo()
+    finally:
+        tta.close()
+
+
 def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
     hp = tiny_hparams(extra="decode_tta=True", output_dir=ckpt_dir)
     tta = make_decoder(MODEL, None, hp, ckpt_dir, (32, 32))

@@ -20,6 +20,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["OnePassDecoder", "dihedral", "receptive_radius", "undo_dihedral"]
 
 MODEL_NAME = "img2img_conv_sr"  # the model's registered name (allen_sr.models.conv_sr.MODEL_NAME)
+# Input pixels (tiles x rows x cols) one 8-fold-averaging run may stack: one default 384 px tile
+# (allen-sr upscale) per run, 256 of the 8x8 dataset tiles x all 8 transforms per run.
+TTA_PIXELS_PER_RUN = 160_000
 # Settings that decide the model's variables, named when a checkpoint lacks some.
 VARIABLE_HINT = ("--model/--hparams_set/--hparams (hidden_size, num_res_blocks, upsample, "
                  "upsample_width, normalize_inputs, weight_ema_decay)")
@@ -129,19 +132,23 @@ class OnePassDecoder:
     def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
         if not self.tta:
             return self._session.run(self._outputs, {self._inputs: x})
-        if x.shape[1] != x.shape[2]:
-            # Rotations by 90 degrees transpose a non-square input: one run per shape.
-            total = None
-            for ks in ((0, 2, 4, 6), (1, 3, 5, 7)):
-                stacked = np.concatenate([dihedral(x, k) for k in ks])
-                preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), 4)
-                part = np.sum([undo_dihedral(p, k) for k, p in zip(ks, preds)], axis=0)
-                total = part if total is None else total + part
-            return total / 8
-        # All 8 transforms in one run: one batch of 8N is faster than 8 runs of N on CPU.
-        stacked = np.concatenate([dihedral(x, k) for k in range(8)])
-        preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), 8)
-        return np.mean([undo_dihedral(p, k) for k, p in enumerate(preds)], axis=0)
+        # Rotations by 90 degrees transpose a non-square input: the odd transforms run apart.
+        classes = [range(8)] if x.shape[1] == x.shape[2] else [(0, 2, 4, 6), (1, 3, 5, 7)]
+        # Several transforms per run (one batch of 8N is faster than 8 runs of N for small
+        # tiles), as many as fit TTA_PIXELS_PER_RUN: a large tile runs one transform at a time,
+        # so 8-fold averaging needs no more memory than a single prediction.
+        per_run = max(1, TTA_PIXELS_PER_RUN // max(1, x.shape[0] * x.shape[1] * x.shape[2]))
+        undone: dict[int, np.ndarray] = {}
+        for ks in classes:
+            ks = list(ks)
+            for start in range(0, len(ks), per_run):
+                group = ks[start:start + per_run]
+                stacked = np.concatenate([dihedral(x, k) for k in group])
+                preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), len(group))
+                undone.update((k, undo_dihedral(p, k)) for k, p in zip(group, preds))
+        if len(classes) == 1:
+            return np.mean([undone[k] for k in range(8)], axis=0)
+        return sum(np.sum([undone[k] for k in ks], axis=0) for ks in classes) / 8
 
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
