@@ -1,6 +1,6 @@
 """Image Transformer variant for super-resolution (registered as `img2img_transformer_sr`).
 
-The network is tensor2tensor's `img2img_transformer` plus two additions, switched by hparams
+The network is tensor2tensor's `img2img_transformer` plus these additions, switched by hparams
 (defined in hparams/image_transformer.py); what the decoders run is only this network:
 
 * ``input_skip``: each target sub-pixel's decoder input also receives the embedding of the
@@ -246,7 +246,7 @@ def bicubic_context(inputs: tf.Tensor, targets: tf.Tensor, probability: float) -
 
 @registration.model
 class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
-    """img2img_transformer plus an optional input skip into the decoder (hparam input_skip)."""
+    """img2img_transformer plus the hparam-switched additions of the module docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
