@@ -5,6 +5,7 @@ Real few-step checkpoints (tiny_training), real TIFFs written with tifffile, the
 stand-in on 127.0.0.1.
 """
 import os
+import re
 import resource
 import signal
 
@@ -144,6 +145,58 @@ def test_rows_stream_out_before_the_image_is_done():
     np.testing.assert_array_equal(rest, np.repeat(np.repeat(image, 2, 0), 2, 1))
 
 
+def tile_dependent(tiles):
+    """A stand-in model whose tiles disagree where they overlap (each adds its own mean), so an
+    output row missing one tile's contribution differs from the full blend."""
+    up = np.repeat(np.repeat(tiles.astype(np.float32), 2, 1), 2, 2)
+    return up + tiles.reshape(len(tiles), -1).mean(axis=1)[:, None, None, None] / 4
+
+
+@pytest.mark.parametrize("first_row", [0, 1, 37, 95, 96, 97, 500, 799, 800])
+def test_predicting_from_a_row_on_gives_the_rows_of_a_run_from_the_top(first_row):
+    image = np.random.default_rng(1).integers(0, 255, (400, 90, 3), dtype=np.uint8)
+    layout = tiling.plan_tiles(400, 90, 64, 16)
+    source = sources.ArraySource("x", image)
+    whole = np.concatenate(list(tiling.predict_bands(source, layout, tile_dependent, 2, progress=False)))
+    seen = []
+
+    def counted(tiles):
+        seen.append(len(tiles))
+        return tile_dependent(tiles)
+
+    bands = list(tiling.predict_bands(source, layout, counted, 2, progress=False, first_row=first_row))
+    rest = np.concatenate(bands) if bands else np.zeros((0, 180, 3), np.uint8)
+    np.testing.assert_array_equal(rest, whole[first_row:])
+    # Only the tile rows that reach row first_row are predicted again.
+    reach = [r for r in layout.rows if (r + 64) * 2 > first_row]
+    assert sum(seen) == len(reach) * len(layout.cols)
+
+
+def test_saved_rows_are_reused_only_by_the_same_run(tmp_path):
+    from allen_sr.inference import resume
+
+    out = tmp_path / "o.tif"
+    key = {"image": "a.png", "model": 1}
+    rows = np.random.default_rng(2).integers(0, 255, (30, 5, 3), dtype=np.uint8)
+    store = resume.RowStore(out, key, 5, 3)
+    assert store.open() == 0 and not store.folder.exists()
+    list(store.record([rows[:10], rows[10:25]], 0))
+    again = resume.RowStore(out, key, 5, 3)
+    assert again.open() == 25
+    np.testing.assert_array_equal(np.concatenate(list(again.replay())), rows[:25])
+    # A band after a gap is not used (and removed); a damaged band is reported, naming the folder.
+    list(again.record([rows[28:]], 28))
+    third = resume.RowStore(out, key, 5, 3)
+    assert third.open() == 25 and len(list(third.folder.glob("rows-*"))) == 2
+    first = sorted(third.folder.glob("rows-*"))[0]
+    first.write_bytes(__import__("zlib").compress(b"short"))
+    with pytest.raises(ValueError, match=r"damaged.*\.o\.tif\.resume"):
+        list(third.replay())
+    # Anything in the key changed: start afresh.
+    other = resume.RowStore(out, {**key, "model": 2}, 5, 3)
+    assert other.open() == 0 and not other.folder.exists()
+
+
 def write_slide(path, image, pixel_size_um=0.5, levels=2, tile=(64, 64)):
     """A pyramidal OME-TIFF (SubIFDs) as slide scanners' converters write them."""
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tif:
@@ -252,12 +305,16 @@ def test_a_full_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, cap
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
     assert code == 2 and "disk is full" in err and "o.tif" in err and len(err.splitlines()) == 1
-    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # Only the rows finished before the disk filled stay (for a rerun to resume from).
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()
+                                 if p.name.startswith(".") and p.name != ".o.tif.resume"] == []
     os.sync()
 
 
 @pytest.mark.slow
-def test_a_killed_run_leaves_nothing_under_the_final_name_and_a_rerun_completes(conv_dir, tmp_path):
+def test_an_interrupted_run_leaves_nothing_under_the_final_name_and_a_rerun_resumes(conv_dir, tmp_path, capsys):
+    """Ctrl-C, then SIGKILL, each once some rows are saved: nothing under the final name; each
+    rerun predicts only what is missing; the result equals an uninterrupted run's."""
     import subprocess
     import sys
     import time
@@ -265,30 +322,38 @@ def test_a_killed_run_leaves_nothing_under_the_final_name_and_a_rerun_completes(
     src = tmp_path / "big.png"
     Image.fromarray(textured(1200, 1200)).save(src)
     out = tmp_path / "big.tif"
+    saved = tmp_path / ".big.tif.resume"
     argv = conv_flags(conv_dir) + [f"--image={src}", f"--out={out}", "--tile=128"]
     # The child starts as a user's process would, whatever the test runner's signal state:
     # Ctrl-C raises KeyboardInterrupt and is not blocked.
     code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
             "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
             f"from allen_sr.commands.upscale import upscale_main; sys.exit(upscale_main({argv!r}))")
-    for sig in (signal.SIGKILL, signal.SIGINT):
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        before = len(list(saved.glob("rows-*")))
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 120
-        while not (tmp_path / f".big.tif.{proc.pid}.partial").exists() and time.time() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.05)
+        while len(list(saved.glob("rows-*"))) <= before and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.2)
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        stdout, err = proc.communicate(timeout=60)
         assert proc.returncode != 0, f"signal {sig!r} came after the run completed: {err[-500:]!r}"
         assert not out.exists(), (sig, proc.returncode, err[-1000:])
+        assert (b"resuming: " in stdout) == (sig == signal.SIGKILL), stdout  # the second run resumed
         hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
         if sig == signal.SIGINT:
-            assert hidden == []  # Ctrl-C cleans up after itself (and the killed run's files were stale)
+            assert hidden == [saved.name]  # Ctrl-C removes its partial files, keeps the saved rows
         else:
-            assert hidden and all(".partial" in h or ".level" in h for h in hidden)  # SIGKILL cannot
+            assert saved.name in hidden and all(".partial" in h or ".level" in h or h == saved.name
+                                                for h in hidden)  # SIGKILL cannot clean up
+    capsys.readouterr()
     assert upscale.upscale_main(argv) == 0
-    with tifffile.TiffFile(out) as tif:
-        assert tif.series[0].shape == (4800, 4800, 3)
+    resumed = re.search(r"resuming: (\d+) of 4800 output rows", capsys.readouterr().out)
+    assert resumed and 0 < int(resumed.group(1)) < 4800
+    fresh = tmp_path / "fresh.tif"
+    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={fresh}", "--tile=128"]) == 0
+    with tifffile.TiffFile(out) as a, tifffile.TiffFile(fresh) as b:
+        assert a.series[0].shape == (4800, 4800, 3)
+        np.testing.assert_array_equal(a.series[0].asarray(), b.series[0].asarray())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -11,10 +11,15 @@ resolution level; read region by region), or --image_id, an Allen section fetche
 Output: .png / .jpg (up to 100 MP), or .tif / .ome.tif: a tiled, compressed, pyramidal BigTIFF
 with the physical pixel size when known. Also OUT-stem.compare.png: a preview region,
 input enlarged with nearest | bicubic | model. Nothing appears under OUT until it is complete.
+
+Resumable: finished output rows are kept in a hidden folder next to OUT (``.OUT.resume``,
+`allen_sr.inference.resume`) until OUT is written; rerunning the same command after an
+interruption predicts only the rest (--restart: start from the top).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from dataclasses import dataclass
@@ -26,7 +31,7 @@ import numpy as np
 from allen_sr.commands import args as shared
 from allen_sr.commands.evaluate import to_grey
 from allen_sr.evaluation import metrics, pictures
-from allen_sr.inference import sources, tiling, writers
+from allen_sr.inference import resume, sources, tiling, writers
 
 CONV_MODEL = "img2img_conv_sr"
 CONV_TILE = 384  # input px: 1536 px output tiles; larger tiles gain < 5% speed and cost memory
@@ -54,6 +59,7 @@ class Options:
     batch_tiles: int | None = None
     preview_size: int = 128  # input px of the compare picture (0: none)
     pixel_size_um: float | None = None
+    restart: bool = False  # ignore rows an interrupted run saved
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                f"+ {RAMP}; Image Transformer: half a tile)")
     p.add_argument("--pixel_size", type=float, help="um per input px, when the file does not say")
     p.add_argument("--preview_size", type=int, default=128, help="input px of the compare picture (0: none)")
+    p.add_argument("--restart", action="store_true",
+                   help="predict everything again, ignoring the rows an interrupted run saved")
     p.add_argument("--out", required=True, help="output .png, .jpg, .tif or .ome.tif")
     return p
 
@@ -107,6 +115,7 @@ class TiledModel:
     min_tile: int
     describe: str
     close: Callable[[], None]
+    weights: str  # the checkpoint prefix or export folder it was read from
 
 
 def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -> TiledModel:
@@ -122,7 +131,7 @@ def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -
         return TiledModel(lambda x: dec.predict(x), factor, channels, tile, overlap, dec.radius,
                           options.batch_tiles or 1, False, in_size,
                           f"{model} {'onnx' if spec.exported else 'one pass'}"
-                          + (" (8-fold averaging)" if dec.tta else ""), dec.close)
+                          + (" (8-fold averaging)" if dec.tta else ""), dec.close, opened.checkpoint)
     if options.tile not in (None, in_size):
         raise ValueError(f"--tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                          f"(problem {spec.problem or spec.exported}); leave --tile out")
@@ -136,8 +145,9 @@ def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -
 
     overlap = options.overlap if options.overlap is not None else in_size // 2
     return TiledModel(predict, factor, channels, in_size, overlap, 0, batch, True, in_size,
-                      f"{model} {opened.mode} ({type(opened.decoder).__name__})",
-                      getattr(opened.decoder, "close", lambda: None))
+                      f"{model} {opened.mode} ({type(opened.decoder).__name__})"
+                      + (" (8-fold averaging)" if getattr(opened.decoder, "tta", False) else ""),
+                      getattr(opened.decoder, "close", lambda: None), opened.checkpoint)
 
 
 def allen_section(image_id: int, out: Path, downsample: int, api_base: str | None,
@@ -208,13 +218,27 @@ def upscale(spec: shared.ModelSpec, image_path: str, out_path: str, region: Regi
     writers.check_writable(out)
     base = sources.open_image(image_path, options.level, options.pixel_size_um)
     try:
-        return upscale_source(spec, base, out, region, progress, options)
+        return upscale_source(spec, base, out, region, progress, options, resume.file_stamp(image_path))
     finally:
         base.close()
 
 
+def resume_key(spec: shared.ModelSpec, tm: TiledModel, layout: tiling.TileLayout, image: dict[str, Any],
+               region: Region, options: Options) -> dict[str, Any]:
+    """Everything the output rows depend on: a saved row is reused only if all of it is equal."""
+    weights = Path(tm.weights)
+    return {"image": image, "level": options.level,
+            "region": [region.left, region.top, layout.width, layout.height],
+            "model": resume.file_stamp(weights / "config.json" if weights.is_dir() else f"{weights}.index"),
+            "decoder": tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
+            "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles],
+            "factor": tm.factor, "channels": tm.channels}
+
+
 def upscale_source(spec: shared.ModelSpec, base: sources.ImageSource, out: Path, region: Region,
-                   progress: bool, options: Options) -> dict[str, Any]:
+                   progress: bool, options: Options, image: dict[str, Any]) -> dict[str, Any]:
+    """Enlarge ``region`` of ``base`` into ``out``; ``image`` identifies the input file (its
+    :func:`resume.file_stamp`) for resuming."""
     cut = sources.crop_source(base, region.left, region.top, region.width, region.height)
     tm = open_tiled_model(spec, options, progress)
     try:
@@ -229,15 +253,25 @@ def upscale_source(spec: shared.ModelSpec, base: sources.ImageSource, out: Path,
         print(f"upscaling {cut.name} {cut.width}x{cut.height} px x{f} -> {out_w}x{out_h} px "
               f"({out_w * out_h / 1e6:.1f} MP): {layout.tiles} tiles of {layout.tile_w}x{layout.tile_h} px, "
               f"overlap {tm.overlap} px, {tm.describe}", flush=True)
+        store = resume.RowStore(out, resume_key(spec, tm, layout, image, region, options), out_w, tm.channels)
+        if options.restart:
+            store.discard()
+        done = store.open()
+        if done:
+            print(f"resuming: {done} of {out_h} output rows were saved by an interrupted run "
+                  f"({store.folder}); --restart predicts them again", flush=True)
         start = time.perf_counter()
         bands = tiling.predict_bands(cut, layout, tm.predict, f, tm.batch_tiles, progress,
-                                     tm.channels, to_model)
-        writers.write_image(out, tap(bands), out_h, out_w, tm.channels, size_um)
+                                     tm.channels, to_model, first_row=done)
+        writers.write_image(out, tap(itertools.chain(store.replay(), store.record(bands, done))),
+                            out_h, out_w, tm.channels, size_um)
         seconds = time.perf_counter() - start
+        store.discard()
     finally:
         tm.close()
     summary = {"output": str(out), "width": out_w, "height": out_h, "tiles": layout.tiles,
-               "seconds": round(seconds, 3), "output_mp_per_s": out_w * out_h / 1e6 / seconds,
+               "seconds": round(seconds, 3), "resumed_rows": done,
+               "output_mp_per_s": (out_h - done) * out_w / 1e6 / seconds,
                "pixel_size_um": size_um}
     if box is not None and tap.parts:
         top, left, h, w = box
@@ -263,7 +297,8 @@ def upscale_main(argv: list[str] | None = None) -> int:
         spec = shared.model_spec(args)
         if batch is not None and batch < 1:
             raise ValueError(f"--batch_size must be >= 1, got {batch}")
-        options = Options(args.tile, args.overlap, args.level, batch, args.preview_size, args.pixel_size)
+        options = Options(args.tile, args.overlap, args.level, batch, args.preview_size, args.pixel_size,
+                          args.restart)
         region = Region(args.left, args.top, args.width, args.height)
         progress = not args.no_progress
         image = args.image

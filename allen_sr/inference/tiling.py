@@ -18,7 +18,7 @@ import numpy as np
 from allen_sr.inference.blend import axis_profiles, axis_weight_sum, tile_starts
 from allen_sr.inference.sources import ImageSource
 
-__all__ = ["TileLayout", "plan_tiles", "predict_bands", "Predict"]
+__all__ = ["TileLayout", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
 
 # uint8 [N, h, w, C] tiles -> float [N, h*f, w*f, C] predictions (0-255 scale).
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -62,14 +62,38 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 
                       tile_starts(width, tile_w, overlap), overlap, context)
 
 
+def first_tile_row(layout: TileLayout, factor: int, first_row: int) -> int:
+    """Index of the first tile row whose prediction reaches output row ``first_row`` or below."""
+    return next((i for i, s in enumerate(layout.rows) if (s + layout.tile_h) * factor > first_row),
+                len(layout.rows))
+
+
 def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
                   batch_tiles: int = 1, progress: bool = True, channels: int = 3,
-                  to_model: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[np.ndarray]:
+                  to_model: Callable[[np.ndarray], np.ndarray] | None = None,
+                  first_row: int = 0) -> Iterator[np.ndarray]:
     """Yield the blended uint8 prediction of ``source`` as consecutive bands of output rows.
 
     ``to_model`` converts an input block before it is cut into tiles (e.g. to greyscale).
-    The bands add up to height * factor rows of width * factor px.
+    The bands add up to height * factor - ``first_row`` rows of width * factor px: output rows
+    from ``first_row`` on (the ones above come from an earlier, interrupted run). Only the tile
+    rows that reach those rows are predicted, and each output row still gets every tile that
+    covers it, so the rows equal those of a run from the top.
     """
+    bands = _blended_bands(source, layout, predict, factor, batch_tiles, progress, channels,
+                           to_model, first_tile_row(layout, factor, first_row))
+    for y0, band in bands:
+        skip = max(0, first_row - y0)
+        if skip < band.shape[0]:
+            yield band[skip:]
+
+
+def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
+                   batch_tiles: int, progress: bool, channels: int,
+                   to_model: Callable[[np.ndarray], np.ndarray] | None,
+                   r0: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first output row, band) of the prediction from tile row ``r0`` on. Rows that tile rows
+    before ``r0`` also reach lack those tiles' share; the caller drops them."""
     th, tw = layout.tile_h, layout.tile_w
     rows, cols = layout.rows, layout.cols
     prof_y = axis_profiles(rows, th, factor, layout.context)
@@ -82,19 +106,19 @@ def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, fac
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=layout.tiles, unit="tile", mininterval=1.0, smoothing=0.1,
+        bar = tqdm(total=(len(rows) - r0) * len(cols), unit="tile", mininterval=1.0, smoothing=0.1,
                    desc=f"x{factor} {layout.width}x{layout.height} px")
-    acc_y0 = 0
+    acc_y0 = rows[r0] * factor if r0 < len(rows) else layout.height * factor
     acc: np.ndarray | None = None
     start_time = time.perf_counter()
     try:
-        for g0 in range(0, len(rows), group):
+        for g0 in range(r0, len(rows), group):
             g_rows = list(range(g0, min(g0 + group, len(rows))))
             top = rows[g_rows[0]] * factor
             bottom = (rows[g_rows[-1]] + th) * factor
             # Rows above this group's first tile are final: no later tile reaches them.
             if acc is not None and top > acc_y0:
-                yield finish(acc[:top - acc_y0], sum_y[acc_y0:top], sum_x)
+                yield acc_y0, finish(acc[:top - acc_y0], sum_y[acc_y0:top], sum_x)
                 acc = acc[top - acc_y0:]
                 acc_y0 = top
             need = bottom - acc_y0
@@ -123,8 +147,8 @@ def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, fac
                     bar.set_postfix_str(f"{mp / max(time.perf_counter() - start_time, 1e-9):.2f} out MP/s",
                                         refresh=False)
             del blocks
-        assert acc is not None
-        yield finish(acc[:layout.height * factor - acc_y0], sum_y[acc_y0:], sum_x)
+        if acc is not None:
+            yield acc_y0, finish(acc[:layout.height * factor - acc_y0], sum_y[acc_y0:], sum_x)
     finally:
         if bar is not None:
             bar.close()

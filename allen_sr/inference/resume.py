@@ -1,0 +1,100 @@
+"""Resumable tiled prediction: finished output rows kept on disk until the output is written.
+
+While `allen-sr upscale` runs, every band of output rows that is final is also saved, compressed,
+in a hidden folder next to the output (``.<name>.resume/``), beside a ``key.json`` naming what
+decides those rows: the input file (path, size, modification time), the level and region, the
+model's checkpoint (path and modification time), the tiling and the decoding options. A rerun of
+the same command after an interruption (Ctrl-C, SIGKILL, a full disk) reads those rows back and
+predicts only the rest; a rerun with anything in the key changed starts afresh. The folder is
+removed once the output is complete. Each band is written under a temporary name and renamed, so
+a kill while saving loses at most that band.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from allen_sr.fileio import atomic_write_bytes, atomic_write_text
+
+__all__ = ["RowStore", "file_stamp"]
+
+BAND = re.compile(r"^rows-(\d{9})-(\d{9})\.zlib$")
+
+
+def file_stamp(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a file's content cheaply: its absolute path, size and modification time."""
+    st = os.stat(path)
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class RowStore:
+    """The finished output rows of one upscale run, by band, in ``.<out name>.resume/``."""
+
+    def __init__(self, out: Path, key: dict[str, Any], width: int, channels: int) -> None:
+        self.folder = out.with_name(f".{out.name}.resume")
+        self.key = json.loads(json.dumps(key))  # as it reads back from key.json
+        self.row_bytes = width * channels
+        self.width, self.channels = width, channels
+        self.bands: list[tuple[int, int, Path]] = []
+
+    def open(self) -> int:
+        """Rows 0..N-1 saved by an earlier run with the same key: returns N (0 if none).
+
+        A folder of another run (or with an unreadable key) is removed, and so is a band after a
+        gap; the folder is made again when this run saves its first band.
+        """
+        try:
+            same = json.loads((self.folder / "key.json").read_text()) == self.key
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            self.discard()
+            return 0
+        found = {}
+        for p in self.folder.iterdir():
+            m = BAND.match(p.name)
+            if m:
+                found[int(m.group(1))] = (int(m.group(2)), p)
+        done = 0
+        while done in found and found[done][0] > done:
+            stop, path = found.pop(done)
+            self.bands.append((done, stop, path))
+            done = stop
+        for _, path in found.values():  # after a gap: not usable
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return done
+
+    def replay(self) -> Iterator[np.ndarray]:
+        """The saved rows, band by band (a damaged band raises ValueError naming the folder)."""
+        for start, stop, path in self.bands:
+            data = zlib.decompress(path.read_bytes())
+            if len(data) != (stop - start) * self.row_bytes:
+                raise ValueError(f"{path}: a saved band of an earlier run is damaged; delete "
+                                 f"{self.folder} (or pass --restart) and run again")
+            yield np.frombuffer(data, np.uint8).reshape(stop - start, self.width, self.channels)
+
+    def record(self, bands: Iterable[np.ndarray], first_row: int) -> Iterator[np.ndarray]:
+        """Pass ``bands`` (rows from ``first_row`` on) through, saving each before it is used."""
+        y = first_row
+        for band in bands:
+            if not (self.folder / "key.json").exists():  # the first band of a run from the top
+                self.folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(json.dumps(self.key, indent=1, sort_keys=True), self.folder / "key.json")
+            stop = y + band.shape[0]
+            data = zlib.compress(np.ascontiguousarray(band).tobytes(), 1)
+            atomic_write_bytes(data, self.folder / f"rows-{y:09d}-{stop:09d}.zlib")
+            y = stop
+            yield band
+
+    def discard(self) -> None:
+        """Remove the folder and everything in it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
