@@ -52,7 +52,10 @@ def real_checkpoint(run_dir: str, hparams_set: str):
     log(f"{hparams_set}: training 1 step to get a real checkpoint ...")
     checkpoint = tiny_training.train_checkpoint(
         run_dir, checkpoints.load_hparams(hparams_set, PROBLEM), steps=1, batch_size=2)
-    return checkpoint, checkpoints.load_hparams(hparams_set, PROBLEM, output_dir=run_dir)
+    hparams = checkpoints.load_hparams(hparams_set, PROBLEM, output_dir=run_dir)
+    if hasattr(hparams, "decode_tta"):  # the time of one decode, not of the 8-fold average
+        hparams.set_hparam("decode_tta", False)
+    return checkpoint, hparams
 
 
 def measure_1d(hparams_set: str, naive_steps: int, inputs: np.ndarray) -> dict:

@@ -323,9 +323,9 @@ def test_cold_sampling_is_greedy(fast):
         assert 0 <= gap < 2e-3, f"example {i}: cold sample differs at sub-pixel {p} with logit gap {gap}"
 
 
-@pytest.mark.parametrize("mode", ["mean", "sample"])
-def test_naive_and_fast_agree_in_other_modes(ckpt_dir, mode):
-    hparams = hparams_for(ckpt_dir, "block_length=16")
+@pytest.mark.parametrize("mode, tta", [("mean", False), ("sample", False), ("mean", True)])
+def test_naive_and_fast_agree_in_other_modes(ckpt_dir, mode, tta):
+    hparams = hparams_for(ckpt_dir, f"block_length=16,decode_tta={tta}")
     naive_dec = NaiveDecoder(hparams, checkpoints.find_checkpoint(ckpt_dir), target_shape=(8, 8))
     try:
         inputs, _ = random_pair(2, 8, seed=29)
@@ -334,6 +334,40 @@ def test_naive_and_fast_agree_in_other_modes(ckpt_dir, mode):
         np.testing.assert_array_equal(fast_dec.decode(inputs, **kwargs), naive_dec.decode(inputs, **kwargs))
     finally:
         naive_dec.close()
+
+
+def flipped(images: np.ndarray, k: int) -> np.ndarray:
+    """Transform k of [N, H, W, C] images: k quarter turns, then a left-right mirror if k >= 4."""
+    out = np.rot90(images, k % 4, axes=(1, 2))
+    return np.flip(out, axis=2) if k >= 4 else out
+
+
+def unflipped(images: np.ndarray, k: int) -> np.ndarray:
+    out = np.flip(images, axis=2) if k >= 4 else images
+    return np.rot90(out, 4 - k % 4, axes=(1, 2))
+
+
+@pytest.mark.parametrize("shape, ks", [((8, 8), range(8)), ((8, 16), (0, 2, 4, 6))])
+def test_tta_is_the_mean_of_the_decodes_of_each_flip_and_rotation(ckpt_dir, shape, ks):
+    """decode_tta=True: each input's flips/rotations decoded by the plain decoder, turned back,
+    averaged and rounded (only the shape-keeping four for a non-square output)."""
+    rng = np.random.default_rng(37)
+    inputs = rng.integers(0, 256, (3, shape[0] // 4, shape[1] // 4, 3))
+    averaging = FastDecoder.from_checkpoint(hparams_for(ckpt_dir, "decode_tta=True"), ckpt_dir,
+                                            target_shape=shape)
+    got = averaging.decode(inputs, mode="mean", batch_size=2)
+    decodes = []
+    for k in ks:
+        plain = FastDecoder.from_checkpoint(hparams_for(ckpt_dir), ckpt_dir,
+                                            target_shape=shape[::-1] if k % 2 else shape)
+        decodes.append(unflipped(plain.decode(flipped(inputs, k), mode="mean"), k).astype(float))
+    assert got.dtype == np.uint8 and got.shape == (3, *shape, 3)
+    np.testing.assert_array_equal(got, np.rint(np.mean(decodes, axis=0)))
+    # The causal order is not symmetric: the decodes differ, so the mean is none of them.
+    assert all(not np.array_equal(got, d) for d in decodes)
+    # Sampling streams stay per example: the same samples whatever the batch size.
+    np.testing.assert_array_equal(averaging.decode(inputs, mode="sample", seed=3, max_steps=40),
+                                  averaging.decode(inputs, mode="sample", seed=3, max_steps=40, batch_size=1))
 
 
 def test_choose_values():

@@ -67,6 +67,7 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
     kind = getattr(opened.decoder, "name", "model")
     note = (f"model = {opened.model} {spec.hparams_set} checkpoint {os.path.basename(opened.checkpoint)}, "
             f"{kind} decoding, mode {opened.mode}"
+            + (", mean of the 8 flips/rotations" if getattr(opened.decoder, "tta", False) else "")
             + (f" (temperature {spec.temperature}, seed {spec.seed})" if opened.mode == "sample" else "")
             + f", {split} split")
     summary = write_results(out_dir, inputs, targets, predictions, note, example_pngs=True)

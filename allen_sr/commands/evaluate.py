@@ -91,7 +91,8 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     kind = getattr(opened.decoder, "name", "model")
     source = f"exported {spec.exported}" if spec.exported else spec.hparams_set
     note = (f"{len(targets)} tissue tiles of {size}x{size} from {images}; "
-            f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}")
+            f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}"
+            + (", mean of the 8 flips/rotations" if getattr(opened.decoder, "tta", False) else ""))
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names,
                             baselines=metrics.METHODS)
     print(metrics.summary_to_text(summary))

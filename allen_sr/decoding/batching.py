@@ -1,5 +1,6 @@
 """What every decoder shares: the :class:`Decoder` protocol, batching with progress and
-per-example sampling streams (:class:`BatchedDecoder`), input checks and BLAS threading."""
+per-example sampling streams (:class:`BatchedDecoder`), averaging over the 8 flips/rotations of
+the input (:func:`dihedral`), input checks and BLAS threading."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +11,29 @@ from typing import Any, Callable, Iterator, Protocol
 import numpy as np
 
 from allen_sr.decoding.modes import VOCAB, check_mode, choose_values, example_uniforms
+
+
+def dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 8 flips/rotations of [N, H, W, C] images (k = 0 is the identity)."""
+    out = np.rot90(images, k % 4, axes=(1, 2))
+    return out[:, :, ::-1] if k >= 4 else out
+
+
+def undo_dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """Inverse of :func:`dihedral`."""
+    out = images[:, :, ::-1] if k >= 4 else images
+    return np.rot90(out, -(k % 4), axes=(1, 2))
+
+
+def dihedral_transforms(rows: int, cols: int) -> tuple[int, ...]:
+    """The flips/rotations an output of rows x cols can be averaged over: all 8 when square; the
+    4 that keep the shape (identity, half turn and the two mirrors) otherwise."""
+    return tuple(range(8)) if rows == cols else (0, 2, 4, 6)
+
+
+def decode_tta(hparams: Any) -> bool:
+    """Whether the hparams ask for 8-fold averaging (hparam ``decode_tta``; stock sets lack it)."""
+    return bool(getattr(hparams, "decode_tta", False))
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:
@@ -130,11 +154,19 @@ class Decoder(Protocol):
 
 
 class BatchedDecoder:
-    """Batching, progress and per-example sampling streams shared by both decoders."""
+    """Batching, progress, per-example sampling streams and 8-fold averaging shared by the
+    autoregressive decoders.
+
+    ``tta`` (set from hparam ``decode_tta`` by the decoders): :meth:`decode` decodes each input's
+    8 flips/rotations (4 for a non-square output) and returns the mean of the 8 outputs, each
+    turned back, rounded. The causal order is not symmetric, so the 8 decodes differ and their
+    mean has less of the drift of any one (the self-ensemble of EDSR+, Lim et al. 2017).
+    """
 
     channels: int
     target_shape: tuple[int, int]
     name = "decoder"
+    tta = False
 
     def _decode_batch(
         self,
@@ -160,17 +192,37 @@ class BatchedDecoder:
         Sub-pixels are filled in the model's causal order (``self.order``: raster order, or
         block-raster order for local 2-D attention). ``max_steps`` stops after that many
         sub-pixels of that order (the rest stay 0), e.g. to compare decoders cheaply. ``batch_size``
-        examples are decoded together (default: all). ``seed`` only matters for ``sample``.
+        examples are decoded together (default: all). ``seed`` only matters for ``sample``. With
+        ``self.tta``, the mean of the decodes of each input's flips/rotations (see the class).
         """
         check_mode(mode, temperature)
         inputs = as_batch(inputs, self.channels)
+        if not self.tta:
+            return self._decode_all(inputs, mode, temperature, seed, batch_size, max_steps, progress, "")
+        rows, cols = self.target_shape
+        ks = dihedral_transforms(rows, cols)
+        n = inputs.shape[0]
+        # Example i's transforms side by side (index i * len(ks) + j): its sampling streams depend
+        # on i and the transform only, not on how many examples are decoded together.
+        stacked = np.stack([dihedral(inputs, k) for k in ks], axis=1).reshape(-1, *inputs.shape[1:])
+        outs = self._decode_all(stacked, mode, temperature, seed,
+                                None if not batch_size else int(batch_size) * len(ks), max_steps,
+                                progress, f" ({len(ks)}-fold averaging)")
+        outs = outs.reshape(n, len(ks), rows, cols, self.channels)
+        total = sum(undo_dihedral(outs[:, j], k).astype(np.float64) for j, k in enumerate(ks))
+        return np.clip(np.rint(total / len(ks)), 0, VOCAB - 1).astype(np.uint8)
+
+    def _decode_all(self, inputs: np.ndarray, mode: str, temperature: float, seed: int | None,
+                    batch_size: int | None, max_steps: int | None, progress: bool,
+                    note: str) -> np.ndarray:
+        """:meth:`decode` of checked inputs, each decoded once."""
         rows, cols = self.target_shape
         total = rows * cols * self.channels
         steps = total if max_steps is None else max(0, min(int(max_steps), total))
         n = inputs.shape[0]
         batch_size = n if not batch_size else int(batch_size)
         out = np.zeros((n, rows, cols, self.channels), np.uint8)
-        bar = progress_bar(steps * math.ceil(n / max(batch_size, 1)), progress, f"{self.name} {mode}")
+        bar = progress_bar(steps * math.ceil(n / max(batch_size, 1)), progress, f"{self.name} {mode}{note}")
         try:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import numpy as np
 
-from allen_sr.decoding.batching import BatchedDecoder, as_batch, single_threaded_blas
+from allen_sr.decoding.batching import BatchedDecoder, as_batch, decode_tta, single_threaded_blas
 from allen_sr.decoding.checkpoints import read_model_weights
 from allen_sr.decoding.modes import VOCAB
 from allen_sr.decoding.network import ImageTransformerNetwork, timing_signal_2d
@@ -62,6 +62,7 @@ class FastDecoder(BatchedDecoder):
             check_supported(hparams, model_name)
         self.net = ImageTransformerNetwork(hparams, weights, model_name, dtype)
         self.dtype = self.net.dtype
+        self.tta = decode_tta(hparams)
         self.channels = self.net.channels
         self.target_shape = tuple(target_shape or (hparams.img_len, hparams.img_len))  # type: ignore[assignment]
         self.block_length = int(hparams.block_length)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allen_sr.decoding.batching import predict_in_chunks
+from allen_sr.decoding.batching import decode_tta, dihedral, predict_in_chunks, undo_dihedral
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.modes import MODES
 from allen_sr.t2t.names import register_all
@@ -46,18 +46,6 @@ def receptive_radius(hparams: "HParams", factor: int) -> int:
     return int(np.ceil(max(reach, 2.0 + 1.0 / max(factor, 1)))) + 1  # + 1: the block-mean projection's block
 
 
-def dihedral(images: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 flips/rotations of [N, H, W, C] images (k = 0 is the identity)."""
-    out = np.rot90(images, k % 4, axes=(1, 2))
-    return out[:, :, ::-1] if k >= 4 else out
-
-
-def undo_dihedral(images: np.ndarray, k: int) -> np.ndarray:
-    """Inverse of :func:`dihedral`."""
-    out = images[:, :, ::-1] if k >= 4 else images
-    return np.rot90(out, -(k % 4), axes=(1, 2))
-
-
 class OnePassDecoder:
     """Predict a batch in one forward pass of `img2img_conv_sr`, restored from a checkpoint.
 
@@ -91,7 +79,7 @@ class OnePassDecoder:
         self.target_shape = tuple(target_shape or (hparams.img_len, hparams.img_len))
         self.factor = scale_factor(hparams)
         check_hparams(hparams, self.factor)
-        self.tta = bool(getattr(hparams, "decode_tta", False)) if tta is None else bool(tta)
+        self.tta = decode_tta(hparams) if tta is None else bool(tta)
         self.radius = receptive_radius(hparams, self.factor)
         rows, cols = self.target_shape
         if rows is None or cols is None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allen_sr.decoding.batching import BatchedDecoder
+from allen_sr.decoding.batching import BatchedDecoder, decode_tta
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.modes import VOCAB
 from allen_sr.decoding.orders import ScanOrder, causal_order
@@ -48,6 +48,7 @@ class NaiveDecoder(BatchedDecoder):
         from tensorflow.python.autograph.core import ag_ctx
 
         self.channels = int(hparams.num_channels)
+        self.tta = decode_tta(hparams)
         self.target_shape = tuple(target_shape or (hparams.img_len, hparams.img_len))  # type: ignore[assignment]
         rows, cols = self.target_shape
         self.order: ScanOrder = causal_order(hparams, rows, cols, self.channels)
