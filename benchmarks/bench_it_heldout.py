@@ -22,7 +22,9 @@ Evaluation of each variant's final checkpoint (stdout: a markdown table; JSON in
   of each sub-pixel's distribution (given the true previous sub-pixels: an upper bound on what
   free-running decoding reaches, cheap to compute);
 * free-running decoding with the fast decoder (as `allen-sr evaluate`) of the first ``--free``
-  held-out tiles (spread over the sources) in each of ``--modes``: PSNR and SSIM.
+  held-out tiles (spread over the sources) in each of ``--modes``, one decode per tile: PSNR and
+  SSIM; and when the run's hparams say ``decode_tta``, also its default decoding as `allen-sr
+  evaluate` runs it: the default mode, averaged over the 8 flips/rotations of each input.
 
 Bicubic on the same tiles is the baseline of every column.
 """
@@ -156,17 +158,22 @@ def evaluate(name: str, overrides: str, run_dir: Path, hparams_set: str, data: d
     naive.close()
     out["tf_seconds"] = time.perf_counter() - started
     if free and modes:
-        fast = registry.make_decoder(MODEL, "fast", hparams, checkpoint, (32, 32))
+        once = checkpoints.load_hparams(hparams_set, bq.PROBLEM, ",".join(
+            o for o in (overrides, "decode_tta=False") if o), run_dir)
         idx = spread(data["sources"], free)
         inputs = downsample(targets[idx])
-        for mode in modes:
+        runs = [(mode, mode, once) for mode in modes]
+        if getattr(hparams, "decode_tta", False):
+            runs.append((f"{hparams.decode_mode} x8", hparams.decode_mode, hparams))
+        for label, mode, hp in runs:
+            fast = registry.make_decoder(MODEL, "fast", hp, checkpoint, (32, 32))
             started = time.perf_counter()
             preds = fast.decode(inputs, mode=mode, batch_size=64, seed=seed, progress=False)
             if keep is not None:
-                keep[mode] = preds
-            out[f"free_{mode}"] = {"psnr": float(metrics.psnr_batch(preds, targets[idx]).mean()),
-                                   "ssim": float(metrics.ssim_batch(preds, targets[idx]).mean()),
-                                   "seconds": time.perf_counter() - started}
+                keep[label] = preds
+            out[f"free_{label}"] = {"psnr": float(metrics.psnr_batch(preds, targets[idx]).mean()),
+                                    "ssim": float(metrics.ssim_batch(preds, targets[idx]).mean()),
+                                    "seconds": time.perf_counter() - started}
     log(f"{name}: {json.dumps(out)}")
     return out
 
@@ -196,6 +203,7 @@ def train_all(variants: list[tuple[str, str]], work: Path, data_dir: Path, hpara
 
 def table(rows: list[dict[str, Any]], bic: dict[str, float], bic_train: dict[str, float],
           bic_free: dict[str, float], modes: list[str]) -> str:
+    modes = modes + sorted({k[len("free_"):] for r in rows for k in r if k.endswith(" x8")})
     head = ("| variant | steps (s) | held-out NLL | held-out EV PSNR | EV SSIM | argmax PSNR | train NLL | train EV PSNR | "
             + " | ".join(f"free {m} PSNR / SSIM" for m in modes) + " |")
     lines = [head, "|" + "---|" * (8 + len(modes))]
@@ -286,10 +294,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
     if not args.variant and rows:
         from allen_sr.decoding import checkpoints
 
-        mode = checkpoints.load_hparams(args.hparams_set, bq.PROBLEM).decode_mode
+        defaults = checkpoints.load_hparams(args.hparams_set, bq.PROBLEM)
+        mode = defaults.decode_mode + (" x8" if getattr(defaults, "decode_tta", False) else "")
         text = (f"### Image Transformer (`{args.hparams_set}`, its defaults) on held-out tissue after "
                 f"{args.minutes:g} minutes of CPU training\n\n" + text
                 + "\n" + goal_line(rows[0], bic_free, mode) + "\n")
+    if modes and any(k.endswith(" x8") for r in rows for k in r):
+        text += ("\n`free <mode>`: one decode per tile; `x8`: the mean of the decodes of the 8 "
+                 "flips/rotations of each input (hparam decode_tta, as `allen-sr evaluate` decodes "
+                 "by default).\n")
     if kept:
         sub = downsample(targets[idx])
         shown = {"bicubic": np.stack([metrics.upscale(x, bq.FACTOR, "bicubic") for x in sub]),

@@ -4,11 +4,12 @@ Builds real checkpoints (a few training steps, t2t's estimator model_fn) of the 
 `img2img_conv_sr_cpu` size and of the Image Transformer (`img2img_allen_cpu_tiny`), then runs
 `allen-sr upscale` end to end (PNG in, tiled pyramidal BigTIFF out) at three image sizes each, every run
 in a fresh process whose peak RSS (ru_maxrss) is reported. Speed does not depend on what the
-weights learned, so a few steps are enough. Also: the conv model's arithmetic rate (its FLOPs per
-output pixel counted from the layer shapes) next to a plain float32 matrix multiply on this
-machine.
+weights learned, so a few steps are enough. The largest conv run writes a 100-megapixel output.
+Also: each model's arithmetic rate (FLOPs counted from the layer shapes) next to plain float32
+matrix multiplies on this machine: a large one for the conv model, and for the Image Transformer
+the products of one decoding step at the same batch size, on one thread as its decoder runs them.
 
-Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (about 10 minutes).
+Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (about 15 minutes).
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ CONV = ("img2img_local_dim8to32", "img2img_conv_sr", "img2img_conv_sr_cpu")
 TRANSFORMER = ("img2img_allen_brain_dim8to32", "img2img_transformer_sr", "img2img_allen_cpu_tiny")
 # (label, model, hparams overrides, input sides in px)
 RUNS = (
-    ("conv, single prediction", CONV, "decode_tta=False", (256, 512, 1024)),
+    ("conv, single prediction", CONV, "decode_tta=False", (256, 1024, 2500)),
     ("conv, 8-fold averaging", CONV, "decode_tta=True", (128, 192, 256)),
-    ("Image Transformer (fast decoder, greedy)", TRANSFORMER, "", (16, 24, 32)),
+    ("Image Transformer (fast decoder, greedy)", TRANSFORMER, "decode_tta=False", (16, 32, 64)),
 )
+IT_BATCH = 256  # upscale.TRANSFORMER_BATCH: tiles decoded together
 
 
 def child(argv: list[str]) -> None:
@@ -59,6 +61,47 @@ def conv_flops_per_output_px(hidden: int = 64, blocks: int = 6, up_width: int = 
     per_input = 2 * 9 * (3 * hidden + (2 * blocks + 1) * hidden * hidden + hidden * factor * factor * up_width)
     per_output = 2 * 9 * up_width * 3
     return per_input / factor ** 2 + per_output
+
+
+def it_step_products(hidden: int = 64, filter_size: int = 128, heads: int = 4, layers: int = 2,
+                     block: int = 128, encoder_length: int = 8 * 8 * 3) -> list[tuple[str, int, int]]:
+    """(kind, k, n) of the products of one decoding step of `img2img_allen_cpu_tiny` per example:
+    "dense" [1, k] @ [k, n]; "attention" one head's [1, k] @ [k, n] over n positions (its
+    scores; the weighted sum of the values is the same size). Self-attention sees 1.5 blocks on
+    average (its own block so far and the previous one)."""
+    dk = hidden // heads
+    window = block * 3 // 2
+    per_layer = [("dense", hidden, 3 * hidden), ("attention", dk, window), ("attention", dk, window),
+                 ("dense", hidden, hidden), ("dense", hidden, hidden),
+                 ("attention", dk, encoder_length), ("attention", dk, encoder_length),
+                 ("dense", hidden, hidden), ("dense", hidden, filter_size), ("dense", filter_size, hidden)]
+    heads_of = {"dense": 1, "attention": heads}
+    return [(kind, k, n) for kind, k, n in per_layer * layers for _ in range(heads_of[kind])] + [
+        ("dense", hidden, 2)]  # the bicubic prior's offset and width (no free logits in the set)
+
+
+def it_flops_per_subpixel() -> float:
+    return float(sum(2 * k * n for _, k, n in it_step_products()))
+
+
+def it_step_gflops(batch: int = IT_BATCH, repeats: int = 200) -> float:
+    """GFLOP/s of one decoding step's products at ``batch`` examples, NumPy on one thread."""
+    from allen_sr.decoding.batching import single_threaded_blas
+
+    rng = np.random.default_rng(0)
+    dense = [(rng.random((batch, k), np.float32), rng.random((k, n), np.float32))
+             for kind, k, n in it_step_products() if kind == "dense"]
+    att = [(rng.random((batch, 1, k), np.float32), rng.random((batch, k, n), np.float32))
+           for kind, k, n in it_step_products() if kind == "attention"]
+    with single_threaded_blas():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for a, b in dense:
+                a @ b
+            for a, b in att:
+                a @ b
+        seconds = time.perf_counter() - start
+    return repeats * batch * it_flops_per_subpixel() / seconds / 1e9
 
 
 def matmul_gflops(n: int = 2048) -> float:
@@ -123,12 +166,32 @@ def main() -> None:
         print(f"| {label} | {side}x{side} | {mp:.3f} | {r['tiles']} | {r['seconds']:.2f} | "
               f"{r['output_mp_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
     single = [r for label, _, r in rows if r and label.startswith("conv, single")]
+    largest = max(single, key=lambda r: r["width"] * r["height"], default=None)
+    if largest:
+        print(f"\nLargest output: {largest['width']}x{largest['height']} px "
+              f"({largest['width'] * largest['height'] / 1e6:.0f} MP) in {largest['seconds']:.0f} s, peak RSS "
+              f"{largest['peak_rss_mb']:.0f} MB (goal: at most 2048 MB for 100 MP: "
+              f"{'met' if largest['peak_rss_mb'] <= 2048 and largest['width'] * largest['height'] >= 1e8 else 'NOT met'}).")
     if single:
         best = max(r["output_mp_per_s"] for r in single)
         print(f"\nConv model arithmetic: {flops / 1e3:.1f} kFLOP per output px (counted from the layer "
               f"shapes), so {best:.3f} output MP/s is {best * flops / 1e3:.1f} GFLOP/s (with the tile "
               f"overlap's recomputation excluded); a plain float32 2048x2048 matrix multiply (NumPy) runs "
-              f"at {mm:.1f} GFLOP/s here. 10 output MP/s would need {10 * flops / 1e3:.0f} GFLOP/s.")
+              f"at {mm:.1f} GFLOP/s here. 10 output MP/s would need {10 * flops / 1e3:.0f} GFLOP/s "
+              f"(goal 10 output MP/s: {'met' if best >= 10 else 'NOT met'}).")
+    it_rows = [r for label, _, r in rows if r and label.startswith("Image Transformer")]
+    if it_rows:
+        r = max(it_rows, key=lambda r: r["tiles"])
+        it_flops = it_flops_per_subpixel()
+        reached = r["tiles"] * 32 * 32 * 3 * it_flops / r["seconds"] / 1e9
+        bound = it_step_gflops(min(r["tiles"], IT_BATCH))
+        print(f"\nImage Transformer arithmetic: {it_flops / 1e3:.0f} kFLOP per decoded sub-pixel (one "
+              f"decoding step, counted from the layer shapes; the encoder, once per tile, excluded), so "
+              f"{r['tiles']} tiles in {r['seconds']:.1f} s is {reached:.2f} GFLOP/s; the same products "
+              f"alone at batch {min(r['tiles'], IT_BATCH)} (NumPy, one thread, as the decoder runs them) "
+              f"reach {bound:.2f} GFLOP/s: the decoder reaches {reached / bound:.0%} of that, the rest "
+              "is the per-step work around the products (layer norms, softmax, the cache windows, "
+              "Python).")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _allen_transformer_base():
     hp.add_hparam("color_augment", "")  # problem-side colour augmentation of training tiles (problems.py)
     # Decoding: the mode `allen-sr decode/evaluate/upscale` use when --mode is not given.
     hp.add_hparam("decode_mode", "mean")
-    hp.add_hparam("decode_tta", False)  # decoders average the decodes of the 8 flips/rotations of each input
+    hp.add_hparam("decode_tta", False)  # average the decodes of the 8 flips/rotations (measured: +0.006 dB, 10x time)
     return hp
 
 

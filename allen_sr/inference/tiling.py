@@ -155,7 +155,10 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
 
 
 def finish(acc: np.ndarray, sum_y: np.ndarray, sum_x: np.ndarray) -> np.ndarray:
-    """Normalise accumulated rows by the weight sums and round to uint8."""
-    norm = acc / sum_y.astype(np.float32)[:, None, None]
-    norm /= sum_x[None, :, None]
-    return np.clip(np.rint(norm), 0, 255).astype(np.uint8)
+    """Normalise accumulated rows by the weight sums and round to uint8, in place: the rows are
+    final and their float copy is dropped, so no second float band is ever allocated."""
+    acc /= sum_y.astype(np.float32)[:, None, None]
+    acc /= sum_x[None, :, None]
+    np.rint(acc, out=acc)
+    np.clip(acc, 0, 255, out=acc)
+    return acc.astype(np.uint8)
