@@ -158,8 +158,8 @@ def evaluate(name: str, overrides: str, run_dir: Path, hparams_set: str, data: d
     naive.close()
     out["tf_seconds"] = time.perf_counter() - started
     if free and modes:
-        once = checkpoints.load_hparams(hparams_set, bq.PROBLEM, ",".join(
-            o for o in (overrides, "decode_tta=False") if o), run_dir)
+        once = hparams if not getattr(hparams, "decode_tta", False) else checkpoints.load_hparams(
+            hparams_set, bq.PROBLEM, ",".join(o for o in (overrides, "decode_tta=False") if o), run_dir)
         idx = spread(data["sources"], free)
         inputs = downsample(targets[idx])
         runs = [(mode, mode, once) for mode in modes]
