@@ -118,6 +118,11 @@ class TiledModel:
     weights: str  # the checkpoint prefix or export folder it was read from
 
 
+def _describe(name: str, decoder: Any) -> str:
+    """The model's line in the summary: ``name``, plus whether the decoder averages 8 transforms."""
+    return name + (" (8-fold averaging)" if getattr(decoder, "tta", False) else "")
+
+
 def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -> TiledModel:
     """Open the checkpoint and wrap its decoder as a function of uint8 tiles."""
     in_size, out_size, channels = shared.model_shape(spec)
@@ -130,8 +135,8 @@ def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -
         overlap = options.overlap if options.overlap is not None else min(2 * dec.radius + RAMP, tile // 2)
         return TiledModel(lambda x: dec.predict(x), factor, channels, tile, overlap, dec.radius,
                           options.batch_tiles or 1, False, in_size,
-                          f"{model} {'onnx' if spec.exported else 'one pass'}"
-                          + (" (8-fold averaging)" if dec.tta else ""), dec.close, opened.checkpoint)
+                          _describe(f"{model} {'onnx' if spec.exported else 'one pass'}", dec),
+                          dec.close, opened.checkpoint)
     if options.tile not in (None, in_size):
         raise ValueError(f"--tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                          f"(problem {spec.problem or spec.exported}); leave --tile out")
@@ -145,8 +150,7 @@ def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -
 
     overlap = options.overlap if options.overlap is not None else in_size // 2
     return TiledModel(predict, factor, channels, in_size, overlap, 0, batch, True, in_size,
-                      f"{model} {opened.mode} ({type(opened.decoder).__name__})"
-                      + (" (8-fold averaging)" if getattr(opened.decoder, "tta", False) else ""),
+                      _describe(f"{model} {opened.mode} ({type(opened.decoder).__name__})", opened.decoder),
                       getattr(opened.decoder, "close", lambda: None), opened.checkpoint)
 
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from allen_sr.decoding.batching import decode_tta, dihedral, predict_in_chunks, undo_dihedral
+from allen_sr.decoding.batching import (decode_tta, dihedral, dihedral_transforms, predict_in_chunks,
+                                       undo_dihedral)
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.modes import MODES
 from allen_sr.t2t.names import register_all
@@ -120,8 +121,9 @@ class OnePassDecoder:
     def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
         if not self.tta:
             return self._session.run(self._outputs, {self._inputs: x})
-        # Rotations by 90 degrees transpose a non-square input: the odd transforms run apart.
-        classes = [range(8)] if x.shape[1] == x.shape[2] else [(0, 2, 4, 6), (1, 3, 5, 7)]
+        # Rotations by 90 degrees transpose a non-square input: the others run apart.
+        keep = dihedral_transforms(x.shape[1], x.shape[2])
+        classes = [keep] + ([tuple(k for k in range(8) if k not in keep)] if len(keep) < 8 else [])
         # Several transforms per run (one batch of 8N is faster than 8 runs of N for small
         # tiles), as many as fit TTA_PIXELS_PER_RUN: a large tile runs one transform at a time,
         # so 8-fold averaging needs no more memory than a single prediction.
@@ -134,9 +136,7 @@ class OnePassDecoder:
                 stacked = np.concatenate([dihedral(x, k) for k in group])
                 preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), len(group))
                 undone.update((k, undo_dihedral(p, k)) for k, p in zip(group, preds))
-        if len(classes) == 1:
-            return np.mean([undone[k] for k in range(8)], axis=0)
-        return sum(np.sum([undone[k] for k in ks], axis=0) for ks in classes) / 8
+        return sum(undone[k] for k in range(8)) / 8
 
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
