@@ -34,6 +34,11 @@ Prints a markdown section on stdout (progress goes to stderr) and writes it with
 (input, every method, target) to `<work>/comparison.png`. Takes about 3 x (minutes + 1) + 5
 minutes: ~52 min at the default 15, ~13 min with --minutes 2. `--reuse_runs` evaluates runs
 already trained in `--work` (e.g. by separate `--only` invocations) without training again.
+`--only transformer --keep_rows` reruns one model and keeps the other rows of the table in
+`benchmarks/RESULTS.md`, marked with their run's date and machine; it refuses unless this run's
+bicubic row equals the kept one (the same held-out tiles):
+
+    python benchmarks/run_all.py quality -- --only transformer --keep_rows
 """
 from __future__ import annotations
 
@@ -319,6 +324,35 @@ def write_grid(path: Path, inputs: np.ndarray, targets: np.ndarray, shown: dict[
     log(f"wrote {path}")
 
 
+RESULTS = HERE / "RESULTS.md"
+TABLE_ROW = re.compile(r"^\| (?P<cells>.+) \|$")
+
+
+def kept_rows(results: Path, bicubic: dict[str, Any], rerun: set[str]) -> list[dict[str, Any]]:
+    """The rows of ``results``' bench_quality table that this run does not produce (methods not in
+    ``rerun``), each marked with that section's date line; ValueError unless its bicubic row
+    equals ``bicubic`` to the printed digits (then the held-out tiles are the same)."""
+    text = results.read_text(encoding="utf-8") if results.exists() else ""
+    section = text.partition("## bench_quality.py")[2].split("\n## ", 1)[0]
+    dated = re.search(r"^_(.+?)_$", section, re.M)
+    table = [m["cells"].split(" | ") for m in map(TABLE_ROW.match, section.splitlines()) if m]
+    if not dated or len(table) < 2:
+        raise ValueError(f"--keep_rows: no bench_quality table in {results}; run the whole benchmark")
+    head, rows = table[0], [r for r in table[1:] if r[0].strip(":- ")]  # not the |---| line
+    old = {r[0]: dict(zip(head, r)) for r in rows}
+    mine = [f"{bicubic['psnr_by_source'][s]:.2f}" for s in bicubic["psnr_by_source"]]
+    theirs = old.get("bicubic", {})
+    if [theirs.get(h) for h in head[2:-3]] != mine or theirs.get(head[-3]) != f"{bicubic['psnr']:.2f}":
+        raise ValueError(f"--keep_rows: bicubic in {results} ({theirs}) differs from this run's "
+                         f"({mine}, {bicubic['psnr']:.2f}): not the same held-out tiles; run the whole benchmark")
+    when = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", dated.group(1))
+    machine = re.search(r"\(([^()]+)\)", dated.group(1).split(" on ", 1)[-1])
+    return [{"method": name, "kept": f"of {when.group(0) if when else 'an earlier date'}, "
+                                      f"{machine.group(1) if machine else 'another machine'}",
+             "cells": [row[h] for h in head[1:-1]]}
+            for name, row in old.items() if name != "bicubic" and name not in rerun]
+
+
 def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace, description: str,
            split: dict[str, list[str]], sources: list[str], train_tiles: int) -> str:
     """The markdown section."""
@@ -330,11 +364,18 @@ def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace
     lines = [f"### Quality after {args.minutes:g} minutes of CPU training", "",
              "| " + " | ".join(head) + " |", "|:---|---:|" + "---:|" * (len(head) - 2)]
     for r in rows:
+        if "kept" in r:  # a row of an earlier run (--keep_rows), printed as that run printed it
+            vs = float(r["cells"][-2]) - bicubic["psnr"]
+            lines.append(f"| {r['method']} (run {r['kept']}) | " + " | ".join(r["cells"]) + f" | {vs:+.2f} dB |")
+            continue
         steps = ("-" if r.get("steps") is None else
                  f"{r['steps']} in {r['seconds']:.0f} s ({r['steps'] / max(r['seconds'], 1e-9):.1f}/s)")
         cells = [r["method"], steps, *[f"{r['psnr_by_source'][s]:.2f}" for s in source_names],
                  f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnr'] - bicubic['psnr']:+.2f} dB"]
         lines.append("| " + " | ".join(cells) + " |")
+    for r in rows:
+        if "kept" in r:
+            r["psnr"] = float(r["cells"][-2])
     conv = next((r for r in rows if r["method"] == CONV_DEFAULT), None)
     one_pass = next((r for r in rows if r["method"] == CONV_ONE_PASS), None)
     goal = (f"Goal (conv, pixel loss, decoded as `allen-sr evaluate` does by default, beats bicubic "
@@ -368,6 +409,10 @@ def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace
         f"Metrics: {metrics.PROTOCOL}. Differences below ~0.2 dB are within "
         "checkpoint-to-checkpoint noise (FACTS 7).",
     ]
+    if any("kept" in r for r in rows):
+        lines += ["", "Rows marked \"run ...\" are kept from that earlier run of this benchmark "
+                  "(`--keep_rows`, on the same held-out tiles: its bicubic row is this run's); only "
+                  f"{', '.join(r.name for r in runs)} trained in this run. Steps depend on the machine."]
     return "\n".join(lines) + "\n"
 
 
@@ -382,6 +427,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--it_hparams", default="",
                    help="extra --hparams for the Image Transformer run (e.g. to compare settings)")
     p.add_argument("--only", default="", help="comma-separated subset of: conv,hybrid,transformer")
+    p.add_argument("--keep_rows", action="store_true",
+                   help="keep the rows of methods not run (--only) from benchmarks/RESULTS.md, if its "
+                        "bicubic row matches this run's")
     p.add_argument("--reuse_runs", action="store_true",
                    help="evaluate runs already trained in --work (runs/<name>/result.json) instead of "
                         "training them again")
@@ -420,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
         inputs = np.stack([tiles.area_downsample(t, FACTOR) for t in targets])
         log(f"{len(targets)} held-out tiles from {len(held_out)} source(s)")
 
+        bicubic = np.stack([metrics.upscale(lr, FACTOR, "bicubic") for lr in inputs])
+        rows = [{"method": "bicubic", **score(bicubic, targets, sources)}]
+        if args.keep_rows:  # checked before any training: a mismatch costs nothing
+            rows += kept_rows(RESULTS, rows[0], {label for r in runs for label, _, _ in r.decodes})
+
         for run in runs:
             run_dir = work / "runs" / run.name
             saved = run_dir / "result.json"
@@ -431,8 +484,6 @@ def main(argv: list[str] | None = None) -> int:
             run.result = train_for(run, seconds, work / "data", run_dir, save_secs, overrides)
             saved.write_text(json.dumps(run.result, indent=2, default=str))
 
-        bicubic = np.stack([metrics.upscale(lr, FACTOR, "bicubic") for lr in inputs])
-        rows = [{"method": "bicubic", **score(bicubic, targets, sources)}]
         shown = {"bicubic": bicubic}
         for run in runs:
             for label, mode, extra in run.decodes:

@@ -6,6 +6,7 @@ sections and keeps the others, so the file is always what the scripts wrote.
 
     python benchmarks/run_all.py                 # every benchmark
     python benchmarks/run_all.py decode datagen  # bench_decode.py and bench_datagen.py only
+    python benchmarks/run_all.py quality -- --only transformer --keep_rows  # arguments for one script
 """
 from __future__ import annotations
 
@@ -50,12 +51,14 @@ def render(sections: dict[str, str]) -> str:
     return HEADER + "".join(f"\n## {name}\n\n{sections[name]}" for name in sorted(sections))
 
 
-def run(script: str) -> tuple[str, bool]:
-    """(section body, ok) of one benchmark run."""
+def run(script: str, args: list[str] = ()) -> tuple[str, bool]:
+    """(section body, ok) of one benchmark run, with ``args`` on its command line."""
     name = os.path.basename(script)
-    print(f"==> {name}", flush=True)
+    print(f"==> {name} {' '.join(args)}".rstrip(), flush=True)
     facts = machine_facts()
-    proc = subprocess.run([sys.executable, script], stdout=subprocess.PIPE, text=True)
+    if args:
+        facts += f" Arguments: `{' '.join(args)}`."
+    proc = subprocess.run([sys.executable, script, *args], stdout=subprocess.PIPE, text=True)
     print(proc.stdout)
     if proc.returncode:
         return f"_{facts}_ FAILED (exit {proc.returncode}); see the console output.\n", False
@@ -66,6 +69,10 @@ def main(argv: list[str], folder: str = HERE) -> int:
     """Run the benchmarks ``argv`` names (all when empty) in ``folder``; update its RESULTS.md."""
     results = os.path.join(folder, "RESULTS.md")
     scripts = sorted(glob.glob(os.path.join(folder, "bench_*.py")))
+    argv, script_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    if script_args and len(argv) != 1:
+        print("run_all: arguments after -- need exactly one benchmark named before them", file=sys.stderr)
+        return 2
     if argv:
         unknown = sorted(set(argv) - {os.path.basename(s)[len("bench_"):-len(".py")] for s in scripts})
         if unknown:
@@ -74,7 +81,7 @@ def main(argv: list[str], folder: str = HERE) -> int:
         scripts = [s for s in scripts if os.path.basename(s)[len("bench_"):-len(".py")] in argv]
     failed = []
     for script in scripts:
-        body, ok = run(script)
+        body, ok = run(script, script_args)
         if not ok:
             failed.append(os.path.basename(script))
         # Re-read before each write: another section may have been written meanwhile.

@@ -1,5 +1,8 @@
-"""benchmarks/run_all.py keeps one dated section per benchmark: a partial run rewrites its own."""
+"""benchmarks/run_all.py keeps one dated section per benchmark (a partial run rewrites its own);
+bench_quality.py keeps earlier rows only when they were measured on the same held-out tiles."""
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -32,3 +35,54 @@ def test_a_failing_benchmark_is_recorded_and_an_unknown_name_refused(tmp_path, c
     assert "FAILED (exit 3)" in (tmp_path / "RESULTS.md").read_text()
     assert run_all.main(["nosuch"], str(tmp_path)) == 2
     assert "no benchmark named nosuch" in capsys.readouterr().err
+
+
+def test_arguments_after_a_double_dash_reach_the_one_named_benchmark(tmp_path, capsys):
+    (tmp_path / "bench_args.py").write_text("import sys\nprint('### args ' + ' '.join(sys.argv[1:]))\n")
+    assert run_all.main(["args", "--", "--only", "transformer"], str(tmp_path)) == 0
+    section = run_all.read_sections((tmp_path / "RESULTS.md").read_text())["bench_args.py"]
+    assert "### args --only transformer" in section and "Arguments: `--only transformer`" in section
+    assert run_all.main(["--", "--only", "x"], str(tmp_path)) == 2
+    assert "exactly one benchmark" in capsys.readouterr().err
+
+
+QUALITY = """# Benchmark results
+
+## bench_quality.py
+
+_Run 2026-11-22 11:58 on 2 cores (AMD EPYC), 24 GiB RAM, no GPU; Python 3.11.7._
+
+### Quality after 15 minutes of CPU training
+
+| method | steps trained (rate) | PSNR a (2) | PSNR b (1) | PSNR all (3) | SSIM all | vs bicubic |
+|:---|---:|---:|---:|---:|---:|---:|
+| bicubic | - | 21.84 | 25.40 | 21.91 | 0.5990 | +0.00 dB |
+| conv pixel loss, one pass | 15508 in 900 s (17.2/s) | 23.12 | 26.26 | 23.21 | 0.7009 | +1.30 dB |
+| Image Transformer mean | 1840 in 871 s (2.1/s) | 20.17 | 22.94 | 20.27 | 0.5293 | -1.64 dB |
+
+## bench_train.py
+
+_Run 2026-12-02 00:19 on 2 cores (Intel), 24 GiB RAM, no GPU; Python 3.11.7._
+
+| x |
+"""
+
+
+def test_bench_quality_keeps_the_rows_it_does_not_rerun_only_on_the_same_tiles(tmp_path):
+    import bench_quality
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text(QUALITY)
+    bicubic = {"psnr": 21.912, "psnr_by_source": {"a": 21.84, "b": 25.40}}
+    kept = bench_quality.kept_rows(results, bicubic, {"Image Transformer mean"})
+    assert [r["method"] for r in kept] == ["conv pixel loss, one pass"]
+    assert kept[0]["kept"] == "of 2026-11-22 11:58, AMD EPYC"
+    assert kept[0]["cells"] == ["15508 in 900 s (17.2/s)", "23.12", "26.26", "23.21", "0.7009"]
+    # Another tile sample shows in bicubic's numbers: nothing is kept, the run is refused.
+    with pytest.raises(ValueError, match="not the same held-out tiles"):
+        bench_quality.kept_rows(results, dict(bicubic, psnr=21.95), set())
+    with pytest.raises(ValueError, match="not the same held-out tiles"):
+        bench_quality.kept_rows(results, {"psnr": 21.912, "psnr_by_source": {"a": 21.85, "b": 25.40}}, set())
+    results.write_text("# Benchmark results\n")
+    with pytest.raises(ValueError, match="no bench_quality table"):
+        bench_quality.kept_rows(results, bicubic, set())
