@@ -326,6 +326,7 @@ def write_grid(path: Path, inputs: np.ndarray, targets: np.ndarray, shown: dict[
 
 RESULTS = HERE / "RESULTS.md"
 TABLE_ROW = re.compile(r"^\| (?P<cells>.+) \|$")
+KEPT_SUFFIX = re.compile(r"^(?P<method>.+) \(run (?P<run>of .+)\)$")  # how report() marks a kept row
 
 
 def kept_rows(results: Path, bicubic: dict[str, Any], rerun: set[str]) -> list[dict[str, Any]]:
@@ -346,11 +347,17 @@ def kept_rows(results: Path, bicubic: dict[str, Any], rerun: set[str]) -> list[d
         raise ValueError(f"--keep_rows: bicubic in {results} ({theirs}) differs from this run's "
                          f"({mine}, {bicubic['psnr']:.2f}): not the same held-out tiles; run the whole benchmark")
     when = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", dated.group(1))
-    machine = re.search(r"\(([^()]+)\)", dated.group(1).split(" on ", 1)[-1])
-    return [{"method": name, "kept": f"of {when.group(0) if when else 'an earlier date'}, "
-                                      f"{machine.group(1) if machine else 'another machine'}",
-             "cells": [row[h] for h in head[1:-1]]}
-            for name, row in old.items() if name != "bicubic" and name not in rerun]
+    machine = re.search(r"cores \((.*?)\), ", dated.group(1))
+    this_run = (f"of {when.group(0) if when else 'an earlier date'}, "
+                f"{machine.group(1) if machine else 'another machine'}")
+    kept = []
+    for name, row in old.items():
+        earlier = KEPT_SUFFIX.match(name)  # kept once already: it keeps its own run's date
+        method, run = (earlier["method"], earlier["run"]) if earlier else (name, this_run)
+        if method != "bicubic" and method not in rerun:
+            kept.append({"method": method, "kept": run, "cells": [row[h] for h in head[1:-1]],
+                         "psnr": float(row[head[-3]])})
+    return kept
 
 
 def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace, description: str,
@@ -365,17 +372,14 @@ def report(rows: list[dict[str, Any]], runs: list[Run], args: argparse.Namespace
              "| " + " | ".join(head) + " |", "|:---|---:|" + "---:|" * (len(head) - 2)]
     for r in rows:
         if "kept" in r:  # a row of an earlier run (--keep_rows), printed as that run printed it
-            vs = float(r["cells"][-2]) - bicubic["psnr"]
-            lines.append(f"| {r['method']} (run {r['kept']}) | " + " | ".join(r["cells"]) + f" | {vs:+.2f} dB |")
+            lines.append(f"| {r['method']} (run {r['kept']}) | " + " | ".join(r["cells"])
+                         + f" | {r['psnr'] - bicubic['psnr']:+.2f} dB |")
             continue
         steps = ("-" if r.get("steps") is None else
                  f"{r['steps']} in {r['seconds']:.0f} s ({r['steps'] / max(r['seconds'], 1e-9):.1f}/s)")
         cells = [r["method"], steps, *[f"{r['psnr_by_source'][s]:.2f}" for s in source_names],
                  f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnr'] - bicubic['psnr']:+.2f} dB"]
         lines.append("| " + " | ".join(cells) + " |")
-    for r in rows:
-        if "kept" in r:
-            r["psnr"] = float(r["cells"][-2])
     conv = next((r for r in rows if r["method"] == CONV_DEFAULT), None)
     one_pass = next((r for r in rows if r["method"] == CONV_ONE_PASS), None)
     goal = (f"Goal (conv, pixel loss, decoded as `allen-sr evaluate` does by default, beats bicubic "

@@ -212,10 +212,9 @@ def main() -> None:
     it_rows = [r for label, _, r in rows if r and label.startswith("Image Transformer")]
     if it_rows:
         r = max(it_rows, key=lambda r: r["tiles"])
-        shape = it_set_shape()
-        it_flops = it_flops_per_subpixel(shape)
+        it_flops = it_flops_per_subpixel(it)
         reached = r["tiles"] * 32 * 32 * 3 * it_flops / r["seconds"] / 1e9
-        bound = it_step_gflops(shape, min(r["tiles"], IT_BATCH))
+        bound = it_step_gflops(it, min(r["tiles"], IT_BATCH))
         print(f"\nImage Transformer arithmetic: {it_flops / 1e3:.0f} kFLOP per decoded sub-pixel (one "
               f"decoding step, counted from the layer shapes; the encoder, once per tile, excluded), so "
               f"{r['tiles']} tiles in {r['seconds']:.1f} s is {reached:.2f} GFLOP/s; the same products "
