@@ -34,7 +34,7 @@ def parse_args(argv):
                    help="folder of tissue images to tile (default: the sample images shipped in the package)")
     p.add_argument("--hparams_set", default="img2img_allen_cpu_tiny")
     p.add_argument("--train_steps", type=int, default=700,
-                   help="training steps (default 700: about 10 minutes on 2 CPU cores)")
+                   help="training steps (default 700: about 8 minutes on 2 CPU cores)")
     p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
     p.add_argument("--model", default=MODEL, help="t2t model (default %(default)s)")
     p.add_argument("--mode", default=None, choices=("greedy", "sample", "mean"),
