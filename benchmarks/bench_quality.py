@@ -31,7 +31,9 @@ Protocol (also printed with the results):
 
 Prints a markdown section on stdout (progress goes to stderr) and writes it with a JSON copy to
 `<work>/quality.md` and `quality.json`, and a picture grid of a few held-out tiles per source
-(input, every method, target) to `<work>/comparison.png`. Takes about 3 x (minutes + 1) + 5
+(input, every method, target) to `<work>/comparison.png`, or for a canonical run (the defaults,
+no hparams overrides) to `docs/model_comparison.png` (`..._transformer.png` with `--only
+transformer`), which the README shows. Takes about 3 x (minutes + 1) + 5
 minutes: ~52 min at the default 15, ~13 min with --minutes 2. `--reuse_runs` evaluates runs
 already trained in `--work` (e.g. by separate `--only` invocations) without training again.
 `--only transformer --keep_rows` reruns one model and keeps the other rows of the table in
@@ -324,6 +326,17 @@ def write_grid(path: Path, inputs: np.ndarray, targets: np.ndarray, shown: dict[
     log(f"wrote {path}")
 
 
+def docs_grid(args: argparse.Namespace) -> Path | None:
+    """Where a canonical run (default budget and tiles, no hparams overrides) puts its picture
+    grid for the README: docs/model_comparison.png, or with --only docs/model_comparison_<only>.png
+    (so a rerun of one model keeps the others' picture). None for any other run."""
+    canonical = args.minutes == 15.0 and args.tiles == 384 and not args.conv_hparams and not args.it_hparams
+    if not canonical:
+        return None
+    suffix = "_" + "_".join(sorted(args.only.split(","))) if args.only else ""
+    return HERE.parent / "docs" / f"model_comparison{suffix}.png"
+
+
 RESULTS = HERE / "RESULTS.md"
 TABLE_ROW = re.compile(r"^\| (?P<cells>.+) \|$")
 KEPT_SUFFIX = re.compile(r"^(?P<method>.+) \(run (?P<run>of .+)\)$")  # how report() marks a kept row
@@ -496,8 +509,11 @@ def main(argv: list[str] | None = None) -> int:
                 shown[label] = preds
                 rows.append({"method": label, "steps": run.result["steps"], "seconds": run.result["seconds"],
                              "decode_seconds": decode_seconds, **score(preds, targets, sources)})
-        write_grid(work / "comparison.png", inputs, targets, shown, sources)
+        grid = docs_grid(args) or work / "comparison.png"
+        write_grid(grid, inputs, targets, shown, sources)
         text = report(rows, runs, args, description, split, sources, train_tiles)
+        text += f"\nPicture: `{grid.relative_to(HERE.parent) if grid.is_relative_to(HERE.parent) else grid}` " \
+                "(input, bicubic, each method this run decoded, target).\n"
         (work / "quality.md").write_text(text)
         (work / "quality.json").write_text(json.dumps(
             {"minutes": args.minutes, "rows": rows, "runs": {r.name: r.result for r in runs},

@@ -1,6 +1,7 @@
 """benchmarks/run_all.py keeps one dated section per benchmark (a partial run rewrites its own);
 bench_quality.py keeps earlier rows only when they were measured on the same held-out tiles."""
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,14 @@ def test_bench_quality_keeps_the_rows_it_does_not_rerun_only_on_the_same_tiles(t
     results.write_text("# Benchmark results\n")
     with pytest.raises(ValueError, match="no bench_quality table"):
         bench_quality.kept_rows(results, bicubic, set())
+
+
+def test_bench_quality_puts_only_canonical_pictures_in_docs():
+    import bench_quality
+
+    docs = Path(REPO) / "docs"
+    assert bench_quality.docs_grid(bench_quality.parse_args([])) == docs / "model_comparison.png"
+    only = bench_quality.parse_args(["--only", "transformer", "--keep_rows"])
+    assert bench_quality.docs_grid(only) == docs / "model_comparison_transformer.png"
+    for other in (["--minutes", "5"], ["--it_hparams", "num_heads=1"], ["--tiles", "64"]):
+        assert bench_quality.docs_grid(bench_quality.parse_args(other)) is None
