@@ -96,8 +96,8 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
     before ``r0`` also reach lack those tiles' share; the caller drops them."""
     th, tw = layout.tile_h, layout.tile_w
     rows, cols = layout.rows, layout.cols
-    prof_y = axis_profiles(rows, th, factor, layout.context)
-    prof_x = axis_profiles(cols, tw, factor, layout.context)
+    prof_y = [w.astype(np.float32) for w in axis_profiles(rows, th, factor, layout.context)]
+    prof_x = [w.astype(np.float32) for w in axis_profiles(cols, tw, factor, layout.context)]
     sum_y = axis_weight_sum(rows, prof_y, layout.height * factor, factor)
     sum_x = axis_weight_sum(cols, prof_x, layout.width * factor, factor).astype(np.float32)
     out_w = layout.width * factor
@@ -139,8 +139,7 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
                 for (r, c), p in zip(chunk, preds):
                     y = rows[r] * factor - acc_y0
                     x = cols[c] * factor
-                    weight = np.outer(prof_y[r], prof_x[c]).astype(np.float32)
-                    acc[y:y + th * factor, x:x + tw * factor] += p * weight[:, :, None]
+                    acc[y:y + th * factor, x:x + tw * factor] += weighted(p, prof_y[r], prof_x[c])
                 if bar is not None:
                     bar.update(len(chunk))
                     mp = bar.n / layout.tiles * layout.height * layout.width * factor * factor / 1e6
@@ -154,11 +153,34 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
             bar.close()
 
 
+def not_one(values: np.ndarray) -> list[slice]:
+    """The runs of ``values`` that differ from 1, as slices."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], (values != 1.0).view(np.int8), [0]])))
+    return [slice(a, b) for a, b in zip(edges[0::2], edges[1::2])]
+
+
+def weighted(pred: np.ndarray, prof_y: np.ndarray, prof_x: np.ndarray) -> np.ndarray:
+    """``pred`` [h, w, C] times the outer product of its axis profiles, in place where it can be.
+
+    A profile is 1 except in the ramps at its ends, so only those rows and columns are scaled:
+    a few per cent of the tile, instead of a weight array and a product the size of the tile."""
+    if not pred.flags.writeable or pred.dtype != np.float32:
+        pred = pred.astype(np.float32)
+    for sl in not_one(prof_y):
+        pred[sl] *= prof_y[sl, None, None]
+    for sl in not_one(prof_x):
+        pred[:, sl] *= prof_x[None, sl, None]
+    return pred
+
+
 def finish(acc: np.ndarray, sum_y: np.ndarray, sum_x: np.ndarray) -> np.ndarray:
     """Normalise accumulated rows by the weight sums and round to uint8, in place: the rows are
     final and their float copy is dropped, so no second float band is ever allocated."""
-    acc /= sum_y.astype(np.float32)[:, None, None]
-    acc /= sum_x[None, :, None]
+    sum_y = sum_y.astype(np.float32)
+    for sl in not_one(sum_y):  # the weights add up to 1 outside the overlaps
+        acc[sl] /= sum_y[sl, None, None]
+    for sl in not_one(sum_x):
+        acc[:, sl] /= sum_x[None, sl, None]
     np.rint(acc, out=acc)
     np.clip(acc, 0, 255, out=acc)
     return acc.astype(np.uint8)
