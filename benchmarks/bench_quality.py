@@ -330,7 +330,9 @@ def docs_grid(args: argparse.Namespace) -> Path | None:
     """Where a canonical run (default budget and tiles, no hparams overrides) puts its picture
     grid for the README: docs/model_comparison.png, or with --only docs/model_comparison_<only>.png
     (so a rerun of one model keeps the others' picture). None for any other run."""
-    canonical = args.minutes == 15.0 and args.tiles == 384 and not args.conv_hparams and not args.it_hparams
+    defaults = parse_args([])
+    canonical = (args.minutes, args.tiles, args.conv_hparams, args.it_hparams) == (
+        defaults.minutes, defaults.tiles, defaults.conv_hparams, defaults.it_hparams)
     if not canonical:
         return None
     suffix = "_" + "_".join(sorted(args.only.split(","))) if args.only else ""
