@@ -63,7 +63,17 @@ def child(argv: list[str]) -> None:
     print("RESULT " + json.dumps(summary), flush=True)
 
 
-def conv_flops_per_output_px(hidden: int = 64, blocks: int = 6, up_width: int = 16, factor: int = 4) -> float:
+def conv_set_shape() -> dict[str, int]:
+    """The sizes of the benchmarked conv set, as registered now."""
+    from allen_sr.decoding import checkpoints
+
+    hp = checkpoints.load_hparams(CONV[2], CONV[0], "")
+    if hp.upsample != "pixel_shuffle":
+        raise SystemExit(f"{CONV[2]} upsamples by {hp.upsample!r}: conv_flops_per_output_px counts pixel_shuffle only")
+    return dict(hidden=int(hp.hidden_size), blocks=int(hp.num_res_blocks), up_width=int(hp.upsample_width))
+
+
+def conv_flops_per_output_px(hidden: int, blocks: int, up_width: int, factor: int = 4) -> float:
     """Multiply-adds x 2 of img2img_conv_sr (pixel_shuffle) per output pixel."""
     per_input = 2 * 9 * (3 * hidden + (2 * blocks + 1) * hidden * hidden + hidden * factor * factor * up_width)
     per_output = 2 * 9 * up_width * 3
@@ -168,10 +178,11 @@ def main() -> None:
                 rows.append((label, side, json.loads(line[7:])))
                 print(f"{label} {side}: {line}", file=sys.stderr, flush=True)
     mm = matmul_gflops()
-    flops = conv_flops_per_output_px()
+    conv = conv_set_shape()
+    flops = conv_flops_per_output_px(**conv)
     it = it_set_shape()
-    print("Model sizes: conv = `img2img_conv_sr_cpu` (64 channels, 6 residual blocks, pixel shuffle, "
-          "x4), default tiles 384 px with 50 px overlap; Image Transformer = `img2img_allen_cpu_tiny` "
+    print(f"Model sizes: conv = `{CONV[2]}` ({conv['hidden']} channels, {conv['blocks']} residual blocks, "
+          f"pixel shuffle, x4), default tiles 384 px with 50 px overlap; Image Transformer = `{TRANSFORMER[2]}` "
           f"(hidden {it['hidden']}, {it['heads']} heads, {it['layers']} decoder layers, blocks of "
           f"{it['block']} sub-pixels; 8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled pyramidal BigTIFF out; "
           "time includes reading, blending, compression and writing, not model loading. Peak RSS of the "
@@ -206,7 +217,7 @@ def main() -> None:
             text += (f" At {same['width']}x{same['height']} px out, the near-free model's run (the same "
                      f"reading, tiling, blending, compression and writing) took {ceiling['seconds']:.2f} s "
                      f"({ceiling['output_mp_per_s']:.2f} MP/s, the ceiling for any model here) and "
-                     f"`img2img_conv_sr_cpu` {same['seconds']:.2f} s: its own part, {model_seconds:.2f} s, "
+                     f"`{CONV[2]}` {same['seconds']:.2f} s: its own part, {model_seconds:.2f} s, "
                      f"is {mp / model_seconds:.2f} MP/s or {mp * flops / 1e3 / model_seconds:.0f} GFLOP/s.")
         print(text)
     it_rows = [r for label, _, r in rows if r and label.startswith("Image Transformer")]
