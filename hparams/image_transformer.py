@@ -44,6 +44,7 @@ def _allen_transformer_base():
     hp.add_hparam("embedding_smoothness", 0.0)  # weight of the neighbouring-value embedding penalty
     hp.add_hparam("context_bicubic", 1.0)  # probability a conditioning sub-pixel is its bicubic value (training)
     hp.add_hparam("target_noise", 4)  # +-grey levels of noise on the decoder's conditioning (training)
+    hp.add_hparam("ev_loss_weight", 4.0)  # weight of the L1 of each sub-pixel's expected value (prior_sigma units)
     hp.add_hparam("self_condition", 0.0)  # fraction of the context replaced by the model's own mean values (training)
     hp.add_hparam("color_augment", "")  # problem-side colour augmentation of training tiles (problems.py)
     # Decoding: the mode `allen-sr decode/evaluate/upscale` use when --mode is not given.

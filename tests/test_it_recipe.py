@@ -99,15 +99,15 @@ def test_train_budget_stops_training_with_a_final_checkpoint(tmp_path):
 def trained_with_every_training_option(tmp_path_factory):
     out = tmp_path_factory.mktemp("it_recipe")
     extra = ("embedding_init=smooth,embedding_smoothness=0.1,target_noise=3,input_skip=True,"
-             "context_bicubic=0.5,self_condition=0.5,learning_rate_warmup_steps=1")
+             "context_bicubic=0.5,self_condition=0.5,ev_loss_weight=1.0,learning_rate_warmup_steps=1")
     ckpt = tiny_training.train_checkpoint(out, small_hparams(extra), steps=3, batch_size=2, model_name=MODEL)
     return out, ckpt, extra
 
 
 def test_training_only_options_leave_the_decoders_exact(trained_with_every_training_option):
     """The fast decoder's logits equal the t2t graph's for a model trained with the smooth
-    embedding init, its penalty, noisy and bicubic conditioning (they change training, not the
-    network)."""
+    embedding init, its penalty, noisy and bicubic conditioning, the expected-value loss (they
+    change training, not the network)."""
     out, ckpt, extra = trained_with_every_training_option
     hp = small_hparams(extra, output_dir=out)
     inputs, targets = tiny_training.synthetic_examples(2, 32, 4, seed=5)
@@ -136,6 +136,20 @@ def test_smooth_embeddings_start_smooth_and_the_penalty_is_their_neighbour_diffe
     np.testing.assert_allclose(p, np.mean(np.sum(np.diff(e3, axis=1) ** 2, axis=-1)), rtol=1e-5)
     assert np.abs(np.diff(e3, axis=1)).mean() < 0.1 * np.abs(np.diff(r.reshape(3, 256, 16), axis=1)).mean()
     assert hp.embedding_init == "smooth"
+
+
+def test_expected_value_error_is_the_l1_of_the_distributions_means():
+    """``ev_loss_weight``'s term: |E[v] - target| averaged, in ``unit`` grey levels."""
+    values = np.arange(256, dtype=np.float32)
+    peaked = -0.5 * ((values - 100.0) / 0.5) ** 2  # mean 100
+    flat = np.zeros(256, np.float32)  # mean 127.5
+    logits = np.stack([peaked, flat])[None]  # [1, 2, 256]
+    targets = np.array([[[104], [127]]], np.int64)  # one more axis, as t2t's targets
+    with tf.Graph().as_default():
+        error = image_transformer.expected_value_error(tf.constant(logits), tf.constant(targets), 8.0)
+        with tf.compat.v1.Session() as session:
+            got = session.run(error)
+    np.testing.assert_allclose(got, (4.0 + 0.5) / 2 / 8.0, rtol=1e-4)
 
 
 def test_noisy_targets_stay_in_range_and_within_the_amplitude():

@@ -45,6 +45,11 @@ Training-only options (the network, and so decoding, is unchanged by them):
   Contexts like the ones free-running mean decoding feeds itself, for about a third more time per
   step (tensor2tensor's own ``scheduled_sampling_prob`` samples multinomially, as the noisy
   "sample" mode does; it stays available when this is 0).
+* ``ev_loss_weight`` > 0: adds that weight times the mean absolute error of each sub-pixel's
+  expected value (what mean decoding outputs), in ``prior_sigma`` grey levels, to the
+  cross-entropy. The cross-entropy alone, through the learned width, moves the centre of a wide
+  (uncertain: edges, texture) distribution little, and those sub-pixels carry most of the squared
+  error PSNR counts; this term trains every centre as a pixel loss would.
 
 Colour augmentation of training tiles is the problem's (`allen_sr.t2t.problems`, hparam
 ``color_augment``). Why: docs/ARCHITECTURE.md ("The models").
@@ -229,6 +234,23 @@ def embedding_smoothness_penalty(embedding: tf.Tensor, channels: int) -> tf.Tens
     return tf.reduce_mean(tf.reduce_sum(tf.square(e[:, 1:] - e[:, :-1]), axis=-1))
 
 
+def expected_value_error(logits, targets, unit: float):
+    """Mean absolute difference, in ``unit`` grey levels, between each sub-pixel's expected value
+    under ``logits`` [..., 256] and its target [...] (what mean decoding outputs, and PSNR scores)."""
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
+    expected = tf.reduce_sum(probabilities * tf.range(256, dtype=tf.float32), axis=-1)
+    target = tf.reshape(tf.cast(targets, tf.float32), common_layers.shape_list(expected))
+    return tf.reduce_mean(tf.abs(expected - target)) / unit
+
+
+def add_to_loss(loss, term):
+    """t2t's modality loss (a (numerator, denominator) pair, or a scalar) plus a mean ``term``."""
+    if isinstance(loss, tuple):
+        num, den = loss
+        return num + term * den, den
+    return loss + term
+
+
 def noisy_targets(targets: tf.Tensor, amplitude: int) -> tf.Tensor:
     """``targets`` plus uniform integer noise in [-amplitude, amplitude], clipped to 0-255."""
     noise = tf.random.uniform(tf.shape(targets), -amplitude, amplitude + 1, dtype=tf.int32)
@@ -343,17 +365,21 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         if self._loss_targets is not None:  # the self_condition pass: score the true targets
             features = dict(features, targets=self._loss_targets)
         loss = super().loss(logits, features)
-        weight = float(getattr(self._hparams, "embedding_smoothness", 0.0) or 0.0)
-        if weight <= 0 or self._hparams.mode != tf.estimator.ModeKeys.TRAIN or not self._embeddings:
+        if self._hparams.mode != tf.estimator.ModeKeys.TRAIN:
             return loss
-        channels = int(self._hparams.num_channels)
-        unique = list({id(e): e for e in self._embeddings}.values())
-        penalty = tf.add_n([embedding_smoothness_penalty(e, channels) for e in unique])
-        tf.summary.scalar("losses/embedding_smoothness", penalty)
-        if isinstance(loss, tuple):  # (numerator, denominator) of t2t's modality loss
-            num, den = loss
-            return num + weight * penalty * den, den
-        return loss + weight * penalty
+        weight = float(getattr(self._hparams, "embedding_smoothness", 0.0) or 0.0)
+        if weight > 0 and self._embeddings:
+            channels = int(self._hparams.num_channels)
+            unique = list({id(e): e for e in self._embeddings}.values())
+            penalty = tf.add_n([embedding_smoothness_penalty(e, channels) for e in unique])
+            tf.summary.scalar("losses/embedding_smoothness", penalty)
+            loss = add_to_loss(loss, weight * penalty)
+        weight = float(getattr(self._hparams, "ev_loss_weight", 0.0) or 0.0)
+        if weight > 0:
+            error = expected_value_error(logits, features["targets"], float(self._hparams.prior_sigma))
+            tf.summary.scalar("losses/expected_value_l1", error)
+            loss = add_to_loss(loss, weight * error)
+        return loss
 
     def _learning_rate(self, num_async_replicas: int) -> tf.Tensor:
         """t2t's learning_rate_schedule times the clamped cosine decay (schedule.cosine_decay)."""
