@@ -1,6 +1,7 @@
 """`allen-sr demo` end to end on the shipped sample images, with a short training run."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,9 +31,10 @@ def installed(tmp_path_factory):
 
 @pytest.mark.slow
 def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
-    """`allen-sr demo` from an installed copy, run outside the checkout, finds its sample images."""
+    """`allen-sr demo` from an installed copy, run outside the checkout, finds its sample images,
+    and trains for its time budget (--train_minutes, as `make demo` does with its default)."""
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "allen_sr.cli", "demo", f"--out={out}", "--train_steps=20", "--num_examples=4"]
+    cmd = [sys.executable, "-m", "allen_sr.cli", "demo", f"--out={out}", "--train_minutes=0.1", "--num_examples=4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=installed)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("predictions.png", "metrics.json", "loss.png"):
@@ -52,4 +54,8 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
     info = json.loads((out / "data" / "img2img_local_dim8to32-info.json").read_text())
     images = info["summary"]["images"]
     assert images["dev"] and images["train"] and not set(images["dev"]) & set(images["train"])
-    assert os.path.exists(out / "train" / "model.ckpt-20.index")
+    # The set's clock ended training at the 6-second budget, with a final checkpoint that decoded.
+    assert "train_budget_seconds=6 reached; stopping" in (out / "train.log").read_text()
+    assert json.loads((out / "train" / "hparams.json").read_text())["train_budget_seconds"] == 6
+    step = int(re.search(r"model\.ckpt-(\d+)", metrics["protocol"]).group(1))
+    assert step > 0 and os.path.exists(out / "train" / f"model.ckpt-{step}.index")

@@ -1,7 +1,8 @@
 """`allen-sr demo` (what `make demo` runs): the whole pipeline on the sample images, no network.
 
 1. datagen: tile the sample images (allen_sr/sample_data) into lossless TFRecords (problem img2img_local_dim8to32)
-2. train:   a short CPU run of the Image Transformer through t2t-trainer (img2img_allen_cpu_tiny)
+2. train:   a short CPU run of the Image Transformer through t2t-trainer (img2img_allen_cpu_tiny),
+            for --train_minutes of training time (graph building excluded), or --train_steps
 3. decode:  autoregressive decoding of dev tiles (the set's decode_mode), PSNR/SSIM against bicubic
 4. plot:    the training loss curve
 
@@ -23,6 +24,9 @@ from allen_sr.sample_data import sample_folder
 
 PROBLEM = "img2img_local_dim8to32"
 MODEL = "img2img_transformer_sr"  # img2img_transformer + input skip (allen_sr/models/image_transformer.py)
+DEFAULT_MINUTES = 9.0
+STOCK_STEPS = 700  # a stock t2t set has no train_budget_seconds
+CAP_STEPS = 100_000_000
 STEP_RE = re.compile(r"loss = ([0-9.eE+-]+), step = (\d+)")
 
 
@@ -33,8 +37,14 @@ def parse_args(argv):
     p.add_argument("--images", default=sample_folder(),
                    help="folder of tissue images to tile (default: the sample images shipped in the package)")
     p.add_argument("--hparams_set", default="img2img_allen_cpu_tiny")
-    p.add_argument("--train_steps", type=int, default=700,
-                   help="training steps (default 700: about 8 minutes on 2 CPU cores)")
+    p.add_argument("--train_minutes", type=float, default=DEFAULT_MINUTES,
+                   help="minutes of training (default %(default)g, so that `make demo` takes at most "
+                        "15 minutes on 2 cores, environment included): the set's "
+                        "train_budget_seconds, whose clock also drives the learning rate's decay. "
+                        "A faster machine trains more steps in it.")
+    p.add_argument("--train_steps", type=int, default=None,
+                   help="train this many steps instead of for --train_minutes (the only choice for "
+                        f"a stock t2t set, which has no training clock: default {STOCK_STEPS} there)")
     p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
     p.add_argument("--model", default=MODEL, help="t2t model (default %(default)s)")
     p.add_argument("--mode", default=None, choices=("greedy", "sample", "mean"),
@@ -57,28 +67,55 @@ def has_hparam(hparams_set: str, name: str) -> bool:
     return hasattr(registry.hparams(hparams_set), name)
 
 
-def train(args, data_dir: str, train_dir: str, log_path: str) -> None:
-    """Run `allen-sr train` in a subprocess, turning its log into a progress bar."""
-    from tqdm import tqdm
-
-    cmd = [sys.executable, "-m", "allen_sr.cli", "train",
-           f"--problem={PROBLEM}", f"--model={args.model}", f"--hparams_set={args.hparams_set}",
-           f"--data_dir={data_dir}", f"--output_dir={train_dir}",
-           f"--train_steps={args.train_steps}", "--schedule=train",
-           "--log_step_count_steps=10", "--save_checkpoints_secs=120", "--keep_checkpoint_max=2"]
+def training_plan(args) -> tuple[list[str], int | None, int | None]:
+    """The trainer's step and hparams flags for ``args``, then (seconds, None) for a run timed by
+    the set's clock or (None, steps) for a run of so many steps."""
+    if args.train_steps is None and has_hparam(args.hparams_set, "train_budget_seconds"):
+        seconds = round(args.train_minutes * 60)
+        # The clock stops the run at the budget; the step count is only a cap that is never met.
+        return [f"--train_steps={CAP_STEPS}", f"--hparams=train_budget_seconds={seconds}"], seconds, None
+    steps = args.train_steps if args.train_steps is not None else STOCK_STEPS
+    flags = [f"--train_steps={steps}"]
     if has_hparam(args.hparams_set, "cosine_decay_steps"):
         # Our sets: the learning rate's clamped cosine decay runs over the demo's steps.
-        cmd.append(f"--hparams=cosine_decay_steps={args.train_steps}")
+        flags.append(f"--hparams=cosine_decay_steps={steps}")
+    return flags, None, steps
+
+
+def describe(plan) -> str:
+    _, seconds, steps = plan
+    return f"{seconds / 60:g} minutes of training" if seconds else f"{steps} steps"
+
+
+def train(args, data_dir: str, train_dir: str, log_path: str) -> None:
+    """Run `allen-sr train` in a subprocess, turning its log into a progress bar (of steps, or of
+    seconds of training for a timed run)."""
+    from tqdm import tqdm
+
+    flags, seconds, steps = training_plan(args)
+    cmd = [sys.executable, "-m", "allen_sr.cli", "train",
+           f"--problem={PROBLEM}", f"--model={args.model}", f"--hparams_set={args.hparams_set}",
+           f"--data_dir={data_dir}", f"--output_dir={train_dir}", *flags, "--schedule=train",
+           "--log_step_count_steps=10", "--save_checkpoints_secs=120", "--keep_checkpoint_max=2"]
     print("  " + " ".join(cmd[2:]), flush=True)
-    with open(log_path, "a") as log, tqdm(total=args.train_steps, desc="  training", unit="step") as bar:
+    first_step_at = None
+    # A timed run's bar counts seconds of training (its rate would say nothing).
+    style = dict(bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s [{elapsed}{postfix}]"
+                 ) if seconds else dict(unit="step")
+    with open(log_path, "a") as log, tqdm(total=seconds or steps, desc="  training", **style) as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
             m = STEP_RE.search(line)
             if m and line.startswith("INFO:tensorflow"):
                 step = int(m.group(2))
-                bar.update(max(0, step - bar.n))
-                bar.set_postfix(loss=f"{float(m.group(1)):.3f}")
+                if seconds:  # seconds since the first logged step, as the model's clock counts
+                    first_step_at = first_step_at or time.time()
+                    done = min(seconds, int(time.time() - first_step_at))
+                else:
+                    done = step
+                bar.update(max(0, done - bar.n))
+                bar.set_postfix(loss=f"{float(m.group(1)):.3f}", step=step)
         code = proc.wait()
         if code == 0:
             bar.update(bar.total - bar.n)
@@ -101,7 +138,7 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     registry.problem(PROBLEM).generate_data(data_dir, args.images)
 
-    banner(2, f"train: {args.model} / {args.hparams_set}, {args.train_steps} steps on CPU -> {train_dir}")
+    banner(2, f"train: {args.model} / {args.hparams_set}, {describe(training_plan(args))} on CPU -> {train_dir}")
     train(args, data_dir, train_dir, os.path.join(out, "train.log"))
 
     banner(3, f"decode: {args.num_examples} dev tiles ({args.mode or 'decode_mode of the set'}) -> {decode_dir}")

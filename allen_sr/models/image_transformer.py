@@ -234,11 +234,17 @@ def embedding_smoothness_penalty(embedding: tf.Tensor, channels: int) -> tf.Tens
     return tf.reduce_mean(tf.reduce_sum(tf.square(e[:, 1:] - e[:, :-1]), axis=-1))
 
 
+def expected_values(logits: tf.Tensor) -> tf.Tensor:
+    """Each sub-pixel's expected grey level (float32) under ``logits`` [..., 256]: what mean
+    decoding outputs."""
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
+    return tf.reduce_sum(probabilities * tf.range(256, dtype=tf.float32), axis=-1)
+
+
 def expected_value_error(logits, targets, unit: float):
     """Mean absolute difference, in ``unit`` grey levels, between each sub-pixel's expected value
-    under ``logits`` [..., 256] and its target [...] (what mean decoding outputs, and PSNR scores)."""
-    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
-    expected = tf.reduce_sum(probabilities * tf.range(256, dtype=tf.float32), axis=-1)
+    under ``logits`` [..., 256] and its target [...] (what PSNR scores)."""
+    expected = expected_values(logits)
     target = tf.reshape(tf.cast(targets, tf.float32), common_layers.shape_list(expected))
     return tf.reduce_mean(tf.abs(expected - target)) / unit
 
@@ -348,8 +354,7 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
             return logits, losses
         targets = features["targets"]
         shape = common_layers.shape_list(targets)
-        values = tf.range(common_layers.shape_list(logits)[-1], dtype=logits.dtype)
-        expected = tf.reduce_sum(tf.nn.softmax(tf.stop_gradient(logits)) * values, axis=-1)
+        expected = expected_values(tf.stop_gradient(logits))
         own = tf.cast(tf.reshape(tf.round(expected), shape), targets.dtype)
         new_features = dict(features)
         new_features["targets"] = tf.where(tf.random.uniform(shape) < fraction, own, targets)
