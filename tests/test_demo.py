@@ -59,3 +59,23 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
     assert json.loads((out / "train" / "hparams.json").read_text())["train_budget_seconds"] == 6
     step = int(re.search(r"model\.ckpt-(\d+)", metrics["protocol"]).group(1))
     assert step > 0 and os.path.exists(out / "train" / f"model.ckpt-{step}.index")
+
+
+def test_demo_trains_our_sets_by_the_clock_and_stock_sets_by_steps(capsys):
+    """The demo's default is 9 minutes of the set's clock; --train_steps, or a stock t2t set
+    (no train_budget_seconds), trains by steps; a budget of 0 (no budget: endless) is refused."""
+    from allen_sr.commands import demo
+
+    plan = demo.training_plan(demo.parse_args([]))
+    assert plan.seconds == 540 and plan.steps is None
+    assert "--hparams=train_budget_seconds=540" in plan.flags
+    plan = demo.training_plan(demo.parse_args(["--train_steps=30"]))
+    assert (plan.seconds, plan.steps) == (None, 30)
+    assert plan.flags == ["--train_steps=30", "--hparams=cosine_decay_steps=30"]
+    stock = demo.training_plan(demo.parse_args(["--hparams_set=img2img_transformer2d_tiny"]))
+    assert (stock.seconds, stock.steps, stock.flags) == (None, demo.STOCK_STEPS, [f"--train_steps={demo.STOCK_STEPS}"])
+    assert demo.training_plan(demo.parse_args(["--train_minutes=0.001"])).seconds == 1
+    for bad in ("--train_minutes=0", "--train_steps=-3"):
+        with pytest.raises(SystemExit):
+            demo.parse_args([bad])
+        assert "must be greater than 0" in capsys.readouterr().err

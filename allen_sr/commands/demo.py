@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 from allen_sr.sample_data import sample_folder
 
@@ -30,6 +31,17 @@ CAP_STEPS = 100_000_000
 STEP_RE = re.compile(r"loss = ([0-9.eE+-]+), step = (\d+)")
 
 
+def positive(kind):
+    """An argparse type: a ``kind`` number > 0."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" error
+    return parse
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="allen-sr demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,12 +49,12 @@ def parse_args(argv):
     p.add_argument("--images", default=sample_folder(),
                    help="folder of tissue images to tile (default: the sample images shipped in the package)")
     p.add_argument("--hparams_set", default="img2img_allen_cpu_tiny")
-    p.add_argument("--train_minutes", type=float, default=DEFAULT_MINUTES,
+    p.add_argument("--train_minutes", type=positive(float), default=DEFAULT_MINUTES,
                    help="minutes of training (default %(default)g, so that `make demo` takes at most "
                         "15 minutes on 2 cores, environment included): the set's "
                         "train_budget_seconds, whose clock also drives the learning rate's decay. "
                         "A faster machine trains more steps in it.")
-    p.add_argument("--train_steps", type=int, default=None,
+    p.add_argument("--train_steps", type=positive(int), default=None,
                    help="train this many steps instead of for --train_minutes (the only choice for "
                         f"a stock t2t set, which has no training clock: default {STOCK_STEPS} there)")
     p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
@@ -67,32 +79,37 @@ def has_hparam(hparams_set: str, name: str) -> bool:
     return hasattr(registry.hparams(hparams_set), name)
 
 
-def training_plan(args) -> tuple[list[str], int | None, int | None]:
-    """The trainer's step and hparams flags for ``args``, then (seconds, None) for a run timed by
-    the set's clock or (None, steps) for a run of so many steps."""
+class TrainingPlan(NamedTuple):
+    """How long the demo trains: ``seconds`` of the set's clock, or else ``steps``."""
+
+    flags: list[str]  # the trainer's step and hparams flags
+    seconds: int | None
+    steps: int | None
+
+    def __str__(self) -> str:
+        return f"{self.seconds / 60:g} minutes of training" if self.seconds else f"{self.steps} steps"
+
+
+def training_plan(args) -> TrainingPlan:
     if args.train_steps is None and has_hparam(args.hparams_set, "train_budget_seconds"):
-        seconds = round(args.train_minutes * 60)
+        seconds = max(1, round(args.train_minutes * 60))  # 0 would mean no budget at all
         # The clock stops the run at the budget; the step count is only a cap that is never met.
-        return [f"--train_steps={CAP_STEPS}", f"--hparams=train_budget_seconds={seconds}"], seconds, None
+        return TrainingPlan([f"--train_steps={CAP_STEPS}", f"--hparams=train_budget_seconds={seconds}"],
+                            seconds, None)
     steps = args.train_steps if args.train_steps is not None else STOCK_STEPS
     flags = [f"--train_steps={steps}"]
     if has_hparam(args.hparams_set, "cosine_decay_steps"):
         # Our sets: the learning rate's clamped cosine decay runs over the demo's steps.
         flags.append(f"--hparams=cosine_decay_steps={steps}")
-    return flags, None, steps
+    return TrainingPlan(flags, None, steps)
 
 
-def describe(plan) -> str:
-    _, seconds, steps = plan
-    return f"{seconds / 60:g} minutes of training" if seconds else f"{steps} steps"
-
-
-def train(args, data_dir: str, train_dir: str, log_path: str) -> None:
+def train(args, plan: TrainingPlan, data_dir: str, train_dir: str, log_path: str) -> None:
     """Run `allen-sr train` in a subprocess, turning its log into a progress bar (of steps, or of
     seconds of training for a timed run)."""
     from tqdm import tqdm
 
-    flags, seconds, steps = training_plan(args)
+    flags, seconds, steps = plan
     cmd = [sys.executable, "-m", "allen_sr.cli", "train",
            f"--problem={PROBLEM}", f"--model={args.model}", f"--hparams_set={args.hparams_set}",
            f"--data_dir={data_dir}", f"--output_dir={train_dir}", *flags, "--schedule=train",
@@ -138,8 +155,9 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     registry.problem(PROBLEM).generate_data(data_dir, args.images)
 
-    banner(2, f"train: {args.model} / {args.hparams_set}, {describe(training_plan(args))} on CPU -> {train_dir}")
-    train(args, data_dir, train_dir, os.path.join(out, "train.log"))
+    plan = training_plan(args)
+    banner(2, f"train: {args.model} / {args.hparams_set}, {plan} on CPU -> {train_dir}")
+    train(args, plan, data_dir, train_dir, os.path.join(out, "train.log"))
 
     banner(3, f"decode: {args.num_examples} dev tiles ({args.mode or 'decode_mode of the set'}) -> {decode_dir}")
     from allen_sr.commands.args import ModelSpec, run_command
