@@ -210,7 +210,8 @@ def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):
     """train_budget_seconds ends training long before train_steps, within a step of the budget
     (1 s of slack here; a step takes milliseconds), with a final checkpoint that records the time
     trained (and decodes like any other). A restart resumes the clock without counting the time
-    the job was down: with a 2 s budget it trains about one more second."""
+    the job was down: with a 2 s budget it trains about one more second; once the budget is spent,
+    a restart trains no further step."""
     steps = 5000  # far more than fit in the budget, but finite: a run that ignores the budget ends
     hp = tiny_hparams(extra="train_budget_seconds=1.0")
     ckpt = tiny_training.train_checkpoint(tmp_path, hp, steps=steps, batch_size=2, model_name=MODEL)
@@ -231,6 +232,12 @@ def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):
                                                               model_name=MODEL))
     assert int(values["global_step"]) >= first_steps + 2
     assert 2.0 <= values["train_clock/elapsed_seconds"] < 2.0 + 1.0
+
+    # Run again with the budget already spent: not one step more (`make demo` rerun).
+    again = checkpoint_values(tiny_training.train_checkpoint(tmp_path, hp, steps=steps, batch_size=2,
+                                                             model_name=MODEL))
+    assert again["global_step"] == values["global_step"]
+    assert again["train_clock/elapsed_seconds"] == values["train_clock/elapsed_seconds"]
 
 
 def test_learning_rate_follows_the_training_clock_not_the_step(tmp_path):

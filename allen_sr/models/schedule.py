@@ -42,13 +42,20 @@ class StopAfterSecondsHook(tf.train.SessionRunHook):
 
     The estimator then ends as at its last step: its checkpoint saver writes a final checkpoint,
     so the model trained for the budget is the newest checkpoint of the run. ``name`` (the
-    model's) prefixes the log line.
+    model's) prefixes the log line. A run resumed from a checkpoint whose clock has already
+    reached the budget stops before its first step: it trains no further.
     """
 
     def __init__(self, elapsed: tf.Tensor, seconds: float, name: str = "training") -> None:
         self._elapsed = elapsed
         self._seconds = float(seconds)
         self._name = name
+
+    def after_create_session(self, session: Any, coord: Any) -> None:
+        if session.run(self._elapsed) >= self._seconds:
+            tf.logging.info("%s: train_budget_seconds=%g already spent by the checkpoint; no further "
+                            "training (raise it to train longer)", self._name, self._seconds)
+            coord.request_stop()
 
     def before_run(self, run_context: Any) -> Any:
         return tf.train.SessionRunArgs(self._elapsed)
