@@ -62,13 +62,13 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
 
 
 def test_demo_trains_our_sets_by_the_clock_and_stock_sets_by_steps(capsys):
-    """The demo's default is 9 minutes of the set's clock; --train_steps, or a stock t2t set
+    """The demo's default is 7 minutes of the set's clock; --train_steps, or a stock t2t set
     (no train_budget_seconds), trains by steps; a budget of 0 (no budget: endless) is refused."""
     from allen_sr.commands import demo
 
     plan = demo.training_plan(demo.parse_args([]))
-    assert plan.seconds == 540 and plan.steps is None
-    assert "--hparams=train_budget_seconds=540" in plan.flags
+    assert plan.seconds == 420 and plan.steps is None
+    assert "--hparams=train_budget_seconds=420" in plan.flags
     plan = demo.training_plan(demo.parse_args(["--train_steps=30"]))
     assert (plan.seconds, plan.steps) == (None, 30)
     assert plan.flags == ["--train_steps=30", "--hparams=cosine_decay_steps=30"]

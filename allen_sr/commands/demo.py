@@ -25,7 +25,7 @@ from allen_sr.sample_data import sample_folder
 
 PROBLEM = "img2img_local_dim8to32"
 MODEL = "img2img_transformer_sr"  # img2img_transformer + input skip (allen_sr/models/image_transformer.py)
-DEFAULT_MINUTES = 9.0
+DEFAULT_MINUTES = 7.0
 STOCK_STEPS = 700  # a stock t2t set has no train_budget_seconds
 CAP_STEPS = 100_000_000
 STEP_RE = re.compile(r"loss = ([0-9.eE+-]+), step = (\d+)")
