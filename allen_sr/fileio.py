@@ -17,12 +17,14 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "pid_alive", "remove_stale
            "write_json_atomic"]
 
 
-def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
+def atomic_write_bytes(data: bytes, path: str | os.PathLike[str], durable: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically, creating parent folders; returns the path.
 
     Either the old content or the complete new content is visible at ``path``, never a prefix.
     The temporary file lives next to ``path`` as ``.<name>.<pid>.<random>.tmp`` and is removed
     if anything fails; one left by a killed process is removed by :func:`remove_stale_temp_files`.
+    ``durable=False`` skips the fsync: still atomic for a killed process, but after a crash of
+    the machine the file may be empty (for caches whose loss costs only time).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,8 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike[str]) -> Path:
             handle.flush()
             # Without fsync a crash soon after the rename can leave an empty file under the
             # final name on some filesystems (ext4 delayed allocation).
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,5 +1,5 @@
-"""Quality after M minutes of CPU training: bicubic, the residual CNN (pixel and hybrid loss) and
-the Image Transformer, on held-out real brightfield tissue.
+"""Quality after M minutes of CPU training: bicubic, the residual CNN (pixel and hybrid loss, and
+its fast set for whole slides) and the Image Transformer, on held-out real brightfield tissue.
 
     python benchmarks/bench_quality.py [--minutes 15] [--work DIR] [--tiles 384]
 
@@ -33,8 +33,8 @@ Prints a markdown section on stdout (progress goes to stderr) and writes it with
 `<work>/quality.md` and `quality.json`, and a picture grid of a few held-out tiles per source
 (input, every method, target) to `<work>/comparison.png`, or for a canonical run (the defaults,
 no hparams overrides) to `docs/model_comparison.png` (`..._transformer.png` with `--only
-transformer`), which the README shows. Takes about 3 x (minutes + 1) + 5
-minutes: ~52 min at the default 15, ~13 min with --minutes 2. `--reuse_runs` evaluates runs
+transformer`), which the README shows. Takes about 4 x (minutes + 1) + 5
+minutes: ~69 min at the default 15, ~17 min with --minutes 2. `--reuse_runs` evaluates runs
 already trained in `--work` (e.g. by separate `--only` invocations) without training again.
 `--only transformer --keep_rows` reruns one model and keeps the other rows of the table in
 `benchmarks/RESULTS.md`, marked with their run's date and machine; it refuses unless this run's
@@ -85,6 +85,7 @@ IT_SET = "img2img_allen_cpu_tiny"
 # predictions for the 8 flips/rotations of each input), and its single prediction.
 CONV_DEFAULT = "conv pixel loss + TTA"
 CONV_ONE_PASS = "conv pixel loss, one pass"
+CONV_FAST = "conv fast set (whole slides), one pass"
 
 
 @dataclass
@@ -442,10 +443,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiles", type=int, default=384,
                    help="held-out tiles sampled per held-out region/image (default 384)")
     p.add_argument("--conv_hparams", default="",
-                   help="extra --hparams for both conv runs (e.g. to compare settings)")
+                   help="extra --hparams for the conv runs (e.g. to compare settings)")
     p.add_argument("--it_hparams", default="",
                    help="extra --hparams for the Image Transformer run (e.g. to compare settings)")
-    p.add_argument("--only", default="", help="comma-separated subset of: conv,hybrid,transformer")
+    p.add_argument("--only", default="", help="comma-separated subset of: conv,hybrid,fast,transformer")
     p.add_argument("--keep_rows", action="store_true",
                    help="keep the rows of methods not run (--only) from benchmarks/RESULTS.md, if its "
                         "bicubic row matches this run's")
@@ -467,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             self_timed=True),
         Run("hybrid", "img2img_conv_sr", "img2img_conv_sr_cpu_hybrid",
             (("conv hybrid loss", "greedy", ""),), self_timed=True),
+        Run("fast", "img2img_conv_sr", "img2img_conv_sr_fast", ((CONV_FAST, "greedy", ""),), self_timed=True),
         Run("transformer", "img2img_transformer_sr", IT_SET,
             tuple((it_label(mode), mode, "") for mode in ("greedy", "sample", "mean")),
             self_timed=True),

@@ -1,15 +1,17 @@
 """Whole-image upscaling: output megapixels per second and peak memory vs image size.
 
 Builds real checkpoints (a few training steps, t2t's estimator model_fn) of the conv model at
-`img2img_conv_sr_cpu` size and of the Image Transformer (`img2img_allen_cpu_tiny`), then runs
-`allen-sr upscale` end to end (PNG in, tiled pyramidal BigTIFF out) at three image sizes each, every run
-in a fresh process whose peak RSS (ru_maxrss) is reported. Speed does not depend on what the
-weights learned, so a few steps are enough. The largest conv run writes a 100-megapixel output.
-A near-free conv model (8 channels, no residual blocks) at one size shows what the rest of the
-pipeline (reading, tiling, blending, compressing, writing) allows, and so the model's own share.
-Also: each model's arithmetic rate (FLOPs counted from the layer shapes) next to plain float32
-matrix multiplies on this machine: a large one for the conv model, and for the Image Transformer
-the products of one decoding step at the same batch size, on one thread as its decoder runs them.
+`img2img_conv_sr_cpu` size and at `img2img_conv_sr_fast` size (everything at the input
+resolution), and of the Image Transformer (`img2img_allen_cpu_tiny`), then runs `allen-sr upscale`
+end to end (PNG in, tiled pyramidal BigTIFF out) at three image sizes each, every run in a fresh
+process whose peak RSS (VmHWM) is reported. Speed does not depend on what the weights learned, so
+a few steps are enough. The largest conv runs write a 100-megapixel output. A near-free conv
+model (the fast layout with 1 channel and no residual block) at one size shows what the rest of
+the pipeline (reading, tiling, blending, compressing, writing) allows, and so each model's own
+share. Also: each model's arithmetic rate (FLOPs counted from the layer shapes) next to plain
+float32 matrix multiplies on this machine: a large one for the conv models, and for the Image
+Transformer the products of one decoding step at the same batch size, on one thread as its
+decoder runs them.
 
 Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (about 15 minutes).
 """
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,16 +33,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 CONV = ("img2img_local_dim8to32", "img2img_conv_sr", "img2img_conv_sr_cpu")
+FAST = ("img2img_local_dim8to32", "img2img_conv_sr", "img2img_conv_sr_fast")
 TRANSFORMER = ("img2img_allen_brain_dim8to32", "img2img_transformer_sr", "img2img_allen_cpu_tiny")
-# A conv model that costs almost nothing (8 channels, no residual blocks, 1 channel per output
-# pixel): what reading, blending, compressing and writing alone allow.
-CEILING = "hidden_size=8,num_res_blocks=0,upsample_width=1"
+# A conv model that costs almost nothing (the fast set's layout with 1 channel and no residual
+# block: little more than bicubic): what reading, blending, compressing and writing allow.
+CEILING = "hidden_size=1,num_res_blocks=0"
 # (label, model, architecture overrides (its own checkpoint), decoding overrides, input sides in px)
 RUNS = (
     ("conv, single prediction", CONV, "", "decode_tta=False", (256, 1024, 2500)),
+    ("fast conv set, single prediction", FAST, "", "", (256, 1024, 2500)),
+    ("fast conv set, single prediction, zstd TIFF", FAST, "", "", (1024, 2500)),
     ("conv, 8-fold averaging", CONV, "", "decode_tta=True", (128, 192, 256)),
-    ("near-free conv (8 channels, no blocks): the pipeline's ceiling", CONV, CEILING, "decode_tta=False",
-     (1024,)),
+    ("near-free conv (1 channel, no blocks): the pipeline's ceiling", FAST, CEILING, "", (1024,)),
     ("Image Transformer (fast decoder, greedy)", TRANSFORMER, "", "decode_tta=False", (16, 32, 64)),
 )
 IT_BATCH = 256  # upscale.TRANSFORMER_BATCH: tiles decoded together
@@ -54,7 +59,7 @@ def child(argv: list[str]) -> None:
     a = parser.parse_args(argv)
     a.batch_size = a.batch_size or 1
     summary = upscale.upscale(shared.model_spec(a), a.image, a.out, progress=False,
-                              options=upscale.Options(preview_size=0))
+                              options=upscale.Options(preview_size=0, compression=a.compression))
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so
     # it would never read below the (TensorFlow-loaded) parent's size.
     with open("/proc/self/status") as f:
@@ -63,21 +68,28 @@ def child(argv: list[str]) -> None:
     print("RESULT " + json.dumps(summary), flush=True)
 
 
-def conv_set_shape() -> dict[str, int]:
-    """The sizes of the benchmarked conv set, as registered now."""
+def conv_set_shape(hparams_set: str) -> dict[str, Any]:
+    """The sizes of a benchmarked conv set, as registered now."""
     from allen_sr.decoding import checkpoints
 
-    hp = checkpoints.load_hparams(CONV[2], CONV[0], "")
-    if hp.upsample != "pixel_shuffle":
-        raise SystemExit(f"{CONV[2]} upsamples by {hp.upsample!r}: conv_flops_per_output_px counts pixel_shuffle only")
-    return dict(hidden=int(hp.hidden_size), blocks=int(hp.num_res_blocks), up_width=int(hp.upsample_width))
+    hp = checkpoints.load_hparams(hparams_set, CONV[0], "")
+    if hp.upsample not in ("pixel_shuffle", "input_res"):
+        raise SystemExit(f"{hparams_set} upsamples by {hp.upsample!r}: conv_flops_per_output_px counts "
+                         "pixel_shuffle and input_res only")
+    return dict(hidden=int(hp.hidden_size), blocks=int(hp.num_res_blocks), up_width=int(hp.upsample_width),
+                upsample=hp.upsample)
 
 
-def conv_flops_per_output_px(hidden: int, blocks: int, up_width: int, factor: int = 4) -> float:
-    """Multiply-adds x 2 of img2img_conv_sr (pixel_shuffle) per output pixel."""
-    per_input = 2 * 9 * (3 * hidden + (2 * blocks + 1) * hidden * hidden + hidden * factor * factor * up_width)
-    per_output = 2 * 9 * up_width * 3
-    return per_input / factor ** 2 + per_output
+def conv_flops_per_output_px(hidden: int, blocks: int, up_width: int, upsample: str, factor: int = 4,
+                             channels: int = 3) -> float:
+    """Multiply-adds x 2 of img2img_conv_sr per output pixel: the convs at the input resolution
+    (conv in, the blocks, conv body out, the sub-pixel conv), then for pixel_shuffle the 3x3 conv
+    out at the output resolution, for input_res the fixed 4x4 bicubic conv at the input's."""
+    subpixels = factor * factor * (channels if upsample == "input_res" else up_width)
+    per_input = 2 * 9 * (channels * hidden + (2 * blocks + 1) * hidden * hidden + hidden * subpixels)
+    if upsample == "input_res":
+        return (per_input + 2 * 16 * channels * factor * factor * channels) / factor ** 2
+    return per_input / factor ** 2 + 2 * 9 * up_width * channels
 
 
 def it_set_shape() -> dict[str, int]:
@@ -169,6 +181,8 @@ def main() -> None:
                     argv.append(f"--hparams={','.join(x for x in (arch, hparams) if x)}")
                 if model == TRANSFORMER[1]:
                     argv.append("--mode=greedy")
+                if label.endswith("zstd TIFF"):
+                    argv.append("--compression=zstd")
                 proc = subprocess.run([sys.executable, __file__, "--child", *argv], stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -178,13 +192,15 @@ def main() -> None:
                 rows.append((label, side, json.loads(line[7:])))
                 print(f"{label} {side}: {line}", file=sys.stderr, flush=True)
     mm = matmul_gflops()
-    conv = conv_set_shape()
-    flops = conv_flops_per_output_px(**conv)
     it = it_set_shape()
-    print(f"Model sizes: conv = `{CONV[2]}` ({conv['hidden']} channels, {conv['blocks']} residual blocks, "
-          f"pixel shuffle, x4), default tiles 384 px with 50 px overlap; Image Transformer = `{TRANSFORMER[2]}` "
+    sets = [(hset, label, conv_set_shape(hset)) for label, (_, _, hset), arch, _, _ in RUNS
+            if not arch and "single prediction" in label]  # each with its own output codec row
+    described = "; ".join(dict.fromkeys(f"`{hset}` ({c['hidden']} channels, {c['blocks']} residual blocks, "
+                                        f"{c['upsample'].replace('_', ' ')})" for hset, _, c in sets))
+    print(f"Model sizes: conv = {described}; x4, default tiles 384 px overlapping by twice the model's "
+          f"context + 16 px; Image Transformer = `{TRANSFORMER[2]}` "
           f"(hidden {it['hidden']}, {it['heads']} heads, {it['layers']} decoder layers, blocks of "
-          f"{it['block']} sub-pixels; 8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled pyramidal BigTIFF out; "
+          f"{it['block']} sub-pixels; 8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled pyramidal BigTIFF out (deflate unless the row says zstd); "
           "time includes reading, blending, compression and writing, not model loading. Peak RSS of the "
           "whole process (TensorFlow included).\n")
     print("| model | input px | output MP | tiles | seconds | output MP/s | peak RSS MB |")
@@ -196,29 +212,33 @@ def main() -> None:
         mp = r["width"] * r["height"] / 1e6
         print(f"| {label} | {side}x{side} | {mp:.3f} | {r['tiles']} | {r['seconds']:.2f} | "
               f"{r['output_mp_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
-    single = [r for label, _, r in rows if r and label.startswith("conv, single")]
-    largest = max(single, key=lambda r: r["width"] * r["height"], default=None)
-    if largest:
-        print(f"\nLargest output: {largest['width']}x{largest['height']} px "
-              f"({largest['width'] * largest['height'] / 1e6:.0f} MP) in {largest['seconds']:.0f} s, peak RSS "
-              f"{largest['peak_rss_mb']:.0f} MB (goal: at most 2048 MB for 100 MP: "
-              f"{'met' if largest['peak_rss_mb'] <= 2048 and largest['width'] * largest['height'] >= 1e8 else 'NOT met'}).")
     ceiling = next((r for label, _, r in rows if r and label.startswith("near-free")), None)
-    same = next((r for r in single if ceiling and r["width"] == ceiling["width"]), None)
-    if single:
+    if ceiling:
+        print(f"\nThe near-free model (the same reading, tiling, blending, compression and writing, almost no "
+              f"arithmetic) makes {ceiling['output_mp_per_s']:.2f} output MP/s at "
+              f"{ceiling['width']}x{ceiling['height']} px: the ceiling for any model here.")
+    for hset, set_label, shape in sets:
+        single = [r for label, _, r in rows if r and label == set_label]
+        if not single:
+            continue
+        flops = conv_flops_per_output_px(**shape)
+        largest = max(single, key=lambda r: r["width"] * r["height"])
         best = max(r["output_mp_per_s"] for r in single)
-        text = (f"\nConv model arithmetic: {flops / 1e3:.1f} kFLOP per output px (counted from the layer "
-                f"shapes, the tile overlap's recomputation excluded); a plain float32 2048x2048 matrix "
-                f"multiply (NumPy) runs at {mm:.1f} GFLOP/s here. Goal 10 output MP/s end to end: "
-                f"**{'met' if best >= 10 else 'NOT met'}** (best {best:.2f} MP/s).")
-        if same:
+        big = largest["width"] * largest["height"]
+        text = (f"\n{set_label} (`{hset}`): {flops / 1e3:.1f} kFLOP per output px (counted from the layer shapes, the "
+                f"tile overlap's recomputation excluded). Largest output: {largest['width']}x{largest['height']} "
+                f"px ({big / 1e6:.0f} MP) in {largest['seconds']:.0f} s, peak RSS {largest['peak_rss_mb']:.0f} MB "
+                f"(goal: at most 2048 MB for 100 MP: "
+                f"{'met' if largest['peak_rss_mb'] <= 2048 and big >= 1e8 else 'NOT met'}). Goal 10 output MP/s "
+                f"end to end, single prediction: **{'met' if best >= 10 else 'NOT met'}** (best {best:.2f} MP/s).")
+        same = next((r for r in single if ceiling and r["width"] == ceiling["width"]), None)
+        if same and same["seconds"] > ceiling["seconds"]:
             mp = same["width"] * same["height"] / 1e6
             model_seconds = same["seconds"] - ceiling["seconds"]
-            text += (f" At {same['width']}x{same['height']} px out, the near-free model's run (the same "
-                     f"reading, tiling, blending, compression and writing) took {ceiling['seconds']:.2f} s "
-                     f"({ceiling['output_mp_per_s']:.2f} MP/s, the ceiling for any model here) and "
-                     f"`{CONV[2]}` {same['seconds']:.2f} s: its own part, {model_seconds:.2f} s, "
-                     f"is {mp / model_seconds:.2f} MP/s or {mp * flops / 1e3 / model_seconds:.0f} GFLOP/s.")
+            text += (f" At {same['width']}x{same['height']} px out it took {same['seconds']:.2f} s against the "
+                     f"near-free model's {ceiling['seconds']:.2f} s: its own part, {model_seconds:.2f} s, is "
+                     f"{mp / model_seconds:.2f} MP/s or {mp * flops / 1e3 / model_seconds:.0f} GFLOP/s (a plain "
+                     f"float32 2048x2048 matrix multiply, NumPy: {mm:.1f} GFLOP/s).")
         print(text)
     it_rows = [r for label, _, r in rows if r and label.startswith("Image Transformer")]
     if it_rows:

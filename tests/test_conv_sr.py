@@ -31,6 +31,7 @@ PROBLEM = "img2img_local_dim8to32"
 MODEL = conv_sr.MODEL_NAME
 CPU_SET = "img2img_conv_sr_cpu"
 HYBRID_SET = "img2img_conv_sr_cpu_hybrid"
+FAST_SET = "img2img_conv_sr_fast"
 SMALL = "hidden_size=8,num_res_blocks=1"
 # The tests compare single predictions (e.g. with t2t's own); test_tta covers the set's default.
 TINY = f"{SMALL},decode_tta=False"
@@ -115,14 +116,18 @@ def test_hparams_sets_are_registered_with_docstrings():
     register_all()
     from allen_sr.hparams import conv_sr as sets
 
-    for name in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"):
+    for name in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu", FAST_SET):
         assert name in registry.list_hparams() and getattr(sets, name).__doc__
-    cpu, hybrid, gpu = (checkpoints.load_hparams(n, PROBLEM) for n in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu"))
+    cpu, hybrid, gpu, fast = (checkpoints.load_hparams(n, PROBLEM)
+                              for n in (CPU_SET, HYBRID_SET, "img2img_conv_sr_gpu", FAST_SET))
     assert (cpu.hidden_size, cpu.num_res_blocks, cpu.batch_size, cpu.gan_weight) == (64, 6, 64, 0.0)
     assert hybrid.gan_weight > 0 and hybrid.hidden_size == cpu.hidden_size
     assert cpu.decode_tta and not hybrid.decode_tta  # averaging would blur the adversarial texture
     assert gpu.hidden_size > cpu.hidden_size and gpu.num_res_blocks > cpu.num_res_blocks
-    for hp in (cpu, hybrid, gpu):
+    # The fast set: nothing at the output resolution, a fraction of the cpu set's width and depth.
+    assert fast.upsample == "input_res" and not fast.decode_tta
+    assert fast.hidden_size < cpu.hidden_size and fast.num_res_blocks < cpu.num_res_blocks
+    for hp in (cpu, hybrid, gpu, fast):
         conv_sr.check_hparams(hp, conv_sr.scale_factor(hp))
     # Every hparam the model adds has a default and a one-line description, where it is defined.
     names = [name for name, _, _ in conv_sr.HPARAMS]
@@ -423,11 +428,13 @@ def test_weight_average_is_checkpointed_and_used_by_the_decoder(tmp_path):
 @pytest.mark.parametrize("upsample, layers", [
     ("x2_stages", {"upsample_0/kernel": [3, 3, 8, 32], "upsample_1/kernel": [3, 3, 8, 32]}),
     ("pixel_shuffle", {"upsample_pixel_shuffle/kernel": [3, 3, 8, 4 * 4 * 5]}),
+    ("input_res", {"upsample_input_res/kernel": [3, 3, 8, 4 * 4 * 3]}),
 ])
 def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, layers):
-    """Both upsamplers: their conv layers (width 8, x4: two x2 stages of 4 * 8 channels, or one
-    of 4 * 4 * upsample_width), a trained step that moves them, and a decoder that keeps the
-    block means. A checkpoint of one is refused by the other's graph, naming the hparam."""
+    """Each upsampler: its conv layers (width 8, x4: two x2 stages of 4 * 8 channels, one of
+    4 * 4 * upsample_width, or input_res's one of 4 * 4 * 3 sub-pixels), a trained step that moves
+    them, and a decoder that keeps the block means. A checkpoint of one is refused by another's
+    graph, naming the hparam."""
     extra = f"upsample={upsample},upsample_width=5,learning_rate_warmup_steps=1"
     steps = [checkpoint_values(tiny_training.train_checkpoint(
         tmp_path, tiny_hparams(extra=extra), steps=k, batch_size=2, model_name=MODEL)) for k in (1, 3)]
@@ -548,23 +555,26 @@ def cubic_convolution(images: np.ndarray, factor: int, a: float, half_pixel: boo
     return np.einsum("ij,njkc,lk->nilc", rows, images.astype(np.float64), cols)
 
 
-def test_untrained_model_is_tf1_bicubic_and_keeps_block_means(tmp_path):
+@pytest.mark.parametrize("upsample, last_conv", [("pixel_shuffle", "conv_out"), ("input_res", "upsample_input_res")])
+def test_untrained_model_is_tf1_bicubic_and_keeps_block_means(tmp_path, upsample, last_conv):
     """At its initial weights (learning rate 0: the output conv is 0) the prediction is the bicubic
-    enlargement of the input, then each 4x4 block shifted to its input pixel's value.
+    enlargement of the input, then each 4x4 block shifted to its input pixel's value; input_res
+    computes both as one fixed convolution at the input resolution (conv_net.bicubic_phase_kernel).
 
     That bicubic is TF 1's resize_bicubic (a = -0.75, output pixel i at input i / 4, no half-pixel
     centres: conv_net.bicubic_upsample calls tf.compat.v1's resize), not the half-pixel bicubic of
     Pillow (the baselines) and TF 2: its grid sits (4 - 1) / 2 = 1.5 output px up-left of theirs.
     """
-    hp = tiny_hparams(extra="learning_rate_constant=0.0")
+    hp = tiny_hparams(extra=f"learning_rate_constant=0.0,upsample={upsample}")
     ckpt = tiny_training.train_checkpoint(tmp_path, hp, steps=1, batch_size=2, model_name=MODEL)
-    assert not checkpoint_values(ckpt)[f"{MODEL}/body/conv_out/kernel"].any()
+    assert not checkpoint_values(ckpt)[f"{MODEL}/body/{last_conv}/kernel"].any()
     inputs, _ = tiny_training.synthetic_examples(3, 32, 4, seed=2)
     bicubic = cubic_convolution(inputs, 4, a=-0.75, half_pixel=False)
     means = bicubic.reshape(3, 8, 4, 8, 4, 3).mean(axis=(2, 4))
     projected = bicubic + (inputs - means).repeat(4, axis=1).repeat(4, axis=2)
     for projection, expected in ((False, bicubic), (True, projected)):
-        hparams = tiny_hparams(extra=f"block_mean_projection={projection}", output_dir=tmp_path)
+        hparams = tiny_hparams(extra=f"block_mean_projection={projection},upsample={upsample}",
+                               output_dir=tmp_path)
         dec = make_decoder(MODEL, None, hparams, ckpt, (32, 32))
         try:
             pred = dec.predict(inputs)

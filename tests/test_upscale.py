@@ -25,6 +25,7 @@ PROBLEM = "img2img_local_dim8to32"
 CONV = "img2img_conv_sr"
 CONV_SET = "img2img_conv_sr_cpu"
 CONV_HP = "hidden_size=8,num_res_blocks=2,decode_tta=False"
+FAST_SET = "img2img_conv_sr_fast"
 SEAM_TOLERANCE = 1.10  # mean step across tile borders <= 1.10 x the mean step across other lines
 
 
@@ -36,9 +37,18 @@ def conv_dir(tmp_path_factory):
     return str(out)
 
 
-def conv_flags(ckpt_dir):
-    return [f"--problem={PROBLEM}", f"--model={CONV}", f"--hparams_set={CONV_SET}",
-            f"--hparams={CONV_HP}", f"--output_dir={ckpt_dir}", "--no_progress"]
+@pytest.fixture(scope="module")
+def fast_dir(tmp_path_factory):
+    """The fast set (upsample=input_res) at its own size, a few steps."""
+    out = tmp_path_factory.mktemp("conv_fast")
+    hp = checkpoints.load_hparams(FAST_SET, PROBLEM, "learning_rate_constant=0.05")
+    tiny_training.train_checkpoint(out, hp, steps=4, batch_size=4, model_name=CONV)
+    return str(out)
+
+
+def conv_flags(ckpt_dir, hparams_set=CONV_SET, hparams=CONV_HP):
+    return [f"--problem={PROBLEM}", f"--model={CONV}", f"--hparams_set={hparams_set}",
+            f"--hparams={hparams}", f"--output_dir={ckpt_dir}", "--no_progress"]
 
 
 def textured(height, width, seed=0):
@@ -49,8 +59,8 @@ def textured(height, width, seed=0):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def whole_prediction(ckpt_dir, image):
-    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, CONV_HP, ckpt_dir)
+def whole_prediction(ckpt_dir, image, hparams_set=CONV_SET, hparams=CONV_HP):
+    hp = checkpoints.load_hparams(hparams_set, PROBLEM, hparams, ckpt_dir)
     dec = OnePassDecoder(hp, checkpoints.find_checkpoint(ckpt_dir), target_shape=(None, None))
     try:
         return np.clip(np.rint(dec.predict(image[None])[0]), 0, 255).astype(np.uint8)
@@ -81,21 +91,26 @@ def seam_ratio(out, xs, ys, factor=4):
     return np.concatenate([bx, by]).mean() / np.concatenate([ix, iy]).mean()
 
 
-def test_tiled_conv_prediction_equals_whole_image_prediction(conv_dir, tmp_path):
+@pytest.mark.parametrize("model", ["cpu set", "fast set"])
+def test_tiled_conv_prediction_equals_whole_image_prediction(request, model, tmp_path):
+    """Both conv architectures (the fast set runs everything at the input resolution and leaves
+    TensorFlow as rounded uint8)."""
+    ckpt_dir, sets = ((request.getfixturevalue("conv_dir"), (CONV_SET, CONV_HP)) if model == "cpu set"
+                      else (request.getfixturevalue("fast_dir"), (FAST_SET, "")))
     src = tmp_path / "section.png"
     image = textured(192, 256)  # 3 x 4 tiles of 64 px when they abut
     Image.fromarray(image).save(src)
-    whole = whole_prediction(conv_dir, image).astype(int)
+    whole = whole_prediction(ckpt_dir, image, *sets).astype(int)
     out = tmp_path / "up.png"
-    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={out}", "--tile=64"]) == 0
+    assert upscale.upscale_main(conv_flags(ckpt_dir, *sets) + [f"--image={src}", f"--out={out}", "--tile=64"]) == 0
     tiled = np.asarray(Image.open(out)).astype(int)
     assert tiled.shape == (768, 1024, 3)
     assert np.abs(tiled - whole).max() <= 1
     assert (tmp_path / "up.compare.png").exists()
     # Without context (tiles abutting, no overlap) the same check fails: it does see borders.
     cut = tmp_path / "cut.png"
-    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={cut}", "--tile=64",
-                                                       "--overlap=0"]) == 0
+    assert upscale.upscale_main(conv_flags(ckpt_dir, *sets) + [f"--image={src}", f"--out={cut}", "--tile=64",
+                                                               "--overlap=0"]) == 0
     assert np.abs(np.asarray(Image.open(cut)).astype(int) - whole).max() > 1
     print("max |tiled - whole|: blended", np.abs(tiled - whole).max(), "abutting",
           np.abs(np.asarray(Image.open(cut)).astype(int) - whole).max())
@@ -127,6 +142,12 @@ def test_blend_weights_add_up_to_one_and_are_zero_in_the_context():
     np.testing.assert_allclose(total, 1.0, atol=1e-12)
     assert np.all(profiles[1][:40] == 0) and np.all(profiles[1][-40:] == 0)
     assert profiles[0][0] == 1.0 and profiles[-1][-1] == 1.0  # image borders are not tapered
+    # The rise capped at 8 input px, centred in the overlap: still a partition of 1.
+    capped = blend.axis_profiles(starts, 128, 4, 10, ramp_width=8)
+    np.testing.assert_allclose(blend.axis_weight_sum(starts, capped, 4000, 4), 1.0, atol=1e-12)
+    overlap = starts[0] + 128 - starts[1]
+    rising = np.flatnonzero((capped[1][:overlap * 4] > 0) & (capped[1][:overlap * 4] < 1))
+    assert 0 < len(rising) <= (8 + 1) * 4 and abs((rising[0] + rising[-1]) / 2 - overlap * 2) <= 4  # + 1: an odd surplus
 
 
 def test_rows_stream_out_before_the_image_is_done():
@@ -143,6 +164,55 @@ def test_rows_stream_out_before_the_image_is_done():
     assert 0 < first.shape[0] < 800 and sum(calls) < layout.tiles
     rest = np.concatenate([first, *bands])
     np.testing.assert_array_equal(rest, np.repeat(np.repeat(image, 2, 0), 2, 1))
+
+
+def reference_blend(image, layout, predict, factor):
+    """The blend by its definition: every tile's prediction times the outer product of its axis
+    weights, summed in float64 over all tiles, divided by the summed weights, rounded."""
+    prof_y = blend.axis_profiles(layout.rows, layout.tile_h, factor, layout.context, layout.ramp)
+    prof_x = blend.axis_profiles(layout.cols, layout.tile_w, factor, layout.context, layout.ramp)
+    h, w = layout.height * factor, layout.width * factor
+    acc = np.zeros((h, w, image.shape[2]))
+    for r, y in enumerate(layout.rows):
+        for c, x in enumerate(layout.cols):
+            tile = image[y:y + layout.tile_h, x:x + layout.tile_w]
+            pred = predict(tile[None])[0].astype(np.float64)
+            acc[y * factor:(y + layout.tile_h) * factor, x * factor:(x + layout.tile_w) * factor] += \
+                pred * np.outer(prof_y[r], prof_x[c])[:, :, None]
+    total = np.outer(blend.axis_weight_sum(layout.rows, prof_y, h, factor),
+                     blend.axis_weight_sum(layout.cols, prof_x, w, factor))
+    return np.clip(np.rint(acc / total[:, :, None]), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape, tile, overlap, context, ramp, rounded", [
+    ((400, 90), 64, 16, 0, None, False),
+    ((300, 260), 64, 30, 6, None, False),  # a conv model's layout: no weight in the context
+    ((300, 260), 64, 30, 6, 8, False),  # the ramp capped at 8 px, centred in each overlap
+    ((300, 260), 64, 30, 6, 8, True),  # a model that returns rounded uint8
+    ((40, 48), 8, 4, 0, None, False),  # the Image Transformer's: half-tile overlaps, no pixel alone
+])
+def test_blending_equals_its_definition(shape, tile, overlap, context, ramp, rounded):
+    """Copying where one tile alone counts and accumulating only the ramps gives the blend of
+    every tile's weighted prediction (up to float32 rounding: at most 1 grey level, rarely)."""
+    image = np.random.default_rng(4).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    predict = (lambda t: np.clip(np.rint(tile_dependent(t)), 0, 255).astype(np.uint8)) if rounded else tile_dependent
+    layout = tiling.plan_tiles(*shape, tile, overlap, context, exact_tile=tile == 8, ramp=ramp)
+    ours = np.concatenate(list(tiling.predict_bands(sources.ArraySource("x", image), layout, predict, 2,
+                                                    batch_tiles=3, progress=False)))
+    expected = reference_blend(image, layout, predict, 2)
+    diff = np.abs(ours.astype(int) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
+@pytest.mark.parametrize("side", [1024, 2000, 2500])
+def test_most_of_a_conv_tile_is_copied_not_blended(side):
+    """In upscale's default conv layout (tiles of at most 384 px, a context of 5 px: the fast
+    set's) most output pixels have one tile alone counting, so blending costs a copy there, even
+    where tiles overlap by more than asked (the ramp stays 16 px, centred)."""
+    layout = tiling.plan_tiles(side, side, upscale.CONV_TILE, 2 * 5 + upscale.RAMP, 5, ramp=upscale.RAMP)
+    alone = [tiling.plan_axis(starts, tile, 4, 5, side, layout.ramp).solo_mask.mean()
+             for starts, tile in ((layout.rows, layout.tile_h), (layout.cols, layout.tile_w))]
+    assert alone[0] * alone[1] > 0.8, alone
 
 
 def tile_dependent(tiles):
@@ -190,7 +260,7 @@ def test_saved_rows_are_reused_only_by_the_same_run(tmp_path):
     assert third.open() == 25 and len(list(third.folder.glob("rows-*"))) == 2
     first = sorted(third.folder.glob("rows-*"))[0]
     whole = first.read_bytes()
-    for damage in (__import__("imagecodecs").zstd_encode(b"short"), b"not zstd at all", whole[:len(whole) // 2]):
+    for damage in (__import__("imagecodecs").lz4f_encode(b"short"), b"not lz4 at all", whole[:len(whole) // 2]):
         first.write_bytes(damage)
         with pytest.raises(ValueError, match=r"damaged.*\.o\.tif\.resume"):
             list(third.replay())
@@ -376,3 +446,61 @@ def test_an_interrupted_run_leaves_nothing_under_the_final_name_and_a_rerun_resu
         assert a.series[0].shape == (4800, 4800, 3)
         np.testing.assert_array_equal(a.series[0].asarray(), b.series[0].asarray())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+def test_rows_are_regrouped_into_strips_of_any_bands():
+    """The TIFF writer's strips: the same rows in order, exactly ``rows`` each but the last,
+    whatever the bands' sizes (empty ones included)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        bands = [np.full((int(k), 2, 1), i, np.uint8) for i, k in enumerate(rng.integers(0, 20, rng.integers(1, 8)))]
+        rows = int(rng.integers(1, 9))
+        strips = list(writers.rebanded(iter(bands), rows))
+        assert all(s.shape[0] == rows for s in strips[:-1]) and all(0 < s.shape[0] <= rows for s in strips)
+        np.testing.assert_array_equal(np.concatenate(strips + [bands[0][:0]]), np.concatenate(bands))
+
+
+def test_predictions_made_ahead_in_a_thread_keep_order_errors_and_stop_when_closed():
+    import itertools
+    import threading
+
+    assert list(tiling.prefetched(iter(range(50)))) == list(range(50))
+
+    def failing():
+        yield from range(3)
+        raise ValueError("tile 3 is bad")
+
+    got = []
+    with pytest.raises(ValueError, match="tile 3 is bad"):
+        for item in tiling.prefetched(failing()):
+            got.append(item)
+    assert got == [0, 1, 2]
+    made = []
+    ahead = tiling.prefetched(made.append(i) or i for i in itertools.count())
+    assert next(ahead) == 0
+    ahead.close()  # stops the thread: no more items are made
+    assert len(made) <= 3 and not any(t.name == "allen-sr-predict" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(1024, 384, 26), (2500, 384, 26), (400, 384, 26), (385, 384, 40),
+                                                   (100, 384, 26), (5000, 512, 100)])
+def test_tiles_shrink_to_cover_the_image_with_the_overlap_asked_for(length, tile, overlap):
+    """As few tiles as ``tile`` px need, each no larger, overlapping by the overlap (not the
+    surplus that spreading full-size tiles evenly would recompute)."""
+    fit = tiling.fitted(length, tile, overlap)
+    starts = blend.tile_starts(length, fit, overlap)
+    assert fit <= tile and starts[-1] + fit == length
+    assert len(starts) == len(blend.tile_starts(length, min(tile, length), overlap))
+    overlaps = [a + fit - b for a, b in zip(starts, starts[1:])]
+    assert all(overlap <= o <= overlap + 1 for o in overlaps), overlaps
+
+
+def test_tiff_output_in_zstd_reads_back_the_same_pixels(tmp_path):
+    """--compression zstd: the same pyramid, its tiles zstd-compressed; an unknown codec is refused."""
+    image = np.random.default_rng(5).integers(0, 255, (300, 1200, 3), dtype=np.uint8)
+    out = writers.write_image(tmp_path / "z.ome.tif", [image[:100], image[100:]], 300, 1200, compression="zstd")
+    with tifffile.TiffFile(out) as tif:
+        levels = tif.series[0].levels
+        assert levels[0].keyframe.compression == tifffile.COMPRESSION.ZSTD and len(levels) == 2
+        np.testing.assert_array_equal(levels[0].asarray(), image)
+    with pytest.raises(writers.OutputError, match="--compression lzma: unknown; choose one of deflate, zstd"):
+        writers.write_image(tmp_path / "x.tif", [image], 300, 1200, compression="lzma")

@@ -60,6 +60,7 @@ class Options:
     preview_size: int = 128  # input px of the compare picture (0: none)
     pixel_size_um: float | None = None
     restart: bool = False  # ignore rows an interrupted run saved
+    compression: str = "deflate"  # TIFF output: writers.TIFF_COMPRESSION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=0, help="region top edge, px (default 0)")
     p.add_argument("--width", type=int, help="region width, px (default: to the right edge)")
     p.add_argument("--height", type=int, help="region height, px (default: to the bottom edge)")
-    p.add_argument("--tile", type=int, help=f"tile side in input px (conv model: default {CONV_TILE}; "
+    p.add_argument("--tile", type=int, help=f"largest tile side in input px (conv model: default {CONV_TILE}; "
                                             "Image Transformer: its input size, 8)")
     p.add_argument("--overlap", type=int, help="tile overlap in input px (conv: default its context x 2 "
                                                f"+ {RAMP}; Image Transformer: half a tile)")
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview_size", type=int, default=128, help="input px of the compare picture (0: none)")
     p.add_argument("--restart", action="store_true",
                    help="predict everything again, ignoring the rows an interrupted run saved")
+    p.add_argument("--compression", choices=sorted(writers.TIFF_COMPRESSION), default="deflate",
+                   help="TIFF output: deflate (default; every reader) or zstd (less CPU, same size; "
+                        "recent Bio-Formats/Fiji/QuPath, libtiff, tifffile/napari)")
     p.add_argument("--out", required=True, help="output .png, .jpg, .tif or .ome.tif")
     return p
 
@@ -116,6 +120,7 @@ class TiledModel:
     describe: str
     close: Callable[[], None]
     weights: str  # the checkpoint prefix or export folder it was read from
+    ramp: int | None = None  # input px of blending at most, centred in each overlap (None: all of it)
 
 
 def _describe(name: str, decoder: Any) -> str:
@@ -133,10 +138,13 @@ def open_tiled_model(spec: shared.ModelSpec, options: Options, progress: bool) -
         dec = opened.decoder
         tile = options.tile or CONV_TILE
         overlap = options.overlap if options.overlap is not None else min(2 * dec.radius + RAMP, tile // 2)
-        return TiledModel(lambda x: dec.predict(x), factor, channels, tile, overlap, dec.radius,
+        # A single prediction leaves the model rounded (uint8: a quarter of the bytes to blend and
+        # copy); the 8-fold average stays continuous until it is blended.
+        predict = dec.predict if getattr(dec, "tta", False) else dec.decode
+        return TiledModel(predict, factor, channels, tile, overlap, dec.radius,
                           options.batch_tiles or 1, False, in_size,
                           _describe(f"{model} {'onnx' if spec.exported else 'one pass'}", dec),
-                          dec.close, opened.checkpoint)
+                          dec.close, opened.checkpoint, RAMP)
     if options.tile not in (None, in_size):
         raise ValueError(f"--tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                          f"(problem {spec.problem or spec.exported}); leave --tile out")
@@ -235,7 +243,7 @@ def resume_key(spec: shared.ModelSpec, tm: TiledModel, layout: tiling.TileLayout
             "region": [region.left, region.top, layout.width, layout.height],
             "model": resume.file_stamp(weights / "config.json" if weights.is_dir() else f"{weights}.index"),
             "decoder": tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
-            "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles],
+            "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles, layout.ramp],
             "factor": tm.factor, "channels": tm.channels}
 
 
@@ -247,7 +255,7 @@ def upscale_source(spec: shared.ModelSpec, base: sources.ImageSource, out: Path,
     tm = open_tiled_model(spec, options, progress)
     try:
         layout = tiling.plan_tiles(cut.height, cut.width, tm.tile, tm.overlap, tm.context,
-                                   tm.min_tile, cut.name, tm.exact_tile)
+                                   tm.min_tile, cut.name, tm.exact_tile, tm.ramp)
         f = tm.factor
         out_h, out_w = cut.height * f, cut.width * f
         size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
@@ -268,7 +276,7 @@ def upscale_source(spec: shared.ModelSpec, base: sources.ImageSource, out: Path,
         bands = tiling.predict_bands(cut, layout, tm.predict, f, tm.batch_tiles, progress,
                                      tm.channels, to_model, first_row=done)
         writers.write_image(out, tap(itertools.chain(store.replay(), store.record(bands, done))),
-                            out_h, out_w, tm.channels, size_um)
+                            out_h, out_w, tm.channels, size_um, options.compression)
         seconds = time.perf_counter() - start
         store.discard()
     finally:
@@ -302,7 +310,7 @@ def upscale_main(argv: list[str] | None = None) -> int:
         if batch is not None and batch < 1:
             raise ValueError(f"--batch_size must be >= 1, got {batch}")
         options = Options(args.tile, args.overlap, args.level, batch, args.preview_size, args.pixel_size,
-                          args.restart)
+                          args.restart, args.compression)
         region = Region(args.left, args.top, args.width, args.height)
         progress = not args.no_progress
         image = args.image

@@ -61,9 +61,11 @@ def predict_in_chunks(
     batch_size: int | None,
     progress: bool,
     desc: str,
+    dtype: Any = np.float32,
 ) -> np.ndarray:
-    """float32 [N, h*factor, w*factor, C]: ``run`` (a one-pass model) on ``batch_size`` tiles at a
-    time, with a progress bar; the tiles' layout and values are checked first."""
+    """``dtype`` [N, h*factor, w*factor, C]: ``run`` (a one-pass model) on ``batch_size`` tiles at
+    a time, with a progress bar; the tiles' layout and values are checked first. One chunk's
+    result is returned as ``run`` made it when it has the dtype (no copy of a large tile)."""
     x = np.asarray(inputs)
     if x.ndim != 4 or x.shape[-1] != channels:
         raise ValueError(f"inputs must be [N, h, w, {channels}], got shape {x.shape}")
@@ -71,7 +73,9 @@ def predict_in_chunks(
         raise ValueError("inputs must hold values in 0..255")
     n = x.shape[0]
     step = max(n if not batch_size else int(batch_size), 1)
-    out = np.zeros((n, x.shape[1] * factor, x.shape[2] * factor, channels), np.float32)
+    if step >= n and not progress:
+        return np.asarray(run(x)).astype(dtype, copy=False)
+    out = np.zeros((n, x.shape[1] * factor, x.shape[2] * factor, channels), dtype)
     bar = None
     if progress:
         from tqdm import tqdm

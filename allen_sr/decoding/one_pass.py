@@ -36,9 +36,15 @@ def receptive_radius(hparams: "HParams", factor: int) -> int:
     conv_body_out and the upsampling convs (x2 stages run at 1x, 2x, ... the input resolution,
     so stage s reaches 1/2^s px); conv_out runs at the output resolution (1/factor px); bicubic
     reaches 2 px. Tiled prediction with at least this much context equals whole-image prediction.
+    ``upsample=input_res`` has no output-resolution conv and no reach beyond its sub-pixel conv.
     """
     reach = 1.0 + 2 * int(hparams.num_res_blocks) + 1.0
-    if getattr(hparams, "upsample", "x2_stages") == "x2_stages":
+    upsample = getattr(hparams, "upsample", "x2_stages")
+    if upsample == "input_res":
+        # + its one sub-pixel conv; bicubic (inputs n-1 .. n+2) and the projection (the pixel's
+        # own sub-pixels) are inside that, and nothing runs at the output resolution.
+        return int(max(reach + 1.0, 2.0))
+    if upsample == "x2_stages":
         stages = max(int(round(np.log2(max(factor, 1)))), 0)
         reach += sum(0.5 ** s for s in range(stages))
     else:
@@ -73,6 +79,7 @@ class OnePassDecoder:
         from tensor2tensor.utils import registry
         from tensorflow.python.autograph.core import ag_ctx
 
+        from allen_sr.models import conv_net
         from allen_sr.models.conv_sr import check_hparams, scale_factor
 
         self.model_name = model_name
@@ -97,6 +104,14 @@ class OnePassDecoder:
             # AutoGraph would only rewrite t2t's Python control flow, at a cost of seconds per graph.
             with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.DISABLED):
                 self._outputs = model.infer({"inputs": self._inputs})["outputs"]
+            # The single prediction rounded in the graph (round half to even, as np.rint): the
+            # tiles leave TensorFlow as uint8, a quarter of the bytes, on all cores. For
+            # upsample=input_res the sub-pixels are rounded before TF's depth-to-space, which is
+            # slow on float (a fifth of the model's time): the uint8 one is done in NumPy.
+            sub_pixels = tf.get_collection(conv_net.SUB_PIXELS)
+            self._sub_pixels = len(sub_pixels) == 1
+            self._rounded = tf.cast(tf.clip_by_value(tf.round(sub_pixels[0] if self._sub_pixels else self._outputs),
+                                                     0.0, 255.0), tf.uint8)
             ema = float(getattr(hparams, "weight_ema_decay", 0.0)) > 0
             averaged = tf.trainable_variables() if ema else []
             names = match_variables(tf.global_variables(), checkpoint, model_name, averaged,
@@ -108,15 +123,22 @@ class OnePassDecoder:
     def predict(self, inputs: np.ndarray, batch_size: int | None = None,
                 progress: bool = False) -> np.ndarray:
         """Continuous predictions float32 [N, H, W, C] (0-255 scale, not clipped)."""
+        x = self._checked(inputs)
+        return predict_in_chunks(x, lambda chunk: self._predict_chunk(chunk.astype(np.int32)),
+                                 self.factor, self.channels, batch_size, progress, self._desc())
+
+    def _checked(self, inputs: np.ndarray) -> np.ndarray:
+        """``inputs`` as an array of the graph's input shape; ValueError naming the shape if not."""
         x = np.asarray(inputs)
         expected = tuple(x.shape[1 + i] if x.ndim == 4 and d is None else d
                          for i, d in enumerate(self.input_shape)) + (self.channels,)
         if x.ndim != 4 or x.shape[1:] != expected:
             raise ValueError(f"inputs must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
                              f"got shape {x.shape}")
-        desc = f"{self.model_name} one pass" + (" (8-fold TTA)" if self.tta else "")
-        return predict_in_chunks(x, lambda chunk: self._predict_chunk(chunk.astype(np.int32)),
-                                 self.factor, self.channels, batch_size, progress, desc)
+        return x
+
+    def _desc(self) -> str:
+        return f"{self.model_name} one pass" + (" (8-fold TTA)" if self.tta else "")
 
     def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
         if not self.tta:
@@ -153,8 +175,20 @@ class OnePassDecoder:
                 "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
-        return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)
+        if self.tta:
+            prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
+            return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)
+        x = self._checked(inputs)
+        return predict_in_chunks(x, self._rounded_chunk, self.factor, self.channels, batch_size, progress,
+                                 self._desc(), np.uint8)
+
+    def _rounded_chunk(self, x: np.ndarray) -> np.ndarray:
+        out = self._session.run(self._rounded, {self._inputs: x})
+        if not self._sub_pixels:
+            return out
+        n, h, w, _ = out.shape
+        f, c = self.factor, self.channels
+        return np.ascontiguousarray(out.reshape(n, h, w, f, f, c).transpose(0, 1, 3, 2, 4, 5)).reshape(n, h * f, w * f, c)
 
     def close(self) -> None:
         """Release the TF session."""

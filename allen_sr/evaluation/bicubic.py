@@ -1,4 +1,5 @@
-"""Pillow's bicubic upscaling as a fixed linear operator, in NumPy (no TensorFlow).
+"""Pillow's bicubic upscaling as a fixed linear operator, in NumPy (no TensorFlow); and TF 1's
+bicubic as fixed per-phase filters (:func:`tf1_phase_taps`).
 
 The Image Transformer's bicubic prior (hparam ``bicubic_prior``, `allen_sr.models.image_transformer`)
 centres each sub-pixel's distribution on the bicubic value of its input, and the fast decoder
@@ -32,6 +33,18 @@ def cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
+def tf1_phase_taps(factor: int) -> np.ndarray:
+    """[factor, 4] float32: the 4 taps of TF 1's resize_bicubic for each output phase.
+
+    TF 1's kernel (``half_pixel_centers=False``): Keys' cubic with a = -0.75, output pixel
+    ``factor * i + p`` sampling input position ``i + p / factor`` from pixels i-1 .. i+2, the
+    indices clamped to the image (the border pixels repeat). The conv model's bicubic
+    (`allen_sr.models.conv_net`) and its ONNX export compute it as these fixed filters.
+    """
+    t = np.arange(factor, dtype=np.float64) / factor
+    return cubic(np.stack([t + 1, t, 1 - t, 2 - t], axis=1), a=-0.75).astype(np.float32)
+
+
 def pillow_bicubic_matrix(size: int, scale: int) -> np.ndarray:
     """[size*scale, size] float64: row i holds Pillow's bicubic weights of output pixel i.
 

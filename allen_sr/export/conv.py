@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.one_pass import VARIABLE_HINT
+from allen_sr.evaluation.bicubic import tf1_phase_taps
 from allen_sr.t2t.names import register_all
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "ONNX_OPSET", "frozen_graph", "write_saved_model", "write_onnx",
-           "bicubic_as_conv", "bicubic_phase_weights"]
+           "bicubic_as_conv"]
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "upscaled"
@@ -99,22 +100,6 @@ def write_saved_model(graph_def: Any, folder: str | os.PathLike[str]) -> Path:
     return folder
 
 
-def bicubic_phase_weights(factor: int) -> "np.ndarray":
-    """[factor, 4] float32: the 4 taps of TF 1's resize_bicubic for each output phase.
-
-    TF 1's kernel (``half_pixel_centers=False``): Keys' cubic with a = -0.75, output pixel
-    ``factor * i + p`` sampling input position ``i + p / factor`` from pixels i-1 .. i+2, the
-    indices clamped to the image (the border pixels repeat).
-    """
-    import numpy as np
-
-    a = -0.75
-    t = np.arange(factor, dtype=np.float64) / factor
-    near = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1  # noqa: E731 - |x| <= 1
-    far = lambda x: ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731 - 1 < |x| < 2
-    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1).astype(np.float32)
-
-
 def bicubic_as_conv(model_proto: Any, factor: int, channels: int) -> int:
     """Replace tf2onnx's bicubic Resize nodes by edge padding, a grouped 4x4 conv and
     DepthToSpace computing TF 1's resize_bicubic; returns how many were replaced.
@@ -128,7 +113,7 @@ def bicubic_as_conv(model_proto: Any, factor: int, channels: int) -> int:
     import numpy as np
     from onnx import helper, numpy_helper
 
-    taps = bicubic_phase_weights(factor)  # [phase, tap]
+    taps = tf1_phase_taps(factor)  # [phase, tap]
     # Output channel c * f^2 + py * f + px of group c: taps[py] (rows) x taps[px] (columns).
     kernel = np.einsum("yi,xj->yxij", taps, taps).reshape(factor * factor, 1, 4, 4)
     kernel = np.tile(kernel, (channels, 1, 1, 1)).astype(np.float32)

@@ -101,7 +101,8 @@ class OnnxDecoder:
                              "value per sub-pixel; use --mode greedy (or mean, the same here)")
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        return self.predict(inputs, batch_size, progress).astype(np.uint8)
+        return predict_in_chunks(inputs, self.run, self.factor, self.channels, batch_size, progress,
+                                 f"{self.model_name} onnx", dtype=np.uint8)
 
     def close(self) -> None:
         self.session = None

@@ -39,11 +39,21 @@ def ramp(width: int, context: int) -> np.ndarray:
     return np.sin(0.5 * np.pi * np.clip((x - context) / span, 0.0, 1.0)) ** 2
 
 
-def axis_profiles(starts: list[int], tile: int, factor: int, context: int) -> list[np.ndarray]:
+def axis_profiles(starts: list[int], tile: int, factor: int, context: int,
+                  ramp_width: int | None = None) -> list[np.ndarray]:
     """Per tile, its weights along the axis at the output resolution (``tile * factor`` values).
 
-    ``context`` is in input px; in each overlap it is capped at half the overlap.
+    ``context`` is in input px; in each overlap it is capped at half the overlap. ``ramp_width``
+    (input px): the rise spans at most this much, centred in the overlap, and the rest of the
+    overlap belongs to the nearer tile alone (tiles spread evenly overlap by more than asked;
+    without the cap the whole surplus would be blended). None: the whole overlap but the context.
     """
+    def edge(o: int) -> int:
+        """The px at each end of an overlap of ``o`` px where the rising tile's weight is 0 (at
+        its start) or 1 (at its end)."""
+        inner = min(context, o // 2)
+        return inner if ramp_width is None else max(inner, (o - ramp_width) // 2)
+
     profiles = []
     n = tile * factor
     for i, start in enumerate(starts):
@@ -51,13 +61,12 @@ def axis_profiles(starts: list[int], tile: int, factor: int, context: int) -> li
         if i > 0:
             o = starts[i - 1] + tile - start
             if o > 0:
-                up = ramp(o * factor, min(context, o // 2) * factor)
-                w[:o * factor] *= up
+                w[:o * factor] *= ramp(o * factor, edge(o) * factor)
         if i + 1 < len(starts):
             o = start + tile - starts[i + 1]
             if o > 0:
                 # The complement of the neighbour's rise over the same pixels.
-                w[n - o * factor:] *= 1.0 - ramp(o * factor, min(context, o // 2) * factor)
+                w[n - o * factor:] *= 1.0 - ramp(o * factor, edge(o) * factor)
         profiles.append(w)
     return profiles
 

@@ -7,9 +7,10 @@ model's checkpoint (path and modification time), the tiling and the decoding opt
 the same command after an interruption (Ctrl-C, SIGKILL, a full disk) reads those rows back and
 predicts only the rest; a rerun with anything in the key changed starts afresh. The folder is
 removed once the output is complete. Each band is written under a temporary name and renamed, so
-a kill while saving loses at most that band. Bands are zstd at level 1: measured on an upscaled
-image, 4x faster than zlib's fastest level for almost its size (0.70 vs 0.69 of the raw bytes);
-with zlib this copy, deleted at the end, cost as much time as compressing the output itself.
+a kill while saving loses at most that band. Bands are LZ4 frames: measured on an upscaled image,
+2.2x faster than zstd at level 1 for 3% more bytes (0.74 vs 0.72 of the raw bytes), and zstd was
+already 4x faster than zlib's fastest level; this copy is deleted at the end, so only its time
+counts, and with zlib it cost as much as compressing the output itself.
 """
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ from allen_sr.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = ["RowStore", "file_stamp"]
 
-BAND = re.compile(r"^rows-(\d{9})-(\d{9})\.zst$")
-ZSTD_LEVEL = 1
+BAND = re.compile(r"^rows-(\d{9})-(\d{9})\.lz4$")
 
 
 def file_stamp(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -80,8 +80,8 @@ class RowStore:
         """The saved rows, band by band (a damaged band raises ValueError naming the folder)."""
         for start, stop, path in self.bands:
             try:
-                data = imagecodecs.zstd_decode(path.read_bytes())
-            except imagecodecs.ZstdError:
+                data = imagecodecs.lz4f_decode(path.read_bytes())
+            except imagecodecs.Lz4fError:
                 data = b""
             if len(data) != (stop - start) * self.row_bytes:
                 raise ValueError(f"{path}: a saved band of an earlier run is damaged; delete "
@@ -96,8 +96,9 @@ class RowStore:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(json.dumps(self.key, indent=1, sort_keys=True), self.folder / "key.json")
             stop = y + band.shape[0]
-            data = imagecodecs.zstd_encode(np.ascontiguousarray(band).tobytes(), level=ZSTD_LEVEL)
-            atomic_write_bytes(data, self.folder / f"rows-{y:09d}-{stop:09d}.zst")
+            data = imagecodecs.lz4f_encode(np.ascontiguousarray(band).tobytes())
+            # No fsync: a band lost to a machine crash is reported as damaged by replay().
+            atomic_write_bytes(data, self.folder / f"rows-{y:09d}-{stop:09d}.lz4", durable=False)
             y = stop
             yield band
 

@@ -1,17 +1,21 @@
 """Tiled, blended, streaming prediction of an image of any size.
 
 :func:`predict_bands` walks the tile grid row by row, predicts the tiles of a group of tile rows
-in batches, adds each prediction times its blending weight (`allen_sr.inference.blend`) into an
-accumulator that spans only the output rows those tiles cover, and yields every output row as
-soon as no later tile can touch it. Memory is the accumulator (about one tile row of output) and
-one batch of tiles, whatever the size of the image.
+in batches and yields every output row as soon as no later tile can touch it. Where a tile's
+blending weight (`allen_sr.inference.blend`) is 1 and its neighbours' 0, its prediction is
+copied into a uint8 band that spans only the output rows those tiles cover; in the overlaps'
+ramps each prediction times its weight goes into a float accumulator of the same rows,
+normalised when the rows are final. Memory is the band (about one tile row of output) and one
+batch of tiles, whatever the size of the image.
 """
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, TypeVar
 
 import numpy as np
 
@@ -20,7 +24,8 @@ from allen_sr.inference.sources import ImageSource
 
 __all__ = ["TileLayout", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
 
-# uint8 [N, h, w, C] tiles -> float [N, h*f, w*f, C] predictions (0-255 scale).
+T = TypeVar("T")
+# uint8 [N, h, w, C] tiles -> [N, h*f, w*f, C] predictions, 0-255: uint8 (already rounded) or float.
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
@@ -36,6 +41,7 @@ class TileLayout:
     cols: list[int]
     overlap: int
     context: int
+    ramp: int | None = None  # input px the blending rises over at most (None: the whole overlap)
 
     @property
     def tiles(self) -> int:
@@ -43,11 +49,14 @@ class TileLayout:
 
 
 def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 0,
-               min_tile: int = 1, name: str = "the image", exact_tile: bool = False) -> TileLayout:
-    """Tiles of ``tile`` px (or the image's side where smaller) overlapping by ``overlap`` px.
+               min_tile: int = 1, name: str = "the image", exact_tile: bool = False,
+               ramp: int | None = None) -> TileLayout:
+    """Tiles of at most ``tile`` px (:func:`fitted`; the image's side where smaller) overlapping by
+    ``overlap`` px.
 
     ``exact_tile``: the model takes only ``tile`` x ``tile`` inputs (the Image Transformer), so
-    tiles never shrink. ValueError for an image smaller than ``min_tile`` or bad sizes.
+    tiles never shrink. ``context`` and ``ramp``: see `allen_sr.inference.blend.axis_profiles`.
+    ValueError for an image smaller than ``min_tile`` or bad sizes.
     """
     if tile < min_tile:
         raise ValueError(f"--tile must be at least {min_tile} px, got {tile}")
@@ -57,9 +66,19 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 
     if height < smallest or width < smallest:
         raise ValueError(f"{name}: the region is {width}x{height} px, smaller than one "
                          f"{smallest}x{smallest} px tile; choose a larger region or image")
-    tile_h, tile_w = (tile, tile) if exact_tile else (min(tile, height), min(tile, width))
+    tile_h, tile_w = (tile, tile) if exact_tile else (fitted(height, tile, overlap), fitted(width, tile, overlap))
     return TileLayout(height, width, tile_h, tile_w, tile_starts(height, tile_h, overlap),
-                      tile_starts(width, tile_w, overlap), overlap, context)
+                      tile_starts(width, tile_w, overlap), overlap, context, ramp)
+
+
+def fitted(length: int, tile: int, overlap: int) -> int:
+    """The smallest tile side, at most ``tile``, that covers ``length`` px with as few tiles as
+    ``tile`` px would, overlapping by ``overlap``: no more recomputed overlap than asked for
+    (2500 px in 384 px tiles: 7 of 380 px, not 7 of 384 spread to overlap by 31)."""
+    if tile >= length:
+        return length
+    count = max(2, math.ceil((length - overlap) / (tile - overlap)))
+    return min(tile, math.ceil((length - overlap) / count) + overlap)
 
 
 def first_tile_row(layout: TileLayout, factor: int, first_row: int) -> int:
@@ -88,18 +107,63 @@ def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, fac
             yield band[skip:]
 
 
+@dataclass(frozen=True)
+class AxisPlan:
+    """Along one axis, per tile: its weights at the output resolution (float32), where they are
+    not 0 (``lo``..``hi``) and where the tile alone counts (``solo``: its weight is 1 and every
+    other tile's is 0), all in output px from the tile's start; and the weight sums of the axis."""
+
+    starts: list[int]  # output px
+    profiles: list[np.ndarray]
+    lo: list[int]
+    hi: list[int]
+    solo: list[tuple[int, int]]
+    sums: np.ndarray  # float32, per output px of the axis
+    solo_mask: np.ndarray  # bool, per output px: one tile alone counts there
+
+
+def plan_axis(starts: list[int], tile: int, factor: int, context: int, length: int,
+              ramp: int | None = None) -> AxisPlan:
+    profiles = axis_profiles(starts, tile, factor, context, ramp)
+    sums = axis_weight_sum(starts, profiles, length * factor, factor)
+    lo, hi, solo = [], [], []
+    mask = np.zeros(length * factor, bool)
+    for start, w in zip(starts, profiles):
+        nonzero = np.flatnonzero(w > 0)
+        lo.append(int(nonzero[0]))
+        hi.append(int(nonzero[-1]) + 1)
+        alone = np.flatnonzero((w == 1.0) & (sums[start * factor:start * factor + len(w)] == 1.0))
+        # One run (always, for layouts of plan_tiles); anything else counts as no solo run.
+        a, b = (int(alone[0]), int(alone[-1]) + 1) if len(alone) and alone[-1] - alone[0] + 1 == len(alone) \
+            else (lo[-1], lo[-1])
+        solo.append((a, b))
+        mask[start * factor + a:start * factor + b] = True
+    return AxisPlan([s * factor for s in starts], [w.astype(np.float32) for w in profiles], lo, hi, solo,
+                    sums.astype(np.float32), mask)
+
+
+def runs(mask: np.ndarray) -> list[slice]:
+    """The runs of True in a boolean ``mask``, as slices."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.view(np.int8), [0]])))
+    return [slice(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
 def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
                    batch_tiles: int, progress: bool, channels: int,
                    to_model: Callable[[np.ndarray], np.ndarray] | None,
                    r0: int) -> Iterator[tuple[int, np.ndarray]]:
     """(first output row, band) of the prediction from tile row ``r0`` on. Rows that tile rows
-    before ``r0`` also reach lack those tiles' share; the caller drops them."""
+    before ``r0`` also reach lack those tiles' share; the caller drops them.
+
+    Where one tile alone counts (most of each tile: the weights are 1 there and its neighbours'
+    0) its prediction is copied into the uint8 band; only the overlaps' blending ramps are
+    accumulated in float and normalised, so a large tile costs about one copy per pixel.
+    """
     th, tw = layout.tile_h, layout.tile_w
     rows, cols = layout.rows, layout.cols
-    prof_y = [w.astype(np.float32) for w in axis_profiles(rows, th, factor, layout.context)]
-    prof_x = [w.astype(np.float32) for w in axis_profiles(cols, tw, factor, layout.context)]
-    sum_y = axis_weight_sum(rows, prof_y, layout.height * factor, factor)
-    sum_x = axis_weight_sum(cols, prof_x, layout.width * factor, factor).astype(np.float32)
+    py = plan_axis(rows, th, factor, layout.context, layout.height, layout.ramp)
+    px = plan_axis(cols, tw, factor, layout.context, layout.width, layout.ramp)
+    blend_cols = runs(~px.solo_mask)
     out_w = layout.width * factor
     group = max(1, min(len(rows), math.ceil(batch_tiles / len(cols))))
     bar = None
@@ -108,69 +172,160 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
 
         bar = tqdm(total=(len(rows) - r0) * len(cols), unit="tile", mininterval=1.0, smoothing=0.1,
                    desc=f"x{factor} {layout.width}x{layout.height} px")
-    acc_y0 = rows[r0] * factor if r0 < len(rows) else layout.height * factor
-    acc: np.ndarray | None = None
+    y0 = rows[r0] * factor if r0 < len(rows) else layout.height * factor
+    band: np.ndarray | None = None  # uint8 rows y0.., final where one tile alone counts
+    # float32 rows y0.. (its first ``active`` rows), the weighted sums of the blending ramps. One
+    # buffer for the whole run, zero wherever it is not in use: a fresh one per group of tiles
+    # would fault in its pages again, which cost more than the blending itself.
+    acc = np.zeros((0, out_w, channels), np.float32)
+    active = 0
+
+    def finished(stop: int) -> np.ndarray:
+        """Rows y0..stop of the band, their blended pixels normalised from ``acc`` (whose rows
+        are left zero)."""
+        assert band is not None
+        for ys in runs(~py.solo_mask[y0:stop]):  # rows in a ramp: every pixel is blended
+            band[ys] = finish(acc[ys], py.sums[y0 + ys.start:y0 + ys.stop], px.sums)
+            acc[ys] = 0
+        for ys in runs(py.solo_mask[y0:stop]):
+            for xs in blend_cols:
+                band[ys, xs] = finish(acc[ys, xs], py.sums[y0 + ys.start:y0 + ys.stop], px.sums[xs])
+                acc[ys, xs] = 0
+        return band[:stop - y0]
+
     start_time = time.perf_counter()
+    # Up to a tile row of predictions ahead: writing a finished band (compressing it) takes a
+    # while, and the model should not wait for it.
+    predictions = prefetched(_tile_predictions(source, layout, predict, batch_tiles, to_model, r0, group),
+                             ahead=max(1, len(cols) // batch_tiles))
+    current = None
     try:
-        for g0 in range(r0, len(rows), group):
-            g_rows = list(range(g0, min(g0 + group, len(rows))))
-            top = rows[g_rows[0]] * factor
-            bottom = (rows[g_rows[-1]] + th) * factor
-            # Rows above this group's first tile are final: no later tile reaches them.
-            if acc is not None and top > acc_y0:
-                yield acc_y0, finish(acc[:top - acc_y0], sum_y[acc_y0:top], sum_x)
-                acc = acc[top - acc_y0:]
-                acc_y0 = top
-            need = bottom - acc_y0
-            if acc is None or acc.shape[0] < need:
-                grown = np.zeros((need, out_w, channels), np.float32)
-                if acc is not None:
-                    grown[:acc.shape[0]] = acc
-                acc = grown
-            jobs = [(r, c) for r in g_rows for c in range(len(cols))]
-            blocks = {}
-            for r in g_rows:
-                block = source.read(rows[r], 0, th, layout.width)
-                blocks[r] = to_model(block) if to_model is not None else block
-            for b in range(0, len(jobs), batch_tiles):
-                chunk = jobs[b:b + batch_tiles]
-                tiles = np.stack([blocks[r][:, cols[c]:cols[c] + tw] for r, c in chunk])
-                preds = predict(tiles)
-                for (r, c), p in zip(chunk, preds):
-                    y = rows[r] * factor - acc_y0
-                    x = cols[c] * factor
-                    acc[y:y + th * factor, x:x + tw * factor] += weighted(p, prof_y[r], prof_x[c])
-                if bar is not None:
-                    bar.update(len(chunk))
-                    mp = bar.n / layout.tiles * layout.height * layout.width * factor * factor / 1e6
-                    bar.set_postfix_str(f"{mp / max(time.perf_counter() - start_time, 1e-9):.2f} out MP/s",
-                                        refresh=False)
-            del blocks
-        if acc is not None:
-            yield acc_y0, finish(acc[:layout.height * factor - acc_y0], sum_y[acc_y0:], sum_x)
+        for g_rows, chunk, preds in predictions:
+            if g_rows != current:  # the first batch of a group of tile rows
+                current = g_rows
+                top = rows[g_rows[0]] * factor
+                bottom = (rows[g_rows[-1]] + th) * factor
+                # Rows above this group's first tile are final: no later tile reaches them.
+                if band is not None and top > y0:
+                    yield y0, finished(top)
+                    done, active = top - y0, max(active - (top - y0), 0)
+                    band, y0 = band[done:], top
+                    acc[:active] = acc[done:done + active]  # the rows still accumulating, to the top
+                    acc[max(active, done):done + active] = 0
+                need = bottom - y0
+                if band is None or band.shape[0] < need:
+                    grown = np.empty((need, out_w, channels), np.uint8)
+                    if band is not None:
+                        grown[:band.shape[0]] = band
+                    band = grown
+                if acc.shape[0] < need:
+                    grown_acc = np.zeros((need, out_w, channels), np.float32)
+                    grown_acc[:active] = acc[:active]
+                    acc = grown_acc
+                active = max(active, need)
+            for (r, c), p in zip(chunk, preds):
+                add_tile(band, acc, p, py.starts[r] - y0, px.starts[c], py, px, r, c)
+            if bar is not None:
+                bar.update(len(chunk))
+                mp = bar.n / layout.tiles * layout.height * layout.width * factor * factor / 1e6
+                bar.set_postfix_str(f"{mp / max(time.perf_counter() - start_time, 1e-9):.2f} out MP/s",
+                                    refresh=False)
+        if band is not None:
+            yield y0, finished(layout.height * factor)
     finally:
+        predictions.close()
         if bar is not None:
             bar.close()
 
 
+def _tile_predictions(source: ImageSource, layout: TileLayout, predict: Predict, batch_tiles: int,
+                      to_model: Callable[[np.ndarray], np.ndarray] | None, r0: int,
+                      group: int) -> Iterator[tuple[tuple[int, ...], list[tuple[int, int]], np.ndarray]]:
+    """(tile rows of the group, the batch's (row, column) tiles, their predictions), in order:
+    groups of ``group`` tile rows from ``r0`` on, each read once and cut into batches."""
+    th, tw, rows, cols = layout.tile_h, layout.tile_w, layout.rows, layout.cols
+    for g0 in range(r0, len(rows), group):
+        g_rows = tuple(range(g0, min(g0 + group, len(rows))))
+        blocks = {}
+        for r in g_rows:
+            block = source.read(rows[r], 0, th, layout.width)
+            blocks[r] = to_model(block) if to_model is not None else block
+        jobs = [(r, c) for r in g_rows for c in range(len(cols))]
+        for b in range(0, len(jobs), batch_tiles):
+            chunk = jobs[b:b + batch_tiles]
+            yield g_rows, chunk, predict(np.stack([blocks[r][:, cols[c]:cols[c] + tw] for r, c in chunk]))
+
+
+def prefetched(items: Iterator[T], ahead: int = 1) -> Generator[T, None, None]:
+    """The items of ``items``, made ahead in a background thread.
+
+    While the caller blends and writes, the next batches are read and predicted (TensorFlow,
+    NumPy and the codecs release the GIL), so both cores have work. At most ``ahead`` finished
+    items wait; an exception in the thread is raised here; closing the generator stops the
+    thread once the item it is making is done. The thread starts with the first item asked for.
+    """
+    waiting: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(message: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                waiting.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - raised again by the consumer
+            put(("error", exc))
+
+    thread = threading.Thread(target=run, daemon=True, name="allen-sr-predict")
+    thread.start()
+    try:
+        while True:
+            kind, item = waiting.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def add_tile(band: np.ndarray, acc: np.ndarray, pred: np.ndarray, y: int, x: int,
+             py: AxisPlan, px: AxisPlan, r: int, c: int) -> None:
+    """Put tile (r, c)'s prediction, its top left at band row ``y`` and column ``x``: copied where
+    it alone counts, weighted into ``acc`` where its weight is in a ramp (and not where it is 0)."""
+    (sy0, sy1), (sx0, sx1) = py.solo[r], px.solo[c]
+    ly, hy, lx, hx = py.lo[r], py.hi[r], px.lo[c], px.hi[c]
+    if sy1 > sy0 and sx1 > sx0:
+        band[y + sy0:y + sy1, x + sx0:x + sx1] = as_uint8(pred[sy0:sy1, sx0:sx1])
+    # The rest of its non-zero weights: the rows above and below the solo block (all columns),
+    # then the columns left and right of it in its rows.
+    for rs, cs in (((ly, sy0), (lx, hx)), ((sy1, hy), (lx, hx)), ((sy0, sy1), (lx, sx0)), ((sy0, sy1), (sx1, hx))):
+        if rs[1] > rs[0] and cs[1] > cs[0]:
+            weight = py.profiles[r][rs[0]:rs[1], None, None] * px.profiles[c][None, cs[0]:cs[1], None]
+            acc[y + rs[0]:y + rs[1], x + cs[0]:x + cs[1]] += pred[rs[0]:rs[1], cs[0]:cs[1]] * weight
+
+
+def as_uint8(values: np.ndarray) -> np.ndarray:
+    """Rounded and clipped to 0..255 as uint8 (uint8 values as they are)."""
+    if values.dtype == np.uint8:
+        return values
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
 def not_one(values: np.ndarray) -> list[slice]:
     """The runs of ``values`` that differ from 1, as slices."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], (values != 1.0).view(np.int8), [0]])))
-    return [slice(a, b) for a, b in zip(edges[0::2], edges[1::2])]
-
-
-def weighted(pred: np.ndarray, prof_y: np.ndarray, prof_x: np.ndarray) -> np.ndarray:
-    """``pred`` [h, w, C] times the outer product of its axis profiles, in place where it can be.
-
-    A profile is 1 except in the ramps at its ends, so only those rows and columns are scaled:
-    a few per cent of the tile, instead of a weight array and a product the size of the tile."""
-    if not pred.flags.writeable or pred.dtype != np.float32:
-        pred = pred.astype(np.float32)
-    for sl in not_one(prof_y):
-        pred[sl] *= prof_y[sl, None, None]
-    for sl in not_one(prof_x):
-        pred[:, sl] *= prof_x[None, sl, None]
-    return pred
+    return runs(values != 1.0)
 
 
 def finish(acc: np.ndarray, sum_y: np.ndarray, sum_x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,8 @@
 
     prediction = bicubic(inputs) + std * generator_residual((inputs - mean) / std)
 
-optionally followed by :func:`block_mean_projection`. All weights are made with
+optionally followed by :func:`block_mean_projection`; with ``upsample="input_res"`` the same sum is
+computed at the input resolution (:func:`input_res_prediction`). All weights are made with
 ``tf.get_variable`` under fixed variable scopes, so checkpoint names do not depend on the name
 scopes around the call (t2t's ``parallel_0_4``); the names are part of the checkpoint format.
 The tensor2tensor glue is `allen_sr.models.conv_sr`; the design notes are docs/ARCHITECTURE.md ("The models").
@@ -12,32 +13,41 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import tensorflow.compat.v1 as tf
 
+from allen_sr.evaluation.bicubic import tf1_phase_taps
 from allen_sr.t2t.metrics import mse_db
 
 __all__ = [
     "DISCRIMINATOR_SCOPE",
     "PIXEL_LOSSES",
     "PSNR_LOSS_MSE_FLOOR",
+    "SUB_PIXELS",
     "UPSAMPLERS",
     "adversarial_losses",
     "bicubic_upsample",
     "block_mean_projection",
     "conv2d",
     "discriminator_variables",
+    "generator_features",
     "generator_residual",
+    "input_res_prediction",
+    "bicubic_phase_kernel",
     "nearest_upsample",
     "patch_discriminator",
     "pixel_loss",
 ]
 
 PIXEL_LOSSES: tuple[str, ...] = ("l1", "l2", "charbonnier", "psnr")
-UPSAMPLERS: tuple[str, ...] = ("x2_stages", "pixel_shuffle")  # see generator_residual
+UPSAMPLERS: tuple[str, ...] = ("x2_stages", "pixel_shuffle", "input_res")  # see generator_residual
 # pixel_loss=psnr floors each example's MSE (0-1 scale) here, i.e. at 50 dB, so that a nearly
 # perfect example cannot take over the gradient (its weight is 1/MSE).
 PSNR_LOSS_MSE_FLOOR = 1e-5
 DISCRIMINATOR_SCOPE = "discriminator"
+# Graph collection of input_res_prediction's [B, h, w, f*f*C] sub-pixels before the depth-to-space:
+# a decoder can round them there and rearrange uint8 (TF's float DepthToSpace is slow on CPU).
+SUB_PIXELS = "allen_sr_sub_pixels"
 
 
 def bicubic_upsample(images: tf.Tensor, factor: int) -> tf.Tensor:
@@ -82,16 +92,9 @@ def conv2d(x: tf.Tensor, filters: int, kernel: int, name: str, stride: int = 1,
         return y
 
 
-def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, channels: int,
-                       upsample: str = "x2_stages", upsample_width: int = 16) -> tf.Tensor:
-    """The CNN: normalized inputs [B, h, w, C] -> residual [B, h*f, w*f, C] (normalized units).
-
-    conv in -> ``blocks`` residual blocks of ``width`` channels -> conv (+ long skip) ->
-    upsampling -> 3x3 conv out (zero-initialized, so the untrained model is bicubic).
-    ``upsample`` "x2_stages" (EDSR's): log2(f) stages of a 3x3 conv to 4 * width channels and a
-    x2 depth-to-space; needs a power-of-2 f. "pixel_shuffle" (ESPCN's sub-pixel layer): one 3x3
-    conv at the input resolution to f * f * upsample_width channels and one x f depth-to-space.
-    """
+def generator_features(x: tf.Tensor, width: int, blocks: int) -> tf.Tensor:
+    """conv in -> ``blocks`` residual blocks of ``width`` channels -> conv (+ long skip), at the
+    input resolution: [B, h, w, C] -> [B, h, w, width]."""
     head = conv2d(x, width, 3, "conv_in")
     h = head
     for i in range(blocks):
@@ -99,7 +102,20 @@ def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, chann
             # A small init of each block's last conv starts every block near the identity.
             r = tf.nn.relu(conv2d(h, width, 3, "conv_a"))
             h = h + conv2d(r, width, 3, "conv_b", init_scale=0.1)
-    h = conv2d(h, width, 3, "conv_body_out") + head
+    return conv2d(h, width, 3, "conv_body_out") + head
+
+
+def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, channels: int,
+                       upsample: str = "x2_stages", upsample_width: int = 16) -> tf.Tensor:
+    """The CNN: normalized inputs [B, h, w, C] -> residual [B, h*f, w*f, C] (normalized units).
+
+    :func:`generator_features` -> upsampling -> 3x3 conv out (zero-initialized, so the untrained
+    model is bicubic). ``upsample`` "x2_stages" (EDSR's): log2(f) stages of a 3x3 conv to
+    4 * width channels and a x2 depth-to-space; needs a power-of-2 f. "pixel_shuffle" (ESPCN's
+    sub-pixel layer): one 3x3 conv at the input resolution to f * f * upsample_width channels and
+    one x f depth-to-space. ("input_res" is :func:`input_res_prediction`, not a residual.)
+    """
+    h = generator_features(x, width, blocks)
     if upsample == "x2_stages":
         for stage in range(int(round(math.log2(factor)))):
             h = tf.nn.relu(tf.nn.depth_to_space(conv2d(h, 4 * width, 3, f"upsample_{stage}"), 2))
@@ -107,6 +123,72 @@ def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, chann
         h = tf.nn.relu(tf.nn.depth_to_space(
             conv2d(h, factor * factor * upsample_width, 3, "upsample_pixel_shuffle"), factor))
     return conv2d(h, channels, 3, "conv_out", init_scale=0.0)
+
+
+def bicubic_phase_kernel(factor: int, channels: int, projection: bool) -> np.ndarray:
+    """[4, 4, C, f*f*C] float32: :func:`bicubic_upsample` as a VALID convolution at the input
+    resolution, on inputs padded by repeating their edge (1 px before, 2 after, as resize_bicubic
+    clamps), followed by a depth-to-space by f.
+
+    Output px (n*f + d) sits at input coordinate n + d/f (TF 1's resize_bicubic: no half-pixel
+    offset, Keys' cubic with a = -0.75), so it weighs inputs n-1 .. n+2. Output channel
+    (dy*f + dx)*C + c is the sub-pixel (dy, dx) of channel c (depth_to_space's order). With
+    ``projection`` the kernel also does :func:`block_mean_projection` of the bicubic image: each
+    pixel's f x f block is shifted so its mean is the input pixel.
+    """
+    taps = tf1_phase_taps(factor).astype(np.float64)  # [sub-pixel, tap]
+    kernel = np.zeros((4, 4, channels, factor * factor * channels))
+    for dy in range(factor):
+        for dx in range(factor):
+            for c in range(channels):
+                kernel[:, :, c, (dy * factor + dx) * channels + c] = np.outer(taps[dy], taps[dx])
+    if projection:
+        by_phase = kernel.reshape(4, 4, channels, factor * factor, channels)
+        by_phase -= by_phase.mean(axis=3, keepdims=True)
+        for c in range(channels):
+            by_phase[1, 1, c, :, c] += 1.0  # + the input pixel itself, in every sub-pixel
+    return kernel.astype(np.float32)
+
+
+def _pad_edge(x: tf.Tensor, before: int, after: int) -> tf.Tensor:
+    """Pad rows and columns of [B, h, w, C] by repeating the edge pixels."""
+    for axis in (1, 2):
+        first = tf.gather(x, [0], axis=axis)
+        last = tf.gather(x, [tf.shape(x)[axis] - 1], axis=axis)
+        x = tf.concat([first] * before + [x] + [last] * after, axis=axis)
+    return x
+
+
+def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width: int, blocks: int,
+                         factor: int, projection: bool) -> tf.Tensor:
+    """The prediction [B, h*f, w*f, C] in 0-255 with everything at the input resolution.
+
+    ``inputs`` [B, h, w, C] in 0-255, ``x`` the same normalized, ``std`` [C] the normalization's
+    scale. :func:`generator_features`, then one 3x3 conv (``upsample_input_res``, zero-initialized)
+    to f*f*C values per input pixel, plus bicubic as a fixed convolution
+    (:func:`bicubic_phase_kernel`), then a single depth-to-space: bicubic(inputs) + std *
+    residual, as ``pixel_shuffle`` predicts, without any convolution at the output resolution
+    (f*f times fewer positions for the last conv). With ``projection`` the block-mean projection
+    is folded into the weights: the learned sub-pixels of each input pixel are centred on their
+    mean (an exact linear map of the conv's weights), and the bicubic kernel is projected.
+    """
+    channels = int(inputs.shape[-1])
+    phases = factor * factor * channels
+    h = generator_features(x, width, blocks)
+    with tf.variable_scope("upsample_input_res"):
+        w = tf.get_variable("kernel", [3, 3, width, phases], initializer=tf.zeros_initializer())
+        b = tf.get_variable("bias", [phases], initializer=tf.zeros_initializer())
+    if projection:
+        w = w - tf.tile(tf.reduce_mean(tf.reshape(w, [3, 3, width, factor * factor, channels]), 3),
+                        [1, 1, 1, factor * factor])
+        b = b - tf.tile(tf.reduce_mean(tf.reshape(b, [factor * factor, channels]), 0), [factor * factor])
+    scale = tf.tile(tf.reshape(std, [channels]), [factor * factor])
+    base = tf.nn.conv2d(_pad_edge(inputs, 1, 2), bicubic_phase_kernel(factor, channels, projection),
+                        [1, 1, 1, 1], "VALID")
+    learned = tf.nn.conv2d(h, w * scale, [1, 1, 1, 1], "SAME") + b * scale
+    sub_pixels = base + learned
+    tf.add_to_collection(SUB_PIXELS, sub_pixels)
+    return tf.nn.depth_to_space(sub_pixels, factor)
 
 
 def patch_discriminator(condition: tf.Tensor, image: tf.Tensor, filters: int) -> tf.Tensor:

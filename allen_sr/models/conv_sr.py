@@ -70,7 +70,8 @@ HPARAMS: tuple[tuple[str, Any, str], ...] = (
     ("gan_beta1", 0.5, "beta1 of the discriminator's Adam"),
     ("decode_tta", False, "decoders average the predictions of the 8 flips/rotations of each input"),
     ("weight_ema_decay", 0.0, "> 0: checkpoint a moving average of the weights, for decoding; 0 = off"),
-    ("upsample", "x2_stages", "x2_stages (log2(factor) x2 conv stages) | pixel_shuffle (one sub-pixel conv)"),
+    ("upsample", "x2_stages", "x2_stages (log2(factor) x2 conv stages) | pixel_shuffle (one sub-pixel conv) "
+     "| input_res (everything at the input resolution, bicubic and projection folded in)"),
     ("upsample_width", 16, "channels per output pixel of the pixel_shuffle conv"),
 )
 
@@ -138,7 +139,7 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"the scale factor must be >= 1, got {factor}")
     if factor is not None and factor & (factor - 1) and upsample == "x2_stages":
         fail(f"upsample=x2_stages needs a power-of-2 scale factor, got {factor}; "
-             "upsample=pixel_shuffle takes any integer factor")
+             "upsample=pixel_shuffle or input_res takes any integer factor")
 
 
 @registration.model
@@ -171,11 +172,16 @@ class Img2imgConvSr(t2t_model.T2TModel):
         x = (inputs - mean) / std
         # bicubic is linear with weights summing to 1: bicubic(x) + residual in normalized
         # units is bicubic(inputs) + residual * std in 0-255.
-        residual = conv_net.generator_residual(x, int(hp.hidden_size), int(hp.num_res_blocks), factor,
-                                               channels, hp.upsample, int(hp.upsample_width))
-        prediction = conv_net.bicubic_upsample(inputs, factor) + residual * std
-        if hp.block_mean_projection:
-            prediction = conv_net.block_mean_projection(prediction, inputs, factor)
+        if hp.upsample == "input_res":
+            prediction = conv_net.input_res_prediction(inputs, x, std, int(hp.hidden_size),
+                                                       int(hp.num_res_blocks), factor,
+                                                       bool(hp.block_mean_projection))
+        else:
+            residual = conv_net.generator_residual(x, int(hp.hidden_size), int(hp.num_res_blocks), factor,
+                                                   channels, hp.upsample, int(hp.upsample_width))
+            prediction = conv_net.bicubic_upsample(inputs, factor) + residual * std
+            if hp.block_mean_projection:
+                prediction = conv_net.block_mean_projection(prediction, inputs, factor)
         if float(hp.gan_weight) > 0 and hp.mode == tf.estimator.ModeKeys.TRAIN:
             condition = conv_net.bicubic_upsample(inputs, factor) / 127.5 - 1.0
             g_loss, d_loss = conv_net.adversarial_losses(condition, features["targets"], prediction,
