@@ -108,6 +108,30 @@ def test_saved_model_and_onnx_serve_any_size_as_the_checkpoints_decoder(conv_run
     decoder.close()
 
 
+def test_fast_set_exports_to_onnx_with_its_sub_pixel_layout(tmp_path):
+    """img2img_conv_sr_fast (upsample=input_res: bicubic as a fixed conv, one depth-to-space):
+    its ONNX model gives what the checkpoint's decoder gives (which rounds the sub-pixels before
+    rearranging them), up to float rounding (at most 1 grey level, rarely)."""
+    import onnxruntime as ort
+
+    fast = "img2img_conv_sr_fast"
+    run = tmp_path / "run"
+    tiny_training.train_checkpoint(run, checkpoints.load_hparams(fast, PROBLEM, "learning_rate_constant=0.05"),
+                                   steps=3, batch_size=4, model_name=CONV)
+    export(PROBLEM, fast, str(run), tmp_path / "export")
+    decoder = OnePassDecoder(checkpoints.load_hparams(fast, PROBLEM, "", str(run)),
+                             checkpoints.find_checkpoint(str(run)), target_shape=(None, None))
+    session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).integers(0, 256, (2, 13, 21, 3)).astype(np.uint8)
+    try:
+        expected = decoder.decode(x).astype(int)
+        assert np.abs(expected - np.clip(np.rint(decoder.predict(x)), 0, 255)).max() == 0
+    finally:
+        decoder.close()
+    diff = np.abs(session.run(None, {session.get_inputs()[0].name: x})[0].astype(int) - expected)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+
+
 def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(conv_export, tmp_path):
     rdf = yaml.safe_load((conv_export / "rdf.yaml").read_text())
     assert rdf["format_version"].startswith("0.5") and set(rdf["weights"]) >= {"onnx"}

@@ -462,23 +462,29 @@ def test_rows_are_regrouped_into_strips_of_any_bands():
 def test_predictions_made_ahead_in_a_thread_keep_order_errors_and_stop_when_closed():
     import itertools
     import threading
+    import time
 
-    assert list(tiling.prefetched(iter(range(50)))) == list(range(50))
+    def slow_square(i):
+        time.sleep(0.002 * (i % 3))
+        return i * i
 
-    def failing():
-        yield from range(3)
-        raise ValueError("tile 3 is bad")
+    assert list(tiling.ahead_map(slow_square, range(50), ahead=3)) == [i * i for i in range(50)]
+
+    def failing(i):
+        if i == 3:
+            raise ValueError("tile 3 is bad")
+        return i
 
     got = []
     with pytest.raises(ValueError, match="tile 3 is bad"):
-        for item in tiling.prefetched(failing()):
+        for item in tiling.ahead_map(failing, range(10)):
             got.append(item)
     assert got == [0, 1, 2]
     made = []
-    ahead = tiling.prefetched(made.append(i) or i for i in itertools.count())
+    ahead = tiling.ahead_map(lambda i: made.append(i) or i, itertools.count(), ahead=2)
     assert next(ahead) == 0
-    ahead.close()  # stops the thread: no more items are made
-    assert len(made) <= 3 and not any(t.name == "allen-sr-predict" for t in threading.enumerate())
+    ahead.close()  # stops the thread: no more items are taken
+    assert len(made) <= 3 and not any(t.name.startswith("allen-sr-predict") for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(1024, 384, 26), (2500, 384, 26), (400, 384, 26), (385, 384, 40),

@@ -10,12 +10,12 @@ batch of tiles, whatever the size of the image.
 """
 from __future__ import annotations
 
+import collections
 import math
-import queue
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterator, TypeVar
+from typing import Any, Callable, Generator, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -124,6 +124,8 @@ class AxisPlan:
 
 def plan_axis(starts: list[int], tile: int, factor: int, context: int, length: int,
               ramp: int | None = None) -> AxisPlan:
+    """The plan of tiles of ``tile`` px at ``starts`` (input px) along an axis of ``length`` input
+    px; ``context`` and ``ramp`` as `allen_sr.inference.blend.axis_profiles` takes them."""
     profiles = axis_profiles(starts, tile, factor, context, ramp)
     sums = axis_weight_sum(starts, profiles, length * factor, factor)
     lo, hi, solo = [], [], []
@@ -196,8 +198,9 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
     start_time = time.perf_counter()
     # Up to a tile row of predictions ahead: writing a finished band (compressing it) takes a
     # while, and the model should not wait for it.
-    predictions = prefetched(_tile_predictions(source, layout, predict, batch_tiles, to_model, r0, group),
-                             ahead=max(1, len(cols) // batch_tiles))
+    predictions = ahead_map(lambda job: (job[0], job[1], predict(job[2])),
+                            _tile_batches(source, layout, batch_tiles, to_model, r0, group),
+                            ahead=max(1, len(cols) // batch_tiles))
     current = None
     try:
         for g_rows, chunk, preds in predictions:
@@ -238,11 +241,11 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
             bar.close()
 
 
-def _tile_predictions(source: ImageSource, layout: TileLayout, predict: Predict, batch_tiles: int,
-                      to_model: Callable[[np.ndarray], np.ndarray] | None, r0: int,
-                      group: int) -> Iterator[tuple[tuple[int, ...], list[tuple[int, int]], np.ndarray]]:
-    """(tile rows of the group, the batch's (row, column) tiles, their predictions), in order:
-    groups of ``group`` tile rows from ``r0`` on, each read once and cut into batches."""
+def _tile_batches(source: ImageSource, layout: TileLayout, batch_tiles: int,
+                  to_model: Callable[[np.ndarray], np.ndarray] | None, r0: int,
+                  group: int) -> Iterator[tuple[tuple[int, ...], list[tuple[int, int]], np.ndarray]]:
+    """(tile rows of the group, the batch's (row, column) tiles, the tiles), in order: groups of
+    ``group`` tile rows from ``r0`` on, each read once and cut into batches."""
     th, tw, rows, cols = layout.tile_h, layout.tile_w, layout.rows, layout.cols
     for g0 in range(r0, len(rows), group):
         g_rows = tuple(range(g0, min(g0 + group, len(rows))))
@@ -253,51 +256,32 @@ def _tile_predictions(source: ImageSource, layout: TileLayout, predict: Predict,
         jobs = [(r, c) for r in g_rows for c in range(len(cols))]
         for b in range(0, len(jobs), batch_tiles):
             chunk = jobs[b:b + batch_tiles]
-            yield g_rows, chunk, predict(np.stack([blocks[r][:, cols[c]:cols[c] + tw] for r, c in chunk]))
+            yield g_rows, chunk, np.stack([blocks[r][:, cols[c]:cols[c] + tw] for r, c in chunk])
 
 
-def prefetched(items: Iterator[T], ahead: int = 1) -> Generator[T, None, None]:
-    """The items of ``items``, made ahead in a background thread.
+def ahead_map(fn: Callable[[Any], T], items: Iterable[Any], ahead: int = 1) -> Generator[T, None, None]:
+    """``fn(item)`` for each of ``items``, in order, computed in a background thread up to
+    ``ahead`` items beyond the one the caller holds.
 
-    While the caller blends and writes, the next batches are read and predicted (TensorFlow,
-    NumPy and the codecs release the GIL), so both cores have work. At most ``ahead`` finished
-    items wait; an exception in the thread is raised here; closing the generator stops the
-    thread once the item it is making is done. The thread starts with the first item asked for.
+    While the caller blends and writes, the next batches are predicted (TensorFlow, NumPy and the
+    codecs release the GIL), so both cores have work. (Two threads, two tiles in the model at
+    once, measured no faster end to end: the cores are busy either way.) Items are taken from
+    ``items`` in the caller's thread; an exception in ``fn`` is raised here; closing the
+    generator cancels what has not started and waits for the rest.
     """
-    waiting: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-
-    def put(message: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                waiting.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put(("item", item)):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - raised again by the consumer
-            put(("error", exc))
-
-    thread = threading.Thread(target=run, daemon=True, name="allen-sr-predict")
-    thread.start()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="allen-sr-predict")
+    pending: collections.deque[Future[T]] = collections.deque()
     try:
-        while True:
-            kind, item = waiting.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        stop.set()
-        thread.join()
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def add_tile(band: np.ndarray, acc: np.ndarray, pred: np.ndarray, y: int, x: int,
