@@ -510,3 +510,15 @@ def test_tiff_output_in_zstd_reads_back_the_same_pixels(tmp_path):
         np.testing.assert_array_equal(levels[0].asarray(), image)
     with pytest.raises(writers.OutputError, match="--compression lzma: unknown; choose one of deflate, zstd"):
         writers.write_image(tmp_path / "x.tif", [image], 300, 1200, compression="lzma")
+
+
+@pytest.mark.parametrize("shape", [(256, 4096, 3), (255, 4095, 3), (3, 5, 3), (1, 1, 3), (7, 9, 1)])
+def test_pyramid_levels_are_rounded_2x2_means(shape):
+    """Each sub-resolution level: the 2x2 means rounded half up, an odd last row or column
+    averaged with itself (NumPy reference), for RGB and grey, contiguous or not."""
+    strip = np.random.default_rng(6).integers(0, 256, shape, dtype=np.uint8)
+    for s in (strip, strip[:, ::-1]):
+        h, w = s.shape[:2]
+        padded = np.pad(s, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.uint16)
+        expected = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2) // 4
+        np.testing.assert_array_equal(writers.halve(s), expected)

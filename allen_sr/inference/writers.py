@@ -112,29 +112,38 @@ def committed(path: Path, extra: Iterable[Path] = ()) -> Iterator[Path]:
 
 
 def rebanded(bands: Iterable[np.ndarray], rows: int) -> Iterator[np.ndarray]:
-    """The same rows in strips of exactly ``rows`` (the last may be shorter)."""
+    """The same rows in strips of exactly ``rows`` (the last may be shorter); a strip inside one
+    band is a view of it, only one that spans two bands is copied."""
     pending: list[np.ndarray] = []
     have = 0
     for band in bands:
         pending.append(band)
         have += band.shape[0]
         while have >= rows:
-            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            yield joined[:rows]
-            rest = joined[rows:]
-            pending, have = ([rest] if rest.shape[0] else []), rest.shape[0]
+            need, parts = rows, []
+            while need:
+                piece = pending[0]
+                parts.append(piece[:need])
+                if piece.shape[0] > need:
+                    pending[0] = piece[need:]
+                    need = 0
+                else:
+                    pending.pop(0)
+                    need -= piece.shape[0]
+            have -= rows
+            yield parts[0] if len(parts) == 1 else np.concatenate(parts)
     if have:
         yield np.concatenate(pending) if len(pending) > 1 else pending[0]
 
 
 def halve(strip: np.ndarray) -> np.ndarray:
-    """2x2 means (edge rows/columns repeated when odd), rounded, uint8."""
-    h, w = strip.shape[:2]
-    if h % 2 or w % 2:
-        strip = np.pad(strip, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    s = strip.astype(np.uint16)
-    total = s[0::2, 0::2] + s[1::2, 0::2] + s[0::2, 1::2] + s[1::2, 1::2]
-    return ((total + 2) // 4).astype(np.uint8)
+    """2x2 means, rounded half up, uint8 [h, w, C] -> [ceil(h/2), ceil(w/2), C]; an odd last row or
+    column is averaged with itself (Pillow's reduce: 3x faster than the same sums in NumPy)."""
+    from PIL import Image
+
+    if strip.shape[2] == 1:
+        return np.asarray(Image.fromarray(strip[:, :, 0]).reduce(2))[:, :, None]
+    return np.asarray(Image.fromarray(np.ascontiguousarray(strip)).reduce(2))
 
 
 def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
@@ -153,10 +162,13 @@ def tiles_of(strips: Iterable[np.ndarray], width: int, channels: int, spools: li
         for spool in spools:
             level = halve(level)
             spool.write(np.ascontiguousarray(level).tobytes())
-        padded = np.zeros((TIFF_TILE, width + (-width) % TIFF_TILE, channels), np.uint8)
-        padded[:strip.shape[0], :width] = strip
         for x in range(0, width, TIFF_TILE):
-            yield padded[:, x:x + TIFF_TILE]
+            tile = strip[:, x:x + TIFF_TILE]
+            if tile.shape[:2] != (TIFF_TILE, TIFF_TILE):  # at the image's edge: zeros beyond it
+                edge = np.zeros((TIFF_TILE, TIFF_TILE, channels), np.uint8)
+                edge[:tile.shape[0], :tile.shape[1]] = tile
+                tile = edge
+            yield tile
 
 
 def spooled_strips(spool: BinaryIO, height: int, width: int, channels: int) -> Iterator[np.ndarray]:
