@@ -32,7 +32,6 @@ def cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     return np.where(x < 1.0, inner, np.where(x < 2.0, outer, 0.0))
 
 
-@functools.lru_cache(maxsize=64)
 def tf1_phase_taps(factor: int) -> np.ndarray:
     """[factor, 4] float32: the 4 taps of TF 1's resize_bicubic for each output phase.
 
@@ -45,6 +44,7 @@ def tf1_phase_taps(factor: int) -> np.ndarray:
     return cubic(np.stack([t + 1, t, 1 - t, 2 - t], axis=1), a=-0.75).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=64)
 def pillow_bicubic_matrix(size: int, scale: int) -> np.ndarray:
     """[size*scale, size] float64: row i holds Pillow's bicubic weights of output pixel i.
 
