@@ -204,12 +204,13 @@ def test_blending_equals_its_definition(shape, tile, overlap, context, ramp, rou
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
-@pytest.mark.parametrize("side", [1024, 2000, 2500])
-def test_most_of_a_conv_tile_is_copied_not_blended(side):
-    """In upscale's default conv layout (tiles of at most 384 px, a context of 5 px: the fast
-    set's) most output pixels have one tile alone counting, so blending costs a copy there, even
-    where tiles overlap by more than asked (the ramp stays 16 px, centred)."""
-    layout = tiling.plan_tiles(side, side, upscale.CONV_TILE, 2 * 5 + upscale.RAMP, 5, ramp=upscale.RAMP)
+@pytest.mark.parametrize("side, overlap", [(1024, 2 * 5 + upscale.RAMP), (2500, 2 * 5 + upscale.RAMP),
+                                           (1024, 100), (2500, 100)])
+def test_most_of_a_conv_tile_is_copied_not_blended(side, overlap):
+    """In upscale's conv layout (tiles of at most 384 px, a context of 5 px: the fast set's) most
+    output pixels have one tile alone counting, so blending costs a copy there: with the default
+    overlap, and with a larger --overlap too (the ramp stays 16 px, centred)."""
+    layout = tiling.plan_tiles(side, side, upscale.CONV_TILE, overlap, 5, ramp=upscale.RAMP)
     alone = [tiling.plan_axis(starts, tile, 4, 5, side, layout.ramp).solo_mask.mean()
              for starts, tile in ((layout.rows, layout.tile_h), (layout.cols, layout.tile_w))]
     assert alone[0] * alone[1] > 0.8, alone
