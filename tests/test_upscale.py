@@ -261,7 +261,8 @@ def test_saved_rows_are_reused_only_by_the_same_run(tmp_path):
     assert third.open() == 25 and len(list(third.folder.glob("rows-*"))) == 2
     first = sorted(third.folder.glob("rows-*"))[0]
     whole = first.read_bytes()
-    for damage in (__import__("imagecodecs").lz4f_encode(b"short"), b"not lz4 at all", whole[:len(whole) // 2]):
+    # Short, empty, or the right length with other bytes (what a machine crash can leave).
+    for damage in (whole[:len(whole) // 2], b"", bytes(len(whole)), whole[:-1] + bytes([whole[-1] ^ 1])):
         first.write_bytes(damage)
         with pytest.raises(ValueError, match=r"damaged.*\.o\.tif\.resume"):
             list(third.replay())
