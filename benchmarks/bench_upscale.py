@@ -6,12 +6,13 @@ resolution), and of the Image Transformer (`img2img_allen_cpu_tiny`), then runs 
 end to end (PNG in, tiled pyramidal BigTIFF out) at three image sizes each, every run in a fresh
 process whose peak RSS (VmHWM) is reported. Speed does not depend on what the weights learned, so
 a few steps are enough. The largest conv runs write a 100-megapixel output. A near-free conv
-model (the fast layout with 1 channel and no residual block) at one size shows what the rest of
+model (the fast layout with 1 channel and no residual block) at 100 MP shows what the rest of
 the pipeline (reading, tiling, blending, compressing, writing) allows, and so each model's own
-share. Also: each model's arithmetic rate (FLOPs counted from the layer shapes) next to plain
-float32 matrix multiplies on this machine: a large one for the conv models, and for the Image
-Transformer the products of one decoding step at the same batch size, on one thread as its
-decoder runs them.
+share. The fast set's 100-megapixel runs are repeated (three fresh processes per codec, one after
+the other) and its 10 MP/s goal counts as met only if the slowest reaches it. Also: each model's
+arithmetic rate (FLOPs counted from the layer shapes) next to plain float32 matrix multiplies on
+this machine: a large one for the conv models, and for the Image Transformer the products of one
+decoding step at the same batch size, on one thread as its decoder runs them.
 
 Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (about 15 minutes).
 """
@@ -44,9 +45,13 @@ RUNS = (
     ("fast conv set, single prediction", FAST, "", "", (256, 1024, 2500)),
     ("fast conv set, single prediction, zstd TIFF", FAST, "", "", (1024, 2500)),
     ("conv, 8-fold averaging", CONV, "", "decode_tta=True", (128, 192, 256)),
-    ("near-free conv (1 channel, no blocks): the pipeline's ceiling", FAST, CEILING, "", (1024,)),
+    ("near-free conv (1 channel, no blocks): the pipeline's ceiling", FAST, CEILING, "", (2500,)),
+    ("near-free conv (1 channel, no blocks): the pipeline's ceiling, zstd TIFF", FAST, CEILING, "", (2500,)),
     ("Image Transformer (fast decoder, greedy)", TRANSFORMER, "", "decode_tta=False", (16, 32, 64)),
 )
+# The rows that can reach the 10 MP/s goal run their largest image this many times, each in a
+# fresh process, one after the other: the goal counts as met only if every run reaches it.
+REPEATS = {"fast conv set, single prediction": 3, "fast conv set, single prediction, zstd TIFF": 3}
 IT_BATCH = 256  # upscale.TRANSFORMER_BATCH: tiles decoded together
 
 
@@ -172,7 +177,7 @@ def main() -> None:
                 tiny_training.train_checkpoint(out, hp, steps=2, batch_size=2, model_name=model)
                 ckpts[hset, arch] = out
         for label, (problem, model, hset), arch, hparams, sides in RUNS:
-            for side in sides:
+            for side in sides[:-1] + (sides[-1],) * REPEATS.get(label, 1):
                 image = os.path.join(tmp, f"in{side}.png")
                 Image.fromarray(tissue_image(side, side, seed=side)).save(image)
                 argv = [f"--problem={problem}", f"--model={model}", f"--hparams_set={hset}",
@@ -212,26 +217,35 @@ def main() -> None:
         mp = r["width"] * r["height"] / 1e6
         print(f"| {label} | {side}x{side} | {mp:.3f} | {r['tiles']} | {r['seconds']:.2f} | "
               f"{r['output_mp_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
-    ceiling = next((r for label, _, r in rows if r and label.startswith("near-free")), None)
-    if ceiling:
+    def codec(label: str) -> str:
+        return "zstd" if label.endswith("zstd TIFF") else "deflate"
+
+    ceilings = {codec(label): r for label, _, r in rows if r and label.startswith("near-free")}
+    for name, ceiling in ceilings.items():
         print(f"\nThe near-free model (the same reading, tiling, blending, compression and writing, almost no "
               f"arithmetic) makes {ceiling['output_mp_per_s']:.2f} output MP/s at "
-              f"{ceiling['width']}x{ceiling['height']} px: the ceiling for any model here.")
+              f"{ceiling['width']}x{ceiling['height']} px with {name}: the ceiling for any model here.")
     for hset, set_label, shape in sets:
         single = [r for label, _, r in rows if r and label == set_label]
         if not single:
             continue
         flops = conv_flops_per_output_px(**shape)
-        largest = max(single, key=lambda r: r["width"] * r["height"])
-        best = max(r["output_mp_per_s"] for r in single)
-        big = largest["width"] * largest["height"]
+        big = max(r["width"] * r["height"] for r in single)
+        largest = [r for r in single if r["width"] * r["height"] == big]
+        worst = min(largest, key=lambda r: r["output_mp_per_s"])
+        rates = ", ".join(f"{r['output_mp_per_s']:.2f}" for r in largest)
+        runs_text = (f"each of {len(largest)} runs, one after the other: {rates} MP/s" if len(largest) > 1
+                     else f"{rates} MP/s")
         text = (f"\n{set_label} (`{hset}`): {flops / 1e3:.1f} kFLOP per output px (counted from the layer shapes, the "
-                f"tile overlap's recomputation excluded). Largest output: {largest['width']}x{largest['height']} "
-                f"px ({big / 1e6:.0f} MP) in {largest['seconds']:.0f} s, peak RSS {largest['peak_rss_mb']:.0f} MB "
-                f"(goal: at most 2048 MB for 100 MP: "
-                f"{'met' if largest['peak_rss_mb'] <= 2048 and big >= 1e8 else 'NOT met'}). Goal 10 output MP/s "
-                f"end to end, single prediction: **{'met' if best >= 10 else 'NOT met'}** (best {best:.2f} MP/s).")
-        same = next((r for r in single if ceiling and r["width"] == ceiling["width"]), None)
+                f"tile overlap's recomputation excluded). Largest output: {worst['width']}x{worst['height']} "
+                f"px ({big / 1e6:.0f} MP) in {worst['seconds']:.0f} s at the slowest, peak RSS "
+                f"{max(r['peak_rss_mb'] for r in largest):.0f} MB (goal: at most 2048 MB for 100 MP: "
+                f"{'met' if max(r['peak_rss_mb'] for r in largest) <= 2048 and big >= 1e8 else 'NOT met'}). "
+                f"Goal 10 output MP/s end to end, single prediction, at {big / 1e6:.0f} MP: "
+                f"**{'met' if worst['output_mp_per_s'] >= 10 else 'NOT met'}** ({runs_text}).")
+        ceiling = ceilings.get(codec(set_label))
+        sized = sorted((r for r in single if ceiling and r["width"] == ceiling["width"]), key=lambda r: r["seconds"])
+        same = sized[len(sized) // 2] if sized else None  # the median run where it was repeated
         if same and same["seconds"] > ceiling["seconds"]:
             mp = same["width"] * same["height"] / 1e6
             model_seconds = same["seconds"] - ceiling["seconds"]
