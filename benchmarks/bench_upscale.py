@@ -14,7 +14,7 @@ arithmetic rate (FLOPs counted from the layer shapes) next to plain float32 matr
 this machine: a large one for the conv models, and for the Image Transformer the products of one
 decoding step at the same batch size, on one thread as its decoder runs them.
 
-Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (about 15 minutes).
+Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (7-15 minutes).
 """
 from __future__ import annotations
 
@@ -217,6 +217,7 @@ def main() -> None:
         mp = r["width"] * r["height"] / 1e6
         print(f"| {label} | {side}x{side} | {mp:.3f} | {r['tiles']} | {r['seconds']:.2f} | "
               f"{r['output_mp_per_s']:.3f} | {r['peak_rss_mb']:.0f} |")
+
     def codec(label: str) -> str:
         return "zstd" if label.endswith("zstd TIFF") else "deflate"
 
