@@ -234,14 +234,14 @@ def main() -> None:
         big = max(r["width"] * r["height"] for r in single)
         largest = [r for r in single if r["width"] * r["height"] == big]
         worst = min(largest, key=lambda r: r["output_mp_per_s"])
+        peak = max(r["peak_rss_mb"] for r in largest)
         rates = ", ".join(f"{r['output_mp_per_s']:.2f}" for r in largest)
         runs_text = (f"each of {len(largest)} runs, one after the other: {rates} MP/s" if len(largest) > 1
                      else f"{rates} MP/s")
         text = (f"\n{set_label} (`{hset}`): {flops / 1e3:.1f} kFLOP per output px (counted from the layer shapes, the "
                 f"tile overlap's recomputation excluded). Largest output: {worst['width']}x{worst['height']} "
                 f"px ({big / 1e6:.0f} MP) in {worst['seconds']:.0f} s at the slowest, peak RSS "
-                f"{max(r['peak_rss_mb'] for r in largest):.0f} MB (goal: at most 2048 MB for 100 MP: "
-                f"{'met' if max(r['peak_rss_mb'] for r in largest) <= 2048 and big >= 1e8 else 'NOT met'}). "
+                f"{peak:.0f} MB (goal: at most 2048 MB for 100 MP: {'met' if peak <= 2048 and big >= 1e8 else 'NOT met'}). "
                 f"Goal 10 output MP/s end to end, single prediction, at {big / 1e6:.0f} MP: "
                 f"**{'met' if worst['output_mp_per_s'] >= 10 else 'NOT met'}** ({runs_text}).")
         ceiling = ceilings.get(codec(set_label))
