@@ -62,6 +62,49 @@ def test_evaluate_reports_every_method_on_tissue_tiles(ckpt_dir, tmp_path, capsy
     assert "nearest" in printed and "bilinear" in printed and "metrics.json" in printed
 
 
+def test_evaluate_degrade_cuts_tiles_from_the_degraded_whole_image(ckpt_dir, tmp_path, capsys):
+    """--degrade: the whole image is blurred, averaged, noised and JPEG-coded in that order, tiles
+    are cut off JPEG's 8x8 grid, and the baselines are scored on the same degraded inputs."""
+    from allen_sr.data import degrade
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for k in range(2):
+        Image.fromarray(tissue_image(160, 192, seed=k)).save(images / f"s{k}.png")
+    spec = "blur=1.5,noise=3,jpeg=85"
+    out = tmp_path / "eval"
+    code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={images}", "--max_tiles=6",
+                                                          f"--degrade={spec}", f"--out={out}"])
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["degrade"] == spec and spec in summary["protocol"] and summary["tiles"] == 6
+    rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["method"] in ("nearest", "bicubic")]
+    offsets = set()
+    for row in rows:
+        name, pos = row["example"].split("@")
+        top, left = map(int, pos.split(","))
+        offsets.add((top // 4 % 8, left // 4 % 8))
+        index = sorted(p.stem for p in images.iterdir()).index(name)
+        whole = load_image(str(images / f"{name}.png"))
+        low = degrade.degrade_image(whole, 4, degrade.parse_fixed(spec), seed=index)  # seed 0: index
+        lr = low[top // 4:top // 4 + 8, left // 4:left // 4 + 8]
+        target = whole[top:top + 32, left:left + 32]
+        assert float(row["psnr"]) == pytest.approx(metrics.psnr(metrics.upscale(lr, 4, row["method"]), target), abs=1e-3)
+        clean = metrics.upscale(tiles.area_downsample(target, 4), 4, row["method"])
+        assert abs(float(row["psnr"]) - metrics.psnr(clean, target)) > 0.01  # not the clean input
+    assert all(oy and ox for oy, ox in offsets), offsets  # never on the JPEG grid
+
+
+@pytest.mark.parametrize("spec, named", [("jpeg=75,sharpen=1", "sharpen"), ("jpeg=120", "jpeg=120"),
+                                         ("noise=2,blur=1", "blur=1")])
+def test_evaluate_refuses_a_malformed_degrade_spec_in_one_line(ckpt_dir, tmp_path, capsys, spec, named):
+    code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}", f"--degrade={spec}",
+                                                          f"--out={tmp_path}/o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and named in err and "--degrade" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_evaluate_names_a_bad_images_argument(ckpt_dir, tmp_path, capsys):
     code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}/nothing*.png", f"--out={tmp_path}/o"])
     assert code == 2 and "nothing*.png" in capsys.readouterr().err

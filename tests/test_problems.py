@@ -51,8 +51,11 @@ def raw_tiles(data_dir: str, split: str) -> np.ndarray:
     return np.stack(out)
 
 
-def read(problem_name: str, mode: str, data_dir: str, epochs: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) of every example of the mode's split, ``epochs`` times over, as uint8."""
+def read(problem_name: str, mode: str, data_dir: str, epochs: int = 1,
+         degradation: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of every example of the mode's split, ``epochs`` times over, as uint8.
+
+    ``degradation`` is the set's hparam (default none: the problem's own clean inputs)."""
     register_all()
     import tensorflow as tf
     from tensor2tensor.utils import registry, trainer_lib
@@ -61,6 +64,7 @@ def read(problem_name: str, mode: str, data_dir: str, epochs: int = 1) -> tuple[
     hparams = trainer_lib.create_hparams(HPARAMS_SET, data_dir=data_dir, problem_name=problem_name)
     if hasattr(hparams, "color_augment"):  # optional colour augmentation: not what these tests check
         hparams.set_hparam("color_augment", "")
+    hparams.set_hparam("degradation", degradation)
     inputs, targets = [], []
     graph = tf.Graph()
     with graph.as_default():
@@ -228,3 +232,25 @@ def test_paint1_zeroes_one_pixel_per_example_at_its_own_place(data_dir):
             places.append(tuple(np.argwhere(hole)[0]))
     assert len(set(places[:8])) > 1, places[:8]  # the dev examples do not share one mask
     assert len(set(places)) > 60, len(set(places))  # 152 draws of 256 places
+
+
+# --------------------------------------------------------------------------- real inputs
+
+
+def test_training_inputs_are_degraded_by_the_sets_default_and_eval_inputs_stay_clean(data_dir):
+    """Every variant under the set's default `degradation`: in training a share of the inputs is
+    no longer the area average of its target (blurred, noisy, JPEG), about the spec's clean share
+    is exactly it; eval inputs are always exactly it (the problem and its dev metrics unchanged)."""
+    from allen_sr.data.degrade import REAL_INPUTS, parse_training
+
+    spec = parse_training(REAL_INPUTS)
+    for problem_name, factor in (("img2img_allen_brain_dim8to32", 4), ("img2img_allen_brain_dim8to32_grey", 4),
+                                 ("img2img_allen_brain_dim16to64", 4)):
+        inputs, targets = read(problem_name, "train", data_dir, epochs=3, degradation=REAL_INPUTS)
+        clean = np.array([np.array_equal(x, tiles.area_downsample(y, factor)) for x, y in zip(inputs, targets)])
+        # Degraded examples are rarely equal to the clean input by chance (a low blur and no noise or JPEG).
+        assert 0.6 * spec.clean <= clean.mean() <= spec.clean + 0.25, (problem_name, clean.mean())
+        error = np.abs(inputs[~clean].astype(int) - np.stack([tiles.area_downsample(y, factor) for y in targets[~clean]]))
+        assert error.mean() > 1.0 and error.max() <= 255
+        x, y = read(problem_name, "eval", data_dir, degradation=REAL_INPUTS)
+        np.testing.assert_array_equal(x, np.stack([tiles.area_downsample(t, factor) for t in y]))

@@ -2,8 +2,9 @@
 folder of images (not only a dataset's dev split).
 
 Images are cut into target tiles of the problem's output size (tissue tiles only, the same filter
-as datagen); each input is the rounded area downsample of its target, exactly what the model saw
-in training. The model is decoded with the decoder `allen-sr decode` uses for it.
+as datagen); each input is the rounded area downsample of its target, the problem's ideal input,
+or with --degrade SPEC a tile of the whole image degraded as a real input is (blurred, noisy,
+JPEG). The model is decoded with the decoder `allen-sr decode` uses for it.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from allen_sr.commands import args as shared
 from allen_sr.evaluation import metrics
+from allen_sr.data.degrade import FixedStep, degrade_image, format_fixed, parse_fixed
 from allen_sr.data.images import ImageSkipped, image_id, list_images, load_image
 from allen_sr.data.stats import LUMA
 from allen_sr.data import tiles as tiling
@@ -40,28 +42,51 @@ def collect_images(spec: str) -> list[str]:
     return paths
 
 
-def cut_targets(paths: list[str], size: int, channels: int, max_tiles: int | None,
-                seed: int) -> tuple[np.ndarray, list[str]]:
-    """Tissue tiles of `size` from every readable image, subsampled to `max_tiles` (seeded)."""
-    found, names = [], []
-    for path in paths:
+def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles: int | None,
+              seed: int, degrade: list[FixedStep] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(inputs, targets, names): tissue tiles of ``size`` from every readable image and their inputs.
+
+    Without ``degrade`` each input is the rounded area average of its target, exactly what the
+    model saw in training, and tiles lie on the grid from the image's corner. With ``degrade`` the
+    whole image is degraded first (:func:`allen_sr.data.degrade.degrade_image`, as a real input
+    would be) and each input is cut from that; the tile grid is then shifted by a seeded 1-7 input
+    px per image and axis, so JPEG's 8x8 block grid (which starts at the image's corner) does not
+    line up with the tiles. Tiles are subsampled to ``max_tiles`` (seeded).
+    """
+    found_inputs, found, names = [], [], []
+    for index, path in enumerate(paths):
         try:
             image = load_image(path, size)
         except ImageSkipped as exc:
             warnings.warn(str(exc))
             continue
-        kept, positions, _ = tiling.tissue_tiles(image, size)
+        if degrade is None:
+            kept, positions, _ = tiling.tissue_tiles(image, size)
+        else:
+            h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+            shift = np.random.default_rng([seed, index]).integers(1, 8, size=2) * factor
+            kept, positions, _ = tiling.tissue_tiles(image[shift[0]:h, shift[1]:w], size)
+            positions = positions + shift
+        if channels == 1:
+            image, kept = to_grey(image), to_grey(kept)
+        if degrade is None:
+            inputs = [tiling.area_downsample(t, factor) for t in kept]
+        else:
+            low = degrade_image(image[:h, :w], factor, degrade, seed=seed * 1_000_003 + index)
+            step = size // factor
+            inputs = [low[top // factor:top // factor + step, left // factor:left // factor + step]
+                      for top, left in positions]
         found.append(kept)
+        found_inputs += inputs
         names += [f"{image_id(path)}@{top},{left}" for top, left in positions]
     if not names:
         raise ValueError(f"no tissue tiles of {size}x{size} px in {len(paths)} image(s)")
     targets = np.concatenate(found)
+    inputs = np.stack(found_inputs)
     if max_tiles and len(targets) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(targets), max_tiles, replace=False))
-        targets, names = targets[keep], [names[i] for i in keep]
-    if channels == 1:
-        targets = to_grey(targets)
-    return targets, names
+        inputs, targets, names = inputs[keep], targets[keep], [names[i] for i in keep]
+    return inputs, targets, names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,19 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_model_args(p)
     p.add_argument("--images", required=True, help="folder of images, or a glob pattern")
     p.add_argument("--max_tiles", type=int, default=256, help="evaluate at most this many tiles (default 256; 0 = all)")
+    p.add_argument("--degrade", metavar="SPEC",
+                   help="evaluate on realistic inputs: steps applied in order to each whole image, e.g. "
+                        "jpeg=75 or blur=1.5,noise=3,jpeg=85 (blur: Gaussian sigma in full-resolution px "
+                        "before the area average; kernel=area|bicubic|bilinear: the downsampling; "
+                        "noise: Gaussian sd in grey levels; shot: signal-dependent sd at white; jpeg: "
+                        "quality, 4:2:0). Default: the exact area average")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, metrics.csv, grid.png")
     return p
 
 
 def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str],
-             max_tiles: int | None = 256, progress: bool = True) -> dict:
-    """Score the model ``spec`` names on tissue tiles of ``images``; writes the results, returns the summary."""
+             max_tiles: int | None = 256, progress: bool = True, degrade: str | None = None) -> dict:
+    """Score the model ``spec`` names on tissue tiles of ``images``; writes the results, returns the summary.
+
+    ``degrade`` (for example ``"blur=1.5,noise=3,jpeg=85"``, :mod:`allen_sr.data.degrade`) makes
+    the inputs realistic instead of ideal; the model and the baselines see the same inputs.
+    """
     from allen_sr.evaluation.results import write_results
 
+    steps = parse_fixed(degrade) if degrade else None
     input_size, size, channels = shared.model_shape(spec)
     factor = size // input_size
-    targets, names = cut_targets(collect_images(images), size, channels, max_tiles or None, spec.seed)
-    inputs = np.stack([tiling.area_downsample(t, factor) for t in targets])
+    inputs, targets, names = cut_pairs(collect_images(images), size, factor, channels, max_tiles or None,
+                                       spec.seed, steps)
     opened = shared.open_model(spec)
     print(f"evaluating {len(targets)} tiles of {size}x{size} px ({opened.model}, {opened.mode})", flush=True)
     start = time.perf_counter()
@@ -91,10 +127,12 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     kind = getattr(opened.decoder, "name", "model")
     source = f"exported {spec.exported}" if spec.exported else spec.hparams_set
     note = (f"{len(targets)} tissue tiles of {size}x{size} from {images}; "
-            f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}"
+            + (f"inputs degraded ({format_fixed(steps)}: the whole image, before tiles were cut on a "
+               "grid shifted 1-7 input px from JPEG's); " if steps else "")
+            + f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}"
             + (", mean of the 8 flips/rotations" if getattr(opened.decoder, "tta", False) else ""))
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names,
-                            baselines=metrics.METHODS)
+                            baselines=metrics.METHODS, extra={"degrade": format_fixed(steps) if steps else None})
     print(metrics.summary_to_text(summary))
     print(f"decoded {len(targets)} tiles in {seconds:.1f} s; wrote {out_dir}/metrics.json, metrics.md, "
           "metrics.csv, grid.png")
@@ -105,7 +143,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = shared.parse(build_parser(), argv)
 
     def body() -> None:
-        evaluate(shared.model_spec(args), args.images, args.out, args.max_tiles, not args.no_progress)
+        evaluate(shared.model_spec(args), args.images, args.out, args.max_tiles, not args.no_progress,
+                 args.degrade)
 
     return shared.run_command("evaluate", body)
 

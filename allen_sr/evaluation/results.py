@@ -30,12 +30,14 @@ def write_results(
     baselines: Sequence[str] = ("bicubic",),
     example_pngs: bool = False,
     grid_rows: int = GRID_ROWS,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score ``predictions`` against ``targets`` and write the outputs; returns the summary.
 
     ``names`` label the examples in the CSV and grid (default: their index). ``baselines`` are
     the interpolation methods scored beside the model; the last one is the grid's baseline
-    column. ``example_pngs`` also writes ``example_000.png``... (one per prediction).
+    column. ``example_pngs`` also writes ``example_000.png``... (one per prediction). ``extra``
+    entries are added to the summary and ``metrics.json`` (e.g. how the inputs were made).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,9 +57,9 @@ def write_results(
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
     protocol = metrics.PROTOCOL + (f"; {protocol_note}" if protocol_note else "")
-    summary = table.summary(protocol)
+    summary = {**table.summary(protocol), **(extra or {})}
     table.write_csv(out / "metrics.csv")
-    table.write_json(out / "metrics.json", protocol=protocol)
+    fileio.write_json_atomic(summary, out / "metrics.json")
     fileio.atomic_write_text(f"# Results\n\n{metrics.summary_to_markdown(summary)}\n", out / "metrics.md")
     grid = pictures.prediction_grid(
         rows, columns=("input (nearest)", shown, "model", "target"), captions=captions)

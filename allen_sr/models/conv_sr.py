@@ -31,6 +31,7 @@ from tensor2tensor.utils import learning_rate as t2t_learning_rate  # noqa: E402
 from tensor2tensor.utils import optimize as t2t_optimize  # noqa: E402
 from tensor2tensor.utils import t2t_model  # noqa: E402
 
+from allen_sr.data.degrade import REAL_INPUTS  # noqa: E402
 from allen_sr.models.variables import EMA_NAME  # noqa: E402
 from allen_sr.models import conv_net, schedule  # noqa: E402
 from allen_sr.models.normalization import input_statistics  # noqa: E402
@@ -73,6 +74,8 @@ HPARAMS: tuple[tuple[str, Any, str], ...] = (
     ("upsample", "x2_stages", "x2_stages (log2(factor) x2 conv stages) | pixel_shuffle (one sub-pixel conv) "
      "| input_res (everything at the input resolution, bicubic and projection folded in)"),
     ("upsample_width", 16, "channels per output pixel of the pixel_shuffle conv"),
+    ("degradation", REAL_INPUTS, "training inputs made realistic (blur, noise, JPEG, stain; "
+     "allen_sr.data.degrade, items joined by ;); none = the exact area average"),
 )
 
 

@@ -2,7 +2,8 @@
 
 Records hold lossless raw 64x64 RGB tiles (allen_sr.data.tfrecord). Each problem crops its target from a
 tile (random crop plus flips/90-degree rotations when training, the centre crop otherwise, so eval
-and decode see fixed examples) and derives its input by area downsampling, rounded to uint8.
+and decode see fixed examples) and derives its input by area downsampling, rounded to uint8; in
+training the model's `degradation` hparam makes that input realistic (allen_sr.t2t.degradation).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tensor2tensor.utils import metrics as t2t_metrics  # noqa: E402
 from allen_sr.data import datagen  # noqa: E402
 from allen_sr.data.images import list_images  # noqa: E402
 from allen_sr.data import tiles as tiling  # noqa: E402
+from allen_sr.t2t import degradation  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +92,13 @@ class TileSuperResolution(problem.Problem):
     def preprocess_example(self, example, mode, hparams):
         tile = tf.reshape(example["targets"], [self.tile_size, self.tile_size, 3])
         size = self.output_dim
+        spec = None
         if mode == tf.estimator.ModeKeys.TRAIN:
             augment = str(getattr(hparams, "color_augment", "") or "")
             if augment:
                 tile = color_augment(tile, augment)
+            # A stock set has no `degradation`: clean inputs, as the problem defines them.
+            spec = degradation.training_degradation(hparams)
             target = tf.image.random_crop(tile, [size, size, 3])
             target = tf.image.random_flip_left_right(target)
             target = tf.image.rot90(target, tf.random.uniform([], 0, 4, dtype=tf.int32))
@@ -103,7 +108,9 @@ class TileSuperResolution(problem.Problem):
         if self.num_channels == 1:
             target = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(target, tf.float32))), tf.uint8)
         target = tf.reshape(target, [size, size, self.num_channels])
-        inputs = area_downsample(target, self.input_dim)
+        # Training only: a realistic (blurred, noisy, JPEG) input per example; otherwise the exact
+        # rounded area average, which is what the problem and its dev metrics are defined on.
+        target, inputs = degradation.degrade_pair(target, spec, self.input_dim)
         if self.inpaint_fraction:
             inputs = inputs * random_square_mask(self.input_dim, self.num_channels, self.inpaint_fraction)
         example["inputs"] = tf.cast(inputs, tf.int64)
@@ -178,12 +185,6 @@ def color_augment(tile, spec):
     if "permute" in parts:
         x = tf.gather(x, tf.random.shuffle(tf.range(3)), axis=2)
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tile.dtype)
-
-
-def area_downsample(image, size):
-    """Area-resize an integer image tensor [H, W, C] to size x size, rounded (not truncated)."""
-    small = tf.image.resize(tf.cast(image, tf.float32), [size, size], method=tf.image.ResizeMethod.AREA)
-    return tf.cast(tf.round(small), tf.uint8)
 
 
 def random_square_mask(size, channels, fraction):
