@@ -75,8 +75,20 @@ GOAL_CLEAN_DB, GOAL_DEGRADED_DB, IT_GOAL_CLEAN_DB = 1.5, 0.4, 0.5
 SEED = 0
 
 
-def variants(only: set[str]) -> list[tuple[bq.Run, str]]:
-    """(run, --hparams) of each model x {default degradation, none}."""
+def variants(only: set[str], extra: list[str]) -> list[tuple[bq.Run, str]]:
+    """(run, --hparams) of each model x {default degradation, none}, or of each ``extra`` NAME=HPARAMS."""
+    if extra:
+        model = "conv" if "conv" in only else "transformer"
+        out = []
+        for item in extra:
+            name, _, overrides = item.partition("=")
+            if model == "conv":
+                out.append((bq.Run(name, "img2img_conv_sr", CONV_SET, ((f"conv {name}", "greedy", ""),),
+                                   self_timed=True), overrides))
+            else:
+                out.append((bq.Run(name, "img2img_transformer_sr", IT_SET, ((f"IT mean {name}", "mean", ""),),
+                                   self_timed=True), overrides))
+        return out
     out = []
     if "conv" in only:
         for tag, overrides in (("degraded", ""), ("clean", "degradation=none")):
@@ -116,13 +128,14 @@ def cells(files: dict[str, list[str]], max_tiles: int) -> dict[tuple[str, str], 
 
 def train_all(runs: list[tuple[bq.Run, str]], seconds: float, data_dir: Path, work: Path, parallel: int) -> None:
     """Train every run (``parallel`` at a time); results in run.result and runs/<name>/result.json."""
-    def one(run: bq.Run, overrides: str) -> None:
+    def one(run: bq.Run, overrides: str, together: int) -> None:
         run.result = bq.train_for(run, seconds, data_dir, work / "runs" / run.name, 600, overrides)
+        run.result["alongside"] = together - 1  # runs trained at the same time as this one
         (work / "runs" / run.name / "result.json").write_text(json.dumps(run.result, indent=2, default=str))
 
     for start in range(0, len(runs), parallel):
         group = runs[start:start + parallel]
-        threads = [threading.Thread(target=one, args=pair) for pair in group]
+        threads = [threading.Thread(target=one, args=(run, overrides, len(group))) for run, overrides in group]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -189,7 +202,8 @@ def picture(path: Path, runs: list[bq.Run], data: dict, preds: dict) -> None:
     rows, captions = [], []
     for stain in SOURCES:
         cell = data[stain, PICTURE_INPUT]
-        for i in np.linspace(0, len(cell["inputs"]) - 1, 4)[1:3].astype(int):
+        decoded = min(len(preds[r.name][stain, PICTURE_INPUT]) for r in runs)  # tiles every run decoded
+        for i in np.linspace(0, decoded - 1, 4)[1:3].astype(int):
             lr = cell["inputs"][i]
             rows.append([metrics.upscale(lr, bq.FACTOR, "nearest"), metrics.upscale(lr, bq.FACTOR, "bicubic"),
                          *(preds[r.name][stain, PICTURE_INPUT][i] for r in runs), cell["targets"][i]])
@@ -206,9 +220,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=1, choices=(1, 2), help="runs trained at once (default 1)")
     p.add_argument("--only", default="conv,transformer", help="subset of: conv,transformer")
     p.add_argument("--tiles", type=int, default=256, help="tiles per held-out stain and input, conv (default 256)")
-    p.add_argument("--it_tiles", type=int, default=64,
-                   help="of those, the Image Transformer decodes the first N (default 64; it is slow)")
+    p.add_argument("--it_tiles", type=int, default=48,
+                   help="of those, the Image Transformer decodes the first N (default 48; it is slow)")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=HPARAMS",
+                   help="instead of the default pair, train these variants of the first --only model "
+                        "(side-by-side trials of the recipe; e.g. hed=degradation=hed=0.2;jpeg=60:95)")
     p.add_argument("--reuse_runs", action="store_true", help="evaluate runs already trained in --work")
     return p.parse_args(argv)
 
@@ -217,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_real_inputs_"))
     work.mkdir(parents=True, exist_ok=True)
-    runs = variants(set(args.only.split(",")))
+    runs = variants(set(args.only.split(",")), args.variant)
     try:
         train_dir = work / "train_images"
         shutil.rmtree(train_dir, ignore_errors=True)
@@ -250,14 +267,15 @@ def main(argv: list[str] | None = None) -> int:
                 row[run.name] = float((metrics.psnr_batch(pred, cell["targets"][:len(pred)]) - bicubic[:len(pred)]).mean())
             scores[key] = row
         ordered = [r for r, _ in runs]
-        canonical = (args.minutes, args.tiles, args.it_tiles) == (15.0, 256, 64) and len(runs) == 4
+        canonical = (args.minutes, args.tiles, args.it_tiles) == (15.0, 256, 48) and len(runs) == 4
         grid = HERE.parent / "docs" / "real_inputs_jpeg75.png" if canonical else work / "real_inputs_jpeg75.png"
         picture(grid, ordered, data, preds)
-        steps = "; ".join(f"{r.name} {r.result['steps']} steps in {r.result['seconds']:.0f} s" for r in ordered)
+        steps = "; ".join(f"{r.name} {r.result['steps']} steps in {r.result['seconds']:.0f} s"
+                          + (" (beside another run)" if r.result.get("alongside") else " (alone)") for r in ordered)
         text = "\n".join([
             f"### Gain over bicubic (dB) on held-out stains and real inputs, {args.minutes:g} minutes of training",
             "", *gain_table(ordered, scores), "", "Goals:", *goals(ordered, scores), "",
-            f"Trained ({'two at a time' if args.parallel == 2 else 'one at a time'}): {steps}. Training: the "
+            f"Trained: {steps}. Training: the "
             f"train tiles of {', '.join(split['train'])}. Held-out: " + "; ".join(
                 f"{stain}: {', '.join(Path(p).stem for p in paths)}" for stain, paths in files.items())
             + f". Conv rows: {args.tiles} tiles per cell (8-fold averaging, as `allen-sr evaluate`); Image "

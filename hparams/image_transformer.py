@@ -9,7 +9,7 @@ block-raster order, which its own decoder cannot run (see README).
 from tensor2tensor.layers import common_image_attention as cia
 from tensor2tensor.models import image_transformer_2d
 
-from allen_sr.data.degrade import REAL_INPUTS
+from allen_sr.data.degrade import REAL_INPUTS_TRANSFORMER
 from allen_sr.models import image_transformer  # noqa: F401  (registers img2img_transformer_sr)
 from allen_sr.t2t import registration
 
@@ -48,7 +48,7 @@ def _allen_transformer_base():
     hp.add_hparam("ev_loss_weight", 4.0)  # weight of the L1 of each sub-pixel's expected value (prior_sigma units)
     hp.add_hparam("self_condition", 0.0)  # fraction of the context replaced by the model's own mean values (training)
     hp.add_hparam("color_augment", "")  # problem-side colour augmentation of training tiles (problems.py)
-    hp.add_hparam("degradation", REAL_INPUTS)  # realistic training inputs (allen_sr.t2t.degradation); none: clean
+    hp.add_hparam("degradation", REAL_INPUTS_TRANSFORMER)  # realistic training inputs (allen_sr.t2t.degradation); none: clean
     # Decoding: the mode `allen-sr decode/evaluate/upscale` use when --mode is not given.
     hp.add_hparam("decode_mode", "mean")
     hp.add_hparam("decode_tta", False)  # average the decodes of the 8 flips/rotations (measured: +0.006 dB, 10x time)

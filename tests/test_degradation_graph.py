@@ -119,6 +119,19 @@ def test_hed_jitter_changes_the_stain_and_the_input_follows_the_target(target):
     assert np.abs(kept[0].astype(int) - target).max() <= 1
 
 
+def test_permute_puts_the_colour_channels_in_random_orders(target):
+    targets, inputs = draw("permute=1", target, 30)
+    orders = set()
+    for t, x in zip(targets, inputs):
+        order = next(o for o in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+                     if np.array_equal(t, target[..., list(o)]))
+        orders.add(order)
+        np.testing.assert_array_equal(x, tiles.area_downsample(t, 4))
+    assert len(orders) >= 4, orders
+    targets, _ = draw("permute=0;noise=1", target, 3)
+    assert (targets == target).all()
+
+
 def test_every_allen_sr_set_trains_with_real_inputs_and_none_turns_it_off():
     from tensor2tensor.utils import registry
 
@@ -128,7 +141,8 @@ def test_every_allen_sr_set_trains_with_real_inputs_and_none_turns_it_off():
     assert len(ours) >= 7, ours
     for name in ours:
         hparams = checkpoints.load_hparams(name, "img2img_local_dim8to32")
-        assert hparams.degradation == degrade.REAL_INPUTS, name
+        expected = degrade.REAL_INPUTS if name.startswith("img2img_conv_sr") else degrade.REAL_INPUTS_TRANSFORMER
+        assert hparams.degradation == expected, name
         assert degradation.training_degradation(hparams) is not None
     # tensor2tensor's --hparams splits on commas: `;` joins the items inside it.
     hparams = checkpoints.load_hparams("img2img_conv_sr_cpu", "img2img_local_dim8to32",

@@ -13,9 +13,9 @@ from conftest import tissue_image
 # --- the grammar ------------------------------------------------------------------------------
 
 def test_training_spec_parses_ranges_shares_and_kernels():
-    spec = degrade.parse_training("clean=0.25; hed=0.05; blur=0:2@0.5; kernel=area|bicubic; "
+    spec = degrade.parse_training("clean=0.25; hed=0.05; permute=0.5; blur=0:2@0.5; kernel=area|bicubic; "
                                   "noise=1:4; shot=3; jpeg=60:95@0.7")
-    assert spec.clean == 0.25 and spec.hed == 0.05
+    assert spec.clean == 0.25 and spec.hed == 0.05 and spec.permute == 0.5
     assert spec.blur == degrade.Range(0.0, 2.0, 0.5)
     assert spec.kernels == ("area", "bicubic")
     assert spec.noise == degrade.Range(1.0, 4.0) and spec.shot == degrade.Range(3.0, 3.0)

@@ -119,8 +119,12 @@ def _downsample(image, size: int, kernels: tuple[str, ...]):
 def _degraded(target, spec: TrainingDegradation, size: int):
     """(target, input) of one example with every degradation drawn."""
     x = tf.cast(target, tf.float32)
-    if spec.hed and int(target.shape[-1]) == 3:
-        x = hed_jitter(x, spec.hed)
+    if (spec.hed or spec.permute) and int(target.shape[-1]) == 3:
+        if spec.hed:
+            x = hed_jitter(x, spec.hed)
+        if spec.permute:
+            order = tf.where(tf.random.uniform([]) < spec.permute, tf.random.shuffle(tf.range(3)), tf.range(3))
+            x = tf.gather(x, order, axis=-1)
         target = tf.cast(tf.round(x), target.dtype)
         x = tf.cast(target, tf.float32)
     if spec.blur is not None and spec.blur.hi > 0:
