@@ -29,7 +29,7 @@ def _allen_transformer_base():
     hp.clip_grad_norm = 1.0
     # Read by model img2img_transformer_sr only (allen_sr/models/image_transformer.py). The recipe
     # (bicubic prior, Gaussian only, normalized inputs, bicubic/noisy conditioning in training) is
-    # what held-out side-by-side runs kept (docs/ARCHITECTURE.md, "Benchmark history").
+    # what held-out side-by-side runs kept (docs/decisions/image_transformer.md).
     hp.add_hparam("normalize_inputs", True)  # add each input value scaled by the dataset mean/std
     hp.add_hparam("input_skip", True)  # add each sub-pixel's input pixel embedding to its decoder input
     hp.add_hparam("bicubic_prior", True)  # add a Gaussian around bicubic + learned offset to the logits
@@ -63,7 +63,7 @@ def img2img_allen_cpu_tiny():
     hp.filter_size = 128
     # 2 heads and 64-sub-pixel blocks: 1.4x the steps of 4 heads and 128 on 2 CPU cores (attention
     # is most of a step), which scored better on held-out tissue after the same 15 minutes
-    # (docs/ARCHITECTURE.md, "Benchmark history", session 9).
+    # (docs/decisions/image_transformer.md, "Why 2 heads and 64-sub-pixel blocks").
     hp.num_heads = 2
     hp.num_encoder_layers = 2
     hp.num_decoder_layers = 2

@@ -86,7 +86,7 @@ def test_evaluate_degrade_cuts_tiles_from_the_degraded_whole_image(ckpt_dir, tmp
         offsets.add((top // 4 % 8, left // 4 % 8))
         index = sorted(p.stem for p in images.iterdir()).index(name)
         whole = load_image(str(images / f"{name}.png"))
-        low = degrade.degrade_image(whole, 4, degrade.parse_fixed(spec), seed=index)  # seed 0: index
+        low = degrade.degrade_image(whole, 4, degrade.parse_fixed(spec), seed=index)  # --seed 0
         lr = low[top // 4:top // 4 + 8, left // 4:left // 4 + 8]
         target = whole[top:top + 32, left:left + 32]
         assert float(row["psnr"]) == pytest.approx(metrics.psnr(metrics.upscale(lr, 4, row["method"]), target), abs=1e-3)

@@ -71,8 +71,8 @@ def it_export(it_run, tmp_path_factory) -> Path:
 
 
 def sample_tiles(n: int, seed: int = 0) -> np.ndarray:
-    targets, _ = evaluate_cmd.cut_targets(evaluate_cmd.collect_images(SAMPLE_IMAGES), 32, 3, n, seed)
-    return np.stack([t.reshape(8, 4, 8, 4, 3).mean(axis=(1, 3)) for t in targets]).round().astype(np.uint8)
+    inputs, _, _ = evaluate_cmd.cut_pairs(evaluate_cmd.collect_images(SAMPLE_IMAGES), 32, 4, 3, n, seed)
+    return inputs
 
 
 # ---------------------------------------------------------------- the conv model: SavedModel, ONNX
@@ -215,23 +215,29 @@ def test_exported_models_run_on_python_312_without_tensorflow(py312, conv_run, c
                                                               it_export, tmp_path):
     """In a Python 3.12 venv of requirements/predict.txt + `pip install --no-deps .` (no
     TensorFlow, no tensor2tensor): `allen-sr evaluate --exported` scores the conv model's PSNR
-    as the full install scores the checkpoint (within 0.05 dB), `upscale --exported` writes the
-    same image, and the exported Image Transformer decodes to the full stack's greedy values."""
+    as the full install scores the checkpoint (within 0.05 dB), on ideal and on --degrade inputs,
+    `upscale --exported` writes the same image, and the exported Image Transformer decodes to the
+    full stack's greedy values."""
     probe = run_in(py312, "-c", "import importlib.util as u, sys; print(sys.version_info[:2], "
                    "u.find_spec('tensorflow'), u.find_spec('tensor2tensor'))")
     assert probe.stdout.strip() == "(3, 12) None None"
     allen_sr = str(py312.parent / "allen-sr")
-    # evaluate: the checkpoint with the full stack, the export in the 3.12 venv
+    # evaluate: the checkpoint with the full stack, the export in the 3.12 venv; ideal and real inputs
     spec = ModelSpec(problem=PROBLEM, hparams_set=CONV_SET, output_dir=conv_run)
-    full = evaluate_cmd.evaluate(spec, SAMPLE_IMAGES, tmp_path / "full", EVAL_TILES, progress=False)
-    subprocess.run([allen_sr, "evaluate", "--exported", str(conv_export), "--images", SAMPLE_IMAGES,
-                    "--max_tiles", str(EVAL_TILES), "--out", str(tmp_path / "light"), "--no_progress"],
-                   check=True, capture_output=True, cwd="/")
-    light = json.loads((tmp_path / "light" / "metrics.json").read_text())
-    assert light["tiles"] == full["tiles"] == EVAL_TILES
-    gap = abs(light["methods"]["model"]["psnr"] - full["methods"]["model"]["psnr"])
-    print(f"PSNR full {full['methods']['model']['psnr']} exported {light['methods']['model']['psnr']} gap {gap:.4f} dB")
-    assert gap <= 0.05
+    for degrade in (None, "blur=1,noise=2,jpeg=80"):
+        full = evaluate_cmd.evaluate(spec, SAMPLE_IMAGES, tmp_path / "full", EVAL_TILES, progress=False,
+                                     degrade=degrade)
+        subprocess.run([allen_sr, "evaluate", "--exported", str(conv_export), "--images", SAMPLE_IMAGES,
+                        "--max_tiles", str(EVAL_TILES), "--out", str(tmp_path / "light"), "--no_progress",
+                        *(["--degrade", degrade] if degrade else [])],
+                       check=True, capture_output=True, cwd="/")
+        light = json.loads((tmp_path / "light" / "metrics.json").read_text())
+        assert light["tiles"] == full["tiles"] == EVAL_TILES and light["degrade"] == full["degrade"] == degrade
+        gap = abs(light["methods"]["model"]["psnr"] - full["methods"]["model"]["psnr"])
+        print(f"{degrade}: PSNR full {full['methods']['model']['psnr']} exported "
+              f"{light['methods']['model']['psnr']} gap {gap:.4f} dB")
+        assert gap <= 0.05
+        assert light["methods"]["bicubic"] == full["methods"]["bicubic"]  # the same degraded inputs
     # upscale: same tiling, blending and writer
     image = os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png")
     region = ["--image", image, "--width", "150", "--height", "100", "--tile", "64", "--no_progress",

@@ -62,20 +62,10 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
             continue
         if degrade is None:
             kept, positions, _ = tiling.tissue_tiles(image, size)
-        else:
-            h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-            shift = np.random.default_rng([seed, index]).integers(1, 8, size=2) * factor
-            kept, positions, _ = tiling.tissue_tiles(image[shift[0]:h, shift[1]:w], size)
-            positions = positions + shift
-        if channels == 1:
-            image, kept = to_grey(image), to_grey(kept)
-        if degrade is None:
+            kept = to_grey(kept) if channels == 1 else kept
             inputs = [tiling.area_downsample(t, factor) for t in kept]
         else:
-            low = degrade_image(image[:h, :w], factor, degrade, seed=seed * 1_000_003 + index)
-            step = size // factor
-            inputs = [low[top // factor:top // factor + step, left // factor:left // factor + step]
-                      for top, left in positions]
+            kept, positions, inputs = degraded_pairs(image, size, factor, channels, degrade, seed, index)
         found.append(kept)
         found_inputs += inputs
         names += [f"{image_id(path)}@{top},{left}" for top, left in positions]
@@ -87,6 +77,26 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
         keep = np.sort(np.random.default_rng(seed).choice(len(targets), max_tiles, replace=False))
         inputs, targets, names = inputs[keep], targets[keep], [names[i] for i in keep]
     return inputs, targets, names
+
+
+def degraded_pairs(image: np.ndarray, size: int, factor: int, channels: int, degrade: list[FixedStep],
+                   seed: int, index: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(targets, positions, inputs) of image number ``index``, its whole low-resolution version degraded.
+
+    The tile grid starts 1-7 input px (drawn from ``seed`` and ``index``) from the image's corner
+    on each axis, where JPEG's block grid starts, so the two never line up; the noise is seeded
+    by both too.
+    """
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    shift = np.random.default_rng([seed, index]).integers(1, 8, size=2) * factor
+    kept, positions, _ = tiling.tissue_tiles(image[shift[0]:h, shift[1]:w], size)
+    positions = positions + shift
+    if channels == 1:
+        image, kept = to_grey(image), to_grey(kept)
+    low = degrade_image(image[:h, :w], factor, degrade, seed=seed * 1_000_003 + index)
+    step = size // factor
+    inputs = [low[top // factor:top // factor + step, left // factor:left // factor + step] for top, left in positions]
+    return kept, positions, inputs
 
 
 def build_parser() -> argparse.ArgumentParser:

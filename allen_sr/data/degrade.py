@@ -60,7 +60,7 @@ LIMITS = {
 TRAINING_KEYS = ("clean", "hed", "permute", "blur", "kernel", "noise", "shot", "jpeg")
 FIXED_KEYS = ("blur", "kernel", "noise", "shot", "jpeg")
 FULL_RESOLUTION_KEYS = ("blur", "kernel")  # act on the full-resolution image: first in a fixed spec
-# The `degradation` the allen-sr hparams sets train with (measurements: docs/real_inputs.md): the
+# The `degradation` the allen-sr hparams sets train with (measurements: docs/decisions/real_inputs.md): the
 # conv sets, and the Image Transformer sets, which keep more examples clean (their clean margin
 # over bicubic is smaller and their few hundred CPU steps learn less).
 REAL_INPUTS = "clean=0.3;hed=0.2;permute=0.5;blur=0:2@0.5;noise=0:5@0.5;shot=0:5@0.3;jpeg=50:95@0.8"
