@@ -75,29 +75,27 @@ GOAL_CLEAN_DB, GOAL_DEGRADED_DB, IT_GOAL_CLEAN_DB = 1.5, 0.4, 0.5
 SEED = 0
 
 
+# --only name -> (model, hparams set, row label, decoding mode as `allen-sr evaluate` decodes it)
+MODELS = {"conv": ("img2img_conv_sr", CONV_SET, "conv", "greedy"),
+          "transformer": ("img2img_transformer_sr", IT_SET, "IT mean", "mean")}
+
+
+def make_run(model: str, name: str, label: str) -> bq.Run:
+    net, hparams_set, _, mode = MODELS[model]
+    return bq.Run(name, net, hparams_set, ((label, mode, ""),), self_timed=True)
+
+
 def variants(only: set[str], extra: list[str]) -> list[tuple[bq.Run, str]]:
     """(run, --hparams) of each model x {default degradation, none}, or of each ``extra`` NAME=HPARAMS."""
     if extra:
         model = "conv" if "conv" in only else "transformer"
-        out = []
-        for item in extra:
-            name, _, overrides = item.partition("=")
-            if model == "conv":
-                out.append((bq.Run(name, "img2img_conv_sr", CONV_SET, ((f"conv {name}", "greedy", ""),),
-                                   self_timed=True), overrides))
-            else:
-                out.append((bq.Run(name, "img2img_transformer_sr", IT_SET, ((f"IT mean {name}", "mean", ""),),
-                                   self_timed=True), overrides))
-        return out
+        return [(make_run(model, name, f"{MODELS[model][2]} {name}"), overrides)
+                for name, _, overrides in (item.partition("=") for item in extra)]
     out = []
-    if "conv" in only:
-        for tag, overrides in (("degraded", ""), ("clean", "degradation=none")):
-            out.append((bq.Run(f"conv_{tag}", "img2img_conv_sr", CONV_SET,
-                               ((f"conv, trained {tag}", "greedy", ""),), self_timed=True), overrides))
-    if "transformer" in only:
-        for tag, overrides in (("degraded", ""), ("clean", "degradation=none")):
-            out.append((bq.Run(f"it_{tag}", "img2img_transformer_sr", IT_SET,
-                               ((f"IT mean, trained {tag}", "mean", ""),), self_timed=True), overrides))
+    for model, prefix in (("conv", "conv"), ("transformer", "it")):
+        if model in only:
+            for tag, overrides in (("degraded", ""), ("clean", "degradation=none")):
+                out.append((make_run(model, f"{prefix}_{tag}", f"{MODELS[model][2]}, trained {tag}"), overrides))
     return out
 
 
