@@ -75,6 +75,33 @@ def test_imports_point_down_the_layers():
     assert wrong == []
 
 
+def test_no_import_cycles():
+    """Module-level and function-level imports alike: a cycle (two modules each needing the other)
+    works only by the order they happen to be imported in."""
+    names = {n for n, _ in modules()}
+    graph = {}
+    for name, path in modules():
+        graph[name] = set()
+        for target, imported in imports(path, name):
+            found = {f"{target}.{n}" for n in imported if f"{target}.{n}" in names} or {target}
+            graph[name] |= {t for t in found if t in names and t != name}
+    cycles, seen = [], set()
+
+    def walk(node, trail):
+        for nxt in sorted(graph[node]):
+            if nxt in trail:
+                cycles.append(trail[trail.index(nxt):] + [nxt])
+            elif nxt not in seen:
+                seen.add(nxt)
+                walk(nxt, trail + [nxt])
+
+    for start in sorted(graph):
+        if start not in seen:
+            seen.add(start)
+            walk(start, [start])
+    assert cycles == []
+
+
 def test_no_private_name_is_imported_across_modules():
     wrong = []
     for name, path in modules():

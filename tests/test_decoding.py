@@ -525,6 +525,17 @@ def test_decoder_registry_dispatch(ckpt_dir):
         registry.make_decoder("some_other_model", "fast", hparams, ckpt_dir)
 
 
+def test_a_taken_decoder_name_is_refused_unless_replaced(monkeypatch):
+    monkeypatch.setattr(registry, "DECODERS", {m: dict(k) for m, k in registry.DECODERS.items()})
+    with pytest.raises(ValueError, match="'fast' decoder of model 'img2img_transformer' is registered already"):
+        registry.register_decoder("img2img_transformer", "fast", "my_plugin:Decoder")
+    assert registry.DECODERS["img2img_transformer"]["fast"] == "allen_sr.decoding.fast:FastDecoder.from_checkpoint"
+    registry.register_decoder("img2img_transformer", "fast", "my_plugin:Decoder", replace=True)
+    registry.register_decoder("my_model", "one_pass", "my_plugin:OnePass")
+    assert registry.DECODERS["img2img_transformer"]["fast"] == "my_plugin:Decoder"
+    assert registry.decoder_kinds("my_model") == ["one_pass"]
+
+
 def test_import_is_cheap():
     """Importing the decode command and the NumPy decoders must not pull in TensorFlow."""
     import subprocess

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from allen_sr.decoding.support import UnsupportedHParamsError
+from allen_sr.decoding.errors import UnsupportedHParamsError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams

@@ -35,8 +35,16 @@ DECODERS: dict[str, dict[str, str | DecoderFactory]] = {
 KINDS = ("fast", "naive", "one_pass")  # every kind a --decoder flag may name
 
 
-def register_decoder(model_name: str, kind: str, factory: str | DecoderFactory) -> None:
-    """Make ``factory`` (a callable or "module:attribute") the ``kind`` decoder of ``model_name``."""
+def register_decoder(model_name: str, kind: str, factory: str | DecoderFactory, replace: bool = False) -> None:
+    """Make ``factory`` (a callable or "module:attribute") the ``kind`` decoder of ``model_name``.
+
+    A name that is taken is refused (ValueError) unless ``replace`` is true: two plug-ins picking
+    the same name would otherwise decide silently, by import order, which one decodes.
+    """
+    taken = DECODERS.get(model_name, {}).get(kind)
+    if taken is not None and not replace:
+        raise ValueError(f"a {kind!r} decoder of model {model_name!r} is registered already ({taken!r}); "
+                         "pass replace=True to replace it")
     DECODERS.setdefault(model_name, {})[kind] = factory
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from allen_sr.decoding.errors import UnsupportedHParamsError
+from allen_sr.decoding.orders import check_causal
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
@@ -24,10 +27,6 @@ FAST_ATTENTION_TYPES = ("local_1d", "local_2d")
 NAIVE_HINT = "; --decoder naive decodes these hparams (the t2t graph, one forward pass per sub-pixel: slow)"
 EMBEDDING_SETS = ("every img2img_transformer2d_* set, img2img_transformer_tiny and the "
                   "img2img_allen_* sets")
-
-
-class UnsupportedHParamsError(ValueError):
-    """A decoder does not implement this hparams setting (names the hparam and what works)."""
 
 
 def effective_modality_fn(hparams: "HParams", kind: str, feature: str) -> Any:
@@ -63,8 +62,6 @@ def check_decodable(hparams: "HParams") -> str:
     'identity'), t2t cannot even build the model, so no checkpoint of it can exist.
     """
     from tensor2tensor.layers import modalities
-
-    from allen_sr.decoding.orders import check_causal
 
     kind = check_causal(hparams)
     likelihood = getattr(hparams, "likelihood", "cat")
