@@ -294,6 +294,50 @@ def test_killed_datagen_leaves_no_partial_shard_and_rerun_completes(phase, many_
     assert rebuilt == clean_build
 
 
+AUDIT_SCRIPT = """
+import json, os, sys
+data_dir = os.path.abspath(sys.argv[2])
+events = []
+
+def watch(event, args):
+    # Every file opened for writing and every rename, anywhere below data_dir, in this process
+    # (the commit runs in the parent; workers only write into the work folder).
+    if event == "open" and isinstance(args[0], str) and args[1] and any(c in str(args[1]) for c in "wax+"):
+        path = os.path.abspath(args[0])
+        if path.startswith(data_dir):
+            events.append(["write", path])
+    elif event == "os.rename":
+        events.append(["rename", os.path.abspath(os.fsdecode(args[0])), os.path.abspath(os.fsdecode(args[1]))])
+
+sys.addaudithook(watch)
+from allen_sr.data import datagen, images
+datagen.build_tile_dataset(images.list_images(sys.argv[1]), sys.argv[2], sys.argv[3],
+                           tiles_per_shard=int(sys.argv[4]))
+sys.addaudithook(lambda *a: None)
+with open(sys.argv[5], "w") as f:
+    json.dump(events, f)
+"""
+
+
+def test_every_shard_appears_under_its_final_name_by_one_rename(many_images, clean_build, tmp_path):
+    """The commit's atomicity, seen deterministically (the kill test above can only catch it when
+    its kill lands mid-write): no file under a shard's final name is ever opened for writing;
+    each arrives whole by a rename from the work folder, and the info file comes last."""
+    data_dir, log = tmp_path / "data", tmp_path / "events.json"
+    subprocess.run([sys.executable, "-c", AUDIT_SCRIPT, str(many_images), str(data_dir), PREFIX,
+                    str(KILL_TILES_PER_SHARD), str(log)], cwd=REPO, check=True, capture_output=True)
+    events = json.loads(log.read_text())
+    final = {str(data_dir / name) for name in clean_build if re.search(r"-\d{5}-of-\d{5}$", name)}
+    written = [e[1] for e in events if e[0] == "write" and e[1] in final]
+    assert written == [], f"{len(written)} shard(s) written in place, e.g. {written[:1]}"
+    renamed = {e[2]: e[1] for e in events if e[0] == "rename" and e[2] in final}
+    assert renamed.keys() == final
+    assert all(os.path.join(str(data_dir), TMP_NAME) in source for source in renamed.values())
+    last = [e for e in events if e[0] in ("write", "rename")][-1]
+    assert last[-1].startswith(str(data_dir / f"{PREFIX}-info.json"))
+    assert files(data_dir) == clean_build
+
+
 FULL_DISK_SCRIPT = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then an over-limit write fails with EFBIG

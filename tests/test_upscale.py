@@ -107,6 +107,20 @@ def test_tiled_conv_prediction_equals_whole_image_prediction(request, model, tmp
     assert tiled.shape == (768, 1024, 3)
     assert np.abs(tiled - whole).max() <= 1
     assert (tmp_path / "up.compare.png").exists()
+    # An overlap of exactly twice the context (the image sized so that 64 px tiles overlap by just
+    # that, no room left for a ramp) gives the whole image's prediction too.
+    from allen_sr.decoding.one_pass import receptive_radius
+
+    overlap = 2 * receptive_radius(checkpoints.load_hparams(sets[0], PROBLEM, sets[1], ckpt_dir), 4)
+    snug = textured(3 * 64 - 2 * overlap, 4 * 64 - 3 * overlap)
+    Image.fromarray(snug).save(src)
+    tight = tmp_path / "tight.png"
+    assert upscale.upscale_main(conv_flags(ckpt_dir, *sets) + [f"--image={src}", f"--out={tight}", "--tile=64",
+                                                               f"--overlap={overlap}"]) == 0
+    tight = np.asarray(Image.open(tight)).astype(int)
+    snug_whole = whole_prediction(ckpt_dir, snug, *sets).astype(int)
+    assert np.abs(tight - snug_whole).max() <= 1
+    Image.fromarray(image).save(src)
     # Without context (tiles abutting, no overlap) the same check fails: it does see borders.
     cut = tmp_path / "cut.png"
     assert upscale.upscale_main(conv_flags(ckpt_dir, *sets) + [f"--image={src}", f"--out={cut}", "--tile=64",
@@ -524,3 +538,21 @@ def test_pyramid_levels_are_rounded_2x2_means(shape):
         padded = np.pad(s, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.uint16)
         expected = (padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2) // 4
         np.testing.assert_array_equal(writers.halve(s), expected)
+
+
+def test_every_pyramid_level_holds_the_full_level_halved_again_and_again(tmp_path):
+    """The sub-resolution levels read back from the file are the full level's rounded 2x2 means,
+    level after level (a NumPy reference on the whole image), across strip and band edges."""
+    image = np.random.default_rng(8).integers(0, 256, (1300, 2200, 3), dtype=np.uint8)
+    bands = [image[:333], image[333:900], image[900:]]
+    out = writers.write_image(tmp_path / "p.ome.tif", bands, 1300, 2200)
+    expected = image
+    with tifffile.TiffFile(out) as tif:
+        levels = tif.series[0].levels
+        assert len(levels) == len(writers.pyramid_shapes(1300, 2200)) >= 3
+        for level in levels:
+            np.testing.assert_array_equal(level.asarray(), expected)
+            h, w = expected.shape[:2]
+            padded = np.pad(expected, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.uint16)
+            expected = ((padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2)
+                        // 4).astype(np.uint8)
