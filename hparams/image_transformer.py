@@ -9,8 +9,8 @@ block-raster order, which its own decoder cannot run (see README).
 from tensor2tensor.layers import common_image_attention as cia
 from tensor2tensor.models import image_transformer_2d
 
-from allen_sr.data.degrade import REAL_INPUTS_TRANSFORMER
 from allen_sr.models import image_transformer  # noqa: F401  (registers img2img_transformer_sr)
+from allen_sr.models import transformer_options
 from allen_sr.t2t import registration
 
 
@@ -27,31 +27,11 @@ def _allen_transformer_base():
     hp.learning_rate_constant = 1.0
     hp.learning_rate_warmup_steps = 4000
     hp.clip_grad_norm = 1.0
-    # Read by model img2img_transformer_sr only (allen_sr/models/image_transformer.py). The recipe
-    # (bicubic prior, Gaussian only, normalized inputs, bicubic/noisy conditioning in training) is
-    # what held-out side-by-side runs kept (docs/decisions/image_transformer.md).
-    hp.add_hparam("normalize_inputs", True)  # add each input value scaled by the dataset mean/std
-    hp.add_hparam("input_skip", True)  # add each sub-pixel's input pixel embedding to its decoder input
-    hp.add_hparam("bicubic_prior", True)  # add a Gaussian around bicubic + learned offset to the logits
-    hp.add_hparam("prior_sigma", 8.0)  # the prior's initial width (and offset unit), grey levels
-    hp.add_hparam("input_patch", 2)  # r > 0: linear maps of each input pixel's (2r+1)^2 neighbourhood
-    hp.add_hparam("upscale_factor", 4)  # output / input side; our problems set it
-    hp.add_hparam("free_logit_scale", 0.0)  # with the prior: weight of the free 256-way logits (0: Gaussian only)
-    # Training only (the network the decoders run is unchanged by these):
-    hp.add_hparam("train_budget_seconds", 0.0)  # > 0: stop after this much training time; the cosine follows it
-    hp.add_hparam("cosine_decay_steps", 0)  # without a budget: clamped half cosine over this many steps
-    hp.add_hparam("cosine_decay_min", 0.1)  # the cosine's final factor of the learning rate
-    hp.add_hparam("embedding_init", "default")  # "smooth": value embeddings start smooth in the value
-    hp.add_hparam("embedding_smoothness", 0.0)  # weight of the neighbouring-value embedding penalty
-    hp.add_hparam("context_bicubic", 1.0)  # probability a conditioning sub-pixel is its bicubic value (training)
-    hp.add_hparam("target_noise", 4)  # +-grey levels of noise on the decoder's conditioning (training)
-    hp.add_hparam("ev_loss_weight", 4.0)  # weight of the L1 of each sub-pixel's expected value (prior_sigma units)
-    hp.add_hparam("self_condition", 0.0)  # fraction of the context replaced by the model's own mean values (training)
-    hp.add_hparam("color_augment", "")  # problem-side colour augmentation of training tiles (problems.py)
-    hp.add_hparam("degradation", REAL_INPUTS_TRANSFORMER)  # realistic training inputs (allen_sr.t2t.degradation); none: clean
-    # Decoding: the mode `allen-sr decode/evaluate/upscale` use when --mode is not given.
-    hp.add_hparam("decode_mode", "mean")
-    hp.add_hparam("decode_tta", False)  # average the decodes of the 8 flips/rotations (measured: +0.006 dB, 10x time)
+    # Read by model img2img_transformer_sr only: its options, declared once with their defaults
+    # and docs in allen_sr/models/transformer_options.py. The recipe (bicubic prior, Gaussian
+    # only, normalized inputs, bicubic/noisy conditioning, the expected-value loss, realistic
+    # inputs) is what held-out side-by-side runs kept (docs/decisions/image_transformer.md).
+    transformer_options.add_transformer_hparams(hp)
     return hp
 
 

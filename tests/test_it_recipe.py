@@ -40,6 +40,36 @@ def test_every_it_set_has_the_clock_and_a_default_decoding_mode():
         assert hp.train_budget_seconds == 900.0 and hp.decode_mode == "greedy"
 
 
+def test_options_are_declared_once_and_a_stock_set_gets_their_documented_defaults():
+    """allen_sr.models.transformer_options is the one declaration: our sets start from it, the
+    model completes a stock set's hparams from it, and the NumPy decoders read the same values."""
+    import ast
+    from pathlib import Path
+
+    from allen_sr.models import transformer_options as options
+
+    names = [name for name, _, _ in options.TRANSFORMER_HPARAMS]
+    assert len(names) == len(set(names)) and all(doc for _, _, doc in options.TRANSFORMER_HPARAMS)
+    base = checkpoints.load_hparams("img2img_allen_base", PROBLEM)
+    for name in names:
+        assert getattr(base, name) == options.DEFAULTS[name], name  # the base set overrides none
+    stock = checkpoints.load_hparams("img2img_transformer2d_tiny", PROBLEM)
+    assert not any(hasattr(stock, name) for name in names)
+    model = image_transformer.Img2imgTransformerSr(stock, tf.estimator.ModeKeys.TRAIN)
+    assert {name: getattr(model.hparams, name) for name in names} == options.DEFAULTS
+    assert {name: options.option(stock, name) for name in names} == options.DEFAULTS
+    # Nothing reads an option with a fallback of its own any more (decode_mode and decode_tta are
+    # every model's: the commands read them for the conv model too).
+    checked = [name for name in names if not name.startswith("decode_")]
+    root = Path(image_transformer.__file__).parents[1]
+    readers = [root / "models" / "image_transformer.py", *sorted((root / "decoding").glob("*.py"))]
+    for path in readers:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr"
+                    and len(node.args) == 3 and isinstance(node.args[1], ast.Constant)):
+                assert node.args[1].value not in checked, f"{path.name}:{node.lineno} getattr {node.args[1].value}"
+
+
 def test_open_model_decodes_with_the_sets_mode_unless_told(tmp_path):
     from allen_sr.commands.args import ModelSpec, open_model
 

@@ -25,6 +25,7 @@ import numpy as np
 from allen_sr.decoding.checkpoints import canonical_variable_name
 from allen_sr.decoding.modes import VOCAB
 from allen_sr.decoding.support import DEFAULT_MODEL, SKIP_MODEL, UnsupportedHParamsError
+from allen_sr.models.transformer_options import option
 from allen_sr.evaluation.bicubic import PRIOR_SIGMA_RANGE, bicubic_centres
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -142,12 +143,15 @@ class ImageTransformerNetwork:
         self.pre_seq = hparams.layer_preprocess_sequence
         self.post_seq = hparams.layer_postprocess_sequence
         self.model = model_name
-        self.input_skip = model_name == SKIP_MODEL and bool(getattr(hparams, "input_skip", False))
-        self.normalize = model_name == SKIP_MODEL and bool(getattr(hparams, "normalize_inputs", False))
-        self.prior = model_name == SKIP_MODEL and bool(getattr(hparams, "bicubic_prior", False))
-        self.prior_sigma = float(getattr(hparams, "prior_sigma", 8.0))
-        self.patch_radius = int(getattr(hparams, "input_patch", 0) or 0) if model_name == SKIP_MODEL else 0
-        self.free_scale = self.dtype.type(getattr(hparams, "free_logit_scale", 1.0))
+        # img2img_transformer_sr's options (its documented defaults where a stock set lacks them);
+        # the stock model has none of them.
+        ours = model_name == SKIP_MODEL
+        self.input_skip = ours and bool(option(hparams, "input_skip"))
+        self.normalize = ours and bool(option(hparams, "normalize_inputs"))
+        self.prior = ours and bool(option(hparams, "bicubic_prior"))
+        self.prior_sigma = float(option(hparams, "prior_sigma"))
+        self.patch_radius = int(option(hparams, "input_patch")) if ours else 0
+        self.free_scale = self.dtype.type(option(hparams, "free_logit_scale"))
         self.self_attention_scope = SELF_ATTENTION_SCOPES[hparams.dec_attention_type]
         self.weights = {canonical_variable_name(k): v for k, v in weights.items()}
         self.used: set[str] = set()

@@ -1,7 +1,7 @@
 """Image Transformer variant for super-resolution (registered as `img2img_transformer_sr`).
 
 The network is tensor2tensor's `img2img_transformer` plus these additions, switched by hparams
-(defined in hparams/image_transformer.py); what the decoders run is only this network:
+(declared in allen_sr/models/transformer_options.py); what the decoders run is only this network:
 
 * ``input_skip``: each target sub-pixel's decoder input also receives the embedding of the
   low-resolution input pixel it lies in (same colour channel, nearest upsampling). It depends on
@@ -51,8 +51,10 @@ Training-only options (the network, and so decoding, is unchanged by them):
   (uncertain: edges, texture) distribution little, and those sub-pixels carry most of the squared
   error PSNR counts; this term trains every centre as a pixel loss would.
 
-Colour augmentation of training tiles is the problem's (`allen_sr.t2t.problems`, hparam
-``color_augment``). Why: docs/ARCHITECTURE.md ("The models").
+Colour augmentation and realistic (degraded) inputs of training tiles are the problem's
+(`allen_sr.t2t.problems`, hparams ``color_augment`` and ``degradation``). Every option is declared
+once, with its default, in `allen_sr.models.transformer_options`. Why: docs/ARCHITECTURE.md ("The
+models") and docs/decisions/image_transformer.md.
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ from tensor2tensor.utils import learning_rate as t2t_learning_rate  # noqa: E402
 from tensor2tensor.utils import optimize as t2t_optimize  # noqa: E402
 
 from allen_sr.evaluation.bicubic import PRIOR_SIGMA_RANGE  # noqa: E402
-from allen_sr.models import schedule  # noqa: E402
+from allen_sr.models import schedule, transformer_options  # noqa: E402
 from allen_sr.models.normalization import input_statistics  # noqa: E402
 from allen_sr.t2t import registration  # noqa: E402
 
@@ -126,7 +128,7 @@ def patch_terms(patches, rows: int, cols: int, hparams):
         skip = tf.get_variable("skip", [f, f, channels, k, hidden],
                                initializer=tf.random_normal_initializer(stddev=(k * hidden) ** -0.5))
         decoder = tf.reshape(tf.einsum("nyxk,ijckh->nyixjch", patches, skip), [batch, rows, cols, hidden])
-        if not getattr(hparams, "bicubic_prior", False):
+        if not hparams.bicubic_prior:
             return decoder, None
         offset = tf.get_variable("offset", [f, f, channels, k], initializer=tf.zeros_initializer())
         bias = tf.get_variable("offset_bias", [f, f, channels], initializer=tf.zeros_initializer())
@@ -278,6 +280,9 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Every option present from here on: a set that lacks one (a stock set) gets its
+        # documented default (allen_sr.models.transformer_options), as the decoders do.
+        transformer_options.add_transformer_hparams(self._hparams)
         # (elapsed, tick) of schedule.training_clock(), made by optimize() when
         # train_budget_seconds > 0.
         self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
@@ -291,15 +296,15 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         hp = self._hparams
         training = hp.mode == tf.estimator.ModeKeys.TRAIN and not self._self_conditioned
         # The conditioning the decoder sees in training: some sub-pixels bicubic, then noise.
-        mix = float(getattr(hp, "context_bicubic", 0.0) or 0.0)
+        mix = float(hp.context_bicubic)
         if training and mix > 0 and "targets" in features:
             features = dict(features)
             features["targets"] = bicubic_context(features["inputs"], features["targets"], mix)
-        amplitude = int(getattr(hp, "target_noise", 0) or 0)
+        amplitude = int(hp.target_noise)
         if training and amplitude > 0 and "targets" in features:
             features = dict(features)
             features["targets"] = noisy_targets(features["targets"], amplitude)
-        smooth = getattr(hp, "embedding_init", "default") == "smooth"
+        smooth = hp.embedding_init == "smooth"
         channels = int(hp.num_channels)
         embeddings = self._embeddings
 
@@ -320,17 +325,17 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     def body(self, features):
         hparams = copy.copy(self._hparams)
         inputs, targets = features["inputs"], features["targets"]
-        radius = int(getattr(hparams, "input_patch", 0) or 0)
-        if getattr(hparams, "normalize_inputs", False) or radius:
+        radius = int(hparams.input_patch)
+        if hparams.normalize_inputs or radius:
             normalized = normalized_values(features["inputs_raw"], hparams)
-        if getattr(hparams, "normalize_inputs", False):
+        if hparams.normalize_inputs:
             inputs += normalized_input_term(normalized, hparams)
         encoder_input = cia.prepare_encoder(inputs, hparams)
         encoder_output = cia.transformer_encoder_layers(
             encoder_input, hparams.num_encoder_layers, hparams,
             attention_type=hparams.enc_attention_type, name="encoder")
         decoder_input, rows, cols = cia.prepare_decoder(targets, hparams)
-        if getattr(hparams, "input_skip", False):
+        if hparams.input_skip:
             decoder_input += upsample_input_embeddings(inputs, rows, cols, hparams.num_channels)
         shift = None
         if radius:
@@ -340,7 +345,7 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
             decoder_input, encoder_output, hparams.num_decoder_layers, hparams,
             attention_type=hparams.dec_attention_type, name="decoder")
         logits = cia.create_output(decoder_output, rows, cols, targets, hparams)
-        if getattr(hparams, "bicubic_prior", False):
+        if hparams.bicubic_prior:
             logits *= float(hparams.free_logit_scale)
             prior = bicubic_prior_logits(decoder_output, features["inputs_raw"], rows, cols, hparams, shift)
             logits = add_prior(logits, prior, rows, hparams)
@@ -349,7 +354,7 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     def model_fn(self, features):
         """t2t's model_fn, then the ``self_condition`` pass (see the module docstring)."""
         logits, losses = super().model_fn(features)
-        fraction = float(getattr(self._hparams, "self_condition", 0.0) or 0.0)
+        fraction = float(self._hparams.self_condition)
         if fraction <= 0 or self._hparams.mode != tf.estimator.ModeKeys.TRAIN:
             return logits, losses
         targets = features["targets"]
@@ -372,14 +377,14 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         loss = super().loss(logits, features)
         if self._hparams.mode != tf.estimator.ModeKeys.TRAIN:
             return loss
-        weight = float(getattr(self._hparams, "embedding_smoothness", 0.0) or 0.0)
+        weight = float(self._hparams.embedding_smoothness)
         if weight > 0 and self._embeddings:
             channels = int(self._hparams.num_channels)
             unique = list({id(e): e for e in self._embeddings}.values())
             penalty = tf.add_n([embedding_smoothness_penalty(e, channels) for e in unique])
             tf.summary.scalar("losses/embedding_smoothness", penalty)
             loss = add_to_loss(loss, weight * penalty)
-        weight = float(getattr(self._hparams, "ev_loss_weight", 0.0) or 0.0)
+        weight = float(self._hparams.ev_loss_weight)
         if weight > 0:
             error = expected_value_error(logits, features["targets"], float(self._hparams.prior_sigma))
             tf.summary.scalar("losses/expected_value_l1", error)
