@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
-    "REAL_INPUTS", "REAL_INPUTS_TRANSFORMER", "DegradationSpecError", "Range", "TrainingDegradation", "FixedStep", "KERNELS",
-    "parse_training", "parse_fixed", "format_fixed", "gaussian_taps", "blur", "downsample",
+    "REAL_INPUTS", "REAL_INPUTS_TRANSFORMER", "DegradationSpecError", "Range", "TrainingDegradation",
+    "FixedStep", "KERNELS", "parse_training", "parse_fixed", "format_fixed", "gaussian_taps", "blur", "downsample",
     "add_noise", "jpeg_roundtrip", "degrade_image", "HED_FROM_RGB_STAINS",
 ]
 
@@ -60,9 +60,9 @@ LIMITS = {
 TRAINING_KEYS = ("clean", "hed", "permute", "blur", "kernel", "noise", "shot", "jpeg")
 FIXED_KEYS = ("blur", "kernel", "noise", "shot", "jpeg")
 FULL_RESOLUTION_KEYS = ("blur", "kernel")  # act on the full-resolution image: first in a fixed spec
-# The `degradation` the allen-sr hparams sets train with (measurements: docs/decisions/real_inputs.md): the
-# conv sets, and the Image Transformer sets, which keep more examples clean (their clean margin
-# over bicubic is smaller and their few hundred CPU steps learn less).
+# The `degradation` the allen-sr hparams sets train with (measurements: docs/decisions/real_inputs.md):
+# the conv sets, and the Image Transformer sets, which keep more examples clean (their clean
+# margin over bicubic is smaller and their few hundred CPU steps learn less).
 REAL_INPUTS = "clean=0.3;hed=0.2;permute=0.5;blur=0:2@0.5;noise=0:5@0.5;shot=0:5@0.3;jpeg=50:95@0.8"
 REAL_INPUTS_TRANSFORMER = "clean=0.5;hed=0.2;permute=0.5;blur=0:2@0.5;noise=0:5@0.5;shot=0:5@0.3;jpeg=50:95@0.8"
 # Ruifrok & Johnston's stain vectors (optical density per RGB channel): haematoxylin, eosin, DAB.
@@ -115,7 +115,7 @@ class FixedStep:
     """One step of a fixed degradation: ``key`` with its value (a kernel name or a number)."""
 
     key: str
-    value: float | str = field(default=0.0)
+    value: float | str
 
     def __str__(self) -> str:
         return f"{self.key}={self.value if isinstance(self.value, str) else _num(self.value)}"
@@ -160,7 +160,7 @@ def _number(key: str, text: str, context: str) -> float:
 def _kernels(text: str, context: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split("|"))
     unknown = [name for name in names if name not in KERNELS]
-    if unknown or not names:
+    if unknown:
         raise DegradationSpecError(f"{context}: kernel={text!r}: unknown kernel {unknown[0]!r}; "
                                    f"known: {', '.join(KERNELS)} (in training joined by |)")
     return names
@@ -195,14 +195,12 @@ def _range(key: str, text: str, context: str) -> Range:
     hi = _number(key, hi_text, context) if colon else lo
     if hi < lo:
         raise DegradationSpecError(f"{context}: {key}={text}: the range's low end is above its high end")
-    p = 1.0
-    if at:
-        try:
-            p = float(share)
-        except ValueError:
-            p = -1.0
-        if not 0.0 <= p <= 1.0:
-            raise DegradationSpecError(f"{context}: {key}={text}: the share after @ must be from 0 to 1")
+    try:
+        p = float(share) if at else 1.0
+    except ValueError:
+        p = math.nan
+    if not 0.0 <= p <= 1.0:
+        raise DegradationSpecError(f"{context}: {key}={text}: the share after @ must be from 0 to 1")
     return Range(lo, hi, p)
 
 

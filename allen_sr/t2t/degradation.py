@@ -3,8 +3,8 @@
 :func:`degrade_pair` turns one training target into (target, input) the way a real section is
 captured: stain variation of the tissue (HED jitter of the target itself), optical blur, a
 downsampling kernel, sensor noise (constant and signal-dependent) and a JPEG round trip whose 8x8
-block grid falls at a random offset relative to the input (the input is mirrored outwards by the
-offset first, so the grid cuts it as it cuts a tile of a real JPEG image). Every value is drawn
+block grid falls at a random offset relative to the input (the input is mirrored outwards and the
+encoded window starts 0-15 px before it, so the grid cuts it as it cuts a tile of a real JPEG). Every value is drawn
 per example from the spec's ranges (:mod:`allen_sr.data.degrade` parses it); a share ``clean``
 of the examples keeps the exact rounded area average. Used by the problems' preprocess_example in
 training only: evaluation, decoding and the problems' dev metrics see clean inputs.
