@@ -36,6 +36,7 @@ TRANSFORMER_HPARAMS: tuple[tuple[str, Any, str], ...] = (
     ("target_noise", 4, "+-grey levels of noise on the decoder's conditioning (training)"),
     ("ev_loss_weight", 4.0, "weight of the L1 of each sub-pixel's expected value (prior_sigma units)"),
     ("self_condition", 0.0, "fraction of the context replaced by the model's own mean values (training)"),
+    # Read by the problem's input pipeline from the set itself (a stock set has neither: clean tiles).
     ("color_augment", "", "problem-side colour augmentation of training tiles (allen_sr.t2t.problems)"),
     ("degradation", REAL_INPUTS_TRANSFORMER, "realistic training inputs (allen_sr.t2t.degradation); none: clean"),
     ("decode_mode", "mean", "the mode allen-sr decode/evaluate/upscale use when --mode is not given"),
