@@ -187,7 +187,7 @@ def goals(runs: list[bq.Run], scores: dict) -> list[str]:
                   f"**{'met' if brain >= GOAL_DEGRADED_DB else 'NOT met'}** ({brain:+.2f} dB)"]
     if "it_degraded" in names:
         worst = min(gain("it_degraded", st, sp) for st, sp in scores if sp != "clean")
-        clean = float(np.mean([gain("it_degraded", st, "clean") for st, _ in scores if _ == "clean"]))
+        clean = float(np.mean([gain("it_degraded", st, "clean") for st, sp in scores if sp == "clean"]))
         lines += [f"- Image Transformer trained with degradations, every degraded cell >= 0 dB: "
                   f"**{'met' if worst >= 0 else 'NOT met'}** (lowest {worst:+.2f} dB)",
                   f"- Image Transformer, clean input (mean over the stains) >= +{IT_GOAL_CLEAN_DB} dB: "
@@ -244,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"unexpected train/dev split {split}: the held-out images must not be trained on")
         files = held_out_files(work)
         data = cells(files, args.tiles)
-        todo = [(r, o) for r, o in runs if not (args.reuse_runs and (work / "runs" / r.name / "result.json").exists())]
-        for run, _ in runs:
+        todo = []
+        for run, overrides in runs:
             saved = work / "runs" / run.name / "result.json"
             if args.reuse_runs and saved.exists():
                 run.result = json.loads(saved.read_text())
+            else:
+                todo.append((run, overrides))
         train_all(todo, args.minutes * 60, work / "data", work, args.parallel)
 
         preds, scores = {}, {}
@@ -265,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                 row[run.name] = float((metrics.psnr_batch(pred, cell["targets"][:len(pred)]) - bicubic[:len(pred)]).mean())
             scores[key] = row
         ordered = [r for r, _ in runs]
-        canonical = (args.minutes, args.tiles, args.it_tiles) == (15.0, 256, 48) and len(runs) == 4
+        defaults = parse_args([])  # a canonical run: the default budget, tiles and runs
+        canonical = all(getattr(args, k) == getattr(defaults, k)
+                        for k in ("minutes", "tiles", "it_tiles", "only", "variant"))
         grid = HERE.parent / "docs" / "real_inputs_jpeg75.png" if canonical else work / "real_inputs_jpeg75.png"
         picture(grid, ordered, data, preds)
         steps = "; ".join(f"{r.name} {r.result['steps']} steps in {r.result['seconds']:.0f} s"
