@@ -7,12 +7,13 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist); each test file runs whole in one of them. 0 runs in this process.
 TEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-fast bench clean help
+.PHONY: venv demo test test-fast bench pretrained clean help
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make demo   build .venv if needed, then run the whole pipeline on the sample images -> $(OUT)/"
 	@echo "make test   build .venv if needed, then run the test suite"
+	@echo "make pretrained  retrain, measure and document the shipped models (about an hour on 2 cores)"
 	@echo "make bench  run every benchmarks/bench_*.py and write benchmarks/RESULTS.md"
 	@echo "make venv   (re)build .venv from requirements/lock.txt"
 	@echo "make clean  remove out/ and caches (keeps .venv)"
@@ -33,6 +34,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+pretrained: $(STAMP)
+	$(PY) scripts/make_pretrained.py
 
 clean:
 	rm -rf out .pytest_cache

@@ -21,7 +21,9 @@ setup(
     packages=find_packages(include=["allen_sr", "allen_sr.*"]) + ["allen_sr.problems", "allen_sr.hparams"],
     package_dir={"allen_sr": "allen_sr", "allen_sr.problems": "problems", "allen_sr.hparams": "hparams"},
     # The sample images `allen-sr demo` tiles by default, so the demo runs from any install.
-    package_data={"allen_sr.sample_data": ["*.png", "*.jpg", "LICENSES.md"]},
+    # The pretrained models (`allen-sr models`), so a plain install enhances images without training.
+    package_data={"allen_sr.sample_data": ["*.png", "*.jpg", "LICENSES.md"],
+                  "allen_sr.pretrained": ["models.json", "*/config.json", "*/model.onnx", "*/MODEL_CARD.md"]},
     entry_points={"console_scripts": ["allen-sr = allen_sr.cli:main"]},
     license="Apache-2.0",
 )

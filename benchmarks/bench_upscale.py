@@ -52,19 +52,20 @@ RUNS = (
 # The rows that can reach the 10 MP/s goal run their largest image this many times, each in a
 # fresh process, one after the other: the goal counts as met only if every run reaches it.
 REPEATS = {"fast conv set, single prediction": 3, "fast conv set, single prediction, zstd TIFF": 3}
-IT_BATCH = 256  # upscale.TRANSFORMER_BATCH: tiles decoded together
+IT_BATCH = 256  # allen_sr.api.upscaler.TRANSFORMER_BATCH: tiles decoded together
 
 
 def child(argv: list[str]) -> None:
     """Run one upscale in this process and print its summary with the peak RSS."""
+    from allen_sr.api import Upscaler
     from allen_sr.commands import args as shared
     from allen_sr.commands import upscale
 
     parser = upscale.build_parser()
     a = parser.parse_args(argv)
     a.batch_size = a.batch_size or 1
-    summary = upscale.upscale(shared.model_spec(a), a.image, a.out, progress=False,
-                              options=upscale.Options(preview_size=0, compression=a.compression))
+    with Upscaler(shared.model_spec(a)) as up:
+        summary = up.predict_file(a.image, a.out, compression=a.compression)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so
     # it would never read below the (TensorFlow-loaded) parent's size.
     with open("/proc/self/status") as f:

@@ -59,3 +59,25 @@ def server():
     """A running Allen API stand-in on 127.0.0.1 (tests/allen_stand_in.py)."""
     with AllenStandIn() as stand_in:
         yield stand_in
+
+
+@pytest.fixture(scope="module")
+def py312():
+    """The python of a TF-free venv (requirements/predict.txt + `pip install --no-deps .`, not
+    editable) on Python 3.12; skipped where no python3.12 is found."""
+    from allen_sr.testing.predict_venv import find_python, predict_venv
+
+    python = find_python("3.12")
+    if python is None:
+        pytest.skip("no python3.12 on PATH or in ~/.pyenv/versions: the TF-free install test needs one")
+    return predict_venv(python, REPO)
+
+
+def run_in(python, *args: str):
+    """Run ``python ARGS`` from / without the test's PYTHONPATH; the completed process (exit 0 asserted)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = subprocess.run([str(python), *args], capture_output=True, text=True, env=env, cwd="/", timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out

@@ -14,17 +14,20 @@ from conftest import REPO
 ROOT = Path(REPO)
 # Package -> layer. A module may import its own layer and the layers below it.
 LAYERS = {
-    "allen_sr.fileio": 0, "allen_sr.sample_data": 0,
+    "allen_sr.fileio": 0, "allen_sr.sample_data": 0, "allen_sr.errors": 0, "allen_sr.pretrained": 0,
     "allen_sr.data": 1, "allen_sr.evaluation": 1, "allen_sr.inference": 1,
     "allen_sr.t2t": 2,
     "allen_sr.models": 3,
     "allen_sr.problems": 4, "allen_sr.hparams": 4,
     "allen_sr.decoding": 5,
-    "allen_sr.export": 6,  # beside commands/: export writers (TF) and the TF-free runtime
-    "allen_sr.commands": 6, "allen_sr.cli": 6, "allen_sr.testing": 6,
+    "allen_sr.export": 6,  # export writers (TF) and the TF-free runtime
+    "allen_sr.api": 7,  # the Python API (Upscaler); the commands are thin wrappers over it
+    "allen_sr.commands": 8, "allen_sr.cli": 8, "allen_sr.testing": 8,
 }
 # The one composition root: register_all() imports the registering packages (lazily).
-UPWARD_ALLOWED = {("allen_sr.t2t.names", "allen_sr.problems"), ("allen_sr.t2t.names", "allen_sr.hparams")}
+# The package root names the public API (`from allen_sr import Upscaler`), imported on first use.
+UPWARD_ALLOWED = {("allen_sr.t2t.names", "allen_sr.problems"), ("allen_sr.t2t.names", "allen_sr.hparams"),
+                  ("allen_sr", "allen_sr.api")}
 MAX_LINES = 520
 FOLDERS = {"allen_sr": "allen_sr", "problems": "allen_sr.problems", "hparams": "allen_sr.hparams"}
 
@@ -119,6 +122,7 @@ def test_no_module_is_too_long():
                                     "allen_sr.evaluation.pictures", "allen_sr.commands.decode",
                                     "allen_sr.inference.tiling", "allen_sr.inference.writers",
                                     "allen_sr.commands.upscale", "allen_sr.commands.export",
+                                    "allen_sr.api", "allen_sr.pretrained",
                                     "allen_sr.export.runtime"])
 def test_importing_a_library_module_changes_no_process_state(module):
     """No environment variable set, no Pillow limit changed, no TensorFlow loaded by an import."""

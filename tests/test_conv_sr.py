@@ -209,6 +209,13 @@ def test_allen_sr_train_lowers_the_loss_checkpoints_and_evaluates(data_dir, tmp_
     psnr = re.search(rf"metrics-{PROBLEM}/targets/psnr = ([0-9.]+)", log)
     assert psnr and 10 < float(psnr.group(1)) < 60
     assert "targets/accuracy" not in log
+    # The run folder alone names the model: problem, set and hparams come from its flags.txt.
+    from allen_sr import Upscaler
+
+    with Upscaler.open(out) as up:
+        assert up.spec.problem == PROBLEM and up.spec.hparams_set == CPU_SET
+        big = up.predict(np.full((12, 20, 3), 150, np.uint8))
+    assert big.shape == (48, 80, 3) and abs(float(big.mean()) - 150) < 20
 
 
 def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):

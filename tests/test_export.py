@@ -20,10 +20,8 @@ from allen_sr.commands.export import export, export_main
 from allen_sr.decoding import checkpoints, support
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.one_pass import OnePassDecoder
-from allen_sr.export import runtime
 from allen_sr.testing import tiny_training
-from allen_sr.testing.predict_venv import find_python, predict_venv
-from conftest import REPO, SAMPLE_IMAGES
+from conftest import SAMPLE_IMAGES, run_in
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 CONV = "img2img_conv_sr"
@@ -188,26 +186,12 @@ def test_exported_flags_refuse_a_missing_folder_and_mixed_flags(tmp_path, capsys
     assert evaluate_cmd.evaluate_main(["--exported", str(tmp_path), "--problem", PROBLEM, "--images",
                                        SAMPLE_IMAGES, "--out", str(tmp_path / "e")]) == 2
     assert "leave out --problem" in capsys.readouterr().err
-    assert evaluate_cmd.evaluate_main(["--images", SAMPLE_IMAGES, "--out", str(tmp_path / "e")]) == 2
+    assert evaluate_cmd.evaluate_main(["--output_dir", str(tmp_path), "--images", SAMPLE_IMAGES,
+                                       "--out", str(tmp_path / "e")]) == 2
     assert "--exported DIR" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the TF-free install (Python 3.12)
-
-
-@pytest.fixture(scope="module")
-def py312() -> Path:
-    python = find_python("3.12")
-    if python is None:
-        pytest.skip("no python3.12 on PATH or in ~/.pyenv/versions: the TF-free install test needs one")
-    return predict_venv(python, REPO)
-
-
-def run_in(python: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    out = subprocess.run([str(python), *args], capture_output=True, text=True, env=env, cwd="/", timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
 
 
 @pytest.mark.slow

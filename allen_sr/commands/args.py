@@ -1,47 +1,35 @@
 """The flags every command that runs a trained model shares (`decode`, `evaluate`, `upscale`),
 with one set of defaults, one validation and one exit code for a user's mistake.
 
-Only this layer parses flags: :func:`model_spec` turns them into a typed :class:`ModelSpec` and
-:func:`open_model` builds the decoder from it.
+Only this layer parses flags: :func:`model_spec` turns them into a typed
+`allen_sr.api.models.ModelSpec` and `allen_sr.api.models.open_model` builds the decoder from it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from allen_sr.api.models import (ModelSpec, OpenModel, decode_kwargs, model_shape, open_model,
+                                 pretrained_spec, resolve)
 from allen_sr.decoding.modes import MODES, check_mode
 from allen_sr.decoding.registry import KINDS
+from allen_sr.errors import UserError
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from tensor2tensor.utils.hparam import HParams
-
-    from allen_sr.decoding.batching import Decoder
+# ModelSpec, OpenModel, model_shape, open_model and decode_kwargs live in allen_sr.api.models;
+# the commands reach them through this module.
+__all__ = ["USAGE_ERROR", "ModelSpec", "OpenModel", "add_model_args", "model_spec", "model_shape",
+           "open_model", "decode_kwargs", "run_command", "parse"]
 
 USAGE_ERROR = 2  # exit code of every command for a user's mistake (as argparse uses)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A trained model and how to decode it."""
-
-    problem: str
-    hparams_set: str
-    output_dir: str
-    model: str | None = None  # None: the model whose variables the checkpoint holds
-    hparams: str = ""
-    mode: str | None = None  # None: the hparams set's decode_mode (greedy if it names none)
-    temperature: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-    decoder: str | None = None  # None: the model's default decoder
-    exported: str | None = None  # an `allen-sr export` folder instead of problem/hparams_set/output_dir
-
-
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Add the shared model and decoding flags to a command's parser."""
-    g = p.add_argument_group("model and decoding")
+    g = p.add_argument_group("model and decoding (default: the default pretrained model, "
+                             "`allen-sr models` lists them)")
+    g.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="a pretrained model shipped with allen-sr (`allen-sr models`); runs without TensorFlow")
     g.add_argument("--exported", default=None, metavar="DIR",
                    help="a folder written by `allen-sr export`: runs without TensorFlow; "
                         "replaces --problem, --hparams_set, --output_dir")
@@ -71,69 +59,24 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         check_mode(args.mode, args.temperature)
     given = [f"--{k}" for k in ("problem", "hparams_set", "output_dir", "model", "hparams", "decoder")
              if getattr(args, k)]
-    if args.exported is not None and given:
-        raise ValueError(f"--exported {args.exported} is the whole model: leave out {', '.join(given)}")
+    decoding = dict(mode=args.mode, temperature=args.temperature, seed=args.seed,
+                    batch_size=args.batch_size)
+    whole = [f"--{k} {v}" for k in ("pretrained", "exported") if (v := getattr(args, k)) is not None]
+    if len(whole) > 1 or (whole and given):
+        raise UserError(f"{whole[0]} is the whole model: leave out {', '.join(whole[1:] + given)}")
+    if args.pretrained is not None:
+        return pretrained_spec(args.pretrained, **decoding)
+    if args.exported is None and not given:
+        return resolve(None, **decoding)  # the default pretrained model
     missing = [f"--{k}" for k in ("problem", "hparams_set", "output_dir") if not getattr(args, k)]
     if args.exported is None and missing:
-        raise ValueError(f"{', '.join(missing)} required: name the trained model "
-                         "(--problem, --hparams_set, --output_dir) or pass --exported DIR")
+        raise UserError(f"{', '.join(missing)} required: name the trained model (--problem, "
+                        "--hparams_set, --output_dir), pass --exported DIR or --pretrained NAME, "
+                        "or leave all out for the default pretrained model")
     return ModelSpec(problem=args.problem or "", hparams_set=args.hparams_set or "",
                      output_dir=args.output_dir or "", model=args.model, hparams=args.hparams,
                      mode=args.mode, temperature=args.temperature, seed=args.seed,
                      batch_size=args.batch_size, decoder=args.decoder, exported=args.exported)
-
-
-@dataclass
-class OpenModel:
-    """A decoder ready to run, with what it was built from."""
-
-    decoder: "Decoder"
-    hparams: "HParams | None"  # None for an exported model
-    model: str
-    mode: str
-    checkpoint: str
-
-
-def model_shape(spec: ModelSpec) -> tuple[int, int, int]:
-    """(input size, target size, channels) of the model's problem (an export's config says it)."""
-    if spec.exported is not None:
-        from allen_sr.export.runtime import read_config
-
-        config = read_config(spec.exported)
-        return int(config["input_size"]), int(config["target_size"]), int(config["channels"])
-    from allen_sr.t2t.names import problem_shape
-
-    return problem_shape(spec.problem)
-
-
-def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
-    """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names.
-
-    With ``spec.exported``: open that export folder instead (NumPy/onnxruntime, no TensorFlow).
-    """
-    if spec.exported is not None:
-        from allen_sr.export.runtime import open_exported
-
-        exported = open_exported(spec.exported)
-        mode = spec.mode or exported.mode
-        check_mode(mode, spec.temperature)
-        return OpenModel(exported.decoder, None, exported.model, mode, str(exported.folder))
-    from allen_sr.decoding import checkpoints, registry
-    from allen_sr.t2t.names import check_names
-
-    if spec.model is not None:
-        registry.decoder_kinds(spec.model)  # an unsupported model fails before anything is read
-    check_names(problem=spec.problem, hparams_set=spec.hparams_set)
-    checkpoint = checkpoints.find_checkpoint(spec.output_dir)
-    model = spec.model or checkpoints.checkpoint_model(checkpoint)
-    registry.decoder_kinds(model)
-    hparams = checkpoints.load_hparams(spec.hparams_set, spec.problem, spec.hparams, spec.output_dir)
-    mode = spec.mode or getattr(hparams, "decode_mode", "") or "greedy"
-    check_mode(mode, spec.temperature)
-    size = int(hparams.img_len)
-    decoder = registry.make_decoder(model, spec.decoder, hparams, checkpoint,
-                                    target_shape=target_shape or (size, size))
-    return OpenModel(decoder, hparams, model, mode, checkpoint)
 
 
 def run_command(name: str, body: Callable[[], int | None]) -> int:
@@ -143,17 +86,11 @@ def run_command(name: str, body: Callable[[], int | None]) -> int:
 
     try:
         return int(body() or 0)
-    except (UnsupportedHParamsError, NotImplementedError, FileNotFoundError, NotADirectoryError,
+    except (UserError, UnsupportedHParamsError, NotImplementedError, FileNotFoundError, NotADirectoryError,
             PermissionError, ValueError, KeyError, ImageSkipped) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"allen-sr {name}: error: {message}", file=sys.stderr)
         return USAGE_ERROR
-
-
-def decode_kwargs(spec: ModelSpec, mode: str, progress: bool = True) -> dict[str, Any]:
-    """The keyword arguments of ``Decoder.decode`` that ``spec`` fixes."""
-    return dict(mode=mode, temperature=spec.temperature, seed=spec.seed,
-                batch_size=spec.batch_size, progress=progress)
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

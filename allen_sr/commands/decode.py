@@ -42,12 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", required=True, help="t2t data dir with the problem's records")
     p.add_argument("--dataset_split", default="dev", choices=sorted(SPLITS), help="default %(default)s")
     p.add_argument("--num_examples", type=int, default=8, help="default %(default)s")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="Image Transformers: also score the calibrated per-pixel uncertainty (metrics.json "
+                        "'uncertainty', reliability.png, uncertainty_grid.png, uncertainty_NNN.png)")
     p.add_argument("--out", required=True, help="folder for the PNGs and metrics")
     return p
 
 
 def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-               split: str = "dev", num_examples: int = 8, progress: bool = True) -> DecodeResult:
+               split: str = "dev", num_examples: int = 8, progress: bool = True,
+               uncertainty: bool = False) -> DecodeResult:
     """Everything `allen-sr decode` does, as a function (used by the CLI and the demo)."""
     from allen_sr.decoding.examples import read_examples
     from allen_sr.evaluation.results import write_results
@@ -61,8 +65,16 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
     inputs, targets = read_examples(spec.problem, data_dir, num_examples, opened.hparams, split)
     if tuple(targets.shape[1:3]) != tuple(opened.decoder.target_shape):
         opened = shared.open_model(spec, target_shape=tuple(targets.shape[1:3]))
+    recorder = calibration = None
+    if uncertainty:
+        from allen_sr.api.models import uncertainty_calibration
+        from allen_sr.decoding.uncertainty import Recorder
+
+        calibration = uncertainty_calibration(spec, opened, progress, log=print)
+        recorder = Recorder((calibration.temperature,), targets)
     start = time.perf_counter()
-    predictions = opened.decoder.decode(inputs, **shared.decode_kwargs(spec, opened.mode, progress))
+    kwargs = shared.decode_kwargs(spec, opened.mode, progress)
+    predictions = opened.decoder.decode(inputs, **kwargs, **({"recorder": recorder} if recorder else {}))
     seconds = time.perf_counter() - start
     kind = getattr(opened.decoder, "name", "model")
     note = (f"model = {opened.model} {spec.hparams_set} checkpoint {os.path.basename(opened.checkpoint)}, "
@@ -70,7 +82,13 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
             + (", mean of the 8 flips/rotations" if getattr(opened.decoder, "tta", False) else "")
             + (f" (temperature {spec.temperature}, seed {spec.seed})" if opened.mode == "sample" else "")
             + f", {split} split")
-    summary = write_results(out_dir, inputs, targets, predictions, note, example_pngs=True)
+    extra = {}
+    if recorder is not None:
+        from allen_sr.commands.evaluate import write_uncertainty
+
+        extra["uncertainty"] = write_uncertainty(out_dir, inputs, predictions, targets, recorder, calibration,
+                                                 per_example=True)
+    summary = write_results(out_dir, inputs, targets, predictions, note, example_pngs=True, extra=extra)
     return DecodeResult(inputs, targets, predictions, summary, seconds, Path(out_dir), opened.mode, kind)
 
 
@@ -82,13 +100,19 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
         from allen_sr.evaluation import metrics
 
         result = run_decode(shared.model_spec(args), args.data_dir, args.out, args.dataset_split,
-                            args.num_examples, progress=not args.no_progress)
+                            args.num_examples, progress=not args.no_progress, uncertainty=args.uncertainty)
         n = len(result.predictions)
         print(metrics.summary_to_text(result.summary), end="")
         print(f"decoded {n} example(s) in {result.seconds:.1f} s ({result.seconds / n:.2f} s/image, "
               f"{result.decoder} decoder, mode {result.mode})")
         print(f"wrote {result.out_dir}/example_000.png .. example_{n - 1:03d}.png, grid.png, "
               "metrics.csv, metrics.json, metrics.md")
+        if "uncertainty" in result.summary:
+            u = result.summary["uncertainty"]
+            print(f"uncertainty (temperature {u['calibration']['temperature']:g}): coverage_50 "
+                  f"{u['coverage_50']:.3f}, coverage_90 {u['coverage_90']:.3f}, rmse_ratio_surest_half "
+                  f"{u['rmse_ratio_surest_half']:.3f}; wrote uncertainty_000.png .., reliability.png, "
+                  "uncertainty_grid.png")
         return 0
 
     return shared.run_command("decode", body)

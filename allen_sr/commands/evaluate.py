@@ -9,37 +9,21 @@ JPEG). The model is decoded with the decoder `allen-sr decode` uses for it.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
+from allen_sr.api.folders import collect_images
 from allen_sr.commands import args as shared
 from allen_sr.evaluation import metrics
 from allen_sr.data.degrade import FixedStep, degrade_image, format_fixed, parse_fixed
-from allen_sr.data.images import ImageSkipped, image_id, list_images, load_image
-from allen_sr.data.stats import LUMA
+from allen_sr.data.images import ImageSkipped, image_id, load_image
+from allen_sr.data.stats import to_grey
 from allen_sr.data import tiles as tiling
-
-
-def to_grey(rgb: np.ndarray) -> np.ndarray:
-    """Luma as tf.image.rgb_to_grayscale computes it (what the greyscale problems train on)."""
-    y = rgb.astype(np.float64) @ LUMA
-    return np.clip(np.round(y), 0, 255).astype(np.uint8)[..., None]
-
-
-def collect_images(spec: str) -> list[str]:
-    """A folder (its images) or a glob pattern; a clear error when nothing matches."""
-    if os.path.isdir(spec):
-        paths = list_images(spec)
-    else:
-        paths = sorted(p for p in glob.glob(os.path.expanduser(spec)) if os.path.isfile(p))
-    if not paths:
-        raise FileNotFoundError(f"--images {spec!r} matches no image files: pass a folder or a glob like 'slides/*.png'")
-    return paths
 
 
 def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles: int | None,
@@ -111,16 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "before the area average; kernel=area|bicubic|bilinear: the downsampling; "
                         "noise: Gaussian sd in grey levels; shot: signal-dependent sd at white; jpeg: "
                         "quality, 4:2:0). Default: the exact area average")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="Image Transformers: also score the per-pixel uncertainty (coverage of the central "
+                        "50%%/90%% intervals, how well it ranks the errors) -> metrics.json 'uncertainty', "
+                        "reliability.png, uncertainty_grid.png")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, metrics.csv, grid.png")
     return p
 
 
 def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str],
-             max_tiles: int | None = 256, progress: bool = True, degrade: str | None = None) -> dict:
+             max_tiles: int | None = 256, progress: bool = True, degrade: str | None = None,
+             uncertainty: bool = False) -> dict:
     """Score the model ``spec`` names on tissue tiles of ``images``; writes the results, returns the summary.
 
     ``degrade`` (for example ``"blur=1.5,noise=3,jpeg=85"``, :mod:`allen_sr.data.degrade`) makes
     the inputs realistic instead of ideal; the model and the baselines see the same inputs.
+    ``uncertainty``: also score the calibrated per-pixel uncertainty (`allen_sr.decoding.uncertainty`).
     """
     from allen_sr.evaluation.results import write_results
 
@@ -130,9 +120,17 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     inputs, targets, names = cut_pairs(collect_images(images), size, factor, channels, max_tiles or None,
                                        spec.seed, steps)
     opened = shared.open_model(spec)
+    recorder = calibration = None
+    if uncertainty:
+        from allen_sr.api.models import uncertainty_calibration
+        from allen_sr.decoding.uncertainty import Recorder
+
+        calibration = uncertainty_calibration(spec, opened, progress, log=print)
+        recorder = Recorder((calibration.temperature,), targets)
     print(f"evaluating {len(targets)} tiles of {size}x{size} px ({opened.model}, {opened.mode})", flush=True)
     start = time.perf_counter()
-    predictions = opened.decoder.decode(inputs, **shared.decode_kwargs(spec, opened.mode, progress))
+    kwargs = shared.decode_kwargs(spec, opened.mode, progress)
+    predictions = opened.decoder.decode(inputs, **kwargs, **({"recorder": recorder} if recorder else {}))
     seconds = time.perf_counter() - start
     kind = getattr(opened.decoder, "name", "model")
     source = f"exported {spec.exported}" if spec.exported else spec.hparams_set
@@ -141,12 +139,43 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
                "grid shifted 1-7 input px from JPEG's); " if steps else "")
             + f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}"
             + (", mean of the 8 flips/rotations" if getattr(opened.decoder, "tta", False) else ""))
+    extra = {"degrade": format_fixed(steps) if steps else None}
+    if recorder is not None:
+        extra["uncertainty"] = write_uncertainty(out_dir, inputs, predictions, targets, recorder, calibration)
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names,
-                            baselines=metrics.METHODS, extra={"degrade": format_fixed(steps) if steps else None})
+                            baselines=metrics.METHODS, extra=extra)
     print(metrics.summary_to_text(summary))
+    if recorder is not None:
+        u = summary["uncertainty"]
+        print(f"uncertainty (temperature {u['calibration']['temperature']:g}): coverage_50 {u['coverage_50']:.3f}, "
+              f"coverage_90 {u['coverage_90']:.3f}, rmse_ratio_surest_half {u['rmse_ratio_surest_half']:.3f} "
+              f"(oracle {u['rmse_ratio_surest_half_oracle']:.3f}); wrote reliability.png, uncertainty_grid.png")
     print(f"decoded {len(targets)} tiles in {seconds:.1f} s; wrote {out_dir}/metrics.json, metrics.md, "
           "metrics.csv, grid.png")
     return summary
+
+
+def write_uncertainty(out_dir: str | os.PathLike[str], inputs: np.ndarray, predictions: np.ndarray,
+                      targets: np.ndarray, recorder: Any, calibration: Any, per_example: bool = False) -> dict:
+    """The metrics.json ``uncertainty`` section, reliability.png and uncertainty_grid.png (and with
+    ``per_example`` a heat map uncertainty_NNN.png per example, on the grid's scale)."""
+    from allen_sr.decoding.uncertainty import pixel_uncertainty, summarize
+    from allen_sr.evaluation import pictures
+    from allen_sr.evaluation.uncertainty_pictures import reliability_diagram, uncertainty_grid
+
+    os.makedirs(out_dir, exist_ok=True)
+    section = summarize(recorder, predictions, targets, calibration)
+    reliability_diagram({f"temperature {calibration.temperature:g}": section["reliability"]},
+                        os.path.join(out_dir, "reliability.png"))
+    maps = pixel_uncertainty(recorder.shaped("std")[0])
+    pictures.save_png(uncertainty_grid(inputs, predictions, targets, maps), os.path.join(out_dir, "uncertainty_grid.png"))
+    if per_example:
+        from allen_sr.evaluation.uncertainty_pictures import heat, uncertainty_scale
+
+        vmax = uncertainty_scale(maps)
+        for i, values in enumerate(maps):
+            pictures.save_png(heat(values, vmax), os.path.join(out_dir, f"uncertainty_{i:03d}.png"))
+    return section
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
@@ -154,7 +183,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         evaluate(shared.model_spec(args), args.images, args.out, args.max_tiles, not args.no_progress,
-                 args.degrade)
+                 args.degrade, args.uncertainty)
 
     return shared.run_command("evaluate", body)
 

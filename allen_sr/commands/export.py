@@ -133,6 +133,7 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
             from allen_sr.export.transformer import write_weights
 
             config.update(write_weights(hparams, checkpoint, written_by, tmp, runtime.WEIGHTS_NAME))
+            config["uncertainty"] = export_calibration(hparams, problem, checkpoint, written_by, config["decode_mode"])
         (tmp / runtime.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty (check_out)
@@ -141,6 +142,16 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return config
+
+
+def export_calibration(hparams: Any, problem: str, checkpoint: str, model: str, mode: str) -> dict[str, Any]:
+    """The run's uncertainty calibration for config.json (fitted now on the run's dev split if it
+    has none yet; `allen_sr.decoding.calibration`)."""
+    from allen_sr.decoding.calibration import run_calibration
+    from allen_sr.decoding.fast import FastDecoder
+
+    decoder = FastDecoder.from_checkpoint(hparams, checkpoint, model)
+    return run_calibration(decoder, hparams, problem, checkpoint, mode).as_dict()
 
 
 def export_main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,12 @@ from allen_sr.data.paths import read_json
 LUMA = np.array([0.2989, 0.5870, 0.1140])
 
 
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [..., 1] luma of uint8 RGB, as tf.image.rgb_to_grayscale computes it."""
+    y = rgb.astype(np.float64) @ LUMA
+    return np.clip(np.round(y), 0, 255).astype(np.uint8)[..., None]
+
+
 def channel_stats(histogram: np.ndarray) -> dict | None:
     """Mean and std per channel from a [channels, 256] histogram of pixel values; None if empty."""
     count = int(histogram[0].sum())

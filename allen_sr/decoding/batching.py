@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import numpy as np
 
 from allen_sr.decoding.modes import VOCAB, check_mode, choose_values, example_uniforms
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from allen_sr.decoding.uncertainty import Recorder
 
 
 def dihedral(images: np.ndarray, k: int) -> np.ndarray:
@@ -190,6 +193,7 @@ class BatchedDecoder:
         batch_size: int | None = None,
         max_steps: int | None = None,
         progress: bool = False,
+        recorder: "Recorder | None" = None,
     ) -> np.ndarray:
         """Decode [N, h, w, C] inputs autoregressively; returns uint8 [N, H, W, C].
 
@@ -198,27 +202,39 @@ class BatchedDecoder:
         sub-pixels of that order (the rest stay 0), e.g. to compare decoders cheaply. ``batch_size``
         examples are decoded together (default: all). ``seed`` only matters for ``sample``. With
         ``self.tta``, the mean of the decodes of each input's flips/rotations (see the class).
+        ``recorder`` (`allen_sr.decoding.uncertainty.Recorder`) receives the distribution each
+        value was chosen from; with ``self.tta`` it gets their mixture over the 8 decodes.
         """
         check_mode(mode, temperature)
         inputs = as_batch(inputs, self.channels)
         if not self.tta:
-            return self._decode_all(inputs, mode, temperature, seed, batch_size, max_steps, progress, "")
+            return self._decode_all(inputs, mode, temperature, seed, batch_size, max_steps, progress, "",
+                                    recorder)
         rows, cols = self.target_shape
         ks = dihedral_transforms(rows, cols)
         n = inputs.shape[0]
         # Example i's transforms side by side (index i * len(ks) + j): its sampling streams depend
         # on i and the transform only, not on how many examples are decoded together.
         stacked = np.stack([dihedral(inputs, k) for k in ks], axis=1).reshape(-1, *inputs.shape[1:])
+        inner = None
+        if recorder is not None:
+            from allen_sr.decoding.uncertainty import Recorder
+
+            targets = None if recorder.targets is None else np.stack(
+                [dihedral(recorder.targets, k) for k in ks], axis=1).reshape(-1, *recorder.targets.shape[1:])
+            inner = Recorder(recorder.temperatures, targets)
         outs = self._decode_all(stacked, mode, temperature, seed,
                                 None if not batch_size else int(batch_size) * len(ks), max_steps,
-                                progress, f" ({len(ks)}-fold averaging)")
+                                progress, f" ({len(ks)}-fold averaging)", inner)
+        if recorder is not None:
+            mixture_of_transforms(inner, recorder, n, ks)
         outs = outs.reshape(n, len(ks), rows, cols, self.channels)
         total = sum(undo_dihedral(outs[:, j], k).astype(np.float64) for j, k in enumerate(ks))
         return np.clip(np.rint(total / len(ks)), 0, VOCAB - 1).astype(np.uint8)
 
     def _decode_all(self, inputs: np.ndarray, mode: str, temperature: float, seed: int | None,
                     batch_size: int | None, max_steps: int | None, progress: bool,
-                    note: str) -> np.ndarray:
+                    note: str, recorder: "Recorder | None" = None) -> np.ndarray:
         """:meth:`decode` of checked inputs, each decoded once."""
         rows, cols = self.target_shape
         total = rows * cols * self.channels
@@ -226,6 +242,9 @@ class BatchedDecoder:
         n = inputs.shape[0]
         batch_size = n if not batch_size else int(batch_size)
         out = np.zeros((n, rows, cols, self.channels), np.uint8)
+        if recorder is not None:
+            recorder.start(n, rows, cols, self.channels)
+            positions = self.order.positions
         bar = progress_bar(steps * math.ceil(n / max(batch_size, 1)), progress, f"{self.name} {mode}{note}")
         try:
             for start in range(0, n, batch_size):
@@ -234,7 +253,10 @@ class BatchedDecoder:
                     example_uniforms(seed, range(start, stop), steps) if mode == "sample" else None
                 )
 
-                def choose(step: int, logits: np.ndarray, _u: np.ndarray | None = uniforms) -> np.ndarray:
+                def choose(step: int, logits: np.ndarray, _u: np.ndarray | None = uniforms,
+                           _rows: tuple[int, int] = (start, stop)) -> np.ndarray:
+                    if recorder is not None:
+                        recorder.observe(_rows[0], _rows[1], int(positions[step]), logits)
                     return choose_values(
                         logits, mode, temperature, None if _u is None else _u[:, step]
                     )
@@ -244,3 +266,26 @@ class BatchedDecoder:
             if bar is not None:
                 bar.close()
         return out
+
+
+def mixture_of_transforms(inner: "Recorder", outer: "Recorder", n: int, ks: tuple[int, ...]) -> None:
+    """Fill ``outer`` for ``n`` examples with the equal-weight mixture of the distributions that
+    ``inner`` recorded for their ``ks`` flips/rotations (each turned back first): the mixture's
+    mean and sd, and its PIT interval (the mean of the transforms' intervals)."""
+    t = len(inner.temperatures)
+    rows, cols, channels = inner.shape
+    outer.start(n, rows, cols, channels)
+
+    def back(name: str) -> np.ndarray:
+        values = inner.shaped(name).reshape(t, n, len(ks), rows, cols, channels)
+        return np.stack([np.stack([undo_dihedral(values[i, :, j], k) for j, k in enumerate(ks)], axis=1)
+                         for i in range(t)])
+
+    means, stds = back("mean").astype(np.float64), back("std").astype(np.float64)
+    mean = means.mean(axis=2)
+    var = (stds ** 2 + means ** 2).mean(axis=2) - mean ** 2
+    outer.mean[:] = mean.reshape(t, n, -1)
+    outer.std[:] = np.sqrt(np.maximum(var, 0.0)).reshape(t, n, -1)
+    if outer.pit_lo is not None:
+        outer.pit_lo[:] = back("pit_lo").mean(axis=2).reshape(t, n, -1)
+        outer.pit_hi[:] = back("pit_hi").mean(axis=2).reshape(t, n, -1)

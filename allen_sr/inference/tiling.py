@@ -90,8 +90,9 @@ def first_tile_row(layout: TileLayout, factor: int, first_row: int) -> int:
 def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
                   batch_tiles: int = 1, progress: bool = True, channels: int = 3,
                   to_model: Callable[[np.ndarray], np.ndarray] | None = None,
-                  first_row: int = 0) -> Iterator[np.ndarray]:
-    """Yield the blended uint8 prediction of ``source`` as consecutive bands of output rows.
+                  first_row: int = 0, rounded: bool = True) -> Iterator[np.ndarray]:
+    """Yield the blended uint8 prediction of ``source`` as consecutive bands of output rows
+    (``rounded=False``: float32, not rounded, e.g. to carry an uncertainty map as a channel).
 
     ``to_model`` converts an input block before it is cut into tiles (e.g. to greyscale).
     The bands add up to height * factor - ``first_row`` rows of width * factor px: output rows
@@ -100,7 +101,7 @@ def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, fac
     covers it, so the rows equal those of a run from the top.
     """
     bands = _blended_bands(source, layout, predict, factor, batch_tiles, progress, channels,
-                           to_model, first_tile_row(layout, factor, first_row))
+                           to_model, first_tile_row(layout, factor, first_row), rounded)
     for y0, band in bands:
         skip = max(0, first_row - y0)
         if skip < band.shape[0]:
@@ -153,7 +154,7 @@ def runs(mask: np.ndarray) -> list[slice]:
 def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
                    batch_tiles: int, progress: bool, channels: int,
                    to_model: Callable[[np.ndarray], np.ndarray] | None,
-                   r0: int) -> Iterator[tuple[int, np.ndarray]]:
+                   r0: int, rounded: bool = True) -> Iterator[tuple[int, np.ndarray]]:
     """(first output row, band) of the prediction from tile row ``r0`` on. Rows that tile rows
     before ``r0`` also reach lack those tiles' share; the caller drops them.
 
@@ -175,6 +176,7 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
         bar = tqdm(total=(len(rows) - r0) * len(cols), unit="tile", mininterval=1.0, smoothing=0.1,
                    desc=f"x{factor} {layout.width}x{layout.height} px")
     y0 = rows[r0] * factor if r0 < len(rows) else layout.height * factor
+    dtype = np.uint8 if rounded else np.float32
     band: np.ndarray | None = None  # uint8 rows y0.., final where one tile alone counts
     # float32 rows y0.. (its first ``active`` rows), the weighted sums of the blending ramps. One
     # buffer for the whole run, zero wherever it is not in use: a fresh one per group of tiles
@@ -187,11 +189,11 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
         are left zero)."""
         assert band is not None
         for ys in runs(~py.solo_mask[y0:stop]):  # rows in a ramp: every pixel is blended
-            band[ys] = finish(acc[ys], py.sums[y0 + ys.start:y0 + ys.stop], px.sums)
+            band[ys] = finish(acc[ys], py.sums[y0 + ys.start:y0 + ys.stop], px.sums, rounded)
             acc[ys] = 0
         for ys in runs(py.solo_mask[y0:stop]):
             for xs in blend_cols:
-                band[ys, xs] = finish(acc[ys, xs], py.sums[y0 + ys.start:y0 + ys.stop], px.sums[xs])
+                band[ys, xs] = finish(acc[ys, xs], py.sums[y0 + ys.start:y0 + ys.stop], px.sums[xs], rounded)
                 acc[ys, xs] = 0
         return band[:stop - y0]
 
@@ -217,7 +219,7 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
                     acc[max(active, done):done + active] = 0
                 need = bottom - y0
                 if band is None or band.shape[0] < need:
-                    grown = np.empty((need, out_w, channels), np.uint8)
+                    grown = np.empty((need, out_w, channels), dtype)
                     if band is not None:
                         grown[:band.shape[0]] = band
                     band = grown
@@ -291,7 +293,8 @@ def add_tile(band: np.ndarray, acc: np.ndarray, pred: np.ndarray, y: int, x: int
     (sy0, sy1), (sx0, sx1) = py.solo[r], px.solo[c]
     ly, hy, lx, hx = py.lo[r], py.hi[r], px.lo[c], px.hi[c]
     if sy1 > sy0 and sx1 > sx0:
-        band[y + sy0:y + sy1, x + sx0:x + sx1] = as_uint8(pred[sy0:sy1, sx0:sx1])
+        solo = pred[sy0:sy1, sx0:sx1]
+        band[y + sy0:y + sy1, x + sx0:x + sx1] = as_uint8(solo) if band.dtype == np.uint8 else solo
     # The rest of its non-zero weights: the rows above and below the solo block (all columns),
     # then the columns left and right of it in its rows.
     for rs, cs in (((ly, sy0), (lx, hx)), ((sy1, hy), (lx, hx)), ((sy0, sy1), (lx, sx0)), ((sy0, sy1), (sx1, hx))):
@@ -312,14 +315,17 @@ def not_one(values: np.ndarray) -> list[slice]:
     return runs(values != 1.0)
 
 
-def finish(acc: np.ndarray, sum_y: np.ndarray, sum_x: np.ndarray) -> np.ndarray:
+def finish(acc: np.ndarray, sum_y: np.ndarray, sum_x: np.ndarray, rounded: bool = True) -> np.ndarray:
     """Normalise accumulated rows by the weight sums and round to uint8, in place: the rows are
-    final and their float copy is dropped, so no second float band is ever allocated."""
+    final and their float copy is dropped, so no second float band is ever allocated.
+    ``rounded=False``: the normalised float32 values."""
     sum_y = sum_y.astype(np.float32)
     for sl in not_one(sum_y):  # the weights add up to 1 outside the overlaps
         acc[sl] /= sum_y[sl, None, None]
     for sl in not_one(sum_x):
         acc[:, sl] /= sum_x[None, sl, None]
+    if not rounded:
+        return acc
     np.rint(acc, out=acc)
     np.clip(acc, 0, 255, out=acc)
     return acc.astype(np.uint8)

@@ -28,7 +28,8 @@ import numpy as np
 from allen_sr.fileio import pid_alive
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "OutputError", "output_kind", "partial_path",
-           "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes"]
+           "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes", "write_float_tiff",
+           "halve_float"]
 
 MAX_PNG_PIXELS = 100_000_000  # PNG/JPEG are encoded whole: 100 MP RGB is 300 MB in memory
 JPEG_MAX_SIDE = 65500
@@ -258,4 +259,36 @@ def write_image(path: str | os.PathLike[str], bands: Iterable[np.ndarray], heigh
             write_tiff(part, bands, height, width, channels, pixel_size_um, spool_paths, compression)
         else:
             write_flat(part, kind, bands, height, width, channels)
+    return out
+
+
+def halve_float(image: np.ndarray) -> np.ndarray:
+    """2x2 means of a float32 [h, w] map -> [ceil(h/2), ceil(w/2)] (an odd edge with itself)."""
+    h, w = image.shape
+    padded = np.pad(image, ((0, h % 2), (0, w % 2)), mode="edge")
+    return padded.reshape((h + 1) // 2, 2, (w + 1) // 2, 2).mean(axis=(1, 3), dtype=np.float32)
+
+
+def write_float_tiff(path: str | os.PathLike[str], image: np.ndarray, pixel_size_um: float | None = None) -> Path:
+    """Write a float32 [h, w] map as a tiled, deflated OME-TIFF with the same pyramid levels (and
+    pixel size) as :func:`write_image` gives an output of that size, atomically."""
+    import tifffile
+
+    out = Path(path)
+    check_writable(out)
+    remove_stale_partials(out)
+    levels = [np.ascontiguousarray(image, np.float32)]
+    for _ in pyramid_shapes(*image.shape)[1:]:
+        levels.append(halve_float(levels[-1]))
+    metadata: dict[str, object] = {"axes": "YX"}
+    if pixel_size_um:
+        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
+                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+    options: dict[str, object] = dict(photometric="minisblack", tile=(TIFF_TILE, TIFF_TILE),
+                                      compression="zlib", compressionargs={"level": DEFLATE_LEVEL})
+    with committed(out) as part:
+        with tifffile.TiffWriter(part, bigtiff=True, ome=True) as tif:
+            tif.write(levels[0], subifds=len(levels) - 1, metadata=metadata, software="allen-sr upscale", **options)
+            for level in levels[1:]:
+                tif.write(level, subfiletype=1, metadata=None, **options)
     return out

@@ -1,0 +1,114 @@
+"""Many images with one model: `allen-sr upscale --images DIR|GLOB --out_dir DIR`.
+
+Each input gets exactly one output in the output folder, under its own name (inputs whose type
+cannot be written, such as .svs, become ``NAME.tif``). An output that exists is finished (outputs
+appear only when complete) and is skipped on a rerun; an image interrupted half-way resumes from
+its saved rows (`Upscaler.predict_file`). An input that cannot be read is named and skipped while
+the others go on; :class:`FolderReport` says what happened to each.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from allen_sr.data.images import ImageSkipped, list_images
+from allen_sr.errors import UserError
+from allen_sr.inference import writers
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from allen_sr.api.upscaler import Upscaler
+
+__all__ = ["FolderReport", "collect_images", "plan_outputs", "upscale_folder", "INPUT_ERRORS"]
+
+# What a bad input file raises (its message names the file); anything else is a bug and stops the run.
+INPUT_ERRORS = (UserError, ImageSkipped, OSError, ValueError)
+
+
+def collect_images(spec: str) -> list[str]:
+    """A folder's images or a glob pattern's files, sorted; UserError when nothing matches."""
+    if os.path.isdir(spec):
+        paths = list_images(spec)
+    else:
+        paths = sorted(p for p in glob.glob(os.path.expanduser(spec)) if os.path.isfile(p))
+    if not paths:
+        raise UserError(f"images {spec!r}: no image files there; pass a folder or a glob like 'slides/*.png'")
+    return paths
+
+
+def output_name(src: str) -> str:
+    """The output's file name for input ``src``: the same, or ``STEM.tif`` for unwritable types."""
+    name = os.path.basename(src)
+    try:
+        writers.output_kind(name)
+        return name
+    except writers.OutputError:
+        return os.path.splitext(name)[0] + ".tif"
+
+
+def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """(input, output path) per input; UserError if two inputs would share an output or an
+    output would replace its input."""
+    out = Path(out_dir)
+    pairs, seen = [], {}
+    for src in inputs:
+        dst = out / output_name(src)
+        if dst.name in seen:
+            raise UserError(f"{src} and {seen[dst.name]} would both be written as {dst}; rename one")
+        if dst.resolve() == Path(src).resolve():
+            raise UserError(f"output folder {out} holds the input {src}: the output would replace it; "
+                            "choose another output folder")
+        seen[dst.name] = src
+        pairs.append((src, dst))
+    return pairs
+
+
+@dataclass
+class FolderReport:
+    """What a folder run did: outputs written and skipped, inputs that failed (with why)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        line = (f"{len(self.written)} written, {len(self.skipped)} already done (skipped), "
+                f"{len(self.failed)} failed in {self.seconds:.1f} s")
+        return "\n".join([line] + [f"  failed: {src}: {why}" for src, why in self.failed.items()])
+
+
+def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Path]], progress: bool = True,
+                   preview_dir: str | os.PathLike[str] | None = None, log: Callable[[str], None] | None = None,
+                   **file_options: Any) -> FolderReport:
+    """Enlarge every (input, output) of ``pairs`` not yet done; ``file_options`` go to
+    :meth:`Upscaler.predict_file` (region, level, restart, compression, ...). With ``preview_dir``
+    each image's compare picture goes there (``NAME.compare.png``), never into the output folder."""
+    from tqdm import tqdm
+
+    report = FolderReport()
+    start = time.perf_counter()
+    if pairs:
+        pairs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    if preview_dir is not None:
+        Path(preview_dir).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
+    for src, dst in bar:
+        bar.set_postfix_str(os.path.basename(src))
+        if dst.exists():
+            report.skipped.append(str(dst))
+            continue
+        preview = {} if preview_dir is None else {"preview_size": 128, "preview_to": Path(preview_dir)}
+        try:
+            upscaler.predict_file(src, dst, progress=False, log=log, **preview, **file_options)
+        except INPUT_ERRORS as exc:
+            report.failed[src] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if log:
+                log(f"skipped {src}: {report.failed[src]}")
+            continue
+        report.written.append(str(dst))
+    report.seconds = time.perf_counter() - start
+    return report

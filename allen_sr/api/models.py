@@ -1,0 +1,201 @@
+"""Which trained model to run and how to decode it: :class:`ModelSpec`, built from a name or a
+folder by :func:`resolve`, opened by :func:`open_model`.
+
+A model is one of: a pretrained model shipped with allen-sr (`allen_sr.pretrained`, by name), an
+export folder (`allen-sr export`: runs without TensorFlow), or a t2t-trainer run folder (or a
+checkpoint prefix) with the problem and hparams set it was trained with (read from the run's
+``flags.txt`` when not given). Nothing here imports TensorFlow until a checkpoint is opened.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from allen_sr.decoding.modes import check_mode
+from allen_sr.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tensor2tensor.utils.hparam import HParams
+
+    from allen_sr.decoding.batching import Decoder
+
+__all__ = ["uncertainty_calibration", "ModelSpec", "OpenModel", "ModelNotFoundError", "resolve", "pretrained_spec", "run_flags", "model_shape",
+           "open_model", "decode_kwargs", "describe_source"]
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """A model name or folder that is neither shipped, nor an export, nor a training run."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained model and how to decode it."""
+
+    problem: str = ""
+    hparams_set: str = ""
+    output_dir: str = ""
+    model: str | None = None  # None: the model whose variables the checkpoint holds
+    hparams: str = ""
+    mode: str | None = None  # None: the hparams set's decode_mode (greedy if it names none)
+    temperature: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+    decoder: str | None = None  # None: the model's default decoder
+    exported: str | None = None  # an export folder instead of problem/hparams_set/output_dir
+    pretrained: str | None = None  # the shipped model's name when ``exported`` is one
+
+
+def run_flags(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``--name=value`` flags t2t-trainer recorded in a run folder's flags.txt ({} if none)."""
+    path = Path(folder) / "flags.txt"
+    if not path.is_file():
+        return {}
+    flags = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").split():
+        if line.startswith("--") and "=" in line:
+            key, value = line[2:].split("=", 1)
+            flags[key] = value
+    return flags
+
+
+def resolve(source: str | os.PathLike[str] | None = None, **decoding: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of ``source``: None (the default pretrained model), a pretrained
+    model's name, an export folder, or a training run folder / checkpoint prefix.
+
+    ``decoding`` sets the other :class:`ModelSpec` fields (``problem``, ``hparams_set``,
+    ``hparams``, ``mode``, ``temperature``, ``seed``, ``batch_size``, ``decoder``, ``model``).
+    A run folder's problem and hparams set come from its flags.txt unless given.
+    """
+    from allen_sr import pretrained
+    from allen_sr.export.runtime import CONFIG_NAME
+
+    unknown = set(decoding) - (set(ModelSpec.__dataclass_fields__) - {"output_dir", "exported", "pretrained"})
+    if unknown:
+        raise TypeError(f"unknown model options: {', '.join(sorted(unknown))}")
+    if source is None:
+        return pretrained_spec(pretrained.default_name(), **decoding)
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    shipped = {m.name: m for m in pretrained.available()}
+    if text in shipped and not path.exists():
+        return pretrained_spec(text, **decoding)
+    if (path / CONFIG_NAME).is_file():
+        return ModelSpec(exported=str(path), **decoding)
+    run = path if path.is_dir() else path.parent
+    is_checkpoint = path.is_dir() and (path / "checkpoint").is_file() or Path(f"{path}.index").is_file()
+    if not is_checkpoint:
+        raise ModelNotFoundError(
+            f"no model {text!r}: not a shipped model ({', '.join(shipped) or 'none shipped'}), not an "
+            "export folder (no config.json) and not a training run (no checkpoint)")
+    flags = run_flags(run)
+    spec = ModelSpec(output_dir=str(path), problem=flags.get("problem", ""),
+                     hparams_set=flags.get("hparams_set", ""), hparams=flags.get("hparams", ""),
+                     model=flags.get("model"))
+    spec = replace(spec, **decoding)
+    missing = [k for k in ("problem", "hparams_set") if not getattr(spec, k)]
+    if missing:
+        raise UserError(f"training run {text}: its {' and '.join(missing)} are not recorded (no "
+                        f"flags.txt); give {' and '.join(missing)} too")
+    return spec
+
+
+def pretrained_spec(name: str, **decoding: Any) -> ModelSpec:
+    """The :class:`ModelSpec` of the shipped model ``name`` (allen_sr.pretrained.UnknownModelError
+    listing the shipped ones if there is none of that name)."""
+    from allen_sr import pretrained
+
+    return ModelSpec(exported=str(pretrained.find(name).folder), pretrained=name, **decoding)
+
+
+def describe_source(spec: ModelSpec) -> str:
+    """How a summary names the model: the shipped name, the export folder or the run."""
+    if spec.pretrained:
+        return f"pretrained {spec.pretrained}"
+    if spec.exported:
+        return f"exported {spec.exported}"
+    return f"{spec.hparams_set} {spec.output_dir}"
+
+
+@dataclass
+class OpenModel:
+    """A decoder ready to run, with what it was built from."""
+
+    decoder: "Decoder"
+    hparams: "HParams | None"  # None for an exported model
+    model: str
+    mode: str
+    checkpoint: str
+
+
+def model_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """(input size, target size, channels) of the model's problem (an export's config says it)."""
+    if spec.exported is not None:
+        from allen_sr.export.runtime import read_config
+
+        config = read_config(spec.exported)
+        return int(config["input_size"]), int(config["target_size"]), int(config["channels"])
+    from allen_sr.t2t.names import problem_shape
+
+    return problem_shape(spec.problem)
+
+
+def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
+    """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names.
+
+    With ``spec.exported``: open that export folder instead (NumPy/onnxruntime, no TensorFlow).
+    """
+    if spec.exported is not None:
+        from allen_sr.export.runtime import open_exported
+
+        exported = open_exported(spec.exported)
+        mode = spec.mode or exported.mode
+        check_mode(mode, spec.temperature)
+        return OpenModel(exported.decoder, None, exported.model, mode, str(exported.folder))
+    from allen_sr.decoding import checkpoints, registry
+    from allen_sr.t2t.names import check_names
+
+    if spec.model is not None:
+        registry.decoder_kinds(spec.model)  # an unsupported model fails before anything is read
+    check_names(problem=spec.problem, hparams_set=spec.hparams_set)
+    checkpoint = checkpoints.find_checkpoint(spec.output_dir)
+    model = spec.model or checkpoints.checkpoint_model(checkpoint)
+    registry.decoder_kinds(model)
+    hparams = checkpoints.load_hparams(spec.hparams_set, spec.problem, spec.hparams, spec.output_dir)
+    mode = spec.mode or getattr(hparams, "decode_mode", "") or "greedy"
+    check_mode(mode, spec.temperature)
+    size = int(hparams.img_len)
+    decoder = registry.make_decoder(model, spec.decoder, hparams, checkpoint,
+                                    target_shape=target_shape or (size, size))
+    return OpenModel(decoder, hparams, model, mode, checkpoint)
+
+
+def decode_kwargs(spec: ModelSpec, mode: str, progress: bool = True) -> dict[str, Any]:
+    """The keyword arguments of ``Decoder.decode`` that ``spec`` fixes."""
+    return dict(mode=mode, temperature=spec.temperature, seed=spec.seed,
+                batch_size=spec.batch_size, progress=progress)
+
+
+def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool = False,
+                            log: Any = None) -> Any:
+    """The `allen_sr.decoding.uncertainty.Calibration` the uncertainty maps of ``opened`` use:
+    an export's (from its config.json), or the run's, fitted on its dev split on first use.
+    UserError for a model that predicts no distribution (the conv model)."""
+    from allen_sr.decoding.batching import BatchedDecoder
+    from allen_sr.decoding.uncertainty import Calibration
+
+    if not isinstance(opened.decoder, BatchedDecoder):
+        raise UserError(f"{opened.model} predicts one value per sub-pixel, not a distribution: "
+                        "uncertainty maps need an Image Transformer (img2img_transformer_sr)")
+    if spec.exported is not None:
+        from allen_sr.export.runtime import read_config
+
+        stored = read_config(spec.exported).get("uncertainty")
+        if not stored:
+            return Calibration(1.0, "not fitted: the export carries no calibration")
+        return Calibration(float(stored["temperature"]), str(stored["fitted_on"]), int(stored["tiles"]))
+    from allen_sr.decoding.calibration import run_calibration
+
+    return run_calibration(opened.decoder, opened.hparams, spec.problem, opened.checkpoint, opened.mode,
+                           progress, log)

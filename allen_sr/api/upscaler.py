@@ -1,0 +1,461 @@
+"""`Upscaler`: enlarge images with a trained model, from Python; `allen-sr upscale` wraps it.
+
+    from allen_sr import Upscaler
+
+    with Upscaler.open() as up:                    # the default pretrained model
+        big = up.predict(small)                    # uint8 [h, w, 3] -> uint8 [4h, 4w, 3]
+        up.predict_file("section.tif", "section_x4.ome.tif", region=(0, 0, 2000, 2000))
+
+The image is cut into overlapping tiles; each tile is predicted and the predictions are blended
+with smooth weights (`allen_sr.inference.blend`), so no seam shows. The conv model predicts large
+tiles with enough context that the result equals one prediction of the whole image; the Image
+Transformer decodes its 8x8 -> 32x32 tiles in large batches, overlapping by half a tile. In
+:meth:`Upscaler.predict_file` rows are written as they are predicted (memory depends on the tile
+batch, not on the image), nothing appears under the output name until it is complete, and
+finished rows are kept in a hidden folder next to it (``.OUT.resume``) so that an interrupted
+call, made again, predicts only the rest.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from allen_sr.api.models import ModelSpec, decode_kwargs, describe_source, model_shape, open_model, resolve
+from allen_sr.errors import UserError
+from allen_sr.evaluation import metrics, pictures
+from allen_sr.data.stats import to_grey
+from allen_sr.inference import resume, sources, tiling, writers
+
+CONV_MODEL = "img2img_conv_sr"
+CONV_TILE = 384  # input px: 1536 px output tiles; larger tiles gain < 5% speed and cost memory
+RAMP = 16  # input px of smooth blending beyond the conv model's context on each side
+TRANSFORMER_BATCH = 256  # tiles decoded together by the Image Transformer's decoders
+
+__all__ = ["Upscaler", "Region", "Options", "InputImageError", "CONV_TILE", "RAMP", "TRANSFORMER_BATCH",
+           "compare_path"]
+
+Log = Callable[[str], None]
+
+
+class InputImageError(UserError, ValueError):
+    """An array given to :meth:`Upscaler.predict` that is not an 8-bit greyscale or RGB(A) image."""
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of an image in pixels; ``width``/``height`` None reach the right/bottom edge."""
+
+    left: int = 0
+    top: int = 0
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to tile and what to write besides the output."""
+
+    tile: int | None = None  # None: the model's default
+    overlap: int | None = None
+    level: int = 0
+    batch_tiles: int | None = None
+    preview_size: int = 128  # input px of the compare picture (0: none)
+    pixel_size_um: float | None = None
+    restart: bool = False  # ignore rows an interrupted run saved
+    compression: str = "deflate"  # TIFF output: writers.TIFF_COMPRESSION
+
+
+@dataclass
+class TiledModel:
+    """A model as tiled prediction sees it."""
+
+    predict: tiling.Predict
+    factor: int
+    channels: int
+    tile: int
+    overlap: int
+    context: int
+    batch_tiles: int
+    exact_tile: bool
+    min_tile: int
+    describe: str
+    close: Callable[[], None]
+    weights: str  # the checkpoint prefix or export folder it was read from
+    ramp: int | None = None  # input px of blending at most, centred in each overlap (None: all of it)
+    # tiles -> [N, H, W, C + 1] float32: the values and each output pixel's uncertainty (sd, grey
+    # levels) at ``temperature``; None for a model without a distribution (the conv model)
+    predict_uncertain: Callable[[np.ndarray, float], np.ndarray] | None = None
+    calibrate: Callable[[], Any] | None = None  # -> the model's uncertainty Calibration
+
+
+def _describe(name: str, decoder: Any) -> str:
+    """The model's line in the summary: ``name``, plus whether the decoder averages 8 transforms."""
+    return name + (" (8-fold averaging)" if getattr(decoder, "tta", False) else "")
+
+
+def model_name_of(spec: ModelSpec) -> str:
+    if spec.exported is not None:
+        from allen_sr.export.runtime import read_config
+
+        return str(read_config(spec.exported)["model"])
+    from allen_sr.decoding import checkpoints
+
+    return spec.model or checkpoints.checkpoint_model(checkpoints.find_checkpoint(spec.output_dir))
+
+
+def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
+    """Open the model and wrap its decoder as a function of uint8 tiles."""
+    in_size, out_size, channels = model_shape(spec)
+    factor = out_size // in_size
+    model = model_name_of(spec)
+    if model == CONV_MODEL:
+        opened = open_model(spec, target_shape=(None, None))
+        dec = opened.decoder
+        tile = options.tile or CONV_TILE
+        overlap = options.overlap if options.overlap is not None else min(2 * dec.radius + RAMP, tile // 2)
+        # A single prediction leaves the model rounded (uint8: a quarter of the bytes to blend and
+        # copy); the 8-fold average stays continuous until it is blended.
+        predict = dec.predict if getattr(dec, "tta", False) else dec.decode
+        kind = f"pretrained {spec.pretrained}" if spec.pretrained else "onnx" if spec.exported else "one pass"
+        return TiledModel(predict, factor, channels, tile, overlap, dec.radius,
+                          options.batch_tiles or 1, False, in_size,
+                          _describe(f"{model} {kind}", dec), dec.close, opened.checkpoint, RAMP)
+    if options.tile not in (None, in_size):
+        raise UserError(f"tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
+                        f"(problem {spec.problem or spec.exported}); leave the tile size out")
+    opened = open_model(spec)
+    batch = options.batch_tiles or TRANSFORMER_BATCH
+    kwargs = decode_kwargs(spec, opened.mode, progress=False)
+    kwargs["batch_size"] = batch
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return opened.decoder.decode(x, **kwargs).astype(np.float32)
+
+    def predict_uncertain(x: np.ndarray, temperature: float) -> np.ndarray:
+        from allen_sr.decoding.uncertainty import Recorder, pixel_uncertainty
+
+        recorder = Recorder((temperature,))
+        values = opened.decoder.decode(x, **kwargs, recorder=recorder).astype(np.float32)
+        return np.concatenate([values, pixel_uncertainty(recorder.shaped("std")[0])[..., None]], axis=-1)
+
+    def calibrate() -> Any:
+        from allen_sr.api.models import uncertainty_calibration
+
+        return uncertainty_calibration(spec, opened)
+
+    overlap = options.overlap if options.overlap is not None else in_size // 2
+    uncertain = hasattr(opened.decoder, "order")  # the autoregressive decoders report distributions
+    return TiledModel(predict, factor, channels, in_size, overlap, 0, batch, True, in_size,
+                      _describe(f"{model} {opened.mode} ({type(opened.decoder).__name__})", opened.decoder),
+                      getattr(opened.decoder, "close", lambda: None), opened.checkpoint,
+                      predict_uncertain=predict_uncertain if uncertain else None,
+                      calibrate=calibrate if uncertain else None)
+
+
+class PreviewTap:
+    """Passes bands through and keeps the rows and columns of a preview window."""
+
+    def __init__(self, box: tuple[int, int, int, int] | None) -> None:
+        self.box, self.parts, self.y = box, [], 0  # box: top, left, height, width (output px)
+
+    def __call__(self, bands: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for band in bands:
+            if self.box is not None:
+                top, left, h, w = self.box
+                a, b = max(top, self.y), min(top + h, self.y + band.shape[0])
+                if a < b:
+                    self.parts.append(band[a - self.y:b - self.y, left:left + w].copy())
+            self.y += band.shape[0]
+            yield band
+
+
+def preview_box(region: sources.ImageSource, size: int) -> tuple[int, int, int, int] | None:
+    """(top, left, height, width) input px of a centred square of ``size`` px, or None."""
+    if size <= 0:
+        return None
+    h, w = min(size, region.height), min(size, region.width)
+    return (region.height - h) // 2, (region.width - w) // 2, h, w
+
+
+def compare_path(out: Path) -> Path:
+    """Where the compare picture of output ``out`` goes: ``OUT-stem.compare.png`` beside it."""
+    name = out.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
+        if name.lower().endswith(suffix):
+            name = name[:-len(suffix)]
+            break
+    return out.with_name(f"{name}.compare.png")
+
+
+def as_region(region: Region | tuple[int, ...] | None) -> Region:
+    """A :class:`Region` from one, from (left, top[, width, height]) or from None (everything)."""
+    if region is None:
+        return Region()
+    if isinstance(region, Region):
+        return region
+    values = tuple(region)
+    if len(values) not in (2, 4):
+        raise UserError(f"region {values}: give (left, top) or (left, top, width, height) in px")
+    return Region(*values)
+
+
+def encode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
+    """float32 [h, w, C + 1] (values, sd) -> uint8 [h, w, C + 2]: the values rounded, the sd in
+    1/256 grey levels as two bytes (what the resume store keeps)."""
+    values = tiling.as_uint8(band[..., :channels])
+    sd = np.clip(np.rint(band[..., channels] * 256.0), 0, 65535).astype(np.uint16)
+    return np.concatenate([values, (sd >> 8).astype(np.uint8)[..., None], (sd & 255).astype(np.uint8)[..., None]],
+                          axis=-1)
+
+
+def decode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
+    """The float32 sd map [h, w] of an :func:`encode_uncertain` band."""
+    return (band[..., channels].astype(np.float32) * 256.0 + band[..., channels + 1]) / 256.0
+
+
+def split_uncertain(bands: Iterable[np.ndarray], channels: int, maps: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """The image part of encoded bands; their sd maps are appended to ``maps``."""
+    for band in bands:
+        maps.append(decode_uncertain(band, channels))
+        yield band[..., :channels]
+
+
+def uncertainty_paths(out: Path) -> tuple[Path, Path]:
+    """``OUT.uncertainty.tif`` and ``OUT.uncertainty.png`` beside output ``out`` (its type suffix dropped)."""
+    stem = compare_path(out).name[:-len(".compare.png")]
+    return out.with_name(f"{stem}.uncertainty.tif"), out.with_name(f"{stem}.uncertainty.png")
+
+
+class Upscaler:
+    """A model opened once, for any number of images. Use :meth:`open` to make one.
+
+    Example::
+
+        from allen_sr import Upscaler
+
+        with Upscaler.open() as up:            # or "conv-fast", an export or a run folder
+            big = up.predict(small)            # uint8 [h, w, 3] -> uint8 [4h, 4w, 3]
+
+    :meth:`predict` gives exactly the pixels `allen-sr upscale` writes for the same image and
+    model. Errors a user can fix (a name, a file, a value) are :class:`allen_sr.errors.UserError`.
+    """
+
+    def __init__(self, spec: ModelSpec, options: Options = Options()) -> None:
+        self.spec, self.options = spec, options
+        self._tiled = open_tiled_model(spec, options)
+        self._calibration: Any = None
+
+    @classmethod
+    def open(cls, model: str | os.PathLike[str] | None = None, *, tile: int | None = None,
+             overlap: int | None = None, batch_tiles: int | None = None, **decoding: Any) -> "Upscaler":
+        """Open ``model``: None for the default pretrained model, a pretrained model's name
+        (`allen_sr.pretrained.available`), an `allen-sr export` folder, or a t2t-trainer run
+        folder or checkpoint prefix (its problem and hparams set read from its flags.txt, or
+        given as ``problem=`` and ``hparams_set=``). ``tile``/``overlap`` (input px) and
+        ``batch_tiles`` change the tiling; ``decoding`` takes ``mode``, ``temperature``,
+        ``seed``, ``decoder``, ``hparams`` as the command line does.
+        """
+        spec = resolve(model, **decoding)
+        return cls(spec, Options(tile=tile, overlap=overlap, batch_tiles=batch_tiles))
+
+    # ----------------------------------------------------------------- what it is
+    @property
+    def factor(self) -> int:
+        """How many times larger each side of the output is."""
+        return self._tiled.factor
+
+    @property
+    def channels(self) -> int:
+        """3 for RGB models, 1 for greyscale ones (their output is [H, W, 1])."""
+        return self._tiled.channels
+
+    @property
+    def describe(self) -> str:
+        """The model and decoder, as the command's summary names them."""
+        return self._tiled.describe
+
+    @property
+    def source(self) -> str:
+        """Where the model came from: ``pretrained NAME``, an export or a run folder."""
+        return describe_source(self.spec)
+
+    @property
+    def calibration(self) -> Any:
+        """The `allen_sr.decoding.uncertainty.Calibration` of the uncertainty maps (fitted on the
+        run's dev split on first use); UserError for a model without a distribution."""
+        tm = self._live()
+        if tm.calibrate is None:
+            raise UserError(f"{tm.describe} predicts one value per sub-pixel, not a distribution: "
+                            "uncertainty maps need an Image Transformer")
+        if self._calibration is None:
+            self._calibration = tm.calibrate()
+        return self._calibration
+
+    def _live(self) -> TiledModel:
+        if self._tiled is None:
+            raise UserError("this Upscaler is closed; open another")
+        return self._tiled
+
+    def close(self) -> None:
+        """Release the model (sessions, runtimes); the object is unusable afterwards."""
+        if self._tiled is not None:
+            self._tiled.close()
+            self._tiled = None
+
+    def __enter__(self) -> "Upscaler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- prediction
+    def _layout(self, source: sources.ImageSource, options: Options) -> tiling.TileLayout:
+        tm = self._live()
+        return tiling.plan_tiles(source.height, source.width, tm.tile, tm.overlap, tm.context,
+                                 tm.min_tile, source.name, tm.exact_tile, tm.ramp)
+
+    def _bands(self, source: sources.ImageSource, layout: tiling.TileLayout, progress: bool,
+               first_row: int = 0, uncertainty: bool = False) -> Iterator[np.ndarray]:
+        """uint8 bands of output rows: the image's channels, and with ``uncertainty`` two more
+        holding each pixel's uncertainty in 1/256 grey levels (high byte, low byte)."""
+        tm = self._live()
+        to_model = to_grey if tm.channels == 1 else None
+        if not uncertainty:
+            return tiling.predict_bands(source, layout, tm.predict, tm.factor, tm.batch_tiles, progress,
+                                        tm.channels, to_model, first_row=first_row)
+        temperature = self.calibration.temperature
+        bands = tiling.predict_bands(source, layout, lambda x: tm.predict_uncertain(x, temperature), tm.factor,
+                                     tm.batch_tiles, progress, tm.channels + 1, to_model, first_row=first_row,
+                                     rounded=False)
+        return (encode_uncertain(band, tm.channels) for band in bands)
+
+    def predict(self, image: np.ndarray, progress: bool = False, uncertainty: bool = False) -> Any:
+        """The enlarged ``image``: uint8 [h, w] or [h, w, 3|4] in (alpha ignored), uint8
+        [h * factor, w * factor, channels] out, tiled and blended as `allen-sr upscale` does.
+        ``uncertainty`` (Image Transformers): (image, float32 [h * factor, w * factor] map of each
+        pixel's calibrated uncertainty, sd in grey levels)."""
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+            raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 "
+                                  "[h, w] (grey) or [h, w, 3|4] (RGB, RGBA)")
+        source = sources.ArraySource("image", sources.to_rgb(array, "image"))
+        layout = self._layout(source, self.options)
+        out = np.concatenate(list(self._bands(source, layout, progress, uncertainty=uncertainty)), axis=0)
+        if not uncertainty:
+            return out
+        return out[..., :self.channels], decode_uncertain(out, self.channels)
+
+    def predict_file(self, src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                     region: Region | tuple[int, ...] | None = None, level: int = 0, *,
+                     progress: bool = False, preview_size: int = 0, pixel_size_um: float | None = None,
+                     restart: bool = False, compression: str = "deflate",
+                     preview_to: str | os.PathLike[str] | None = None, uncertainty: bool = False,
+                     log: Log | None = None) -> dict[str, Any]:
+        """Enlarge ``region`` (input px at ``level`` of a pyramidal TIFF) of the image file
+        ``src`` into ``dst`` (.png, .jpg, .tif or .ome.tif: a tiled pyramidal BigTIFF with the
+        pixel size when known); returns a summary. ``preview_size`` > 0 also writes
+        ``DST-stem.compare.png`` (nearest | bicubic | model of a centred square of that many
+        input px) beside ``dst`` or in the folder ``preview_to``. ``uncertainty`` (Image
+        Transformers) also writes ``DST.uncertainty.tif`` (float32 sd in grey levels, pyramidal
+        like a TIFF output) and ``DST.uncertainty.png`` (a heat map with its colour bar), and adds
+        the map to the compare picture. ``log`` receives progress messages (none by default).
+        """
+        options = replace(self.options, level=level, preview_size=preview_size, pixel_size_um=pixel_size_um,
+                          restart=restart, compression=compression)
+        out = Path(dst)
+        writers.output_kind(out)
+        writers.check_writable(out)
+        base = sources.open_image(os.fspath(src), level, pixel_size_um)
+        try:
+            preview = compare_path(out) if preview_to is None else Path(preview_to) / compare_path(out).name
+            return self._write(base, out, as_region(region), progress, options,
+                               resume.file_stamp(os.fspath(src)), preview, log or (lambda _: None), uncertainty)
+        finally:
+            base.close()
+
+    def _resume_key(self, layout: tiling.TileLayout, image: dict[str, Any], region: Region,
+                    options: Options, uncertainty: bool) -> dict[str, Any]:
+        """Everything the output rows depend on: a saved row is reused only if all of it is equal."""
+        tm, spec = self._tiled, self.spec
+        weights = Path(tm.weights)
+        return {"image": image, "level": options.level,
+                "region": [region.left, region.top, layout.width, layout.height],
+                "model": resume.file_stamp(weights / "config.json" if weights.is_dir() else f"{weights}.index"),
+                "decoder": tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
+                "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles, layout.ramp],
+                "factor": tm.factor, "channels": tm.channels,
+                "uncertainty": self.calibration.as_dict() if uncertainty else None}
+
+    def _write(self, base: sources.ImageSource, out: Path, region: Region, progress: bool,
+               options: Options, image: dict[str, Any], preview: Path, log: Log,
+               uncertainty: bool = False) -> dict[str, Any]:
+        cut = sources.crop_source(base, region.left, region.top, region.width, region.height)
+        tm = self._tiled
+        layout = self._layout(cut, options)
+        f = tm.factor
+        out_h, out_w = cut.height * f, cut.width * f
+        size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
+        box = preview_box(cut, options.preview_size)
+        tap = PreviewTap(None if box is None else tuple(v * f for v in box))
+        log(f"upscaling {cut.name} {cut.width}x{cut.height} px x{f} -> {out_w}x{out_h} px "
+            f"({out_w * out_h / 1e6:.1f} MP): {layout.tiles} tiles of {layout.tile_w}x{layout.tile_h} px, "
+            f"overlap {tm.overlap} px, {tm.describe}")
+        stored = tm.channels + (2 if uncertainty else 0)  # + the uncertainty's two bytes
+        store = resume.RowStore(out, self._resume_key(layout, image, region, options, uncertainty), out_w, stored)
+        if options.restart:
+            store.discard()
+        done = store.open()
+        if done:
+            log(f"resuming: {done} of {out_h} output rows were saved by an interrupted run "
+                f"({store.folder}); restart to predict them again")
+        start = time.perf_counter()
+        bands = tap(itertools.chain(store.replay(), store.record(self._bands(cut, layout, progress, done, uncertainty), done)))
+        maps: list[np.ndarray] = []
+        if uncertainty:
+            bands = split_uncertain(bands, tm.channels, maps)
+            unc_paths = uncertainty_paths(out)
+            for path in unc_paths:
+                writers.check_writable(path)
+        writers.write_image(out, bands, out_h, out_w, tm.channels, size_um, options.compression)
+        seconds = time.perf_counter() - start
+        if uncertainty:
+            from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
+
+            sd = np.concatenate(maps, axis=0)
+            writers.write_float_tiff(unc_paths[0], sd, size_um)
+            heat_map_with_bar(sd if sd.size <= writers.MAX_PNG_PIXELS else sd[::4, ::4], unc_paths[1],
+                              label=f"uncertainty: sd in grey levels (temperature {self.calibration.temperature:g})")
+        store.discard()
+        summary = {"output": str(out), "width": out_w, "height": out_h, "tiles": layout.tiles,
+                   "seconds": round(seconds, 3), "resumed_rows": done,
+                   "output_mp_per_s": (out_h - done) * out_w / 1e6 / max(seconds, 1e-9),
+                   "pixel_size_um": size_um, "model": self.source}
+        if uncertainty:
+            summary["uncertainty"] = [str(p) for p in unc_paths]
+            summary["calibration"] = self.calibration.as_dict()
+        if box is not None and tap.parts:
+            top, left, h, w = box
+            small = cut.read(top, left, h, w)
+            small = to_grey(small) if tm.channels == 1 else small
+            shown = np.concatenate(tap.parts)
+            cells = [metrics.upscale(small, f, "nearest"), metrics.upscale(small, f, "bicubic"),
+                     shown[..., :tm.channels]]
+            columns: tuple[str, ...] = ("input (nearest)", "bicubic", "model")
+            if uncertainty:
+                from allen_sr.evaluation.uncertainty_pictures import heat
+
+                preview_sd = decode_uncertain(shown, tm.channels)
+                cells.append(heat(preview_sd, float(max(1.0, np.percentile(sd, 99)))))
+                columns += ("uncertainty (sd)",)
+            grid = pictures.prediction_grid([cells], columns=columns, scale=1)
+            summary["preview"] = str(pictures.save_png(grid, preview))
+        log(f"done in {seconds:.1f} s ({summary['output_mp_per_s']:.3g} output MP/s): wrote {out} "
+            f"({out_w}x{out_h} px" + (f", {size_um:.4g} um/px" if size_um else "") + ")"
+            + (f" and {summary['preview']}" if "preview" in summary else ""))
+        return summary

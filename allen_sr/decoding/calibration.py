@@ -1,0 +1,110 @@
+"""One softmax temperature that makes the Image Transformer's reported distributions calibrated,
+fitted on the training data's dev split only, kept beside the checkpoint.
+
+`allen-sr decode/evaluate/upscale --uncertainty` on a training run reads
+``<run>/uncertainty_calibration.json`` (one entry per checkpoint); when the run's newest
+checkpoint has none, it is fitted once, on first use, from the run's own dev split (the data
+folder t2t-trainer recorded in the run's hparams), and written there. `allen-sr export` copies it
+into the export's config.json. The images being evaluated are never used to fit it.
+
+The fit: decode :data:`FIT_TILES` dev tiles in the model's decoding mode, record each
+sub-pixel's distribution at every temperature of
+`allen_sr.decoding.uncertainty.TEMPERATURE_GRID`, and keep the temperature whose reliability
+diagram is closest to the diagonal. Only the reported distributions change; the decoded values
+never do.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from allen_sr.decoding.uncertainty import TEMPERATURE_GRID, Calibration, Recorder, fit_temperature, reliability
+from allen_sr.fileio import write_json_atomic
+
+CALIBRATION_NAME = "uncertainty_calibration.json"
+FIT_TILES = 64
+
+__all__ = ["CALIBRATION_NAME", "FIT_TILES", "stored_calibration", "fit_calibration", "run_calibration"]
+
+
+def _file(checkpoint: str) -> Path:
+    return Path(checkpoint).parent / CALIBRATION_NAME
+
+
+def stored_calibration(checkpoint: str) -> Calibration | None:
+    """The calibration fitted for ``checkpoint`` (a prefix), or None."""
+    path = _file(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get(Path(checkpoint).name)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not entry:
+        return None
+    return Calibration(float(entry["temperature"]), str(entry["fitted_on"]), int(entry["tiles"]))
+
+
+def recorded_data_dir(run: Path) -> str | None:
+    """The --data_dir a t2t-trainer run was trained on: its hparams.json, else its flags.txt."""
+    try:
+        found = json.loads((run / "hparams.json").read_text(encoding="utf-8")).get("data_dir")
+        if found:
+            return str(found)
+    except (OSError, json.JSONDecodeError):
+        pass
+    try:
+        for line in (run / "flags.txt").read_text(encoding="utf-8").split():
+            if line.startswith("--data_dir="):
+                return line.split("=", 1)[1]
+    except OSError:
+        pass
+    return None
+
+
+def fit_calibration(decoder: Any, inputs: Any, targets: Any, mode: str, where: str,
+                    progress: bool = False) -> tuple[Calibration, dict[str, Any]]:
+    """Fit the temperature on ``inputs``/``targets`` (dev tiles); (calibration, a report with the
+    reliability at the model's own temperature and at the fitted one)."""
+    recorder = Recorder(TEMPERATURE_GRID, targets)
+    decoder.decode(inputs, mode=mode, seed=0, progress=progress, recorder=recorder)
+    temperature, _ = fit_temperature(recorder)
+    own = min(range(len(TEMPERATURE_GRID)), key=lambda i: abs(TEMPERATURE_GRID[i] - 1.0))
+    fitted = TEMPERATURE_GRID.index(temperature)
+    report = {"reliability_uncalibrated": reliability(recorder.pit_lo[own], recorder.pit_hi[own]),
+              "reliability_calibrated": reliability(recorder.pit_lo[fitted], recorder.pit_hi[fitted])}
+    return Calibration(temperature, where, len(inputs)), report
+
+
+def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, mode: str,
+                    progress: bool = False, log: Any = None) -> Calibration:
+    """The stored calibration of ``checkpoint``, or one fitted now on its run's dev split and
+    stored; the model's own distributions (temperature 1, said so) when the dev split is not
+    readable."""
+    found = stored_calibration(checkpoint)
+    if found is not None:
+        return found
+    data_dir = getattr(hparams, "data_dir", None) or recorded_data_dir(Path(checkpoint).parent)
+    if not data_dir or not os.path.isdir(os.fspath(data_dir)):
+        return Calibration(1.0, f"not fitted: the run's dev split ({data_dir or 'no data_dir in its hparams'}) "
+                                "is not readable here")
+    from allen_sr.decoding.examples import read_examples
+
+    inputs, targets = read_examples(problem, data_dir, FIT_TILES, hparams, split="dev")
+    if log is not None:
+        log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint)")
+    calibration, report = fit_calibration(decoder, inputs, targets, mode,
+                                          f"dev split of {problem} in {data_dir}", progress)
+    path = _file(checkpoint)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        entries = {}
+    entries[Path(checkpoint).name] = {**calibration.as_dict(), "mode": mode, **report}
+    try:
+        write_json_atomic(entries, path)
+    except OSError:
+        pass  # a read-only run folder: fitted again next time
+    return calibration

