@@ -99,3 +99,21 @@ print("OK")
 """
     result = run(code, shim=False)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+
+
+def test_evaluation_writer_shim_adds_a_writer_to_every_estimator_evaluation(tmp_path):
+    """apply_evaluation_writer: the estimator's own evaluation summary is still written, the added
+    writer gets the same results, and applying it twice wraps once."""
+    code = f"""
+from allen_sr.t2t import compat as t2t_compat
+from tensorflow_estimator.python.estimator import estimator
+seen = []
+assert t2t_compat.apply_evaluation_writer(lambda d, r, s: seen.append((d, dict(r), s)))
+assert t2t_compat.apply_evaluation_writer(lambda d, r, s: seen.append("twice"))
+estimator._write_dict_to_summary({str(tmp_path)!r}, {{"loss": 1.5, "global_step": 7}}, 7)
+events = [f for f in os.listdir({str(tmp_path)!r}) if f.startswith("events.out")]
+print("OK", seen == [({str(tmp_path)!r}, {{"loss": 1.5, "global_step": 7}}, 7)], len(events))
+"""
+    result = run(code, shim=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "OK True 1" in result.stdout

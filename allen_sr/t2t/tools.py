@@ -4,7 +4,8 @@ Every flag of t2t-datagen / t2t-trainer passes through unchanged; `--t2t_usr_dir
 (our problems and hparams are imported first). On a host without GPUs `train` adds
 `--worker_gpu=0` unless you pass --worker_gpu yourself: t2t's default of 1 GPU floods the log
 with placement messages on CPU-only machines. Under a TF_CONFIG cluster (Kubeflow TFJob) `train`
-adds the flags of this replica's role (allen_sr.t2t.cluster.prepare_cluster_task).
+adds the flags of this replica's role (allen_sr.t2t.cluster.prepare_cluster_task); what it adds
+for tuning trials (`--train_steps_increment`, the PSNR summary Katib reads) is allen_sr.t2t.tuning.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from typing import Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
+from allen_sr.t2t.tuning import prepare_train_flags
 
 
 def usr_dir() -> str:
@@ -147,6 +149,11 @@ def train_main(argv: list[str]) -> int:
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
     argv = prepare_cluster_task(argv, os.environ)  # TF_CONFIG -> this replica's role
+    try:  # --train_steps_increment, and the eval PSNR as the tensor summary Katib reads
+        argv = prepare_train_flags(argv, os.environ)
+    except ValueError as exc:
+        print(f"allen-sr train: error: {exc}", file=sys.stderr)
+        return 2
     return _run("allen-sr train", "t2t_trainer", argv, check_train_flags)
 
 
