@@ -28,7 +28,8 @@ SUBCOMMANDS = {
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: allen-sr <command> [flags]  (allen-sr <command> --help for its flags)", "", "commands:"]
+    lines = ["usage: allen-sr [--debug] <command> [flags]  (allen-sr <command> --help for its flags)", "",
+             "--debug: show the traceback of every error, also of a user's mistake", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     # own progress output; TF_CPP_MIN_LOG_LEVEL=0 in the environment still shows it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"]:
+        argv = argv[1:]
+        os.environ["ALLEN_SR_DEBUG"] = "1"  # allen_sr.commands.args.DEBUG_ENV
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

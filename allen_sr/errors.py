@@ -1,13 +1,28 @@
-"""The one exception class for a user's mistake.
+"""The one exception class for a user's mistake, and its kinds.
 
-A :class:`UserError` says what is wrong with an input (a file, a name, a value) and what to do,
-in the library's words; the command line prints its message in one line and exits with code 2.
-Any other exception is a bug (or the machine's trouble) and keeps its traceback.
+A :class:`UserError` says what is wrong with an input (a file, a name, a value, a flag) and what
+to do, in the library's words; the command line prints its message in one line and exits with
+code 2 (`allen_sr.commands.args.run_command`). Any other exception is a bug, or the machine's
+trouble, and keeps its traceback; `allen-sr --debug ...` shows the traceback of a UserError too.
+The kinds also derive from the built-in exception a caller would expect, so ``except
+ValueError`` keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError"]
 
 
 class UserError(Exception):
     """An input the user can fix: the message names it and says what to do."""
+
+
+class InvalidInputError(UserError, ValueError):
+    """A value, name, file content or combination of settings that cannot be used."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or folder that is not there (or not what it should be)."""
+
+
+class UnsupportedInputError(UserError, NotImplementedError):
+    """Something valid that allen-sr does not do (a model it cannot decode or export)."""

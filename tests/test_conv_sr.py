@@ -216,6 +216,14 @@ def test_allen_sr_train_lowers_the_loss_checkpoints_and_evaluates(data_dir, tmp_
         assert up.spec.problem == PROBLEM and up.spec.hparams_set == CPU_SET
         big = up.predict(np.full((12, 20, 3), 150, np.uint8))
     assert big.shape == (48, 80, 3) and abs(float(big.mean()) - 150) < 20
+    from PIL import Image
+
+    from allen_sr.commands import upscale
+
+    Image.fromarray(np.full((12, 20, 3), 150, np.uint8)).save(tmp_path / "in.png")
+    assert upscale.upscale_main(["--output_dir", str(out), "--image", str(tmp_path / "in.png"),
+                                 "--out", str(tmp_path / "out.png"), "--no_progress"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), big)
 
 
 def test_train_budget_stops_training_and_checkpoints_its_clock(tmp_path):

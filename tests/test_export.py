@@ -188,6 +188,9 @@ def test_exported_flags_refuse_a_missing_folder_and_mixed_flags(tmp_path, capsys
     assert "leave out --problem" in capsys.readouterr().err
     assert evaluate_cmd.evaluate_main(["--output_dir", str(tmp_path), "--images", SAMPLE_IMAGES,
                                        "--out", str(tmp_path / "e")]) == 2
+    assert "not a training run (no checkpoint)" in capsys.readouterr().err
+    assert evaluate_cmd.evaluate_main(["--problem", PROBLEM, "--images", SAMPLE_IMAGES,
+                                       "--out", str(tmp_path / "e")]) == 2
     assert "--exported DIR" in capsys.readouterr().err
 
 

@@ -382,7 +382,7 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(conv_dir, tmp_path, 
     cases = [
         ([f"--image={tiny}", f"--out={out}"], ["tiny.png", "smaller than one 8x8"]),
         ([f"--image={slide}", "--left=200", "--width=100", f"--out={out}"], ["outside", "slide.tif"]),
-        ([f"--image={slide}", "--level=3", f"--out={out}"], ["slide.tif", "--level 3"]),
+        ([f"--image={slide}", "--level=3", f"--out={out}"], ["slide.tif", "level 3 does not exist"]),
         ([f"--image={cut}", f"--out={out}"], ["cut.tif", "replace the file"]),
         ([f"--image={junk}", f"--out={out}"], ["junk.png", "not a readable image"]),
         ([f"--image={tmp_path / 'none.png'}", f"--out={out}"], ["none.png"]),
@@ -524,7 +524,7 @@ def test_tiff_output_in_zstd_reads_back_the_same_pixels(tmp_path):
         levels = tif.series[0].levels
         assert levels[0].keyframe.compression == tifffile.COMPRESSION.ZSTD and len(levels) == 2
         np.testing.assert_array_equal(levels[0].asarray(), image)
-    with pytest.raises(writers.OutputError, match="--compression lzma: unknown; choose one of deflate, zstd"):
+    with pytest.raises(writers.OutputError, match="TIFF compression lzma: unknown; choose one of deflate, zstd"):
         writers.write_image(tmp_path / "x.tif", [image], 300, 1200, compression="lzma")
 
 

@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allen_sr.decoding.modes import check_mode
-from allen_sr.errors import UserError
+from allen_sr.errors import MissingInputError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
     from allen_sr.decoding.batching import Decoder
 
-__all__ = ["uncertainty_calibration", "ModelSpec", "OpenModel", "ModelNotFoundError", "resolve", "pretrained_spec", "run_flags", "model_shape",
-           "open_model", "decode_kwargs", "describe_source"]
+__all__ = ["uncertainty_calibration", "ModelSpec", "OpenModel", "ModelNotFoundError", "resolve",
+           "pretrained_spec", "run_flags", "model_shape", "open_model", "decode_kwargs",
+           "describe_source"]
 
 
-class ModelNotFoundError(UserError, FileNotFoundError):
+class ModelNotFoundError(MissingInputError):
     """A model name or folder that is neither shipped, nor an export, nor a training run."""
 
 
@@ -97,7 +98,7 @@ def resolve(source: str | os.PathLike[str] | None = None, **decoding: Any) -> Mo
     missing = [k for k in ("problem", "hparams_set") if not getattr(spec, k)]
     if missing:
         raise UserError(f"training run {text}: its {' and '.join(missing)} are not recorded (no "
-                        f"flags.txt); give {' and '.join(missing)} too")
+                        f"flags.txt of t2t-trainer); give {' and '.join(missing)} too")
     return spec
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from allen_sr.api.models import ModelSpec, decode_kwargs, describe_source, model_shape, open_model, resolve
-from allen_sr.errors import UserError
+from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
@@ -43,7 +43,7 @@ __all__ = ["Upscaler", "Region", "Options", "InputImageError", "CONV_TILE", "RAM
 Log = Callable[[str], None]
 
 
-class InputImageError(UserError, ValueError):
+class InputImageError(InvalidInputError):
     """An array given to :meth:`Upscaler.predict` that is not an 8-bit greyscale or RGB(A) image."""
 
 

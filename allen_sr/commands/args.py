@@ -14,7 +14,7 @@ from allen_sr.api.models import (ModelSpec, OpenModel, decode_kwargs, model_shap
                                  pretrained_spec, resolve)
 from allen_sr.decoding.modes import MODES, check_mode
 from allen_sr.decoding.registry import KINDS
-from allen_sr.errors import UserError
+from allen_sr.errors import InvalidInputError, UserError
 
 # ModelSpec, OpenModel, model_shape, open_model and decode_kwargs live in allen_sr.api.models;
 # the commands reach them through this module.
@@ -54,7 +54,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The :class:`ModelSpec` the shared flags describe; ValueError for values out of range."""
     if args.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+        raise InvalidInputError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.mode is not None:
         check_mode(args.mode, args.temperature)
     given = [f"--{k}" for k in ("problem", "hparams_set", "output_dir", "model", "hparams", "decoder")
@@ -69,6 +69,10 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     if args.exported is None and not given:
         return resolve(None, **decoding)  # the default pretrained model
     missing = [f"--{k}" for k in ("problem", "hparams_set", "output_dir") if not getattr(args, k)]
+    if args.exported is None and missing and args.output_dir:  # the run's flags.txt names the rest
+        named = {k: getattr(args, k) for k in ("problem", "hparams_set", "model", "hparams", "decoder")
+                 if getattr(args, k)}
+        return resolve(args.output_dir, **decoding, **named)
     if args.exported is None and missing:
         raise UserError(f"{', '.join(missing)} required: name the trained model (--problem, "
                         "--hparams_set, --output_dir), pass --exported DIR or --pretrained NAME, "
@@ -79,17 +83,21 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
                      batch_size=args.batch_size, decoder=args.decoder, exported=args.exported)
 
 
+DEBUG_ENV = "ALLEN_SR_DEBUG"  # set by `allen-sr --debug`: a user's mistake keeps its traceback too
+
+
 def run_command(name: str, body: Callable[[], int | None]) -> int:
-    """Run a command's ``body``; a user's mistake becomes one line on stderr and exit code 2."""
-    from allen_sr.data.images import ImageSkipped
-    from allen_sr.decoding.support import UnsupportedHParamsError
+    """Run a command's ``body``; a user's mistake (`allen_sr.errors.UserError`, or a file the
+    system cannot find or open) becomes one line on stderr and exit code 2. Anything else is a
+    bug and propagates with its traceback."""
+    import os
 
     try:
         return int(body() or 0)
-    except (UserError, UnsupportedHParamsError, NotImplementedError, FileNotFoundError, NotADirectoryError,
-            PermissionError, ValueError, KeyError, ImageSkipped) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"allen-sr {name}: error: {message}", file=sys.stderr)
+    except (UserError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"allen-sr {name}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
 
 

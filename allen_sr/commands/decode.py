@@ -19,6 +19,7 @@ import numpy as np
 
 from allen_sr.commands import args as shared
 from allen_sr.decoding.examples import SPLITS
+from allen_sr.errors import InvalidInputError
 
 
 @dataclass
@@ -57,10 +58,12 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
     from allen_sr.evaluation.results import write_results
 
     if num_examples < 1:
-        raise ValueError(f"--num_examples must be >= 1, got {num_examples}")
+        raise InvalidInputError(f"--num_examples must be >= 1, got {num_examples}")
     if spec.exported is not None:
-        raise ValueError(f"--exported {spec.exported}: decode reads a dataset's TFRecords with the full "
-                         "install; score an exported model on image files with `allen-sr evaluate --exported`")
+        model = f"--pretrained {spec.pretrained}" if spec.pretrained else f"--exported {spec.exported}"
+        raise InvalidInputError(f"{model}: decode reads a dataset's TFRecords with a training run (--problem, "
+                                "--hparams_set, --output_dir); score an exported or pretrained model on image "
+                                "files with `allen-sr evaluate`")
     opened = shared.open_model(spec)
     inputs, targets = read_examples(spec.problem, data_dir, num_examples, opened.hparams, split)
     if tuple(targets.shape[1:3]) != tuple(opened.decoder.target_shape):

@@ -19,6 +19,7 @@ from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region
 from allen_sr.data.download import DEFAULT_WORKERS, default_image_ids, download_images, unique_ids
 from allen_sr.data.errors import AllenApiError, DirectoryBusyError
 from allen_sr.data.retry import DEFAULT_BACKOFF, DEFAULT_RATE, DEFAULT_RETRIES, RetryPolicy
+from allen_sr.errors import InvalidInputError
 
 __all__ = ["build_parser", "download_main"]
 
@@ -29,7 +30,7 @@ def _parse_id_list(text: str, what: str) -> list[int]:
         if not token:
             continue
         if not re.fullmatch(r"[0-9]+", token):
-            raise ValueError(f"{what}: {token!r} is not a numeric id")
+            raise InvalidInputError(f"{what}: {token!r} is not a numeric id")
         ids.append(int(token))
     return ids
 
@@ -39,7 +40,7 @@ def _read_id_file(path: str) -> list[int]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise ValueError(f"--image_ids_file: cannot read {path}: {error.strerror}") from None
+        raise InvalidInputError(f"--image_ids_file: cannot read {path}: {error.strerror}") from None
     for number, line in enumerate(lines, start=1):
         ids += _parse_id_list(line.split("#", 1)[0], f"{path} line {number}")
     return ids

@@ -24,6 +24,7 @@ from allen_sr.data.degrade import FixedStep, degrade_image, format_fixed, parse_
 from allen_sr.data.images import ImageSkipped, image_id, load_image
 from allen_sr.data.stats import to_grey
 from allen_sr.data import tiles as tiling
+from allen_sr.errors import InvalidInputError
 
 
 def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles: int | None,
@@ -54,7 +55,7 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
         found_inputs += inputs
         names += [f"{image_id(path)}@{top},{left}" for top, left in positions]
     if not names:
-        raise ValueError(f"no tissue tiles of {size}x{size} px in {len(paths)} image(s)")
+        raise InvalidInputError(f"no tissue tiles of {size}x{size} px in {len(paths)} image(s)")
     targets = np.concatenate(found)
     inputs = np.stack(found_inputs)
     if max_tiles and len(targets) > max_tiles:

@@ -22,6 +22,7 @@ from typing import Any
 
 from allen_sr.commands import args as shared
 from allen_sr.export import runtime
+from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError
 
 # Hparams t2t-trainer adds to every run's hparams.json, whatever the set.
 RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins", "model_dir",
@@ -54,24 +55,24 @@ def check_trained_set(output_dir: str, hparams: Any, hparams_set: str) -> None:
     if os.path.isfile(flags):
         for line in open(flags, encoding="utf-8").read().split():
             if line.startswith("--hparams_set=") and line.split("=", 1)[1] != hparams_set:
-                raise ValueError(f"--output_dir {output_dir} was trained with --hparams_set="
-                                 f"{line.split('=', 1)[1]}, not {hparams_set}: pass that set")
+                raise InvalidInputError(f"--output_dir {output_dir} was trained with --hparams_set="
+                                        f"{line.split('=', 1)[1]}, not {hparams_set}: pass that set")
     path = os.path.join(folder, "hparams.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
             saved = set(json.load(handle))
         foreign = sorted(saved - set(hparams.values()) - RUN_KEYS)
         if foreign:
-            raise ValueError(f"--output_dir {output_dir} was trained with hparams that --hparams_set "
-                             f"{hparams_set} does not have ({', '.join(foreign[:5])}"
-                             f"{', ...' if len(foreign) > 5 else ''}): pass the set it was trained with")
+            raise InvalidInputError(f"--output_dir {output_dir} was trained with hparams that --hparams_set "
+                                    f"{hparams_set} does not have ({', '.join(foreign[:5])}"
+                                    f"{', ...' if len(foreign) > 5 else ''}): pass the set it was trained with")
 
 
 def check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} exists and is not an empty folder: remove it or choose another")
+        raise InvalidInputError(f"--out {out} exists and is not an empty folder: remove it or choose another")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+        raise MissingInputError(f"--out {out}: the folder {out.parent} does not exist; create it first")
 
 
 def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLike[str],
@@ -88,11 +89,11 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
     checkpoint = checkpoints.find_checkpoint(output_dir)
     written_by = checkpoints.checkpoint_model(checkpoint)
     if model is not None and model != written_by:
-        raise ValueError(f"checkpoint {checkpoint} was written by model {written_by}, not --model "
-                         f"{model}: pass --model {written_by} (or leave --model out)")
+        raise InvalidInputError(f"checkpoint {checkpoint} was written by model {written_by}, not --model "
+                                f"{model}: pass --model {written_by} (or leave --model out)")
     if written_by != runtime.CONV_MODEL and written_by not in TRANSFORMER_MODELS:
-        raise NotImplementedError(f"exporting model {written_by} is not supported (supported: "
-                                  f"{runtime.CONV_MODEL}, {', '.join(TRANSFORMER_MODELS)})")
+        raise UnsupportedInputError(f"exporting model {written_by} is not supported (supported: "
+                                    f"{runtime.CONV_MODEL}, {', '.join(TRANSFORMER_MODELS)})")
     hparams = checkpoints.load_hparams(hparams_set, problem, overrides, output_dir)
     check_trained_set(output_dir, hparams, hparams_set)
     input_size, target_size, channels = problem_shape(problem)

@@ -27,6 +27,7 @@ from pathlib import Path
 from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler, compare_path
 from allen_sr.commands import args as shared
 from allen_sr.inference import writers
+from allen_sr.errors import InvalidInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +82,8 @@ def allen_section(image_id: int, out: Path, downsample: int, api_base: str | Non
                              progress=progress)
     if not report.ok:
         reason = report.failed.get(image_id, "not downloaded").splitlines()[0]
-        raise ValueError(f"--image_id {image_id}: the download failed ({reason}); "
-                         "check the id and --api_base, then run again")
+        raise InvalidInputError(f"--image_id {image_id}: the download failed ({reason}); "
+                                "check the id and --api_base, then run again")
     size = None
     try:
         with allen_api.AllenClient(base) as client:
@@ -97,7 +98,7 @@ def allen_section(image_id: int, out: Path, downsample: int, api_base: str | Non
 
 def options_of(args: argparse.Namespace) -> Options:
     if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+        raise InvalidInputError(f"--batch_size must be >= 1, got {args.batch_size}")
     return Options(args.tile, args.overlap, args.level, args.batch_size, args.preview_size, args.pixel_size,
                    args.restart, args.compression)
 
@@ -106,9 +107,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     """--out goes with --image/--image_id, --out_dir (and --preview_dir) with --images."""
     if args.images is not None:
         if args.out_dir is None or args.out is not None:
-            raise ValueError("--images writes into a folder: pass --out_dir DIR (not --out)")
+            raise InvalidInputError("--images writes into a folder: pass --out_dir DIR (not --out)")
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
-        raise ValueError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
+        raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
     if args.out is not None:
         out = Path(args.out)
         writers.output_kind(out)

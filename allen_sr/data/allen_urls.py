@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from allen_sr.errors import InvalidInputError
+
 __all__ = [
     "DEFAULT_API_BASE", "DEFAULT_PAGE_SIZE", "DEFAULT_ORDER", "STOCK_IMAGE_IDS", "Region",
     "image_download_url", "section_image_criteria", "section_data_set_criteria", "rma_query_url",
@@ -61,9 +63,9 @@ class Region:
 
     def __post_init__(self) -> None:
         if self.left < 0 or self.top < 0:
-            raise ValueError(f"region left/top must be >= 0, got {self.left}, {self.top}")
+            raise InvalidInputError(f"region left/top must be >= 0, got {self.left}, {self.top}")
         if self.width <= 0 or self.height <= 0:
-            raise ValueError(f"region width/height must be > 0, got {self.width}x{self.height}")
+            raise InvalidInputError(f"region width/height must be > 0, got {self.width}x{self.height}")
 
 
 def image_download_url(
@@ -80,9 +82,9 @@ def image_download_url(
     ``region`` asks for a rectangle instead of the whole section.
     """
     if downsample is not None and downsample < 0:
-        raise ValueError(f"downsample must be >= 0, got {downsample}")
+        raise InvalidInputError(f"downsample must be >= 0, got {downsample}")
     if quality is not None and not 0 <= quality <= 100:
-        raise ValueError(f"quality must be within 0-100, got {quality}")
+        raise InvalidInputError(f"quality must be within 0-100, got {quality}")
     params: list[tuple[str, int]] = []
     if downsample is not None:
         params.append(("downsample", downsample))
@@ -99,7 +101,7 @@ def _rma_literal(value: str) -> str:
     if "'" in value:
         # RMA has no escape for a quote inside a quoted literal; refuse rather than send a query
         # that means something else.
-        raise ValueError(f"an RMA value cannot contain a single quote: {value!r}")
+        raise InvalidInputError(f"an RMA value cannot contain a single quote: {value!r}")
     return f"'{value}'"
 
 

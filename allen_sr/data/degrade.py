@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from allen_sr.errors import InvalidInputError
+
 __all__ = [
     "REAL_INPUTS", "REAL_INPUTS_TRANSFORMER", "DegradationSpecError", "Range", "TrainingDegradation",
     "FixedStep", "KERNELS", "parse_training", "parse_fixed", "format_fixed", "gaussian_taps", "blur", "downsample",
@@ -69,7 +71,7 @@ REAL_INPUTS_TRANSFORMER = "clean=0.5;hed=0.2;permute=0.5;blur=0:2@0.5;noise=0:5@
 HED_FROM_RGB_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 
 
-class DegradationSpecError(ValueError):
+class DegradationSpecError(InvalidInputError):
     """A degradation spec that cannot be used; the message names the item and what is allowed."""
 
 

@@ -63,6 +63,7 @@ from allen_sr.data.retry import (
     parse_retry_after,
     retry_call,
 )
+from allen_sr.errors import InvalidInputError
 
 __all__ = ["DEFAULT_WORKERS", "LOCK_NAME", "DownloadReport", "default_image_ids", "unique_ids",
            "directory_lock", "download_images"]
@@ -179,9 +180,9 @@ def download_images(
     download is writing into ``tmp_dir``, and ``KeyboardInterrupt`` after cleaning up.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise InvalidInputError(f"workers must be >= 1, got {workers}")
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+        raise InvalidInputError(f"retries must be >= 0, got {retries}")
     ids = unique_ids(int(image_id) for image_id in image_ids)
     # Validate the parameters once, before any thread starts.
     image_download_url(api_base, 0, downsample=downsample, quality=quality, region=region)

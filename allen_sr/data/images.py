@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from allen_sr.errors import MissingInputError, UserError
+
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
     "image_id", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
@@ -28,7 +30,7 @@ MAX_IMAGE_PIXELS = 250_000_000
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
-class ImageSkipped(Exception):
+class ImageSkipped(UserError):
     """An input file that cannot be used; the message names the file and the reason."""
 
 
@@ -45,7 +47,7 @@ def configure_pillow() -> None:
 def list_images(folder: str) -> list[str]:
     """Image files directly inside `folder`, sorted (hidden and partial files ignored)."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"image folder {folder!r} does not exist: pass the folder holding your images")
+        raise MissingInputError(f"image folder {folder!r} does not exist: pass the folder holding your images")
     names = sorted(
         n for n in os.listdir(folder)
         if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from allen_sr.data.paths import read_json
+from allen_sr.errors import InvalidInputError, MissingInputError
 
 # ITU-R 601 luma, as tf.image.rgb_to_grayscale (what the greyscale problems train on).
 LUMA = np.array([0.2989, 0.5870, 0.1140])
@@ -37,7 +38,7 @@ def read_stats(data_dir: str, prefix: str) -> dict:
     try:
         return read_json(path)
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: normalization needs the statistics written by datagen; "
             f"run `allen-sr datagen` for this data_dir first") from None
 
@@ -51,7 +52,7 @@ def normalization_stats(hparams, channels: int, model: str) -> tuple[np.ndarray,
     problem = getattr(hparams, "problem", None)
     data_dir = getattr(hparams, "data_dir", None)
     if problem is None or not data_dir:
-        raise ValueError(
+        raise InvalidInputError(
             f"{model}: normalize_inputs=True reads the dataset statistics from "
             "<data_dir>/<dataset>-stats.json, but the hparams have no "
             f"{'problem' if problem is None else 'data_dir'} (t2t-trainer sets both from "
@@ -63,6 +64,6 @@ def normalization_stats(hparams, channels: int, model: str) -> tuple[np.ndarray,
         # mean is exact; the weighted std is an upper bound, good enough for scaling.
         mean, std = np.array([mean @ LUMA]), np.array([std @ LUMA])
     if mean.shape != (channels,) or std.shape != (channels,):
-        raise ValueError(f"{model}: the statistics in {data_dir} have {mean.shape[0]} "
-                         f"channels, the problem has {channels}")
+        raise InvalidInputError(f"{model}: the statistics in {data_dir} have {mean.shape[0]} "
+                                f"channels, the problem has {channels}")
     return mean.astype(np.float32), np.maximum(std, 1.0).astype(np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 
 from allen_sr.models.variables import EMA_NAME
 from allen_sr.t2t.names import register_all
+from allen_sr.errors import InvalidInputError, MissingInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -50,12 +51,12 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
     if os.path.isdir(path):
         ckpt = tf.train.latest_checkpoint(path)
         if ckpt is None:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no checkpoint in {path} (expected a 'checkpoint' file from t2t-trainer)")
         return ckpt
     if os.path.exists(path + ".index"):
         return path
-    raise FileNotFoundError(f"{path} is neither an output dir with checkpoints nor a checkpoint prefix")
+    raise MissingInputError(f"{path} is neither an output dir with checkpoints nor a checkpoint prefix")
 
 
 def canonical_variable_name(name: str) -> str:
@@ -79,7 +80,7 @@ def checkpoint_name_map(names: Sequence[str], model_name: str) -> dict[str, str]
             continue  # global_step, optimizer slots ("training/..."), loss averages
         key = canonical_variable_name(name)
         if key in mapping and mapping[key] != name:
-            raise ValueError(f"checkpoint variables {mapping[key]} and {name} both map to {key}")
+            raise InvalidInputError(f"checkpoint variables {mapping[key]} and {name} both map to {key}")
         mapping[key] = name
     return mapping
 
@@ -112,7 +113,7 @@ def match_variables(
         else:
             missing.append(key)
     if missing:
-        raise ValueError(
+        raise InvalidInputError(
             f"checkpoint {checkpoint} lacks {len(missing)} variable(s) of {model_name}, e.g. "
             f"{missing[:3]}: was it trained with this {hint}?")
     return found
@@ -135,6 +136,6 @@ def checkpoint_model(checkpoint: str | os.PathLike[str]) -> str:
               if "/" in name}
     scopes -= {"training", "losses_avg", "train_stats", "global_step", "train_clock"}
     if len(scopes) != 1:
-        raise ValueError(f"cannot tell which model wrote checkpoint {checkpoint} (variable scopes "
-                         f"{sorted(scopes)}): pass --model")
+        raise InvalidInputError(f"cannot tell which model wrote checkpoint {checkpoint} (variable scopes "
+                                f"{sorted(scopes)}): pass --model")
     return scopes.pop()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from allen_sr.t2t.names import register_all
+from allen_sr.errors import InvalidInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -34,7 +35,7 @@ def read_examples(
     from tensor2tensor.utils import hparams_lib, registry
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
+        raise InvalidInputError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     if isinstance(problem, str):
         problem = registry.problem(problem)
     dataset_split = {"eval": problem_lib.DatasetSplit.EVAL, "train": problem_lib.DatasetSplit.TRAIN,
@@ -59,9 +60,9 @@ def read_examples(
                 inputs.append(example["inputs"])
                 targets.append(example["targets"])
     if not inputs:
-        raise ValueError(f"no {split} examples of {problem.name} in {data_dir}")
+        raise InvalidInputError(f"no {split} examples of {problem.name} in {data_dir}")
     x, y = np.stack(inputs), np.stack(targets)
     for name, arr in (("inputs", x), ("targets", y)):
         if arr.min() < 0 or arr.max() > 255:
-            raise ValueError(f"{name} of {problem.name} hold values outside 0..255")
+            raise InvalidInputError(f"{name} of {problem.name} hold values outside 0..255")
     return x.astype(np.uint8), y.astype(np.uint8)

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from allen_sr.errors import InvalidInputError
+
 MODES: tuple[str, ...] = ("greedy", "sample", "mean")
 VOCAB = 256  # values per sub-pixel (uint8)
 
@@ -42,21 +44,21 @@ def choose_values(
         return np.clip(np.rint(expected), 0, VOCAB - 1).astype(np.int64)
     if mode == "sample":
         if uniforms is None:
-            raise ValueError("mode 'sample' needs uniforms (one per row)")
+            raise InvalidInputError("mode 'sample' needs uniforms (one per row)")
         if not temperature > 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+            raise InvalidInputError(f"temperature must be > 0 for sampling, got {temperature}")
         probs = _softmax(np.asarray(logits, np.float64) / float(temperature))
         cdf = np.cumsum(probs, axis=-1)
         index = (cdf < np.asarray(uniforms)[:, None] * cdf[:, -1:]).sum(axis=-1)
         return np.minimum(index, VOCAB - 1).astype(np.int64)
-    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
 def check_mode(mode: str, temperature: float) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
     if mode == "sample" and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        raise InvalidInputError(f"temperature must be > 0 for sampling, got {temperature}")
 
 
 def example_uniforms(seed: int | None, indices: Sequence[int], steps: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from allen_sr.decoding.batching import (decode_tta, dihedral, dihedral_transform
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.modes import MODES
 from allen_sr.t2t.names import register_all
+from allen_sr.errors import InvalidInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -93,8 +94,8 @@ class OnePassDecoder:
         if rows is None or cols is None:
             self.input_shape: tuple[int | None, int | None] = (None, None)
         elif rows % self.factor or cols % self.factor:
-            raise ValueError(f"target shape {self.target_shape} is not a multiple of the scale "
-                             f"factor {self.factor}")
+            raise InvalidInputError(f"target shape {self.target_shape} is not a multiple of the scale "
+                                    f"factor {self.factor}")
         else:
             self.input_shape = (rows // self.factor, cols // self.factor)
         self._graph = tf.Graph()
@@ -133,8 +134,8 @@ class OnePassDecoder:
         expected = tuple(x.shape[1 + i] if x.ndim == 4 and d is None else d
                          for i, d in enumerate(self.input_shape)) + (self.channels,)
         if x.ndim != 4 or x.shape[1:] != expected:
-            raise ValueError(f"inputs must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
-                             f"got shape {x.shape}")
+            raise InvalidInputError(f"inputs must be [N, {expected[0]}, {expected[1]}, {expected[2]}], "
+                                    f"got shape {x.shape}")
         return x
 
     def _desc(self) -> str:
@@ -170,11 +171,11 @@ class OnePassDecoder:
         """
         del temperature, seed, max_steps
         if mode == "sample":
-            raise ValueError(
+            raise InvalidInputError(
                 f"--mode sample is not available for {self.model_name}: it predicts one value per "
                 "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+            raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
         if self.tta:
             prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
             return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from allen_sr.decoding.checkpoints import find_checkpoint
 from allen_sr.decoding.support import DEFAULT_MODEL, SKIP_MODEL, UnsupportedHParamsError
+from allen_sr.errors import InvalidInputError, UnsupportedInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -43,15 +44,15 @@ def register_decoder(model_name: str, kind: str, factory: str | DecoderFactory, 
     """
     taken = DECODERS.get(model_name, {}).get(kind)
     if taken is not None and not replace:
-        raise ValueError(f"a {kind!r} decoder of model {model_name!r} is registered already ({taken!r}); "
-                         "pass replace=True to replace it")
+        raise InvalidInputError(f"a {kind!r} decoder of model {model_name!r} is registered already ({taken!r}); "
+                                "pass replace=True to replace it")
     DECODERS.setdefault(model_name, {})[kind] = factory
 
 
 def decoder_kinds(model_name: str) -> list[str]:
     """The decoder kinds of ``model_name``, its default first (NotImplementedError if none)."""
     if model_name not in DECODERS:
-        raise NotImplementedError(
+        raise UnsupportedInputError(
             f"decoding --model={model_name} is not supported (models with decoders: "
             f"{', '.join(sorted(DECODERS))})")
     return list(DECODERS[model_name])
@@ -81,7 +82,7 @@ def make_decoder(
     """
     kinds = decoder_kinds(model_name)
     if kind is not None and kind not in kinds:
-        raise NotImplementedError(
+        raise UnsupportedInputError(
             f"--decoder={kind} is not available for --model={model_name} "
             f"(available: {', '.join(kinds)})")
     checkpoint = find_checkpoint(checkpoint)

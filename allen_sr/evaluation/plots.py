@@ -14,11 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from allen_sr.fileio import atomic_write_bytes
+from allen_sr.errors import InvalidInputError, MissingInputError
 
 
 
 
-class MissingScalarError(ValueError):
+class MissingScalarError(InvalidInputError):
     """A run's event files have no scalar with the requested tag."""
 
     def __init__(self, run_dir: Path, tag: str, available: list[str], n_files: int) -> None:
@@ -39,14 +40,14 @@ class _RunEvents:
 
 def _event_files(run_dir: Path, subdir: str | None) -> list[Path]:
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run dir {run_dir} does not exist")
+        raise MissingInputError(f"run dir {run_dir} does not exist")
     dirs = [run_dir] if subdir is None else sorted(p for p in run_dir.glob(subdir) if p.is_dir())
     # Names embed the creation time (events.out.tfevents.<unix time>.<host>...), so name order
     # is write order within a folder.
     files = sorted(f for d in dirs for f in d.glob("events.out.tfevents.*") if f.is_file())
     if not files:
         where = run_dir if subdir is None else f"{run_dir}/{subdir}"
-        raise FileNotFoundError(f"run {run_dir}: no events.out.tfevents.* files in {where}")
+        raise MissingInputError(f"run {run_dir}: no events.out.tfevents.* files in {where}")
     return files
 
 
@@ -173,14 +174,14 @@ def plot_loss_curves(
     from matplotlib.figure import Figure
 
     if not run_dirs:
-        raise ValueError("plot_loss_curves needs at least one run dir")
+        raise InvalidInputError("plot_loss_curves needs at least one run dir")
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        raise InvalidInputError(f"smoothing must be in [0, 1), got {smoothing}")
     paths = [Path(r) for r in run_dirs]
     if labels is None:
         labels = _labels_for(paths)
     elif len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} runs")
+        raise InvalidInputError(f"{len(labels)} labels for {len(paths)} runs")
     runs = [_read_run(p, tag, subdir) for p in paths]
 
     finite_values = np.concatenate(

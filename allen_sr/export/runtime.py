@@ -21,6 +21,7 @@ import numpy as np
 from allen_sr.decoding.batching import predict_in_chunks
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.modes import MODES
+from allen_sr.errors import InvalidInputError, MissingInputError
 
 CONFIG_NAME = "config.json"
 ONNX_NAME = "model.onnx"
@@ -41,20 +42,20 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / CONFIG_NAME
     if not folder.is_dir():
-        raise FileNotFoundError(f"--exported {folder}: no such folder; pass the --out folder of "
+        raise MissingInputError(f"export folder {folder}: no such folder; pass a folder written by "
                                 "`allen-sr export`")
     if not path.is_file():
-        raise FileNotFoundError(f"--exported {folder}: not an export folder (no {CONFIG_NAME}); "
-                                "pass the --out folder of `allen-sr export`")
+        raise MissingInputError(f"{folder}: not an export folder (no {CONFIG_NAME}); "
+                                "pass a folder written by `allen-sr export`")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--exported {folder}: {CONFIG_NAME} is unreadable ({exc}); export again") from None
+        raise InvalidInputError(f"export folder {folder}: {CONFIG_NAME} is unreadable ({exc}); export again") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"--exported {folder}: {CONFIG_NAME} is not an allen-sr export; export again")
+        raise InvalidInputError(f"export folder {folder}: {CONFIG_NAME} is not an allen-sr export; export again")
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"--exported {folder}: format_version {config.get('format_version')!r} "
-                         f"(this allen-sr reads {FORMAT_VERSION}); export again with this version")
+        raise InvalidInputError(f"export folder {folder}: format_version {config.get('format_version')!r} "
+                                f"(this allen-sr reads {FORMAT_VERSION}); export again with this version")
     return config
 
 
@@ -97,10 +98,10 @@ class OnnxDecoder:
         """The batching.Decoder protocol; ``mode`` greedy or mean (the same here)."""
         del temperature, seed, max_steps
         if mode == "sample":
-            raise ValueError(f"--mode sample is not available for {self.model_name}: it predicts one "
-                             "value per sub-pixel; use --mode greedy (or mean, the same here)")
+            raise InvalidInputError(f"mode sample is not available for {self.model_name}: it predicts one "
+                                    "value per sub-pixel; use mode greedy (or mean, the same here)")
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+            raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
         return predict_in_chunks(inputs, self.run, self.factor, self.channels, batch_size, progress,
                                  f"{self.model_name} onnx", dtype=np.uint8)
 
@@ -143,13 +144,13 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
     if config["model"] == CONV_MODEL:
         path = folder / config.get("onnx", ONNX_NAME)
         if not path.is_file():
-            raise FileNotFoundError(f"--exported {folder}: {path.name} is missing; export again")
+            raise MissingInputError(f"export folder {folder}: {path.name} is missing; export again")
         decoder: Any = OnnxDecoder(path, channels, factor, int(config["radius"]), bool(config["tta"]),
                                    config["model"])
     else:
         path = folder / config.get("weights", WEIGHTS_NAME)
         if not path.is_file():
-            raise FileNotFoundError(f"--exported {folder}: {path.name} is missing; export again")
+            raise MissingInputError(f"export folder {folder}: {path.name} is missing; export again")
         with np.load(path, allow_pickle=False) as data:
             weights = {name: data[name] for name in data.files}
         hparams = types.SimpleNamespace(**config["hparams"])

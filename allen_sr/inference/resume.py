@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from allen_sr.fileio import atomic_write_bytes, atomic_write_text
+from allen_sr.errors import InvalidInputError
 
 __all__ = ["RowStore", "file_stamp"]
 
@@ -82,8 +83,8 @@ class RowStore:
         for start, stop, crc, path in self.bands:
             data = path.read_bytes()
             if len(data) != (stop - start) * self.row_bytes or zlib.crc32(data) != crc:
-                raise ValueError(f"{path}: a saved band of an earlier run is damaged; delete "
-                                 f"{self.folder} (or pass --restart) and run again")
+                raise InvalidInputError(f"{path}: a saved band of an earlier run is damaged; delete "
+                                        f"{self.folder} (or pass --restart) and run again")
             yield np.frombuffer(data, np.uint8).reshape(stop - start, self.width, self.channels)
 
     def record(self, bands: Iterable[np.ndarray], first_row: int) -> Iterator[np.ndarray]:

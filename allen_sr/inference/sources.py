@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from allen_sr.data.images import ImageSkipped, load_image
+from allen_sr.errors import InvalidInputError, MissingInputError
 
 __all__ = ["ImageSource", "ArraySource", "TiffSource", "open_image", "is_tiff", "crop_source"]
 
@@ -76,9 +77,8 @@ def crop_source(base: ImageSource, left: int, top: int, width: int | None, heigh
     width = base.width - left if width is None else width
     height = base.height - top if height is None else height
     if left < 0 or top < 0 or width <= 0 or height <= 0 or left + width > base.width or top + height > base.height:
-        raise ValueError(f"region left={left} top={top} width={width} height={height} is outside the "
-                         f"{base.width}x{base.height} image {base.name}; choose one inside it with "
-                         "--left/--top/--width/--height")
+        raise InvalidInputError(f"region left={left} top={top} width={width} height={height} is outside the "
+                                f"{base.width}x{base.height} image {base.name}; choose one inside it")
     if (left, top, width, height) == (0, 0, base.width, base.height):
         return base
     return CroppedSource(base, top, left, height, width)
@@ -95,12 +95,12 @@ def to_rgb(block: np.ndarray, name: str) -> np.ndarray:
             block = np.clip(block.astype(np.float32) * (255.0 if block.max(initial=0) <= 1.0 else 1.0),
                             0, 255).round().astype(np.uint8)
         else:
-            raise ValueError(f"{name}: {block.dtype} pixels are not supported; convert the image to 8 or 16 bit")
+            raise InvalidInputError(f"{name}: {block.dtype} pixels are not supported; convert the image to 8 or 16 bit")
     if block.shape[2] == 1:
         return np.repeat(block, 3, axis=2)
     if block.shape[2] in (3, 4):
         return block[:, :, :3]
-    raise ValueError(f"{name}: {block.shape[2]} samples per pixel; expected greyscale or RGB(A)")
+    raise InvalidInputError(f"{name}: {block.shape[2]} samples per pixel; expected greyscale or RGB(A)")
 
 
 class TiffSource(ImageSource):
@@ -117,17 +117,17 @@ class TiffSource(ImageSource):
             raise ImageSkipped(f"{path}: not a readable TIFF ({exc}); replace the file") from exc
         if not 0 <= level < len(levels):
             self.tif.close()
-            raise ValueError(f"{path} has {len(levels)} resolution level(s) (0-{len(levels) - 1}); "
-                             f"--level {level} does not exist")
+            raise InvalidInputError(f"{path} has {len(levels)} resolution level(s) (0-{len(levels) - 1}); "
+                                    f"level {level} does not exist")
         page = levels[level].keyframe
         self.page = page
         if page.planarconfig == 2 and page.samplesperpixel > 1:
             self.tif.close()
-            raise ValueError(f"{path}: planar (separate-plane) colour TIFFs are not supported; "
-                             "save it with interleaved (contiguous) samples")
+            raise InvalidInputError(f"{path}: planar (separate-plane) colour TIFFs are not supported; "
+                                    "save it with interleaved (contiguous) samples")
         if len(levels[level].pages) > 1 and page.samplesperpixel == 1 and series.shape[0] in (3, 4):
             self.tif.close()
-            raise ValueError(f"{path}: channels stored as separate pages are not supported; save it as RGB")
+            raise InvalidInputError(f"{path}: channels stored as separate pages are not supported; save it as RGB")
         height, width = int(page.imagelength), int(page.imagewidth)
         super().__init__(path, width, height, tiff_pixel_size(self.tif, page, level, levels))
         if page.is_tiled:
@@ -149,10 +149,10 @@ class TiffSource(ImageSource):
                     fh.seek(offset)
                     data = fh.read(count)
                     if len(data) < count or (count == 0 and page.compression != 1):
-                        raise ValueError(f"segment {index} is cut off ({len(data)} of {count} bytes)")
+                        raise InvalidInputError(f"segment {index} is cut off ({len(data)} of {count} bytes)")
                     segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
                     if segment is None:
-                        raise ValueError(f"segment {index} is empty")
+                        raise InvalidInputError(f"segment {index} is empty")
                 except Exception as exc:  # noqa: BLE001 - codecs raise many kinds
                     raise ImageSkipped(f"{self.name}: truncated or corrupt TIFF data ({exc}); "
                                        "replace the file (download or export it again)") from exc
@@ -196,14 +196,14 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
     try:
         size = os.path.getsize(path)
     except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read ({exc.strerror}); check the --image path") from exc
+        raise MissingInputError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
     if size == 0:
         raise ImageSkipped(f"{path}: empty file (0 bytes); replace it")
     if is_tiff(path):
         source: ImageSource = TiffSource(path, level)
     else:
         if level:
-            raise ValueError(f"{path} is not a TIFF: it has one resolution level, --level must be 0")
+            raise InvalidInputError(f"{path} is not a TIFF: it has one resolution level, its level must be 0")
         source = ArraySource(path, load_image(path, min_size=1))
     if pixel_size_um is not None:
         source.pixel_size_um = pixel_size_um

@@ -21,6 +21,7 @@ import numpy as np
 
 from allen_sr.inference.blend import axis_profiles, axis_weight_sum, tile_starts
 from allen_sr.inference.sources import ImageSource
+from allen_sr.errors import InvalidInputError
 
 __all__ = ["TileLayout", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
 
@@ -59,13 +60,13 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 
     ValueError for an image smaller than ``min_tile`` or bad sizes.
     """
     if tile < min_tile:
-        raise ValueError(f"--tile must be at least {min_tile} px, got {tile}")
+        raise InvalidInputError(f"tile size must be at least {min_tile} px, got {tile}")
     if overlap < 0 or 2 * overlap > tile:
-        raise ValueError(f"--overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
+        raise InvalidInputError(f"tile overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
     smallest = tile if exact_tile else min_tile
     if height < smallest or width < smallest:
-        raise ValueError(f"{name}: the region is {width}x{height} px, smaller than one "
-                         f"{smallest}x{smallest} px tile; choose a larger region or image")
+        raise InvalidInputError(f"{name}: the region is {width}x{height} px, smaller than one "
+                                f"{smallest}x{smallest} px tile; choose a larger region or image")
     tile_h, tile_w = (tile, tile) if exact_tile else (fitted(height, tile, overlap), fitted(width, tile, overlap))
     return TileLayout(height, width, tile_h, tile_w, tile_starts(height, tile_h, overlap),
                       tile_starts(width, tile_w, overlap), overlap, context, ramp)

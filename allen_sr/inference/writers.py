@@ -26,6 +26,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 from allen_sr.fileio import pid_alive
+from allen_sr.errors import InvalidInputError
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "OutputError", "output_kind", "partial_path",
            "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes", "write_float_tiff",
@@ -42,7 +43,7 @@ TIFF_COMPRESSION = {"deflate": ("zlib", DEFLATE_LEVEL), "zstd": ("zstd", 1)}
 COMPRESS_BUFFER = 32 << 20  # bytes of tiles compressed in parallel per pass (tifffile's default: 512 MB)
 
 
-class OutputError(ValueError):
+class OutputError(InvalidInputError):
     """The output cannot be written; the message names the file and what to do."""
 
 
@@ -55,7 +56,7 @@ def output_kind(path: str | os.PathLike[str]) -> str:
         return "jpeg"
     if name.endswith((".tif", ".tiff")):
         return "tiff"
-    raise OutputError(f"--out {path}: unknown output type; name it .png, .jpg, .tif or .ome.tif")
+    raise OutputError(f"{path}: unknown output type; name it .png, .jpg, .tif or .ome.tif")
 
 
 def partial_path(path: Path, suffix: str = "partial") -> Path:
@@ -102,7 +103,7 @@ def committed(path: Path, extra: Iterable[Path] = ()) -> Iterator[Path]:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OutputError(f"{path}: the disk is full ({exc.strerror}) while writing; free space "
-                              "or choose --out on another disk (nothing was written under that name)") from exc
+                              "or write to another disk (nothing was written under that name)") from exc
         if isinstance(exc, (PermissionError, FileNotFoundError)):
             raise
         raise OutputError(f"{path}: writing failed ({exc}); nothing was written under that name") from exc
@@ -244,13 +245,13 @@ def write_image(path: str | os.PathLike[str], bands: Iterable[np.ndarray], heigh
     out = Path(path)
     kind = output_kind(out)
     if compression not in TIFF_COMPRESSION:
-        raise OutputError(f"--compression {compression}: unknown; choose one of {', '.join(TIFF_COMPRESSION)}")
+        raise OutputError(f"TIFF compression {compression}: unknown; choose one of {', '.join(TIFF_COMPRESSION)}")
     if kind != "tiff" and height * width > MAX_PNG_PIXELS:
-        raise OutputError(f"--out {out}: a {width}x{height} px output ({height * width / 1e6:.0f} MP) is "
+        raise OutputError(f"{out}: a {width}x{height} px output ({height * width / 1e6:.0f} MP) is "
                           f"above the {MAX_PNG_PIXELS // 1_000_000} MP a PNG/JPEG is written up to; "
                           "name it .tif or .ome.tif (tiled pyramidal BigTIFF)")
     if kind == "jpeg" and max(height, width) > JPEG_MAX_SIDE:
-        raise OutputError(f"--out {out}: JPEG cannot hold {width}x{height} px; use .png or .tif")
+        raise OutputError(f"{out}: JPEG cannot hold {width}x{height} px; use .png or .tif")
     check_writable(out)
     remove_stale_partials(out)
     spool_paths = [partial_path(out, f"level{k}") for k in range(1, MAX_LEVELS)]

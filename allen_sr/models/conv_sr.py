@@ -37,6 +37,7 @@ from allen_sr.models import conv_net, schedule  # noqa: E402
 from allen_sr.models.normalization import input_statistics  # noqa: E402
 from allen_sr.t2t import metrics as t2t_metrics  # noqa: E402
 from allen_sr.t2t import registration  # noqa: E402
+from allen_sr.errors import InvalidInputError  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -95,18 +96,18 @@ def scale_factor(hparams: "HParams", input_size: int | None = None) -> int:
     elif input_size:
         inp, out = int(input_size), int(hparams.img_len)
     else:
-        raise ValueError(
+        raise InvalidInputError(
             f"{MODEL_NAME}: cannot tell the scale factor: hparams have no problem with "
             "input_dim/output_dim and the input size is unknown")
     if out % inp:
-        raise ValueError(f"{MODEL_NAME} needs an integer scale factor, got {inp} -> {out} px")
+        raise InvalidInputError(f"{MODEL_NAME} needs an integer scale factor, got {inp} -> {out} px")
     return out // inp
 
 
 def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
     """Raise ValueError naming the hparam if this model cannot run with ``hparams``."""
     def fail(msg: str) -> None:
-        raise ValueError(f"{MODEL_NAME}: {msg}")
+        raise InvalidInputError(f"{MODEL_NAME}: {msg}")
 
     missing = [n for n in ("num_res_blocks", "pixel_loss", "gan_weight", "normalize_inputs")
                if not hasattr(hparams, n)]

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from allen_sr.errors import InvalidInputError
+
 # t2t-trainer's own default for --schedule (tensor2tensor/bin/t2t_trainer.py).
 T2T_DEFAULT_SCHEDULE = "continuous_train_and_eval"
 # Task types the estimator knows; "evaluator" is the only one not listed in the cluster itself.
@@ -57,34 +59,34 @@ def parse_tf_config(env: Mapping[str, str]) -> ClusterTask | None:
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({exc}): {raw[:200]!r}") from None
+        raise InvalidInputError(f"TF_CONFIG is not valid JSON ({exc}): {raw[:200]!r}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"TF_CONFIG must be a JSON object, got {raw[:200]!r}")
+        raise InvalidInputError(f"TF_CONFIG must be a JSON object, got {raw[:200]!r}")
     cluster = config.get("cluster") or {}
     if not cluster:
         # The estimator treats a TF_CONFIG without a cluster as local training; so do we.
         return None
     if not isinstance(cluster, dict) or not all(
             isinstance(v, list) and all(isinstance(a, str) for a in v) for v in cluster.values()):
-        raise ValueError(f'TF_CONFIG "cluster" must map job names to lists of "host:port", got {cluster!r}')
+        raise InvalidInputError(f'TF_CONFIG "cluster" must map job names to lists of "host:port", got {cluster!r}')
     unknown = sorted(set(cluster) - set(TASK_TYPES))
     if unknown:
-        raise ValueError(f"TF_CONFIG cluster has unknown job(s) {unknown}; expected some of {list(TASK_TYPES)}")
+        raise InvalidInputError(f"TF_CONFIG cluster has unknown job(s) {unknown}; expected some of {list(TASK_TYPES)}")
     task = config.get("task") or {}
     task_type = task.get("type")
     index = task.get("index", 0)
     if task_type not in TASK_TYPES:
-        raise ValueError(f'TF_CONFIG "task.type" is {task_type!r}; expected one of {list(TASK_TYPES)}')
+        raise InvalidInputError(f'TF_CONFIG "task.type" is {task_type!r}; expected one of {list(TASK_TYPES)}')
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ValueError(f'TF_CONFIG "task.index" must be a non-negative integer, got {index!r}')
+        raise InvalidInputError(f'TF_CONFIG "task.index" must be a non-negative integer, got {index!r}')
     if task_type != "evaluator":
         addresses = cluster.get(task_type, [])
         if index >= len(addresses):
-            raise ValueError(
+            raise InvalidInputError(
                 f'TF_CONFIG task {task_type}:{index} is not in the cluster ({task_type} has '
                 f"{len(addresses)} address(es): {addresses})")
     if task_type == "worker" and not (cluster.get("chief") or cluster.get("master")):
-        raise ValueError("TF_CONFIG cluster has workers but no chief: one replica must be the chief")
+        raise InvalidInputError("TF_CONFIG cluster has workers but no chief: one replica must be the chief")
     return ClusterTask({k: list(v) for k, v in cluster.items()}, task_type, index)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import difflib
 
+from allen_sr.errors import InvalidInputError
+
 
 def register_all() -> None:
     """Shims, our hparams sets, problems and models, and the t2t image models, registered."""
@@ -18,7 +20,7 @@ def register_all() -> None:
     from tensor2tensor.models import image_transformer_2d  # noqa: F401
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(InvalidInputError):
     """A problem, model or hparams set name that is not registered (names the closest ones)."""
 
 

@@ -24,6 +24,7 @@ from allen_sr.data import datagen  # noqa: E402
 from allen_sr.data.images import list_images  # noqa: E402
 from allen_sr.data import tiles as tiling  # noqa: E402
 from allen_sr.t2t import degradation  # noqa: E402
+from allen_sr.errors import InvalidInputError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class TileSuperResolution(problem.Problem):
         print(summary.report())
         for split in ("train", "dev"):
             if summary.tiles_kept[split] == 0:
-                raise ValueError(
+                raise InvalidInputError(
                     f"no {split} tiles from the {len(paths)} images in {tmp_dir}: {split} images "
                     f"are chosen by a hash of the file name ({self.dev_fraction:.0%} go to dev); "
                     "add more images with tissue")
@@ -173,8 +174,8 @@ def color_augment(tile, spec):
     parts = [p for p in spec.split("+") if p]
     unknown = [p for p in parts if p not in COLOR_AUGMENTS]
     if unknown:
-        raise ValueError(f"color_augment={spec!r}: unknown part(s) {unknown} (known: "
-                         f"{', '.join(COLOR_AUGMENTS)}, joined by '+')")
+        raise InvalidInputError(f"color_augment={spec!r}: unknown part(s) {unknown} (known: "
+                                f"{', '.join(COLOR_AUGMENTS)}, joined by '+')")
     x = tf.cast(tile, tf.float32)
     if "od" in parts:
         density = -tf.math.log((x + 1.0) / 256.0)
@@ -212,7 +213,7 @@ class LocalImages(TileSuperResolution):
     def source_images(self, tmp_dir):
         paths = list_images(tmp_dir)
         if not paths:
-            raise ValueError(
+            raise InvalidInputError(
                 f"no images in --tmp_dir={tmp_dir}: put your .png/.jpg/.tif files directly in it")
         return paths
 

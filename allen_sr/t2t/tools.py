@@ -15,6 +15,7 @@ from typing import Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
+from allen_sr.errors import InvalidInputError
 
 
 def usr_dir() -> str:
@@ -44,7 +45,7 @@ def _gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 
 
-class UsageError(ValueError):
+class UsageError(InvalidInputError):
     """A user's mistake in the flags of `allen-sr datagen/train` (the message says what to do)."""
 
 
