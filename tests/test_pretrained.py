@@ -45,7 +45,7 @@ def shipped():
 
 def test_the_shipped_models_fit_the_size_budget_and_have_cards(shipped):
     names = {m.name for m in shipped}
-    assert {"conv-cpu", "conv-fast"} <= names
+    assert {"conv-cpu", "conv-fast", "transformer-tiny"} <= names
     assert [m.name for m in shipped if m.default] == ["conv-cpu"] == [pretrained.default_name()]
     total = 0
     for m in shipped:
@@ -78,10 +78,26 @@ def test_measured_quality_in_models_json_is_what_the_shipped_files_give(name):
 
 def test_the_measurement_never_uses_a_training_image():
     script = make_pretrained_script()
-    trained = set(script.TRAIN_IMAGES) | set(script.DEV_IMAGES)
-    assert not trained & {file for file, _ in script.HELD_OUT.values()}
+    held_out = {Path(file).stem for file, _ in script.HELD_OUT.values()}
     for m in pretrained.available():
-        assert set(m.info["train_images"]) == {Path(n).stem for n in script.TRAIN_IMAGES}
+        seen = set(m.info["train_images"]) | set(m.info["dev_images"])
+        assert seen and not seen & held_out, m.name
+        layout = script.LAYOUTS[m.info["layout"]]
+        assert seen == {Path(n).stem for n in (*layout["train"], *layout["dev"])}
+
+
+def test_the_shipped_image_transformer_gives_calibrated_maps_without_tensorflow():
+    """Its calibration was fitted on its dev split (brain tissue, never the held-out section) and
+    travels in its config; a map comes with the prediction."""
+    model = pretrained.find("transformer-tiny")
+    config = json.loads((model.folder / "config.json").read_text())
+    assert "dev split" in config["uncertainty"]["fitted_on"] and config["uncertainty"]["tiles"] > 0
+    assert model.info["uncertainty"]["coverage_50"] > 0
+    small = load_image(HELD_OUT_BRAIN)[300:312, 500:516]
+    with Upscaler.open("transformer-tiny") as up:
+        image, sd = up.predict(small, uncertainty=True)
+        assert up.calibration.temperature == config["uncertainty"]["temperature"]
+    assert image.shape == (48, 64, 3) and sd.shape == (48, 64) and 0 < sd.mean() < 60
 
 
 def test_allen_sr_models_lists_name_purpose_size_data_and_quality(shipped, capsys):
