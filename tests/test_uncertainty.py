@@ -231,3 +231,20 @@ def test_the_conv_model_says_it_has_no_distribution(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a distribution" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_run_whose_dev_split_is_gone_gets_the_models_own_distributions(tmp_path):
+    """Calibration never blocks an export or an evaluation: without readable dev records the
+    temperature is 1 and says why."""
+    from allen_sr.decoding.calibration import run_calibration
+
+    hp = checkpoints.load_hparams(IT_SET, PROBLEM, OVERRIDES)
+    hp.add_hparam("data_dir", str(tmp_path))  # exists, holds datagen's statistics but no records
+    (tmp_path / f"{PROBLEM}-stats.json").write_text(json.dumps({"mean": [200.0, 150.0, 170.0],
+                                                                 "std": [30.0, 50.0, 40.0]}))
+    tiny_training.train_checkpoint(tmp_path / "run", hp, steps=1, batch_size=2, model_name=support.SKIP_MODEL)
+    checkpoint = checkpoints.find_checkpoint(tmp_path / "run")
+    calibration = run_calibration(FastDecoder.from_checkpoint(hp, checkpoint, support.SKIP_MODEL), hp,
+                                  PROBLEM, checkpoint, "mean")
+    assert calibration.temperature == 1.0 and "no readable dev split" in calibration.fitted_on
+    assert stored_calibration(checkpoint) is None

@@ -92,7 +92,11 @@ def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, m
                                 "is not readable here")
     from allen_sr.decoding.examples import read_examples
 
-    inputs, targets = read_examples(problem, data_dir, FIT_TILES, hparams, split="dev")
+    try:
+        inputs, targets = read_examples(problem, data_dir, FIT_TILES, hparams, split="dev")
+    except (ValueError, OSError) as exc:  # t2t/tf-slim say "No data files found in ..." this way
+        return Calibration(1.0, f"not fitted: no readable dev split in {data_dir} "
+                                f"({str(exc).splitlines()[0]})")
     if log is not None:
         log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint)")
     calibration, report = fit_calibration(decoder, inputs, targets, mode,
