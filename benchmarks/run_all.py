@@ -51,13 +51,28 @@ def render(sections: dict[str, str]) -> str:
     return HEADER + "".join(f"\n## {name}\n\n{sections[name]}" for name in sorted(sections))
 
 
+def public_args(args: list[str]) -> list[str]:
+    """The arguments that change a result: without ``--work DIR`` (where this machine kept the
+    intermediate files, a folder no reader has)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--work":
+            skip = True
+        elif not arg.startswith("--work="):
+            out.append(arg)
+    return out
+
+
 def run(script: str, args: list[str] = ()) -> tuple[str, bool]:
     """(section body, ok) of one benchmark run, with ``args`` on its command line."""
     name = os.path.basename(script)
     print(f"==> {name} {' '.join(args)}".rstrip(), flush=True)
     facts = machine_facts()
-    if args:
-        facts += f" Arguments: `{' '.join(args)}`."
+    shown = public_args(args)
+    if shown:
+        facts += f" Arguments: `{' '.join(shown)}`."
     proc = subprocess.run([sys.executable, script, *args], stdout=subprocess.PIPE, text=True)
     print(proc.stdout)
     if proc.returncode:

@@ -101,3 +101,8 @@ def test_bench_quality_puts_only_canonical_pictures_in_docs():
     assert bench_quality.docs_grid(only) == docs / "model_comparison_transformer.png"
     for other in (["--minutes", "5"], ["--it_hparams", "num_heads=1"], ["--tiles", "64"]):
         assert bench_quality.docs_grid(bench_quality.parse_args(other)) is None
+
+
+def test_the_arguments_line_leaves_out_where_intermediate_files_were_kept():
+    assert run_all.public_args(["--work", "/tmp/x", "--minutes", "5", "--work=/y", "--parallel", "2"]) == \
+        ["--minutes", "5", "--parallel", "2"]
