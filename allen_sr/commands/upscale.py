@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", help="with --images: folder for the outputs (created if missing); each "
                                      "keeps its input's name (types that cannot be written become .tif)")
     p.add_argument("--preview_dir", help="with --images: write each image's compare picture here")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="with --images: one task per image on a Dask cluster: a scheduler (tcp://host:8786), "
+                        "or local[:N] for N worker processes started here (default 2); inputs, --out_dir and "
+                        "--preview_dir on storage every worker shares")
     return p
 
 
@@ -110,6 +114,8 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise InvalidInputError("--images writes into a folder: pass --out_dir DIR (not --out)")
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
         raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
+    elif args.dask is not None:
+        raise InvalidInputError("--dask runs a folder of images: pass --images DIR|GLOB and --out_dir DIR")
     if args.out is not None:
         out = Path(args.out)
         writers.output_kind(out)
@@ -147,8 +153,15 @@ def upscale_main(argv: list[str] | None = None) -> int:
 
             pairs = plan_outputs(collect_images(args.images), args.out_dir)
             say(f"{len(pairs)} images -> {args.out_dir}, {up.describe}")
-            report = upscale_folder(up, pairs, progress, args.preview_dir,
-                                    log=None if progress else say, **file_options)
+            if args.dask is None:
+                report = upscale_folder(up, pairs, progress, args.preview_dir,
+                                        log=None if progress else say, **file_options)
+            else:
+                from allen_sr.api.cluster_folders import dask_client, upscale_folder_on_cluster
+
+                with dask_client(args.dask, say) as client:
+                    report = upscale_folder_on_cluster(client, spec, options, pairs, progress, args.preview_dir,
+                                                       log=None if progress else say, **file_options)
         print(report.summary(), flush=True)
         return 1 if report.failed else 0
 
