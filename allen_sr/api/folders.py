@@ -93,15 +93,16 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Path]], progress
     start = time.perf_counter()
     if pairs:
         pairs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    preview: dict[str, Any] = {}
     if preview_dir is not None:
         Path(preview_dir).mkdir(parents=True, exist_ok=True)
+        preview = {"preview_size": 128, "preview_to": Path(preview_dir)}
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
         if dst.exists():
             report.skipped.append(str(dst))
             continue
-        preview = {} if preview_dir is None else {"preview_size": 128, "preview_to": Path(preview_dir)}
         try:
             upscaler.predict_file(src, dst, progress=False, log=log, **preview, **file_options)
         except INPUT_ERRORS as exc:
