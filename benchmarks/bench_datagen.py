@@ -62,9 +62,9 @@ def count_records(pattern: str) -> int:
 def child(kind: str, tmp_dir: str, data_dir: str, warm_gib: float) -> None:
     """One generator run in this fresh process, as `t2t-datagen` / `allen-sr datagen` would run it:
     TensorFlow and tensor2tensor imported, then the problem's generate_data timed."""
-    from allen_sr.t2t import compat as t2t_compat
+    from allen_sr.t2t.names import register_all
 
-    t2t_compat.apply()
+    register_all()  # the shims, as both tools get them
     if kind == "stock":
         from tensor2tensor.data_generators import allen_brain
     else:

@@ -1,9 +1,13 @@
 """Each shim in allen_sr.t2t_compat: what breaks without it (fresh interpreter), and that it fixes it."""
+import ast
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 PRELUDE = """
 import os, sys
@@ -85,20 +89,47 @@ def test_shim_fixes_what_breaks_without_it(code, broken, fixed):
     assert fixed in with_shim.stdout
 
 
-def test_apply_is_idempotent_and_loaded_with_our_registrations():
-    code = """
-import allen_sr.problems
+ENTRY_POINTS = {
+    "register_all": "from allen_sr.t2t.names import register_all; register_all()",
+    "allen_sr.problems": "import allen_sr.problems",
+    "t2t_usr_dir": (f"from tensor2tensor.utils import usr_dir; "
+                    f"usr_dir.import_usr_dir({str(REPO / 'problems')!r})"),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_every_entry_point_applies_every_shim_once(entry):
+    """Our commands (register_all), library users (allen_sr.problems) and tensor2tensor's tools
+    (--t2t_usr_dir=problems) all get every shim; applying again changes nothing."""
+    code = ENTRY_POINTS[entry] + """
 from allen_sr.t2t import compat as t2t_compat
+from tensor2tensor.layers import common_layers
 summary_image = tf.compat.v1.summary.image
 t2t_compat.apply(); t2t_compat.apply()
 assert tf.compat.v1.summary.image is summary_image
+assert getattr(summary_image, "_allen_sr_shim", False)
 from tensorflow.python.ops import control_flow_ops
 from tensorflow.python.framework import ops
 assert control_flow_ops.case is tf.compat.v1.case and ops.Tensor is tf.Tensor
+assert common_layers._cached_layers is tf.compat.v1.layers
 print("OK")
 """
     result = run(code, shim=False)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
+
+
+def test_the_shims_are_applied_in_one_place():
+    """problems/__init__.py is the composition root (docs/ARCHITECTURE.md): no other module of the
+    package, its registrations or its scripts calls compat.apply()."""
+    callers = []
+    for folder in ("allen_sr", "problems", "hparams", "scripts", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and node.func.attr == "apply" and isinstance(node.func.value, ast.Name)
+                        and "compat" in node.func.value.id):
+                    callers.append(str(path.relative_to(REPO)))
+    assert callers == ["problems/__init__.py"]
 
 
 def test_evaluation_writer_shim_adds_a_writer_to_every_estimator_evaluation(tmp_path):

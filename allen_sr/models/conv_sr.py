@@ -22,22 +22,18 @@ import math
 import os
 from typing import TYPE_CHECKING, Any, Sequence
 
-from allen_sr.t2t import compat
+import tensorflow.compat.v1 as tf
+from tensor2tensor.utils import learning_rate as t2t_learning_rate
+from tensor2tensor.utils import optimize as t2t_optimize
+from tensor2tensor.utils import t2t_model
 
-compat.apply()
-
-import tensorflow.compat.v1 as tf  # noqa: E402
-from tensor2tensor.utils import learning_rate as t2t_learning_rate  # noqa: E402
-from tensor2tensor.utils import optimize as t2t_optimize  # noqa: E402
-from tensor2tensor.utils import t2t_model  # noqa: E402
-
-from allen_sr.data.degrade import REAL_INPUTS  # noqa: E402
-from allen_sr.models.variables import EMA_NAME  # noqa: E402
-from allen_sr.models import conv_net, schedule  # noqa: E402
-from allen_sr.models.normalization import input_statistics  # noqa: E402
-from allen_sr.t2t import metrics as t2t_metrics  # noqa: E402
-from allen_sr.t2t import registration  # noqa: E402
-from allen_sr.errors import InvalidInputError  # noqa: E402
+from allen_sr.data.degrade import REAL_INPUTS
+from allen_sr.models.variables import EMA_NAME
+from allen_sr.models import conv_net, schedule
+from allen_sr.models.normalization import input_statistics
+from allen_sr.t2t import metrics as t2t_metrics
+from allen_sr.t2t import registration
+from allen_sr.errors import InvalidInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams

@@ -64,21 +64,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from allen_sr.t2t import compat as t2t_compat
+import tensorflow.compat.v1 as tf
+from tensor2tensor.layers import common_image_attention as cia
+from tensor2tensor.layers import common_layers
+from tensor2tensor.models import image_transformer_2d
+from tensor2tensor.utils import learning_rate as t2t_learning_rate
+from tensor2tensor.utils import optimize as t2t_optimize
 
-t2t_compat.apply()
-
-import tensorflow.compat.v1 as tf  # noqa: E402
-from tensor2tensor.layers import common_image_attention as cia  # noqa: E402
-from tensor2tensor.layers import common_layers  # noqa: E402
-from tensor2tensor.models import image_transformer_2d  # noqa: E402
-from tensor2tensor.utils import learning_rate as t2t_learning_rate  # noqa: E402
-from tensor2tensor.utils import optimize as t2t_optimize  # noqa: E402
-
-from allen_sr.evaluation.bicubic import PRIOR_SIGMA_RANGE  # noqa: E402
-from allen_sr.models import schedule, transformer_options  # noqa: E402
-from allen_sr.models.normalization import input_statistics  # noqa: E402
-from allen_sr.t2t import registration  # noqa: E402
+from allen_sr.evaluation.bicubic import PRIOR_SIGMA_RANGE
+from allen_sr.models import schedule, transformer_options
+from allen_sr.models.normalization import input_statistics
+from allen_sr.t2t import registration
 
 MODEL_NAME = "img2img_transformer_sr"
 

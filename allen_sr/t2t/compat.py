@@ -3,7 +3,8 @@
 tensor2tensor's last release (2020) and tf-slim 1.1.0 reach into TensorFlow internals that moved
 in later releases. Each shim below says what breaks without it; tests/test_t2t_compat.py shows
 each failure in a fresh interpreter and that the shim fixes it. `apply()` is idempotent and is
-called whenever our problems, hparams or CLI are loaded.
+called in one place, `problems/__init__.py` (`allen_sr.problems`), which tensor2tensor's tools
+import as their `--t2t_usr_dir` and `allen_sr.t2t.names.register_all` imports for our commands.
 """
 from __future__ import annotations
 

@@ -12,11 +12,7 @@ from allen_sr.errors import InvalidInputError
 
 def register_all() -> None:
     """Shims, our hparams sets, problems and models, and the t2t image models, registered."""
-    from allen_sr.t2t import compat
-
-    compat.apply()
-    import allen_sr.hparams  # noqa: F401
-    import allen_sr.problems  # noqa: F401
+    import allen_sr.problems  # noqa: F401  (applies the shims, then registers; hparams and models with it)
     from tensor2tensor.models import image_transformer_2d  # noqa: F401
 
 

@@ -10,21 +10,17 @@ from __future__ import annotations
 import logging
 import os
 
-from allen_sr.t2t import compat as t2t_compat
+import tensorflow.compat.v1 as tf
+from tensor2tensor.data_generators import problem, text_encoder
+from tensor2tensor.layers import modalities
+from tensor2tensor.utils import contrib
+from tensor2tensor.utils import metrics as t2t_metrics
 
-t2t_compat.apply()
-
-import tensorflow.compat.v1 as tf  # noqa: E402
-from tensor2tensor.data_generators import problem, text_encoder  # noqa: E402
-from tensor2tensor.layers import modalities  # noqa: E402
-from tensor2tensor.utils import contrib  # noqa: E402
-from tensor2tensor.utils import metrics as t2t_metrics  # noqa: E402
-
-from allen_sr.data import datagen  # noqa: E402
-from allen_sr.data.images import list_images  # noqa: E402
-from allen_sr.data import tiles as tiling  # noqa: E402
-from allen_sr.t2t import degradation  # noqa: E402
-from allen_sr.errors import InvalidInputError  # noqa: E402
+from allen_sr.data import datagen
+from allen_sr.data.images import list_images
+from allen_sr.data import tiles as tiling
+from allen_sr.t2t import degradation
+from allen_sr.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 

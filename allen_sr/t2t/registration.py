@@ -9,11 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from allen_sr.t2t import compat
-
-compat.apply()
-
-from tensor2tensor.utils import registry  # noqa: E402  (after the shims)
+from tensor2tensor.utils import registry
 
 T = TypeVar("T")
 
