@@ -130,6 +130,35 @@ def test_tiled_conv_prediction_equals_whole_image_prediction(request, model, tmp
           np.abs(np.asarray(Image.open(cut)).astype(int) - whole).max())
 
 
+def test_blending_honours_the_context_before_rounding(conv_dir):
+    """Tiles overlapping by exactly twice the context, blended as floats, equal the whole-image
+    float prediction: each tile's band of context px (whose prediction lacks the pixels beyond
+    the tile) gets weight 0. Rounded to uint8 this model's edge error hides under the blending
+    ramp; before rounding it does not (seen failing with the context ignored in the weights)."""
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, CONV_HP, conv_dir)
+    dec = OnePassDecoder(hp, checkpoints.find_checkpoint(conv_dir), target_shape=(None, None))
+    try:
+        context = dec.radius
+        overlap = 2 * context
+        image = textured(3 * 64 - 2 * overlap, 4 * 64 - 3 * overlap, seed=5)
+        whole = dec.predict(image[None])[0]
+        layout = tiling.plan_tiles(image.shape[0], image.shape[1], 64, overlap, context)
+        assert layout.rows[1] - layout.rows[0] == 64 - overlap  # tiles overlap by just that
+        bands = list(tiling.predict_bands(sources.ArraySource("t", image), layout, dec.predict, 4,
+                                          progress=False, rounded=False))
+        blended = np.concatenate(bands)
+        abutting = np.concatenate(list(tiling.predict_bands(
+            sources.ArraySource("t", image), tiling.plan_tiles(image.shape[0], image.shape[1], 64, overlap, 0),
+            dec.predict, 4, progress=False, rounded=False)))
+    finally:
+        dec.close()
+    assert blended.shape == whole.shape
+    print("max |blended - whole|: with the context", np.abs(blended - whole).max(),
+          "without", np.abs(abutting - whole).max())
+    assert np.abs(blended - whole).max() < 1e-2
+    assert np.abs(abutting - whole).max() > 1e-1  # the model does see its tiles' borders
+
+
 def test_blended_tiles_leave_no_seam_where_abutting_tiles_do(conv_dir, tmp_path):
     image = textured(192, 256, seed=3)
     src = tmp_path / "s.png"
