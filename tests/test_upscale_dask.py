@@ -115,6 +115,23 @@ def test_a_folder_on_a_cluster_equals_in_process_runs_and_a_rerun_skips_everythi
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
+def test_workers_upload_to_an_out_dir_given_as_a_url(cluster, tmp_path, capsys):
+    """--out_dir file:///... goes through the URL path (fsspec; gs:// and s3:// take the same one
+    with their backend): each worker enlarges into its own temporary folder and uploads."""
+    address, _ = cluster
+    make_inputs(tmp_path / "in")
+    out = tmp_path / "bucket" / "out"
+    argv = ["--images", str(tmp_path / "in"), "--out_dir", out.as_uri(), "--pretrained", "conv-fast",
+            "--no_progress", "--dask", address]
+    assert upscale.upscale_main(argv) == 1
+    assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]  # no partial uploads
+    fresh = one_image(tmp_path / "in" / "a.png", tmp_path / "fresh.png", "--pretrained", "conv-fast")
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), fresh)
+    assert upscale.upscale_main(argv) == 1
+    assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+
+
 def test_a_local_cluster_started_by_the_command_writes_the_same_outputs(tmp_path, capsys):
     make_inputs(tmp_path / "in")
     os.remove(tmp_path / "in" / "bad.png")

@@ -63,6 +63,9 @@ def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys
         (["--images", str(tmp_path / "none*.png"), "--out_dir", str(tmp_path / "o")], "no image files"),
         (["--images", str(tmp_path / "in"), "--out", str(tmp_path / "o.png")], "pass --out_dir"),
         (["--image", str(tmp_path / "in" / "a.png"), "--out_dir", str(tmp_path / "o")], "pass --out FILE"),
+        (["--images", str(tmp_path / "in"), "--out_dir", "gs://bucket/out"], "install gcsfs"),  # not installed
+        (["--images", str(tmp_path / "in"), "--out_dir", str(tmp_path / "o"), "--preview_dir", "gs://b/p"],
+         "URLs are for --out_dir"),
     ]
     for argv, message in cases:
         assert upscale.upscale_main(base + argv) == 2
@@ -104,3 +107,38 @@ def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped
     assert upscale.upscale_main(["--image", str(tmp_path / "in" / "b.png"), "--out", str(fresh),
                                  "--pretrained", "conv-cpu", "--tile", "48", "--no_progress"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(out / "b.png")), np.asarray(Image.open(fresh)))
+
+
+def test_an_out_dir_given_as_a_url_gets_the_same_outputs_uploaded_whole(tmp_path, capsys, monkeypatch):
+    """--out_dir memory://... (fsspec's in-process filesystem, standing in for gs://): the outputs
+    equal a local folder run's, a rerun skips them, no temporary upload is left, and an upload that
+    fails leaves nothing under the output's name."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    make_inputs(tmp_path / "in")
+    base = ["--images", str(tmp_path / "in"), "--pretrained", "conv-fast", "--no_progress"]
+    url = "memory://bucket/enhanced"
+    try:
+        assert upscale.upscale_main(base + ["--out_dir", url]) == 1  # bad.png
+        assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
+        assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [
+            "/bucket/enhanced/a.png", "/bucket/enhanced/b.png", "/bucket/enhanced/c.jpg"]
+        assert upscale.upscale_main(base + ["--out_dir", str(tmp_path / "local")]) == 1
+        for name in ("a.png", "b.png", "c.jpg"):
+            assert memory.cat_file(f"/bucket/enhanced/{name}") == (tmp_path / "local" / name).read_bytes(), name
+        capsys.readouterr()
+        assert upscale.upscale_main(base + ["--out_dir", url]) == 1
+        assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+
+        memory.rm("/bucket/enhanced/b.png")
+
+        def broken_rename(self, path1, path2, **kwargs):
+            raise OSError("connection reset while renaming")
+
+        monkeypatch.setattr(type(memory), "mv", broken_rename)
+        assert upscale.upscale_main(base + ["--out_dir", url]) == 1
+        assert re.search(r"failed: .*b\.png: connection reset", capsys.readouterr().out)
+        assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [  # no b.png, no partial upload
+            "/bucket/enhanced/a.png", "/bucket/enhanced/c.jpg"]
+    finally:
+        memory.rm("/bucket", recursive=True) if memory.exists("/bucket") else None

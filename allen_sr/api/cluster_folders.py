@@ -4,7 +4,8 @@ The same run as `allen_sr.api.folders.upscale_folder`, spread over the workers o
 cluster: one task per image. Each worker process opens the model once and keeps it for the next
 images; it reads its inputs and writes its outputs itself, with the same atomic, resumable
 writers, so the inputs, ``--out_dir`` and ``--preview_dir`` must be on storage that the client
-and every worker share (the same paths everywhere). Outputs that exist are skipped before
+and every worker share (the same paths everywhere), or ``--out_dir`` a URL every worker can write
+(``gs://bucket/out``: `allen_sr.api.remote`). Outputs that exist are skipped before
 anything is submitted (they appear only when complete). A bad input file is named and not
 retried; an error on a worker is retried once and then named, while the other images go on. An
 image whose worker died is given to another worker by the scheduler (up to its
@@ -31,7 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from allen_sr.api.folders import INPUT_ERRORS, FolderReport
+from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output
+from allen_sr.api.remote import RemoteFile, is_url, make_parent, predict_to
 from allen_sr.api.models import ModelSpec
 from allen_sr.api.upscaler import Options, Upscaler
 from allen_sr.errors import InvalidInputError, UserError
@@ -157,10 +159,10 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
     """Runs on a worker: enlarge ``src`` into ``dst`` unless ``dst`` exists. A bad input file is
     a ``failed`` result (retrying cannot help); anything else raises, and Dask retries the task."""
     worker = worker_address()
-    out = Path(dst)
+    out: Output = RemoteFile(dst) if is_url(dst) else Path(dst)
     if out.exists():
         return ImageResult(src, dst, "skipped", worker=worker)
-    if not out.parent.is_dir():
+    if isinstance(out, Path) and not out.parent.is_dir():
         raise UserError(f"output folder {out.parent} is not on worker {worker}: --out_dir must be "
                         "storage that the client and every worker share, at the same path")
     if not os.path.exists(src):
@@ -171,7 +173,7 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
     with _MODELS_LOCK:
         upscaler = worker_upscaler(spec, options)
         try:
-            upscaler.predict_file(src, out, progress=False, **preview, **file_options)
+            predict_to(upscaler, src, out, progress=False, **preview, **file_options)
         except INPUT_ERRORS as exc:
             return ImageResult(src, dst, "failed", first_line(exc), worker=worker)
     return ImageResult(src, dst, "written", seconds=time.perf_counter() - start, worker=worker)
@@ -205,19 +207,19 @@ def result_of(future: "Future", src: str, dst: str) -> ImageResult:
     return ImageResult(src, dst, "failed", f"the cluster lost the task ({future.status}); run again")
 
 
-def submit_images(client: "Client", spec: ModelSpec, options: Options, pairs: list[tuple[str, Path]],
+def submit_images(client: "Client", spec: ModelSpec, options: Options, pairs: list[tuple[str, Output]],
                   preview_dir: str | None, file_options: dict[str, Any]) -> dict["Future", tuple[str, str]]:
     """One task per (input, output), with absolute paths; {future: (input, output) as given}."""
     spec = shared_spec(spec)
     futures = {}
     for src, dst in pairs:  # pure=False: keys upscale_image-<uuid>, never shared with another run
-        future = client.submit(upscale_image, spec, options, shared_path(src), shared_path(dst), preview_dir,
+        future = client.submit(upscale_image, spec, options, shared_path(src), shared_path(str(dst)), preview_dir,
                                file_options, retries=RETRIES, pure=False)
         futures[future] = (src, str(dst))
     return futures
 
 
-def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Options, pairs: list[tuple[str, Path]],
+def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Options, pairs: list[tuple[str, Output]],
                               progress: bool = True, preview_dir: str | os.PathLike[str] | None = None,
                               log: Log | None = None, **file_options: Any) -> FolderReport:
     """Enlarge every (input, output) of ``pairs`` whose output does not exist on the workers of
@@ -228,7 +230,7 @@ def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Option
 
     start = time.perf_counter()
     if pairs:
-        pairs[0][1].parent.mkdir(parents=True, exist_ok=True)
+        make_parent(pairs[0][1])
     if preview_dir is not None:
         Path(preview_dir).mkdir(parents=True, exist_ok=True)
     done = {str(dst) for _, dst in pairs if dst.exists()}
@@ -257,7 +259,7 @@ def describe(result: ImageResult) -> str:
     return f"wrote {result.dst} on {result.worker} in {result.seconds:.1f} s"
 
 
-def folder_report(pairs: list[tuple[str, Path]], results: dict[str, ImageResult], seconds: float) -> FolderReport:
+def folder_report(pairs: list[tuple[str, Output]], results: dict[str, ImageResult], seconds: float) -> FolderReport:
     """The FolderReport of a run, its lists in the inputs' order (as the in-process run gives)."""
     report = FolderReport(seconds=seconds)
     for src, dst in pairs:

@@ -4,7 +4,8 @@ Each input gets exactly one output in the output folder, under its own name (inp
 cannot be written, such as .svs, become ``NAME.tif``). An output that exists is finished (outputs
 appear only when complete) and is skipped on a rerun; an image interrupted half-way resumes from
 its saved rows (`Upscaler.predict_file`). An input that cannot be read is named and skipped while
-the others go on; :class:`FolderReport` says what happened to each.
+the others go on; :class:`FolderReport` says what happened to each. The output folder may be a URL
+(``gs://bucket/out``: `allen_sr.api.remote`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to
 from allen_sr.data.images import ImageSkipped, list_images
 from allen_sr.errors import UserError
 from allen_sr.inference import writers
@@ -49,16 +51,21 @@ def output_name(src: str) -> str:
         return os.path.splitext(name)[0] + ".tif"
 
 
-def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
-    """(input, output path) per input; UserError if two inputs would share an output or an
-    output would replace its input."""
-    out = Path(out_dir)
-    pairs, seen = [], {}
+Output = Path | RemoteFile
+
+
+def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tuple[str, Output]]:
+    """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
+    inputs would share an output or an output would replace its input."""
+    remote = is_url(out_dir)
+    out = os.fspath(out_dir) if remote else Path(out_dir)
+    pairs: list[tuple[str, Output]] = []
+    seen: dict[str, str] = {}
     for src in inputs:
-        dst = out / output_name(src)
+        dst = in_folder(str(out), output_name(src)) if remote else Path(out) / output_name(src)
         if dst.name in seen:
             raise UserError(f"{src} and {seen[dst.name]} would both be written as {dst}; rename one")
-        if dst.resolve() == Path(src).resolve():
+        if not remote and Path(dst).resolve() == Path(src).resolve():
             raise UserError(f"output folder {out} holds the input {src}: the output would replace it; "
                             "choose another output folder")
         seen[dst.name] = src
@@ -81,7 +88,7 @@ class FolderReport:
         return "\n".join([line] + [f"  failed: {src}: {why}" for src, why in self.failed.items()])
 
 
-def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Path]], progress: bool = True,
+def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progress: bool = True,
                    preview_dir: str | os.PathLike[str] | None = None, log: Callable[[str], None] | None = None,
                    **file_options: Any) -> FolderReport:
     """Enlarge every (input, output) of ``pairs`` not yet done; ``file_options`` go to
@@ -92,7 +99,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Path]], progress
     report = FolderReport()
     start = time.perf_counter()
     if pairs:
-        pairs[0][1].parent.mkdir(parents=True, exist_ok=True)
+        make_parent(pairs[0][1])
     preview: dict[str, Any] = {}
     if preview_dir is not None:
         Path(preview_dir).mkdir(parents=True, exist_ok=True)
@@ -104,7 +111,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Path]], progress
             report.skipped.append(str(dst))
             continue
         try:
-            upscaler.predict_file(src, dst, progress=False, log=log, **preview, **file_options)
+            predict_to(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
         except INPUT_ERRORS as exc:
             report.failed[src] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if log:

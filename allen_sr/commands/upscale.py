@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TIFF output: deflate (default; every reader) or zstd (less CPU, same size; "
                         "recent Bio-Formats/Fiji/QuPath, libtiff, tifffile/napari)")
     p.add_argument("--out", help="output .png, .jpg, .tif or .ome.tif (with --image, --image_id)")
-    p.add_argument("--out_dir", help="with --images: folder for the outputs (created if missing); each "
-                                     "keeps its input's name (types that cannot be written become .tif)")
+    p.add_argument("--out_dir", help="with --images: folder for the outputs (created if missing), or a URL "
+                                     "(gs://bucket/out, s3://..., with its fsspec backend); each keeps its "
+                                     "input's name (types that cannot be written become .tif)")
     p.add_argument("--preview_dir", help="with --images: write each image's compare picture here")
     p.add_argument("--dask", metavar="ADDRESS",
                    help="with --images: one task per image on a Dask cluster: a scheduler (tcp://host:8786), "
@@ -112,6 +113,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.images is not None:
         if args.out_dir is None or args.out is not None:
             raise InvalidInputError("--images writes into a folder: pass --out_dir DIR (not --out)")
+        if args.preview_dir is not None and "://" in args.preview_dir:
+            raise InvalidInputError(f"--preview_dir {args.preview_dir}: give a folder on this machine's "
+                                    "(or the workers' shared) storage; URLs are for --out_dir")
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
         raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
     elif args.dask is not None:

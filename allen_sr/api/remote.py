@@ -1,0 +1,110 @@
+"""Output folders given as URLs (``gs://bucket/out``, ``s3://...``, ``file:///...``), through fsspec.
+
+A folder run (`allen-sr upscale --images ... --out_dir URL`, in-process or on a Dask cluster)
+writes each output into a local temporary folder of the machine that enlarges it, uploads it
+under a temporary name beside its final one and renames it: an output appears under its name
+only when complete (on object stores, where a rename is a copy, the final object is created in
+one step). Finished outputs are skipped on a rerun as in a local folder; an image interrupted
+half-way starts over, as its saved rows stayed on the machine that ran it. Which URLs work
+depends on the fsspec backends installed (gcsfs for gs://, s3fs for s3://): a missing one is
+named. fsspec is imported only when a URL is used.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from allen_sr.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from allen_sr.api.upscaler import Upscaler
+
+__all__ = ["RemoteFile", "is_url", "filesystem", "make_parent", "predict_to"]
+
+BACKENDS = "gcsfs for gs://, s3fs for s3://, adlfs for az://"
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """True for ``scheme://...`` (a folder that fsspec opens), False for a local path."""
+    return isinstance(path, RemoteFile) or "://" in os.fspath(path)
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path within it) of ``url``; UserError naming what to install."""
+    try:
+        from fsspec.core import url_to_fs
+    except ImportError as exc:
+        raise UserError(f"{url}: writing to a URL needs fsspec (pip install fsspec) and the "
+                        f"backend of its scheme ({BACKENDS})") from exc
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{url}: no filesystem for this URL here ({reason}); install the fsspec "
+                        f"backend of its scheme ({BACKENDS}) where allen-sr runs (with --dask: on "
+                        "every worker too)") from exc
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One output at a URL; the part of pathlib.Path's interface a folder run uses."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url)
+
+    @property
+    def parent_url(self) -> str:
+        return self.url[:-len(self.name)].rstrip("/")
+
+    def exists(self) -> bool:
+        fs, path = filesystem(self.url)
+        return bool(fs.exists(path))
+
+    def upload(self, local: Path) -> None:
+        """Put the finished file ``local`` at this URL, under a temporary name first."""
+        fs, path = filesystem(self.url)
+        part = f"{path}.part-{uuid.uuid4().hex[:12]}"
+        try:
+            fs.put_file(os.fspath(local), part)
+            fs.mv(part, path)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                fs.rm(part)
+            raise
+
+
+def in_folder(out_dir: str, name: str) -> RemoteFile:
+    """The output ``name`` in the folder at URL ``out_dir``."""
+    return RemoteFile(out_dir.rstrip("/") + "/" + name)
+
+
+def make_parent(dst: Path | RemoteFile) -> None:
+    """Create the folder ``dst`` goes into (on object stores there is nothing to create)."""
+    if isinstance(dst, RemoteFile):
+        fs, path = filesystem(dst.parent_url)
+        fs.makedirs(path, exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+
+
+def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs: Any) -> None:
+    """``upscaler.predict_file(src, dst, **kwargs)``, through a local file when ``dst`` is a URL."""
+    if not isinstance(dst, RemoteFile):
+        upscaler.predict_file(src, dst, **kwargs)
+        return
+    with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
+        local = Path(tmp) / dst.name
+        upscaler.predict_file(src, local, **kwargs)
+        dst.upload(local)
