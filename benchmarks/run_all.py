@@ -15,6 +15,7 @@ import glob
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ HEADER = ("# Benchmark results\n\n"
           "Written by `benchmarks/run_all.py` (`make bench`): one section per benchmark, each the "
           "output of its last run, dated. Ratios are measured side by side in one run.\n")
 SECTION = re.compile(r"^## (bench_\w+\.py)$", re.M)
+ARGUMENTS = re.compile(r" Arguments: `([^`]*)`\.")
 
 
 def machine_facts() -> str:
@@ -65,6 +67,17 @@ def public_args(args: list[str]) -> list[str]:
     return out
 
 
+def with_public_args(body: str) -> str:
+    """A section as written, its Arguments line held to :func:`public_args` (sections written
+    before that rule named the writer's own work folder)."""
+    def public(match: re.Match[str]) -> str:
+        shown = public_args(shlex.split(match.group(1)))
+        return f" Arguments: `{' '.join(shown)}`." if shown else ""
+
+    head, _, rest = body.partition("\n")
+    return ARGUMENTS.sub(public, head) + ("\n" + rest if rest or body.endswith("\n") else "")
+
+
 def run(script: str, args: list[str] = ()) -> tuple[str, bool]:
     """(section body, ok) of one benchmark run, with ``args`` on its command line."""
     name = os.path.basename(script)
@@ -102,6 +115,7 @@ def main(argv: list[str], folder: str = HERE) -> int:
         # Re-read before each write: another section may have been written meanwhile.
         sections = read_sections(open(results).read()) if os.path.exists(results) else {}
         sections[os.path.basename(script)] = body
+        sections = {name: with_public_args(text) for name, text in sections.items()}
         with open(results + ".tmp", "w") as f:
             f.write(render(sections))
         os.replace(results + ".tmp", results)

@@ -106,3 +106,16 @@ def test_bench_quality_puts_only_canonical_pictures_in_docs():
 def test_the_arguments_line_leaves_out_where_intermediate_files_were_kept():
     assert run_all.public_args(["--work", "/tmp/x", "--minutes", "5", "--work=/y", "--parallel", "2"]) == \
         ["--minutes", "5", "--parallel", "2"]
+
+
+def test_sections_written_before_that_rule_lose_their_work_folder_and_nothing_else(tmp_path):
+    bench(tmp_path, "alpha", 1)
+    old = ("# Benchmark results\n\n## bench_beta.py\n\n_Run 2026-12-02 11:40 on 2 cores. Arguments: "
+           "`--work /tmp/private --only fast`._\n\n| 2 |\n\n## bench_gamma.py\n\n_Run 2026-12-02 12:00 "
+           "on 2 cores. Arguments: `--work=/tmp/other`._\n\n| 3 | `--work` in a table stays |\n")
+    (tmp_path / "RESULTS.md").write_text(old)
+    assert run_all.main(["alpha"], str(tmp_path)) == 0
+    sections = run_all.read_sections((tmp_path / "RESULTS.md").read_text())
+    assert sections["bench_beta.py"] == "_Run 2026-12-02 11:40 on 2 cores. Arguments: `--only fast`._\n\n| 2 |\n"
+    assert sections["bench_gamma.py"] == "_Run 2026-12-02 12:00 on 2 cores._\n\n| 3 | `--work` in a table stays |\n"
+    assert "| 1 |" in sections["bench_alpha.py"]
