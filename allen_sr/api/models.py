@@ -178,17 +178,21 @@ def decode_kwargs(spec: ModelSpec, mode: str, progress: bool = True) -> dict[str
                 batch_size=spec.batch_size, progress=progress)
 
 
+NO_DISTRIBUTION = ("{model} predicts one value per sub-pixel, not a distribution: uncertainty maps need an "
+                   "Image Transformer (img2img_transformer_sr) or a conv model trained with "
+                   "--hparams=probabilistic=True (from its run folder)")
+
+
 def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool = False,
                             log: Any = None) -> Any:
     """The `allen_sr.decoding.uncertainty.Calibration` the uncertainty maps of ``opened`` use:
     an export's (from its config.json), or the run's, fitted on its dev split on first use.
-    UserError for a model that predicts no distribution (the conv model)."""
-    from allen_sr.decoding.batching import BatchedDecoder
+    UserError for a model that predicts no distribution (a conv model without its probabilistic
+    head, or its export)."""
     from allen_sr.decoding.uncertainty import Calibration
 
-    if not isinstance(opened.decoder, BatchedDecoder):
-        raise UserError(f"{opened.model} predicts one value per sub-pixel, not a distribution: "
-                        "uncertainty maps need an Image Transformer (img2img_transformer_sr)")
+    if not getattr(opened.decoder, "reports_distributions", False):
+        raise UserError(NO_DISTRIBUTION.format(model=opened.model))
     if spec.exported is not None:
         from allen_sr.export.runtime import read_config
 

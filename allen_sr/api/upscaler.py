@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from allen_sr.api.models import ModelSpec, decode_kwargs, describe_source, model_shape, open_model, resolve
+from allen_sr.api.models import (NO_DISTRIBUTION, ModelSpec, decode_kwargs, describe_source, model_shape, open_model,
+                                 resolve, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.stats import to_grey
@@ -89,7 +90,7 @@ class TiledModel:
     weights: str  # the checkpoint prefix or export folder it was read from
     ramp: int | None = None  # input px of blending at most, centred in each overlap (None: all of it)
     # tiles -> [N, H, W, C + 1] float32: the values and each output pixel's uncertainty (sd, grey
-    # levels) at ``temperature``; None for a model without a distribution (the conv model)
+    # levels) at ``temperature``; None for a model without a distribution
     predict_uncertain: Callable[[np.ndarray, float], np.ndarray] | None = None
     calibrate: Callable[[], Any] | None = None  # -> the model's uncertainty Calibration
 
@@ -123,9 +124,19 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
         # copy); the 8-fold average stays continuous until it is blended.
         predict = dec.predict if getattr(dec, "tta", False) else dec.decode
         kind = f"pretrained {spec.pretrained}" if spec.pretrained else "onnx" if spec.exported else "one pass"
+        uncertain = getattr(dec, "reports_distributions", False)  # the probabilistic head
+
+        def predict_laplace(x: np.ndarray, temperature: float) -> np.ndarray:
+            from allen_sr.decoding.uncertainty import pixel_uncertainty
+
+            values, sd = dec.predict_uncertain(x, temperature)
+            return np.concatenate([values, pixel_uncertainty(sd)[..., None]], axis=-1)
+
         return TiledModel(predict, factor, channels, tile, overlap, dec.radius,
                           options.batch_tiles or 1, False, in_size,
-                          _describe(f"{model} {kind}", dec), dec.close, opened.checkpoint, RAMP)
+                          _describe(f"{model} {kind}", dec), dec.close, opened.checkpoint, RAMP,
+                          predict_uncertain=predict_laplace if uncertain else None,
+                          calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
     if options.tile not in (None, in_size):
         raise UserError(f"tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                         f"(problem {spec.problem or spec.exported}); leave the tile size out")
@@ -144,18 +155,13 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
         values = opened.decoder.decode(x, **kwargs, recorder=recorder).astype(np.float32)
         return np.concatenate([values, pixel_uncertainty(recorder.shaped("std")[0])[..., None]], axis=-1)
 
-    def calibrate() -> Any:
-        from allen_sr.api.models import uncertainty_calibration
-
-        return uncertainty_calibration(spec, opened)
-
     overlap = options.overlap if options.overlap is not None else in_size // 2
-    uncertain = hasattr(opened.decoder, "order")  # the autoregressive decoders report distributions
+    uncertain = getattr(opened.decoder, "reports_distributions", False)
     return TiledModel(predict, factor, channels, in_size, overlap, 0, batch, True, in_size,
                       _describe(f"{model} {opened.mode} ({type(opened.decoder).__name__})", opened.decoder),
                       getattr(opened.decoder, "close", lambda: None), opened.checkpoint,
                       predict_uncertain=predict_uncertain if uncertain else None,
-                      calibrate=calibrate if uncertain else None)
+                      calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
 
 
 class PreviewTap:
@@ -291,8 +297,7 @@ class Upscaler:
         run's dev split on first use); UserError for a model without a distribution."""
         tm = self._live()
         if tm.calibrate is None:
-            raise UserError(f"{tm.describe} predicts one value per sub-pixel, not a distribution: "
-                            "uncertainty maps need an Image Transformer")
+            raise UserError(NO_DISTRIBUTION.format(model=tm.describe))
         if self._calibration is None:
             self._calibration = tm.calibrate()
         return self._calibration

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel_size", type=float, help="um per input px, when the file does not say")
     p.add_argument("--preview_size", type=int, default=128, help="input px of the compare picture (0: none)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="Image Transformers: also write OUT.uncertainty.tif (float32 sd per pixel, grey levels, "
+                   help="Image Transformers and probabilistic conv models: also write OUT.uncertainty.tif (float32 sd per pixel, grey levels, "
                         "calibrated on the run's dev split) and OUT.uncertainty.png (heat map), and add the "
                         "map to the compare picture")
     p.add_argument("--restart", action="store_true",

@@ -65,10 +65,12 @@ def predict_in_chunks(
     progress: bool,
     desc: str,
     dtype: Any = np.float32,
+    out_channels: int | None = None,
 ) -> np.ndarray:
     """``dtype`` [N, h*factor, w*factor, C]: ``run`` (a one-pass model) on ``batch_size`` tiles at
     a time, with a progress bar; the tiles' layout and values are checked first. One chunk's
-    result is returned as ``run`` made it when it has the dtype (no copy of a large tile)."""
+    result is returned as ``run`` made it when it has the dtype (no copy of a large tile).
+    ``out_channels``: channels of ``run``'s results when not the inputs' C."""
     x = np.asarray(inputs)
     if x.ndim != 4 or x.shape[-1] != channels:
         raise ValueError(f"inputs must be [N, h, w, {channels}], got shape {x.shape}")
@@ -78,7 +80,7 @@ def predict_in_chunks(
     step = max(n if not batch_size else int(batch_size), 1)
     if step >= n and not progress:
         return np.asarray(run(x)).astype(dtype, copy=False)
-    out = np.zeros((n, x.shape[1] * factor, x.shape[2] * factor, channels), dtype)
+    out = np.zeros((n, x.shape[1] * factor, x.shape[2] * factor, out_channels or channels), dtype)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -173,6 +175,7 @@ class BatchedDecoder:
     channels: int
     target_shape: tuple[int, int]
     name = "decoder"
+    reports_distributions = True  # each sub-pixel's 256-way distribution (decode(..., recorder=...))
     tta = False
 
     def _decode_batch(

@@ -5,7 +5,7 @@ TensorFlow and tensor2tensor load when one is built.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,8 @@ MODEL_NAME = "img2img_conv_sr"  # the model's registered name (allen_sr.models.c
 # Input pixels (tiles x rows x cols) one 8-fold-averaging run may stack: one default 384 px tile
 # (allen-sr upscale) per run, 256 of the 8x8 dataset tiles x all 8 transforms per run.
 TTA_PIXELS_PER_RUN = 160_000
+# Examples per run when a recorder takes each sub-pixel's distribution (views x examples in memory).
+RECORD_CHUNK = 32
 # Settings that decide the model's variables, named when a checkpoint lacks some.
 VARIABLE_HINT = ("--model/--hparams_set/--hparams (hidden_size, num_res_blocks, upsample, "
                  "upsample_width, normalize_inputs, weight_ema_decay)")
@@ -63,6 +65,8 @@ class OnePassDecoder:
     clipped to uint8. Modes ``greedy`` and ``mean`` both mean "the prediction" (one value per
     sub-pixel); ``sample`` is refused. With ``tta`` (default: hparam ``decode_tta``) the
     continuous predictions of the 8 flips/rotations of each input are averaged before rounding.
+    A model trained with hparam ``probabilistic`` also reports each sub-pixel's distribution
+    (``decode(..., recorder=...)``, :meth:`predict_uncertain`; `allen_sr.decoding.laplace`).
 
     Parameters: ``hparams`` as `checkpoints.load_hparams` returns them, ``checkpoint`` a
     checkpoint prefix, ``target_shape`` (rows, cols) of the outputs (default img_len square;
@@ -89,6 +93,7 @@ class OnePassDecoder:
         self.factor = scale_factor(hparams)
         check_hparams(hparams, self.factor)
         self.tta = decode_tta(hparams) if tta is None else bool(tta)
+        self.probabilistic = bool(getattr(hparams, "probabilistic", False))
         self.radius = receptive_radius(hparams, self.factor)
         rows, cols = self.target_shape
         if rows is None or cols is None:
@@ -109,6 +114,8 @@ class OnePassDecoder:
             # tiles leave TensorFlow as uint8, a quarter of the bytes, on all cores. For
             # upsample=input_res the sub-pixels are rounded before TF's depth-to-space, which is
             # slow on float (a fifth of the model's time): the uint8 one is done in NumPy.
+            scales = tf.get_collection(conv_net.LAPLACE_LOG_SCALE)
+            self._scale = tf.exp(scales[0]) if scales else None
             sub_pixels = tf.get_collection(conv_net.SUB_PIXELS)
             self._sub_pixels = len(sub_pixels) == 1
             self._rounded = tf.cast(tf.clip_by_value(tf.round(sub_pixels[0] if self._sub_pixels else self._outputs),
@@ -141,9 +148,23 @@ class OnePassDecoder:
     def _desc(self) -> str:
         return f"{self.model_name} one pass" + (" (8-fold TTA)" if self.tta else "")
 
+    @property
+    def reports_distributions(self) -> bool:
+        """True when the model predicts a distribution per sub-pixel (hparam ``probabilistic``)."""
+        return self.probabilistic
+
     def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
         if not self.tta:
             return self._session.run(self._outputs, {self._inputs: x})
+        return sum(mu for mu, _ in self._views(x, False)) / 8
+
+    def _views(self, x: np.ndarray, scales: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """(prediction, Laplace scale if ``scales``) of each view of ``x``, in ``x``'s orientation:
+        the 8 flips/rotations with ``tta``, else ``x`` alone."""
+        fetches = [self._outputs] + ([self._scale] if scales else [])
+        if not self.tta:
+            out = self._session.run(fetches, {self._inputs: x})
+            return [(out[0], out[1] if scales else None)]
         # Rotations by 90 degrees transpose a non-square input: the others run apart.
         keep = dihedral_transforms(x.shape[1], x.shape[2])
         classes = [keep] + ([tuple(k for k in range(8) if k not in keep)] if len(keep) < 8 else [])
@@ -151,23 +172,52 @@ class OnePassDecoder:
         # tiles), as many as fit TTA_PIXELS_PER_RUN: a large tile runs one transform at a time,
         # so 8-fold averaging needs no more memory than a single prediction.
         per_run = max(1, TTA_PIXELS_PER_RUN // max(1, x.shape[0] * x.shape[1] * x.shape[2]))
-        undone: dict[int, np.ndarray] = {}
+        undone: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         for ks in classes:
             ks = list(ks)
             for start in range(0, len(ks), per_run):
                 group = ks[start:start + per_run]
                 stacked = np.concatenate([dihedral(x, k) for k in group])
-                preds = np.split(self._session.run(self._outputs, {self._inputs: stacked}), len(group))
-                undone.update((k, undo_dihedral(p, k)) for k, p in zip(group, preds))
-        return sum(undone[k] for k in range(8)) / 8
+                out = [np.split(a, len(group)) for a in self._session.run(fetches, {self._inputs: stacked})]
+                for j, k in enumerate(group):
+                    undone[k] = (undo_dihedral(out[0][j], k), undo_dihedral(out[1][j], k) if scales else None)
+        return [undone[k] for k in range(8)]
+
+    def _probabilistic(self) -> None:
+        if not self.probabilistic:
+            raise InvalidInputError(
+                f"{self.model_name} was trained without its probabilistic head: it predicts one value per "
+                "sub-pixel, not a distribution. Train with --hparams=probabilistic=True for uncertainty maps")
+
+    def predict_uncertain(self, inputs: np.ndarray, temperature: float = 1.0,
+                          batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, sd) float32 [N, H, W, C] each: the mean and standard deviation of each
+        sub-pixel's distribution (the mixture of the views' with ``tta``), every scale times
+        ``temperature``."""
+        from allen_sr.decoding.laplace import mixture_moments
+
+        self._probabilistic()
+        x = self._checked(inputs)
+
+        def chunk(part: np.ndarray) -> np.ndarray:
+            views = self._views(part.astype(np.int32), True)
+            mean, sd = mixture_moments(np.stack([mu for mu, _ in views]),
+                                       np.stack([b for _, b in views]) * float(temperature))
+            return np.concatenate([mean, sd], axis=-1).astype(np.float32)
+
+        both = predict_in_chunks(x, chunk, self.factor, self.channels, batch_size, False, self._desc(),
+                                 out_channels=2 * self.channels)
+        return both[..., :self.channels], both[..., self.channels:]
 
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
-               max_steps: int | None = None, progress: bool = False) -> np.ndarray:
+               max_steps: int | None = None, progress: bool = False, recorder: Any = None) -> np.ndarray:
         """uint8 [N, H, W, C] predictions of [N, h, w, C] inputs (the batching.Decoder protocol).
 
         ``mode`` greedy or mean: the prediction, rounded and clipped. ``temperature``, ``seed``
-        and ``max_steps`` belong to autoregressive decoding and are ignored.
+        and ``max_steps`` belong to autoregressive decoding and are ignored. ``recorder`` (an
+        `allen_sr.decoding.uncertainty.Recorder`; probabilistic models only) gets each
+        sub-pixel's distribution; the predictions are the same with or without it.
         """
         del temperature, seed, max_steps
         if mode == "sample":
@@ -176,12 +226,36 @@ class OnePassDecoder:
                 "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if recorder is not None:
+            return self._decode_recorded(inputs, recorder, batch_size, progress)
         if self.tta:
             prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
             return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)
         x = self._checked(inputs)
         return predict_in_chunks(x, self._rounded_chunk, self.factor, self.channels, batch_size, progress,
                                  self._desc(), np.uint8)
+
+    def _decode_recorded(self, inputs: np.ndarray, recorder: Any, batch_size: int | None,
+                         progress: bool) -> np.ndarray:
+        """decode() with ``recorder``: the views' predictions and scales, chunk by chunk."""
+        from tqdm import tqdm
+
+        from allen_sr.decoding.laplace import record
+
+        self._probabilistic()
+        x = self._checked(inputs)
+        n = x.shape[0]
+        rows, cols = x.shape[1] * self.factor, x.shape[2] * self.factor
+        recorder.start(n, rows, cols, self.channels)
+        out = np.empty((n, rows, cols, self.channels), np.uint8)
+        step = max(1, int(batch_size or RECORD_CHUNK))
+        for start in tqdm(range(0, n, step), desc=self._desc(), unit="chunk", disable=not progress):
+            stop = min(n, start + step)
+            views = self._views(x[start:stop].astype(np.int32), True)
+            record(recorder, start, stop, np.stack([mu for mu, _ in views]), np.stack([b for _, b in views]))
+            mean = sum(mu for mu, _ in views) / len(views)  # as decode() without a recorder averages
+            out[start:stop] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+        return out
 
     def _rounded_chunk(self, x: np.ndarray) -> np.ndarray:
         out = self._session.run(self._rounded, {self._inputs: x})

@@ -1,4 +1,5 @@
-"""What the Image Transformer's 256-way distributions say about its own errors.
+"""What a model's distributions on the 256 levels say about its own errors: the Image
+Transformer's softmax, or the conv model's probabilistic head (`allen_sr.decoding.laplace`).
 
 While a decoder fills a tile sub-pixel by sub-pixel, :class:`Recorder` keeps, for each sub-pixel,
 the mean and standard deviation of the distribution the decoder chose its value from (given the
@@ -79,6 +80,17 @@ class Recorder:
                 below = np.where(_VALUES[None, :] < truth[:, None], p, 0.0).sum(axis=-1)
                 self.pit_lo[i, start:stop, position] = below
                 self.pit_hi[i, start:stop, position] = below + p[np.arange(len(truth)), truth]
+
+    def put(self, index: int, start: int, stop: int, mean: np.ndarray, std: np.ndarray,
+            pit_lo: np.ndarray | None = None, pit_hi: np.ndarray | None = None) -> None:
+        """Record whole examples ``start:stop`` at the ``index``-th temperature, from arrays
+        [n, H, W, C] (a model whose distributions have a closed form: `allen_sr.decoding.laplace`)."""
+        n = stop - start
+        self.mean[index, start:stop] = np.reshape(mean, (n, -1))
+        self.std[index, start:stop] = np.reshape(std, (n, -1))
+        if self.pit_lo is not None:
+            self.pit_lo[index, start:stop] = np.reshape(pit_lo, (n, -1))
+            self.pit_hi[index, start:stop] = np.reshape(pit_hi, (n, -1))
 
     def shaped(self, name: str) -> np.ndarray:
         """``mean``, ``std``, ``pit_lo`` or ``pit_hi`` as [T, N, H, W, C]."""

@@ -34,6 +34,9 @@ __all__ = [
     "generator_features",
     "generator_residual",
     "input_res_prediction",
+    "LAPLACE_LOG_SCALE",
+    "laplace_log_scale",
+    "laplace_nll",
     "nearest_upsample",
     "patch_discriminator",
     "pixel_loss",
@@ -48,6 +51,11 @@ DISCRIMINATOR_SCOPE = "discriminator"
 # Graph collection of input_res_prediction's [B, h, w, f*f*C] sub-pixels before the depth-to-space:
 # a decoder can round them there and rearrange uint8 (TF's float DepthToSpace is slow on CPU).
 SUB_PIXELS = "allen_sr_sub_pixels"
+# Graph collection of the probabilistic head's log Laplace scale [B, H, W, C] (grey levels).
+LAPLACE_LOG_SCALE = "allen_sr_laplace_log_scale"
+# The untrained head's scale and the range the scale is clipped to, in grey levels.
+LAPLACE_SCALE_INIT = 8.0
+LAPLACE_SCALE_RANGE = (0.05, 255.0)
 
 
 def bicubic_upsample(images: tf.Tensor, factor: int) -> tf.Tensor:
@@ -106,7 +114,8 @@ def generator_features(x: tf.Tensor, width: int, blocks: int) -> tf.Tensor:
 
 
 def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, channels: int,
-                       upsample: str = "x2_stages", upsample_width: int = 16) -> tf.Tensor:
+                       upsample: str = "x2_stages", upsample_width: int = 16,
+                       features: tf.Tensor | None = None) -> tf.Tensor:
     """The CNN: normalized inputs [B, h, w, C] -> residual [B, h*f, w*f, C] (normalized units).
 
     :func:`generator_features` -> upsampling -> 3x3 conv out (zero-initialized, so the untrained
@@ -114,8 +123,9 @@ def generator_residual(x: tf.Tensor, width: int, blocks: int, factor: int, chann
     4 * width channels and a x2 depth-to-space; needs a power-of-2 f. "pixel_shuffle" (ESPCN's
     sub-pixel layer): one 3x3 conv at the input resolution to f * f * upsample_width channels and
     one x f depth-to-space. ("input_res" is :func:`input_res_prediction`, not a residual.)
+    ``features``: :func:`generator_features` of ``x`` made already (in the same variable scope).
     """
-    h = generator_features(x, width, blocks)
+    h = generator_features(x, width, blocks) if features is None else features
     if upsample == "x2_stages":
         for stage in range(int(round(math.log2(factor)))):
             h = tf.nn.relu(tf.nn.depth_to_space(conv2d(h, 4 * width, 3, f"upsample_{stage}"), 2))
@@ -160,7 +170,7 @@ def _pad_edge(x: tf.Tensor, before: int, after: int) -> tf.Tensor:
 
 
 def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width: int, blocks: int,
-                         factor: int, projection: bool) -> tf.Tensor:
+                         factor: int, projection: bool, features: tf.Tensor | None = None) -> tf.Tensor:
     """The prediction [B, h*f, w*f, C] in 0-255 with everything at the input resolution.
 
     ``inputs`` [B, h, w, C] in 0-255, ``x`` the same normalized, ``std`` [C] the normalization's
@@ -171,10 +181,11 @@ def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width:
     (f*f times fewer positions for the last conv). With ``projection`` the block-mean projection
     is folded into the weights: the learned sub-pixels of each input pixel are centred on their
     mean (an exact linear map of the conv's weights), and the bicubic kernel is projected.
+    ``features`` as :func:`generator_residual` takes them.
     """
     channels = int(inputs.shape[-1])
     phases = factor * factor * channels
-    h = generator_features(x, width, blocks)
+    h = generator_features(x, width, blocks) if features is None else features
     with tf.variable_scope("upsample_input_res"):
         w = tf.get_variable("kernel", [3, 3, width, phases], initializer=tf.zeros_initializer())
         b = tf.get_variable("bias", [phases], initializer=tf.zeros_initializer())
@@ -189,6 +200,29 @@ def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width:
     sub_pixels = base + learned
     tf.add_to_collection(SUB_PIXELS, sub_pixels)
     return tf.nn.depth_to_space(sub_pixels, factor)
+
+
+def laplace_log_scale(features: tf.Tensor, factor: int, channels: int) -> tf.Tensor:
+    """The probabilistic head: log of each sub-pixel's Laplace scale b in grey levels, [B, h*f,
+    w*f, C], from the generator's features [B, h, w, width] (one 3x3 conv ``scale_out`` to f*f*C
+    values per input pixel and a depth-to-space). The conv starts at zero, so the untrained head
+    says b = :data:`LAPLACE_SCALE_INIT` everywhere; b is clipped to :data:`LAPLACE_SCALE_RANGE`.
+    Added to the collection :data:`LAPLACE_LOG_SCALE` for the decoders."""
+    raw = tf.nn.depth_to_space(conv2d(features, factor * factor * channels, 3, "scale_out", init_scale=0.0), factor)
+    lo, hi = (math.log(v) for v in LAPLACE_SCALE_RANGE)
+    log_scale = tf.clip_by_value(raw + math.log(LAPLACE_SCALE_INIT), lo, hi)
+    tf.add_to_collection(LAPLACE_LOG_SCALE, log_scale)
+    return log_scale
+
+
+def laplace_nll(prediction: tf.Tensor, log_scale: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """Mean negative log-likelihood of ``targets`` under Laplace(prediction, exp(log_scale)), all in
+    grey levels, on the 0-1 scale and without its constant log 2: mean(|y - mu| / b + log b), the
+    loss of CARE's probabilistic mode. For a given error it is least at b = |y - mu|, so the head
+    learns the size of the error it should expect at each sub-pixel."""
+    scale = tf.exp(log_scale) / 255.0
+    diff = tf.abs(prediction - targets) / 255.0
+    return tf.reduce_mean(diff / scale + tf.log(scale))
 
 
 def patch_discriminator(condition: tf.Tensor, image: tf.Tensor, filters: int) -> tf.Tensor:

@@ -73,6 +73,8 @@ HPARAMS: tuple[tuple[str, Any, str], ...] = (
     ("upsample_width", 16, "channels per output pixel of the pixel_shuffle conv"),
     ("degradation", REAL_INPUTS, "training inputs made realistic (blur, noise, JPEG, stain; "
      "allen_sr.data.degrade, items joined by ;); none = the exact area average"),
+    ("probabilistic", False, "also predict each sub-pixel's Laplace scale, trained by the Laplace likelihood "
+     "instead of pixel_loss (CARE's probabilistic mode): uncertainty maps with --uncertainty"),
 )
 
 
@@ -125,6 +127,8 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"charbonnier_epsilon must be > 0, got {hparams.charbonnier_epsilon}")
     if float(hparams.gan_weight) < 0:
         fail(f"gan_weight must be >= 0 (0 = no adversarial loss), got {hparams.gan_weight}")
+    if bool(getattr(hparams, "probabilistic", False)) and float(hparams.gan_weight) > 0:
+        fail("probabilistic=True trains by the Laplace likelihood alone: set gan_weight=0")
     if float(hparams.gan_weight) > 0 and int(hparams.gan_filters) < 1:
         fail(f"gan_filters must be >= 1 when gan_weight > 0, got {hparams.gan_filters}")
     if float(getattr(hparams, "train_budget_seconds", 0.0)) < 0:
@@ -150,6 +154,9 @@ class Img2imgConvSr(t2t_model.T2TModel):
         super().__init__(*args, **kwargs)
         # Discriminator losses of each data shard's body, for optimize() (TRAIN, gan_weight > 0).
         self._discriminator_losses: list[tf.Tensor] = []
+        # The probabilistic head's log scale of the data shard whose body ran last, for loss()
+        # (t2t runs each shard's body and then its loss).
+        self._log_scale: tf.Tensor | None = None
         # (elapsed, tick) of schedule.training_clock(), made by optimize() when
         # train_budget_seconds > 0.
         self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
@@ -170,15 +177,19 @@ class Img2imgConvSr(t2t_model.T2TModel):
         check_hparams(hp, factor)
         mean, std = self._normalization(channels)
         x = (inputs - mean) / std
+        trunk = None  # the CNN's features, made once when the probabilistic head shares them
+        if hp.get("probabilistic", False):
+            trunk = conv_net.generator_features(x, int(hp.hidden_size), int(hp.num_res_blocks))
+            self._log_scale = conv_net.laplace_log_scale(trunk, factor, channels)
         # bicubic is linear with weights summing to 1: bicubic(x) + residual in normalized
         # units is bicubic(inputs) + residual * std in 0-255.
         if hp.upsample == "input_res":
             prediction = conv_net.input_res_prediction(inputs, x, std, int(hp.hidden_size),
                                                        int(hp.num_res_blocks), factor,
-                                                       bool(hp.block_mean_projection))
+                                                       bool(hp.block_mean_projection), trunk)
         else:
             residual = conv_net.generator_residual(x, int(hp.hidden_size), int(hp.num_res_blocks), factor,
-                                                   channels, hp.upsample, int(hp.upsample_width))
+                                                   channels, hp.upsample, int(hp.upsample_width), trunk)
             prediction = conv_net.bicubic_upsample(inputs, factor) + residual * std
             if hp.block_mean_projection:
                 prediction = conv_net.block_mean_projection(prediction, inputs, factor)
@@ -194,8 +205,11 @@ class Img2imgConvSr(t2t_model.T2TModel):
 
     # --- loss, metrics, inference -----------------------------------------------------------
     def loss(self, logits: tf.Tensor, features: dict[str, tf.Tensor]) -> tf.Tensor:
-        """Pixel loss (hparams.pixel_loss) of the prediction against the raw targets."""
+        """Pixel loss (hparams.pixel_loss) of the prediction against the raw targets; with
+        ``probabilistic`` the Laplace likelihood of the targets instead."""
         hp = self.hparams
+        if hp.get("probabilistic", False):
+            return conv_net.laplace_nll(logits, self._log_scale, tf.to_float(features["targets"]))
         return conv_net.pixel_loss(logits, tf.to_float(features["targets"]), hp.pixel_loss,
                                    float(hp.charbonnier_epsilon))
 

@@ -1,0 +1,186 @@
+"""The conv model's probabilistic head (hparam ``probabilistic``): a Laplace scale per sub-pixel,
+trained by its likelihood, read as distributions on the 256 levels (closed form, calibrated like
+the Image Transformer's) and written by evaluate/upscale --uncertainty through the same flags.
+A real few-step training run, real datagen records for the calibration's dev split."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from allen_sr.commands import evaluate as evaluate_cmd
+from allen_sr.commands import upscale as upscale_cmd
+from allen_sr.decoding import checkpoints, laplace
+from allen_sr.decoding.calibration import stored_calibration
+from allen_sr.decoding.one_pass import OnePassDecoder
+from allen_sr.decoding.uncertainty import Recorder, coverage, pixel_uncertainty
+from allen_sr.testing import tiny_training
+from conftest import SAMPLE_IMAGES
+
+PROBLEM = "img2img_local_dim8to32"
+CONV = "img2img_conv_sr"
+CONV_SET = "img2img_conv_sr_cpu"
+HPARAMS = "hidden_size=8,num_res_blocks=1,learning_rate_constant=0.02,probabilistic=True"
+HELD_OUT = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
+
+
+# --------------------------------------------------------------------------- the distributions
+
+
+def test_draws_from_the_discretized_laplace_are_covered_at_the_nominal_rates():
+    """Truths drawn from the model's own distribution (rounded, clipped to 0-255 as images are)
+    are covered at the nominal rate; scales half as large under-cover."""
+    rng = np.random.default_rng(0)
+    for scales in ((0.2, 3.0), (0.3, 20.0)):  # narrow ones: where the discreteness of levels shows
+        mu = rng.uniform(-10, 265, (1, 20000))
+        b = rng.uniform(*scales, (1, 20000))
+        truth = np.clip(np.rint(mu[0] + rng.laplace(0, b[0])), 0, 255)
+        lo, hi = laplace.pit_interval(mu, b, truth)
+        for level in (0.5, 0.9):
+            assert coverage(lo, hi, level) == pytest.approx(level, abs=0.01), (scales, level)
+        narrow_lo, narrow_hi = laplace.pit_interval(mu, b / 2, truth)
+        assert coverage(narrow_lo, narrow_hi, 0.5) < 0.40
+    # level v holds the mass from v - 0.5 to v + 0.5; the end levels hold the tails
+    lo, hi = laplace.pit_interval(np.array([[10.0, 10.0, 10.0]]), np.array([[2.0, 2.0, 2.0]]), np.array([11, 0, 255]))
+    np.testing.assert_allclose(lo, [1 - 0.5 * np.exp(-0.25), 0.0, 1 - 0.5 * np.exp(-244.5 / 2)])
+    np.testing.assert_allclose(hi, [1 - 0.5 * np.exp(-0.75), 0.5 * np.exp(-9.5 / 2), 1.0])
+
+
+def test_the_mixture_of_views_has_the_laplace_moments():
+    mu, b = np.array([[10.0]]), np.array([[3.0]])
+    mean, sd = laplace.mixture_moments(np.stack([mu, mu]), np.stack([b, b]))
+    assert mean[0, 0] == 10.0 and sd[0, 0] == pytest.approx(np.sqrt(2) * 3.0)
+    mean, sd = laplace.mixture_moments(np.array([[0.0], [4.0]]), np.array([[1.0], [1.0]]))
+    assert mean[0] == 2.0 and sd[0] == pytest.approx(np.sqrt(2 + 4))  # spread between the views adds
+    samples = np.random.default_rng(1).laplace(10.0, 3.0, 200000)
+    assert laplace.cdf(12.0, 10.0, 3.0) == pytest.approx((samples <= 12.0).mean(), abs=0.005)
+
+
+def test_the_loss_is_the_laplace_likelihood():
+    import tensorflow.compat.v1 as tf
+
+    from allen_sr.models import conv_net
+
+    pred = np.array([[10.0, 100.0, 250.0]], np.float32)
+    target = np.array([[12.0, 90.0, 250.0]], np.float32)
+    log_b = np.log(np.array([[2.0, 20.0, 0.5]], np.float32))
+    with tf.Graph().as_default(), tf.Session() as session:
+        got = session.run(conv_net.laplace_nll(tf.constant(pred), tf.constant(log_b), tf.constant(target)))
+    b = np.exp(log_b) / 255
+    assert got == pytest.approx(np.mean(np.abs(pred - target) / 255 / b + np.log(b)), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- a trained run
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    from tensor2tensor.utils import registry
+
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    out = tmp_path_factory.mktemp("data")
+    registry.problem(PROBLEM).generate_data(str(out), SAMPLE_IMAGES)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir) -> str:
+    out = tmp_path_factory.mktemp("prob_run")
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, HPARAMS)
+    hp.add_hparam("data_dir", data_dir)
+    tiny_training.train_checkpoint(out, hp, steps=30, batch_size=4, model_name=CONV)
+    return str(out)
+
+
+def flags(run: str) -> list[str]:
+    return ["--problem", PROBLEM, "--model", CONV, "--hparams_set", CONV_SET, "--hparams", HPARAMS,
+            "--output_dir", run, "--no_progress"]
+
+
+def decoder(run: str, **kwargs) -> OnePassDecoder:
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, HPARAMS, run)
+    return OnePassDecoder(hp, checkpoints.find_checkpoint(run), **kwargs)
+
+
+def test_the_head_trains_and_leaves_the_predictions_as_they_are(run):
+    """The scale head has its own weights and they moved from zero; recording the distributions
+    does not change a single predicted value, with or without 8-fold averaging."""
+    import tensorflow as tf
+
+    names = [name for name, _ in tf.train.list_variables(checkpoints.find_checkpoint(run))]
+    kernel = next(n for n in names if n.endswith("scale_out/kernel"))
+    assert np.abs(tf.train.load_variable(checkpoints.find_checkpoint(run), kernel)).max() > 0
+    inputs, targets, _ = evaluate_cmd.cut_pairs([HELD_OUT], 32, 4, 3, 10, 0)
+    for tta in (False, True):
+        dec = decoder(run, tta=tta)
+        try:
+            plain = dec.decode(inputs)
+            recorder = Recorder((1.0, 0.5), targets)
+            np.testing.assert_array_equal(dec.decode(inputs, recorder=recorder), plain)
+            mean, sd = dec.predict_uncertain(inputs)
+            _, sd_half = dec.predict_uncertain(inputs, 0.5)
+        finally:
+            dec.close()
+        np.testing.assert_allclose(recorder.shaped("std")[0], sd, rtol=1e-5)
+        np.testing.assert_allclose(recorder.shaped("std")[1], sd_half, rtol=1e-5)
+        if not tta:  # one Laplace: its sd is sqrt(2) b, and the temperature scales b
+            np.testing.assert_allclose(sd_half, sd / 2, rtol=1e-5)
+        else:  # the views' spread does not shrink with the temperature
+            assert np.all(sd_half >= sd / 2 - 1e-4) and np.any(sd_half > sd / 2 + 0.1)
+        assert np.array_equal(np.clip(np.rint(mean), 0, 255), plain)
+        assert sd.min() > 0
+
+
+def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, data_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert evaluate_cmd.evaluate_main(flags(run) + ["--images", HELD_OUT, "--max_tiles", "6", "--uncertainty",
+                                                    "--out", str(out)]) == 0
+    assert "fitting the uncertainty calibration on" in capsys.readouterr().out
+    section = json.loads((out / "metrics.json").read_text())["uncertainty"]
+    for key in ("coverage_50", "coverage_90", "rmse_ratio_surest_half", "rmse_ratio_surest_half_oracle"):
+        assert 0 <= section[key] <= 1
+    assert section["coverage_50"] < section["coverage_90"]
+    stored = stored_calibration(checkpoints.find_checkpoint(run))
+    assert stored is not None and data_dir in stored.fitted_on
+    assert section["calibration"]["temperature"] == stored.temperature
+    assert (out / "reliability.png").exists() and (out / "uncertainty_grid.png").exists()
+
+
+def test_upscale_writes_the_conv_models_map_equal_to_its_decoder(run, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    pixels = np.asarray(Image.open(HELD_OUT).convert("RGB"))[300:330, 500:540]
+    Image.fromarray(pixels).save(src)
+    out = tmp_path / "out.tif"
+    assert upscale_cmd.upscale_main(flags(run) + ["--image", str(src), "--out", str(out), "--uncertainty"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "out.uncertainty.png").exists()
+    sd_map = tifffile.imread(tmp_path / "out.uncertainty.tif")
+    assert sd_map.shape == (120, 160)
+    temperature = stored_calibration(checkpoints.find_checkpoint(run)).temperature
+    dec = decoder(run, target_shape=(None, None))
+    try:
+        _, sd = dec.predict_uncertain(pixels[None], temperature)
+    finally:
+        dec.close()
+    np.testing.assert_allclose(sd_map, pixel_uncertainty(sd[0]), atol=1 / 256)
+
+
+def test_the_fast_sets_architecture_takes_the_head_too(tmp_path):
+    """upsample=input_res (everything at the input resolution) shares its features with the head."""
+    hp = checkpoints.load_hparams("img2img_conv_sr_fast", PROBLEM, "probabilistic=True")
+    tiny_training.train_checkpoint(tmp_path, hp, steps=2, batch_size=2, model_name=CONV)
+    dec = OnePassDecoder(checkpoints.load_hparams("img2img_conv_sr_fast", PROBLEM, "probabilistic=True", str(tmp_path)),
+                         checkpoints.find_checkpoint(tmp_path))
+    try:
+        inputs, _, _ = evaluate_cmd.cut_pairs([HELD_OUT], 32, 4, 3, 2, 0)
+        mean, sd = dec.predict_uncertain(inputs)
+        np.testing.assert_array_equal(np.clip(np.rint(mean), 0, 255), dec.decode(inputs))
+    finally:
+        dec.close()
+    assert sd.shape == (2, 32, 32, 3) and sd.min() > 0
