@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         text = "\n".join([
             f"### Uncertainty on held-out brain tissue after {args.minutes:g} minutes of training", "",
             *table(results), "",
-            *([f"Goals ({MODELS['it'][3]}, clean input, calibrated):", *goals(results["it"]), ""] if "it" in results else []),
-            *([f"The conv model's head, measured the same way (clean, calibrated):", *goals(results["conv"]), ""]
+            *([f"Goals ({MODELS['it'][3]}, clean input, calibrated):", *goals(results["it"]), ""]
+              if "it" in results else []),
+            *(["The conv model's head, measured the same way (clean, calibrated):", *goals(results["conv"]), ""]
               if "conv" in results else []),
             f"Trained, one model at a time: {'; '.join(trained)}; on the train split of {', '.join(HALVES)} "
             f"(bottom half) and {', '.join(Path(n).stem for n in OTHER_TRAIN)}. Calibration fitted on the dev "

@@ -62,6 +62,20 @@ def server():
 
 
 @pytest.fixture(scope="module")
+def sample_dataset(tmp_path_factory) -> str:
+    """The data folder of `img2img_local_dim8to32` made by its real datagen from the shipped sample
+    images (train and dev split, statistics): what a run's calibration reads as its dev split."""
+    from tensor2tensor.utils import registry
+
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    out = tmp_path_factory.mktemp("data")
+    registry.problem("img2img_local_dim8to32").generate_data(str(out), SAMPLE_IMAGES)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
 def py312():
     """The python of a TF-free venv (requirements/predict.txt + `pip install --no-deps .`, not
     editable) on Python 3.12; skipped where no python3.12 is found."""

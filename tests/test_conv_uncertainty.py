@@ -78,22 +78,10 @@ def test_the_loss_is_the_laplace_likelihood():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    from tensor2tensor.utils import registry
-
-    from allen_sr.t2t.names import register_all
-
-    register_all()
-    out = tmp_path_factory.mktemp("data")
-    registry.problem(PROBLEM).generate_data(str(out), SAMPLE_IMAGES)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, data_dir) -> str:
+def run(tmp_path_factory, sample_dataset) -> str:
     out = tmp_path_factory.mktemp("prob_run")
     hp = checkpoints.load_hparams(CONV_SET, PROBLEM, HPARAMS)
-    hp.add_hparam("data_dir", data_dir)
+    hp.add_hparam("data_dir", sample_dataset)
     tiny_training.train_checkpoint(out, hp, steps=30, batch_size=4, model_name=CONV)
     return str(out)
 
@@ -137,7 +125,7 @@ def test_the_head_trains_and_leaves_the_predictions_as_they_are(run):
         assert sd.min() > 0
 
 
-def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, data_dir, tmp_path, capsys):
+def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, sample_dataset, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate_cmd.evaluate_main(flags(run) + ["--images", HELD_OUT, "--max_tiles", "6", "--uncertainty",
                                                     "--out", str(out)]) == 0
@@ -147,7 +135,7 @@ def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, d
         assert 0 <= section[key] <= 1
     assert section["coverage_50"] < section["coverage_90"]
     stored = stored_calibration(checkpoints.find_checkpoint(run))
-    assert stored is not None and data_dir in stored.fitted_on
+    assert stored is not None and sample_dataset in stored.fitted_on
     assert section["calibration"]["temperature"] == stored.temperature
     assert (out / "reliability.png").exists() and (out / "uncertainty_grid.png").exists()
 

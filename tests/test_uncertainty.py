@@ -34,22 +34,10 @@ HELD_OUT = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    from tensor2tensor.utils import registry
-
-    from allen_sr.t2t.names import register_all
-
-    register_all()
-    out = tmp_path_factory.mktemp("data")
-    registry.problem(PROBLEM).generate_data(str(out), SAMPLE_IMAGES)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, data_dir) -> str:
+def run(tmp_path_factory, sample_dataset) -> str:
     out = tmp_path_factory.mktemp("it_run")
     hp = checkpoints.load_hparams(IT_SET, PROBLEM, OVERRIDES)
-    hp.add_hparam("data_dir", data_dir)
+    hp.add_hparam("data_dir", sample_dataset)
     tiny_training.train_checkpoint(out, hp, steps=3, batch_size=2, seed=1, model_name=support.SKIP_MODEL)
     return str(out)
 
@@ -166,7 +154,7 @@ def test_tta_mixture_of_eight_decodes(run):
 # --------------------------------------------------------------------------- calibration and commands
 
 
-def test_evaluate_calibrates_on_the_dev_split_once_and_scores_the_maps(run, data_dir, tmp_path, capsys):
+def test_evaluate_calibrates_on_the_dev_split_once_and_scores_the_maps(run, sample_dataset, tmp_path, capsys):
     checkpoint = checkpoints.find_checkpoint(run)
     calibration_file = os.path.join(run, CALIBRATION_NAME)
     if os.path.exists(calibration_file):
@@ -175,11 +163,11 @@ def test_evaluate_calibrates_on_the_dev_split_once_and_scores_the_maps(run, data
     assert evaluate_cmd.evaluate_main(model_flags(run) + ["--images", HELD_OUT, "--max_tiles", "6",
                                                           "--uncertainty", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "fitting the uncertainty calibration on" in text and data_dir in text
+    assert "fitting the uncertainty calibration on" in text and sample_dataset in text
     section = json.loads((out / "metrics.json").read_text())["uncertainty"]
     stored = stored_calibration(checkpoint)
     assert section["calibration"]["temperature"] == stored.temperature
-    assert "dev split" in stored.fitted_on and data_dir in stored.fitted_on and stored.tiles > 0
+    assert "dev split" in stored.fitted_on and sample_dataset in stored.fitted_on and stored.tiles > 0
     for key in ("coverage_50", "coverage_90", "rmse_ratio_surest_half", "rmse_ratio_surest_half_oracle"):
         assert 0 <= section[key] <= 1
     assert section["coverage_50"] < section["coverage_90"]
@@ -194,9 +182,9 @@ def test_evaluate_calibrates_on_the_dev_split_once_and_scores_the_maps(run, data
     assert len(entry["reliability_calibrated"]) == len(entry["reliability_uncalibrated"]) == 10
 
 
-def test_decode_uncertainty_writes_a_map_per_example(run, data_dir, tmp_path, capsys):
+def test_decode_uncertainty_writes_a_map_per_example(run, sample_dataset, tmp_path, capsys):
     out = tmp_path / "dec"
-    assert decode_cmd.decode_main(model_flags(run) + ["--data_dir", data_dir, "--num_examples", "2",
+    assert decode_cmd.decode_main(model_flags(run) + ["--data_dir", sample_dataset, "--num_examples", "2",
                                                       "--uncertainty", "--out", str(out)]) == 0
     assert "coverage_50" in capsys.readouterr().out
     assert (out / "uncertainty_000.png").exists() and (out / "uncertainty_001.png").exists()
