@@ -12,6 +12,8 @@ and the randomised-PIT interval [cdf(v - 0.5), cdf(v + 0.5)] of each true value 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from allen_sr.decoding.uncertainty import Recorder
@@ -26,13 +28,18 @@ def cdf(x: np.ndarray, mu: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(z < 0, half, 1.0 - half)
 
 
-def mixture_moments(mus: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, sd) of the equal mixture of Laplace(mus[k], scales[k]) over the first axis."""
-    mus = np.asarray(mus, np.float64)
-    scales = np.asarray(scales, np.float64)
-    mean = mus.mean(axis=0)
-    second = (2.0 * scales ** 2 + mus ** 2).mean(axis=0)
-    return mean, np.sqrt(np.maximum(second - mean ** 2, 0.0))
+def mixture_moments(mus: Sequence[np.ndarray], scales: Sequence[np.ndarray],
+                    temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, sd) of the equal mixture of Laplace(mus[k], scales[k] * temperature) over k (the
+    first axis, or a list of views: one view at a time in float64, as large tiles need)."""
+    total = second = None
+    for mu, b in zip(mus, scales):
+        mu = np.asarray(mu, np.float64)
+        b = np.asarray(b, np.float64) * temperature
+        total = mu if total is None else total + mu
+        second = 2.0 * b * b + mu * mu if second is None else second + 2.0 * b * b + mu * mu
+    mean = total / len(mus)
+    return mean, np.sqrt(np.maximum(second / len(mus) - mean * mean, 0.0))
 
 
 def pit_interval(mus: np.ndarray, scales: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -187,7 +187,7 @@ class OnePassDecoder:
         if not self.probabilistic:
             raise InvalidInputError(
                 f"{self.model_name} was trained without its probabilistic head: it predicts one value per "
-                "sub-pixel, not a distribution. Train with --hparams=probabilistic=True for uncertainty maps")
+                "sub-pixel, not a distribution (train it with the hparam probabilistic=True for uncertainty maps)")
 
     def predict_uncertain(self, inputs: np.ndarray, temperature: float = 1.0,
                           batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,8 +201,7 @@ class OnePassDecoder:
 
         def chunk(part: np.ndarray) -> np.ndarray:
             views = self._views(part.astype(np.int32), True)
-            mean, sd = mixture_moments(np.stack([mu for mu, _ in views]),
-                                       np.stack([b for _, b in views]) * float(temperature))
+            mean, sd = mixture_moments([mu for mu, _ in views], [b for _, b in views], float(temperature))
             return np.concatenate([mean, sd], axis=-1).astype(np.float32)
 
         both = predict_in_chunks(x, chunk, self.factor, self.channels, batch_size, False, self._desc(),
