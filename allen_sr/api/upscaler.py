@@ -343,7 +343,7 @@ class Upscaler:
     def predict(self, image: np.ndarray, progress: bool = False, uncertainty: bool = False) -> Any:
         """The enlarged ``image``: uint8 [h, w] or [h, w, 3|4] in (alpha ignored), uint8
         [h * factor, w * factor, channels] out, tiled and blended as `allen-sr upscale` does.
-        ``uncertainty`` (Image Transformers): (image, float32 [h * factor, w * factor] map of each
+        ``uncertainty`` (models with a distribution): (image, float32 [h * factor, w * factor] map of each
         pixel's calibrated uncertainty, sd in grey levels)."""
         array = np.asarray(image)
         if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
@@ -366,8 +366,8 @@ class Upscaler:
         ``src`` into ``dst`` (.png, .jpg, .tif or .ome.tif: a tiled pyramidal BigTIFF with the
         pixel size when known); returns a summary. ``preview_size`` > 0 also writes
         ``DST-stem.compare.png`` (nearest | bicubic | model of a centred square of that many
-        input px) beside ``dst`` or in the folder ``preview_to``. ``uncertainty`` (Image
-        Transformers) also writes ``DST.uncertainty.tif`` (float32 sd in grey levels, pyramidal
+        input px) beside ``dst`` or in the folder ``preview_to``. ``uncertainty`` (models
+        with a distribution) also writes ``DST.uncertainty.tif`` (float32 sd in grey levels, pyramidal
         like a TIFF output) and ``DST.uncertainty.png`` (a heat map with its colour bar), and adds
         the map to the compare picture. ``log`` receives progress messages (none by default).
         """
