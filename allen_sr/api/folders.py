@@ -58,17 +58,17 @@ def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tup
     """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
     inputs would share an output or an output would replace its input."""
     remote = is_url(out_dir)
-    out = os.fspath(out_dir) if remote else Path(out_dir)
     pairs: list[tuple[str, Output]] = []
     seen: dict[str, str] = {}
     for src in inputs:
-        dst = in_folder(str(out), output_name(src)) if remote else Path(out) / output_name(src)
-        if dst.name in seen:
-            raise UserError(f"{src} and {seen[dst.name]} would both be written as {dst}; rename one")
-        if not remote and Path(dst).resolve() == Path(src).resolve():
-            raise UserError(f"output folder {out} holds the input {src}: the output would replace it; "
+        name = output_name(src)
+        dst = in_folder(os.fspath(out_dir), name) if remote else Path(out_dir) / name
+        if name in seen:
+            raise UserError(f"{src} and {seen[name]} would both be written as {dst}; rename one")
+        if isinstance(dst, Path) and dst.resolve() == Path(src).resolve():
+            raise UserError(f"output folder {out_dir} holds the input {src}: the output would replace it; "
                             "choose another output folder")
-        seen[dst.name] = src
+        seen[name] = src
         pairs.append((src, dst))
     return pairs
 

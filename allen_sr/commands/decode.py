@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset_split", default="dev", choices=sorted(SPLITS), help="default %(default)s")
     p.add_argument("--num_examples", type=int, default=8, help="default %(default)s")
     p.add_argument("--uncertainty", action="store_true",
-                   help="Image Transformers and probabilistic conv models: also score the calibrated per-pixel uncertainty (metrics.json "
-                        "'uncertainty', reliability.png, uncertainty_grid.png, uncertainty_NNN.png)")
+                   help="Image Transformers and probabilistic conv models: also score the calibrated "
+                        "per-pixel uncertainty (metrics.json 'uncertainty', reliability.png, "
+                        "uncertainty_grid.png, uncertainty_NNN.png)")
     p.add_argument("--out", required=True, help="folder for the PNGs and metrics")
     return p
 

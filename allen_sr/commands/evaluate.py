@@ -97,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "noise: Gaussian sd in grey levels; shot: signal-dependent sd at white; jpeg: "
                         "quality, 4:2:0). Default: the exact area average")
     p.add_argument("--uncertainty", action="store_true",
-                   help="Image Transformers and probabilistic conv models: also score the per-pixel uncertainty (coverage of the central "
-                        "50%%/90%% intervals, how well it ranks the errors) -> metrics.json 'uncertainty', "
-                        "reliability.png, uncertainty_grid.png")
+                   help="Image Transformers and probabilistic conv models: also score the per-pixel "
+                        "uncertainty (coverage of the central 50%%/90%% intervals, how well it ranks the "
+                        "errors) -> metrics.json 'uncertainty', reliability.png, uncertainty_grid.png")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, metrics.csv, grid.png")
     return p
 

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler, compare_path
+from allen_sr.api.remote import is_url
 from allen_sr.commands import args as shared
 from allen_sr.inference import writers
 from allen_sr.errors import InvalidInputError
@@ -55,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel_size", type=float, help="um per input px, when the file does not say")
     p.add_argument("--preview_size", type=int, default=128, help="input px of the compare picture (0: none)")
     p.add_argument("--uncertainty", action="store_true",
-                   help="Image Transformers and probabilistic conv models: also write OUT.uncertainty.tif (float32 sd per pixel, grey levels, "
-                        "calibrated on the run's dev split) and OUT.uncertainty.png (heat map), and add the "
-                        "map to the compare picture")
+                   help="Image Transformers and probabilistic conv models: also write OUT.uncertainty.tif "
+                        "(float32 sd per pixel, grey levels, calibrated on the run's dev split) and "
+                        "OUT.uncertainty.png (heat map), and add the map to the compare picture")
     p.add_argument("--restart", action="store_true",
                    help="predict everything again, ignoring the rows an interrupted run saved")
     p.add_argument("--compression", choices=sorted(writers.TIFF_COMPRESSION), default="deflate",
@@ -113,7 +114,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.images is not None:
         if args.out_dir is None or args.out is not None:
             raise InvalidInputError("--images writes into a folder: pass --out_dir DIR (not --out)")
-        if args.preview_dir is not None and "://" in args.preview_dir:
+        if args.preview_dir is not None and is_url(args.preview_dir):
             raise InvalidInputError(f"--preview_dir {args.preview_dir}: give a folder on this machine's "
                                     "(or the workers' shared) storage; URLs are for --out_dir")
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
