@@ -178,7 +178,7 @@ class Img2imgConvSr(t2t_model.T2TModel):
         mean, std = self._normalization(channels)
         x = (inputs - mean) / std
         trunk = None  # the CNN's features, made once when the probabilistic head shares them
-        if hp.get("probabilistic", False):
+        if hp.probabilistic:
             trunk = conv_net.generator_features(x, int(hp.hidden_size), int(hp.num_res_blocks))
             self._log_scale = conv_net.laplace_log_scale(trunk, factor, channels)
         # bicubic is linear with weights summing to 1: bicubic(x) + residual in normalized
@@ -208,7 +208,7 @@ class Img2imgConvSr(t2t_model.T2TModel):
         """Pixel loss (hparams.pixel_loss) of the prediction against the raw targets; with
         ``probabilistic`` the Laplace likelihood of the targets instead."""
         hp = self.hparams
-        if hp.get("probabilistic", False):
+        if hp.probabilistic:
             return conv_net.laplace_nll(logits, self._log_scale, tf.to_float(features["targets"]))
         return conv_net.pixel_loss(logits, tf.to_float(features["targets"]), hp.pixel_loss,
                                    float(hp.charbonnier_epsilon))
