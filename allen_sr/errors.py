@@ -9,7 +9,7 @@ ValueError`` keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError"]
+__all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError", "first_line"]
 
 
 class UserError(Exception):
@@ -26,3 +26,8 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class UnsupportedInputError(UserError, NotImplementedError):
     """Something valid that allen-sr does not do (a model it cannot decode or export)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one line, or its type's name when it has none."""
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -36,7 +36,7 @@ from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output
 from allen_sr.api.remote import RemoteFile, is_url, make_parent, predict_to
 from allen_sr.api.models import ModelSpec
 from allen_sr.api.upscaler import Options, Upscaler
-from allen_sr.errors import InvalidInputError, UserError
+from allen_sr.errors import InvalidInputError, UserError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, Future
@@ -147,11 +147,6 @@ def worker_address() -> str:
         return str(get_worker().address)
     except (ImportError, ValueError):
         return socket.gethostname()
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's message in one line, or its type's name when it has none."""
-    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview_dir: str | None,

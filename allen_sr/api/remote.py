@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from allen_sr.errors import UserError
+from allen_sr.errors import UserError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
@@ -32,7 +32,7 @@ BACKENDS = "gcsfs for gs://, s3fs for s3://, adlfs for az://"
 
 def is_url(path: str | os.PathLike[str]) -> bool:
     """True for ``scheme://...`` (a folder that fsspec opens), False for a local path."""
-    return isinstance(path, RemoteFile) or "://" in os.fspath(path)
+    return "://" in os.fspath(path)
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -45,8 +45,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     try:
         return url_to_fs(url)
     except (ImportError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{url}: no filesystem for this URL here ({reason}); install the fsspec "
+        raise UserError(f"{url}: no filesystem for this URL here ({first_line(exc)}); install the fsspec "
                         f"backend of its scheme ({BACKENDS}) where allen-sr runs (with --dask: on "
                         "every worker too)") from exc
 
