@@ -74,8 +74,8 @@ def with_public_args(body: str) -> str:
         shown = public_args(shlex.split(match.group(1)))
         return f" Arguments: `{' '.join(shown)}`." if shown else ""
 
-    head, _, rest = body.partition("\n")
-    return ARGUMENTS.sub(public, head) + ("\n" + rest if rest or body.endswith("\n") else "")
+    head, newline, rest = body.partition("\n")
+    return ARGUMENTS.sub(public, head) + newline + rest
 
 
 def run(script: str, args: list[str] = ()) -> tuple[str, bool]:
