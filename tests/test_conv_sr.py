@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from allen_sr.commands import decode, evaluate
-from allen_sr.decoding import checkpoints, one_pass
+from allen_sr.decoding import batching, checkpoints, one_pass
 from allen_sr.decoding.registry import decoder_kinds, make_decoder
 from allen_sr.evaluation import metrics
 from allen_sr.models import conv_net, conv_sr, normalization, schedule, variables
@@ -605,7 +605,7 @@ def test_untrained_model_is_tf1_bicubic_and_keeps_block_means(tmp_path, upsample
 
 
 def test_tta_of_large_tiles_runs_a_few_transforms_at_a_time(ckpt_dir, monkeypatch):
-    """The 8 transforms of a tile larger than one_pass.TTA_PIXELS_PER_RUN run in several
+    """The 8 transforms of a tile larger than batching.TTA_PIXELS_PER_RUN run in several
     session runs (bounded memory) and average to the same prediction, square or not."""
     hp = tiny_hparams(extra="decode_tta=True", output_dir=ckpt_dir)
     tta = make_decoder(MODEL, None, hp, ckpt_dir, (None, None))
@@ -618,7 +618,7 @@ def test_tta_of_large_tiles_runs_a_few_transforms_at_a_time(ckpt_dir, monkeypatc
             monkeypatch.setattr(tta._session, "run", lambda *a, **k: runs.append(1) or original(*a, **k))
             together = tta.predict(inputs)
             assert len(runs) == (1 if shape[1] == shape[2] else 2)
-            monkeypatch.setattr(one_pass, "TTA_PIXELS_PER_RUN", inputs[..., 0].size * 3)
+            monkeypatch.setattr(batching, "TTA_PIXELS_PER_RUN", inputs[..., 0].size * 3)
             runs.clear()
             apart = tta.predict(inputs)
             assert len(runs) == (3 if shape[1] == shape[2] else 4)  # groups of 3: 3+3+2, or 3+1 twice

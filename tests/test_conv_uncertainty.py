@@ -159,6 +159,45 @@ def test_upscale_writes_the_conv_models_map_equal_to_its_decoder(run, tmp_path, 
     np.testing.assert_allclose(sd_map, pixel_uncertainty(sd[0]), atol=1 / 256)
 
 
+def test_the_export_carries_the_distribution_and_its_calibration(run, tmp_path, capsys):
+    """`allen-sr export` of a probabilistic run writes distribution.onnx and the run's calibration:
+    the exported model's distributions (onnxruntime, the views averaged in NumPy) are the
+    checkpoint's, and `upscale --exported --uncertainty` writes the run folder's map."""
+    from allen_sr.commands.export import export
+    from allen_sr.export.runtime import open_exported
+
+    out = tmp_path / "export"
+    config = export(PROBLEM, CONV_SET, run, out, overrides=HPARAMS)
+    assert config["distribution"] == "distribution.onnx" and (out / "distribution.onnx").is_file()
+    temperature = stored_calibration(checkpoints.find_checkpoint(run)).temperature
+    assert config["uncertainty"]["temperature"] == temperature and config["tta"]
+    inputs, targets, _ = evaluate_cmd.cut_pairs([HELD_OUT], 32, 4, 3, 10, 0)
+    exported, dec = open_exported(out), decoder(run)
+    try:
+        assert exported.decoder.reports_distributions
+        got, want = Recorder((1.0, temperature), targets), Recorder((1.0, temperature), targets)
+        decoded = exported.decoder.decode(inputs, recorder=got)
+        dec.decode(inputs, recorder=want)
+        for name in ("std", "pit_lo", "pit_hi"):
+            np.testing.assert_allclose(getattr(got, name), getattr(want, name), atol=1e-4, err_msg=name)
+        plain = exported.decoder.decode(inputs)  # model.onnx: the views averaged in its graph
+        assert np.abs(decoded.astype(int) - plain).max() <= 1 and (decoded != plain).mean() < 1e-3
+        np.testing.assert_allclose(exported.decoder.predict_uncertain(inputs[:3], 0.5)[1],
+                                   dec.predict_uncertain(inputs[:3], 0.5)[1], atol=1e-3)
+    finally:
+        exported.close()
+        dec.close()
+    src = tmp_path / "in.png"
+    pixels = np.asarray(Image.open(HELD_OUT).convert("RGB"))[300:330, 500:540]
+    Image.fromarray(pixels).save(src)
+    for name, model_flags in (("run", flags(run)), ("export", ["--exported", str(out), "--no_progress"])):
+        assert upscale_cmd.upscale_main(model_flags + ["--image", str(src), "--out", str(tmp_path / f"{name}.tif"),
+                                                       "--uncertainty"]) == 0
+    capsys.readouterr()
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "export.uncertainty.tif"),
+                               tifffile.imread(tmp_path / "run.uncertainty.tif"), atol=2 / 256)
+
+
 def test_the_fast_sets_architecture_takes_the_head_too(tmp_path):
     """upsample=input_res (everything at the input resolution) shares its features with the head."""
     hp = checkpoints.load_hparams("img2img_conv_sr_fast", PROBLEM, "probabilistic=True")

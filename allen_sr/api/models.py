@@ -180,7 +180,7 @@ def decode_kwargs(spec: ModelSpec, mode: str, progress: bool = True) -> dict[str
 
 NO_DISTRIBUTION = ("{model} predicts one value per sub-pixel, not a distribution: uncertainty maps need an "
                    "Image Transformer (img2img_transformer_sr) or a conv model trained with the hparam "
-                   "probabilistic=True (from its run folder)")
+                   "probabilistic=True (its run folder, or its export)")
 
 
 def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool = False,

@@ -3,7 +3,8 @@
 img2img_conv_sr -> OUT/saved_model/ (TensorFlow SavedModel, signature serving_default: uint8
 image [N, H, W, C] -> uint8 upscaled [N, 4H, 4W, C]), OUT/model.onnx (the same graph, through
 tf2onnx, dynamic N/H/W), OUT/rdf.yaml with what it names (a bioimage.io model package: napari,
-Fiji/deepImageJ) and OUT/config.json.
+Fiji/deepImageJ) and OUT/config.json; a model trained with hparam probabilistic=True also
+OUT/distribution.onnx (its prediction and Laplace scale: uncertainty maps) and its calibration.
 Image Transformers (img2img_transformer, img2img_transformer_sr) -> OUT/weights.npz and
 OUT/config.json, decoded by the NumPy fast decoder.
 `allen-sr upscale/evaluate --exported OUT` run either without TensorFlow (README: "Use a trained
@@ -125,6 +126,12 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
                           onnx=runtime.ONNX_NAME, saved_model=runtime.SAVED_MODEL_NAME,
                           tensorflow_version=tf.__version__, input_name=conv.INPUT_NAME,
                           output_name=conv.OUTPUT_NAME)
+            if getattr(hparams, "probabilistic", False):
+                dist_def = conv.frozen_graph(hparams, checkpoint, written_by, False, distribution=True)
+                conv.write_onnx(dist_def, tmp / runtime.DISTRIBUTION_NAME, factor, channels,
+                                conv.DISTRIBUTION_OUTPUTS)
+                config["distribution"] = runtime.DISTRIBUTION_NAME
+                config["uncertainty"] = export_calibration(hparams, problem, checkpoint, written_by, "greedy")
             if bioimageio:
                 from allen_sr.export.bioimageio import write_package
 
@@ -149,10 +156,19 @@ def export_calibration(hparams: Any, problem: str, checkpoint: str, model: str, 
     """The run's uncertainty calibration for config.json (fitted now on the run's dev split if it
     has none yet; `allen_sr.decoding.calibration`)."""
     from allen_sr.decoding.calibration import run_calibration
-    from allen_sr.decoding.fast import FastDecoder
 
-    decoder = FastDecoder.from_checkpoint(hparams, checkpoint, model)
-    return run_calibration(decoder, hparams, problem, checkpoint, mode).as_dict()
+    if model == runtime.CONV_MODEL:
+        from allen_sr.decoding.one_pass import OnePassDecoder
+
+        decoder: Any = OnePassDecoder(hparams, checkpoint, model)
+    else:
+        from allen_sr.decoding.fast import FastDecoder
+
+        decoder = FastDecoder.from_checkpoint(hparams, checkpoint, model)
+    try:
+        return run_calibration(decoder, hparams, problem, checkpoint, mode).as_dict()
+    finally:
+        getattr(decoder, "close", lambda: None)()
 
 
 def export_main(argv: list[str] | None = None) -> int:

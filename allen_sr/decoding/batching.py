@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -32,6 +32,37 @@ def dihedral_transforms(rows: int, cols: int) -> tuple[int, ...]:
     """The flips/rotations an output of rows x cols can be averaged over: all 8 when square; the
     4 that keep the shape (identity, half turn and the two mirrors) otherwise."""
     return tuple(range(8)) if rows == cols else (0, 2, 4, 6)
+
+
+# Input pixels (tiles x rows x cols) one run of 8-fold averaging may stack: one default 384 px tile
+# (allen-sr upscale) per run, 256 of the 8x8 dataset tiles x all 8 transforms per run.
+TTA_PIXELS_PER_RUN = 160_000
+
+
+def dihedral_views(run: Callable[[np.ndarray], Sequence[np.ndarray]], x: np.ndarray,
+                   tta: bool) -> list[tuple[np.ndarray, ...]]:
+    """The outputs of ``run`` (a batch in, a sequence of arrays [N, H', W', C'] out) for each view
+    of ``x``, each brought back to ``x``'s orientation: the 8 flips/rotations with ``tta``, else
+    ``x`` alone.
+
+    Rotations by 90 degrees transpose a non-square input: they run apart from the others.
+    Several transforms share a run (one batch of 8N is faster than 8 runs of N for small tiles),
+    as many as fit :data:`TTA_PIXELS_PER_RUN`: a large tile runs one transform at a time, so
+    8-fold averaging needs no more memory than a single prediction.
+    """
+    if not tta:
+        return [tuple(run(x))]
+    keep = dihedral_transforms(x.shape[1], x.shape[2])
+    classes = [keep] + ([tuple(k for k in range(8) if k not in keep)] if len(keep) < 8 else [])
+    per_run = max(1, TTA_PIXELS_PER_RUN // max(1, x.shape[0] * x.shape[1] * x.shape[2]))
+    undone: dict[int, tuple[np.ndarray, ...]] = {}
+    for ks in classes:
+        for start in range(0, len(ks), per_run):
+            group = ks[start:start + per_run]
+            outs = [np.split(a, len(group)) for a in run(np.concatenate([dihedral(x, k) for k in group]))]
+            for j, k in enumerate(group):
+                undone[k] = tuple(undo_dihedral(out[j], k) for out in outs)
+    return [undone[k] for k in range(8)]
 
 
 def decode_tta(hparams: Any) -> bool:

@@ -12,13 +12,17 @@ and the randomised-PIT interval [cdf(v - 0.5), cdf(v + 0.5)] of each true value 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from allen_sr.decoding.batching import dihedral_views, predict_in_chunks
 from allen_sr.decoding.uncertainty import Recorder
 
-__all__ = ["cdf", "mixture_moments", "pit_interval", "record"]
+__all__ = ["cdf", "mixture_moments", "pit_interval", "record", "LaplaceViews"]
+
+# Examples per run when a recorder takes each sub-pixel's distribution (views x examples in memory).
+RECORD_CHUNK = 32
 
 
 def cdf(x: np.ndarray, mu: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,3 +66,58 @@ def record(recorder: Recorder, start: int, stop: int, mus: np.ndarray, scales: n
         if targets is not None:
             lo, hi = pit_interval(mus, b, targets)
         recorder.put(i, start, stop, mean, sd, lo, hi)
+
+
+class LaplaceViews:
+    """What a decoder of the probabilistic conv model does with its distributions, given one
+    method, :meth:`_mean_scale` (a batch of inputs -> its prediction and Laplace scale [N, H, W, C]
+    each, grey levels). `allen_sr.decoding.one_pass.OnePassDecoder` (TensorFlow) and
+    `allen_sr.export.runtime.OnnxDecoder` (an export's ``distribution.onnx``) share it.
+    The class using it sets ``tta``, ``factor``, ``channels`` and ``model_name``."""
+
+    tta: bool
+    factor: int
+    channels: int
+    model_name: str
+
+    def _mean_scale(self, x: np.ndarray) -> Sequence[np.ndarray]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _desc(self) -> str:
+        return f"{self.model_name} distribution" + (" (8-fold TTA)" if self.tta else "")
+
+    def _views(self, x: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        return dihedral_views(self._mean_scale, x, self.tta)
+
+    def _laplace_uncertain(self, x: np.ndarray, temperature: float,
+                           batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, sd) float32 [N, H, W, C] each: the mean and standard deviation of each
+        sub-pixel's distribution (the mixture of the views' with ``tta``), every scale times
+        ``temperature``."""
+        def chunk(part: np.ndarray) -> np.ndarray:
+            views = self._views(part)
+            mean, sd = mixture_moments([mu for mu, _ in views], [b for _, b in views], float(temperature))
+            return np.concatenate([mean, sd], axis=-1).astype(np.float32)
+
+        both = predict_in_chunks(x, chunk, self.factor, self.channels, batch_size, False, self._desc(),
+                                 out_channels=2 * self.channels)
+        return both[..., :self.channels], both[..., self.channels:]
+
+    def _laplace_decode(self, x: np.ndarray, recorder: Any, batch_size: int | None,
+                        progress: bool) -> np.ndarray:
+        """uint8 predictions of ``x`` (the views' mean, rounded), each sub-pixel's distribution
+        put into ``recorder`` (an `allen_sr.decoding.uncertainty.Recorder`), chunk by chunk."""
+        from tqdm import tqdm
+
+        n = x.shape[0]
+        rows, cols = x.shape[1] * self.factor, x.shape[2] * self.factor
+        recorder.start(n, rows, cols, self.channels)
+        out = np.empty((n, rows, cols, self.channels), np.uint8)
+        step = max(1, int(batch_size or RECORD_CHUNK))
+        for start in tqdm(range(0, n, step), desc=self._desc(), unit="chunk", disable=not progress):
+            stop = min(n, start + step)
+            views = self._views(x[start:stop])
+            record(recorder, start, stop, np.stack([mu for mu, _ in views]), np.stack([b for _, b in views]))
+            mean = sum(mu for mu, _ in views) / len(views)  # as the prediction without a recorder averages
+            out[start:stop] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+        return out

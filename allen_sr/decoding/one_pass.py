@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from allen_sr.decoding.batching import (decode_tta, dihedral, dihedral_transforms, predict_in_chunks,
-                                       undo_dihedral)
+from allen_sr.decoding.batching import decode_tta, dihedral, dihedral_views, predict_in_chunks, undo_dihedral
 from allen_sr.decoding.checkpoints import match_variables
+from allen_sr.decoding.laplace import LaplaceViews
 from allen_sr.decoding.modes import MODES
 from allen_sr.t2t.names import register_all
 from allen_sr.errors import InvalidInputError
@@ -22,11 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["OnePassDecoder", "dihedral", "receptive_radius", "undo_dihedral"]
 
 MODEL_NAME = "img2img_conv_sr"  # the model's registered name (allen_sr.models.conv_sr.MODEL_NAME)
-# Input pixels (tiles x rows x cols) one 8-fold-averaging run may stack: one default 384 px tile
-# (allen-sr upscale) per run, 256 of the 8x8 dataset tiles x all 8 transforms per run.
-TTA_PIXELS_PER_RUN = 160_000
-# Examples per run when a recorder takes each sub-pixel's distribution (views x examples in memory).
-RECORD_CHUNK = 32
 # Settings that decide the model's variables, named when a checkpoint lacks some.
 VARIABLE_HINT = ("--model/--hparams_set/--hparams (hidden_size, num_res_blocks, upsample, "
                  "upsample_width, normalize_inputs, weight_ema_decay)")
@@ -56,7 +51,7 @@ def receptive_radius(hparams: "HParams", factor: int) -> int:
     return int(np.ceil(max(reach, 2.0 + 1.0 / max(factor, 1)))) + 1  # + 1: the block-mean projection's block
 
 
-class OnePassDecoder:
+class OnePassDecoder(LaplaceViews):
     """Predict a batch in one forward pass of `img2img_conv_sr`, restored from a checkpoint.
 
     Builds the model in PREDICT mode (the graph `t2t-trainer`'s estimator builds for inference:
@@ -156,32 +151,12 @@ class OnePassDecoder:
     def _predict_chunk(self, x: np.ndarray) -> np.ndarray:
         if not self.tta:
             return self._session.run(self._outputs, {self._inputs: x})
-        return sum(mu for mu, _ in self._views(x, False)) / 8
+        views = dihedral_views(lambda batch: [self._session.run(self._outputs, {self._inputs: batch})], x, True)
+        return sum(mu for mu, in views) / 8
 
-    def _views(self, x: np.ndarray, scales: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """(prediction, Laplace scale if ``scales``) of each view of ``x``, in ``x``'s orientation:
-        the 8 flips/rotations with ``tta``, else ``x`` alone."""
-        fetches = [self._outputs] + ([self._scale] if scales else [])
-        if not self.tta:
-            out = self._session.run(fetches, {self._inputs: x})
-            return [(out[0], out[1] if scales else None)]
-        # Rotations by 90 degrees transpose a non-square input: the others run apart.
-        keep = dihedral_transforms(x.shape[1], x.shape[2])
-        classes = [keep] + ([tuple(k for k in range(8) if k not in keep)] if len(keep) < 8 else [])
-        # Several transforms per run (one batch of 8N is faster than 8 runs of N for small
-        # tiles), as many as fit TTA_PIXELS_PER_RUN: a large tile runs one transform at a time,
-        # so 8-fold averaging needs no more memory than a single prediction.
-        per_run = max(1, TTA_PIXELS_PER_RUN // max(1, x.shape[0] * x.shape[1] * x.shape[2]))
-        undone: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        for ks in classes:
-            ks = list(ks)
-            for start in range(0, len(ks), per_run):
-                group = ks[start:start + per_run]
-                stacked = np.concatenate([dihedral(x, k) for k in group])
-                out = [np.split(a, len(group)) for a in self._session.run(fetches, {self._inputs: stacked})]
-                for j, k in enumerate(group):
-                    undone[k] = (undo_dihedral(out[0][j], k), undo_dihedral(out[1][j], k) if scales else None)
-        return [undone[k] for k in range(8)]
+    def _mean_scale(self, x: np.ndarray) -> list[np.ndarray]:
+        """The prediction and the Laplace scale of a batch (`laplace.LaplaceViews`)."""
+        return self._session.run([self._outputs, self._scale], {self._inputs: x.astype(np.int32)})
 
     def _probabilistic(self) -> None:
         if not self.probabilistic:
@@ -194,19 +169,8 @@ class OnePassDecoder:
         """(prediction, sd) float32 [N, H, W, C] each: the mean and standard deviation of each
         sub-pixel's distribution (the mixture of the views' with ``tta``), every scale times
         ``temperature``."""
-        from allen_sr.decoding.laplace import mixture_moments
-
         self._probabilistic()
-        x = self._checked(inputs)
-
-        def chunk(part: np.ndarray) -> np.ndarray:
-            views = self._views(part.astype(np.int32), True)
-            mean, sd = mixture_moments([mu for mu, _ in views], [b for _, b in views], float(temperature))
-            return np.concatenate([mean, sd], axis=-1).astype(np.float32)
-
-        both = predict_in_chunks(x, chunk, self.factor, self.channels, batch_size, False, self._desc(),
-                                 out_channels=2 * self.channels)
-        return both[..., :self.channels], both[..., self.channels:]
+        return self._laplace_uncertain(self._checked(inputs), temperature, batch_size)
 
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
@@ -226,35 +190,14 @@ class OnePassDecoder:
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
         if recorder is not None:
-            return self._decode_recorded(inputs, recorder, batch_size, progress)
+            self._probabilistic()
+            return self._laplace_decode(self._checked(inputs), recorder, batch_size, progress)
         if self.tta:
             prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
             return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)
         x = self._checked(inputs)
         return predict_in_chunks(x, self._rounded_chunk, self.factor, self.channels, batch_size, progress,
                                  self._desc(), np.uint8)
-
-    def _decode_recorded(self, inputs: np.ndarray, recorder: Any, batch_size: int | None,
-                         progress: bool) -> np.ndarray:
-        """decode() with ``recorder``: the views' predictions and scales, chunk by chunk."""
-        from tqdm import tqdm
-
-        from allen_sr.decoding.laplace import record
-
-        self._probabilistic()
-        x = self._checked(inputs)
-        n = x.shape[0]
-        rows, cols = x.shape[1] * self.factor, x.shape[2] * self.factor
-        recorder.start(n, rows, cols, self.channels)
-        out = np.empty((n, rows, cols, self.channels), np.uint8)
-        step = max(1, int(batch_size or RECORD_CHUNK))
-        for start in tqdm(range(0, n, step), desc=self._desc(), unit="chunk", disable=not progress):
-            stop = min(n, start + step)
-            views = self._views(x[start:stop].astype(np.int32), True)
-            record(recorder, start, stop, np.stack([mu for mu, _ in views]), np.stack([b for _, b in views]))
-            mean = sum(mu for mu, _ in views) / len(views)  # as decode() without a recorder averages
-            out[start:stop] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-        return out
 
     def _rounded_chunk(self, x: np.ndarray) -> np.ndarray:
         out = self._session.run(self._rounded, {self._inputs: x})

@@ -7,6 +7,11 @@ size in, uint8 ``upscaled`` [N, fH, fW, C] out. Normalization is part of the mod
 ``tta`` the continuous predictions of the 8 flips/rotations are averaged in the graph (two model
 runs, four transforms each: the 90-degree ones transpose a non-square input) before rounding.
 The SavedModel serves it as ``serving_default``; tf2onnx converts the same frozen graph.
+
+A model trained with hparam ``probabilistic`` also gets a second graph (``distribution``): one view,
+uint8 ``image`` in, float32 ``mean`` (the continuous prediction) and ``scale`` (each sub-pixel's
+Laplace scale b, grey levels) out; `allen_sr.export.runtime.OnnxDecoder` runs the 8 views and
+reads the distributions as `allen_sr.decoding.laplace` does for a checkpoint.
 """
 from __future__ import annotations
 
@@ -22,11 +27,12 @@ from allen_sr.t2t.names import register_all
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "ONNX_OPSET", "frozen_graph", "write_saved_model", "write_onnx",
-           "bicubic_as_conv"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "DISTRIBUTION_OUTPUTS", "ONNX_OPSET", "frozen_graph",
+           "write_saved_model", "write_onnx", "bicubic_as_conv"]
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "upscaled"
+DISTRIBUTION_OUTPUTS = ("mean", "scale")  # the distribution graph's outputs
 ONNX_OPSET = 17  # onnxruntime >= 1.11 runs it; Fiji's deepImageJ and bioimageio.core too
 
 
@@ -41,12 +47,19 @@ def undo_dihedral(tf: Any, images: Any, k: int) -> Any:
     return tf.image.rot90(out, (4 - k % 4) % 4)
 
 
-def frozen_graph(hparams: "HParams", checkpoint: str, model_name: str, tta: bool) -> Any:
-    """The model as a frozen GraphDef: ``image:0`` uint8 [N, H, W, C] -> ``upscaled:0`` uint8."""
+def frozen_graph(hparams: "HParams", checkpoint: str, model_name: str, tta: bool,
+                 distribution: bool = False) -> Any:
+    """The model as a frozen GraphDef: ``image:0`` uint8 [N, H, W, C] -> ``upscaled:0`` uint8.
+
+    With ``distribution`` (a model trained with hparam ``probabilistic``; ``tta`` must be False):
+    ``image:0`` -> ``mean:0`` and ``scale:0``, float32 [N, fH, fW, C] each.
+    """
     register_all()
     import tensorflow.compat.v1 as tf
     from tensor2tensor.utils import registry
     from tensorflow.python.autograph.core import ag_ctx
+
+    from allen_sr.models import conv_net
 
     channels = int(hparams.num_channels)
     graph = tf.Graph()
@@ -68,15 +81,22 @@ def frozen_graph(hparams: "HParams", checkpoint: str, model_name: str, tta: bool
                     part = tf.add_n([undo_dihedral(tf, p, k) for k, p in zip(ks, preds)])
                     total = part if total is None else total + part
                 prediction = total / 8.0
-        rounded = tf.clip_by_value(tf.round(prediction), 0.0, 255.0)
-        tf.identity(tf.cast(rounded, tf.uint8), OUTPUT_NAME)
+        if distribution:
+            if tta:
+                raise ValueError("the distribution graph is one view: the runtime averages the views")
+            tf.identity(tf.cast(prediction, tf.float32), DISTRIBUTION_OUTPUTS[0])
+            tf.identity(tf.exp(tf.get_collection(conv_net.LAPLACE_LOG_SCALE)[0]), DISTRIBUTION_OUTPUTS[1])
+            outputs = list(DISTRIBUTION_OUTPUTS)
+        else:
+            rounded = tf.clip_by_value(tf.round(prediction), 0.0, 255.0)
+            tf.identity(tf.cast(rounded, tf.uint8), OUTPUT_NAME)
+            outputs = [OUTPUT_NAME]
         ema = float(getattr(hparams, "weight_ema_decay", 0.0)) > 0
         averaged = tf.trainable_variables() if ema else []
         names = match_variables(tf.global_variables(), checkpoint, model_name, averaged, hint=VARIABLE_HINT)
         with tf.Session(graph=graph) as session:
             tf.train.Saver(var_list=names).restore(session, checkpoint)
-            return tf.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), [OUTPUT_NAME])
+            return tf.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), outputs)
 
 
 def write_saved_model(graph_def: Any, folder: str | os.PathLike[str]) -> Path:
@@ -143,23 +163,25 @@ def bicubic_as_conv(model_proto: Any, factor: int, channels: int) -> int:
     return replaced
 
 
-def write_onnx(graph_def: Any, path: str | os.PathLike[str], factor: int, channels: int) -> Path:
-    """``graph_def`` converted by tf2onnx: one uint8 input, one uint8 output, dynamic N, H, W."""
+def write_onnx(graph_def: Any, path: str | os.PathLike[str], factor: int, channels: int,
+               outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> Path:
+    """``graph_def`` converted by tf2onnx: one uint8 input, the named outputs, dynamic N, H, W."""
     import tf2onnx
 
     model_proto, _ = tf2onnx.convert.from_graph_def(
-        graph_def, input_names=[f"{INPUT_NAME}:0"], output_names=[f"{OUTPUT_NAME}:0"],
+        graph_def, input_names=[f"{INPUT_NAME}:0"], output_names=[f"{name}:0" for name in outputs],
         opset=ONNX_OPSET)
     # tf2onnx keeps TF's tensor names ("image:0"); tools show the plain names.
-    renames = {f"{INPUT_NAME}:0": INPUT_NAME, f"{OUTPUT_NAME}:0": OUTPUT_NAME}
+    renames = {f"{name}:0": name for name in (INPUT_NAME, *outputs)}
     for node in model_proto.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
     for value in list(model_proto.graph.input) + list(model_proto.graph.output):
         value.name = renames.get(value.name, value.name)
     bicubic_as_conv(model_proto, factor, channels)
-    for value, names in ((model_proto.graph.input[0], ("batch", "height", "width")),
-                         (model_proto.graph.output[0], ("batch", "out_height", "out_width"))):
+    shapes = [(model_proto.graph.input[0], ("batch", "height", "width"))]
+    shapes += [(value, ("batch", "out_height", "out_width")) for value in model_proto.graph.output]
+    for value, names in shapes:
         for dim, name in zip(value.type.tensor_type.shape.dim, names):
             dim.dim_param = name
     path = Path(path)

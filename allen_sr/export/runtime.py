@@ -4,7 +4,8 @@ Nothing here imports TensorFlow or tensor2tensor, at import time or later: this 
 of ``allen-sr upscale/evaluate --exported DIR`` in the TF-free install (requirements/predict.txt,
 Python 3.12 and 3.13). An export folder holds ``config.json`` (what the model is, the problem's
 shape, the decoding defaults) and either ``model.onnx`` (``img2img_conv_sr``; normalization and
-the 8-fold averaging are inside the graph) or ``weights.npz`` (the Image Transformers, decoded by
+the 8-fold averaging are inside the graph; a probabilistic conv model adds ``distribution.onnx``,
+its prediction and Laplace scale for one view) or ``weights.npz`` (the Image Transformers, decoded by
 the NumPy fast decoder with the hparams stored in ``config.json``).
 """
 from __future__ import annotations
@@ -20,11 +21,13 @@ import numpy as np
 
 from allen_sr.decoding.batching import predict_in_chunks
 from allen_sr.decoding.fast import FastDecoder
+from allen_sr.decoding.laplace import LaplaceViews
 from allen_sr.decoding.modes import MODES
 from allen_sr.errors import InvalidInputError, MissingInputError
 
 CONFIG_NAME = "config.json"
 ONNX_NAME = "model.onnx"
+DISTRIBUTION_NAME = "distribution.onnx"
 WEIGHTS_NAME = "weights.npz"
 SAVED_MODEL_NAME = "saved_model"
 RDF_NAME = "rdf.yaml"
@@ -32,7 +35,7 @@ FORMAT = "allen-sr-export"
 FORMAT_VERSION = 1
 CONV_MODEL = "img2img_conv_sr"  # allen_sr.models.conv_sr.MODEL_NAME
 
-__all__ = ["CONFIG_NAME", "ONNX_NAME", "WEIGHTS_NAME", "SAVED_MODEL_NAME", "RDF_NAME", "FORMAT",
+__all__ = ["CONFIG_NAME", "ONNX_NAME", "DISTRIBUTION_NAME", "WEIGHTS_NAME", "SAVED_MODEL_NAME", "RDF_NAME", "FORMAT",
            "FORMAT_VERSION", "CONV_MODEL", "ExportedModel", "OnnxDecoder",
            "read_config", "open_exported"]
 
@@ -59,29 +62,60 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-class OnnxDecoder:
+def onnx_session(path: str | os.PathLike[str]) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+    # Idle threads sleep instead of spinning: on a machine shared with other jobs (2 cores
+    # here) spinning cost time, and alone it made no measurable difference.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxDecoder(LaplaceViews):
     """``img2img_conv_sr`` exported as ONNX: uint8 [N, h, w, C] in, uint8 [N, fh, fw, C] out.
 
     The same interface as `allen_sr.decoding.one_pass.OnePassDecoder` where tiled prediction and
-    `evaluate` use it (``predict``, ``decode``, ``radius``, ``tta``, ``close``); the prediction is
-    rounded inside the graph, so ``predict`` returns the uint8 values as float32.
+    `evaluate` use it (``predict``, ``decode``, ``radius``, ``tta``, ``close``; with the export's
+    ``distribution`` graph also ``predict_uncertain`` and ``decode(..., recorder=...)``); the
+    prediction is rounded inside the graph, so ``predict`` returns the uint8 values as float32.
     """
 
     name = "onnx"
 
     def __init__(self, path: str | os.PathLike[str], channels: int, factor: int, radius: int,
-                 tta: bool, model_name: str = CONV_MODEL) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initializers are not the user's business
-        # Idle threads sleep instead of spinning: on a machine shared with other jobs (2 cores
-        # here) spinning cost time, and alone it made no measurable difference.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+                 tta: bool, model_name: str = CONV_MODEL,
+                 distribution: str | os.PathLike[str] | None = None) -> None:
+        self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
+        self.distribution = None if distribution is None else onnx_session(distribution)
         self.channels, self.factor, self.radius, self.tta = channels, factor, radius, tta
         self.model_name = model_name
+
+    @property
+    def reports_distributions(self) -> bool:
+        """True when the export holds the probabilistic head's graph (``distribution.onnx``)."""
+        return self.distribution is not None
+
+    def _mean_scale(self, x: np.ndarray) -> list[np.ndarray]:
+        """The prediction and the Laplace scale of one view of a batch (`laplace.LaplaceViews`)."""
+        return self.distribution.run(None, {self.input_name: np.ascontiguousarray(x, np.uint8)})
+
+    def _distribution_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        if self.distribution is None:
+            raise InvalidInputError(
+                f"this export of {self.model_name} holds no distribution: it predicts one value per "
+                "sub-pixel (train with the hparam probabilistic=True and export again for uncertainty maps)")
+        x = np.asarray(inputs)
+        if x.ndim != 4 or x.shape[-1] != self.channels:
+            raise InvalidInputError(f"inputs must be [N, h, w, {self.channels}], got shape {x.shape}")
+        return x
+
+    def predict_uncertain(self, inputs: np.ndarray, temperature: float = 1.0,
+                          batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, sd) float32 [N, H, W, C] each, as `OnePassDecoder.predict_uncertain`."""
+        return self._laplace_uncertain(self._distribution_inputs(inputs), temperature, batch_size)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """uint8 predictions of uint8 [N, h, w, C] inputs, in one call."""
@@ -94,19 +128,22 @@ class OnnxDecoder:
 
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
-               max_steps: int | None = None, progress: bool = False) -> np.ndarray:
-        """The batching.Decoder protocol; ``mode`` greedy or mean (the same here)."""
+               max_steps: int | None = None, progress: bool = False, recorder: Any = None) -> np.ndarray:
+        """The batching.Decoder protocol; ``mode`` greedy or mean (the same here). ``recorder``
+        (exports with a distribution) gets each sub-pixel's distribution."""
         del temperature, seed, max_steps
         if mode == "sample":
             raise InvalidInputError(f"mode sample is not available for {self.model_name}: it predicts one "
                                     "value per sub-pixel; use mode greedy (or mean, the same here)")
         if mode not in MODES:
             raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if recorder is not None:
+            return self._laplace_decode(self._distribution_inputs(inputs), recorder, batch_size, progress)
         return predict_in_chunks(inputs, self.run, self.factor, self.channels, batch_size, progress,
                                  f"{self.model_name} onnx", dtype=np.uint8)
 
     def close(self) -> None:
-        self.session = None
+        self.session = self.distribution = None
 
 
 @dataclass
@@ -145,8 +182,11 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
         path = folder / config.get("onnx", ONNX_NAME)
         if not path.is_file():
             raise MissingInputError(f"export folder {folder}: {path.name} is missing; export again")
+        distribution = config.get("distribution")
+        if distribution and not (folder / distribution).is_file():
+            raise MissingInputError(f"export folder {folder}: {distribution} is missing; export again")
         decoder: Any = OnnxDecoder(path, channels, factor, int(config["radius"]), bool(config["tta"]),
-                                   config["model"])
+                                   config["model"], folder / distribution if distribution else None)
     else:
         path = folder / config.get("weights", WEIGHTS_NAME)
         if not path.is_file():
