@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         fitted = "; ".join(f"{MODELS[n][3]}: temperature {r['calibration']['temperature']:g} on "
                            f"{r['calibration']['tiles']} tiles" for n, r in results.items())
         text = "\n".join([
-            f"### Uncertainty on held-out brain tissue after {args.minutes:g} minutes of training", "",
+            "### Uncertainty on held-out brain tissue, " + (f"the run {args.run}" if args.run else
+                                                             f"after {args.minutes:g} minutes of training"), "",
             *table(results), "",
             *([f"Goals ({MODELS['it'][3]}, clean input, calibrated):", *goals(results["it"]), ""]
               if "it" in results else []),
