@@ -656,6 +656,10 @@ def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir
         decoder.decode(inputs, mode="sample")
     with pytest.raises(ValueError, match=r"inputs must be \[N, 8, 8, 3\]"):
         decoder.decode(inputs[:, :4])
+    # Trained without the probabilistic head: no distribution to report.
+    assert not decoder.reports_distributions
+    with pytest.raises(ValueError, match="one value per sub-pixel, not a distribution: train it with"):
+        decoder.predict_uncertain(inputs)
     with pytest.raises(ValueError, match="lacks .* variable"):
         make_decoder(MODEL, None, tiny_hparams(extra="num_res_blocks=2"), ckpt_dir, (32, 32))
 

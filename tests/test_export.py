@@ -20,6 +20,7 @@ from allen_sr.commands.export import export, export_main
 from allen_sr.decoding import checkpoints, support
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.one_pass import OnePassDecoder
+from allen_sr.export.runtime import open_exported
 from allen_sr.testing import tiny_training
 from conftest import SAMPLE_IMAGES, run_in
 
@@ -104,6 +105,11 @@ def test_saved_model_and_onnx_serve_any_size_as_the_checkpoints_decoder(conv_run
         np.testing.assert_array_equal(served, expected)
         np.testing.assert_array_equal(session.run(None, {inp.name: x})[0], expected)
     decoder.close()
+    exported = open_exported(conv_export)
+    assert not exported.decoder.reports_distributions  # a run trained without the probabilistic head
+    with pytest.raises(ValueError, match="holds no distribution.onnx"):
+        exported.decoder.decode(x, recorder=object())
+    exported.close()
 
 
 def test_fast_set_exports_to_onnx_with_its_sub_pixel_layout(tmp_path):

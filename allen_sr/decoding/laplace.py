@@ -18,6 +18,7 @@ import numpy as np
 
 from allen_sr.decoding.batching import dihedral_views, predict_in_chunks
 from allen_sr.decoding.uncertainty import Recorder
+from allen_sr.errors import InvalidInputError
 
 __all__ = ["cdf", "mixture_moments", "pit_interval", "record", "LaplaceViews"]
 
@@ -73,15 +74,36 @@ class LaplaceViews:
     method, :meth:`_mean_scale` (a batch of inputs -> its prediction and Laplace scale [N, H, W, C]
     each, grey levels). `allen_sr.decoding.one_pass.OnePassDecoder` (TensorFlow) and
     `allen_sr.export.runtime.OnnxDecoder` (an export's ``distribution.onnx``) share it.
-    The class using it sets ``tta``, ``factor``, ``channels`` and ``model_name``."""
+    The class using it sets ``tta``, ``factor``, ``channels``, ``model_name`` and
+    ``no_distribution`` (what to do to get a distribution when there is none), and defines
+    ``reports_distributions`` and ``_checked`` (inputs -> an array of the model's input shape)."""
 
     tta: bool
     factor: int
     channels: int
     model_name: str
+    no_distribution: str
+    reports_distributions: bool
 
     def _mean_scale(self, x: np.ndarray) -> Sequence[np.ndarray]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _checked(self, inputs: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _distribution_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """``inputs`` checked; InvalidInputError when the model predicts no distribution."""
+        if not self.reports_distributions:
+            raise InvalidInputError(f"{self.model_name} predicts one value per sub-pixel, not a "
+                                    f"distribution: {self.no_distribution}")
+        return self._checked(inputs)
+
+    def predict_uncertain(self, inputs: np.ndarray, temperature: float = 1.0,
+                          batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(prediction, sd) float32 [N, H, W, C] each: the mean and standard deviation of each
+        sub-pixel's distribution (the mixture of the views' with ``tta``), every scale times
+        ``temperature``."""
+        return self._laplace_uncertain(self._distribution_inputs(inputs), temperature, batch_size)
 
     def _desc(self) -> str:
         return f"{self.model_name} distribution" + (" (8-fold TTA)" if self.tta else "")

@@ -61,6 +61,17 @@ def check_mode(mode: str, temperature: float) -> None:
         raise InvalidInputError(f"temperature must be > 0 for sampling, got {temperature}")
 
 
+def check_one_value_mode(mode: str, model_name: str) -> None:
+    """Refuse the modes a model that predicts one value per sub-pixel (the conv model) cannot
+    decode: ``sample``, and anything not in MODES (greedy and mean both give its prediction)."""
+    if mode == "sample":
+        raise InvalidInputError(
+            f"--mode sample is not available for {model_name}: it predicts one value per "
+            "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
+    if mode not in MODES:
+        raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
+
+
 def example_uniforms(seed: int | None, indices: Sequence[int], steps: int) -> np.ndarray:
     """[len(indices), steps] uniforms, one stream per example index.
 

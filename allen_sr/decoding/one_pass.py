@@ -12,7 +12,7 @@ import numpy as np
 from allen_sr.decoding.batching import decode_tta, dihedral, dihedral_views, predict_in_chunks, undo_dihedral
 from allen_sr.decoding.checkpoints import match_variables
 from allen_sr.decoding.laplace import LaplaceViews
-from allen_sr.decoding.modes import MODES
+from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.t2t.names import register_all
 from allen_sr.errors import InvalidInputError
 
@@ -71,6 +71,7 @@ class OnePassDecoder(LaplaceViews):
     """
 
     name = "one-pass"
+    no_distribution = "train it with the hparam probabilistic=True for uncertainty maps"
 
     def __init__(self, hparams: "HParams", checkpoint: str, model_name: str = MODEL_NAME,
                  target_shape: tuple[int, int] | None = None, tta: bool | None = None) -> None:
@@ -158,20 +159,6 @@ class OnePassDecoder(LaplaceViews):
         """The prediction and the Laplace scale of a batch (`laplace.LaplaceViews`)."""
         return self._session.run([self._outputs, self._scale], {self._inputs: x.astype(np.int32)})
 
-    def _probabilistic(self) -> None:
-        if not self.probabilistic:
-            raise InvalidInputError(
-                f"{self.model_name} was trained without its probabilistic head: it predicts one value per "
-                "sub-pixel, not a distribution (train it with the hparam probabilistic=True for uncertainty maps)")
-
-    def predict_uncertain(self, inputs: np.ndarray, temperature: float = 1.0,
-                          batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(prediction, sd) float32 [N, H, W, C] each: the mean and standard deviation of each
-        sub-pixel's distribution (the mixture of the views' with ``tta``), every scale times
-        ``temperature``."""
-        self._probabilistic()
-        return self._laplace_uncertain(self._checked(inputs), temperature, batch_size)
-
     def decode(self, inputs: np.ndarray, mode: str = "greedy", temperature: float = 1.0,
                seed: int | None = None, batch_size: int | None = None,
                max_steps: int | None = None, progress: bool = False, recorder: Any = None) -> np.ndarray:
@@ -183,15 +170,9 @@ class OnePassDecoder(LaplaceViews):
         sub-pixel's distribution; the predictions are the same with or without it.
         """
         del temperature, seed, max_steps
-        if mode == "sample":
-            raise InvalidInputError(
-                f"--mode sample is not available for {self.model_name}: it predicts one value per "
-                "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
-        if mode not in MODES:
-            raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
+        check_one_value_mode(mode, self.model_name)
         if recorder is not None:
-            self._probabilistic()
-            return self._laplace_decode(self._checked(inputs), recorder, batch_size, progress)
+            return self._laplace_decode(self._distribution_inputs(inputs), recorder, batch_size, progress)
         if self.tta:
             prediction = self.predict(inputs, batch_size=batch_size, progress=progress)
             return np.clip(np.rint(prediction), 0, 255).astype(np.uint8)

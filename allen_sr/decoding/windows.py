@@ -29,7 +29,24 @@ def softmax_last(logits: np.ndarray) -> np.ndarray:
     return e / np.add.reduce(e, axis=-1, keepdims=True)
 
 
-class RasterWindow:
+class PrefixWindow:
+    """Per layer, a key and a value buffer whose prefix ``[:slot + 1]`` is what the current
+    sub-pixel sees; subclasses lay the buffers out and set ``slot`` in ``begin(step)``."""
+
+    keys: list[np.ndarray]
+    values: list[np.ndarray]
+    slot: int
+
+    def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        k_cache, v_cache = self.keys[layer], self.values[layer]
+        slot = self.slot
+        k_cache[:, slot] = k
+        v_cache[:, slot] = v
+        weights = softmax_last(q @ k_cache[:, :slot + 1].transpose(0, 2, 1))  # [BH, 1, T]
+        return weights @ v_cache[:, :slot + 1]  # [BH, 1, dv]
+
+
+class RasterWindow(PrefixWindow):
     """`masked_local_attention_1d` with block length ``block_length`` over ``length`` positions."""
 
     def __init__(self, length: int, block_length: int, layers: int, bh: int, dk: int, dv: int,
@@ -53,16 +70,8 @@ class RasterWindow:
                 v_cache[:, :block] = v_cache[:, block:]
         self.slot = step if n == 0 else block + (step - n * block)
 
-    def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        k_cache, v_cache = self.keys[layer], self.values[layer]
-        slot = self.slot
-        k_cache[:, slot] = k
-        v_cache[:, slot] = v
-        weights = softmax_last(q @ k_cache[:, :slot + 1].transpose(0, 2, 1))  # [BH, 1, T]
-        return weights @ v_cache[:, :slot + 1]  # [BH, 1, dv]
 
-
-class BlockRasterWindow:
+class BlockRasterWindow(PrefixWindow):
     """`masked_local_attention_2d` with the order's query_shape and memory_flange."""
 
     def __init__(self, order: ScanOrder, layers: int, bh: int, dk: int, dv: int, dtype: Any) -> None:
@@ -115,13 +124,6 @@ class BlockRasterWindow:
             self.current, self.base = block, base
         self.slot = self.base + int(self.in_block[step])
 
-    def attend(self, layer: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-        k_cache, v_cache = self.keys[layer], self.values[layer]
-        slot = self.slot
-        k_cache[:, slot] = k
-        v_cache[:, slot] = v
-        weights = softmax_last(q @ k_cache[:, :slot + 1].transpose(0, 2, 1))  # [BH, 1, T]
-        return weights @ v_cache[:, :slot + 1]  # [BH, 1, dv]
 
 
 def make_window(order: ScanOrder, block_length: int, layers: int, bh: int, dk: int, dv: int,

@@ -22,7 +22,7 @@ import numpy as np
 from allen_sr.decoding.batching import predict_in_chunks
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.laplace import LaplaceViews
-from allen_sr.decoding.modes import MODES
+from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.errors import InvalidInputError, MissingInputError
 
 CONFIG_NAME = "config.json"
@@ -83,6 +83,8 @@ class OnnxDecoder(LaplaceViews):
     """
 
     name = "onnx"
+    no_distribution = ("this export holds no distribution.onnx; train with the hparam probabilistic=True "
+                       "and export again for uncertainty maps")
 
     def __init__(self, path: str | os.PathLike[str], channels: int, factor: int, radius: int,
                  tta: bool, model_name: str = CONV_MODEL,
@@ -102,20 +104,11 @@ class OnnxDecoder(LaplaceViews):
         """The prediction and the Laplace scale of one view of a batch (`laplace.LaplaceViews`)."""
         return self.distribution.run(None, {self.input_name: np.ascontiguousarray(x, np.uint8)})
 
-    def _distribution_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        if self.distribution is None:
-            raise InvalidInputError(
-                f"this export of {self.model_name} holds no distribution: it predicts one value per "
-                "sub-pixel (train with the hparam probabilistic=True and export again for uncertainty maps)")
+    def _checked(self, inputs: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs)
         if x.ndim != 4 or x.shape[-1] != self.channels:
             raise InvalidInputError(f"inputs must be [N, h, w, {self.channels}], got shape {x.shape}")
         return x
-
-    def predict_uncertain(self, inputs: np.ndarray, temperature: float = 1.0,
-                          batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(prediction, sd) float32 [N, H, W, C] each, as `OnePassDecoder.predict_uncertain`."""
-        return self._laplace_uncertain(self._distribution_inputs(inputs), temperature, batch_size)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """uint8 predictions of uint8 [N, h, w, C] inputs, in one call."""
@@ -132,11 +125,7 @@ class OnnxDecoder(LaplaceViews):
         """The batching.Decoder protocol; ``mode`` greedy or mean (the same here). ``recorder``
         (exports with a distribution) gets each sub-pixel's distribution."""
         del temperature, seed, max_steps
-        if mode == "sample":
-            raise InvalidInputError(f"mode sample is not available for {self.model_name}: it predicts one "
-                                    "value per sub-pixel; use mode greedy (or mean, the same here)")
-        if mode not in MODES:
-            raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
+        check_one_value_mode(mode, self.model_name)
         if recorder is not None:
             return self._laplace_decode(self._distribution_inputs(inputs), recorder, batch_size, progress)
         return predict_in_chunks(inputs, self.run, self.factor, self.channels, batch_size, progress,
