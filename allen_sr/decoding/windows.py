@@ -125,7 +125,6 @@ class BlockRasterWindow(PrefixWindow):
         self.slot = self.base + int(self.in_block[step])
 
 
-
 def make_window(order: ScanOrder, block_length: int, layers: int, bh: int, dk: int, dv: int,
                 dtype: Any) -> RasterWindow | BlockRasterWindow:
     """The cache for ``order``: raster (local_1d) or block-raster (local_2d)."""
