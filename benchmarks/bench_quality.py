@@ -69,6 +69,7 @@ sys.path.insert(0, str(REPO))
 from allen_sr.evaluation import metrics
 from allen_sr.data import tiles  # noqa: E402
 from allen_sr.data.images import list_images, load_image  # noqa: E402
+from allen_sr.testing.cli_runs import run_logged  # noqa: E402
 
 PROBLEM = "img2img_local_dim8to32"
 FACTOR = 4
@@ -158,8 +159,8 @@ def prepare_images(work: Path) -> tuple[Path, list[tuple[str, np.ndarray]], str]
 
 def datagen(train_dir: Path, data_dir: Path) -> dict[str, list[str]]:
     """Build the dataset; returns {"train": [...], "dev": [...]} image ids of its split."""
-    run_cli(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={train_dir}"],
-            data_dir.parent / "datagen.log")
+    run_logged(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={train_dir}"],
+               data_dir.parent / "datagen.log")
     info = json.loads((data_dir / f"{PROBLEM}-info.json").read_text())
     return info["summary"]["images"]
 
@@ -179,14 +180,6 @@ def held_out_tiles(held_out: list[tuple[str, np.ndarray]], max_tiles: int,
 
 
 # --------------------------------------------------------------------------- training
-
-
-def run_cli(args: list[str], log_path: Path) -> None:
-    with open(log_path, "w") as handle:
-        proc = subprocess.run([sys.executable, "-m", "allen_sr.cli", *args], stdout=handle,
-                              stderr=subprocess.STDOUT, cwd=REPO)
-    if proc.returncode:
-        raise RuntimeError(f"allen-sr {args[0]} failed (exit {proc.returncode}); see {log_path}")
 
 
 _STEP_LINE = re.compile(r"loss = [0-9.e+-]+, step = \d+")

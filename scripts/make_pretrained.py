@@ -31,7 +31,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from allen_sr.pretrained import MODELS_DIR, INDEX_NAME  # noqa: E402
+from allen_sr.testing.cli_runs import run_logged  # noqa: E402
 
 PROBLEM = "img2img_local_dim8to32"
 SAMPLE_DIR = REPO / "allen_sr" / "sample_data"
@@ -102,15 +102,6 @@ def log(message: str) -> None:
     print(f"[make_pretrained {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def cli(args: list[str], log_path: Path) -> None:
-    """Run ``allen-sr ARGS`` with output into ``log_path``; RuntimeError naming the log on failure."""
-    with open(log_path, "a") as handle:
-        proc = subprocess.run([sys.executable, "-m", "allen_sr.cli", *args], stdout=handle,
-                              stderr=subprocess.STDOUT, cwd=REPO)
-    if proc.returncode:
-        raise RuntimeError(f"allen-sr {args[0]} failed (exit {proc.returncode}); see {log_path}")
-
-
 def make_dataset(work: Path, layout: str) -> Path:
     """Tile the training images of ``layout`` once; the data folder (its split checked)."""
     from PIL import Image
@@ -132,8 +123,8 @@ def make_dataset(work: Path, layout: str) -> Path:
             else:
                 shutil.copy(SAMPLE_DIR / name, images / name)
         log(f"tiling {', '.join(names)} ...")
-        cli(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={images}"],
-            work / "datagen.log")
+        run_logged(["datagen", f"--problem={PROBLEM}", f"--data_dir={data_dir}", f"--tmp_dir={images}"],
+                   work / "datagen.log", append=True)
     split = json.loads(info.read_text())["summary"]["images"]
     if sorted(split["dev"]) != sorted(Path(n).stem for n in plan["dev"]):
         raise RuntimeError(f"unexpected train/dev split {split}: the held-out images must not be trained on")
@@ -145,10 +136,10 @@ def train(recipe: Recipe, data_dir: Path, work: Path) -> Path:
     run = work / "runs" / recipe.name
     run.mkdir(parents=True, exist_ok=True)
     log(f"{recipe.name}: training {recipe.hparams_set} to {recipe.steps} steps in {run} ...")
-    cli(["train", f"--problem={PROBLEM}", f"--model={recipe.model}", f"--hparams_set={recipe.hparams_set}",
-         f"--hparams={recipe.hparams}", f"--data_dir={data_dir}", f"--output_dir={run}",
-         f"--train_steps={recipe.steps}", "--schedule=train", "--save_checkpoints_secs=300",
-         "--keep_checkpoint_max=2", "--random_seed=0"], run / "train.log")
+    run_logged(["train", f"--problem={PROBLEM}", f"--model={recipe.model}", f"--hparams_set={recipe.hparams_set}",
+                f"--hparams={recipe.hparams}", f"--data_dir={data_dir}", f"--output_dir={run}",
+                f"--train_steps={recipe.steps}", "--schedule=train", "--save_checkpoints_secs=300",
+                "--keep_checkpoint_max=2", "--random_seed=0"], run / "train.log", append=True)
     return run
 
 
@@ -157,9 +148,9 @@ def export(recipe: Recipe, run: Path, work: Path) -> Path:
     folder = work / "exports" / recipe.name
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    cli(["export", f"--problem={PROBLEM}", f"--hparams_set={recipe.hparams_set}",
-         f"--hparams={recipe.hparams}", f"--output_dir={run}", f"--out={folder}",
-         "--no_bioimageio"], work / "export.log")
+    run_logged(["export", f"--problem={PROBLEM}", f"--hparams_set={recipe.hparams_set}",
+                f"--hparams={recipe.hparams}", f"--output_dir={run}", f"--out={folder}",
+                "--no_bioimageio"], work / "export.log", append=True)
     config = json.loads((folder / "config.json").read_text())
     step = int(str(config.pop("checkpoint")).rsplit("-", 1)[1])
     if step != recipe.steps:

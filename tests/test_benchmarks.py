@@ -119,3 +119,21 @@ def test_sections_written_before_that_rule_lose_their_work_folder_and_nothing_el
     assert sections["bench_beta.py"] == "_Run 2026-12-02 11:40 on 2 cores. Arguments: `--only fast`._\n\n| 2 |\n"
     assert sections["bench_gamma.py"] == "_Run 2026-12-02 12:00 on 2 cores._\n\n| 3 | `--work` in a table stays |\n"
     assert "| 1 |" in sections["bench_alpha.py"]
+
+
+def test_run_logged_keeps_the_output_and_names_the_log_when_allen_sr_fails(tmp_path):
+    from allen_sr.testing.cli_runs import run_logged
+
+    log = tmp_path / "upscale.log"
+    missing = ["upscale", "--pretrained", "conv-fast", "--image", str(tmp_path / "none.png"), "--out",
+               str(tmp_path / "o.png")]
+    with pytest.raises(RuntimeError, match=r"allen-sr upscale failed \(exit 2\); see .*upscale.log"):
+        run_logged(missing, log)
+    first = log.read_text()
+    assert "none.png" in first
+    with pytest.raises(RuntimeError):
+        run_logged(missing, log, append=True)  # `make pretrained` keeps every attempt's log
+    assert log.read_text() == first * 2
+    with pytest.raises(RuntimeError):
+        run_logged(missing, log)
+    assert log.read_text() == first
