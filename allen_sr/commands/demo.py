@@ -42,7 +42,7 @@ def positive(kind):
     return parse
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="allen-sr demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
@@ -62,7 +62,11 @@ def parse_args(argv):
     p.add_argument("--mode", default=None, choices=("greedy", "sample", "mean"),
                    help="decoding mode (default: the hparams set's decode_mode, as `allen-sr "
                         "decode` without --mode)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def banner(i: int, text: str) -> None:

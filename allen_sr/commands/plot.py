@@ -8,8 +8,7 @@ from typing import Sequence
 from allen_sr.evaluation.plots import plot_loss_curves
 
 
-def plot_main(argv: Sequence[str] | None = None) -> int:
-    """``allen-sr plot --runs RUN_DIR... --out loss.png [--tag loss]``; returns the exit code."""
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allen-sr plot",
         description="Plot a TensorBoard scalar (default: the training loss) of one or more runs "
@@ -25,6 +24,12 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
                         help="plot the evaluation summaries in RUN_DIR/eval*/ instead")
     parser.add_argument("--smoothing", type=float, default=0.6,
                         help="TensorBoard-style smoothing in [0, 1) (default: %(default)s)")
+    return parser
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """``allen-sr plot --runs RUN_DIR... --out loss.png [--tag loss]``; returns the exit code."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
