@@ -1,10 +1,10 @@
 """The user's guide stays true: every command and flag it shows exists, every link resolves, and
 the `degradation` spec it calls the default is the one the hparams sets use.
 
-Checked: README.md and the guides in docs/ (not docs/decisions/, which records history). Flags
-of `allen-sr` commands are checked against the command's own argparse parser; `train`,
-`datagen` and `launch` also pass tensor2tensor's flags through, which are read from the real
-`--helpfull` of `allen-sr train` and `allen-sr datagen`.
+Checked: README.md, the guides in docs/ (not docs/decisions/, which records history) and the
+shipped models' cards. Flags of `allen-sr` commands are checked against the command's own
+argparse parser; `train`, `datagen` and `launch` also pass tensor2tensor's flags through, which
+are read from the real `--helpfull` of `allen-sr train` and `allen-sr datagen`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from allen_sr.cli import SUBCOMMANDS
 from allen_sr.data.degrade import REAL_INPUTS, REAL_INPUTS_TRANSFORMER
 
 REPO = Path(__file__).resolve().parents[1]
-GUIDES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+GUIDES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+          *sorted((REPO / "allen_sr" / "pretrained").glob("*/MODEL_CARD.md"))]
 T2T_TOOLS = ("train", "datagen")  # every t2t-trainer / t2t-datagen flag passes through
 PASS_THROUGH = {"train": ("train",), "datagen": ("datagen",), "launch": ("train",)}
 FLAG = re.compile(r"--([A-Za-z][A-Za-z0-9_]*)")
