@@ -141,8 +141,7 @@ def test_every_allen_sr_set_trains_with_real_inputs_and_none_turns_it_off():
     assert len(ours) >= 7, ours
     for name in ours:
         hparams = checkpoints.load_hparams(name, "img2img_local_dim8to32")
-        expected = degrade.REAL_INPUTS if name.startswith("img2img_conv_sr") else degrade.REAL_INPUTS_TRANSFORMER
-        assert hparams.degradation == expected, name
+        assert hparams.degradation == degrade.REAL_INPUTS, name
         assert degradation.training_degradation(hparams) is not None
     # tensor2tensor's --hparams splits on commas: `;` joins the items inside it.
     hparams = checkpoints.load_hparams("img2img_conv_sr_cpu", "img2img_local_dim8to32",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from allen_sr.cli import SUBCOMMANDS
-from allen_sr.data.degrade import REAL_INPUTS, REAL_INPUTS_TRANSFORMER
+from allen_sr.data.degrade import REAL_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
@@ -114,8 +114,7 @@ def test_guide_links_resolve(guide):
 
 def test_readme_shows_the_default_degradation_specs():
     text = (REPO / "README.md").read_text()
-    assert f"degradation={REAL_INPUTS}" in text, "README.md: the conv sets' default spec changed"
-    assert REAL_INPUTS_TRANSFORMER.split(";")[0] in text, "README.md: the Image Transformer's clean share"
+    assert f"degradation={REAL_INPUTS}" in text, "README.md: the sets' default spec changed"
 
 
 def test_the_checks_catch_a_wrong_flag_and_a_broken_link(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from allen_sr.data.degrade import REAL_INPUTS_TRANSFORMER
+from allen_sr.data.degrade import REAL_INPUTS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -38,7 +38,7 @@ TRANSFORMER_HPARAMS: tuple[tuple[str, Any, str], ...] = (
     ("self_condition", 0.0, "fraction of the context replaced by the model's own mean values (training)"),
     # Read by the problem's input pipeline from the set itself (a stock set has neither: clean tiles).
     ("color_augment", "", "problem-side colour augmentation of training tiles (allen_sr.t2t.problems)"),
-    ("degradation", REAL_INPUTS_TRANSFORMER, "realistic training inputs (allen_sr.t2t.degradation); none: clean"),
+    ("degradation", REAL_INPUTS, "realistic training inputs (allen_sr.t2t.degradation); none: clean"),
     ("decode_mode", "mean", "the mode allen-sr decode/evaluate/upscale use when --mode is not given"),
     ("decode_tta", False, "average the decodes of the 8 flips/rotations (measured: +0.006 dB, 10x time)"),
 )
