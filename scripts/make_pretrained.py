@@ -258,8 +258,8 @@ def card(recipe: Recipe, entry: dict[str, Any]) -> str:
 or `Upscaler.open("{recipe.name}").predict(image)` in Python. Runs with {runs}.
 
 ## Training
-- Model `{recipe.model}`, hparams set `{recipe.hparams_set}` with the `degradation` it had by
-  default then (`{entry['degradation']}`), {recipe.steps} steps{f' (--hparams={recipe.hparams})' if recipe.hparams else ''},
+- Model `{recipe.model}`, hparams set `{recipe.hparams_set}` with the set's default
+  `degradation` of that day (`{entry['degradation']}`), {recipe.steps} steps{f' (--hparams={recipe.hparams})' if recipe.hparams else ''},
   seed 0, problem `{PROBLEM}` (8x8 -> 32x32 px tiles). Made by `make pretrained`
   (scripts/make_pretrained.py), {entry['trained']}.
 - Data: train split {', '.join(f'`{n}`' for n in entry['train_images'])}, dev split
