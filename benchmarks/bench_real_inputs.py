@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model (default 15)")
     p.add_argument("--parallel", type=int, default=1, choices=(1, 2), help="runs trained at once (default 1)")
     p.add_argument("--only", default="conv,transformer", help="subset of: conv,transformer")
-    p.add_argument("--tiles", type=int, default=256, help="tiles per held-out stain and input, conv (default 256)")
+    p.add_argument("--tiles", type=int, default=256, help="tiles per held-out stain and input (default 256)")
     p.add_argument("--it_tiles", type=int, default=None,
                    help="the Image Transformer decodes a seeded random N of those (default: all; it is slow)")
     p.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
