@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_quality as bq  # noqa: E402
-from allen_sr.commands.evaluate import cut_pairs  # noqa: E402
+from allen_sr.commands.evaluate import cut_pairs, tile_subset  # noqa: E402
 from allen_sr.data.degrade import parse_fixed  # noqa: E402
 from allen_sr.data.images import load_image  # noqa: E402
 from allen_sr.evaluation import metrics, pictures  # noqa: E402
@@ -142,17 +142,6 @@ def train_all(runs: list[tuple[bq.Run, str]], seconds: float, data_dir: Path, wo
         missing = [run.name for run, _ in group if not run.result]
         if missing:
             raise RuntimeError(f"training failed for {', '.join(missing)}; see {work}/runs/*/train.log")
-
-
-def subset(n: int, limit: int | None) -> np.ndarray:
-    """Indices of the tiles a run decodes: all ``n``, or a seeded random ``limit`` of them in order.
-
-    Random, not the first ``limit``: a cell's tiles come image by image in reading order, so its
-    first tiles are the top of its first image (on 2026-12-06 the first 48 of the brain cell gave
-    the Image Transformer +0.95 dB where all 256 give +0.55)."""
-    if not limit or limit >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(SEED).choice(n, limit, replace=False))
 
 
 def decode_cells(run: bq.Run, work: Path, data: dict) -> dict[tuple[str, str], np.ndarray]:
@@ -269,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         preds, index, scores = {}, {}, {}
         for run, _ in runs:
             limit = args.it_tiles if run.model == "img2img_transformer_sr" else None
-            index[run.name] = {k: subset(len(c["targets"]), limit) for k, c in data.items()}
+            # a random subset, spread over the cell (the first 48 tiles, the top of its first image, gave the
+            # Image Transformer +0.95 dB on brain where all 256 give +0.55: 2026-12-06)
+            index[run.name] = {k: tile_subset(len(c["targets"]), limit, SEED) for k, c in data.items()}
             picked = {k: {"inputs": c["inputs"][index[run.name][k]], "targets": c["targets"][index[run.name][k]]}
                       for k, c in data.items()}
             preds[run.name] = decode_cells(run, work, picked)

@@ -155,3 +155,13 @@ def test_upscale_blends_transformer_tiles_without_seams(ckpt_dir, tmp_path):
     print("transformer seam ratios", ratios)
     assert ratios[4] <= SEAM_TOLERANCE, ratios
     assert ratios[0] > SEAM_TOLERANCE, ratios  # abutting tiles do show seams, and the measure sees them
+
+
+def test_a_tile_subset_is_seeded_ordered_and_spread_over_the_tiles_not_their_start():
+    keep = evaluate.tile_subset(256, 48, seed=0)
+    assert len(keep) == len(set(keep.tolist())) == 48 and np.all(np.diff(keep) > 0)
+    assert np.array_equal(keep, evaluate.tile_subset(256, 48, seed=0))
+    assert not np.array_equal(keep, evaluate.tile_subset(256, 48, seed=1))
+    assert keep.max() >= 200  # reaches the last images of a cell, not only the top of its first
+    assert np.array_equal(evaluate.tile_subset(30, None, seed=0), np.arange(30))
+    assert np.array_equal(evaluate.tile_subset(30, 64, seed=0), np.arange(30))

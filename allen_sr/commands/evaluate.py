@@ -27,6 +27,16 @@ from allen_sr.data import tiles as tiling
 from allen_sr.errors import InvalidInputError
 
 
+def tile_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Indices, in order, of a seeded random ``limit`` of ``n`` tiles; all of them without a limit.
+
+    Random rather than the first ``limit``: tiles come image by image in reading order, so the first
+    ones are the top of the first image."""
+    if not limit or n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
 def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles: int | None,
               seed: int, degrade: list[FixedStep] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(inputs, targets, names): tissue tiles of ``size`` from every readable image and their inputs.
@@ -58,10 +68,8 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
         raise InvalidInputError(f"no tissue tiles of {size}x{size} px in {len(paths)} image(s)")
     targets = np.concatenate(found)
     inputs = np.stack(found_inputs)
-    if max_tiles and len(targets) > max_tiles:
-        keep = np.sort(np.random.default_rng(seed).choice(len(targets), max_tiles, replace=False))
-        inputs, targets, names = inputs[keep], targets[keep], [names[i] for i in keep]
-    return inputs, targets, names
+    keep = tile_subset(len(targets), max_tiles, seed)
+    return inputs[keep], targets[keep], [names[i] for i in keep]
 
 
 def degraded_pairs(image: np.ndarray, size: int, factor: int, channels: int, degrade: list[FixedStep],
