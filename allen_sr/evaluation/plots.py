@@ -13,10 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from allen_sr.fileio import atomic_write_bytes
 from allen_sr.errors import InvalidInputError, MissingInputError
-
-
+from allen_sr.fileio import atomic_write_bytes
 
 
 class MissingScalarError(InvalidInputError):
