@@ -37,14 +37,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_quality as bq  # noqa: E402
 import bench_real_inputs as bri  # noqa: E402
+from allen_sr.data.degrade import REAL_INPUTS, parse_training  # noqa: E402
 from allen_sr.evaluation import metrics  # noqa: E402
 from allen_sr.fileio import atomic_write_bytes  # noqa: E402
 
@@ -52,7 +51,8 @@ from allen_sr.fileio import atomic_write_bytes  # noqa: E402
 SWEEPS = {"JPEG quality": ("jpeg", (95, 90, 80, 70, 60, 50, 40, 30)),
           "noise (grey levels)": ("noise", (1, 2, 4, 6, 8, 12)),
           "blur (sigma, full-resolution px)": ("blur", (0.5, 1, 1.5, 2, 3, 4))}
-TRAINED = {"jpeg": (50, 95), "noise": (0, 5), "blur": (0, 2)}  # REAL_INPUTS' ranges
+TRAINED = {key: (r.lo, r.hi) for key, _ in SWEEPS.values()  # the ranges every set trains on, shaded
+           for r in [getattr(parse_training(REAL_INPUTS), key)]}
 MODELS = ("conv-cpu", "conv-fast", "transformer-tiny")
 
 

@@ -137,3 +137,25 @@ def test_run_logged_keeps_the_output_and_names_the_log_when_allen_sr_fails(tmp_p
     with pytest.raises(RuntimeError):
         run_logged(missing, log)
     assert log.read_text() == first
+
+
+def test_bench_shipped_names_the_harshest_input_before_the_first_harm():
+    import bench_shipped
+
+    values = bench_shipped.SWEEPS["noise (grey levels)"][1]  # 1, 2, 4, 6, 8, 12
+
+    def scores(clean, gains):
+        out = {("brain", "clean"): {"m": clean}}
+        out.update({("brain", bench_shipped.spec("noise", v)): {"m": g} for v, g in zip(values, gains)})
+        return out
+
+    def limit(clean, gains):
+        return bench_shipped.harmless_up_to(scores(clean, gains), "m", "brain", "noise", values)
+
+    assert limit(1.0, [0.9, 0.8, 0.5, 0.2, 0.0, 0.1]) == "every value tried"
+    assert limit(1.0, [0.9, 0.8, 0.5, 0.2, -0.1, 0.3]) == "6"  # a later recovery does not count
+    assert limit(1.0, [-0.01, 0.8, 0.5, 0.2, 0.1, 0.1]) == "clean only"
+    assert limit(-0.2, [0.9, 0.8, 0.5, 0.2, 0.1, 0.1]) == "below bicubic even clean"
+    lines = bench_shipped.envelope({**scores(1.0, [1] * 6), **{("brain", bench_shipped.spec(k, v)): {"m": 1}
+                                    for k, vs in bench_shipped.SWEEPS.values() for v in vs}}, ["m"], ["brain"])
+    assert lines[-1] == "| m | brain | every value tried | every value tried | every value tried |"
