@@ -20,7 +20,7 @@ from allen_sr.decoding.batching import dihedral_views, predict_in_chunks
 from allen_sr.decoding.uncertainty import Recorder
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["cdf", "mixture_moments", "pit_interval", "record", "LaplaceViews"]
+__all__ = ["cdf", "mixture_moments", "views_mean", "pit_interval", "record", "LaplaceViews"]
 
 # Examples per run when a recorder takes each sub-pixel's distribution (views x examples in memory).
 RECORD_CHUNK = 32
@@ -45,6 +45,14 @@ def mixture_moments(mus: Sequence[np.ndarray], scales: Sequence[np.ndarray],
         second = 2.0 * b * b + mu * mu if second is None else second + 2.0 * b * b + mu * mu
     mean = total / len(mus)
     return mean, np.sqrt(np.maximum(second / len(mus) - mean * mean, 0.0))
+
+
+def views_mean(views: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """The prediction of several views (each a sequence whose first array is its prediction): their
+    mean in the views' own precision and order. Every path that averages views calls this, so a
+    prediction rounded to grey levels is the same whichever path made it (a float64 mean can round
+    the other way at a half level)."""
+    return sum(view[0] for view in views) / len(views)
 
 
 def pit_interval(mus: np.ndarray, scales: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,8 +126,8 @@ class LaplaceViews:
         ``temperature``."""
         def chunk(part: np.ndarray) -> np.ndarray:
             views = self._views(part)
-            mean, sd = mixture_moments([mu for mu, _ in views], [b for _, b in views], float(temperature))
-            return np.concatenate([mean, sd], axis=-1).astype(np.float32)
+            _, sd = mixture_moments([mu for mu, _ in views], [b for _, b in views], float(temperature))
+            return np.concatenate([views_mean(views), sd], axis=-1).astype(np.float32)
 
         both = predict_in_chunks(x, chunk, self.factor, self.channels, batch_size, False, self._desc(),
                                  out_channels=2 * self.channels)
@@ -140,6 +148,5 @@ class LaplaceViews:
             stop = min(n, start + step)
             views = self._views(x[start:stop])
             record(recorder, start, stop, np.stack([mu for mu, _ in views]), np.stack([b for _, b in views]))
-            mean = sum(mu for mu, _ in views) / len(views)  # as the prediction without a recorder averages
-            out[start:stop] = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+            out[start:stop] = np.clip(np.rint(views_mean(views)), 0, 255).astype(np.uint8)
         return out

@@ -11,7 +11,7 @@ import numpy as np
 
 from allen_sr.decoding.batching import decode_tta, dihedral, dihedral_views, predict_in_chunks, undo_dihedral
 from allen_sr.decoding.checkpoints import match_variables
-from allen_sr.decoding.laplace import LaplaceViews
+from allen_sr.decoding.laplace import LaplaceViews, views_mean
 from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.t2t.names import register_all
 from allen_sr.errors import InvalidInputError
@@ -153,7 +153,7 @@ class OnePassDecoder(LaplaceViews):
         if not self.tta:
             return self._session.run(self._outputs, {self._inputs: x})
         views = dihedral_views(lambda batch: [self._session.run(self._outputs, {self._inputs: batch})], x, True)
-        return sum(mu for mu, in views) / 8
+        return views_mean(views)
 
     def _mean_scale(self, x: np.ndarray) -> list[np.ndarray]:
         """The prediction and the Laplace scale of a batch (`laplace.LaplaceViews`)."""
