@@ -45,6 +45,7 @@ bicubic row equals the kept one (the same held-out tiles):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -56,7 +57,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -120,6 +121,19 @@ def it_default_mode(overrides: str = "") -> str:
 
     hparams = checkpoints.load_hparams(IT_SET, PROBLEM, overrides)
     return getattr(hparams, "decode_mode", "") or "greedy"
+
+
+@contextlib.contextmanager
+def work_folder(path: str | None, prefix: str) -> Iterator[Path]:
+    """A benchmark's ``--work`` folder (created if needed, kept), or without one a temporary folder
+    removed when the benchmark ends, however it ends."""
+    work = Path(path) if path else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if not path:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def log(message: str) -> None:
@@ -452,8 +466,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = args.minutes * 60
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_quality_"))
-    work.mkdir(parents=True, exist_ok=True)
     save_secs = int(max(5, min(60, seconds / 30)))
     runs = [
         Run("conv", "img2img_conv_sr", "img2img_conv_sr_cpu",
@@ -469,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         runs = [r for r in runs if r.name in wanted]
-    try:
+    with work_folder(args.work, "bench_quality_") as work:
         train_dir, held_out, description = prepare_images(work)
         log(f"datagen on {len(list(train_dir.iterdir()))} training images ...")
         split = datagen(train_dir, work / "data")
@@ -517,9 +529,6 @@ def main(argv: list[str] | None = None) -> int:
              "held_out": description, "split": split}, indent=2, default=str))
         print(text)
         log(f"wrote {work / 'quality.md'} and quality.json")
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -258,10 +257,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_real_inputs_"))
-    work.mkdir(parents=True, exist_ok=True)
     runs = variants(set(args.only.split(",")), args.variant)
-    try:
+    with bq.work_folder(args.work, "bench_real_inputs_") as work:
         train_dir = work / "train_images"
         shutil.rmtree(train_dir, ignore_errors=True)
         train_dir.mkdir()
@@ -315,9 +312,6 @@ def main(argv: list[str] | None = None) -> int:
             {"scores": {f"{k[0]} | {k[1]}": v for k, v in scores.items()},
              "runs": {r.name: r.result for r in ordered}}, indent=2, default=str))
         print(text)
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -151,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(sources) != len(args.models.split(",")):
         raise SystemExit(f"--models {args.models}: two models would share a column label (a folder's name)")
     names = list(sources)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_shipped_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with bq.work_folder(args.work, "bench_shipped_") as work:
         files = bri.held_out_files(work)
         data = bri.cells(files, args.tiles, inputs())
         preds, index, limits = {}, {}, {}
@@ -181,9 +177,6 @@ def main(argv: list[str] | None = None) -> int:
             f"Picture: `{picture.relative_to(HERE.parent) if picture.is_relative_to(HERE.parent) else picture}`.", ""])
         (work / "shipped_inputs.md").write_text(text)
         print(text)
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -172,9 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_uncertainty_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with bq.work_folder(args.work, "bench_uncertainty_") as work:
         data_dir = prepare(work)
         names = [m.strip() for m in args.models.split(",") if m.strip()]
         if not names or set(names) - set(MODELS) or (args.run and names != ["it"]):
@@ -222,9 +219,6 @@ def main(argv: list[str] | None = None) -> int:
                f"({MODELS['it'][3]}, clean input: input, model, uncertainty, |error|, target).", ""] if shown else [])])
         (work / "uncertainty.json").write_text(json.dumps(results, indent=2, default=str))
         print(text)
-    finally:
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

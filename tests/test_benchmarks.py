@@ -159,3 +159,17 @@ def test_bench_shipped_names_the_harshest_input_before_the_first_harm():
     lines = bench_shipped.envelope({**scores(1.0, [1] * 6), **{("brain", bench_shipped.spec(k, v)): {"m": 1}
                                     for k, vs in bench_shipped.SWEEPS.values() for v in vs}}, ["m"], ["brain"])
     assert lines[-1] == "| m | brain | every value tried | every value tried | every value tried |"
+
+
+def test_a_benchmark_keeps_its_work_folder_and_removes_a_temporary_one_however_it_ends(tmp_path):
+    import bench_quality
+
+    given = tmp_path / "work" / "deeper"
+    with bench_quality.work_folder(str(given), "bench_test_") as work:
+        assert work == given and work.is_dir()
+    assert given.is_dir()
+    with pytest.raises(RuntimeError, match="stopped"):
+        with bench_quality.work_folder(None, "bench_test_") as work:
+            (work / "partial.txt").write_text("x")
+            raise RuntimeError("stopped")
+    assert work.name.startswith("bench_test_") and not work.exists()
