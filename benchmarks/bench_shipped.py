@@ -12,9 +12,9 @@ Protocol (also printed with the results):
    `other_stardist_histo_HE` plus, with ../shared, the CMU-1 bands outside the shipped crop; IHC
    DAB `other_skimage_ihc_colon_DAB`, a stain the shipped models never trained on), cut by
    `allen-sr evaluate --degrade` (allen_sr.commands.evaluate.cut_pairs).
-2. Inputs: clean, then one degradation at a time, from inside the training range
-   (`allen_sr.data.degrade.REAL_INPUTS`: JPEG 50-95, noise 0-5 grey levels, blur 0-2 px) to beyond
-   it: the SWEEPS below.
+2. Inputs: clean, then one degradation at a time, from inside the range each model trained on (its
+   recorded `degradation`; the default `allen_sr.data.degrade.REAL_INPUTS`: JPEG 50-95, noise 0-10
+   grey levels, blur 0-2 px) to beyond it: the SWEEPS below.
 3. Models: the shipped ones, opened as `allen-sr evaluate --pretrained NAME` opens them (the
    TF-free exports: onnxruntime, NumPy), with their default decoding; or any export or run folder
    (its column: the folder's name). An Image Transformer decodes a seeded random ``--it_tiles`` of
@@ -41,7 +41,8 @@ sys.path.insert(0, str(HERE))
 
 import bench_quality as bq  # noqa: E402
 import bench_real_inputs as bri  # noqa: E402
-from allen_sr.data.degrade import REAL_INPUTS, parse_training  # noqa: E402
+from allen_sr.data.degrade import parse_training  # noqa: E402
+from allen_sr.api.models import open_model, resolve, trained_degradation  # noqa: E402
 from allen_sr.evaluation import metrics  # noqa: E402
 from allen_sr.fileio import atomic_write_bytes  # noqa: E402
 
@@ -49,8 +50,6 @@ from allen_sr.fileio import atomic_write_bytes  # noqa: E402
 SWEEPS = {"JPEG quality": ("jpeg", (95, 90, 80, 70, 60, 50, 40, 30)),
           "noise (grey levels)": ("noise", (1, 2, 4, 6, 8, 12)),
           "blur (sigma, full-resolution px)": ("blur", (0.5, 1, 1.5, 2, 3, 4))}
-TRAINED = {key: (r.lo, r.hi) for key, _ in SWEEPS.values()  # the ranges every set trains on, shaded
-           for r in [getattr(parse_training(REAL_INPUTS), key)]}
 MODELS = ("conv-cpu", "conv-fast", "transformer-tiny")
 
 
@@ -62,11 +61,34 @@ def inputs() -> tuple[str, ...]:
     return ("clean", *(spec(key, v) for key, values in SWEEPS.values() for v in values))
 
 
+def trained_ranges(spec: str | None) -> dict[str, tuple[float, float]]:
+    """{sweep key: (lo, hi)} of the training spec ``spec``, for the keys it degrades."""
+    parsed = parse_training(spec) if spec else None
+    return {key: (r.lo, r.hi) for key, _ in SWEEPS.values()
+            for r in [getattr(parsed, key, None)] if r is not None}
+
+
+def describe_training(trained: dict[str, str | None]) -> str:
+    """How the models' training ranges read in the text, models with one spec named together."""
+    units = {"jpeg": ("JPEG ", ""), "noise": ("noise ", " grey levels"), "blur": ("blur ", " px")}
+    groups: dict[str | None, list[str]] = {}
+    for name, spec in trained.items():
+        groups.setdefault(spec, []).append(name)
+    parts = []
+    for spec, names in groups.items():
+        if spec is None:
+            parts.append(f"{', '.join(names)}: not recorded")
+            continue
+        ranges = trained_ranges(spec)
+        text = ", ".join(f"{units[k][0]}{lo:g}-{hi:g}{units[k][1]}" for k, (lo, hi) in ranges.items()) or "clean"
+        parts.append(f"{', '.join(names)}: {text} (`degradation={spec}`)")
+    return "; ".join(parts)
+
+
 def decode_all(source: str, data: dict, it_tiles: int) -> tuple[dict, dict, int | None]:
     """({cell: tile indices}, {cell: predictions}, tiles limit) of ``source`` (a shipped model's name,
     an export or a run folder, as `allen_sr.Upscaler.open` takes it), opened once; an Image
     Transformer decodes ``it_tiles`` of each cell."""
-    from allen_sr.api.models import open_model, resolve
 
     opened = open_model(resolve(source))
     limit = it_tiles if opened.model == "img2img_transformer_sr" else None
@@ -100,8 +122,9 @@ def envelope(scores: dict, names: list[str], stains: list[str]) -> list[str]:
     return lines
 
 
-def plot(path: Path, scores: dict, names: list[str], stains: list[str]) -> None:
-    """Stains in rows, sweeps in columns: each model's gain against the degradation, the trained range shaded."""
+def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained: dict[str, str | None]) -> None:
+    """Stains in rows, sweeps in columns: each model's gain against the degradation, the ranges the
+    models trained on shaded (one shade where they all trained on the same, else one per model)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -117,7 +140,14 @@ def plot(path: Path, scores: dict, names: list[str], stains: list[str]) -> None:
                 ys = [scores[stain, "clean"][name], *(scores[stain, spec(key, v)][name] for v in values)]
                 ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
             ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.axvspan(*TRAINED[key], color="green", alpha=0.08, label="trained range")
+            spans = {name: trained_ranges(trained[name]).get(key) for name in names}
+            if len(set(spans.values())) == 1:
+                if spans[names[0]]:
+                    ax.axvspan(*spans[names[0]], color="green", alpha=0.08, label="trained range")
+            else:
+                for i, name in enumerate(names):
+                    if spans[name]:
+                        ax.axvspan(*spans[name], color=f"C{i}", alpha=0.07, label=f"{name}: trained range")
             ax.set_xticks(xs, ["clean", *(f"{v:g}" for v in values)], fontsize="small")
             if key == "jpeg":
                 ax.invert_xaxis()
@@ -153,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         files = bri.held_out_files(work)
         data = bri.cells(files, args.tiles, inputs())
         preds, index, limits = {}, {}, {}
+        trained = {name: trained_degradation(resolve(sources[name])) for name in names}
         for name in names:
             index[name], preds[name], limits[name] = decode_all(sources[name], data, args.it_tiles)
         scores = bri.score_cells(data, preds, index)
         stains = list(files)
         canonical = vars(args) | {"work": None} == vars(parse_args([]))
         picture = HERE.parent / "docs" / "shipped_inputs.png" if canonical else work / "shipped_inputs.png"
-        plot(picture, scores, names, stains)
+        plot(picture, scores, names, stains, trained)
         table = bri.gain_table({n: n for n in names}, scores)
         tiles = ", ".join(f"{n}: " + (f"a seeded random {limits[n]} of them" if limits[n] else "all")
                           for n in names)
@@ -169,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             "of its sweep, clean included):", "", *envelope(scores, names, stains), "",
             "Models, opened as `allen_sr.Upscaler.open` opens them (a shipped model: its TF-free export), default "
             "decoding: " + ", ".join(n if n == sources[n] else f"{n} (`{sources[n]}`)" for n in names)
-            + ". The shipped models trained on JPEG 50-95, noise 0-5 grey levels, blur 0-2 px (`REAL_INPUTS`). "
+            + ". Trained on " + describe_training(trained) + ". "
             "Held-out: " + "; ".join(
                 f"{stain}: {', '.join(Path(p).stem for p in paths)}" for stain, paths in files.items())
             + f". Up to {args.tiles} tiles per cell, the `tiles` column ({tiles}). Inputs as "

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "train_images": summary["images"]["train"],
                                      "dev_images": summary["images"]["dev"],
                                      "train_tiles": summary["tiles_kept"]["train"],
-                                     "degradation": degradation_of(recipe)}
+                                     "degradation": degradation_of(name)}
     write_index(index)  # the models are found by name (allen_sr.pretrained) while they are measured
     for name in names:
         entry = index["models"][name]
@@ -341,15 +341,10 @@ def write_index(index: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def degradation_of(recipe: Recipe) -> str:
-    """The ``degradation`` hparam the set trains with."""
-    from tensor2tensor.utils import registry
-
-    from allen_sr.t2t.names import register_all
-
-    register_all()
-    return str(registry.hparams(recipe.hparams_set).degradation)
-
+def degradation_of(name: str) -> str:
+    """The ``degradation`` the shipped model ``name`` trained with, as its export records it."""
+    config = json.loads((MODELS_DIR / name / "config.json").read_text(encoding="utf-8"))
+    return str(config["degradation"])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -161,6 +161,16 @@ def test_bench_shipped_names_the_harshest_input_before_the_first_harm():
     assert lines[-1] == "| m | brain | every value tried | every value tried | every value tried |"
 
 
+def test_bench_shipped_reads_each_models_own_training_ranges():
+    import bench_shipped
+
+    assert bench_shipped.trained_ranges("clean=0.5;noise=0:10@0.5;jpeg=50:95@0.8") == {
+        "jpeg": (50, 95), "noise": (0, 10)}
+    assert bench_shipped.trained_ranges("none") == {} and bench_shipped.trained_ranges(None) == {}
+    text = bench_shipped.describe_training({"a": "blur=0:2;noise=0:5", "b": None, "c": "blur=0:2;noise=0:5"})
+    assert text == "a, c: noise 0-5 grey levels, blur 0-2 px (`degradation=blur=0:2;noise=0:5`); b: not recorded"
+
+
 def test_a_benchmark_keeps_its_work_folder_and_removes_a_temporary_one_however_it_ends(tmp_path):
     import bench_quality
 

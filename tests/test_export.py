@@ -120,9 +120,11 @@ def test_fast_set_exports_to_onnx_with_its_sub_pixel_layout(tmp_path):
 
     fast = "img2img_conv_sr_fast"
     run = tmp_path / "run"
-    tiny_training.train_checkpoint(run, checkpoints.load_hparams(fast, PROBLEM, "learning_rate_constant=0.05"),
+    tiny_training.train_checkpoint(run, checkpoints.load_hparams(fast, PROBLEM, "learning_rate_constant=0.05,"
+                                                                 "degradation=none"),
                                    steps=3, batch_size=4, model_name=CONV)
-    export(PROBLEM, fast, str(run), tmp_path / "export")
+    config = export(PROBLEM, fast, str(run), tmp_path / "export")
+    assert config["degradation"] == "none"  # what the run trained with (its hparams.json), not the set's default
     decoder = OnePassDecoder(checkpoints.load_hparams(fast, PROBLEM, "", str(run)),
                              checkpoints.find_checkpoint(str(run)), target_shape=(None, None))
     session = ort.InferenceSession(str(tmp_path / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -136,6 +138,26 @@ def test_fast_set_exports_to_onnx_with_its_sub_pixel_layout(tmp_path):
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
+def test_the_training_inputs_a_model_saw_are_read_from_its_export_run_or_the_shipped_index(
+        conv_run, conv_export, it_export, tmp_path):
+    from allen_sr import pretrained
+    from allen_sr.api.models import resolve, trained_degradation
+    from allen_sr.data.degrade import REAL_INPUTS
+
+    assert json.loads((conv_export / "config.json").read_text())["degradation"] == REAL_INPUTS
+    assert trained_degradation(resolve(conv_export)) == REAL_INPUTS
+    assert trained_degradation(resolve(it_export)) == REAL_INPUTS  # inside the exported hparams
+    assert trained_degradation(resolve(conv_run, problem=PROBLEM, hparams_set=CONV_SET)) == REAL_INPUTS
+    for shipped in pretrained.available():
+        assert trained_degradation(resolve(shipped.name)) == shipped.info["degradation"], shipped.name
+    older = tmp_path / "older_export"  # an export made before config.json recorded it
+    older.mkdir()
+    config = json.loads((conv_export / "config.json").read_text())
+    del config["degradation"]
+    (older / "config.json").write_text(json.dumps(config))
+    assert trained_degradation(resolve(older)) is None
+
+
 def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(conv_export, tmp_path):
     rdf = yaml.safe_load((conv_export / "rdf.yaml").read_text())
     assert rdf["format_version"].startswith("0.5") and set(rdf["weights"]) >= {"onnx"}
@@ -146,6 +168,8 @@ def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(con
     for name in [rdf["documentation"], *rdf["covers"], rdf["inputs"][0]["test_tensor"]["source"],
                  rdf["outputs"][0]["test_tensor"]["source"], *(w["source"] for w in rdf["weights"].values())]:
         assert (conv_export / name).is_file(), name
+    readme = (conv_export / rdf["documentation"]).read_text()
+    assert f"`degradation={json.loads((conv_export / 'config.json').read_text())['degradation']}`" in readme
     # Validation in a fresh process with every HTTP(S) request sent to a closed port: offline.
     closed = "http://127.0.0.1:9"
     env = {**os.environ, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "http_proxy": closed,

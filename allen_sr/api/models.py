@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = ["uncertainty_calibration", "ModelSpec", "OpenModel", "ModelNotFoundError", "resolve",
            "pretrained_spec", "run_flags", "model_shape", "open_model", "decode_kwargs",
-           "describe_source"]
+           "describe_source", "trained_degradation"]
 
 
 class ModelNotFoundError(MissingInputError):
@@ -117,6 +117,31 @@ def describe_source(spec: ModelSpec) -> str:
     if spec.exported:
         return f"exported {spec.exported}"
     return f"{spec.hparams_set} {spec.output_dir}"
+
+
+def trained_degradation(spec: ModelSpec) -> str | None:
+    """The `degradation` spec the model trained with ("none": clean inputs), as its export's
+    config.json, the shipped models' index or the run's hparams.json records it; None where nothing
+    records it (an export or a run made before the hparam existed)."""
+    import json
+
+    from allen_sr import pretrained
+    from allen_sr.export.runtime import CONFIG_NAME
+
+    if spec.pretrained:
+        recorded = pretrained.find(spec.pretrained).info.get("degradation")
+        if recorded is not None:
+            return str(recorded)
+    if spec.exported:
+        config = json.loads((Path(spec.exported) / CONFIG_NAME).read_text(encoding="utf-8"))
+        recorded = config.get("degradation", config.get("hparams", {}).get("degradation"))
+        return None if recorded is None else str(recorded)
+    run = Path(spec.output_dir)
+    path = (run if run.is_dir() else run.parent) / "hparams.json"
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8")).get("degradation")
+    return None if recorded is None else str(recorded)
 
 
 @dataclass

@@ -107,6 +107,8 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
         "input_size": input_size, "target_size": target_size, "channels": channels,
         "decode_mode": getattr(hparams, "decode_mode", "") or "greedy",
     }
+    if hasattr(hparams, "degradation"):  # the training inputs' spec, as the run trained with it
+        config["degradation"] = str(hparams.degradation)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()
     try:

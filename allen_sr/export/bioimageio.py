@@ -86,6 +86,17 @@ def test_image(size: int) -> np.ndarray:
     raise FileNotFoundError(f"no {size} px tissue tile in the sample images of {sample_folder()}")
 
 
+def training_inputs(config: dict[str, Any]) -> str:
+    """The readme's sentence on what the inputs looked like in training ("" if not recorded)."""
+    spec = config.get("degradation")
+    if spec is None:
+        return ""
+    if spec == "none":
+        return " Trained on exact 4x area averages of clean images (`degradation=none`)."
+    return (" Its training inputs were made like real ones (stain variation, blur, noise and JPEG "
+            f"on a share of them): `degradation={spec}`.")
+
+
 def readme(config: dict[str, Any]) -> str:
     f = config["target_size"] // config["input_size"]
     return f"""# {config['name']}
@@ -100,7 +111,7 @@ The input normalization is part of the model{', and the prediction is the mean o
 An output pixel depends on input pixels up to {config['radius']} px away: tile with at least that much
 overlap (the halo) and the tiles join without seams; inputs need at least {2 * config['radius'] + 1} px per side.
 
-Training data: {training_data(config['problem'])}.
+Training data: {training_data(config['problem'])}.{training_inputs(config)}
 
 Checkpoint: `{config['checkpoint']}` (global step {config.get('global_step', 'unknown')}).
 
