@@ -63,8 +63,9 @@ TRAINING_KEYS = ("clean", "hed", "permute", "blur", "kernel", "noise", "shot", "
 FIXED_KEYS = ("blur", "kernel", "noise", "shot", "jpeg")
 FULL_RESOLUTION_KEYS = ("blur", "kernel")  # act on the full-resolution image: first in a fixed spec
 # The `degradation` every allen-sr hparams set trains with: half the examples stay clean (the conv
-# sets kept 0.3 until 2026-12-05; measurements: docs/decisions/real_inputs.md).
-REAL_INPUTS = "clean=0.5;hed=0.5;permute=0.5;blur=0:2@0.5;noise=0:5@0.5;shot=0:5@0.3;jpeg=50:95@0.8"
+# sets kept 0.3 until 2026-12-05), noise up to 10 grey levels (5 until 2026-12-06; measurements:
+# docs/decisions/real_inputs.md).
+REAL_INPUTS = "clean=0.5;hed=0.5;permute=0.5;blur=0:2@0.5;noise=0:10@0.5;shot=0:5@0.3;jpeg=50:95@0.8"
 # Ruifrok & Johnston's stain vectors (optical density per RGB channel): haematoxylin, eosin, DAB.
 HED_FROM_RGB_STAINS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 
