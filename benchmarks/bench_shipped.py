@@ -140,14 +140,17 @@ def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained:
                 ys = [scores[stain, "clean"][name], *(scores[stain, spec(key, v)][name] for v in values)]
                 ax.plot(xs, ys, marker="o", color=f"C{i}", label=name)
             ax.axhline(0.0, color="black", linewidth=0.8)
-            spans = {name: trained_ranges(trained[name]).get(key) for name in names}
-            if len(set(spans.values())) == 1:
-                if spans[names[0]]:
-                    ax.axvspan(*spans[names[0]], color="green", alpha=0.08, label="trained range")
-            else:
-                for i, name in enumerate(names):
-                    if spans[name]:
-                        ax.axvspan(*spans[name], color=f"C{i}", alpha=0.07, label=f"{name}: trained range")
+            spans: dict[tuple[float, float], list[str]] = {}  # trained range -> the models trained on it
+            for name in names:
+                if key in trained_ranges(trained[name]):
+                    spans.setdefault(trained_ranges(trained[name])[key], []).append(name)
+            shared = len(spans) == 1 and len(next(iter(spans.values()))) == len(names)
+            for j, (span, owners) in enumerate(sorted(spans.items(), key=lambda item: -item[0][1])):
+                ax.axvspan(*span, color="green" if shared else ("green", "grey", "purple")[j % 3], alpha=0.08,
+                           label="trained range" if shared else f"trained: {', '.join(owners)}")
+            if not shared and spans:
+                ax.legend(handles=[h for h in ax.get_legend_handles_labels()[0] if h.get_label().startswith("trained")],
+                          loc="best", fontsize="x-small")
             ax.set_xticks(xs, ["clean", *(f"{v:g}" for v in values)], fontsize="small")
             if key == "jpeg":
                 ax.invert_xaxis()
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "of its sweep, clean included):", "", *envelope(scores, names, stains), "",
             "Models, opened as `allen_sr.Upscaler.open` opens them (a shipped model: its TF-free export), default "
             "decoding: " + ", ".join(n if n == sources[n] else f"{n} (`{sources[n]}`)" for n in names)
-            + ". Trained on " + describe_training(trained) + ". "
+            + ". Training inputs of " + describe_training(trained) + ". "
             "Held-out: " + "; ".join(
                 f"{stain}: {', '.join(Path(p).stem for p in paths)}" for stain, paths in files.items())
             + f". Up to {args.tiles} tiles per cell, the `tiles` column ({tiles}). Inputs as "
