@@ -41,8 +41,8 @@ sys.path.insert(0, str(HERE))
 
 import bench_quality as bq  # noqa: E402
 import bench_real_inputs as bri  # noqa: E402
-from allen_sr.data.degrade import parse_training  # noqa: E402
 from allen_sr.api.models import open_model, resolve, trained_degradation  # noqa: E402
+from allen_sr.data.degrade import parse_training  # noqa: E402
 from allen_sr.evaluation import metrics  # noqa: E402
 from allen_sr.fileio import atomic_write_bytes  # noqa: E402
 
@@ -124,7 +124,8 @@ def envelope(scores: dict, names: list[str], stains: list[str]) -> list[str]:
 
 def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained: dict[str, str | None]) -> None:
     """Stains in rows, sweeps in columns: each model's gain against the degradation, the ranges the
-    models trained on shaded (one shade where they all trained on the same, else one per model)."""
+    models trained on shaded (one shade where they all trained on the same, else one per range,
+    named in the axes' legend)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -142,8 +143,9 @@ def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained:
             ax.axhline(0.0, color="black", linewidth=0.8)
             spans: dict[tuple[float, float], list[str]] = {}  # trained range -> the models trained on it
             for name in names:
-                if key in trained_ranges(trained[name]):
-                    spans.setdefault(trained_ranges(trained[name])[key], []).append(name)
+                span = trained_ranges(trained[name]).get(key)
+                if span:
+                    spans.setdefault(span, []).append(name)
             shared = len(spans) == 1 and len(next(iter(spans.values()))) == len(names)
             for j, (span, owners) in enumerate(sorted(spans.items(), key=lambda item: -item[0][1])):
                 ax.axvspan(*span, color="green" if shared else ("green", "grey", "purple")[j % 3], alpha=0.08,
