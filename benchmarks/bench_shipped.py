@@ -89,7 +89,6 @@ def decode_all(source: str, data: dict, it_tiles: int) -> tuple[dict, dict, int 
     """({cell: tile indices}, {cell: predictions}, tiles limit) of ``source`` (a shipped model's name,
     an export or a run folder, as `allen_sr.Upscaler.open` takes it), opened once; an Image
     Transformer decodes ``it_tiles`` of each cell."""
-
     opened = open_model(resolve(source))
     limit = it_tiles if opened.model == "img2img_transformer_sr" else None
     index, picked = bri.subsets(data, limit)
@@ -132,6 +131,7 @@ def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained:
     figure = Figure(figsize=(13, 3.2 * len(stains)), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(stains), len(SWEEPS), squeeze=False)
+    ranges = {name: trained_ranges(trained[name]) for name in names}
     for row, stain in enumerate(stains):
         for col, (title, (key, values)) in enumerate(SWEEPS.items()):
             ax = axes[row][col]
@@ -143,7 +143,7 @@ def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained:
             ax.axhline(0.0, color="black", linewidth=0.8)
             spans: dict[tuple[float, float], list[str]] = {}  # trained range -> the models trained on it
             for name in names:
-                span = trained_ranges(trained[name]).get(key)
+                span = ranges[name].get(key)
                 if span:
                     spans.setdefault(span, []).append(name)
             shared = len(spans) == 1 and len(next(iter(spans.values()))) == len(names)

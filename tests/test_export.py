@@ -156,6 +156,12 @@ def test_the_training_inputs_a_model_saw_are_read_from_its_export_run_or_the_shi
     del config["degradation"]
     (older / "config.json").write_text(json.dumps(config))
     assert trained_degradation(resolve(older)) is None
+    older_it = tmp_path / "older_it_export"  # an Image Transformer's: its exported hparams still hold it
+    older_it.mkdir()
+    config = json.loads((it_export / "config.json").read_text())
+    del config["degradation"]
+    (older_it / "config.json").write_text(json.dumps(config))
+    assert trained_degradation(resolve(older_it)) == REAL_INPUTS
 
 
 def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(conv_export, tmp_path):

@@ -128,19 +128,14 @@ def trained_degradation(spec: ModelSpec) -> str | None:
     from allen_sr import pretrained
     from allen_sr.export.runtime import CONFIG_NAME
 
-    if spec.pretrained:
-        recorded = pretrained.find(spec.pretrained).info.get("degradation")
-        if recorded is not None:
-            return str(recorded)
-    if spec.exported:
+    recorded = pretrained.find(spec.pretrained).info.get("degradation") if spec.pretrained else None
+    if recorded is None and spec.exported:
         config = json.loads((Path(spec.exported) / CONFIG_NAME).read_text(encoding="utf-8"))
         recorded = config.get("degradation", config.get("hparams", {}).get("degradation"))
-        return None if recorded is None else str(recorded)
-    run = Path(spec.output_dir)
-    path = (run if run.is_dir() else run.parent) / "hparams.json"
-    if not path.is_file():
-        return None
-    recorded = json.loads(path.read_text(encoding="utf-8")).get("degradation")
+    elif recorded is None:
+        run = Path(spec.output_dir)
+        path = (run if run.is_dir() else run.parent) / "hparams.json"
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("degradation") if path.is_file() else None
     return None if recorded is None else str(recorded)
 
 
