@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from allen_sr.data import tiles
+from allen_sr.decoding.examples import drain
 from allen_sr.t2t.names import register_all
 from conftest import save_tissue_images
 
@@ -65,19 +66,9 @@ def read(problem_name: str, mode: str, data_dir: str, epochs: int = 1,
     if hasattr(hparams, "color_augment"):  # optional colour augmentation: not what these tests check
         hparams.set_hparam("color_augment", "")
     hparams.set_hparam("degradation", degradation)
-    inputs, targets = [], []
-    graph = tf.Graph()
-    with graph.as_default():
+    with tf.Graph().as_default():
         dataset = problem.dataset(mode, data_dir=data_dir, hparams=hparams, shuffle_files=False).repeat(epochs)
-        features = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-        with tf.compat.v1.Session(graph=graph) as session:
-            while True:
-                try:
-                    example = session.run({"inputs": features["inputs"], "targets": features["targets"]})
-                except tf.errors.OutOfRangeError:
-                    break
-                inputs.append(example["inputs"])
-                targets.append(example["targets"])
+        inputs, targets = drain(dataset)
     x, y = np.stack(inputs), np.stack(targets)
     assert x.min() >= 0 and y.min() >= 0 and x.max() <= 255 and y.max() <= 255
     return x.astype(np.uint8), y.astype(np.uint8)

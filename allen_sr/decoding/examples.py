@@ -16,6 +16,23 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 SPLITS = {"dev": "eval", "eval": "eval", "train": "train", "test": "test"}
 
 
+def drain(dataset: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(inputs, targets) of every example of a graph-mode ``dataset``, in order; call it inside
+    the graph the dataset was built in."""
+    import tensorflow as tf
+
+    features = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+    inputs, targets = [], []
+    with tf.compat.v1.Session() as session:
+        while True:
+            try:
+                example = session.run({"inputs": features["inputs"], "targets": features["targets"]})
+            except tf.errors.OutOfRangeError:
+                return inputs, targets
+            inputs.append(example["inputs"])
+            targets.append(example["targets"])
+
+
 def read_examples(
     problem: Any,
     data_dir: str | os.PathLike[str],
@@ -41,24 +58,14 @@ def read_examples(
     dataset_split = {"eval": problem_lib.DatasetSplit.EVAL, "train": problem_lib.DatasetSplit.TRAIN,
                      "test": problem_lib.DatasetSplit.TEST}[SPLITS[split]]
     hparams = hparams_lib.copy_hparams(hparams)
-    inputs, targets = [], []
-    graph = tf.Graph()
-    with graph.as_default():
+    with tf.Graph().as_default():
         # A graph seed makes any random op in a problem's eval preprocessing repeatable.
         tf.compat.v1.set_random_seed(0)
         dataset = problem.dataset(
             tf.estimator.ModeKeys.EVAL, data_dir=os.fspath(data_dir), hparams=hparams,
             shuffle_files=False, dataset_split=dataset_split, num_threads=1,
         ).take(num_examples)
-        features = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
-        with tf.compat.v1.Session(graph=graph) as session:
-            while True:
-                try:
-                    example = session.run({"inputs": features["inputs"], "targets": features["targets"]})
-                except tf.errors.OutOfRangeError:
-                    break
-                inputs.append(example["inputs"])
-                targets.append(example["targets"])
+        inputs, targets = drain(dataset)
     if not inputs:
         raise InvalidInputError(f"no {split} examples of {problem.name} in {data_dir}")
     x, y = np.stack(inputs), np.stack(targets)
