@@ -92,9 +92,10 @@ RECIPES = (
     Recipe("conv-fast", "img2img_conv_sr_fast", 20000,
            "whole slides at speed (16 channels, 1 block, everything at the input resolution; "
            "about 1/40 of conv-cpu's compute)", hparams="cosine_decay_steps=20000"),
-    Recipe("transformer-tiny", "img2img_allen_cpu_tiny", 2400,
+    Recipe("transformer-tiny", "img2img_allen_cpu_tiny", 8000,
            "the Image Transformer: per-pixel uncertainty maps (--uncertainty), calibrated on brain "
-           "tissue; slow (regions, not whole slides)", model="img2img_transformer_sr", layout="brain_dev"),
+           "tissue; slow (regions, not whole slides)", model="img2img_transformer_sr",
+           hparams="cosine_decay_steps=8000", layout="brain_dev"),
 )
 
 
