@@ -13,7 +13,7 @@ TEST_WORKERS ?= 2
 help:
 	@echo "make demo   build .venv if needed, then run the whole pipeline on the sample images -> $(OUT)/"
 	@echo "make test   build .venv if needed, then run the test suite"
-	@echo "make pretrained  retrain, measure and document the shipped models (about an hour on 2 cores)"
+	@echo "make pretrained  retrain, measure and document the shipped models (about two hours on 2 cores)"
 	@echo "make bench  run every benchmarks/bench_*.py and write benchmarks/RESULTS.md"
 	@echo "make venv   (re)build .venv from requirements/lock.txt"
 	@echo "make clean  remove out/ and caches (keeps .venv)"

@@ -22,7 +22,7 @@ The recipe (RECIPES below; every number of it is recorded in the model card and 
    with the original; the gain is over bicubic from the same input.
 
 Writes `allen_sr/pretrained/<name>/{model.onnx,config.json,MODEL_CARD.md}` and
-`allen_sr/pretrained/models.json`. Takes about an hour on 2 cores (the step counts in RECIPES).
+`allen_sr/pretrained/models.json`. Takes about two hours on 2 cores (the step counts in RECIPES).
 """
 from __future__ import annotations
 
