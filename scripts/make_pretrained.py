@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from allen_sr.api.models import ModelSpec, trained_degradation  # noqa: E402
 from allen_sr.pretrained import MODELS_DIR, INDEX_NAME  # noqa: E402
 from allen_sr.testing.cli_runs import run_logged  # noqa: E402
 
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "train_images": summary["images"]["train"],
                                      "dev_images": summary["images"]["dev"],
                                      "train_tiles": summary["tiles_kept"]["train"],
-                                     "degradation": degradation_of(name)}
+                                     "degradation": trained_degradation(ModelSpec(exported=str(MODELS_DIR / name)))}
     write_index(index)  # the models are found by name (allen_sr.pretrained) while they are measured
     for name in names:
         entry = index["models"][name]
@@ -341,11 +342,6 @@ def write_index(index: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
-
-def degradation_of(name: str) -> str:
-    """The ``degradation`` the shipped model ``name`` trained with, as its export records it."""
-    config = json.loads((MODELS_DIR / name / "config.json").read_text(encoding="utf-8"))
-    return str(config["degradation"])
 
 if __name__ == "__main__":
     sys.exit(main())
