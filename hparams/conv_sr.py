@@ -3,7 +3,8 @@
 All train with Adam, batch 64, a short linear warm-up and a clamped
 cosine decay of the learning rate over `cosine_decay_steps` (or, with
 `train_budget_seconds`, over that much training time, after which training stops), L1 loss on
-the 0-1 scale, and the block-mean projection. The `*_hybrid` set adds the pix2pix-style adversarial loss.
+the 0-1 scale, the block-mean projection and a learned correction of the block means of up to 4
+grey levels (`mean_correction`: realistic inputs are noisy and JPEG). The `*_hybrid` set adds the pix2pix-style adversarial loss.
 The model's own hparams, one line each: `allen_sr.models.conv_sr.HPARAMS`; the measurements behind
 these choices: docs/ARCHITECTURE.md ("The models").
 """
@@ -33,6 +34,10 @@ def _conv_sr_base():
     hp.dropout = 0.0
     hp.layer_prepostprocess_dropout = 0.0
     conv_sr.add_conv_sr_hparams(hp)
+    # The projection copies a noisy or JPEG input's errors into every block's mean; a bounded,
+    # learned shift corrects them. 4 grey levels: side by side with 0, 2, 8 and 32 and no
+    # projection at all (docs/decisions/real_inputs.md, "Correcting the block means").
+    hp.mean_correction = 4.0
     return hp
 
 

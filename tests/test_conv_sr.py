@@ -132,7 +132,7 @@ def test_hparams_sets_are_registered_with_docstrings():
         conv_sr.check_hparams(hp, conv_sr.scale_factor(hp))
     # Every hparam the model adds has a default and a one-line description, where it is defined.
     names = [name for name, _, _ in conv_sr.HPARAMS]
-    assert len(set(names)) == len(names) == 20
+    assert len(set(names)) == len(names) == 21
     assert all(doc and "\n" not in doc for _, _, doc in conv_sr.HPARAMS)
     assert all(getattr(cpu, name) is not None for name in names)
 
@@ -453,8 +453,8 @@ def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, l
     """Each upsampler: its conv layers (width 8, x4: two x2 stages of 4 * 8 channels, one of
     4 * 4 * upsample_width, or input_res's one of 4 * 4 * 3 sub-pixels), a trained step that moves
     them, and a decoder that keeps the block means. A checkpoint of one is refused by another's
-    graph, naming the hparam."""
-    extra = f"upsample={upsample},upsample_width=5,learning_rate_warmup_steps=1"
+    graph, naming the hparam. (Without ``mean_correction``, which moves the means: the next test.)"""
+    extra = f"upsample={upsample},upsample_width=5,learning_rate_warmup_steps=1,mean_correction=0"
     steps = [checkpoint_values(tiny_training.train_checkpoint(
         tmp_path, tiny_hparams(extra=extra), steps=k, batch_size=2, model_name=MODEL)) for k in (1, 3)]
     kernels = {n: v for n, v in steps[1].items() if n.endswith("/kernel") and "upsample" in n}
@@ -475,6 +475,33 @@ def test_upsamplers_train_and_decode_with_their_own_layers(tmp_path, upsample, l
     other = "x2_stages" if upsample == "pixel_shuffle" else "pixel_shuffle"
     with pytest.raises(ValueError, match="lacks .* upsample"):
         make_decoder(MODEL, None, tiny_hparams(extra=f"upsample={other}"), ckpt, (32, 32))
+
+
+@pytest.mark.parametrize("upsample", ["pixel_shuffle", "input_res"])
+def test_mean_correction_moves_block_means_within_its_bound(tmp_path, upsample):
+    """``mean_correction``: a learned shift of each block's mean after the projection, within
+    +-bound grey levels, in the prediction and in the rounded decode alike; trained on ideal
+    inputs (``degradation=none``) the model has no such head and keeps the means exactly."""
+    bound = 0.05
+    for name, extra in (("degraded", ""), ("clean", ",degradation=none")):
+        run = tmp_path / name
+        overrides = f"upsample={upsample},learning_rate_warmup_steps=1,mean_correction={bound}{extra}"
+        values = checkpoint_values(tiny_training.train_checkpoint(
+            run, tiny_hparams(extra=overrides), steps=3, batch_size=2, model_name=MODEL))
+        kernels = [v for n, v in values.items() if n.endswith("mean_correction/kernel")]
+        dec = make_decoder(MODEL, None, tiny_hparams(output_dir=str(run)), checkpoints.find_checkpoint(run), (32, 32))
+        try:
+            inputs, _ = tiny_training.synthetic_examples(4, 32, 4, seed=3)
+            pred = dec.predict(inputs)
+            np.testing.assert_array_equal(dec.decode(inputs), np.clip(np.rint(pred), 0, 255))
+        finally:
+            dec.close()
+        moved = np.abs(pred.reshape(4, 8, 4, 8, 4, 3).mean(axis=(2, 4)) - inputs)
+        if name == "clean":
+            assert not kernels and moved.max() < 1e-3
+        else:
+            assert len(kernels) == 1 and np.abs(kernels[0]).max() > 0
+            assert 1e-3 < moved.max() <= bound + 1e-3
 
 
 def test_cosine_decay_is_clamped_over_steps_and_over_training_time():

@@ -6,6 +6,7 @@ restores a graph, including restoring trainable weights from their moving averag
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import TYPE_CHECKING, Any, Sequence
@@ -19,6 +20,9 @@ from allen_sr.errors import InvalidInputError, MissingInputError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
+# Hparams a set turned on after runs had been trained without them, with the value that means "off":
+# a run whose hparams.json does not name one was trained without it, whatever its set says now.
+ADDED_LATER = {"mean_correction": 0.0}
 
 
 def load_hparams(
@@ -33,12 +37,24 @@ def load_hparams(
     trainer wrote one (so a checkpoint is read with the hparams it was trained with), then the
     ``overrides`` string ("k=v,..."), then the problem's hparams (``problem`` is a registered name
     or a Problem instance; it sets modalities, and for our problems `img_len`/`num_channels`).
+    An hparam of :data:`ADDED_LATER` that hparams.json does not record is off.
     """
     register_all()
+    import tensorflow as tf
     from tensor2tensor.utils import hparams_lib
 
     hparams_path = os.path.join(os.fspath(output_dir), "hparams.json") if output_dir else None
-    hparams = hparams_lib.create_hparams(hparams_set, overrides, hparams_path=hparams_path)
+    if hparams_path and not tf.io.gfile.exists(hparams_path):
+        hparams_path = None
+    hparams = hparams_lib.create_hparams(hparams_set, hparams_path=hparams_path)
+    if hparams_path:
+        with tf.io.gfile.GFile(hparams_path) as handle:
+            recorded = json.loads(handle.read())
+        for name, off in ADDED_LATER.items():
+            if name in hparams.values() and name not in recorded:
+                hparams.set_hparam(name, off)
+    if overrides:
+        hparams.parse(overrides)
     hparams_lib.add_problem_hparams(hparams, problem)
     return hparams
 

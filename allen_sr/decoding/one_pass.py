@@ -24,7 +24,7 @@ __all__ = ["OnePassDecoder", "dihedral", "receptive_radius", "undo_dihedral"]
 MODEL_NAME = "img2img_conv_sr"  # the model's registered name (allen_sr.models.conv_sr.MODEL_NAME)
 # Settings that decide the model's variables, named when a checkpoint lacks some.
 VARIABLE_HINT = ("--model/--hparams_set/--hparams (hidden_size, num_res_blocks, upsample, "
-                 "upsample_width, normalize_inputs, weight_ema_decay)")
+                 "upsample_width, normalize_inputs, weight_ema_decay, mean_correction, degradation)")
 
 
 def receptive_radius(hparams: "HParams", factor: int) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "conv2d",
     "discriminator_variables",
     "generator_features",
+    "mean_correction",
     "generator_residual",
     "input_res_prediction",
     "LAPLACE_LOG_SCALE",
@@ -83,6 +84,16 @@ def block_mean_projection(prediction: tf.Tensor, inputs: tf.Tensor, factor: int)
     """
     means = tf.nn.avg_pool2d(prediction, factor, factor, "VALID")
     return prediction + nearest_upsample(inputs - means, factor)
+
+
+def mean_correction(features: tf.Tensor, channels: int, std: Any, bound: float) -> tf.Tensor:
+    """A learned shift of each output block's mean, [B, h, w, C] in grey levels (one value per
+    input pixel, for its f x f block): one 3x3 conv ``mean_correction`` from the generator's
+    features [B, h, w, width] (zero-initialised: the untrained shift is 0), times ``std``, kept
+    within +-``bound`` by a scaled tanh. What the block-mean projection copies from a noisy or
+    JPEG input, this can correct."""
+    raw = conv2d(features, channels, 3, "mean_correction", init_scale=0.0) * std
+    return bound * tf.tanh(raw / bound)
 
 
 def conv2d(x: tf.Tensor, filters: int, kernel: int, name: str, stride: int = 1,
@@ -170,7 +181,8 @@ def _pad_edge(x: tf.Tensor, before: int, after: int) -> tf.Tensor:
 
 
 def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width: int, blocks: int,
-                         factor: int, projection: bool, features: tf.Tensor | None = None) -> tf.Tensor:
+                         factor: int, projection: bool, features: tf.Tensor | None = None,
+                         shift: tf.Tensor | None = None) -> tf.Tensor:
     """The prediction [B, h*f, w*f, C] in 0-255 with everything at the input resolution.
 
     ``inputs`` [B, h, w, C] in 0-255, ``x`` the same normalized, ``std`` [C] the normalization's
@@ -181,7 +193,8 @@ def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width:
     (f*f times fewer positions for the last conv). With ``projection`` the block-mean projection
     is folded into the weights: the learned sub-pixels of each input pixel are centred on their
     mean (an exact linear map of the conv's weights), and the bicubic kernel is projected.
-    ``features`` as :func:`generator_residual` takes them.
+    ``features`` as :func:`generator_residual` takes them; ``shift`` [B, h, w, C] (grey levels,
+    :func:`mean_correction`) is added to every sub-pixel of its pixel.
     """
     channels = int(inputs.shape[-1])
     phases = factor * factor * channels
@@ -198,6 +211,8 @@ def input_res_prediction(inputs: tf.Tensor, x: tf.Tensor, std: tf.Tensor, width:
                         [1, 1, 1, 1], "VALID")
     learned = tf.nn.conv2d(h, w * scale, [1, 1, 1, 1], "SAME") + b * scale
     sub_pixels = base + learned
+    if shift is not None:
+        sub_pixels += tf.tile(shift, [1, 1, 1, factor * factor])
     tf.add_to_collection(SUB_PIXELS, sub_pixels)
     return tf.nn.depth_to_space(sub_pixels, factor)
 

@@ -27,7 +27,7 @@ from tensor2tensor.utils import learning_rate as t2t_learning_rate
 from tensor2tensor.utils import optimize as t2t_optimize
 from tensor2tensor.utils import t2t_model
 
-from allen_sr.data.degrade import REAL_INPUTS
+from allen_sr.data.degrade import REAL_INPUTS, parse_training
 from allen_sr.models.variables import EMA_NAME
 from allen_sr.models import conv_net, schedule
 from allen_sr.models.normalization import input_statistics
@@ -59,6 +59,9 @@ HPARAMS: tuple[tuple[str, Any, str], ...] = (
     ("pixel_loss", "l1", "l1 | l2 (MSE) | charbonnier | psnr (minus mean per-example PSNR); 0-1 scale"),
     ("charbonnier_epsilon", 1e-3, "epsilon of the Charbonnier loss sqrt(diff^2 + epsilon^2)"),
     ("block_mean_projection", True, "shift each output block so its mean equals its input pixel"),
+    ("mean_correction", 0.0, "> 0: then shift each output block's mean by a learned amount of at most this "
+     "many grey levels (a zero-initialised conv on the CNN's features), to correct noisy or JPEG "
+     "inputs; left out with degradation=none (nothing to correct)"),
     ("cosine_decay_steps", 0, "clamped half-cosine learning-rate decay over this many steps; 0 = none"),
     ("cosine_decay_min", 0.0, "the decay's final factor of the learning rate, in [0, 1]"),
     ("train_budget_seconds", 0.0, "> 0: stop after this much training time; the decay follows it"),
@@ -84,6 +87,13 @@ def add_conv_sr_hparams(hp: "HParams") -> "HParams":
         if not hasattr(hp, name):
             hp.add_hparam(name, value)
     return hp
+
+
+def mean_correction_bound(hparams: Any) -> float:
+    """The ``mean_correction`` head's bound in grey levels, 0 where the model has none: trained on
+    ideal inputs (``degradation=none``) there is nothing for it to correct."""
+    bound = float(getattr(hparams, "mean_correction", 0.0))
+    return bound if bound > 0 and parse_training(getattr(hparams, "degradation", None)) is not None else 0.0
 
 
 def scale_factor(hparams: "HParams", input_size: int | None = None) -> int:
@@ -125,6 +135,8 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail(f"pixel_loss must be one of {conv_net.PIXEL_LOSSES}, got {hparams.pixel_loss!r}")
     if not float(hparams.charbonnier_epsilon) > 0:
         fail(f"charbonnier_epsilon must be > 0, got {hparams.charbonnier_epsilon}")
+    if float(getattr(hparams, "mean_correction", 0.0)) < 0:
+        fail(f"mean_correction must be >= 0 (0 = none), got {hparams.mean_correction}")
     if float(hparams.gan_weight) < 0:
         fail(f"gan_weight must be >= 0 (0 = no adversarial loss), got {hparams.gan_weight}")
     if bool(getattr(hparams, "probabilistic", False)) and float(hparams.gan_weight) > 0:
@@ -177,22 +189,27 @@ class Img2imgConvSr(t2t_model.T2TModel):
         check_hparams(hp, factor)
         mean, std = self._normalization(channels)
         x = (inputs - mean) / std
-        trunk = None  # the CNN's features, made once when the probabilistic head shares them
-        if hp.probabilistic:
+        bound = mean_correction_bound(hp)
+        trunk = None  # the CNN's features, made once when a second head shares them
+        if hp.probabilistic or bound:
             trunk = conv_net.generator_features(x, int(hp.hidden_size), int(hp.num_res_blocks))
+        if hp.probabilistic:
             self._log_scale = conv_net.laplace_log_scale(trunk, factor, channels)
+        shift = conv_net.mean_correction(trunk, channels, std, bound) if bound else None
         # bicubic is linear with weights summing to 1: bicubic(x) + residual in normalized
         # units is bicubic(inputs) + residual * std in 0-255.
         if hp.upsample == "input_res":
             prediction = conv_net.input_res_prediction(inputs, x, std, int(hp.hidden_size),
                                                        int(hp.num_res_blocks), factor,
-                                                       bool(hp.block_mean_projection), trunk)
+                                                       bool(hp.block_mean_projection), trunk, shift)
         else:
             residual = conv_net.generator_residual(x, int(hp.hidden_size), int(hp.num_res_blocks), factor,
                                                    channels, hp.upsample, int(hp.upsample_width), trunk)
             prediction = conv_net.bicubic_upsample(inputs, factor) + residual * std
             if hp.block_mean_projection:
                 prediction = conv_net.block_mean_projection(prediction, inputs, factor)
+            if shift is not None:
+                prediction += conv_net.nearest_upsample(shift, factor)
         if float(hp.gan_weight) > 0 and hp.mode == tf.estimator.ModeKeys.TRAIN:
             condition = conv_net.bicubic_upsample(inputs, factor) / 127.5 - 1.0
             g_loss, d_loss = conv_net.adversarial_losses(condition, features["targets"], prediction,
