@@ -152,6 +152,7 @@ def test_one_pass_is_the_models_only_decoder_and_imports_lightly():
     ("pixel_loss=huber", "pixel_loss must be one of"),
     ("gan_weight=-0.1", "gan_weight must be >= 0"),
     ("num_res_blocks=-1", "num_res_blocks must be >= 0"),
+    ("mean_correction=-1", "mean_correction must be >= 0"),
     ("cosine_decay_min=2.0", "cosine_decay_min in"),
     ("train_budget_seconds=-1", "train_budget_seconds must be >= 0"),
     ("upsample=bilinear", "upsample must be one of"),
@@ -502,6 +503,27 @@ def test_mean_correction_moves_block_means_within_its_bound(tmp_path, upsample):
         else:
             assert len(kernels) == 1 and np.abs(kernels[0]).max() > 0
             assert 1e-3 < moved.max() <= bound + 1e-3
+
+
+def test_a_run_from_before_mean_correction_is_read_without_it(tmp_path):
+    """A run whose hparams.json does not name ``mean_correction`` (trained before the sets turned
+    it on) is decoded without the head it never had; an explicit override still wins."""
+    tiny_training.train_checkpoint(tmp_path, tiny_hparams(extra="mean_correction=0"), steps=1, batch_size=2,
+                                   model_name=MODEL)
+    recorded = json.loads((tmp_path / "hparams.json").read_text())
+    del recorded["mean_correction"]
+    (tmp_path / "hparams.json").write_text(json.dumps(recorded))
+    assert tiny_hparams().mean_correction > 0  # what the set says now
+    assert tiny_hparams(output_dir=str(tmp_path)).mean_correction == 0
+    assert tiny_hparams(extra="mean_correction=2", output_dir=str(tmp_path)).mean_correction == 2
+    dec = make_decoder(MODEL, None, tiny_hparams(output_dir=str(tmp_path)), checkpoints.find_checkpoint(tmp_path),
+                       (32, 32))
+    try:
+        inputs, _ = tiny_training.synthetic_examples(2, 32, 4, seed=3)
+        pred = dec.predict(inputs)
+    finally:
+        dec.close()
+    np.testing.assert_allclose(pred.reshape(2, 8, 4, 8, 4, 3).mean(axis=(2, 4)), inputs, atol=1e-3)
 
 
 def test_cosine_decay_is_clamped_over_steps_and_over_training_time():

@@ -33,7 +33,8 @@ def receptive_radius(hparams: "HParams", factor: int) -> int:
     Each 3x3 conv at the input resolution reaches 1 px further: conv_in, two per residual block,
     conv_body_out and the upsampling convs (x2 stages run at 1x, 2x, ... the input resolution,
     so stage s reaches 1/2^s px); conv_out runs at the output resolution (1/factor px); bicubic
-    reaches 2 px. Tiled prediction with at least this much context equals whole-image prediction.
+    reaches 2 px; the mean correction's 3x3 conv on the features reaches no further than the
+    upsampling conv. Tiled prediction with at least this much context equals whole-image prediction.
     ``upsample=input_res`` has no output-resolution conv and no reach beyond its sub-pixel conv.
     """
     reach = 1.0 + 2 * int(hparams.num_res_blocks) + 1.0
