@@ -4,7 +4,8 @@ All train with Adam, batch 64, a short linear warm-up and a clamped
 cosine decay of the learning rate over `cosine_decay_steps` (or, with
 `train_budget_seconds`, over that much training time, after which training stops), L1 loss on
 the 0-1 scale, the block-mean projection and a learned correction of the block means of up to 4
-grey levels (`mean_correction`: realistic inputs are noisy and JPEG). The `*_hybrid` set adds the pix2pix-style adversarial loss.
+grey levels (`mean_correction`: realistic inputs are noisy and JPEG). The `*_hybrid` set adds
+the pix2pix-style adversarial loss.
 The model's own hparams, one line each: `allen_sr.models.conv_sr.HPARAMS`; the measurements behind
 these choices: docs/ARCHITECTURE.md ("The models").
 """
