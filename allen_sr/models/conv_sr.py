@@ -27,11 +27,12 @@ from tensor2tensor.utils import learning_rate as t2t_learning_rate
 from tensor2tensor.utils import optimize as t2t_optimize
 from tensor2tensor.utils import t2t_model
 
-from allen_sr.data.degrade import REAL_INPUTS, parse_training
+from allen_sr.data.degrade import REAL_INPUTS
 from allen_sr.models.variables import EMA_NAME
 from allen_sr.models import conv_net, schedule
 from allen_sr.models.normalization import input_statistics
 from allen_sr.t2t import metrics as t2t_metrics
+from allen_sr.t2t.degradation import training_degradation
 from allen_sr.t2t import registration
 from allen_sr.errors import InvalidInputError
 
@@ -93,7 +94,7 @@ def mean_correction_bound(hparams: Any) -> float:
     """The ``mean_correction`` head's bound in grey levels, 0 where the model has none: trained on
     ideal inputs (``degradation=none``) there is nothing for it to correct."""
     bound = float(getattr(hparams, "mean_correction", 0.0))
-    return bound if bound > 0 and parse_training(getattr(hparams, "degradation", None)) is not None else 0.0
+    return bound if bound > 0 and training_degradation(hparams) is not None else 0.0
 
 
 def scale_factor(hparams: "HParams", input_size: int | None = None) -> int:
