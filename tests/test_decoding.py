@@ -295,6 +295,26 @@ def test_mean_mode_feeds_back_rounded_expectation(fast):
     assert np.all(np.abs(out - expected) <= 0.5 + 1e-3)
 
 
+def test_mean_bicubic_is_the_expectation_given_the_bicubic_context(fast, naive):
+    """``mean_bicubic`` outputs each sub-pixel's expected value given the rounded bicubic values
+    before it (the training context), and records those distributions; nothing is fed back."""
+    from allen_sr.decoding.uncertainty import Recorder
+
+    inputs, targets = random_pair(3, 32, seed=23)
+    recorder = Recorder((1.0,), targets)
+    out = fast.decode(inputs, mode="mean_bicubic", batch_size=2, recorder=recorder)
+    assert out.dtype == np.uint8 and out.shape == (3, 32, 32, 3)
+    context = np.rint(bicubic_centres(inputs, 4)).astype(np.int64)
+    logits = naive.logits(inputs, context).astype(np.float64)  # one pass of the t2t graph
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = probs @ np.arange(256)
+    assert np.all(np.abs(out - expected) <= 0.5 + 1e-3)
+    np.testing.assert_allclose(recorder.shaped("mean")[0], expected, atol=1e-2)
+    # Not the mean mode, whose context is its own output.
+    assert np.mean(out != fast.decode(inputs, mode="mean")) > 0.01
+
+
 def test_sample_is_reproducible_and_batch_independent(fast):
     inputs, _ = random_pair(3, 32, seed=19)
     a = fast.decode(inputs, mode="sample", seed=1, max_steps=300)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from allen_sr.decoding.modes import VOCAB, check_mode, choose_values, example_uniforms
+from allen_sr.evaluation.bicubic import bicubic_centres
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.decoding.uncertainty import Recorder
@@ -237,7 +238,9 @@ class BatchedDecoder:
         examples are decoded together (default: all). ``seed`` only matters for ``sample``. With
         ``self.tta``, the mean of the decodes of each input's flips/rotations (see the class).
         ``recorder`` (`allen_sr.decoding.uncertainty.Recorder`) receives the distribution each
-        value was chosen from; with ``self.tta`` it gets their mixture over the 8 decodes.
+        value was chosen from; with ``self.tta`` it gets their mixture over the 8 decodes. Mode
+        ``mean_bicubic`` conditions every sub-pixel on the rounded bicubic values of the ones
+        before it instead of on the values chosen (`allen_sr.decoding.modes`).
         """
         check_mode(mode, temperature)
         inputs = as_batch(inputs, self.channels)
@@ -278,7 +281,7 @@ class BatchedDecoder:
         out = np.zeros((n, rows, cols, self.channels), np.uint8)
         if recorder is not None:
             recorder.start(n, rows, cols, self.channels)
-            positions = self.order.positions
+        positions = self.order.positions
         bar = progress_bar(steps * math.ceil(n / max(batch_size, 1)), progress, f"{self.name} {mode}{note}")
         try:
             for start in range(0, n, batch_size):
@@ -286,16 +289,28 @@ class BatchedDecoder:
                 uniforms = (
                     example_uniforms(seed, range(start, stop), steps) if mode == "sample" else None
                 )
+                # mean_bicubic: the chosen values go to `chosen`; the decoder is fed the bicubic
+                # context instead (modes.py), so it returns that context, not the output.
+                context = chosen = None
+                if mode == "mean_bicubic":
+                    context = np.rint(bicubic_centres(inputs[start:stop], rows // inputs.shape[1]))
+                    context = context.astype(np.int64).reshape(stop - start, -1)
+                    chosen = np.zeros_like(context)
 
                 def choose(step: int, logits: np.ndarray, _u: np.ndarray | None = uniforms,
-                           _rows: tuple[int, int] = (start, stop)) -> np.ndarray:
+                           _rows: tuple[int, int] = (start, stop), _context: np.ndarray | None = context,
+                           _chosen: np.ndarray | None = chosen) -> np.ndarray:
+                    position = int(positions[step])
                     if recorder is not None:
-                        recorder.observe(_rows[0], _rows[1], int(positions[step]), logits)
-                    return choose_values(
-                        logits, mode, temperature, None if _u is None else _u[:, step]
-                    )
+                        recorder.observe(_rows[0], _rows[1], position, logits)
+                    values = choose_values(logits, mode, temperature, None if _u is None else _u[:, step])
+                    if _context is None:
+                        return values
+                    _chosen[:, position] = values
+                    return _context[:, position]
 
-                out[start:stop] = self._decode_batch(inputs[start:stop], choose, steps, bar)
+                decoded = self._decode_batch(inputs[start:stop], choose, steps, bar)
+                out[start:stop] = decoded if chosen is None else chosen.reshape(decoded.shape)
         finally:
             if bar is not None:
                 bar.close()

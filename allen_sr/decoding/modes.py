@@ -3,6 +3,11 @@
 ``greedy`` (argmax), ``sample`` (softmax with a temperature, seeded, reproducible and independent
 of the batch size) and ``mean`` (the expected value of each distribution, rounded, fed back as
 the conditioning value). Every decoder turns the same logits and uniforms into the same values.
+
+``mean_bicubic`` outputs the same expected values but feeds nothing back: every sub-pixel is
+conditioned on the rounded bicubic values of the sub-pixels before it, the context allen-sr's
+Image Transformer sets train with (``context_bicubic=1``), so each output is the model's answer
+in exactly the situation it learned (`allen_sr.decoding.batching.BatchedDecoder`).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import numpy as np
 
 from allen_sr.errors import InvalidInputError
 
-MODES: tuple[str, ...] = ("greedy", "sample", "mean")
+MODES: tuple[str, ...] = ("greedy", "sample", "mean", "mean_bicubic")
 VOCAB = 256  # values per sub-pixel (uint8)
 
 
@@ -31,14 +36,14 @@ def choose_values(
 ) -> np.ndarray:
     """Pick one value in 0..255 per row of ``logits`` [B, 256]; returns int64 [B].
 
-    ``greedy``: argmax (first index on exact ties, like ``np.argmax``). ``mean``: the expected
-    value sum_v v * softmax(logits)_v, rounded to the nearest integer. ``sample``: a draw from
+    ``greedy``: argmax (first index on exact ties, like ``np.argmax``). ``mean`` and
+    ``mean_bicubic``: the expected value sum_v v * softmax(logits)_v, rounded to the nearest integer. ``sample``: a draw from
     softmax(logits / temperature) by inverse CDF with the given ``uniforms`` [B] in [0, 1), so
     both decoders turn the same uniforms into the same samples.
     """
     if mode == "greedy":
         return np.argmax(logits, axis=-1).astype(np.int64)
-    if mode == "mean":
+    if mode in ("mean", "mean_bicubic"):
         probs = _softmax(logits)
         expected = probs @ np.arange(VOCAB, dtype=np.float64)
         return np.clip(np.rint(expected), 0, VOCAB - 1).astype(np.int64)
@@ -63,7 +68,8 @@ def check_mode(mode: str, temperature: float) -> None:
 
 def check_one_value_mode(mode: str, model_name: str) -> None:
     """Refuse the modes a model that predicts one value per sub-pixel (the conv model) cannot
-    decode: ``sample``, and anything not in MODES (greedy and mean both give its prediction)."""
+    decode: ``sample``, and anything not in MODES (greedy, mean and mean_bicubic all give its
+    prediction: it has no previous values to condition on)."""
     if mode == "sample":
         raise InvalidInputError(
             f"--mode sample is not available for {model_name}: it predicts one value per "
