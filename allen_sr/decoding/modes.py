@@ -37,9 +37,9 @@ def choose_values(
     """Pick one value in 0..255 per row of ``logits`` [B, 256]; returns int64 [B].
 
     ``greedy``: argmax (first index on exact ties, like ``np.argmax``). ``mean`` and
-    ``mean_bicubic``: the expected value sum_v v * softmax(logits)_v, rounded to the nearest integer. ``sample``: a draw from
-    softmax(logits / temperature) by inverse CDF with the given ``uniforms`` [B] in [0, 1), so
-    both decoders turn the same uniforms into the same samples.
+    ``mean_bicubic``: the expected value sum_v v * softmax(logits)_v, rounded to the nearest
+    integer. ``sample``: a draw from softmax(logits / temperature) by inverse CDF with the given
+    ``uniforms`` [B] in [0, 1), so both decoders turn the same uniforms into the same samples.
     """
     if mode == "greedy":
         return np.argmax(logits, axis=-1).astype(np.int64)
