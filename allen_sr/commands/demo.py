@@ -21,6 +21,7 @@ import sys
 import time
 from typing import NamedTuple
 
+from allen_sr.decoding.modes import MODES
 from allen_sr.sample_data import sample_folder
 
 PROBLEM = "img2img_local_dim8to32"
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"a stock t2t set, which has no training clock: default {STOCK_STEPS} there)")
     p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
     p.add_argument("--model", default=MODEL, help="t2t model (default %(default)s)")
-    p.add_argument("--mode", default=None, choices=("greedy", "sample", "mean"),
+    p.add_argument("--mode", default=None, choices=MODES,
                    help="decoding mode (default: the hparams set's decode_mode, as `allen-sr "
                         "decode` without --mode)")
     return p
