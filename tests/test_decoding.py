@@ -283,14 +283,18 @@ def test_greedy_output_is_argmax_of_its_own_logits(fast):
 # --------------------------------------------------------------------------- (c) mean and sample
 
 
+def expected_values(logits: np.ndarray) -> np.ndarray:
+    """Each sub-pixel's expected value under softmax(``logits``) [..., 256]."""
+    logits = np.asarray(logits, np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return (probs / probs.sum(-1, keepdims=True)) @ np.arange(256)
+
+
 def test_mean_mode_feeds_back_rounded_expectation(fast):
     inputs, _ = random_pair(2, 32, seed=17)
     out = fast.decode(inputs, mode="mean")
     assert out.dtype == np.uint8 and out.shape == (2, 32, 32, 3)
-    logits = fast.logits(inputs, out).astype(np.float64)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    expected = probs @ np.arange(256)
+    expected = expected_values(fast.logits(inputs, out))
     # Each value is the rounded mean of the distribution conditioned on the values before it.
     assert np.all(np.abs(out - expected) <= 0.5 + 1e-3)
 
@@ -305,10 +309,7 @@ def test_mean_bicubic_is_the_expectation_given_the_bicubic_context(fast, naive):
     out = fast.decode(inputs, mode="mean_bicubic", batch_size=2, recorder=recorder)
     assert out.dtype == np.uint8 and out.shape == (3, 32, 32, 3)
     context = np.rint(bicubic_centres(inputs, 4)).astype(np.int64)
-    logits = naive.logits(inputs, context).astype(np.float64)  # one pass of the t2t graph
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    expected = probs @ np.arange(256)
+    expected = expected_values(naive.logits(inputs, context))  # one pass of the t2t graph
     assert np.all(np.abs(out - expected) <= 0.5 + 1e-3)
     np.testing.assert_allclose(recorder.shaped("mean")[0], expected, atol=1e-2)
     # Not the mean mode, whose context is its own output.
