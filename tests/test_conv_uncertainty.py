@@ -26,6 +26,7 @@ CONV = "img2img_conv_sr"
 CONV_SET = "img2img_conv_sr_cpu"
 HPARAMS = "hidden_size=8,num_res_blocks=1,learning_rate_constant=0.02,probabilistic=True"
 HELD_OUT = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
+CONV_MODE = "greedy"  # the mode a conv run decodes in (its set names no decode_mode); its calibration's key
 
 
 # --------------------------------------------------------------------------- the distributions
@@ -134,9 +135,9 @@ def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, s
     for key in ("coverage_50", "coverage_90", "rmse_ratio_surest_half", "rmse_ratio_surest_half_oracle"):
         assert 0 <= section[key] <= 1
     assert section["coverage_50"] < section["coverage_90"]
-    stored = stored_calibration(checkpoints.find_checkpoint(run))
+    stored = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE)
     assert stored is not None and sample_dataset in stored.fitted_on
-    assert section["calibration"]["temperature"] == stored.temperature
+    assert section["calibration"] == stored.as_dict()
     assert (out / "reliability.png").exists() and (out / "uncertainty_grid.png").exists()
 
 
@@ -150,7 +151,7 @@ def test_upscale_writes_the_conv_models_map_equal_to_its_decoder(run, tmp_path, 
     assert (tmp_path / "out.uncertainty.png").exists()
     sd_map = tifffile.imread(tmp_path / "out.uncertainty.tif")
     assert sd_map.shape == (120, 160)
-    temperature = stored_calibration(checkpoints.find_checkpoint(run)).temperature
+    temperature = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE).temperature
     dec = decoder(run, target_shape=(None, None))
     try:
         _, sd = dec.predict_uncertain(pixels[None], temperature)
@@ -169,7 +170,7 @@ def test_the_export_carries_the_distribution_and_its_calibration(run, tmp_path, 
     out = tmp_path / "export"
     config = export(PROBLEM, CONV_SET, run, out, overrides=HPARAMS)
     assert config["distribution"] == "distribution.onnx" and (out / "distribution.onnx").is_file()
-    temperature = stored_calibration(checkpoints.find_checkpoint(run)).temperature
+    temperature = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE).temperature
     assert config["uncertainty"]["temperature"] == temperature and config["tta"]
     inputs, targets, _ = evaluate_cmd.cut_pairs([HELD_OUT], 32, 4, 3, 10, 0)
     exported, dec = open_exported(out), decoder(run)

@@ -132,7 +132,7 @@ def test_fast_reference_and_exported_decoders_give_the_same_distributions(run, t
     np.testing.assert_allclose(sds["naive"][:, order], sds["fast"][:, order], atol=1e-2)
     np.testing.assert_allclose(sds["exported"][:, order], sds["fast"][:, order], atol=1e-4)
     config = json.loads((tmp_path / "export" / "config.json").read_text())
-    assert config["uncertainty"]["temperature"] == stored_calibration(checkpoints.find_checkpoint(run)).temperature
+    assert config["uncertainty"] == stored_calibration(checkpoints.find_checkpoint(run), "mean").as_dict()
 
 
 def test_tta_mixture_of_eight_decodes(run):
@@ -165,8 +165,8 @@ def test_evaluate_calibrates_on_the_dev_split_once_and_scores_the_maps(run, samp
     text = capsys.readouterr().out
     assert "fitting the uncertainty calibration on" in text and sample_dataset in text
     section = json.loads((out / "metrics.json").read_text())["uncertainty"]
-    stored = stored_calibration(checkpoint)
-    assert section["calibration"]["temperature"] == stored.temperature
+    stored = stored_calibration(checkpoint, "mean")  # the set's decode_mode
+    assert section["calibration"] == stored.as_dict() and stored.mode == "mean"
     assert "dev split" in stored.fitted_on and sample_dataset in stored.fitted_on and stored.tiles > 0
     for key in ("coverage_50", "coverage_90", "rmse_ratio_surest_half", "rmse_ratio_surest_half_oracle"):
         assert 0 <= section[key] <= 1
@@ -178,8 +178,16 @@ def test_evaluate_calibrates_on_the_dev_split_once_and_scores_the_maps(run, samp
                                                           "--uncertainty", "--out", str(tmp_path / "again")]) == 0
     assert "fitting" not in capsys.readouterr().out
     # the images evaluated never decide the temperature
-    entry = json.loads(open(calibration_file).read())[os.path.basename(checkpoint)]
+    entry = json.loads(open(calibration_file).read())[os.path.basename(checkpoint)]["mean"]
     assert len(entry["reliability_calibrated"]) == len(entry["reliability_uncalibrated"]) == 10
+    # another mode conditions the distributions on other values: fitted for it, kept beside
+    assert evaluate_cmd.evaluate_main(model_flags(run) + ["--images", HELD_OUT, "--max_tiles", "6", "--mode",
+                                                          "mean_bicubic", "--uncertainty", "--out",
+                                                          str(tmp_path / "bicubic_context")]) == 0
+    assert "fitting the uncertainty calibration on" in capsys.readouterr().out
+    section = json.loads((tmp_path / "bicubic_context" / "metrics.json").read_text())["uncertainty"]
+    assert section["calibration"] == stored_calibration(checkpoint, "mean_bicubic").as_dict()
+    assert section["calibration"]["mode"] == "mean_bicubic" and stored_calibration(checkpoint, "mean") == stored
 
 
 def test_decode_uncertainty_writes_a_map_per_example(run, sample_dataset, tmp_path, capsys):
@@ -235,4 +243,4 @@ def test_a_run_whose_dev_split_is_gone_gets_the_models_own_distributions(tmp_pat
     calibration = run_calibration(FastDecoder.from_checkpoint(hp, checkpoint, support.SKIP_MODEL), hp,
                                   PROBLEM, checkpoint, "mean")
     assert calibration.temperature == 1.0 and "no readable dev split" in calibration.fitted_on
-    assert stored_calibration(checkpoint) is None
+    assert stored_calibration(checkpoint, "mean") is None

@@ -219,7 +219,8 @@ def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool =
         stored = read_config(spec.exported).get("uncertainty")
         if not stored:
             return Calibration(1.0, "not fitted: the export carries no calibration")
-        return Calibration(float(stored["temperature"]), str(stored["fitted_on"]), int(stored["tiles"]))
+        return Calibration(float(stored["temperature"]), str(stored["fitted_on"]), int(stored["tiles"]),
+                           str(stored.get("mode", "")))
     from allen_sr.decoding.calibration import run_calibration
 
     return run_calibration(opened.decoder, opened.hparams, spec.problem, opened.checkpoint, opened.mode,

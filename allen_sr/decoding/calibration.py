@@ -2,9 +2,10 @@
 fitted on the training data's dev split only, kept beside the checkpoint.
 
 `allen-sr decode/evaluate/upscale --uncertainty` on a training run reads
-``<run>/uncertainty_calibration.json`` (one entry per checkpoint); when the run's newest
-checkpoint has none, it is fitted once, on first use, from the run's own dev split (the data
-folder t2t-trainer recorded in the run's hparams), and written there. `allen-sr export` copies it
+``<run>/uncertainty_calibration.json`` (one entry per checkpoint and decoding mode: each mode
+conditions the distributions on other values); when the run's newest checkpoint has none for the
+mode, it is fitted once, on first use, from the run's own dev split (the data folder t2t-trainer
+recorded in the run's hparams), and written there. `allen-sr export` copies it
 into the export's config.json. The images being evaluated are never used to fit it.
 
 The fit: decode :data:`FIT_TILES` dev tiles in the model's decoding mode, record each
@@ -33,18 +34,27 @@ def _file(checkpoint: str) -> Path:
     return Path(checkpoint).parent / CALIBRATION_NAME
 
 
-def stored_calibration(checkpoint: str) -> Calibration | None:
-    """The calibration fitted for ``checkpoint`` (a prefix), or None."""
-    path = _file(checkpoint)
-    if not path.is_file():
-        return None
+def _read(checkpoint: str) -> dict[str, Any]:
+    """The run's calibration file: {checkpoint name: {decoding mode: entry}}; {} if unreadable."""
     try:
-        entry = json.loads(path.read_text(encoding="utf-8")).get(Path(checkpoint).name)
+        return json.loads(_file(checkpoint).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return None
+        return {}
+
+
+def _by_mode(entries: dict[str, Any], checkpoint: str) -> dict[str, Any]:
+    """{decoding mode: entry} of ``checkpoint`` in ``entries`` (a file of :func:`_read`)."""
+    found = entries.get(Path(checkpoint).name)
+    # A file written before calibrations were kept per mode holds one flat entry: fitted again.
+    return found if isinstance(found, dict) and "temperature" not in found else {}
+
+
+def stored_calibration(checkpoint: str, mode: str) -> Calibration | None:
+    """The calibration fitted for ``checkpoint`` (a prefix) decoded in ``mode``, or None."""
+    entry = _by_mode(_read(checkpoint), checkpoint).get(mode)
     if not entry:
         return None
-    return Calibration(float(entry["temperature"]), str(entry["fitted_on"]), int(entry["tiles"]))
+    return Calibration(float(entry["temperature"]), str(entry["fitted_on"]), int(entry["tiles"]), mode)
 
 
 def recorded_data_dir(run: Path) -> str | None:
@@ -75,15 +85,15 @@ def fit_calibration(decoder: Any, inputs: Any, targets: Any, mode: str, where: s
     fitted = TEMPERATURE_GRID.index(temperature)
     report = {"reliability_uncalibrated": reliability(recorder.pit_lo[own], recorder.pit_hi[own]),
               "reliability_calibrated": reliability(recorder.pit_lo[fitted], recorder.pit_hi[fitted])}
-    return Calibration(temperature, where, len(inputs)), report
+    return Calibration(temperature, where, len(inputs), mode), report
 
 
 def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, mode: str,
                     progress: bool = False, log: Any = None) -> Calibration:
-    """The stored calibration of ``checkpoint``, or one fitted now on its run's dev split and
-    stored; the model's own distributions (temperature 1, said so) when the dev split is not
-    readable."""
-    found = stored_calibration(checkpoint)
+    """The stored calibration of ``checkpoint`` in ``mode``, or one fitted now on its run's dev
+    split and stored; the model's own distributions (temperature 1, said so) when the dev split is
+    not readable."""
+    found = stored_calibration(checkpoint, mode)
     if found is not None:
         return found
     data_dir = getattr(hparams, "data_dir", None) or recorded_data_dir(Path(checkpoint).parent)
@@ -101,14 +111,10 @@ def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, m
         log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint)")
     calibration, report = fit_calibration(decoder, inputs, targets, mode,
                                           f"dev split of {problem} in {data_dir}", progress)
-    path = _file(checkpoint)
+    entries = _read(checkpoint)
+    entries[Path(checkpoint).name] = {**_by_mode(entries, checkpoint), mode: {**calibration.as_dict(), **report}}
     try:
-        entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        entries = {}
-    entries[Path(checkpoint).name] = {**calibration.as_dict(), "mode": mode, **report}
-    try:
-        write_json_atomic(entries, path)
+        write_json_atomic(entries, _file(checkpoint))
     except OSError:
         pass  # a read-only run folder: fitted again next time
     return calibration

@@ -105,9 +105,11 @@ class Calibration:
     temperature: float = 1.0
     fitted_on: str = "not fitted: the model's own distributions"
     tiles: int = 0
+    mode: str = ""  # the decoding mode it was fitted in (the distributions differ by mode)
 
     def as_dict(self) -> dict[str, object]:
-        return {"temperature": self.temperature, "fitted_on": self.fitted_on, "tiles": self.tiles}
+        fitted = {"temperature": self.temperature, "fitted_on": self.fitted_on, "tiles": self.tiles}
+        return {**fitted, "mode": self.mode} if self.mode else fitted
 
 
 def coverage(pit_lo: np.ndarray, pit_hi: np.ndarray, level: float) -> float:
