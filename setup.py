@@ -23,8 +23,8 @@ setup(
     # The sample images `allen-sr demo` tiles by default, so the demo runs from any install.
     # The pretrained models (`allen-sr models`), so a plain install enhances images without training.
     package_data={"allen_sr.sample_data": ["*.png", "*.jpg", "LICENSES.md"],
-                  "allen_sr.pretrained": ["models.json", "*/config.json", "*/model.onnx", "*/weights.npz",
-                                          "*/MODEL_CARD.md"]},
+                  "allen_sr.pretrained": ["models.json", "*/config.json", "*/model.onnx", "*/distribution.onnx",
+                                          "*/weights.npz", "*/MODEL_CARD.md"]},
     entry_points={"console_scripts": ["allen-sr = allen_sr.cli:main"]},
     license="Apache-2.0",
 )

@@ -2,8 +2,8 @@
 and noise and optical blur grow, on held-out tissue of three stains. Where each model helps, and
 where it starts to do harm.
 
-    python benchmarks/bench_shipped.py [--models conv-cpu,conv-fast,transformer-tiny] [--tiles 256]
-        [--it_tiles 64]
+    python benchmarks/bench_shipped.py [--models conv-cpu,conv-fast,transformer-tiny,conv-probabilistic]
+        [--tiles 256] [--it_tiles 64]
     python benchmarks/bench_shipped.py --models conv-cpu,RUN_DIR   # a trained run beside a shipped model
 
 Protocol (also printed with the results):
@@ -50,7 +50,7 @@ from allen_sr.fileio import atomic_write_bytes  # noqa: E402
 SWEEPS = {"JPEG quality": ("jpeg", (95, 90, 80, 70, 60, 50, 40, 30)),
           "noise (grey levels)": ("noise", (1, 2, 4, 6, 8, 12)),
           "blur (sigma, full-resolution px)": ("blur", (0.5, 1, 1.5, 2, 3, 4))}
-MODELS = ("conv-cpu", "conv-fast", "transformer-tiny")
+MODELS = ("conv-cpu", "conv-fast", "transformer-tiny", "conv-probabilistic")
 
 
 def spec(key: str, value: float) -> str:

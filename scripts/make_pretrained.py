@@ -21,7 +21,8 @@ The recipe (RECIPES below; every number of it is recorded in the model card and 
    whole by the exported model through `allen_sr.Upscaler` (the TF-free code path), and compared
    with the original; the gain is over bicubic from the same input.
 
-Writes `allen_sr/pretrained/<name>/{model.onnx,config.json,MODEL_CARD.md}` and
+Writes `allen_sr/pretrained/<name>/{model.onnx,config.json,MODEL_CARD.md}` (a probabilistic conv
+model also `distribution.onnx`; the Image Transformer `weights.npz` instead of ONNX) and
 `allen_sr/pretrained/models.json`. Takes about two hours on 2 cores (the step counts in RECIPES).
 """
 from __future__ import annotations
@@ -96,7 +97,11 @@ RECIPES = (
     Recipe("transformer-tiny", "img2img_allen_cpu_tiny", 8000,
            "the Image Transformer: per-pixel uncertainty maps (--uncertainty), calibrated on brain "
            "tissue; slow (regions, not whole slides)", model="img2img_transformer_sr",
-           hparams="cosine_decay_steps=8000", layout="brain_dev"),
+           hparams="cosine_decay_steps=8000,decode_mode=mean_bicubic", layout="brain_dev"),
+    Recipe("conv-probabilistic", "img2img_conv_sr_cpu", 16000,
+           "conv-cpu with a per-pixel uncertainty head (CARE's probabilistic mode): uncertainty maps of "
+           "whole slides (--uncertainty), calibrated on brain tissue",
+           hparams="cosine_decay_steps=16000,probabilistic=True", layout="brain_dev"),
 )
 
 
@@ -167,7 +172,9 @@ def export(recipe: Recipe, run: Path, work: Path) -> Path:
     tmp = target.with_name(f".{recipe.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shutil.copy(folder / config.get("onnx", config.get("weights")), tmp / config.get("onnx", config.get("weights")))
+    for key in ("onnx", "weights", "distribution"):  # the files config.json names
+        if key in config:
+            shutil.copy(folder / config[key], tmp / config[key])
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
@@ -212,7 +219,8 @@ def measure(name: str) -> dict[str, dict[str, float]]:
 
 
 def measure_uncertainty(name: str, tiles: int = 64) -> dict[str, Any]:
-    """The calibrated uncertainty of shipped Image Transformer ``name`` on held-out brain tiles."""
+    """The calibrated uncertainty of shipped model ``name`` (one that reports distributions) on
+    held-out brain tiles."""
     from allen_sr.api.models import open_model, pretrained_spec, uncertainty_calibration
     from allen_sr.commands.evaluate import cut_pairs
     from allen_sr.decoding.uncertainty import Recorder, summarize
@@ -237,10 +245,17 @@ def card(recipe: Recipe, entry: dict[str, Any]) -> str:
                      for label, kinds in entry["quality"].items() for kind, q in kinds.items())
     held = "\n".join(f"- **{label}**: `{file}`, {what}" for label, (file, what) in HELD_OUT.items())
     transformer = recipe.model != "img2img_conv_sr"
-    runs = ("`weights.npz` with allen-sr's NumPy decoder (both installs; no TensorFlow); "
-            "`--uncertainty` adds a calibrated per-pixel uncertainty map" if transformer else
+    config = json.loads((MODELS_DIR / recipe.name / "config.json").read_text())
+    runs = ("`weights.npz` with allen-sr's NumPy decoder (both installs; no TensorFlow), decoding in "
+            f"mode `{config['decode_mode']}` by default (`--mode` picks another: `allen-sr upscale "
+            "--help`)" if transformer else
             "onnxruntime (the TF-free install and the full one); `model.onnx` opens in any ONNX "
             "runtime: uint8 [N, H, W, 3] in, uint8 [N, 4H, 4W, 3] out")
+    if "distribution" in config:
+        runs += ("; `distribution.onnx` gives the prediction and a Laplace scale per sub-pixel of "
+                 "one view (the 8 views are averaged in NumPy)")
+    if "uncertainty" in config:
+        runs += "; `--uncertainty` adds a calibrated per-pixel uncertainty map"
     crops = LAYOUTS[recipe.layout]["crops"]
     crop_note = ("; " + ", ".join(f"`{Path(n).stem}` is rows {a}-{(b or 670) - 1} of `{BRAIN}`"
                                   for n, (a, b) in crops.items())) if crops else ""
@@ -326,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         entry = index["models"][name]
         entry["quality"] = measure(name)
-        if recipes[name].model != "img2img_conv_sr":
+        if "uncertainty" in json.loads((MODELS_DIR / name / "config.json").read_text()):
             entry["uncertainty"] = measure_uncertainty(name)
         entry["files"] = {f.name: f.stat().st_size for f in sorted((MODELS_DIR / name).iterdir())
                           if f.name != "MODEL_CARD.md"}

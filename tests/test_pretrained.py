@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from allen_sr import pretrained
@@ -45,7 +46,7 @@ def shipped():
 
 def test_the_shipped_models_fit_the_size_budget_and_have_cards(shipped):
     names = {m.name for m in shipped}
-    assert {"conv-cpu", "conv-fast", "transformer-tiny"} <= names
+    assert {"conv-cpu", "conv-fast", "transformer-tiny", "conv-probabilistic"} <= names
     assert [m.name for m in shipped if m.default] == ["conv-cpu"] == [pretrained.default_name()]
     total = 0
     for m in shipped:
@@ -61,7 +62,7 @@ def test_the_shipped_models_fit_the_size_budget_and_have_cards(shipped):
     assert total <= MAX_TOTAL_MB * 1e6
 
 
-@pytest.mark.parametrize("name", ["conv-cpu", "conv-fast"])
+@pytest.mark.parametrize("name", ["conv-cpu", "conv-fast", "conv-probabilistic"])
 def test_measured_quality_in_models_json_is_what_the_shipped_files_give(name):
     """Rechecks the card's numbers (held-out brain and IHC, clean and JPEG 75) with the shipped
     files, as scripts/make_pretrained.py measures them; the default model meets the goals."""
@@ -86,15 +87,17 @@ def test_the_measurement_never_uses_a_training_image():
         assert seen == {Path(n).stem for n in (*layout["train"], *layout["dev"])}
 
 
-def test_the_shipped_image_transformer_gives_calibrated_maps_without_tensorflow():
-    """Its calibration was fitted on its dev split (brain tissue, never the held-out section) and
-    travels in its config; a map comes with the prediction."""
-    model = pretrained.find("transformer-tiny")
+@pytest.mark.parametrize("name", ["transformer-tiny", "conv-probabilistic"])
+def test_the_shipped_models_with_distributions_give_calibrated_maps_without_tensorflow(name):
+    """Their calibration was fitted on their dev split (brain tissue, never the held-out section),
+    in the mode they decode in, and travels in their config; a map comes with the prediction."""
+    model = pretrained.find(name)
     config = json.loads((model.folder / "config.json").read_text())
     assert "dev split" in config["uncertainty"]["fitted_on"] and config["uncertainty"]["tiles"] > 0
+    assert config["uncertainty"]["mode"] == config["decode_mode"]
     assert model.info["uncertainty"]["coverage_50"] > 0
     small = load_image(HELD_OUT_BRAIN)[300:312, 500:516]
-    with Upscaler.open("transformer-tiny") as up:
+    with Upscaler.open(name) as up:
         image, sd = up.predict(small, uncertainty=True)
         assert up.calibration.temperature == config["uncertainty"]["temperature"]
     assert image.shape == (48, 64, 3) and sd.shape == (48, 64) and 0 < sd.mean() < 60
@@ -235,3 +238,9 @@ def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp
     assert "conv-cpu (default)" in listed and "conv-fast" in listed
     site = run_in(py312, "-c", "import allen_sr.pretrained as p; print(p.MODELS_DIR)").stdout.strip()
     assert "site-packages" in site  # package data of a normal install, not this checkout
+    # the probabilistic conv model's second graph is package data too: maps without TensorFlow
+    Image.fromarray(small[60:100, 100:160]).save(tmp_path / "region.png")
+    run_in(py312, "-m", "allen_sr.cli", "upscale", "--pretrained", "conv-probabilistic", "--image",
+           str(tmp_path / "region.png"), "--out", str(tmp_path / "region.tif"), "--uncertainty", "--no_progress")
+    sd_map = tifffile.imread(tmp_path / "region.uncertainty.tif")
+    assert sd_map.shape == (160, 240) and 0 < sd_map.mean() < 60

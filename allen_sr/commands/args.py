@@ -41,7 +41,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output_dir", default=None,
                    help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
     g.add_argument("--mode", default=None, choices=MODES,
-                   help="decoding mode (default: the hparams set's decode_mode, else greedy). Image "
+                   help="decoding mode (default: the model's decode_mode, from its hparams set or export "
+                        "config, else greedy). Image "
                         "Transformer: greedy, sample (--temperature) or mean feed each value back as the "
                         "next ones' context; mean_bicubic gives each sub-pixel's expected value given "
                         "bicubic values before it, the context allen-sr's sets train with")

@@ -1,9 +1,11 @@
 """The pretrained models shipped with allen-sr (package data), found by name.
 
-Each model is an export folder (`allen_sr.export.runtime`: ``config.json`` + ``model.onnx``) with
-its ``MODEL_CARD.md``; ``models.json`` lists them with what they are for, how they were trained
-and the quality `scripts/make_pretrained.py` measured on images they never saw. Nothing here
-imports TensorFlow: the models run with onnxruntime in both installs.
+Each model is an export folder (`allen_sr.export.runtime`: ``config.json`` and ``model.onnx``, a
+probabilistic conv model also ``distribution.onnx``, the Image Transformer ``weights.npz``
+instead) with its ``MODEL_CARD.md``; ``models.json`` lists them with what they are for, how they
+were trained and the quality `scripts/make_pretrained.py` measured on images they never saw.
+Nothing here imports TensorFlow: the models run with onnxruntime or allen-sr's NumPy decoder in
+both installs.
 """
 from __future__ import annotations
 
