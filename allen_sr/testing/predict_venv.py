@@ -75,6 +75,9 @@ def predict_venv(python: str, repo: str | os.PathLike[str]) -> Path:
         # requirements' own scripts keep the old path in their #! line; none is used here).
         os.replace(tmp, venv)
     pip = [str(bin_python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    # setuptools builds in the checkout's build/ and packs whatever an earlier build left in
+    # build/lib: a file since dropped from the package data would still be installed.
+    shutil.rmtree(repo / "build", ignore_errors=True)
     run(pip + ["install", "--no-deps", "--force-reinstall", str(repo)], "installing allen-sr")
     return bin_python
 
