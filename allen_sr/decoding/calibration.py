@@ -108,7 +108,7 @@ def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, m
         return Calibration(1.0, f"not fitted: no readable dev split in {data_dir} "
                                 f"({str(exc).splitlines()[0]})")
     if log is not None:
-        log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint)")
+        log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint and decoding mode)")
     calibration, report = fit_calibration(decoder, inputs, targets, mode,
                                           f"dev split of {problem} in {data_dir}", progress)
     entries = _read(checkpoint)
