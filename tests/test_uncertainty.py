@@ -226,6 +226,7 @@ def test_the_conv_model_says_it_has_no_distribution(tmp_path, capsys):
                                      "conv-fast", "--uncertainty", "--no_progress"]) == 2
     err = capsys.readouterr().err
     assert "not a distribution" in err and len(err.strip().splitlines()) == 1
+    assert "--pretrained conv-probabilistic" in err and "transformer-tiny" in err  # maps without training
     assert not out.exists()
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = ["uncertainty_calibration", "ModelSpec", "OpenModel", "ModelNotFoundError", "resolve",
            "pretrained_spec", "run_flags", "model_shape", "open_model", "decode_kwargs",
-           "describe_source", "trained_degradation"]
+           "describe_source", "trained_degradation", "no_distribution"]
 
 
 class ModelNotFoundError(MissingInputError):
@@ -198,9 +198,15 @@ def decode_kwargs(spec: ModelSpec, mode: str, progress: bool = True) -> dict[str
                 batch_size=spec.batch_size, progress=progress)
 
 
-NO_DISTRIBUTION = ("{model} predicts one value per sub-pixel, not a distribution: uncertainty maps need an "
-                   "Image Transformer (img2img_transformer_sr) or a conv model trained with the hparam "
-                   "probabilistic=True (its run folder, or its export)")
+def no_distribution(model: str) -> str:
+    """The one-line error for ``model``, which predicts no distribution: what gives maps instead,
+    the shipped models that do first."""
+    from allen_sr import pretrained
+
+    shipped = " or ".join(f"--pretrained {m.name}" for m in pretrained.available() if "uncertainty" in m.info)
+    return (f"{model} predicts one value per sub-pixel, not a distribution: uncertainty maps need "
+            f"{shipped + ' (shipped), ' if shipped else ''}an Image Transformer (img2img_transformer_sr) "
+            "or a conv model trained with the hparam probabilistic=True (its run folder, or its export)")
 
 
 def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool = False,
@@ -212,7 +218,7 @@ def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool =
     from allen_sr.decoding.uncertainty import Calibration
 
     if not getattr(opened.decoder, "reports_distributions", False):
-        raise UserError(NO_DISTRIBUTION.format(model=opened.model))
+        raise UserError(no_distribution(opened.model))
     if spec.exported is not None:
         from allen_sr.export.runtime import read_config
 

@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from allen_sr.api.models import (NO_DISTRIBUTION, ModelSpec, decode_kwargs, describe_source, model_shape, open_model,
-                                 resolve, uncertainty_calibration)
+from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, model_shape, no_distribution,
+                                 open_model, resolve, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.stats import to_grey
@@ -297,7 +297,7 @@ class Upscaler:
         run's dev split on first use); UserError for a model without a distribution."""
         tm = self._live()
         if tm.calibrate is None:
-            raise UserError(NO_DISTRIBUTION.format(model=tm.describe))
+            raise UserError(no_distribution(tm.describe))
         if self._calibration is None:
             self._calibration = tm.calibrate()
         return self._calibration
