@@ -42,10 +42,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
     g.add_argument("--mode", default=None, choices=MODES,
                    help="decoding mode (default: the model's decode_mode, from its hparams set or export "
-                        "config, else greedy). Image "
-                        "Transformer: greedy, sample (--temperature) or mean feed each value back as the "
-                        "next ones' context; mean_bicubic gives each sub-pixel's expected value given "
-                        "bicubic values before it, the context allen-sr's sets train with")
+                        "config, else greedy). Image Transformer: greedy, sample (--temperature) or mean "
+                        "feed each value back as the next ones' context; mean_bicubic gives each "
+                        "sub-pixel's expected value given bicubic values before it, the context "
+                        "allen-sr's sets train with")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for --mode sample")
     g.add_argument("--seed", type=int, default=0, help="seed for --mode sample (default %(default)s)")
     g.add_argument("--batch_size", type=int, default=16, help="tiles decoded together (default %(default)s)")
