@@ -30,11 +30,12 @@ START_TIMEOUT = 60
 
 
 def make_inputs(folder: Path) -> None:
-    """Three small real crops (PNG, PNG, JPEG), a truncated PNG and a text file."""
+    """Three small real crops (PNG, PNG, a JPEG below the quality the models trained on), a
+    truncated PNG and a text file."""
     folder.mkdir()
     Image.fromarray(BRAIN[100:164, 200:280]).save(folder / "a.png")
     Image.fromarray(BRAIN[300:360, 400:450]).save(folder / "b.png")
-    Image.fromarray(BRAIN[400:448, 500:540]).save(folder / "c.jpg", quality=90)
+    Image.fromarray(BRAIN[400:448, 500:540]).save(folder / "c.jpg", quality=40)
     (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (folder / "notes.txt").write_text("not an image")
 
@@ -99,6 +100,8 @@ def test_a_folder_on_a_cluster_equals_in_process_runs_and_a_rerun_skips_everythi
     text = capsys.readouterr().out
     assert "3 written, 0 already done (skipped), 1 failed" in text
     assert re.search(r"failed: in/bad\.png: .*bad\.png", text)  # named, with why
+    assert "; 1 beyond the inputs the model trained on" in text  # the workers' input checks, gathered
+    assert re.search(r"  warning: \S*in/c\.jpg is JPEG-compressed at quality 40", text)
     assert len(set(re.findall(r"wrote out/nested/\S+ on (tcp://127\.0\.0\.1:\d+)", text))) >= 1
     out = tmp_path / "out" / "nested"
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]  # names kept, nothing else

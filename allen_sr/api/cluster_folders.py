@@ -70,6 +70,7 @@ class ImageResult:
     why: str = ""
     seconds: float = 0.0
     worker: str = ""
+    warnings: tuple[str, ...] = ()  # the input check's (allen_sr.inference.input_check)
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -168,10 +169,11 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
     with _MODELS_LOCK:
         upscaler = worker_upscaler(spec, options)
         try:
-            predict_to(upscaler, src, out, progress=False, **preview, **file_options)
+            summary = predict_to(upscaler, src, out, progress=False, **preview, **file_options)
         except INPUT_ERRORS as exc:
             return ImageResult(src, dst, "failed", first_line(exc), worker=worker)
-    return ImageResult(src, dst, "written", seconds=time.perf_counter() - start, worker=worker)
+    return ImageResult(src, dst, "written", seconds=time.perf_counter() - start, worker=worker,
+                       warnings=tuple(summary["input_check"]["warnings"]))
 
 
 # ----------------------------------------------------------------------------- on the client
@@ -251,7 +253,8 @@ def describe(result: ImageResult) -> str:
         return f"skipped {result.src}: {result.why}"
     if result.outcome == "skipped":
         return f"{result.dst} exists (skipped)"
-    return f"wrote {result.dst} on {result.worker} in {result.seconds:.1f} s"
+    return (f"wrote {result.dst} on {result.worker} in {result.seconds:.1f} s"
+            + "".join(f"\n  warning: {text}" for text in result.warnings))
 
 
 def folder_report(pairs: list[tuple[str, Output]], results: dict[str, ImageResult], seconds: float) -> FolderReport:
@@ -261,6 +264,8 @@ def folder_report(pairs: list[tuple[str, Output]], results: dict[str, ImageResul
         result = results[str(dst)]
         if result.outcome == "written":
             report.written.append(str(dst))
+            if result.warnings:
+                report.warned[src] = list(result.warnings)
         elif result.outcome == "skipped":
             report.skipped.append(str(dst))
         else:

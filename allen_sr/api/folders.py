@@ -81,11 +81,15 @@ class FolderReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    warned: dict[str, list[str]] = field(default_factory=dict)  # input -> its input check's warnings
 
     def summary(self) -> str:
         line = (f"{len(self.written)} written, {len(self.skipped)} already done (skipped), "
                 f"{len(self.failed)} failed in {self.seconds:.1f} s")
-        return "\n".join([line] + [f"  failed: {src}: {why}" for src, why in self.failed.items()])
+        if self.warned:
+            line += f"; {len(self.warned)} beyond the inputs the model trained on (warnings below)"
+        return "\n".join([line] + [f"  failed: {src}: {why}" for src, why in self.failed.items()]
+                         + [f"  warning: {text}" for texts in self.warned.values() for text in texts])
 
 
 def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progress: bool = True,
@@ -111,12 +115,14 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
             report.skipped.append(str(dst))
             continue
         try:
-            predict_to(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
+            summary = predict_to(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
         except INPUT_ERRORS as exc:
             report.failed[src] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if log:
                 log(f"skipped {src}: {report.failed[src]}")
             continue
         report.written.append(str(dst))
+        if summary["input_check"]["warnings"]:
+            report.warned[src] = summary["input_check"]["warnings"]
     report.seconds = time.perf_counter() - start
     return report

@@ -98,12 +98,13 @@ def make_parent(dst: Path | RemoteFile) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
 
 
-def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs: Any) -> None:
-    """``upscaler.predict_file(src, dst, **kwargs)``, through a local file when ``dst`` is a URL."""
+def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs: Any) -> dict[str, Any]:
+    """``upscaler.predict_file(src, dst, **kwargs)``, through a local file when ``dst`` is a URL;
+    its summary."""
     if not isinstance(dst, RemoteFile):
-        upscaler.predict_file(src, dst, **kwargs)
-        return
+        return upscaler.predict_file(src, dst, **kwargs)
     with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
         local = Path(tmp) / dst.name
-        upscaler.predict_file(src, local, **kwargs)
+        summary = upscaler.predict_file(src, local, **kwargs)
         dst.upload(local)
+    return summary

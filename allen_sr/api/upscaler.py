@@ -27,11 +27,12 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, model_shape, no_distribution,
-                                 open_model, resolve, uncertainty_calibration)
+                                 open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
+from allen_sr.inference.input_check import InputCheck, check_input
 
 CONV_MODEL = "img2img_conv_sr"
 CONV_TILE = 384  # input px: 1536 px output tiles; larger tiles gain < 5% speed and cost memory
@@ -189,6 +190,15 @@ def preview_box(region: sources.ImageSource, size: int) -> tuple[int, int, int, 
     return (region.height - h) // 2, (region.width - w) // 2, h, w
 
 
+def array_source(image: np.ndarray) -> sources.ArraySource:
+    """An image given as an array, as a source; InputImageError unless uint8 grey, RGB or RGBA."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 "
+                              "[h, w] (grey) or [h, w, 3|4] (RGB, RGBA)")
+    return sources.ArraySource("image", sources.to_rgb(array, "image"))
+
+
 def compare_path(out: Path) -> Path:
     """Where the compare picture of output ``out`` goes: ``OUT-stem.compare.png`` beside it."""
     name = out.name
@@ -319,6 +329,20 @@ class Upscaler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ----------------------------------------------------------------- inputs
+    def check(self, image: np.ndarray | str | os.PathLike[str], level: int = 0) -> InputCheck:
+        """Is ``image`` (an array, or a file: its JPEG quality is read from it) within the inputs
+        this model trained on? Its JPEG quality and estimated noise, with a warning for each beyond
+        the model's recorded `degradation` (`allen_sr.inference.input_check`).
+        :meth:`predict_file` runs this on every input and puts it in its summary."""
+        if isinstance(image, (str, os.PathLike)):
+            source = sources.open_image(os.fspath(image), level)
+            try:
+                return check_input(source, trained_degradation(self.spec))
+            finally:
+                source.close()
+        return check_input(array_source(image), trained_degradation(self.spec))
+
     # ----------------------------------------------------------------- prediction
     def _layout(self, source: sources.ImageSource, options: Options) -> tiling.TileLayout:
         tm = self._live()
@@ -345,11 +369,7 @@ class Upscaler:
         [h * factor, w * factor, channels] out, tiled and blended as `allen-sr upscale` does.
         ``uncertainty`` (models with a distribution): (image, float32 [h * factor, w * factor] map of each
         pixel's calibrated uncertainty, sd in grey levels)."""
-        array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-            raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 "
-                                  "[h, w] (grey) or [h, w, 3|4] (RGB, RGBA)")
-        source = sources.ArraySource("image", sources.to_rgb(array, "image"))
+        source = array_source(image)
         layout = self._layout(source, self.options)
         out = np.concatenate(list(self._bands(source, layout, progress, uncertainty=uncertainty)), axis=0)
         if not uncertainty:
@@ -364,7 +384,8 @@ class Upscaler:
                      log: Log | None = None) -> dict[str, Any]:
         """Enlarge ``region`` (input px at ``level`` of a pyramidal TIFF) of the image file
         ``src`` into ``dst`` (.png, .jpg, .tif or .ome.tif: a tiled pyramidal BigTIFF with the
-        pixel size when known); returns a summary. ``preview_size`` > 0 also writes
+        pixel size when known); returns a summary, with what :meth:`check` found about the input
+        (``input_check``; its warnings also go to ``log``). ``preview_size`` > 0 also writes
         ``DST-stem.compare.png`` (nearest | bicubic | model of a centred square of that many
         input px) beside ``dst`` or in the folder ``preview_to``. ``uncertainty`` (models
         with a distribution) also writes ``DST.uncertainty.tif`` (float32 sd in grey levels, pyramidal
@@ -408,6 +429,9 @@ class Upscaler:
         size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
         box = preview_box(cut, options.preview_size)
         tap = PreviewTap(None if box is None else tuple(v * f for v in box))
+        checked = check_input(cut, trained_degradation(self.spec))
+        for warning in checked.warnings:
+            log(f"warning: {warning}")
         log(f"upscaling {cut.name} {cut.width}x{cut.height} px x{f} -> {out_w}x{out_h} px "
             f"({out_w * out_h / 1e6:.1f} MP): {layout.tiles} tiles of {layout.tile_w}x{layout.tile_h} px, "
             f"overlap {tm.overlap} px, {tm.describe}")
@@ -440,7 +464,7 @@ class Upscaler:
         summary = {"output": str(out), "width": out_w, "height": out_h, "tiles": layout.tiles,
                    "seconds": round(seconds, 3), "resumed_rows": done,
                    "output_mp_per_s": (out_h - done) * out_w / 1e6 / max(seconds, 1e-9),
-                   "pixel_size_um": size_um, "model": self.source}
+                   "pixel_size_um": size_um, "model": self.source, "input_check": checked.as_dict()}
         if uncertainty:
             summary["uncertainty"] = [str(p) for p in unc_paths]
             summary["calibration"] = self.calibration.as_dict()

@@ -14,6 +14,10 @@ with the physical pixel size when known. Also OUT-stem.compare.png: a preview re
 input enlarged with nearest | bicubic | model (folders: only with --preview_dir). Nothing appears
 under OUT until it is complete.
 
+Checked first: an input whose JPEG quality (read from the file) or estimated noise lies beyond
+what the model trained on gets a warning naming it (allen_sr.inference.input_check); it is still
+enlarged.
+
 Resumable: finished output rows are kept in a hidden folder next to OUT (``.OUT.resume``,
 `allen_sr.inference.resume`) until OUT is written; rerunning the same command after an
 interruption predicts only the rest (--restart: start from the top).

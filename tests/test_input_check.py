@@ -1,0 +1,147 @@
+"""The input check (allen_sr.inference.input_check): the JPEG quality read from files and TIFF
+tiles, the noise estimated on real tissue, and the warnings `allen-sr upscale` gives for inputs
+beyond what the model trained on, in one file and in a folder."""
+import io
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import SAMPLE_IMAGES
+from allen_sr.cli import main as cli
+from allen_sr.data.degrade import REAL_INPUTS, degrade_image, parse_fixed
+from allen_sr.data.images import load_image
+from allen_sr.inference import sources
+from allen_sr.inference.input_check import NOISE_FLOOR, check_input, estimate_noise, file_jpeg_quality
+
+BRAIN = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
+IHC = os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png")
+
+
+def low_res(path, spec=""):
+    """The 4x area-averaged input of a sample image, degraded by the fixed ``spec`` (seeded)."""
+    image = load_image(path)
+    image = image[:image.shape[0] // 4 * 4, :image.shape[1] // 4 * 4]
+    return degrade_image(image, 4, parse_fixed(spec) if spec else [], seed=0)
+
+
+def checked(path, trained=REAL_INPUTS):
+    source = sources.open_image(str(path))
+    try:
+        return check_input(source, trained)
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("quality", [30, 50, 75, 90, 95])
+def test_the_jpeg_quality_is_read_from_a_jpeg_file_and_from_jpeg_tiff_tiles(tmp_path, quality):
+    pixels = low_res(BRAIN)
+    Image.fromarray(pixels).save(tmp_path / "in.jpg", quality=quality)
+    tifffile.imwrite(tmp_path / "in.tif", pixels[:128, :128], tile=(64, 64), photometric="rgb",
+                     compression="jpeg", compressionargs={"level": quality})
+    assert checked(tmp_path / "in.jpg").jpeg_quality == quality
+    assert checked(tmp_path / "in.tif").jpeg_quality == quality
+
+
+def test_a_tiff_s_shared_jpeg_tables_come_first(tmp_path):
+    """Whole-slide TIFFs (Aperio's, say) keep the tables once, in the JPEGTables tag, and leave
+    them out of the tiles: the tag is read, not the first tile."""
+    pixels = low_res(BRAIN)[:128, :128]
+    full = io.BytesIO()
+    Image.fromarray(pixels).save(full, "JPEG", quality=60)
+    data, i, segments = full.getvalue(), 2, []
+    while data[i + 1] != 0xDA:  # up to the scan: keep the DQT segments
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        segments += [data[i:i + 2 + length]] if data[i + 1] == 0xDB else []
+        i += 2 + length
+    tables = b"\xff\xd8" + b"".join(segments) + b"\xff\xd9"
+    tifffile.imwrite(tmp_path / "slide.tif", pixels, tile=(64, 64), photometric="rgb", compression="jpeg",
+                     compressionargs={"level": 90}, extratags=[(347, "B", len(tables), tables, True)])
+    assert checked(tmp_path / "slide.tif").jpeg_quality == 60
+
+
+def test_files_that_are_not_jpeg_have_no_quality(tmp_path):
+    pixels = low_res(BRAIN)
+    Image.fromarray(pixels).save(tmp_path / "in.png")
+    tifffile.imwrite(tmp_path / "in.tif", pixels, tile=(64, 64), photometric="rgb", compression="zlib")
+    assert checked(tmp_path / "in.png").jpeg_quality is None
+    assert checked(tmp_path / "in.tif").jpeg_quality is None
+    assert file_jpeg_quality(sources.ArraySource("image", pixels)) is None  # no file behind it
+
+
+def test_the_noise_estimate_is_calibrated_on_pure_noise():
+    rng = np.random.default_rng(0)
+    for sigma in (3, 8, 15):
+        flat = np.clip(np.round(128 + rng.normal(0, sigma, (256, 256, 3))), 0, 255).astype(np.uint8)
+        assert estimate_noise(flat) == pytest.approx(sigma, rel=0.06), sigma
+
+
+@pytest.mark.parametrize("path", [BRAIN, IHC])
+def test_the_noise_estimate_tracks_noise_added_to_real_tissue(path):
+    estimates = {sigma: estimate_noise(low_res(path, f"noise={sigma}" if sigma else "")) for sigma in (0, 6, 12, 16)}
+    assert estimates[0] < NOISE_FLOOR  # texture alone stays under the floor
+    assert estimates[0] < estimates[6] < estimates[12] < estimates[16]
+    for sigma in (12, 16):  # texture adds a little on top: within -10% and +30%
+        assert 0.9 * sigma <= estimates[sigma] <= 1.3 * sigma, (sigma, estimates)
+
+
+def test_saturated_pixels_are_left_out():
+    rng = np.random.default_rng(1)
+    tissue = np.clip(np.round(128 + rng.normal(0, 10, (128, 256, 3))), 0, 255).astype(np.uint8)
+    glass = np.clip(np.round(255 + rng.normal(0, 10, (128, 256, 3))), 0, 255).astype(np.uint8)
+    both = np.concatenate([tissue, glass])
+    assert estimate_noise(both) == pytest.approx(estimate_noise(tissue), rel=0.05)  # glass hides half the noise
+    assert estimate_noise(glass) is None  # nothing unclipped left to measure
+
+
+def test_warnings_follow_the_model_s_recorded_training_inputs(tmp_path):
+    Image.fromarray(low_res(BRAIN, "noise=14")).save(tmp_path / "noisy.png")
+    Image.fromarray(low_res(BRAIN)).save(tmp_path / "q40.jpg", quality=40)
+    Image.fromarray(low_res(BRAIN)).save(tmp_path / "q50.jpg", quality=50)
+    Image.fromarray(low_res(BRAIN)).save(tmp_path / "q80.jpg", quality=80)
+    Image.fromarray(low_res(BRAIN)).save(tmp_path / "clean.png")
+
+    (warning,) = checked(tmp_path / "noisy.png").warnings
+    assert str(tmp_path / "noisy.png") in warning and "0-10 grey levels" in warning
+    assert not checked(tmp_path / "noisy.png", REAL_INPUTS.replace("noise=0:10", "noise=0:20")).warnings
+    (warning,) = checked(tmp_path / "q40.jpg").warnings
+    assert "quality 40, below the 50-95" in warning
+    assert not checked(tmp_path / "q50.jpg").warnings and not checked(tmp_path / "q80.jpg").warnings
+    assert not checked(tmp_path / "clean.png").warnings
+    (warning,) = checked(tmp_path / "q80.jpg", "none").warnings  # a model trained on clean inputs
+    assert "quality 80" in warning and "clean inputs only" in warning
+    (warning,) = checked(tmp_path / "q80.jpg", "noise=0:20").warnings  # noise, but never JPEG
+    assert "quality 80) and this model trained on no JPEG" in warning
+    (warning,) = checked(tmp_path / "noisy.png", "jpeg=50:95").warnings
+    assert "above what this model trained on (no noise)" in warning
+    for unknown in (None, "an older grammar=1"):  # nothing (readable) recorded: numbers, no warnings
+        found = checked(tmp_path / "noisy.png", unknown)
+        assert found.noise > 12 and not found.warnings
+
+
+def test_upscale_warns_about_an_input_beyond_the_training_and_still_writes_it(tmp_path, capsys):
+    from allen_sr import Upscaler
+
+    Image.fromarray(low_res(BRAIN, "noise=14")).save(tmp_path / "noisy.png")
+    Image.fromarray(low_res(BRAIN)).save(tmp_path / "clean.png")
+    assert cli(["upscale", "--pretrained", "conv-fast", "--image", str(tmp_path / "noisy.png"),
+                "--out", str(tmp_path / "noisy_x4.png"), "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {tmp_path / 'noisy.png'}: its noise is about" in out
+    assert (tmp_path / "noisy_x4.png").is_file()
+
+    with Upscaler.open("conv-fast") as up:
+        summary = up.predict_file(tmp_path / "clean.png", tmp_path / "clean_x4.png")
+        assert summary["input_check"]["warnings"] == [] and summary["input_check"]["noise"] < NOISE_FLOOR
+        assert up.check(low_res(BRAIN, "noise=14")).warnings  # an array, as predict takes it
+
+    os.mkdir(tmp_path / "in")
+    for name in ("noisy.png", "clean.png"):
+        os.rename(tmp_path / name, tmp_path / "in" / name)
+    assert cli(["upscale", "--pretrained", "conv-fast", "--images", str(tmp_path / "in"),
+                "--out_dir", str(tmp_path / "out")]) == 0
+    summary = capsys.readouterr().out
+    assert "2 written" in summary and "1 beyond the inputs the model trained on" in summary
+    assert f"warning: {tmp_path / 'in' / 'noisy.png'}: its noise" in summary
