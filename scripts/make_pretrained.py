@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from allen_sr.api.models import ModelSpec, trained_degradation  # noqa: E402
+from allen_sr.data.degrade import parse_training  # noqa: E402
 from allen_sr.pretrained import MODELS_DIR, INDEX_NAME  # noqa: E402
 from allen_sr.testing.cli_runs import run_logged  # noqa: E402
 
@@ -305,8 +306,19 @@ whole by this model, PSNR against the original; bicubic from the same input.
   Check a region against a real high-resolution scan before trusting fine structure.
 - Fluorescence, electron microscopy and stains far from those above were never seen; retrain
   (`allen-sr datagen` / `allen-sr train` on your own images) for them.
+- {trained_range(entry['degradation'])}; beyond
+  that it may come out below bicubic, and `allen-sr upscale` reads each input's JPEG quality,
+  estimates its noise and warns about such inputs.
 - 4x only; inputs are treated as sRGB 8-bit.
 """
+
+
+def trained_range(spec: str) -> str:
+    """The inputs a model's recorded ``degradation`` covered, in words."""
+    parsed = parse_training(spec)
+    noise = f"noise up to {parsed.noise.hi:g} grey levels" if parsed and parsed.noise else "no noise"
+    jpeg = f"JPEG down to quality {parsed.jpeg.lo:g}" if parsed and parsed.jpeg else "no JPEG"
+    return f"Trained on inputs with {noise} and {jpeg}"
 
 
 def main(argv: list[str] | None = None) -> int:
