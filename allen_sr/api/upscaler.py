@@ -266,6 +266,7 @@ class Upscaler:
         self.spec, self.options = spec, options
         self._tiled = open_tiled_model(spec, options)
         self._calibration: Any = None
+        self._trained = trained_degradation(spec)  # what the input check compares with
 
     @classmethod
     def open(cls, model: str | os.PathLike[str] | None = None, *, tile: int | None = None,
@@ -338,10 +339,10 @@ class Upscaler:
         if isinstance(image, (str, os.PathLike)):
             source = sources.open_image(os.fspath(image), level)
             try:
-                return check_input(source, trained_degradation(self.spec))
+                return check_input(source, self._trained)
             finally:
                 source.close()
-        return check_input(array_source(image), trained_degradation(self.spec))
+        return check_input(array_source(image), self._trained)
 
     # ----------------------------------------------------------------- prediction
     def _layout(self, source: sources.ImageSource, options: Options) -> tiling.TileLayout:
@@ -429,7 +430,7 @@ class Upscaler:
         size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
         box = preview_box(cut, options.preview_size)
         tap = PreviewTap(None if box is None else tuple(v * f for v in box))
-        checked = check_input(cut, trained_degradation(self.spec))
+        checked = check_input(cut, self._trained)
         for warning in checked.warnings:
             log(f"warning: {warning}")
         log(f"upscaling {cut.name} {cut.width}x{cut.height} px x{f} -> {out_w}x{out_h} px "
