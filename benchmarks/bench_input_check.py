@@ -69,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(q for q in Path(args.images).iterdir() if q.suffix.lower() in (".png", ".jpg", ".tif"))
     trained = pretrained.find(MODEL).info.get("degradation")
     names = [q.stem.replace("other_", "") for q in paths]
+    images = [load_image(str(path)) for path in paths]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in INPUTS:
             qualities, noises, warned = set(), [], 0
-            for path, name in zip(paths, names):
-                source = open_image(str(input_file(load_image(str(path)), spec, Path(tmp), path.stem)))
+            for path, image in zip(paths, images):
+                source = open_image(str(input_file(image, spec, Path(tmp), path.stem)))
                 try:
                     found = check_input(source, trained)
                 finally:
