@@ -14,7 +14,7 @@ from allen_sr.cli import main as cli
 from allen_sr.data.degrade import REAL_INPUTS, degrade_image, parse_fixed
 from allen_sr.data.images import load_image
 from allen_sr.inference import sources
-from allen_sr.inference.input_check import NOISE_FLOOR, check_input, estimate_noise, file_jpeg_quality
+from allen_sr.inference.input_check import NOISE_FLOOR, check_input, estimate_noise, file_jpeg_quality, jpeg_tables
 
 BRAIN = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
 IHC = os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png")
@@ -60,6 +60,9 @@ def test_a_tiff_s_shared_jpeg_tables_come_first(tmp_path):
     tifffile.imwrite(tmp_path / "slide.tif", pixels, tile=(64, 64), photometric="rgb", compression="jpeg",
                      compressionargs={"level": 90}, extratags=[(347, "B", len(tables), tables, True)])
     assert checked(tmp_path / "slide.tif").jpeg_quality == 60
+    for cut in range(len(tables)):  # a stream cut anywhere: the tables before the cut, no crash
+        assert len(jpeg_tables(tables[:cut])) <= len(jpeg_tables(tables))
+    assert jpeg_tables(tables[:-1]) == jpeg_tables(tables)
 
 
 def test_files_that_are_not_jpeg_have_no_quality(tmp_path):

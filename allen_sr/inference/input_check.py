@@ -85,7 +85,7 @@ def jpeg_quality_of_table(table: Any) -> int:
 
 def jpeg_tables(data: bytes) -> dict[int, list[int]]:
     """The quantisation tables (id -> 64 values, in stored order) of a JPEG stream's DQT segments,
-    read marker by marker up to the first scan."""
+    read marker by marker up to the first scan; a stream cut short gives the tables before the cut."""
     tables: dict[int, list[int]] = {}
     i = 2 if data[:2] == b"\xff\xd8" else 0
     while i + 4 <= len(data) and data[i] == 0xFF:
@@ -97,11 +97,13 @@ def jpeg_tables(data: bytes) -> dict[int, list[int]]:
             break
         length = int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDB:
-            j, end = i + 4, i + 2 + length
+            j, end = i + 4, min(i + 2 + length, len(data))
             while j < end:
                 precision, table_id = data[j] >> 4, data[j] & 0x0F
                 width = 2 if precision else 1
                 raw = data[j + 1:j + 1 + 64 * width]
+                if len(raw) < 64 * width:  # cut off: no table
+                    break
                 tables[table_id] = ([int.from_bytes(raw[k:k + 2], "big") for k in range(0, len(raw), 2)]
                                     if width == 2 else list(raw))
                 j += 1 + 64 * width
