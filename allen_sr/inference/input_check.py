@@ -168,8 +168,7 @@ def estimate_noise(pixels: np.ndarray | list[np.ndarray]) -> float | None:
     """Estimated sd (grey levels) of white noise in uint8 [h, w, c] ``pixels`` (or in several
     windows of one image together); None when fewer than 16 unsaturated 8x8 blocks are left."""
     windows = pixels if isinstance(pixels, list) else [pixels]
-    rms = np.concatenate([_block_rms(np.asarray(p)[..., None] if np.asarray(p).ndim == 2 else np.asarray(p))
-                          for p in windows])
+    rms = np.concatenate([_block_rms(np.atleast_3d(np.asarray(p))) for p in windows])
     if rms.size < MIN_BLOCKS:
         return None
     return float(np.percentile(rms, PERCENTILE) / PURE_NOISE_PERCENTILE)
@@ -197,11 +196,14 @@ def check_input(source: sources.ImageSource, trained: str | None) -> InputCheck:
         return InputCheck(source.name, quality, noise, trained)
     jpeg = spec.jpeg if spec is not None else None
     noise_range = spec.noise if spec is not None else None
-    seen = "clean inputs only" if spec is None else "no {}"
+
+    def unseen(kind: str) -> str:  # what the model trained on, where it saw no ``kind``
+        return "clean inputs only" if spec is None else f"no {kind}"
+
     warnings: list[str] = []
     if quality is not None and jpeg is None:
         warnings.append(f"{source.name} is JPEG-compressed (quality {quality}) and this model trained on "
-                        f"{seen.format('JPEG')}: JPEG blocks may be sharpened into the picture; use a model "
+                        f"{unseen('JPEG')}: JPEG blocks may be sharpened into the picture; use a model "
                         "trained on real inputs (every allen-sr hparams set's default since 2026-12-04)")
     elif quality is not None and quality < jpeg.lo:
         warnings.append(f"{source.name} is JPEG-compressed at quality {quality}, below the {jpeg.lo:g}-"
@@ -209,7 +211,7 @@ def check_input(source: sources.ImageSource, trained: str | None) -> InputCheck:
                         "against bicubic (the compare picture shows both) before using it")
     if noise is not None and noise > max(noise_range.hi if noise_range else 0.0, NOISE_FLOOR):
         trained_noise = (f"the 0-{noise_range.hi:g} grey levels this model trained on" if noise_range
-                         else f"what this model trained on ({seen.format('noise')})")
+                         else f"what this model trained on ({unseen('noise')})")
         warnings.append(f"{source.name}: its noise is about {noise:.0f} grey levels (estimated), above "
                         f"{trained_noise}: the result may be worse than bicubic; denoise the input first "
                         "or check it against bicubic (the compare picture shows both) before using it")
