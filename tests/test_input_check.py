@@ -1,8 +1,11 @@
 """The input check (allen_sr.inference.input_check): the JPEG quality read from files and TIFF
 tiles, the noise estimated on real tissue, and the warnings `allen-sr upscale` gives for inputs
 beyond what the model trained on, in one file and in a folder."""
+import csv
 import io
+import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import tifffile
 from PIL import Image
 
 from conftest import SAMPLE_IMAGES
+from allen_sr import pretrained
 from allen_sr.cli import main as cli
 from allen_sr.data.degrade import REAL_INPUTS, degrade_image, parse_fixed
 from allen_sr.data.images import load_image
@@ -148,3 +152,65 @@ def test_upscale_warns_about_an_input_beyond_the_training_and_still_writes_it(tm
     summary = capsys.readouterr().out
     assert "2 written" in summary and "1 beyond the inputs the model trained on" in summary
     assert f"warning: {tmp_path / 'in' / 'noisy.png'}: its noise" in summary
+
+
+def test_upscale_check_reports_every_image_and_writes_nothing_else(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(low_res(BRAIN, "noise=14")).save(folder / "noisy.png")
+    Image.fromarray(low_res(BRAIN)).save(folder / "clean.png")
+    Image.fromarray(low_res(BRAIN)).save(folder / "q40.jpg", quality=40)
+    (folder / "broken.png").write_bytes(b"not a png")
+    inputs = sorted(os.listdir(folder))
+
+    assert cli(["upscale", "--check", "--images", str(folder), "--report", str(tmp_path / "r.csv"),
+                "--no_progress"]) == 1
+    out = capsys.readouterr().out
+    assert "pretrained conv-cpu trained on: clean=0.5;" in out
+    assert any(line.split()[:2] == ["within", "not"] and line.endswith("clean.png") for line in out.splitlines())
+    assert any(line.split()[:3] == ["beyond", "JPEG", "40"] for line in out.splitlines())
+    assert f"warning: {folder / 'noisy.png'}: its noise is about" in out
+    assert f"failed: {folder / 'broken.png'}" in out
+    assert "2 of 4 images beyond the inputs the model trained on, 1 unreadable" in out
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = {os.path.basename(r["image"]): r for r in csv.DictReader(f)}
+    assert rows["clean.png"]["within_training"] == "True" and rows["clean.png"]["jpeg_quality"] == ""
+    assert rows["q40.jpg"]["jpeg_quality"] == "40" and rows["q40.jpg"]["within_training"] == "False"
+    assert float(rows["noisy.png"]["noise"]) > 12 and "0-10 grey levels" in rows["noisy.png"]["warnings"]
+    assert rows["broken.png"]["warnings"].startswith("unreadable: ")
+    assert sorted(os.listdir(folder)) == inputs and sorted(os.listdir(tmp_path)) == ["in", "r.csv"]
+
+    # one image: what is checked is the region upscale would enlarge (the estimate reads an image's
+    # quietest blocks: half of it clean reads clean, exit 0; its noisy half alone does not)
+    half = low_res(BRAIN)
+    width = half.shape[1] // 2
+    half[:, :width] = low_res(BRAIN, "noise=14")[:, :width]
+    Image.fromarray(half).save(tmp_path / "half.png")
+    assert cli(["upscale", "--check", "--image", str(tmp_path / "half.png")]) == 0
+    assert "0 of 1 images beyond" in capsys.readouterr().out
+    assert cli(["upscale", "--check", "--image", str(tmp_path / "half.png"), "--width", str(width)]) == 1
+    assert "1 of 1 images beyond" in capsys.readouterr().out
+
+    # a model whose export records no degradation: the numbers, no verdict, no warning
+    export = tmp_path / "old_export"
+    shutil.copytree(pretrained.find("conv-fast").folder, export)
+    config = json.loads((export / "config.json").read_text())
+    del config["degradation"]
+    (export / "config.json").write_text(json.dumps(config))
+    assert cli(["upscale", "--check", "--exported", str(export), "--image", str(folder / "noisy.png"),
+                "--report", str(tmp_path / "r.json")]) == 0
+    assert "trained on: not recorded" in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert row["noise"] > 12 and row["within_training"] is None and row["warnings"] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--check", "--report", "r.txt"], "--report r.txt: give a .csv or .json file name"),
+    (["--report", "r.csv", "--out", "x.png"], "--report writes the table of --check"),
+])
+def test_upscale_check_refuses_a_report_it_cannot_write(tmp_path, capsys, monkeypatch, argv, message):
+    Image.fromarray(low_res(BRAIN)).save(tmp_path / "clean.png")
+    monkeypatch.chdir(tmp_path)
+    assert cli(["upscale", "--image", "clean.png"] + argv) == 2
+    assert message in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["clean.png"]

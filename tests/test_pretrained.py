@@ -217,6 +217,10 @@ def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp
     buffer = io.BytesIO()
     Image.fromarray(small).save(buffer, "JPEG", quality=75)
     (tmp_path / "jpeg75.jpg").write_bytes(buffer.getvalue())
+    run_in(py312, "-m", "allen_sr.cli", "upscale", "--check", "--images", str(tmp_path / "*"), "--report",
+           str(tmp_path / "check.json"), "--no_progress")  # both within the training: exit 0
+    checked = json.loads((tmp_path / "check.json").read_text())["images"]
+    assert [(row["jpeg_quality"], row["within_training"]) for row in checked] == [(None, True), (75, True)]
     gains = {}
     for name in ("clean.png", "jpeg75.jpg"):
         out = tmp_path / f"{name}.x4.png"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to
 from allen_sr.data.images import ImageSkipped, list_images
-from allen_sr.errors import UserError
+from allen_sr.errors import UserError, first_line
 from allen_sr.inference import writers
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -117,7 +117,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
         try:
             summary = predict_to(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
         except INPUT_ERRORS as exc:
-            report.failed[src] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            report.failed[src] = first_line(exc)
             if log:
                 log(f"skipped {src}: {report.failed[src]}")
             continue

@@ -16,7 +16,9 @@ under OUT until it is complete.
 
 Checked first: an input whose JPEG quality (read from the file) or estimated noise lies beyond
 what the model trained on gets a warning naming it (allen_sr.inference.input_check); it is still
-enlarged.
+enlarged. --check does only that, for an image or a folder, without loading the model: one line
+per image, nothing enlarged or written (--report FILE.csv|.json keeps the table); exit code 1 when
+an image is beyond the training or unreadable.
 
 Resumable: finished output rows are kept in a hidden folder next to OUT (``.OUT.resume``,
 `allen_sr.inference.resume`) until OUT is written; rerunning the same command after an
@@ -27,8 +29,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler, compare_path
+from allen_sr.api.models import ModelSpec, describe_source, trained_degradation
 from allen_sr.api.remote import is_url
 from allen_sr.commands import args as shared
 from allen_sr.inference import writers
@@ -63,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Image Transformers and probabilistic conv models: also write OUT.uncertainty.tif "
                         "(float32 sd per pixel, grey levels, calibrated on the run's dev split) and "
                         "OUT.uncertainty.png (heat map), and add the map to the compare picture")
+    p.add_argument("--check", action="store_true",
+                   help="only check the inputs: each image's JPEG quality (read from the file) and estimated "
+                        "noise against what the model trained on, one line per image; nothing is enlarged "
+                        "or written (no --out needed); exit code 1 if an image is beyond or unreadable")
+    p.add_argument("--report", metavar="FILE", help="with --check: also write the table to FILE (.csv or .json)")
     p.add_argument("--restart", action="store_true",
                    help="predict everything again, ignoring the rows an interrupted run saved")
     p.add_argument("--compression", choices=sorted(writers.TIFF_COMPRESSION), default="deflate",
@@ -131,11 +140,32 @@ def check_outputs(args: argparse.Namespace) -> None:
         writers.check_writable(out)
 
 
+def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say: Callable[[str], None]) -> int:
+    """--check: the input check on every input, as `upscale` would enlarge it, without the model."""
+    from allen_sr.api.folders import collect_images
+    from allen_sr.api.input_report import check_files, check_report_path
+
+    unused = [flag for flag in ("out", "out_dir", "preview_dir", "dask") if getattr(args, flag) is not None]
+    if unused:
+        say(f"--check enlarges and writes nothing: {', '.join('--' + f for f in unused)} left unused")
+    report_path = check_report_path(args.report) if args.report else None
+    paths = collect_images(args.images) if args.images is not None else [image]
+    report = check_files(paths, trained_degradation(spec), describe_source(spec), args.level,
+                         (args.left, args.top, args.width, args.height), not args.no_progress)
+    print("\n".join(report.lines()), flush=True)
+    if report_path is not None:
+        say(f"report: {report.write(report_path)}")
+    return 1 if report.beyond or report.failed else 0
+
+
 def upscale_main(argv: list[str] | None = None) -> int:
     args = shared.parse(build_parser(), argv)
 
     def body() -> int:
-        check_outputs(args)
+        if args.report is not None and not args.check:
+            raise InvalidInputError("--report writes the table of --check: add --check, or leave --report out")
+        if not args.check:
+            check_outputs(args)
         batch = args.batch_size
         args.batch_size = batch or 1
         spec = shared.model_spec(args)
@@ -146,10 +176,12 @@ def upscale_main(argv: list[str] | None = None) -> int:
         say = lambda message: print(message, flush=True)  # noqa: E731
         image = args.image
         if args.image_id is not None:
-            image, size = allen_section(args.image_id, Path(args.out), args.downsample, args.api_base,
-                                        args.download_dir, progress)
+            image, size = allen_section(args.image_id, Path(args.out or f"{args.image_id}.png"), args.downsample,
+                                        args.api_base, args.download_dir, progress)
             if options.pixel_size_um is None and size:
                 options = Options(**{**options.__dict__, "pixel_size_um": size})
+        if args.check:
+            return check_only(args, image, spec, say)
         with Upscaler(spec, options) as up:
             file_options = dict(region=region, level=options.level, pixel_size_um=options.pixel_size_um,
                                 restart=options.restart, compression=options.compression,
