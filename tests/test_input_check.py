@@ -206,9 +206,13 @@ def test_upscale_check_reports_every_image_and_writes_nothing_else(tmp_path, cap
 
 @pytest.mark.parametrize("argv, message", [
     (["--check", "--report", "r.txt"], "--report r.txt: give a .csv or .json file name"),
+    (["--check", "--report", "clean.png/r.csv"], "--report clean.png/r.csv: the folder clean.png is not writable"),
     (["--report", "r.csv", "--out", "x.png"], "--report writes the table of --check"),
+    (["--check", "--left", "4000"], "region left=4000 top=0"),
 ])
-def test_upscale_check_refuses_a_report_it_cannot_write(tmp_path, capsys, monkeypatch, argv, message):
+def test_upscale_check_refuses_what_it_cannot_check_or_write(tmp_path, capsys, monkeypatch, argv, message):
+    """One line naming the flag or the image, exit 2, nothing written; one image that cannot be read
+    is an error, as `upscale` would give (in a folder it is named and the others go on)."""
     Image.fromarray(low_res(BRAIN)).save(tmp_path / "clean.png")
     monkeypatch.chdir(tmp_path)
     assert cli(["upscale", "--image", "clean.png"] + argv) == 2

@@ -17,7 +17,7 @@ from pathlib import Path
 from allen_sr.api.folders import INPUT_ERRORS
 from allen_sr.errors import InvalidInputError, first_line
 from allen_sr.fileio import atomic_write_text, write_json_atomic
-from allen_sr.inference import sources
+from allen_sr.inference import sources, writers
 from allen_sr.inference.input_check import InputCheck, check_input
 
 __all__ = ["CheckReport", "check_files", "check_report_path", "REPORT_TYPES"]
@@ -34,6 +34,10 @@ def check_report_path(path: str | os.PathLike[str]) -> Path:
         raise InvalidInputError(f"--report {path}: give a .csv or .json file name")
     if path.is_dir():
         raise InvalidInputError(f"--report {path} is a folder: give a .csv or .json file name")
+    try:
+        writers.check_writable(path)
+    except writers.OutputError as exc:
+        raise InvalidInputError(f"--report {path}: the folder {path.parent} is not writable; choose another") from exc
     return path
 
 
@@ -61,7 +65,8 @@ class CheckReport:
             verdict = "beyond" if c.warnings else ("within" if self.trained is not None else "-")
             out.append(f"  {verdict:<7} {jpeg:<9} {noise:<16} {c.name}")
             out += [f"    warning: {text}" for text in c.warnings]
-        out += [f"  failed: {src}: {why}" for src, why in self.failed.items()]
+        out += [f"  failed: {why}" if why.startswith(src) else f"  failed: {src}: {why}"
+                for src, why in self.failed.items()]
         out.append(f"{len(self.beyond)} of {len(self.checked) + len(self.failed)} images beyond the inputs "
                    f"the model trained on, {len(self.failed)} unreadable")
         return out

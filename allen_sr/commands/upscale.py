@@ -152,6 +152,8 @@ def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say
     paths = collect_images(args.images) if args.images is not None else [image]
     report = check_files(paths, trained_degradation(spec), describe_source(spec), args.level,
                          (args.left, args.top, args.width, args.height), not args.no_progress)
+    if args.images is None and report.failed:  # one image: what upscale would say of it
+        raise InvalidInputError(next(iter(report.failed.values())))
     print("\n".join(report.lines()), flush=True)
     if report_path is not None:
         say(f"report: {report.write(report_path)}")
