@@ -13,7 +13,7 @@ import sys
 SUBCOMMANDS = {
     "download": ("allen_sr.commands.download", "download_main", "download Allen section images (resumable, verified)"),
     "datagen": ("allen_sr.t2t.tools", "datagen_main", "t2t-datagen with our problems registered (every t2t-datagen flag)"),
-    "train": ("allen_sr.t2t.tools", "train_main", "t2t-trainer with our problems/hparams registered (every t2t-trainer flag)"),
+    "train": ("allen_sr.commands.train", "train_main", "t2t-trainer with our problems/hparams registered (every t2t-trainer flag; --init_from MODEL fine-tunes)"),
     "decode": ("allen_sr.commands.decode", "decode_main", "decode dev examples autoregressively; PNGs, grid, PSNR/SSIM CSV"),
     "evaluate": ("allen_sr.commands.evaluate", "evaluate_main", "PSNR/SSIM of a model vs nearest/bilinear/bicubic on any images"),
     "upscale": ("allen_sr.commands.upscale", "upscale_main", "enlarge an image, a region or a folder 4x (default: a pretrained model)"),

@@ -68,6 +68,26 @@ assert names == ["model/q/bias:0", "model/q/kernel:0"], f"NOT SHARED: {names}"
 print("OK", len(names))
 """
 
+WARM_START = """
+import tempfile
+from tensor2tensor.utils import t2t_model
+from tensor2tensor.utils.hparam import HParams
+folder = tempfile.mkdtemp()
+with tf.Graph().as_default():
+    tf.compat.v1.get_variable("model/w", initializer=[1.0, 2.0])
+    tf.compat.v1.get_variable("model/other", initializer=[3.0])
+    with tf.compat.v1.Session() as s:
+        s.run(tf.compat.v1.global_variables_initializer())
+        tf.compat.v1.train.Saver().save(s, folder + "/model.ckpt")
+with tf.Graph().as_default():  # what t2t's model_fn does with --warm_start_from=folder
+    w = tf.compat.v1.get_variable("model/w", initializer=[0.0, 0.0])
+    fresh = tf.compat.v1.get_variable("model/new", initializer=[5.0])
+    t2t_model.initialize_from_ckpt(folder, HParams(model_dir=tempfile.mkdtemp()))
+    with tf.compat.v1.Session() as s:
+        s.run(tf.compat.v1.global_variables_initializer())
+        print("OK", s.run(w).tolist(), s.run(fresh).tolist())
+"""
+
 
 def run(code: str, shim: bool) -> subprocess.CompletedProcess:
     script = textwrap.dedent(PRELUDE) + textwrap.dedent(code)
@@ -80,7 +100,8 @@ def run(code: str, shim: bool) -> subprocess.CompletedProcess:
     (SLIM_OPTIMIZE_LOSS, "ops' has no attribute 'Tensor'", "OK 0.8"),
     (EMBEDDED_IMAGE_SUMMARY, "InvalidArgument", "OK True"),
     (DENSE_SHARED_ACROSS_SHARDS, "NOT SHARED", "OK 2"),
-], ids=["tf_slim-image-decoder", "tf_slim-optimize_loss", "embedded-image-summary", "dense-shared"])
+    (WARM_START, "has no attribute 'load_checkpoint'", "OK [1.0, 2.0] [5.0]"),
+], ids=["tf_slim-image-decoder", "tf_slim-optimize_loss", "embedded-image-summary", "dense-shared", "warm-start"])
 def test_shim_fixes_what_breaks_without_it(code, broken, fixed):
     without = run(code, shim=False)
     assert without.returncode != 0 and broken in without.stderr, without.stderr[-2000:]
@@ -112,6 +133,8 @@ from tensorflow.python.ops import control_flow_ops
 from tensorflow.python.framework import ops
 assert control_flow_ops.case is tf.compat.v1.case and ops.Tensor is tf.Tensor
 assert common_layers._cached_layers is tf.compat.v1.layers
+from tensor2tensor.utils import t2t_model
+assert getattr(t2t_model.initialize_from_ckpt, "_allen_sr_shim", False)
 print("OK")
 """
     result = run(code, shim=False)
@@ -148,3 +171,30 @@ print("OK", seen == [({str(tmp_path)!r}, {{"loss": 1.5, "global_step": 7}}, 7)],
     result = run(code, shim=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK True 1" in result.stdout
+
+
+def test_a_warm_start_checkpoint_that_does_not_fit_is_refused_naming_it():
+    """Another shape, none of the model's variables, or (for `allen-sr train --init_from`, strict)
+    any variable missing: WarmStartError naming the checkpoint and the variables."""
+    code = WARM_START.replace('print("OK"', 'print("fits"') + """
+from allen_sr.t2t.compat import WarmStartError
+for names, shapes, strict in ((["model/w"], [[3]], False), (["elsewhere/w"], [[2]], False),
+                              (["model/w", "model/new"], [[2], [1]], True), (["model/w"], [[2]], True)):
+    t2t_compat.warm_start_strict = strict
+    with tf.Graph().as_default():
+        for name, shape in zip(names, shapes):
+            tf.compat.v1.get_variable(name, shape)
+        try:
+            t2t_model.initialize_from_ckpt(folder, HParams(model_dir=tempfile.mkdtemp()))
+            print("LOADED", names, strict)
+        except WarmStartError as exc:
+            print("REFUSED", exc)
+"""
+    result = run(code, shim=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("fits") and len(lines) == 5
+    assert "1 variable(s) of another shape (model/w is [2] there, [3] here)" in lines[1]
+    assert lines[2].startswith("REFUSED") and "1 of this model's variables are not there (elsewhere/w)" in lines[2]
+    assert lines[3].startswith("REFUSED") and "(model/new)" in lines[3]
+    assert lines[4] == "LOADED ['model/w'] True"

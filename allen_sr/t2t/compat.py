@@ -12,6 +12,8 @@ import logging
 import warnings
 from typing import Any, Callable, Mapping
 
+from allen_sr.errors import InvalidInputError
+
 _applied = False
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,81 @@ def _share_layers_through_variable_scopes() -> None:
     common_layers._cached_layers = tf.compat.v1.layers
 
 
+class WarmStartError(InvalidInputError):
+    """A `--warm_start_from` checkpoint that does not fit the model (the message says which)."""
+
+
+# Set by `allen-sr train --init_from` (allen_sr.commands.train): every trainable variable must come
+# from the checkpoint, as it holds the whole model being fine-tuned.
+warm_start_strict = False
+
+
+def _warm_start_from_checkpoints() -> None:
+    """t2t-trainer's `--warm_start_from` (`t2t_model.initialize_from_ckpt`).
+
+    It reads the checkpoint through `contrib.framework().load_checkpoint`, which t2t's TF 2
+    stand-in for `tf.contrib` lacks: warm starting raises AttributeError before the first step.
+    The same logic with TensorFlow's own functions: each trainable variable found in the checkpoint
+    under its name starts from it, the others keep their initialisation (named in the log), and a
+    run with a checkpoint of its own continues from that. A variable of another shape there, or a
+    checkpoint with none of the model's variables, is refused naming it (t2t would have failed
+    later, or silently started from scratch). With ``warm_start_strict`` (`allen-sr train
+    --init_from`: the checkpoint is the whole model) a missing variable is refused too, and the
+    model's non-trainable variables found there (its input statistics) are restored as well, so
+    that training starts from exactly that model.
+    """
+    import tensorflow as tf
+    from tensor2tensor.utils import t2t_model
+
+    if getattr(t2t_model.initialize_from_ckpt, "_allen_sr_shim", False):
+        return
+
+    def initialize_from_ckpt(ckpt_dir: str, hparams: Any) -> None:
+        model_dir = hparams.get("model_dir", None)
+        if model_dir and tf.train.latest_checkpoint(model_dir) is not None:
+            return  # resuming: the run's own checkpoint wins
+        shapes = tf.train.load_checkpoint(ckpt_dir).get_variable_to_shape_map()
+        found, missing, wrong = {}, [], []
+        for var in tf.compat.v1.trainable_variables():
+            name = var.name.split(":")[0]
+            if name not in shapes:
+                missing.append(name)
+            elif list(shapes[name]) != var.shape.as_list():
+                wrong.append(f"{name} is {list(shapes[name])} there, {var.shape.as_list()} here")
+            else:
+                found[name] = var
+        if wrong:
+            raise WarmStartError(f"warm start from {ckpt_dir}: {len(wrong)} variable(s) of another shape "
+                                 f"({'; '.join(wrong[:3])}): train with the hparams it was trained with")
+        if warm_start_strict:  # the model's other variables too (input statistics), not optimizer slots
+            trainable = list(found) + missing
+            scopes = {name.split("/")[0] for name in trainable}
+            for var in tf.compat.v1.global_variables():
+                name = var.name.split(":")[0]
+                if (name not in found and name in shapes and name.split("/")[0] in scopes
+                        and list(shapes[name]) == var.shape.as_list()
+                        and not any(name.startswith(t + "/") for t in trainable)):
+                    found[name] = var
+        if not found or (missing and warm_start_strict):
+            raise WarmStartError(f"warm start from {ckpt_dir}: {len(missing)} of this model's variables are "
+                                 f"not there ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): "
+                                 "start from a model of the same kind and hparams set (an export that folded "
+                                 "them into other constants cannot be fine-tuned: start from its run folder)")
+        for name in missing:
+            tf.compat.v1.logging.warning("warm start: %s is not in %s; it keeps its initialisation", name, ckpt_dir)
+        tf.compat.v1.logging.info("warm start: %d variables from %s", len(found), ckpt_dir)
+        tf.compat.v1.train.init_from_checkpoint(ckpt_dir, found)
+
+    initialize_from_ckpt._allen_sr_shim = True  # type: ignore[attr-defined]
+    t2t_model.initialize_from_ckpt = initialize_from_ckpt
+
+
 SHIMS = (
     _restore_control_flow_ops,
     _restore_ops_tensor_types,
     _skip_invalid_image_summaries,
     _share_layers_through_variable_scopes,
+    _warm_start_from_checkpoints,
 )
 
 

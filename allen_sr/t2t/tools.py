@@ -15,7 +15,7 @@ from typing import Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, UserError
 
 
 def usr_dir() -> str:
@@ -125,7 +125,7 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
         try:
             t2t.main(args)
         except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-            if module != "t2t_datagen":  # a training failure keeps its traceback
+            if module != "t2t_datagen" and not isinstance(exc, UserError):  # a training failure keeps its traceback
                 raise
             # Our problems' generate_data names the input and what to do (no images, bad folder).
             print(f"{tool}: error: {exc}", file=sys.stderr)

@@ -1,0 +1,86 @@
+"""`allen-sr train`: t2t-trainer with our problems and hparams sets (`allen_sr.t2t.tools`; every
+t2t-trainer flag passes through), plus --init_from MODEL to fine-tune a trained model on your own
+images instead of training one from random weights.
+
+MODEL is a shipped model's name (`allen-sr models`), an `allen-sr export` folder, or a run folder
+or checkpoint. Train it with the model and hparams set it was trained with: every trainable
+variable must come from it, and a variable of another shape or missing there is refused by name.
+The optimizer, the learning-rate schedule and the step count start anew. Only a new run starts
+from it: a run whose --output_dir has a checkpoint continues from that.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from allen_sr.commands.args import run_command
+from allen_sr.errors import InvalidInputError
+from allen_sr.t2t import compat, tools
+from allen_sr.t2t.cluster import flag_value
+from allen_sr.t2t.tuning import without_flag
+
+HELP = ("-h", "--help", "--helpshort", "--helpfull")
+
+
+def warm_start_folder(output_dir: str) -> str:
+    """Where this process writes MODEL's checkpoint: ``OUTPUT_DIR/warm_start``, one subfolder per
+    task of a TF_CONFIG cluster (each process builds the model and reads it)."""
+    from allen_sr.export.warm_start import WARM_START_DIR
+
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    folder = os.path.join(output_dir, WARM_START_DIR)
+    return os.path.join(folder, f"{task.get('type')}-{task.get('index', 0)}") if task.get("type") else folder
+
+
+def start_from(source: str, argv: list[str]) -> list[str]:
+    """``argv`` with the --warm_start_from that starts training from ``source``."""
+    import tensorflow as tf
+
+    from allen_sr.api.models import resolve
+    from allen_sr.export.runtime import read_config
+    from allen_sr.export.warm_start import init_checkpoint
+
+    if flag_value(argv, "warm_start_from") is not None:
+        raise InvalidInputError("--init_from and --warm_start_from both say where training starts: keep one")
+    output_dir = flag_value(argv, "output_dir")
+    if not output_dir:
+        raise InvalidInputError("--output_dir is required")
+    if flag_value(argv, "schedule") == "run_std_server" or tf.train.latest_checkpoint(output_dir):
+        return argv  # a parameter server builds no model; a run with a checkpoint continues from it
+    spec = resolve(source)
+    if not spec.exported:  # a run: t2t reads its checkpoint as it is
+        return argv + [f"--warm_start_from={spec.output_dir}"]
+    config = read_config(spec.exported)
+    model, hparams_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
+    if model and model != config["model"]:
+        raise InvalidInputError(f"--init_from {source} is an {config['model']} model and this run trains {model}: "
+                                f"pass --model={config['model']} --hparams_set={config['hparams_set']}")
+    if hparams_set and hparams_set != config["hparams_set"]:
+        print(f"note: --init_from {source} was trained with --hparams_set={config['hparams_set']}; this run "
+              f"uses {hparams_set}, whose variables must have the same shapes", flush=True)
+    prefix, _ = init_checkpoint(spec.exported, warm_start_folder(output_dir))
+    print(f"starting from {source} ({config['model']}, {config['hparams_set']}, "
+          f"{config.get('steps', '?')} steps): {prefix}", flush=True)
+    return argv + [f"--warm_start_from={prefix}"]
+
+
+def train_main(argv: list[str]) -> int:
+    """allen-sr train [--init_from MODEL] [t2t-trainer flags]"""
+    argv = list(argv)
+    if any(a in HELP for a in argv):
+        print(__doc__, flush=True)
+        return tools.train_main(argv)
+    source = flag_value(argv, "init_from")
+    if source is None:
+        return tools.train_main(argv)
+
+    def body() -> int:
+        started = start_from(source, without_flag(argv, "init_from"))
+        compat.warm_start_strict = True  # the whole model comes from MODEL
+        return tools.train_main(started)
+
+    return run_command("train", body)
+
+if __name__ == "__main__":
+    sys.exit(train_main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+"""`allen-sr train --init_from MODEL`: fine-tuning starts from exactly the shipped model (its
+pixels, its weights), a rerun continues from the run's own checkpoint, and a model that does not
+fit is refused in one line. Real `allen-sr train` subprocesses on the sample images' dataset; the
+learning rate is 0 where the test compares with the shipped model, so the weights stay as loaded."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, SAMPLE_IMAGES
+from allen_sr import pretrained
+from allen_sr.api import Upscaler
+from allen_sr.data.images import load_image
+from allen_sr.data.tiles import area_downsample
+
+ALLEN_SR = os.path.join(os.path.dirname(sys.executable), "allen-sr")
+PROBLEM = "img2img_local_dim8to32"
+
+
+def train(data_dir, output_dir, *flags):
+    return subprocess.run([ALLEN_SR, "train", f"--problem={PROBLEM}", f"--data_dir={data_dir}",
+                           f"--output_dir={output_dir}", "--eval_steps=1", *flags],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def small_input():
+    image = load_image(os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png"))[:96, :128]
+    return area_downsample(image, 4)
+
+
+def test_fine_tuning_a_shipped_conv_model_starts_from_its_pixels_and_resumes_its_own_run(
+        sample_dataset, tmp_path, small_input):
+    run = tmp_path / "run"
+    first = ok(train(sample_dataset, run, "--init_from", "conv-cpu", "--model=img2img_conv_sr",
+                     "--hparams_set=img2img_conv_sr_cpu", "--hparams=learning_rate_constant=0.0",
+                     "--train_steps=1"))
+    assert "starting from conv-cpu (img2img_conv_sr, img2img_conv_sr_cpu, 16000 steps)" in first.stdout
+    assert "warm start: 34 variables from" in first.stderr
+    with Upscaler.open(str(run)) as tuned, Upscaler.open("conv-cpu") as shipped:
+        difference = np.abs(tuned.predict(small_input).astype(int) - shipped.predict(small_input).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01
+
+    again = ok(train(sample_dataset, run, "--init_from", "conv-cpu", "--model=img2img_conv_sr",
+                     "--hparams_set=img2img_conv_sr_cpu", "--train_steps=2"))
+    assert "starting from" not in again.stdout and "warm start:" not in again.stderr  # its own checkpoint
+    assert os.path.exists(run / "model.ckpt-2.index")
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_shipped_image_transformer_loads_every_variable(sample_dataset, tmp_path):
+    """Its input statistics too (non-trainable): training starts from exactly the shipped model."""
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    ok(train(sample_dataset, run, "--init_from", "transformer-tiny", "--model=img2img_transformer_sr",
+             "--hparams_set=img2img_allen_cpu_tiny", "--hparams=learning_rate_constant=0.0", "--train_steps=1"))
+    reader = tf.train.load_checkpoint(str(run / "model.ckpt-1"))
+    with np.load(pretrained.find("transformer-tiny").folder / "weights.npz") as shipped:
+        assert len(shipped.files) > 70
+        for name in shipped.files:
+            assert np.array_equal(reader.get_tensor(name), shipped[name]), name
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--init_from", "conv-cpu", "--model=img2img_transformer_sr", "--hparams_set=img2img_allen_cpu_tiny"],
+     "--init_from conv-cpu is an img2img_conv_sr model and this run trains img2img_transformer_sr: "
+     "pass --model=img2img_conv_sr --hparams_set=img2img_conv_sr_cpu"),
+    (["--init_from", "no-such-model", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu"],
+     "no model 'no-such-model': not a shipped model"),
+    (["--init_from", "conv-cpu", "--warm_start_from=/tmp", "--model=img2img_conv_sr",
+      "--hparams_set=img2img_conv_sr_cpu"], "--init_from and --warm_start_from both say where training starts"),
+    (["--init_from=conv-cpu", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast"],
+     "9 variable(s) of another shape (img2img_conv_sr/body/conv_in/kernel is [3, 3, 3, 64] there, [3, 3, 3, 16] here"),
+    (["--init_from=conv-fast", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast"],
+     "2 of this model's variables are not there (img2img_conv_sr/body/upsample_input_res/kernel"),
+], ids=["another-model", "unknown", "two-starts", "another-architecture", "folded-export"])
+def test_a_model_that_does_not_fit_is_refused_in_one_line(sample_dataset, tmp_path, flags, message):
+    proc = train(sample_dataset, tmp_path / "run", "--train_steps=1", *flags)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("allen-sr train: error: ")]
+    assert len(error) == 1 and message in error[0] and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "run").glob("model.ckpt-*"))  # no training step was taken
