@@ -2,6 +2,7 @@
 pixels, its weights), a rerun continues from the run's own checkpoint, and a model that does not
 fit is refused in one line. Real `allen-sr train` subprocesses on the sample images' dataset; the
 learning rate is 0 where the test compares with the shipped model, so the weights stay as loaded."""
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,16 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line(sample_dataset, tmp_pa
     error = [line for line in proc.stderr.splitlines() if line.startswith("allen-sr train: error: ")]
     assert len(error) == 1 and message in error[0] and "Traceback" not in proc.stderr
     assert not list((tmp_path / "run").glob("model.ckpt-*"))  # no training step was taken
+
+
+def test_each_process_of_a_cluster_writes_its_own_copy_of_the_model(monkeypatch):
+    """Every task builds the model and reads the checkpoint: no two write the same files."""
+    from allen_sr.commands.train import warm_start_folder
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert warm_start_folder("/runs/a") == "/runs/a/warm_start"
+    cluster = {"chief": ["h0:2222"], "worker": ["h1:2222", "h2:2222"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert warm_start_folder("/runs/a") == "/runs/a/warm_start/worker-1"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert warm_start_folder("/runs/a") == "/runs/a/warm_start/chief-0"

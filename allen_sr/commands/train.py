@@ -65,9 +65,20 @@ def start_from(source: str, argv: list[str]) -> list[str]:
     return argv + [f"--warm_start_from={prefix}"]
 
 
+def define_flag() -> None:
+    """--init_from among t2t-trainer's absl flags, so that --helpfull lists it (it is taken out
+    of the command line before t2t-trainer parses it)."""
+    from absl import flags
+
+    if "init_from" not in flags.FLAGS:
+        flags.DEFINE_string("init_from", None, "fine-tune this model: a shipped model's name (allen-sr models), "
+                            "an allen-sr export folder, or a run folder or checkpoint (allen-sr train --help)")
+
+
 def train_main(argv: list[str]) -> int:
     """allen-sr train [--init_from MODEL] [t2t-trainer flags]"""
     argv = list(argv)
+    define_flag()
     if any(a in HELP for a in argv):
         print(__doc__, flush=True)
         return tools.train_main(argv)
