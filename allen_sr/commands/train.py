@@ -93,5 +93,6 @@ def train_main(argv: list[str]) -> int:
 
     return run_command("train", body)
 
+
 if __name__ == "__main__":
     sys.exit(train_main(sys.argv[1:]))
