@@ -111,6 +111,7 @@ def test_allen_sr_models_lists_name_purpose_size_data_and_quality(shipped, capsy
         assert f"{m.size_bytes / 1e6:.1f} MB" in line and m.purpose in line
         assert f"{m.gain_db('brain', 'clean'):+.2f} dB" in line
     assert "conv-cpu (default)" in out and "other_deepslice_GLTa_s044" in out
+    assert "another stain: fine-tune one on your images (allen-sr train --init_from NAME" in out
     assert models_cmd.models_main(["--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert set(listed) == {m.name for m in shipped}

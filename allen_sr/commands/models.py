@@ -38,7 +38,8 @@ def table(models: list[pretrained.Pretrained]) -> str:
     trained = {", ".join(m.info.get("train_images", [])) for m in models}
     lines += ["", "gain over bicubic on held-out images (x4 from the area average); trained on "
               + "; ".join(sorted(trained)) + " (allen_sr/sample_data)",
-              f"model cards: {pretrained.MODELS_DIR}/NAME/MODEL_CARD.md"]
+              f"model cards: {pretrained.MODELS_DIR}/NAME/MODEL_CARD.md",
+              "another stain: fine-tune one on your images (allen-sr train --init_from NAME ...; not conv-fast)"]
     return "\n".join(lines)
 
 
