@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import REPO, SAMPLE_IMAGES
 from allen_sr import pretrained
