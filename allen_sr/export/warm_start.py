@@ -78,8 +78,6 @@ def write_checkpoint(weights: dict[str, np.ndarray], folder: str | os.PathLike[s
             return saver.save(session, os.path.join(os.fspath(folder), "model.ckpt"), write_meta_graph=False)
 
 
-def init_checkpoint(folder: str | os.PathLike[str], destination: str) -> tuple[str, dict[str, Any]]:
-    """The export in ``folder`` as a checkpoint in the folder ``destination``: (its prefix, the
-    export's config)."""
-    weights, config = export_weights(folder)
-    return write_checkpoint(weights, destination), config
+def init_checkpoint(folder: str | os.PathLike[str], destination: str) -> str:
+    """The export in ``folder`` as a checkpoint in the folder ``destination``; returns its prefix."""
+    return write_checkpoint(export_weights(folder)[0], destination)
