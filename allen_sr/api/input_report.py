@@ -17,8 +17,8 @@ from pathlib import Path
 from allen_sr.api.folders import INPUT_ERRORS
 from allen_sr.errors import InvalidInputError, first_line
 from allen_sr.fileio import atomic_write_text, write_json_atomic
-from allen_sr.inference import sources, writers
-from allen_sr.inference.input_check import InputCheck, check_input
+from allen_sr.inference import writers
+from allen_sr.inference.input_check import InputCheck, check_file
 
 __all__ = ["CheckReport", "check_files", "check_report_path", "REPORT_TYPES"]
 
@@ -109,11 +109,7 @@ def check_files(paths: list[str], trained: str | None, model: str, level: int = 
     report = CheckReport(model, trained)
     for path in tqdm(paths, desc="checking", unit="image", disable=not progress or len(paths) < 2):
         try:
-            source = sources.open_image(path, level)
-            try:
-                report.checked.append(check_input(sources.crop_source(source, *region), trained))
-            finally:
-                source.close()
+            report.checked.append(check_file(path, trained, level, region))
         except INPUT_ERRORS as exc:
             report.failed[path] = first_line(exc)
     return report

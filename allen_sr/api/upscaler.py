@@ -32,7 +32,7 @@ from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
-from allen_sr.inference.input_check import InputCheck, check_input
+from allen_sr.inference.input_check import InputCheck, check_file, check_input
 
 CONV_MODEL = "img2img_conv_sr"
 CONV_TILE = 384  # input px: 1536 px output tiles; larger tiles gain < 5% speed and cost memory
@@ -337,11 +337,7 @@ class Upscaler:
         the model's recorded `degradation` (`allen_sr.inference.input_check`).
         :meth:`predict_file` runs this on every input and puts it in its summary."""
         if isinstance(image, (str, os.PathLike)):
-            source = sources.open_image(os.fspath(image), level)
-            try:
-                return check_input(source, self._trained)
-            finally:
-                source.close()
+            return check_file(os.fspath(image), self._trained, level)
         return check_input(array_source(image), self._trained)
 
     # ----------------------------------------------------------------- prediction

@@ -32,7 +32,7 @@ import numpy as np
 from allen_sr.data.degrade import DegradationSpecError, parse_training
 from allen_sr.inference import sources
 
-__all__ = ["InputCheck", "check_input", "jpeg_quality_of_table", "jpeg_tables", "file_jpeg_quality",
+__all__ = ["InputCheck", "check_input", "check_file", "jpeg_quality_of_table", "jpeg_tables", "file_jpeg_quality",
            "estimate_noise", "NOISE_FLOOR"]
 
 # ITU-T T.81 Annex K, Table K.1: the luminance quantisation table the IJG qualities scale.
@@ -216,3 +216,14 @@ def check_input(source: sources.ImageSource, trained: str | None) -> InputCheck:
                         f"{trained_noise}: the result may be worse than bicubic; denoise the input first "
                         "or check it against bicubic (the compare picture shows both) before using it")
     return InputCheck(source.name, quality, noise, trained, tuple(warnings))
+
+
+def check_file(path: str, trained: str | None, level: int = 0,
+               region: tuple[int, int, int | None, int | None] = (0, 0, None, None)) -> InputCheck:
+    """:func:`check_input` on the ``region`` (left, top, width, height; None: to the edge) of the
+    image file ``path`` at pyramid ``level``."""
+    source = sources.open_image(path, level)
+    try:
+        return check_input(sources.crop_source(source, *region), trained)
+    finally:
+        source.close()
