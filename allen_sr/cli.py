@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 # name -> (module, function, one-line help). Each function takes argv (list of str), returns an exit code.
 SUBCOMMANDS = {
@@ -34,10 +35,22 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+python_formatwarning = warnings.formatwarning
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' own signature
+    """allen-sr's own warnings (a file skipped, an image converted) as one line each; others as Python shows them."""
+    if category is UserWarning and os.path.abspath(filename).startswith(PACKAGE_DIR + os.sep):
+        return f"warning: {message}\n"
+    return python_formatwarning(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CUDA probing on CPU hosts, oneDNN notices) buries our
     # own progress output; TF_CPP_MIN_LOG_LEVEL=0 in the environment still shows it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.formatwarning = one_line_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--debug"]:
         argv = argv[1:]

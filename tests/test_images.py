@@ -33,6 +33,59 @@ def test_unusual_modes_are_converted_to_rgb(tmp_path, kind):
         np.testing.assert_array_equal(out[:, :, 0], rgb[:, :, 0])
 
 
+@pytest.mark.parametrize("kind, white", [("png-rgb", 4095), ("png-grey", 4095), ("tiff-rgb", 1023),
+                                         ("tiff-rgba", 16383), ("tiff-grey", 65535), ("tiff-float", 1.0)])
+def test_deep_images_are_read_at_the_depth_their_samples_use(tmp_path, kind, white):
+    """A 12-bit camera's 0-4095 in a 16-bit file reads as 0-255, not 0-16 (Pillow alone cuts 16-bit
+    colour to its top 8 bits): every image of more than 8 bits per sample, whatever its format."""
+    import imagecodecs
+    import tifffile
+
+    rgb = tissue_image(96, 80)
+    deep = rgb * (white / 255) if kind.endswith("float") else np.rint(rgb * (white / 255)).astype(np.uint16)
+    deep = deep.astype(np.float32) if kind.endswith("float") else deep
+    path = tmp_path / f"{kind}.{kind.split('-')[0]}"
+    if kind == "png-rgb":
+        path.write_bytes(imagecodecs.png_encode(deep))
+    elif kind == "png-grey":
+        Image.fromarray(deep[:, :, 0]).save(path)
+    elif kind == "tiff-rgba":
+        alpha = np.full(rgb.shape[:2] + (1,), 65535, np.uint16)
+        alpha[:, :40] = 0  # transparent: white glass
+        tifffile.imwrite(path, np.concatenate([deep, alpha], axis=2), photometric="rgb", extrasamples=["unassalpha"])
+    elif kind == "tiff-grey":
+        tifffile.imwrite(path, deep[:, :, 0])
+    else:
+        tifffile.imwrite(path, deep, photometric="rgb")
+    with pytest.warns(UserWarning) as caught:
+        out = images.load_image(str(path))
+    expected = np.repeat(rgb[:, :, :1], 3, axis=2) if "grey" in kind else rgb.copy()
+    if kind == "tiff-rgba":
+        expected[:, :40] = 255
+    np.testing.assert_array_equal(out, expected)
+    message = " ".join(str(w.message) for w in caught)
+    assert str(path) in message and f"0-{white:g} read as 0-255" in message
+    if not kind.endswith("float"):
+        assert f"({int(white).bit_length()}-bit data)" in message
+
+
+def test_white_levels():
+    assert images.white_level(255, np.uint16) == 255  # 8-bit data in a 16-bit file
+    assert images.white_level(256, np.uint16) == 1023
+    assert images.white_level(4095, np.uint16) == 4095 and images.white_level(4096, np.uint16) == 16383
+    assert images.white_level(100, np.uint16, significant_bits=12) == 4095  # the file says: believed
+    assert images.white_level(100, np.uint16, significant_bits=20) == 255  # impossible for uint16: ignored
+    assert images.white_level(70000, np.uint32) == 2 ** 32 - 1
+    assert images.white_level(0.99, np.float32) == 1.0 and images.white_level(200.0, np.float64) == 255.0
+
+
+def test_signed_deep_images_are_skipped_with_a_message_naming_them(tmp_path):
+    path = tmp_path / "signed.tif"
+    Image.fromarray(np.full((80, 80), -5, np.int32), mode="I").save(path)
+    with pytest.raises(images.ImageSkipped, match="signed.tif: int32 samples are not supported"):
+        images.load_image(str(path))
+
+
 @pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
 def test_jpegs_decode_to_pillows_pixels(tmp_path, mode):
     """Colour JPEGs take the libjpeg-turbo fast path (simplejpeg), others Pillow's; either way

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from allen_sr.inference.input_check import NOISE_FLOOR, check_input, estimate_no
 
 BRAIN = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
 IHC = os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png")
+ALLEN_SR = os.path.join(os.path.dirname(sys.executable), "allen-sr")
 
 
 def low_res(path, spec=""):
@@ -218,3 +221,20 @@ def test_upscale_check_refuses_what_it_cannot_check_or_write(tmp_path, capsys, m
     assert cli(["upscale", "--image", "clean.png"] + argv) == 2
     assert message in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["clean.png"]
+
+
+def test_a_12_bit_camera_tiff_is_checked_as_the_picture_it_holds(tmp_path):
+    """A 12-bit camera's samples in a 16-bit TIFF are the same picture as its 8-bit PNG: the same
+    noise estimate and verdict, and `allen-sr` says in one line how it read the file."""
+    pixels = low_res(BRAIN, "noise=3")[:128, :160]
+    Image.fromarray(pixels).save(tmp_path / "png8.png")
+    tifffile.imwrite(tmp_path / "camera.tif", np.rint(pixels * (4095 / 255)).astype(np.uint16), photometric="rgb")
+    done = subprocess.run([ALLEN_SR, "upscale", "--check", "--images", str(tmp_path), "--no_progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    noise = {line.split()[-1]: line.split("noise ~")[1].split()[0] for line in done.stdout.splitlines() if "noise ~" in line}
+    assert set(noise) == {str(tmp_path / "camera.tif"), str(tmp_path / "png8.png")}
+    assert len(set(noise.values())) == 1 and float(noise[str(tmp_path / "png8.png")]) > 2, done.stdout  # 16x darker: < 1
+    warned = [line for line in done.stderr.splitlines() if "camera.tif" in line]
+    assert warned == [f"warning: {tmp_path / 'camera.tif'}: uint16 image, samples up to 4095: 0-4095 read as 0-255 "
+                      "(12-bit data)"], done.stderr

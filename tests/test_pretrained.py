@@ -138,7 +138,7 @@ def test_upscale_without_model_flags_is_the_default_model_and_predict_gives_its_
         np.testing.assert_array_equal(up.predict(small), np.asarray(Image.open(tmp_path / "fast.png")))
 
 
-def test_predict_takes_grey_and_rgba_and_refuses_other_arrays():
+def test_predict_takes_grey_rgba_and_12_bit_and_refuses_other_arrays():
     rgb = load_image(HELD_OUT_BRAIN)[100:140, 100:160]
     with Upscaler.open("conv-fast") as up:
         grey = up.predict(rgb[..., 1])
@@ -146,8 +146,11 @@ def test_predict_takes_grey_and_rgba_and_refuses_other_arrays():
         np.testing.assert_array_equal(grey, up.predict(np.repeat(rgb[..., 1:2], 3, axis=2)))
         rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
         np.testing.assert_array_equal(up.predict(rgba), up.predict(rgb))
-        for bad in (rgb.astype(np.float32), rgb[..., :2], rgb[None]):
-            with pytest.raises(InputImageError, match="expected uint8"):
+        camera = np.rint(rgb * (4095 / 255)).astype(np.uint16)  # a 12-bit camera's samples in uint16
+        with pytest.warns(UserWarning, match="12-bit"):
+            np.testing.assert_array_equal(up.predict(camera), up.predict(rgb))
+        for bad in (rgb.astype(np.float32), rgb.astype(np.int16), rgb[..., :2], rgb[None]):
+            with pytest.raises(InputImageError, match="expected uint8 or uint16"):
                 up.predict(bad)
     with pytest.raises(UserError, match="closed"):
         up.predict(rgb)

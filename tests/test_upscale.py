@@ -353,11 +353,34 @@ def test_a_striped_greyscale_16bit_tiff_is_read_region_by_region(tmp_path):
     grey = (np.arange(300 * 200, dtype=np.uint32).reshape(300, 200) * 7 % 65536).astype(np.uint16)
     path = tmp_path / "g.tif"
     tifffile.imwrite(path, grey, rowsperstrip=16, resolution=(10000.0, 10000.0), resolutionunit="CENTIMETER")
-    src = sources.open_image(str(path))
+    with pytest.warns(UserWarning, match="g.tif: uint16 image, samples up to 65535"):
+        src = sources.open_image(str(path))
     assert (src.width, src.height, src.pixel_size_um) == (200, 300, pytest.approx(1.0))
     block = src.read(37, 11, 50, 60)
     expected = np.rint(grey[37:87, 11:71] * (255 / 65535)).astype(np.uint8)
     np.testing.assert_array_equal(block, np.repeat(expected[:, :, None], 3, 2))
+    src.close()
+
+
+@pytest.mark.parametrize("significant_bits", [None, 14])
+def test_a_12_bit_tiff_is_read_by_one_white_level_for_the_whole_image(tmp_path, significant_bits):
+    """Region by region, yet scaled as a whole: the dark tiles of a 12-bit slide read as dark as
+    they are (scaling each tile by its own brightest sample would brighten them: seams); OME-XML's
+    SignificantBits, where the file has it, says the depth instead of the samples."""
+    rgb = tissue_image(192, 256)
+    rgb[:, :128] //= 4  # the left tiles hold no sample above 63 of 255
+    camera = np.rint(rgb * (4095 / 255)).astype(np.uint16)
+    path = tmp_path / "camera.ome.tif"
+    metadata = {"axes": "YXS"} | ({"SignificantBits": significant_bits} if significant_bits else {})
+    tifffile.imwrite(path, camera, photometric="rgb", tile=(64, 64), metadata=metadata)
+    with pytest.warns(UserWarning, match=f"camera.ome.tif: uint16 image, .*({significant_bits or 12}-bit data)"):
+        src = sources.open_image(str(path))
+    white = 2 ** (significant_bits or 12) - 1
+    expected = np.rint(camera.astype(np.float32) * np.float32(255 / white)).astype(np.uint8)
+    np.testing.assert_array_equal(src.read(10, 20, 100, 90), expected[10:110, 20:110])  # dark tiles only
+    np.testing.assert_array_equal(src.read(0, 0, 192, 256), expected)
+    if significant_bits is None:
+        np.testing.assert_array_equal(src.read(10, 20, 100, 90), rgb[10:110, 20:110])
     src.close()
 
 

@@ -30,6 +30,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
+from allen_sr.data.images import announced_white
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
 from allen_sr.inference.input_check import InputCheck, check_file, check_input
@@ -191,12 +192,15 @@ def preview_box(region: sources.ImageSource, size: int) -> tuple[int, int, int, 
 
 
 def array_source(image: np.ndarray) -> sources.ArraySource:
-    """An image given as an array, as a source; InputImageError unless uint8 grey, RGB or RGBA."""
+    """An image given as an array, as a source; InputImageError unless uint8 or uint16 grey, RGB or
+    RGBA. uint16 is read by its white level (a 12-bit camera's 4095 as 255), as image files are."""
     array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 "
+    if (array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3)
+            or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))):
+        raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 or uint16 "
                               "[h, w] (grey) or [h, w, 3|4] (RGB, RGBA)")
-    return sources.ArraySource("image", sources.to_rgb(array, "image"))
+    white = 255.0 if array.dtype == np.uint8 else announced_white("image", array.dtype, float(array[..., :3].max(initial=0)))
+    return sources.ArraySource("image", sources.to_rgb(array, "image", white))
 
 
 def compare_path(out: Path) -> Path:
@@ -362,7 +366,7 @@ class Upscaler:
         return (encode_uncertain(band, tm.channels) for band in bands)
 
     def predict(self, image: np.ndarray, progress: bool = False, uncertainty: bool = False) -> Any:
-        """The enlarged ``image``: uint8 [h, w] or [h, w, 3|4] in (alpha ignored), uint8
+        """The enlarged ``image``: uint8 (or uint16) [h, w] or [h, w, 3|4] in (alpha ignored), uint8
         [h * factor, w * factor, channels] out, tiled and blended as `allen-sr upscale` does.
         ``uncertainty`` (models with a distribution): (image, float32 [h * factor, w * factor] map of each
         pixel's calibrated uncertainty, sd in grey levels)."""

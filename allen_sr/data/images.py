@@ -11,13 +11,14 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from allen_sr.errors import MissingInputError, UserError
 
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
-    "image_id", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
+    "image_id", "is_tiff", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
+    "SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "deep_to_rgb",
 ]
 
 # Full-resolution Allen section images are about 15000 x 8500 px (~130 MP), above Pillow's
@@ -28,6 +29,12 @@ __all__ = [
 MAX_IMAGE_PIXELS = 250_000_000
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+# Sample depths cameras and scanners write. An image of more than 8 bits per sample is read as the
+# shallowest of these that holds its brightest sample: a 12-bit camera's 0-4095, stored in a 16-bit
+# file, reads as 0-255 rather than as 0-16 (near black). Metadata that names the depth
+# (OME-XML's SignificantBits) wins.
+SAMPLE_BITS = (8, 10, 12, 14, 16)
 
 
 class ImageSkipped(UserError):
@@ -55,6 +62,15 @@ def list_images(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def is_tiff(path: str) -> bool:
+    """True when the file starts with a TIFF or BigTIFF header."""
+    with open(path, "rb") as f:
+        return f.read(4) in TIFF_MAGIC
+
+
 def image_id(path: str) -> str:
     """The id a file is known by: its name without extension (Allen downloads are `<id>.jpg`)."""
     return os.path.splitext(os.path.basename(path))[0]
@@ -67,25 +83,78 @@ def image_size(path: str) -> tuple[int, int]:
         return im.size
 
 
+def white_level(peak: float, dtype: np.dtype | type, significant_bits: int | None = None) -> float:
+    """The sample value of an image of ``dtype`` that reads as 255 (white).
+
+    uint8: 255. Deeper unsigned integers: ``2**significant_bits - 1`` when the file says how many
+    bits are significant, else the smallest depth of :data:`SAMPLE_BITS` (or the type's own) whose
+    top holds ``peak``, the image's brightest sample. Floating point: 1.0 when every sample lies
+    within [0, 1], else 255 (samples already on the 8-bit scale).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return 1.0 if peak <= 1.0 else 255.0
+    bits = dtype.itemsize * 8
+    if significant_bits and 8 <= significant_bits <= bits:
+        return float(2 ** significant_bits - 1)
+    for depth in (*(b for b in SAMPLE_BITS if b < bits), bits):
+        if peak <= 2 ** depth - 1:
+            return float(2 ** depth - 1)
+    return float(2 ** bits - 1)
+
+
+def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
+    """``pixels`` with ``white`` read as 255, rounded and clipped to uint8."""
+    if pixels.dtype == np.uint8 and white == 255:
+        return pixels
+    return np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / white)), 0, 255).astype(np.uint8)
+
+
+def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None) -> float:
+    """:func:`white_level` of an image of more than 8 bits per sample, with a warning naming the
+    image that says how it is read (``peak``: its brightest colour sample, unused when
+    ``significant_bits`` states an unsigned integer image's depth)."""
+    white = white_level(peak, dtype, significant_bits)
+    if np.dtype(dtype).kind == "u":
+        found = f"SignificantBits={significant_bits}" if white == 2 ** (significant_bits or 0) - 1 else f"samples up to {peak:g}"
+        how, depth = found, f" ({int(white).bit_length()}-bit data)"
+    else:
+        how, depth = f"samples up to {peak:g}", ""
+    warnings.warn(f"{name}: {np.dtype(dtype)} image, {how}: 0-{white:g} read as 0-255{depth}")
+    return white
+
+
+def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
+    """HxWx3 uint8 from a whole image of more than 8 bits per sample ([h, w] or [h, w, 1|3|4]),
+    scaled by its :func:`white_level`, with a warning that says how; alpha is composited on white."""
+    if raw.dtype.kind not in "uf":
+        raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; convert the image to unsigned 8 or 16 bit")
+    pixels = raw[:, :, None] if raw.ndim == 2 else raw
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
+        raise ImageSkipped(f"{path}: pixels of shape {raw.shape[2:]} per position; expected greyscale or RGB(A)")
+    colour = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels, 3, axis=2)
+    deep = raw.dtype != np.uint8
+    rgb = scale_to_uint8(colour, announced_white(path, raw.dtype, float(colour.max(initial=0))) if deep else 255.0)
+    if pixels.shape[2] == 4:
+        top = 1.0 if raw.dtype.kind == "f" else float(np.iinfo(raw.dtype).max)  # alpha: the type's range
+        alpha = np.clip(pixels[:, :, 3:].astype(np.float32) / top, 0.0, 1.0)
+        rgb = np.rint(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    return rgb
+
+
 def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
     """Convert any Pillow image to an HxWx3 uint8 array, with a warning for lossy conversions.
 
-    RGBA and LA are composited on white (the brightfield slide background), 16-bit greyscale is
-    scaled from its full range, palette and CMYK images are converted.
+    RGBA and LA are composited on white (the brightfield slide background), 16-bit and
+    floating-point greyscale are scaled by their :func:`white_level`, palette and CMYK images are
+    converted. (16-bit colour, which Pillow cuts to its top 8 bits, is read by :func:`load_image`.)
     """
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        warnings.warn(f"{path}: {mode} image scaled from 0-{top:.0f} to 8 bits")
-        grey = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        warnings.warn(f"{path}: floating-point image rescaled from [{lo:g}, {hi:g}] to 8 bits")
-        grey = np.round((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img)
+        if mode == "I" and arr.min(initial=0) >= 0:  # 32-bit signed as Pillow holds it; negative: refused
+            arr = arr.astype(np.uint16 if arr.max(initial=0) <= 65535 else np.uint32)
+        return deep_to_rgb(arr, path)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -93,6 +162,34 @@ def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
     if mode in ("L", "1"):
         warnings.warn(f"{path}: greyscale image converted to RGB (equal channels)")
     return np.asarray(img.convert("RGB") if mode != "RGB" else img)
+
+
+def deep_colour(img: Image.Image) -> bool:
+    """True for a colour image Pillow would read cut to 8 bits per sample (16-bit RGB(A) PNG, TIFF)."""
+    return img.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in img.tile if len(tile) > 3)
+
+
+def read_samples(path: str) -> np.ndarray:
+    """A PNG's or TIFF's samples as the file stores them (imagecodecs, tifffile): for what Pillow
+    reads cut to 8 bits (16-bit colour) or cannot open (floating-point colour TIFFs)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data.startswith(b"\x89PNG"):
+            import imagecodecs
+
+            return imagecodecs.png_decode(data)
+        import tifffile
+
+        return tifffile.imread(path, key=0)
+    except Exception as exc:  # noqa: BLE001 - the codecs raise many kinds for corrupt files
+        raise ImageSkipped(f"{path}: not a readable image ({exc}); replace or remove the file") from exc
+
+
+def check_size(path: str, width: int, height: int, min_size: int) -> None:
+    """ImageSkipped when ``path`` is smaller than one ``min_size`` tile."""
+    if min(width, height) < min_size:
+        raise ImageSkipped(f"{path}: {width}x{height} px is smaller than one {min_size}x{min_size} tile")
 
 
 def decode_colour_jpeg(path: str, min_size: int) -> np.ndarray | None:
@@ -137,10 +234,12 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
     configure_pillow()
     try:
         with Image.open(path) as img:
-            img.load()
-            if min(img.size) < min_size:
-                raise ImageSkipped(
-                    f"{path}: {img.size[0]}x{img.size[1]} px is smaller than one {min_size}x{min_size} tile")
+            deep = deep_colour(img)  # before load(), which forgets how the file stores its samples
+            if not deep:
+                img.load()
+            check_size(path, *img.size, min_size)
+            if deep:
+                return deep_to_rgb(read_samples(path), path)
             return to_rgb_uint8(img, path)
     except ImageSkipped:
         raise
@@ -149,4 +248,8 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         # Pillow raises UnidentifiedImageError (an OSError) for non-images and OSError for
         # truncated data ("image file is truncated").
+        if isinstance(exc, UnidentifiedImageError) and is_tiff(path):
+            pixels = read_samples(path)  # a TIFF Pillow does not read (floating-point colour)
+            check_size(path, pixels.shape[1], pixels.shape[0], min_size)
+            return deep_to_rgb(pixels, path)
         raise ImageSkipped(f"{path}: not a readable image ({exc}); replace or remove the file") from exc

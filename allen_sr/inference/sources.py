@@ -15,20 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import ImageSkipped, load_image
+from allen_sr.data.images import ImageSkipped, announced_white, is_tiff, load_image, scale_to_uint8
 from allen_sr.errors import InvalidInputError, MissingInputError
 
-__all__ = ["ImageSource", "ArraySource", "TiffSource", "open_image", "is_tiff", "crop_source"]
+__all__ = ["ImageSource", "ArraySource", "TiffSource", "open_image", "crop_source"]
 
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 OME_UNITS = {"µm": 1.0, "um": 1.0, "\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
-
-
-def is_tiff(path: str) -> bool:
-    """True when the file starts with a TIFF or BigTIFF header."""
-    with open(path, "rb") as f:
-        return f.read(4) in TIFF_MAGIC
 
 
 @dataclass
@@ -84,18 +77,12 @@ def crop_source(base: ImageSource, left: int, top: int, width: int | None, heigh
     return CroppedSource(base, top, left, height, width)
 
 
-def to_rgb(block: np.ndarray, name: str) -> np.ndarray:
-    """uint8 [h, w, 3] from a decoded TIFF block [h, w] or [h, w, samples] of any integer type."""
+def to_rgb(block: np.ndarray, name: str, white: float = 255.0) -> np.ndarray:
+    """uint8 [h, w, 3] from a block [h, w] or [h, w, samples] of unsigned integers or floats (the
+    callers check), ``white`` (the image's :func:`~allen_sr.data.images.white_level`) read as 255."""
     if block.ndim == 2:
         block = block[:, :, None]
-    if block.dtype != np.uint8:
-        if block.dtype.kind == "u":
-            block = (block.astype(np.float32) * (255.0 / np.iinfo(block.dtype).max)).round().astype(np.uint8)
-        elif block.dtype.kind == "f":
-            block = np.clip(block.astype(np.float32) * (255.0 if block.max(initial=0) <= 1.0 else 1.0),
-                            0, 255).round().astype(np.uint8)
-        else:
-            raise InvalidInputError(f"{name}: {block.dtype} pixels are not supported; convert the image to 8 or 16 bit")
+    block = scale_to_uint8(block, white)
     if block.shape[2] == 1:
         return np.repeat(block, 3, axis=2)
     if block.shape[2] in (3, 4):
@@ -135,28 +122,49 @@ class TiffSource(ImageSource):
         else:
             self.block = (int(page.rowsperstrip or height), width)
         self.grid = (math.ceil(height / self.block[0]), math.ceil(width / self.block[1]))
+        try:
+            self.white = 255.0 if page.dtype == np.uint8 else self.level_white()
+        except BaseException:
+            self.tif.close()
+            raise
+
+    def level_white(self) -> float:
+        """The white level of a level deeper than 8 bits: from OME-XML's SignificantBits, else from
+        its brightest sample (every segment read once; alpha left out), with a warning saying how."""
+        page = self.page
+        if page.dtype.kind not in "uf":
+            raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; convert the image to unsigned 8 or 16 bit")
+        significant_bits = ome_significant_bits(self.tif.ome_metadata or "")
+        peak = 0.0
+        if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
+            for index in range(len(page.dataoffsets)):
+                peak = max(peak, float(self.segment(index)[..., :3].max(initial=0)))
+        return announced_white(self.name, page.dtype, peak, significant_bits)
+
+    def segment(self, index: int) -> np.ndarray:
+        """Tile or strip ``index`` as stored, [h, w, samples]; ImageSkipped when it cannot be read."""
+        page = self.page
+        offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
+        try:
+            fh = self.tif.filehandle
+            fh.seek(offset)
+            data = fh.read(count)
+            if len(data) < count or (count == 0 and page.compression != 1):
+                raise InvalidInputError(f"segment {index} is cut off ({len(data)} of {count} bytes)")
+            segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
+            if segment is None:
+                raise InvalidInputError(f"segment {index} is empty")
+        except Exception as exc:  # noqa: BLE001 - codecs raise many kinds
+            raise ImageSkipped(f"{self.name}: truncated or corrupt TIFF data ({exc}); "
+                               "replace the file (download or export it again)") from exc
+        return np.asarray(segment).reshape(segment.shape[-3:])
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         bh, bw = self.block
         out = np.empty((height, width, 3), np.uint8)
-        fh = self.tif.filehandle
-        page = self.page
         for by in range(top // bh, (top + height - 1) // bh + 1):
             for bx in range(left // bw, (left + width - 1) // bw + 1):
-                index = by * self.grid[1] + bx
-                offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
-                try:
-                    fh.seek(offset)
-                    data = fh.read(count)
-                    if len(data) < count or (count == 0 and page.compression != 1):
-                        raise InvalidInputError(f"segment {index} is cut off ({len(data)} of {count} bytes)")
-                    segment = page.decode(data, index, jpegtables=page.jpegtables)[0]
-                    if segment is None:
-                        raise InvalidInputError(f"segment {index} is empty")
-                except Exception as exc:  # noqa: BLE001 - codecs raise many kinds
-                    raise ImageSkipped(f"{self.name}: truncated or corrupt TIFF data ({exc}); "
-                                       "replace the file (download or export it again)") from exc
-                seg = to_rgb(np.asarray(segment).reshape(segment.shape[-3:]), self.name)
+                seg = to_rgb(self.segment(by * self.grid[1] + bx), self.name, self.white)
                 y0, x0 = by * bh, bx * bw
                 ys, ye = max(top, y0), min(top + height, y0 + bh, self.height)
                 xs, xe = max(left, x0), min(left + width, x0 + bw, self.width)
@@ -185,6 +193,12 @@ def tiff_pixel_size(tif: Any, page: Any, level: int, levels: list[Any]) -> float
         if num > 0 and den > 0:
             return UM_PER_UNIT[int(unit_tag.value)] * den / num
     return None
+
+
+def ome_significant_bits(ome: str) -> int | None:
+    """Bits per sample that carry data, as OME-XML's Pixels element states (SignificantBits), or None."""
+    found = re.search(r'SignificantBits="([0-9]+)"', ome)
+    return int(found.group(1)) if found else None
 
 
 def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) -> ImageSource:
