@@ -34,6 +34,16 @@ def model_flags(ckpt_dir):
             f"--output_dir={ckpt_dir}", "--mode=mean"]
 
 
+def tiles_of_csv(rows, images):
+    """The target tiles a metrics.csv names (``image@top,left``), in its order."""
+    found = []
+    for name in dict.fromkeys(r["example"] for r in rows):
+        image, pos = name.split("@")
+        top, left = map(int, pos.split(","))
+        found.append(load_image(str(images / f"{image}.png"))[top:top + 32, left:left + 32])
+    return found
+
+
 def test_evaluate_reports_every_method_on_tissue_tiles(ckpt_dir, tmp_path, capsys):
     images = tmp_path / "imgs"
     images.mkdir()
@@ -56,10 +66,17 @@ def test_evaluate_reports_every_method_on_tissue_tiles(ckpt_dir, tmp_path, capsy
     assert tiles.tissue_fraction(target[None])[0] >= tiles.TISSUE_MIN_FRACTION
     bicubic = metrics.upscale(tiles.area_downsample(target, 4), 4, "bicubic")
     assert float(first["psnr"]) == pytest.approx(metrics.psnr(bicubic, target), abs=1e-3)
-    assert "| bicubic |" in (out / "metrics.md").read_text()
+    assert "| bicubic |" in (out / "metrics.md").read_text() and "PSNR Y (dB)" in (out / "metrics.md").read_text()
+    # and the luma with a 4 px border crop, as published x4 tables score (the means of the tiles)
+    bicubic_y = [metrics.luma_scores(metrics.upscale(tiles.area_downsample(t, 4), 4, "bicubic")[None], t[None], 4)
+                 for t in tiles_of_csv(rows, images)]
+    assert summary["methods"]["bicubic"]["psnr_y"] == pytest.approx(np.mean([p for p, _ in bicubic_y]), abs=1e-3)
+    assert summary["methods"]["bicubic"]["ssim_y"] == pytest.approx(np.mean([s for _, s in bicubic_y]), abs=1e-5)
+    assert all({"psnr_y", "ssim_y"} <= set(scores) for scores in summary["methods"].values())
+    assert "4 px cropped" in summary["protocol"]
     assert Image.open(out / "grid.png").height > 5 * 32
     printed = capsys.readouterr().out
-    assert "nearest" in printed and "bilinear" in printed and "metrics.json" in printed
+    assert "nearest" in printed and "bilinear" in printed and "metrics.json" in printed and "PSNR Y (dB)" in printed
 
 
 def test_evaluate_degrade_cuts_tiles_from_the_degraded_whole_image(ckpt_dir, tmp_path, capsys):

@@ -153,6 +153,31 @@ def test_invalid_inputs_raise():
         metrics.ssim(np.zeros((2, 32, 32, 3), np.uint8), np.zeros((2, 32, 32, 3), np.uint8))
 
 
+def test_luma_is_matlab_s_bt601_as_published_tables_score():
+    colours = np.array([[[0, 0, 0], [255, 255, 255], [255, 0, 0], [0, 255, 0], [0, 0, 255]]], np.uint8)
+    np.testing.assert_allclose(metrics.luma(colours)[0, :, 0], [16, 235, 16 + 65.481, 16 + 128.553, 16 + 24.966])
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
+    np.testing.assert_array_equal(metrics.luma(grey), grey)
+
+
+def test_luma_scores_crop_the_border_and_see_only_luma():
+    target = (_structured(32, 32, 3) // 2 + 40)[None]
+    shifted = target + 10
+    psnr_y, ssim_y = metrics.luma_scores(shifted, target, 4)
+    # every channel 10 levels up: the luma 10 * 219 / 255 up (no rounding)
+    assert psnr_y[0] == pytest.approx(20 * math.log10(255 / (10 * 219 / 255)), abs=1e-9)
+    assert ssim_y[0] < 1
+    border = target.copy()
+    border[:, :4] = 0
+    border[:, :, -4:] = 255
+    assert metrics.luma_scores(border, target, 4)[0][0] == PSNR_CAP_DB  # only the cropped border differs
+    assert metrics.luma_scores(border, target, 3)[0][0] < 60
+    swapped = target[..., [0, 1, 2]].copy()
+    swapped[..., 0], swapped[..., 2] = target[..., 2] + 0, target[..., 0] + 0  # other colours, other luma
+    assert metrics.luma_scores(swapped, target, 0)[0][0] < PSNR_CAP_DB
+    assert metrics.luma_scores(target[:, :20, :20], target[:, :20, :20], 5) is None  # 10 px: no SSIM window
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("shape", [(8, 8, 3), (8, 8, 1), (8, 8), (4, 6, 3)])
 def test_upscale_shapes_and_dtype(method, shape):

@@ -18,7 +18,9 @@ Protocol (also in :data:`PROTOCOL`, which is written into every summary):
   (the mean of per-tile dB, not the dB of the mean MSE); identical tiles score
   :data:`PSNR_CAP_DB` instead of infinity;
 * SSIM is ``tf.image.ssim`` with its defaults, averaged over tiles;
-* baselines (nearest, bilinear, bicubic) are Pillow resizes of the 8x8 input.
+* baselines (nearest, bilinear, bicubic) are Pillow resizes of the 8x8 input;
+* beside them, as published x4 tables score: the same on the luma with a border crop
+  (:data:`LUMA_PROTOCOL`, :func:`luma_scores`).
 
 Per-example CSV layout (long form, one row per tile and method, chosen because adding a method
 then adds rows rather than columns, and pandas/sqlite read it without reshaping)::
@@ -43,6 +45,7 @@ from allen_sr.fileio import atomic_write_text, write_json_atomic
 __all__ = [
     "METHODS",
     "PROTOCOL",
+    "LUMA_PROTOCOL",
     "PSNR_CAP_DB",
     "SSIM_FILTER_SIGMA",
     "SSIM_FILTER_SIZE",
@@ -51,6 +54,8 @@ __all__ = [
     "MetricTable",
     "baselines",
     "gaussian_kernel_1d",
+    "luma",
+    "luma_scores",
     "psnr",
     "psnr_batch",
     "ssim",
@@ -75,6 +80,16 @@ PROTOCOL: str = (
     "averaged over tiles; SSIM as tf.image.ssim defaults (Gaussian 11x11 sigma 1.5, k1=0.01, "
     "k2=0.03, VALID, mean over map and channels), averaged over tiles; baselines are Pillow "
     "resizes (nearest/bilinear/bicubic) of the 8x8 input"
+)
+
+# Published x4 tables (Set5, Set14, BSD100) score the luma of BT.601 as MATLAB's rgb2ycbcr gives it
+# (16-235, unrounded) with `scale` px cropped from every border: BasicSR's calculate_psnr and
+# calculate_ssim with test_y_channel=True. The same output can score 2 dB more on Y than on RGB.
+LUMA_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
+LUMA_PROTOCOL: str = (
+    "psnr_y/ssim_y as published x4 tables: the luma Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 "
+    "(MATLAB's rgb2ycbcr, BasicSR's test_y_channel; greyscale: the grey values), unrounded, {crop} px "
+    "cropped from each tile's borders, then PSNR and SSIM as above, per tile"
 )
 
 # tf.image.ssim defaults (allen_sr.t2t_metrics, the in-graph version, uses these too).
@@ -188,6 +203,28 @@ def ssim(pred: Any, target: Any, max_val: float = 255.0) -> float:
     """
     _check_single(pred)
     return float(ssim_batch(pred, target, max_val))
+
+
+def luma(images: Any) -> np.ndarray:
+    """float64 (..., H, W, 1): the BT.601 luma of uint8 RGB images as published x4 tables use it
+    (:data:`LUMA_WEIGHTS`, 16-235); greyscale images (..., H, W, 1) as they are."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.shape[-1] == 1:
+        return x
+    if x.shape[-1] != 3:
+        raise ValueError(f"expected RGB or greyscale images (..., H, W, 3|1), got shape {x.shape}")
+    return (x @ LUMA_WEIGHTS + 16.0)[..., None]
+
+
+def luma_scores(preds: Any, targets: Any, crop: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(PSNR, SSIM) per image of a (N, H, W, C) batch on the luma with ``crop`` px cut from each
+    border (:data:`LUMA_PROTOCOL`); None when too little is left for SSIM's 11x11 window."""
+    a, b = luma(preds), luma(targets)
+    if crop:
+        a, b = a[..., crop:-crop, crop:-crop, :], b[..., crop:-crop, crop:-crop, :]
+    if min(a.shape[-3:-1]) < SSIM_FILTER_SIZE:
+        return None
+    return psnr_batch(a, b), ssim_batch(a, b)
 
 
 def upscale(image: Any, scale: int, method: str = "bicubic") -> np.ndarray:
@@ -354,11 +391,18 @@ class MetricTable:
         return table
 
 
-def _summary_rows(summary: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    return [
-        (method, f"{scores['psnr']:.2f}", f"{scores['ssim']:.4f}")
-        for method, scores in summary["methods"].items()
-    ]
+# Summary columns: (key in a method's scores, heading, digits); the luma ones where a summary has them.
+_COLUMNS = (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 4), ("psnr_y", "PSNR Y (dB)", 2), ("ssim_y", "SSIM Y", 4))
+
+
+def _summary_rows(summary: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """(header, rows) of the summary's table: the method, then each of :data:`_COLUMNS` it has."""
+    first = next(iter(summary["methods"].values()), {})
+    columns = [c for c in _COLUMNS if c[0] in first]
+    header = ("method", *(heading for _, heading, _ in columns))
+    rows = [(method, *(f"{scores[key]:.{digits}f}" for key, _, digits in columns))
+            for method, scores in summary["methods"].items()]
+    return header, rows
 
 
 def summary_to_markdown(summary: Mapping[str, Any]) -> str:
@@ -366,22 +410,22 @@ def summary_to_markdown(summary: Mapping[str, Any]) -> str:
 
     PSNR is shown with 2 decimals and SSIM with 4; the tile count is in the header.
     """
+    header, rows = _summary_rows(summary)
     lines = [
-        f"| method ({summary['tiles']} tiles) | PSNR (dB) | SSIM |",
-        "|:---|---:|---:|",
+        f"| {header[0]} ({summary['tiles']} tiles) | " + " | ".join(header[1:]) + " |",
+        "|:---|" + "---:|" * (len(header) - 1),
     ]
-    lines += [f"| {m} | {p} | {s} |" for m, p, s in _summary_rows(summary)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def summary_to_text(summary: Mapping[str, Any]) -> str:
     """Render a summary dict as an aligned plain-text table for terminals and logs."""
-    header = ("method", "PSNR (dB)", "SSIM")
-    rows: Sequence[tuple[str, str, str]] = _summary_rows(summary)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    header, rows = _summary_rows(summary)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
-    def fmt(row: tuple[str, str, str]) -> str:
-        return f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}"
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:], widths[1:]))])
 
     lines = [fmt(header), *(fmt(r) for r in rows), f"({summary['tiles']} tiles)"]
     return "\n".join(lines) + "\n"

@@ -46,18 +46,28 @@ def write_results(
     shown = baselines[-1]
     table = metrics.MetricTable()
     rows, captions = [], []
+    outputs: dict[str, list[np.ndarray]] = {}
     for i, (lr, pred, hr) in enumerate(zip(inputs, predictions, targets)):
         candidates = metrics.baselines(lr, scale, baselines)
         candidates["model"] = pred
         scores = table.add_images(names[i], hr, candidates)
+        for method, image in candidates.items():
+            outputs.setdefault(method, []).append(image)
         if example_pngs:
             pictures.save_png(pred, out / f"example_{i:03d}.png")
         if i < grid_rows:
             rows.append([lr, candidates[shown], pred, hr])
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
-    protocol = metrics.PROTOCOL + (f"; {protocol_note}" if protocol_note else "")
-    summary = {**table.summary(protocol), **(extra or {})}
+    summary = table.summary(metrics.PROTOCOL)
+    if outputs and metrics.luma_scores(targets[:1], targets[:1], scale) is not None:
+        for method, images in outputs.items():
+            psnr_y, ssim_y = metrics.luma_scores(np.stack(images), targets, scale)
+            summary["methods"][method] |= {"psnr_y": round(float(psnr_y.mean()), 3),
+                                           "ssim_y": round(float(ssim_y.mean()), 5)}
+        summary["protocol"] += "; " + metrics.LUMA_PROTOCOL.format(crop=scale)
+    summary["protocol"] += f"; {protocol_note}" if protocol_note else ""
+    summary |= extra or {}
     table.write_csv(out / "metrics.csv")
     fileio.write_json_atomic(summary, out / "metrics.json")
     fileio.atomic_write_text(f"# Results\n\n{metrics.summary_to_markdown(summary)}\n", out / "metrics.md")
