@@ -15,6 +15,7 @@ import tifffile
 from PIL import Image
 
 from allen_sr.commands import upscale
+from allen_sr.data.images import load_image
 from allen_sr.decoding import checkpoints
 from allen_sr.decoding.one_pass import OnePassDecoder
 from allen_sr.inference import blend, sources, tiling, writers
@@ -382,6 +383,32 @@ def test_a_12_bit_tiff_is_read_by_one_white_level_for_the_whole_image(tmp_path, 
     if significant_bits is None:
         np.testing.assert_array_equal(src.read(10, 20, 100, 90), rgb[10:110, 20:110])
     src.close()
+
+
+@pytest.mark.parametrize("extrasamples", ["unassalpha", "assocalpha", "unspecified"])
+@pytest.mark.parametrize("samples", [4, 2])
+def test_a_slide_s_transparent_pixels_read_as_white_glass_as_a_png_s_do(tmp_path, extrasamples, samples):
+    """Alpha the TIFF declares is composited on white (premultiplied or not), as Pillow does for a
+    PNG; an extra sample it does not declare as alpha is left out."""
+    rgb = tissue_image(64, 96)
+    rgb = rgb[..., :1].repeat(3, axis=2) if samples == 2 else rgb
+    alpha = np.full((64, 96, 1), 255, np.uint8)
+    alpha[:, :32], alpha[:, 32:48] = 0, 128
+    colour = rgb[..., :samples - 1]
+    stored = np.rint(colour * (alpha / 255.0)).astype(np.uint8) if extrasamples == "assocalpha" else colour
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, np.concatenate([stored, alpha], axis=2), tile=(32, 32), extrasamples=[extrasamples],
+                     photometric="rgb" if samples == 4 else "minisblack")
+    src = sources.open_image(str(path))
+    got = src.read(0, 0, 64, 96)
+    src.close()
+    if extrasamples == "unspecified":
+        np.testing.assert_array_equal(got, rgb)
+        return
+    Image.fromarray(np.concatenate([rgb, alpha], axis=2)).save(tmp_path / "slide.png")
+    as_png = load_image(str(tmp_path / "slide.png"))
+    assert (got[:, :32] == 255).all()
+    assert np.abs(got.astype(int) - as_png).max() <= 1
 
 
 def test_a_jpeg_compressed_tiled_slide_is_read_region_by_region(tmp_path):

@@ -18,7 +18,7 @@ from allen_sr.errors import MissingInputError, UserError
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
     "image_id", "is_tiff", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
-    "SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "deep_to_rgb",
+    "SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "colour_samples", "samples_to_rgb", "deep_to_rgb",
 ]
 
 # Full-resolution Allen section images are about 15000 x 8500 px (~130 MP), above Pillow's
@@ -124,22 +124,38 @@ def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_
     return white
 
 
+def colour_samples(samples: np.ndarray) -> np.ndarray:
+    """The colour samples of [..., 1|2|3|4] (grey, grey + extra, RGB, RGB + extra): [..., :1] or [..., :3]."""
+    return samples[..., :3] if samples.shape[-1] >= 3 else samples[..., :1]
+
+
+def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None) -> np.ndarray:
+    """uint8 [h, w, 3] from samples [h, w, 1|2|3|4]: the colour samples with ``white`` read as 255,
+    greyscale repeated; an extra (last) sample of 2 or 4 is alpha composited on white (the
+    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored."""
+    rgb = scale_to_uint8(colour_samples(samples), white)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    if alpha is None or samples.shape[-1] not in (2, 4):
+        return rgb
+    top = 1.0 if samples.dtype.kind == "f" else float(np.iinfo(samples.dtype).max)  # alpha: the type's range
+    a = np.clip(samples[..., -1:].astype(np.float32) / np.float32(top), 0.0, 1.0)
+    covered = rgb if alpha == "premultiplied" else rgb * a
+    return np.clip(np.rint(covered + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)
+
+
 def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
-    """HxWx3 uint8 from a whole image of more than 8 bits per sample ([h, w] or [h, w, 1|3|4]),
+    """HxWx3 uint8 from a whole image of more than 8 bits per sample ([h, w] or [h, w, 1-4]),
     scaled by its :func:`white_level`, with a warning that says how; alpha is composited on white."""
     if raw.dtype.kind not in "uf":
         raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; convert the image to unsigned 8 or 16 bit")
     pixels = raw[:, :, None] if raw.ndim == 2 else raw
-    if pixels.ndim != 3 or pixels.shape[2] not in (1, 3, 4):
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ImageSkipped(f"{path}: pixels of shape {raw.shape[2:]} per position; expected greyscale or RGB(A)")
-    colour = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels, 3, axis=2)
-    deep = raw.dtype != np.uint8
-    rgb = scale_to_uint8(colour, announced_white(path, raw.dtype, float(colour.max(initial=0))) if deep else 255.0)
-    if pixels.shape[2] == 4:
-        top = 1.0 if raw.dtype.kind == "f" else float(np.iinfo(raw.dtype).max)  # alpha: the type's range
-        alpha = np.clip(pixels[:, :, 3:].astype(np.float32) / top, 0.0, 1.0)
-        rgb = np.rint(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return rgb
+    white = 255.0
+    if raw.dtype != np.uint8:
+        white = announced_white(path, raw.dtype, float(colour_samples(pixels).max(initial=0)))
+    return samples_to_rgb(pixels, white, "straight")
 
 
 def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:

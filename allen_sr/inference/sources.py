@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import ImageSkipped, announced_white, is_tiff, load_image, scale_to_uint8
+from allen_sr.data.images import ImageSkipped, announced_white, colour_samples, is_tiff, load_image, samples_to_rgb
 from allen_sr.errors import InvalidInputError, MissingInputError
 
 __all__ = ["ImageSource", "ArraySource", "TiffSource", "open_image", "crop_source"]
@@ -77,17 +77,15 @@ def crop_source(base: ImageSource, left: int, top: int, width: int | None, heigh
     return CroppedSource(base, top, left, height, width)
 
 
-def to_rgb(block: np.ndarray, name: str, white: float = 255.0) -> np.ndarray:
+def to_rgb(block: np.ndarray, name: str, white: float = 255.0, alpha: str | None = None) -> np.ndarray:
     """uint8 [h, w, 3] from a block [h, w] or [h, w, samples] of unsigned integers or floats (the
-    callers check), ``white`` (the image's :func:`~allen_sr.data.images.white_level`) read as 255."""
+    callers check the type): :func:`~allen_sr.data.images.samples_to_rgb` of the image's ``white``
+    level and ``alpha``; a clear error for other numbers of samples."""
     if block.ndim == 2:
         block = block[:, :, None]
-    block = scale_to_uint8(block, white)
-    if block.shape[2] == 1:
-        return np.repeat(block, 3, axis=2)
-    if block.shape[2] in (3, 4):
-        return block[:, :, :3]
-    raise InvalidInputError(f"{name}: {block.shape[2]} samples per pixel; expected greyscale or RGB(A)")
+    if block.shape[2] not in (1, 2, 3, 4):
+        raise InvalidInputError(f"{name}: {block.shape[2]} samples per pixel; expected greyscale or RGB(A)")
+    return samples_to_rgb(block, white, alpha)
 
 
 class TiffSource(ImageSource):
@@ -122,6 +120,9 @@ class TiffSource(ImageSource):
         else:
             self.block = (int(page.rowsperstrip or height), width)
         self.grid = (math.ceil(height / self.block[0]), math.ceil(width / self.block[1]))
+        # ExtraSamples: 1 associated (premultiplied) alpha, 2 unassociated; 0 (unspecified): ignored
+        extra = tuple(page.extrasamples or ())[-1:]
+        self.alpha = {(1,): "premultiplied", (2,): "straight"}.get(extra) if page.samplesperpixel in (2, 4) else None
         try:
             self.white = 255.0 if page.dtype == np.uint8 else self.level_white()
         except BaseException:
@@ -130,7 +131,7 @@ class TiffSource(ImageSource):
 
     def level_white(self) -> float:
         """The white level of a level deeper than 8 bits: from OME-XML's SignificantBits, else from
-        its brightest sample (every segment read once; alpha left out), with a warning saying how."""
+        its brightest colour sample (every segment read once), with a warning saying how."""
         page = self.page
         if page.dtype.kind not in "uf":
             raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; convert the image to unsigned 8 or 16 bit")
@@ -138,7 +139,7 @@ class TiffSource(ImageSource):
         peak = 0.0
         if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
             for index in range(len(page.dataoffsets)):
-                peak = max(peak, float(self.segment(index)[..., :3].max(initial=0)))
+                peak = max(peak, float(colour_samples(self.segment(index)).max(initial=0)))
         return announced_white(self.name, page.dtype, peak, significant_bits)
 
     def segment(self, index: int) -> np.ndarray:
@@ -164,7 +165,7 @@ class TiffSource(ImageSource):
         out = np.empty((height, width, 3), np.uint8)
         for by in range(top // bh, (top + height - 1) // bh + 1):
             for bx in range(left // bw, (left + width - 1) // bw + 1):
-                seg = to_rgb(self.segment(by * self.grid[1] + bx), self.name, self.white)
+                seg = to_rgb(self.segment(by * self.grid[1] + bx), self.name, self.white, self.alpha)
                 y0, x0 = by * bh, bx * bw
                 ys, ye = max(top, y0), min(top + height, y0 + bh, self.height)
                 xs, xe = max(left, x0), min(left + width, x0 + bw, self.width)
