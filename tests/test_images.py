@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from allen_sr.data import images
+from allen_sr.data.samples import white_level
 from conftest import tissue_image
 
 
@@ -70,13 +71,13 @@ def test_deep_images_are_read_at_the_depth_their_samples_use(tmp_path, kind, whi
 
 
 def test_white_levels():
-    assert images.white_level(255, np.uint16) == 255  # 8-bit data in a 16-bit file
-    assert images.white_level(256, np.uint16) == 1023
-    assert images.white_level(4095, np.uint16) == 4095 and images.white_level(4096, np.uint16) == 16383
-    assert images.white_level(100, np.uint16, significant_bits=12) == 4095  # the file says: believed
-    assert images.white_level(100, np.uint16, significant_bits=20) == 255  # impossible for uint16: ignored
-    assert images.white_level(70000, np.uint32) == 2 ** 32 - 1
-    assert images.white_level(0.99, np.float32) == 1.0 and images.white_level(200.0, np.float64) == 255.0
+    assert white_level(255, np.uint16) == 255  # 8-bit data in a 16-bit file
+    assert white_level(256, np.uint16) == 1023
+    assert white_level(4095, np.uint16) == 4095 and white_level(4096, np.uint16) == 16383
+    assert white_level(100, np.uint16, significant_bits=12) == 4095  # the file says: believed
+    assert white_level(100, np.uint16, significant_bits=20) == 255  # impossible for uint16: ignored
+    assert white_level(70000, np.uint32) == 2 ** 32 - 1
+    assert white_level(0.99, np.float32) == 1.0 and white_level(200.0, np.float64) == 255.0
 
 
 def test_signed_deep_images_are_skipped_with_a_message_naming_them(tmp_path):

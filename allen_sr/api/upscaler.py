@@ -30,7 +30,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
-from allen_sr.data.images import announced_white
+from allen_sr.data.samples import announced_white
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
 from allen_sr.inference.input_check import InputCheck, check_file, check_input

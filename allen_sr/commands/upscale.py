@@ -5,8 +5,8 @@ The image is cut into overlapping tiles whose predictions are blended without se
 model's result equals one prediction of the whole image); rows are written as they are predicted.
 This command wraps `allen_sr.Upscaler` (`allen_sr.api.upscaler`), which gives the same pixels in Python.
 
-Input: PNG, JPEG, TIFF, BigTIFF, OME-TIFF or a pyramidal whole-slide TIFF (--level picks the
-resolution level; read region by region), --image_id (an Allen section fetched first), or
+Input: PNG, JPEG, TIFF, BigTIFF, OME-TIFF, a pyramidal whole-slide TIFF or a Zeiss CZI (--level
+picks the resolution level; read region by region), --image_id (an Allen section fetched first), or
 --images DIR|GLOB with --out_dir DIR: one output per input under its own name, finished outputs
 skipped on a rerun, unreadable inputs named and skipped, a summary at the end.
 Output: .png / .jpg (up to 100 MP), or .tif / .ome.tif: a tiled, compressed, pyramidal BigTIFF
@@ -45,14 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_model_args(p)
     p.set_defaults(batch_size=None)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="image file to enlarge (PNG, JPEG, TIFF, BigTIFF, OME-TIFF, slide)")
+    src.add_argument("--image", help="image file to enlarge (PNG, JPEG, TIFF, BigTIFF, OME-TIFF, slide TIFF, Zeiss CZI)")
     src.add_argument("--image_id", type=int, help="an Allen section image id, downloaded first")
     src.add_argument("--images", metavar="DIR|GLOB",
                      help="a folder of images or a quoted glob ('slides/*.tif'): each is enlarged into --out_dir")
     p.add_argument("--downsample", type=int, default=0, help="with --image_id: halve the section N times (default 0)")
     p.add_argument("--api_base", default=None, help="with --image_id: Allen API base URL")
     p.add_argument("--download_dir", default=None, help="with --image_id: where the section goes (default: OUT's folder)")
-    p.add_argument("--level", type=int, default=0, help="resolution level of a pyramidal TIFF (0 = full)")
+    p.add_argument("--level", type=int, default=0, help="resolution level of a pyramidal TIFF or a CZI (0 = full)")
     p.add_argument("--left", type=int, default=0, help="region left edge, px (default 0)")
     p.add_argument("--top", type=int, default=0, help="region top edge, px (default 0)")
     p.add_argument("--width", type=int, help="region width, px (default: to the right edge)")

@@ -4,11 +4,18 @@ Every message names the input it is about (URL, image id, file) and, where it he
 """
 from __future__ import annotations
 
+from allen_sr.errors import UserError
+
 __all__ = [
+    "ImageSkipped",
     "AllenApiError", "RmaQueryError", "TransientError", "GaveUpError", "Cancelled",
     "DownloadError", "ImageNotFoundError", "DiskFullError", "DirectoryBusyError",
     "NotAnImageError", "CorruptImageError", "snippet",
 ]
+
+
+class ImageSkipped(UserError):
+    """An input file that cannot be used; the message names the file and the reason."""
 
 
 class AllenApiError(RuntimeError):

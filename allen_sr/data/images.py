@@ -13,12 +13,14 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from allen_sr.errors import MissingInputError, UserError
+from allen_sr.data.errors import ImageSkipped
+from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
+from allen_sr.errors import MissingInputError
 
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
     "image_id", "is_tiff", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
-    "SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "colour_samples", "samples_to_rgb", "deep_to_rgb",
+    "deep_to_rgb",
 ]
 
 # Full-resolution Allen section images are about 15000 x 8500 px (~130 MP), above Pillow's
@@ -28,17 +30,7 @@ __all__ = [
 # once as uint8 (never float), so peak memory stays about that per worker.
 MAX_IMAGE_PIXELS = 250_000_000
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-
-# Sample depths cameras and scanners write. An image of more than 8 bits per sample is read as the
-# shallowest of these that holds its brightest sample: a 12-bit camera's 0-4095, stored in a 16-bit
-# file, reads as 0-255 rather than as 0-16 (near black). Metadata that names the depth
-# (OME-XML's SignificantBits) wins.
-SAMPLE_BITS = (8, 10, 12, 14, 16)
-
-
-class ImageSkipped(UserError):
-    """An input file that cannot be used; the message names the file and the reason."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".czi")
 
 
 def configure_pillow() -> None:
@@ -83,70 +75,9 @@ def image_size(path: str) -> tuple[int, int]:
         return im.size
 
 
-def white_level(peak: float, dtype: np.dtype | type, significant_bits: int | None = None) -> float:
-    """The sample value of an image of ``dtype`` that reads as 255 (white).
-
-    uint8: 255. Deeper unsigned integers: ``2**significant_bits - 1`` when the file says how many
-    bits are significant, else the smallest depth of :data:`SAMPLE_BITS` (or the type's own) whose
-    top holds ``peak``, the image's brightest sample. Floating point: 1.0 when every sample lies
-    within [0, 1], else 255 (samples already on the 8-bit scale).
-    """
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return 1.0 if peak <= 1.0 else 255.0
-    bits = dtype.itemsize * 8
-    if significant_bits and 8 <= significant_bits <= bits:
-        return float(2 ** significant_bits - 1)
-    for depth in (*(b for b in SAMPLE_BITS if b < bits), bits):
-        if peak <= 2 ** depth - 1:
-            return float(2 ** depth - 1)
-    return float(2 ** bits - 1)
-
-
-def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
-    """``pixels`` with ``white`` read as 255, rounded and clipped to uint8."""
-    if pixels.dtype == np.uint8 and white == 255:
-        return pixels
-    return np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / white)), 0, 255).astype(np.uint8)
-
-
-def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None) -> float:
-    """:func:`white_level` of an image of more than 8 bits per sample, with a warning naming the
-    image that says how it is read (``peak``: its brightest colour sample, unused when
-    ``significant_bits`` states an unsigned integer image's depth)."""
-    white = white_level(peak, dtype, significant_bits)
-    if np.dtype(dtype).kind == "u":
-        found = f"SignificantBits={significant_bits}" if white == 2 ** (significant_bits or 0) - 1 else f"samples up to {peak:g}"
-        how, depth = found, f" ({int(white).bit_length()}-bit data)"
-    else:
-        how, depth = f"samples up to {peak:g}", ""
-    warnings.warn(f"{name}: {np.dtype(dtype)} image, {how}: 0-{white:g} read as 0-255{depth}")
-    return white
-
-
-def colour_samples(samples: np.ndarray) -> np.ndarray:
-    """The colour samples of [..., 1|2|3|4] (grey, grey + extra, RGB, RGB + extra): [..., :1] or [..., :3]."""
-    return samples[..., :3] if samples.shape[-1] >= 3 else samples[..., :1]
-
-
-def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None) -> np.ndarray:
-    """uint8 [h, w, 3] from samples [h, w, 1|2|3|4]: the colour samples with ``white`` read as 255,
-    greyscale repeated; an extra (last) sample of 2 or 4 is alpha composited on white (the
-    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored."""
-    rgb = scale_to_uint8(colour_samples(samples), white)
-    if rgb.shape[-1] == 1:
-        rgb = np.repeat(rgb, 3, axis=-1)
-    if alpha is None or samples.shape[-1] not in (2, 4):
-        return rgb
-    top = 1.0 if samples.dtype.kind == "f" else float(np.iinfo(samples.dtype).max)  # alpha: the type's range
-    a = np.clip(samples[..., -1:].astype(np.float32) / np.float32(top), 0.0, 1.0)
-    covered = rgb if alpha == "premultiplied" else rgb * a
-    return np.clip(np.rint(covered + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)
-
-
 def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
     """HxWx3 uint8 from a whole image of more than 8 bits per sample ([h, w] or [h, w, 1-4]),
-    scaled by its :func:`white_level`, with a warning that says how; alpha is composited on white."""
+    scaled by its :func:`~allen_sr.data.samples.white_level`, with a warning that says how; alpha is composited on white."""
     if raw.dtype.kind not in "uf":
         raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; convert the image to unsigned 8 or 16 bit")
     pixels = raw[:, :, None] if raw.ndim == 2 else raw
@@ -162,7 +93,7 @@ def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
     """Convert any Pillow image to an HxWx3 uint8 array, with a warning for lossy conversions.
 
     RGBA and LA are composited on white (the brightfield slide background), 16-bit and
-    floating-point greyscale are scaled by their :func:`white_level`, palette and CMYK images are
+    floating-point greyscale are scaled by their :func:`~allen_sr.data.samples.white_level`, palette and CMYK images are
     converted. (16-bit colour, which Pillow cuts to its top 8 bits, is read by :func:`load_image`.)
     """
     mode = img.mode
@@ -231,6 +162,21 @@ def decode_colour_jpeg(path: str, min_size: int) -> np.ndarray | None:
         return None
 
 
+def load_czi(path: str, min_size: int) -> np.ndarray:
+    """A whole CZI (:mod:`allen_sr.data.czi`) as HxWx3 uint8, within the same limits as other files."""
+    from allen_sr.data.czi import CziImage
+
+    image = CziImage(path)
+    try:
+        check_size(path, image.width, image.height, min_size)
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ImageSkipped(f"{path}: larger than {MAX_IMAGE_PIXELS} pixels; `allen-sr upscale` reads it region "
+                               "by region, or export a region or a lower level")
+        return image.read(0, 0, image.height, image.width)
+    finally:
+        image.close()
+
+
 def load_image(path: str, min_size: int = 64) -> np.ndarray:
     """Read `path` completely as HxWx3 uint8 or raise ImageSkipped saying why.
 
@@ -247,6 +193,8 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
         pixels = decode_colour_jpeg(path, min_size)
         if pixels is not None:
             return pixels
+    if path.lower().endswith(".czi"):
+        return load_czi(path, min_size)
     configure_pillow()
     try:
         with Image.open(path) as img:

@@ -2,7 +2,7 @@
 
 TIFF files (classic, BigTIFF, OME-TIFF, pyramidal whole-slide TIFFs with SubIFDs or one page per
 level) are read with tifffile, one level, only the tiles or strips a region touches: a slide is
-never decoded whole. Anything else (PNG, JPEG, ...) is read whole by
+never decoded whole; Zeiss CZI slides likewise with pylibCZIrw (:mod:`allen_sr.data.czi`). Anything else (PNG, JPEG, ...) is read whole by
 :func:`allen_sr.data.images.load_image` (Pillow's pixel limit applies).
 """
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import ImageSkipped, announced_white, colour_samples, is_tiff, load_image, samples_to_rgb
+from allen_sr.data.images import ImageSkipped, is_tiff, load_image
+from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
 from allen_sr.errors import InvalidInputError, MissingInputError
 
-__all__ = ["ImageSource", "ArraySource", "TiffSource", "open_image", "crop_source"]
+__all__ = ["ImageSource", "ArraySource", "TiffSource", "CziSource", "open_image", "crop_source"]
 
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 OME_UNITS = {"µm": 1.0, "um": 1.0, "\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -79,7 +80,7 @@ def crop_source(base: ImageSource, left: int, top: int, width: int | None, heigh
 
 def to_rgb(block: np.ndarray, name: str, white: float = 255.0, alpha: str | None = None) -> np.ndarray:
     """uint8 [h, w, 3] from a block [h, w] or [h, w, samples] of unsigned integers or floats (the
-    callers check the type): :func:`~allen_sr.data.images.samples_to_rgb` of the image's ``white``
+    callers check the type): :func:`~allen_sr.data.samples.samples_to_rgb` of the image's ``white``
     level and ``alpha``; a clear error for other numbers of samples."""
     if block.ndim == 2:
         block = block[:, :, None]
@@ -196,6 +197,22 @@ def tiff_pixel_size(tif: Any, page: Any, level: int, levels: list[Any]) -> float
     return None
 
 
+class CziSource(ImageSource):
+    """One level of a Zeiss CZI, read region by region (:class:`allen_sr.data.czi.CziImage`)."""
+
+    def __init__(self, path: str, level: int = 0) -> None:
+        from allen_sr.data.czi import CziImage
+
+        self.image = CziImage(path, level)
+        super().__init__(path, self.image.width, self.image.height, self.image.pixel_size_um)
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        return self.image.read(top, left, height, width)
+
+    def close(self) -> None:
+        self.image.close()
+
+
 def ome_significant_bits(ome: str) -> int | None:
     """Bits per sample that carry data, as OME-XML's Pixels element states (SignificantBits), or None."""
     found = re.search(r'SignificantBits="([0-9]+)"', ome)
@@ -216,6 +233,8 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
         raise ImageSkipped(f"{path}: empty file (0 bytes); replace it")
     if is_tiff(path):
         source: ImageSource = TiffSource(path, level)
+    elif path.lower().endswith(".czi"):
+        source = CziSource(path, level)
     else:
         if level:
             raise InvalidInputError(f"{path} is not a TIFF: it has one resolution level, its level must be 0")

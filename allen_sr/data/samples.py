@@ -1,0 +1,80 @@
+"""Sample values to uint8 RGB: how images of any depth, greyscale or with alpha are read (no I/O).
+
+Every reader (:mod:`allen_sr.data.images` for whole files, :mod:`allen_sr.data.czi`, the TIFF
+reader of :mod:`allen_sr.inference.sources`) turns what a file stores into the uint8 RGB the
+models know through these functions, so a file reads the same whichever way it is opened.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+__all__ = ["SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "colour_samples", "samples_to_rgb"]
+
+# Sample depths cameras and scanners write. An image of more than 8 bits per sample is read as the
+# shallowest of these that holds its brightest sample: a 12-bit camera's 0-4095, stored in a 16-bit
+# file, reads as 0-255 rather than as 0-16 (near black). Metadata that names the depth
+# (OME-XML's SignificantBits) wins.
+SAMPLE_BITS = (8, 10, 12, 14, 16)
+
+
+def white_level(peak: float, dtype: np.dtype | type, significant_bits: int | None = None) -> float:
+    """The sample value of an image of ``dtype`` that reads as 255 (white).
+
+    uint8: 255. Deeper unsigned integers: ``2**significant_bits - 1`` when the file says how many
+    bits are significant, else the smallest depth of :data:`SAMPLE_BITS` (or the type's own) whose
+    top holds ``peak``, the image's brightest sample. Floating point: 1.0 when every sample lies
+    within [0, 1], else 255 (samples already on the 8-bit scale).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return 1.0 if peak <= 1.0 else 255.0
+    bits = dtype.itemsize * 8
+    if significant_bits and 8 <= significant_bits <= bits:
+        return float(2 ** significant_bits - 1)
+    for depth in (*(b for b in SAMPLE_BITS if b < bits), bits):
+        if peak <= 2 ** depth - 1:
+            return float(2 ** depth - 1)
+    return float(2 ** bits - 1)
+
+
+def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
+    """``pixels`` with ``white`` read as 255, rounded and clipped to uint8."""
+    if pixels.dtype == np.uint8 and white == 255:
+        return pixels
+    return np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / white)), 0, 255).astype(np.uint8)
+
+
+def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None) -> float:
+    """:func:`white_level` of an image of more than 8 bits per sample, with a warning naming the
+    image that says how it is read (``peak``: its brightest colour sample, unused when
+    ``significant_bits`` states an unsigned integer image's depth)."""
+    white = white_level(peak, dtype, significant_bits)
+    if np.dtype(dtype).kind == "u":
+        found = f"SignificantBits={significant_bits}" if white == 2 ** (significant_bits or 0) - 1 else f"samples up to {peak:g}"
+        how, depth = found, f" ({int(white).bit_length()}-bit data)"
+    else:
+        how, depth = f"samples up to {peak:g}", ""
+    warnings.warn(f"{name}: {np.dtype(dtype)} image, {how}: 0-{white:g} read as 0-255{depth}")
+    return white
+
+
+def colour_samples(samples: np.ndarray) -> np.ndarray:
+    """The colour samples of [..., 1|2|3|4] (grey, grey + extra, RGB, RGB + extra): [..., :1] or [..., :3]."""
+    return samples[..., :3] if samples.shape[-1] >= 3 else samples[..., :1]
+
+
+def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None) -> np.ndarray:
+    """uint8 [h, w, 3] from samples [h, w, 1|2|3|4]: the colour samples with ``white`` read as 255,
+    greyscale repeated; an extra (last) sample of 2 or 4 is alpha composited on white (the
+    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored."""
+    rgb = scale_to_uint8(colour_samples(samples), white)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    if alpha is None or samples.shape[-1] not in (2, 4):
+        return rgb
+    top = 1.0 if samples.dtype.kind == "f" else float(np.iinfo(samples.dtype).max)  # alpha: the type's range
+    a = np.clip(samples[..., -1:].astype(np.float32) / np.float32(top), 0.0, 1.0)
+    covered = rgb if alpha == "premultiplied" else rgb * a
+    return np.clip(np.rint(covered + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)
