@@ -76,10 +76,12 @@ def image_size(path: str) -> tuple[int, int]:
 
 
 def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
-    """HxWx3 uint8 from a whole image of more than 8 bits per sample ([h, w] or [h, w, 1-4]),
-    scaled by its :func:`~allen_sr.data.samples.white_level`, with a warning that says how; alpha is composited on white."""
+    """HxWx3 uint8 from a whole image's samples ([h, w] or [h, w, 1-4]) as the file stores them:
+    more than 8 bits by the image's :func:`~allen_sr.data.samples.white_level` (with a warning
+    saying how), alpha composited on white."""
     if raw.dtype.kind not in "uf":
-        raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; convert the image to unsigned 8 or 16 bit")
+        raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; "
+                           "convert the image to unsigned 8 or 16 bit")
     pixels = raw[:, :, None] if raw.ndim == 2 else raw
     if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
         raise ImageSkipped(f"{path}: pixels of shape {raw.shape[2:]} per position; expected greyscale or RGB(A)")
@@ -93,8 +95,9 @@ def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
     """Convert any Pillow image to an HxWx3 uint8 array, with a warning for lossy conversions.
 
     RGBA and LA are composited on white (the brightfield slide background), 16-bit and
-    floating-point greyscale are scaled by their :func:`~allen_sr.data.samples.white_level`, palette and CMYK images are
-    converted. (16-bit colour, which Pillow cuts to its top 8 bits, is read by :func:`load_image`.)
+    floating-point greyscale are scaled by their :func:`~allen_sr.data.samples.white_level`,
+    palette and CMYK images are converted. (16-bit colour, which Pillow cuts to its top 8 bits,
+    is read by :func:`load_image`.)
     """
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):

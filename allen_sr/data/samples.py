@@ -52,7 +52,8 @@ def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_
     ``significant_bits`` states an unsigned integer image's depth)."""
     white = white_level(peak, dtype, significant_bits)
     if np.dtype(dtype).kind == "u":
-        found = f"SignificantBits={significant_bits}" if white == 2 ** (significant_bits or 0) - 1 else f"samples up to {peak:g}"
+        stated = white == 2 ** (significant_bits or 0) - 1  # the file's stated depth was used
+        found = f"SignificantBits={significant_bits}" if stated else f"samples up to {peak:g}"
         how, depth = found, f" ({int(white).bit_length()}-bit data)"
     else:
         how, depth = f"samples up to {peak:g}", ""

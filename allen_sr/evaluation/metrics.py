@@ -56,6 +56,7 @@ __all__ = [
     "gaussian_kernel_1d",
     "luma",
     "luma_scores",
+    "luma_summary",
     "psnr",
     "psnr_batch",
     "ssim",
@@ -214,6 +215,19 @@ def luma(images: Any) -> np.ndarray:
     if x.shape[-1] != 3:
         raise ValueError(f"expected RGB or greyscale images (..., H, W, 3|1), got shape {x.shape}")
     return (x @ LUMA_WEIGHTS + 16.0)[..., None]
+
+
+def luma_summary(outputs: Mapping[str, np.ndarray], targets: np.ndarray, crop: int) -> dict[str, dict[str, float]]:
+    """``{method: {"psnr_y", "ssim_y"}}``, the means over tiles of :func:`luma_scores` of each
+    method's outputs [N, H, W, C]; empty when the crop leaves too little for SSIM's window."""
+    means = {}
+    for method, images in outputs.items():
+        scores = luma_scores(images, targets, crop)
+        if scores is None:
+            return {}
+        means[method] = {"psnr_y": _round(scores[0].mean(), _PSNR_DIGITS),
+                         "ssim_y": _round(scores[1].mean(), _SSIM_DIGITS)}
+    return means
 
 
 def luma_scores(preds: Any, targets: Any, crop: int) -> tuple[np.ndarray, np.ndarray] | None:

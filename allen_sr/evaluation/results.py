@@ -60,11 +60,10 @@ def write_results(
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
     summary = table.summary(metrics.PROTOCOL)
-    if outputs and metrics.luma_scores(targets[:1], targets[:1], scale) is not None:
-        for method, images in outputs.items():
-            psnr_y, ssim_y = metrics.luma_scores(np.stack(images), targets, scale)
-            summary["methods"][method] |= {"psnr_y": round(float(psnr_y.mean()), 3),
-                                           "ssim_y": round(float(ssim_y.mean()), 5)}
+    luma = metrics.luma_summary({m: np.stack(images) for m, images in outputs.items()}, targets, scale)
+    for method, scores in luma.items():
+        summary["methods"][method] |= scores
+    if luma:
         summary["protocol"] += "; " + metrics.LUMA_PROTOCOL.format(crop=scale)
     summary["protocol"] += f"; {protocol_note}" if protocol_note else ""
     summary |= extra or {}

@@ -2,8 +2,9 @@
 
 TIFF files (classic, BigTIFF, OME-TIFF, pyramidal whole-slide TIFFs with SubIFDs or one page per
 level) are read with tifffile, one level, only the tiles or strips a region touches: a slide is
-never decoded whole; Zeiss CZI slides likewise with pylibCZIrw (:mod:`allen_sr.data.czi`). Anything else (PNG, JPEG, ...) is read whole by
-:func:`allen_sr.data.images.load_image` (Pillow's pixel limit applies).
+never decoded whole; Zeiss CZI slides likewise, with pylibCZIrw (:mod:`allen_sr.data.czi`).
+Anything else (PNG, JPEG, ...) is read whole by :func:`allen_sr.data.images.load_image`
+(Pillow's pixel limit applies).
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ class TiffSource(ImageSource):
         its brightest colour sample (every segment read once), with a warning saying how."""
         page = self.page
         if page.dtype.kind not in "uf":
-            raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; convert the image to unsigned 8 or 16 bit")
+            raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; "
+                                    "convert the image to unsigned 8 or 16 bit")
         significant_bits = ome_significant_bits(self.tif.ome_metadata or "")
         peak = 0.0
         if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
