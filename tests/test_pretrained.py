@@ -252,3 +252,45 @@ def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp
            str(tmp_path / "region.png"), "--out", str(tmp_path / "region.tif"), "--uncertainty", "--no_progress")
     sd_map = tifffile.imread(tmp_path / "region.uncertainty.tif")
     assert sd_map.shape == (160, 240) and 0 < sd_map.mean() < 60
+
+
+def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, capsys):
+    """`allen-sr evaluate --whole`: each image reduced by its area average (or --degrade), enlarged
+    whole through the Upscaler, scored whole beside bicubic of the same input: the model card's
+    protocol, on any folder."""
+    from allen_sr.commands import evaluate
+    from allen_sr.data.degrade import degrade_image, parse_fixed
+    from allen_sr.evaluation import metrics
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    brain = load_image(HELD_OUT_BRAIN)
+    crops = {"a": brain[100:302, 120:383], "b": brain[400:560, 300:500]}  # sides not all multiples of 4
+    for name, crop in crops.items():
+        Image.fromarray(crop).save(folder / f"{name}.png")
+    Image.fromarray(brain[:40, :40]).save(folder / "small.png")  # too small to score whole
+    for degrade in (None, "noise=3,jpeg=75"):
+        out = tmp_path / f"out_{degrade}"
+        argv = ["--pretrained", "conv-fast", "--images", str(folder), "--whole", "--out", str(out), "--no_progress"]
+        with pytest.warns(UserWarning, match="small.png"):
+            assert evaluate.evaluate_main(argv + (["--degrade", degrade] if degrade else [])) == 0
+        summary = json.loads((out / "metrics.json").read_text())
+        assert summary["tiles"] == 2 and summary["unit"] == "images" and summary["degrade"] == degrade
+        assert "whole images" in summary["protocol"] and "4 px cropped" in summary["protocol"]
+        with Upscaler.open("conv-fast") as up:
+            for index, name in enumerate(sorted(crops)):
+                target = crops[name][:crops[name].shape[0] // 4 * 4, :crops[name].shape[1] // 4 * 4]
+                steps = parse_fixed(degrade) if degrade else []
+                small = degrade_image(target, 4, steps, seed=index)  # per image, with --seed 0
+                rows = {r.split(",")[1]: float(r.split(",")[2]) for r in (out / "metrics.csv").read_text().splitlines()
+                        if r.startswith(f"{name},")}
+                assert rows["model"] == pytest.approx(metrics.psnr(up.predict(small), target), abs=1e-5)
+                assert rows["bicubic"] == pytest.approx(metrics.psnr(metrics.upscale(small, 4), target), abs=1e-5)
+        assert summary["methods"]["model"]["psnr"] > summary["methods"]["bicubic"]["psnr"]
+        assert summary["methods"]["model"]["psnr_y"] > summary["methods"]["bicubic"]["psnr_y"]
+        assert Image.open(out / "grid.png").width > 4 * 128
+        assert "(2 images)" in capsys.readouterr().out
+    argv = ["--pretrained", "conv-fast", "--images", str(folder), "--whole", "--uncertainty", "--out", str(tmp_path / "u")]
+    assert evaluate.evaluate_main(argv) == 2
+    assert "--uncertainty scores tiles, --whole whole images" in capsys.readouterr().err
+    assert not (tmp_path / "u").exists()

@@ -4,7 +4,8 @@ folder of images (not only a dataset's dev split).
 Images are cut into target tiles of the problem's output size (tissue tiles only, the same filter
 as datagen); each input is the rounded area downsample of its target, the problem's ideal input,
 or with --degrade SPEC a tile of the whole image degraded as a real input is (blurred, noisy,
-JPEG). The model is decoded with the decoder `allen-sr decode` uses for it.
+JPEG). The model is decoded with the decoder `allen-sr decode` uses for it. With --whole, each
+image is scored whole, enlarged as `allen-sr upscale` enlarges it (tiles with context, blended).
 """
 from __future__ import annotations
 
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Image Transformers and probabilistic conv models: also score the per-pixel "
                         "uncertainty (coverage of the central 50%%/90%% intervals, how well it ranks the "
                         "errors) -> metrics.json 'uncertainty', reliability.png, uncertainty_grid.png")
+    p.add_argument("--whole", action="store_true",
+                   help="score whole images as `allen-sr upscale` enlarges them (tiled, with context, "
+                        "blended) instead of tissue tiles: each image reduced by its area average (or "
+                        "--degrade), the whole output against it, RGB and luma; conv models (an Image "
+                        "Transformer takes minutes per small image)")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, metrics.csv, grid.png")
     return p
 
@@ -164,6 +170,46 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     return summary
 
 
+def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str], progress: bool = True,
+                   degrade: str | None = None) -> dict:
+    """Score the model ``spec`` names on whole images as `allen-sr upscale` enlarges them; writes
+    the results (one row per image, the grid showing each image's centre), returns the summary."""
+    from allen_sr.api.upscaler import Options, Upscaler
+    from allen_sr.evaluation.results import write_results
+
+    steps = parse_fixed(degrade) if degrade else []
+    inputs, targets, predictions, names = [], [], [], []
+    with Upscaler(spec, Options()) as up:
+        factor = up.factor
+        print(f"evaluating whole images of {images} ({up.describe})", flush=True)
+        for index, path in enumerate(collect_images(images)):
+            try:
+                image = load_image(path, 2 * factor * metrics.SSIM_FILTER_SIZE)
+            except ImageSkipped as exc:
+                warnings.warn(str(exc))
+                continue
+            target = image[:image.shape[0] // factor * factor, :image.shape[1] // factor * factor]
+            target = to_grey(target) if up.channels == 1 else target
+            small = degrade_image(target, factor, steps, seed=spec.seed * 1_000_003 + index)
+            inputs.append(small)
+            targets.append(target)
+            predictions.append(up.predict(small, progress=progress))
+            names.append(image_id(path))
+        describe = up.describe
+    if not names:
+        raise InvalidInputError(f"no readable images of at least {2 * factor * metrics.SSIM_FILTER_SIZE} px a side "
+                                f"in {images}")
+    note = (f"{len(names)} whole images from {images}, each reduced {factor}x"
+            + (f" and degraded ({format_fixed(steps)})" if steps else " by its area average")
+            + f", enlarged whole as allen-sr upscale does ({describe}); PSNR and SSIM per image, averaged over images")
+    extra = {"degrade": format_fixed(steps) if steps else None, "unit": "images"}
+    summary = write_results(out_dir, inputs, targets, predictions, note, names=names, baselines=metrics.METHODS,
+                            extra=extra, grid_crop=32 * factor)
+    print(metrics.summary_to_text(summary))
+    print(f"wrote {out_dir}/metrics.json, metrics.md, metrics.csv, grid.png (the centre of each image)")
+    return summary
+
+
 def write_uncertainty(out_dir: str | os.PathLike[str], inputs: np.ndarray, predictions: np.ndarray,
                       targets: np.ndarray, recorder: Any, calibration: Any, per_example: bool = False) -> dict:
     """The metrics.json ``uncertainty`` section, reliability.png and uncertainty_grid.png (and with
@@ -191,6 +237,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     args = shared.parse(build_parser(), argv)
 
     def body() -> None:
+        if args.whole and args.uncertainty:
+            raise InvalidInputError("--uncertainty scores tiles, --whole whole images: give one of them")
+        if args.whole:
+            evaluate_whole(shared.model_spec(args), args.images, args.out, not args.no_progress, args.degrade)
+            return
         evaluate(shared.model_spec(args), args.images, args.out, args.max_tiles, not args.no_progress,
                  args.degrade, args.uncertainty)
 

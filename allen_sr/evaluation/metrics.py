@@ -217,16 +217,18 @@ def luma(images: Any) -> np.ndarray:
     return (x @ LUMA_WEIGHTS + 16.0)[..., None]
 
 
-def luma_summary(outputs: Mapping[str, np.ndarray], targets: np.ndarray, crop: int) -> dict[str, dict[str, float]]:
-    """``{method: {"psnr_y", "ssim_y"}}``, the means over tiles of :func:`luma_scores` of each
-    method's outputs [N, H, W, C]; empty when the crop leaves too little for SSIM's window."""
+def luma_summary(outputs: Mapping[str, Sequence[np.ndarray]], targets: Sequence[np.ndarray],
+                 crop: int) -> dict[str, dict[str, float]]:
+    """``{method: {"psnr_y", "ssim_y"}}``, the means over examples of :func:`luma_scores` of each
+    method's outputs (one [H, W, C] per target, of any size); empty when the crop leaves too
+    little of some example for SSIM's window."""
     means = {}
     for method, images in outputs.items():
-        scores = luma_scores(images, targets, crop)
-        if scores is None:
+        scores = [luma_scores(image[None], target[None], crop) for image, target in zip(images, targets)]
+        if not scores or any(s is None for s in scores):
             return {}
-        means[method] = {"psnr_y": _round(scores[0].mean(), _PSNR_DIGITS),
-                         "ssim_y": _round(scores[1].mean(), _SSIM_DIGITS)}
+        means[method] = {"psnr_y": _round(np.mean([s[0][0] for s in scores]), _PSNR_DIGITS),
+                         "ssim_y": _round(np.mean([s[1][0] for s in scores]), _SSIM_DIGITS)}
     return means
 
 
@@ -426,7 +428,7 @@ def summary_to_markdown(summary: Mapping[str, Any]) -> str:
     """
     header, rows = _summary_rows(summary)
     lines = [
-        f"| {header[0]} ({summary['tiles']} tiles) | " + " | ".join(header[1:]) + " |",
+        f"| {header[0]} ({summary['tiles']} {summary.get('unit', 'tiles')}) | " + " | ".join(header[1:]) + " |",
         "|:---|" + "---:|" * (len(header) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -441,5 +443,5 @@ def summary_to_text(summary: Mapping[str, Any]) -> str:
     def fmt(row: Sequence[str]) -> str:
         return "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:], widths[1:]))])
 
-    lines = [fmt(header), *(fmt(r) for r in rows), f"({summary['tiles']} tiles)"]
+    lines = [fmt(header), *(fmt(r) for r in rows), f"({summary['tiles']} {summary.get('unit', 'tiles')})"]
     return "\n".join(lines) + "\n"

@@ -20,17 +20,24 @@ from allen_sr.evaluation import metrics, pictures
 GRID_ROWS = 16  # at most this many examples in grid.png
 
 
+def centre(image: np.ndarray, size: int) -> np.ndarray:
+    """The centred ``size`` x ``size`` px of ``image`` (all of a side shorter than that)."""
+    top, left = max((image.shape[0] - size) // 2, 0), max((image.shape[1] - size) // 2, 0)
+    return image[top:top + size, left:left + size]
+
+
 def write_results(
     out_dir: str | os.PathLike[str],
-    inputs: np.ndarray,
-    targets: np.ndarray,
-    predictions: np.ndarray,
+    inputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
     protocol_note: str = "",
     names: Sequence[str] | None = None,
     baselines: Sequence[str] = ("bicubic",),
     example_pngs: bool = False,
     grid_rows: int = GRID_ROWS,
     extra: dict[str, Any] | None = None,
+    grid_crop: int | None = None,
 ) -> dict[str, Any]:
     """Score ``predictions`` against ``targets`` and write the outputs; returns the summary.
 
@@ -38,10 +45,12 @@ def write_results(
     the interpolation methods scored beside the model; the last one is the grid's baseline
     column. ``example_pngs`` also writes ``example_000.png``... (one per prediction). ``extra``
     entries are added to the summary and ``metrics.json`` (e.g. how the inputs were made).
+    Examples may differ in size (whole images); ``grid_crop`` (output px) then shows the centre
+    of each in the grid.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scale = targets.shape[1] // inputs.shape[1]
+    scale = targets[0].shape[0] // inputs[0].shape[0]
     names = [str(i) for i in range(len(inputs))] if names is None else list(names)
     shown = baselines[-1]
     table = metrics.MetricTable()
@@ -56,11 +65,12 @@ def write_results(
         if example_pngs:
             pictures.save_png(pred, out / f"example_{i:03d}.png")
         if i < grid_rows:
-            rows.append([lr, candidates[shown], pred, hr])
+            cells = [lr, candidates[shown], pred, hr]
+            rows.append([centre(c, grid_crop // scale if c is lr else grid_crop) for c in cells] if grid_crop else cells)
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
     summary = table.summary(metrics.PROTOCOL)
-    luma = metrics.luma_summary({m: np.stack(images) for m, images in outputs.items()}, targets, scale)
+    luma = metrics.luma_summary(outputs, targets, scale)
     for method, scores in luma.items():
         summary["methods"][method] |= scores
     if luma:
