@@ -181,10 +181,11 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
     inputs, targets, predictions, names = [], [], [], []
     with Upscaler(spec, Options()) as up:
         factor = up.factor
+        smallest = metrics.SSIM_FILTER_SIZE + 2 * factor  # SSIM's window after the luma's border crop
         print(f"evaluating whole images of {images} ({up.describe})", flush=True)
         for index, path in enumerate(collect_images(images)):
             try:
-                image = load_image(path, 2 * factor * metrics.SSIM_FILTER_SIZE)
+                image = load_image(path, smallest)
             except ImageSkipped as exc:
                 warnings.warn(str(exc))
                 continue
@@ -197,8 +198,7 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
             names.append(image_id(path))
         describe = up.describe
     if not names:
-        raise InvalidInputError(f"no readable images of at least {2 * factor * metrics.SSIM_FILTER_SIZE} px a side "
-                                f"in {images}")
+        raise InvalidInputError(f"no readable images of at least {smallest} px a side in {images}")
     note = (f"{len(names)} whole images from {images}, each reduced {factor}x"
             + (f" and degraded ({format_fixed(steps)})" if steps else " by its area average")
             + f", enlarged whole as allen-sr upscale does ({describe}); PSNR and SSIM per image, averaged over images")

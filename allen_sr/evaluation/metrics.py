@@ -217,19 +217,14 @@ def luma(images: Any) -> np.ndarray:
     return (x @ LUMA_WEIGHTS + 16.0)[..., None]
 
 
-def luma_summary(outputs: Mapping[str, Sequence[np.ndarray]], targets: Sequence[np.ndarray],
-                 crop: int) -> dict[str, dict[str, float]]:
-    """``{method: {"psnr_y", "ssim_y"}}``, the means over examples of :func:`luma_scores` of each
-    method's outputs (one [H, W, C] per target, of any size); empty when the crop leaves too
-    little of some example for SSIM's window."""
-    means = {}
-    for method, images in outputs.items():
-        scores = [luma_scores(image[None], target[None], crop) for image, target in zip(images, targets)]
-        if not scores or any(s is None for s in scores):
-            return {}
-        means[method] = {"psnr_y": _round(np.mean([s[0][0] for s in scores]), _PSNR_DIGITS),
-                         "ssim_y": _round(np.mean([s[1][0] for s in scores]), _SSIM_DIGITS)}
-    return means
+def luma_summary(scores: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray] | None]]) -> dict[str, dict[str, float]]:
+    """``{method: {"psnr_y", "ssim_y"}}``: the means over examples of each method's
+    :func:`luma_scores` (one per example); empty when the crop left too little of some example."""
+    if not scores or any(s is None for per_method in scores.values() for s in per_method):
+        return {}
+    return {method: {"psnr_y": _round(np.mean([s[0] for s in per_method]), _PSNR_DIGITS),
+                     "ssim_y": _round(np.mean([s[1] for s in per_method]), _SSIM_DIGITS)}
+            for method, per_method in scores.items()}
 
 
 def luma_scores(preds: Any, targets: Any, crop: int) -> tuple[np.ndarray, np.ndarray] | None:

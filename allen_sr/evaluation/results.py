@@ -55,22 +55,25 @@ def write_results(
     shown = baselines[-1]
     table = metrics.MetricTable()
     rows, captions = [], []
-    outputs: dict[str, list[np.ndarray]] = {}
+    luma_scores: dict[str, list] = {}  # method -> per example (PSNR, SSIM) of the luma, or None
     for i, (lr, pred, hr) in enumerate(zip(inputs, predictions, targets)):
         candidates = metrics.baselines(lr, scale, baselines)
         candidates["model"] = pred
         scores = table.add_images(names[i], hr, candidates)
         for method, image in candidates.items():
-            outputs.setdefault(method, []).append(image)
+            found = metrics.luma_scores(image[None], hr[None], scale)
+            luma_scores.setdefault(method, []).append(None if found is None else (found[0][0], found[1][0]))
         if example_pngs:
             pictures.save_png(pred, out / f"example_{i:03d}.png")
         if i < grid_rows:
             cells = [lr, candidates[shown], pred, hr]
-            rows.append([centre(c, grid_crop // scale if c is lr else grid_crop) for c in cells] if grid_crop else cells)
+            if grid_crop:
+                cells = [centre(lr, grid_crop // scale), *(centre(c, grid_crop) for c in cells[1:])]
+            rows.append(cells)
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
     summary = table.summary(metrics.PROTOCOL)
-    luma = metrics.luma_summary(outputs, targets, scale)
+    luma = metrics.luma_summary(luma_scores)
     for method, scores in luma.items():
         summary["methods"][method] |= scores
     if luma:
