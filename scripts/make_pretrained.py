@@ -16,10 +16,11 @@ The recipe (RECIPES below; every number of it is recorded in the model card and 
    steps with the cosine decay spread over them, `--random_seed=0`. Resumable: rerunning continues
    from the newest checkpoint in ``--work``.
 3. Export: `allen-sr export` (ONNX; the package keeps `model.onnx` and `config.json`).
-4. Measurement, on the images never trained on, as a user meets them: each held-out image is
-   reduced 4x by its area average (and, for the JPEG rows, saved as JPEG quality 75), enlarged
-   whole by the exported model through `allen_sr.Upscaler` (the TF-free code path), and compared
-   with the original; the gain is over bicubic from the same input.
+4. Measurement, on the images never trained on, as a user meets them: `allen-sr evaluate --whole`
+   (`allen_sr.commands.evaluate.evaluate_whole`): each held-out image reduced 4x by its area
+   average (and, for the JPEG rows, `--degrade jpeg=75`), enlarged whole by the exported model
+   through `allen_sr.Upscaler` (the TF-free code path) and compared with the original; the gain
+   is over bicubic from the same input.
 
 Writes `allen_sr/pretrained/<name>/{model.onnx,config.json,MODEL_CARD.md}` (a probabilistic conv
 model also `distribution.onnx`; the Image Transformer `weights.npz` instead of ONNX) and
@@ -28,7 +29,6 @@ model also `distribution.onnx`; the Image Transformer `weights.npz` instead of O
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -43,8 +43,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-
 from allen_sr.api.models import ModelSpec, trained_degradation  # noqa: E402
 from allen_sr.data.degrade import parse_training  # noqa: E402
 from allen_sr.pretrained import MODELS_DIR, INDEX_NAME  # noqa: E402
@@ -58,7 +56,7 @@ HELD_OUT = {  # name in the card -> (sample image, what it is)
     "brain": ("other_deepslice_GLTa_s094.png", "coronal mouse brain section (DeepSlice GLTa s094), brown DAB-like stain"),
     "IHC DAB": ("other_skimage_ihc_colon_DAB.png", "human colon, IHC DAB + haematoxylin (a stain not trained on)"),
 }
-INPUTS = {"clean": None, "JPEG 75": 75}
+INPUTS = {"clean": None, "JPEG 75": "jpeg=75"}  # the card's rows -> `evaluate --degrade`
 FACTOR = 4
 
 
@@ -182,37 +180,20 @@ def export(recipe: Recipe, run: Path, work: Path) -> Path:
     return target
 
 
-def held_out_input(path: Path, jpeg_quality: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(low-resolution input as a user would have it, the original cropped to a multiple of 4)."""
-    from PIL import Image
-
-    from allen_sr.data.images import load_image
-    from allen_sr.data.tiles import area_downsample
-
-    target = load_image(str(path))
-    h, w = (s - s % FACTOR for s in target.shape[:2])
-    target = target[:h, :w]
-    small = area_downsample(target, FACTOR)
-    if jpeg_quality is not None:
-        buffer = io.BytesIO()
-        Image.fromarray(small).save(buffer, "JPEG", quality=jpeg_quality)
-        small = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-    return small, target
-
-
 def measure(name: str) -> dict[str, dict[str, float]]:
-    """{held-out image: {input: {model, bicubic, gain}}} of the shipped model ``name`` (dB)."""
-    from allen_sr import Upscaler
-    from allen_sr.evaluation import metrics
+    """{held-out image: {input: {model, bicubic, gain}}} of the shipped model ``name`` (dB), as
+    `allen-sr evaluate --pretrained NAME --whole [--degrade jpeg=75]` scores each image."""
+    import tempfile
+
+    from allen_sr.api.models import resolve
+    from allen_sr.commands.evaluate import evaluate_whole
 
     out: dict[str, dict[str, Any]] = {}
-    with Upscaler.open(name) as model:
+    with tempfile.TemporaryDirectory() as work:
         for label, (file, _) in HELD_OUT.items():
-            for kind, quality in INPUTS.items():
-                small, target = held_out_input(SAMPLE_DIR / file, quality)
-                pred = model.predict(small)
-                bicubic = metrics.upscale(small, FACTOR, "bicubic")
-                m, b = metrics.psnr(pred, target), metrics.psnr(bicubic, target)
+            for kind, degrade in INPUTS.items():
+                summary = evaluate_whole(resolve(name), str(SAMPLE_DIR / file), work, progress=False, degrade=degrade)
+                m, b = (summary["methods"][method]["psnr"] for method in ("model", "bicubic"))
                 out.setdefault(label, {})[kind] = {"model_db": round(m, 2), "bicubic_db": round(b, 2),
                                                    "gain_db": round(m - b, 2)}
                 log(f"{name}: {label}, {kind}: {m:.2f} dB vs bicubic {b:.2f} ({m - b:+.2f})")
