@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_model_args(p)
     p.set_defaults(batch_size=None)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="image file to enlarge (PNG, JPEG, TIFF, BigTIFF, OME-TIFF, slide TIFF, Zeiss CZI)")
+    src.add_argument("--image",
+                     help="image file to enlarge (PNG, JPEG, TIFF, BigTIFF, OME-TIFF, slide TIFF, Zeiss CZI)")
     src.add_argument("--image_id", type=int, help="an Allen section image id, downloaded first")
     src.add_argument("--images", metavar="DIR|GLOB",
                      help="a folder of images or a quoted glob ('slides/*.tif'): each is enlarged into --out_dir")

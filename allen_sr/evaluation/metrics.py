@@ -90,7 +90,7 @@ LUMA_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 LUMA_PROTOCOL: str = (
     "psnr_y/ssim_y as published x4 tables: the luma Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 "
     "(MATLAB's rgb2ycbcr, BasicSR's test_y_channel; greyscale: the grey values), unrounded, {crop} px "
-    "cropped from each tile's borders, then PSNR and SSIM as above, per tile"
+    "cropped from every border of each tile (or whole image), then PSNR and SSIM as above"
 )
 
 # tf.image.ssim defaults (allen_sr.t2t_metrics, the in-graph version, uses these too).
