@@ -50,13 +50,16 @@ def test_a_two_scene_slide_is_read_region_by_region_with_white_glass_between(tmp
     np.testing.assert_array_equal(load_image(str(path))[:, :320], BRAIN)
 
 
-def test_a_12_bit_grey_czi_reads_as_the_picture_it_holds(tmp_path):
-    grey = BRAIN[..., 1]
-    camera = np.rint(grey * (4095 / 255)).astype(np.uint16)[..., None]
+@pytest.mark.parametrize("bits, colour", [(12, False), (14, True)])
+def test_a_deep_czi_reads_as_the_picture_it_holds(tmp_path, bits, colour):
+    """Gray16 and Bgr48 planes of a 12- or 14-bit camera read by their white level."""
+    picture = BRAIN if colour else np.repeat(BRAIN[..., 1:2], 3, axis=2)
+    white = 2 ** bits - 1
+    camera = np.rint(picture[..., :3 if colour else 1] * (white / 255)).astype(np.uint16)
     path = write_czi(tmp_path / "camera.czi", [(0, 0, camera)])
-    with pytest.warns(UserWarning, match="camera.czi: uint16 image, samples up to 4095: 0-4095 read as 0-255"):
+    with pytest.warns(UserWarning, match=f"camera.czi: uint16 image, samples up to {white}: 0-{white} read as 0-255"):
         src = sources.open_image(str(path))
-    np.testing.assert_array_equal(src.read(10, 20, 60, 70), np.repeat(grey[10:70, 20:90, None], 3, axis=2))
+    np.testing.assert_array_equal(src.read(10, 20, 60, 70), picture[10:70, 20:90])
     src.close()
 
 
