@@ -363,17 +363,25 @@ def test_a_striped_greyscale_16bit_tiff_is_read_region_by_region(tmp_path):
     src.close()
 
 
+@pytest.mark.parametrize("pyramid", [False, True])
 @pytest.mark.parametrize("significant_bits", [None, 14])
-def test_a_12_bit_tiff_is_read_by_one_white_level_for_the_whole_image(tmp_path, significant_bits):
+def test_a_12_bit_tiff_is_read_by_one_white_level_for_the_whole_image(tmp_path, significant_bits, pyramid):
     """Region by region, yet scaled as a whole: the dark tiles of a 12-bit slide read as dark as
     they are (scaling each tile by its own brightest sample would brighten them: seams); OME-XML's
-    SignificantBits, where the file has it, says the depth instead of the samples."""
+    SignificantBits, where the file has it, says the depth instead of the samples; a pyramid's
+    smallest level finds the brightest sample without decoding the slide."""
     rgb = tissue_image(192, 256)
     rgb[:, :128] //= 4  # the left tiles hold no sample above 63 of 255
     camera = np.rint(rgb * (4095 / 255)).astype(np.uint16)
     path = tmp_path / "camera.ome.tif"
     metadata = {"axes": "YXS"} | ({"SignificantBits": significant_bits} if significant_bits else {})
-    tifffile.imwrite(path, camera, photometric="rgb", tile=(64, 64), metadata=metadata)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(camera, photometric="rgb", tile=(64, 64), metadata=metadata, subifds=1 if pyramid else 0)
+        if pyramid:
+            half = camera.reshape(96, 2, 128, 2, 3).mean(axis=(1, 3)).round().astype(np.uint16)
+            tif.write(half, photometric="rgb", tile=(64, 64), subfiletype=1)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series[0].levels) == (2 if pyramid else 1)
     with pytest.warns(UserWarning, match=f"camera.ome.tif: uint16 image, .*({significant_bits or 12}-bit data)"):
         src = sources.open_image(str(path))
     white = 2 ** (significant_bits or 12) - 1

@@ -126,14 +126,15 @@ class TiffSource(ImageSource):
         extra = tuple(page.extrasamples or ())[-1:]
         self.alpha = {(1,): "premultiplied", (2,): "straight"}.get(extra) if page.samplesperpixel in (2, 4) else None
         try:
-            self.white = 255.0 if page.dtype == np.uint8 else self.level_white()
+            self.white = 255.0 if page.dtype == np.uint8 else self.level_white(levels[-1].keyframe)
         except BaseException:
             self.tif.close()
             raise
 
-    def level_white(self) -> float:
-        """The white level of a level deeper than 8 bits: from OME-XML's SignificantBits, else from
-        its brightest colour sample (every segment read once), with a warning saying how."""
+    def level_white(self, overview: Any) -> float:
+        """The white level of an image deeper than 8 bits: from OME-XML's SignificantBits, else from
+        the brightest colour sample of ``overview``, its smallest level (every segment read once:
+        the level itself where there is no pyramid), with a warning saying how it is read."""
         page = self.page
         if page.dtype.kind not in "uf":
             raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; "
@@ -141,13 +142,14 @@ class TiffSource(ImageSource):
         significant_bits = ome_significant_bits(self.tif.ome_metadata or "")
         peak = 0.0
         if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
-            for index in range(len(page.dataoffsets)):
-                peak = max(peak, float(colour_samples(self.segment(index)).max(initial=0)))
+            for index in range(len(overview.dataoffsets)):
+                peak = max(peak, float(colour_samples(self.segment(index, overview)).max(initial=0)))
         return announced_white(self.name, page.dtype, peak, significant_bits)
 
-    def segment(self, index: int) -> np.ndarray:
-        """Tile or strip ``index`` as stored, [h, w, samples]; ImageSkipped when it cannot be read."""
-        page = self.page
+    def segment(self, index: int, page: Any = None) -> np.ndarray:
+        """Tile or strip ``index`` of this level (or of ``page``) as stored, [h, w, samples];
+        ImageSkipped when it cannot be read."""
+        page = page or self.page
         offset, count = int(page.dataoffsets[index]), int(page.databytecounts[index])
         try:
             fh = self.tif.filehandle
