@@ -30,7 +30,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
-from allen_sr.data.samples import announced_white
+from allen_sr.data.samples import announced_white, colour_samples
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
 from allen_sr.inference.input_check import InputCheck, check_file, check_input
@@ -199,7 +199,9 @@ def array_source(image: np.ndarray) -> sources.ArraySource:
             or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))):
         raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 or uint16 "
                               "[h, w] (grey) or [h, w, 3|4] (RGB, RGBA)")
-    white = 255.0 if array.dtype == np.uint8 else announced_white("image", array.dtype, float(array[..., :3].max(initial=0)))
+    samples = array if array.ndim == 3 else array[..., None]
+    white = 255.0 if array.dtype == np.uint8 else announced_white("image", array.dtype,
+                                                                  float(colour_samples(samples).max(initial=0)))
     return sources.ArraySource("image", sources.to_rgb(array, "image", white))
 
 
