@@ -43,8 +43,8 @@ def test_deep_images_are_read_at_the_depth_their_samples_use(tmp_path, kind, whi
     import tifffile
 
     rgb = tissue_image(96, 80)
-    deep = rgb * (white / 255) if kind.endswith("float") else np.rint(rgb * (white / 255)).astype(np.uint16)
-    deep = deep.astype(np.float32) if kind.endswith("float") else deep
+    scaled = rgb * (white / 255)
+    deep = scaled.astype(np.float32) if kind.endswith("float") else np.rint(scaled).astype(np.uint16)
     path = tmp_path / f"{kind}.{kind.split('-')[0]}"
     if kind == "png-rgb":
         path.write_bytes(imagecodecs.png_encode(deep))

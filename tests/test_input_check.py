@@ -232,7 +232,8 @@ def test_a_12_bit_camera_tiff_is_checked_as_the_picture_it_holds(tmp_path):
     done = subprocess.run([ALLEN_SR, "upscale", "--check", "--images", str(tmp_path), "--no_progress"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    noise = {line.split()[-1]: line.split("noise ~")[1].split()[0] for line in done.stdout.splitlines() if "noise ~" in line}
+    noise = {line.split()[-1]: line.split("noise ~")[1].split()[0]
+             for line in done.stdout.splitlines() if "noise ~" in line}
     assert set(noise) == {str(tmp_path / "camera.tif"), str(tmp_path / "png8.png")}
     assert len(set(noise.values())) == 1 and float(noise[str(tmp_path / "png8.png")]) > 2, done.stdout  # 16x darker: < 1
     warned = [line for line in done.stderr.splitlines() if "camera.tif" in line]
