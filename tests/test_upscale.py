@@ -483,6 +483,28 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(conv_dir, tmp_path, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_output_that_would_replace_its_input_is_refused_and_the_input_kept(conv_dir, tmp_path, capsys):
+    """The output, or its compare picture, named as the input (also through another path to it)."""
+    src = tmp_path / "s.png"
+    Image.fromarray(textured(40, 40)).save(src)
+    shot = tmp_path / "s.compare.png"
+    shot.write_bytes(src.read_bytes())
+    (tmp_path / "link").symlink_to(tmp_path)
+    original = src.read_bytes()
+    cases = [([f"--image={src}", f"--out={src}"], "s.png is the input image"),
+             ([f"--image={src}", f"--out={tmp_path / 'link' / 's.png'}"], "s.png is the input image"),
+             ([f"--image={shot}", f"--out={tmp_path / 's.tif'}"], "s.compare.png is the input image")]
+    for extra, words in cases:
+        code, err = error_of(capsys, conv_flags(conv_dir) + extra)
+        assert code == 2 and len(err.splitlines()) == 1, (extra, err)
+        assert words in err and "another name" in err, (extra, err)
+    assert src.read_bytes() == original and shot.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "s.compare.png", "s.png"]
+    # Without the compare picture, the same input and output are fine.
+    assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={shot}", f"--out={tmp_path / 's.tif'}",
+                                                        "--preview_size=0"]) == 0
+
+
 def test_a_full_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, capsys):
     src = tmp_path / "s.png"
     Image.fromarray(textured(200, 200)).save(src)

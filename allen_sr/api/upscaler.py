@@ -248,6 +248,15 @@ def split_uncertain(bands: Iterable[np.ndarray], channels: int, maps: list[np.nd
         yield band[..., :channels]
 
 
+def refuse_replacing(src: str | os.PathLike[str], outputs: Iterable[Path]) -> None:
+    """OutputError if one of the files a run writes is its input ``src`` (the run would replace it)."""
+    source = Path(src).resolve()
+    for path in outputs:
+        if path.resolve() == source:
+            raise writers.OutputError(f"{path} is the input image {src}: writing it would replace the input; "
+                                      "give the output another name")
+
+
 def uncertainty_paths(out: Path) -> tuple[Path, Path]:
     """``OUT.uncertainty.tif`` and ``OUT.uncertainty.png`` beside output ``out`` (its type suffix dropped)."""
     stem = compare_path(out).name[:-len(".compare.png")]
@@ -399,10 +408,12 @@ class Upscaler:
                           restart=restart, compression=compression)
         out = Path(dst)
         writers.output_kind(out)
+        preview = compare_path(out) if preview_to is None else Path(preview_to) / compare_path(out).name
+        refuse_replacing(src, [out] + ([preview] if preview_size > 0 else [])
+                         + (list(uncertainty_paths(out)) if uncertainty else []))
         writers.check_writable(out)
         base = sources.open_image(os.fspath(src), level, pixel_size_um)
         try:
-            preview = compare_path(out) if preview_to is None else Path(preview_to) / compare_path(out).name
             return self._write(base, out, as_region(region), progress, options,
                                resume.file_stamp(os.fspath(src)), preview, log or (lambda _: None), uncertainty)
         finally:
