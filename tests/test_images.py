@@ -129,3 +129,74 @@ def test_list_images_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does_not_exist"):
         images.list_images(str(tmp_path / "does_not_exist"))
 
+
+
+@pytest.mark.parametrize("kind", ["miniswhite", "palette", "cmyk"])
+def test_tiff_colour_spaces_read_as_pillow_reads_them(tmp_path, kind):
+    """White-is-zero grey, a palette and CMYK inks, in tiles: `upscale`'s region reader (tifffile)
+    and the whole-image reader give Pillow's picture, not the stored numbers (the region reader
+    read them as grey or RGB)."""
+    import tifffile
+
+    from allen_sr.inference.sources import open_image
+
+    rgb = tissue_image(96, 80)
+    path = tmp_path / f"{kind}.tif"
+    if kind == "miniswhite":
+        tifffile.imwrite(path, 255 - rgb[:, :, 1], photometric="miniswhite", tile=(32, 32))
+    elif kind == "palette":
+        quantised = Image.fromarray(rgb).quantize(64)
+        colormap = np.zeros((3, 256), np.uint16)
+        colormap[:, :64] = np.asarray(quantised.getpalette()[:192], np.uint16).reshape(64, 3).T * 257
+        tifffile.imwrite(path, np.asarray(quantised), photometric="palette", colormap=colormap, tile=(32, 32))
+    else:
+        inks = 255 - rgb.astype(np.int16)
+        black = inks.min(axis=2, keepdims=True)
+        tifffile.imwrite(path, np.concatenate([inks - black, black], axis=2).astype(np.uint8),
+                         photometric="separated", tile=(32, 32))
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB"))
+    assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 20  # a picture, not a flat colour
+    if kind == "miniswhite":
+        np.testing.assert_array_equal(expected[..., 1], rgb[..., 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "greyscale image converted to RGB"
+        whole = images.load_image(str(path))
+    region = open_image(str(path))
+    try:
+        np.testing.assert_array_equal(region.read(0, 0, 96, 80), expected)
+    finally:
+        region.close()
+    np.testing.assert_array_equal(whole, expected)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("rgb-stack", "holds 5 planes (axes QYXS, shape 5x96x80x3"),
+    ("channel-pages", "holds 3 planes"),
+    ("grey-channels", "4 channels per pixel stored as grey"),
+    ("lab", "colour space CIE L*a*b* is not supported"),
+])
+def test_tiffs_that_are_not_one_picture_are_refused_by_both_readers(tmp_path, kind, words):
+    """A z-stack or channels, in pages or samples, and CIE Lab: refused by name by the whole-image
+    and the region reader alike (Pillow alone reads the first plane, or the channels as RGB)."""
+    import tifffile
+
+    from allen_sr.inference.sources import open_image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"{kind}.tif"
+    if kind == "rgb-stack":
+        tifffile.imwrite(path, rng.integers(0, 256, (5, 96, 80, 3), np.uint8), photometric="rgb")
+    elif kind == "channel-pages":
+        tifffile.imwrite(path, rng.integers(0, 256, (3, 96, 80), np.uint8), photometric="minisblack")
+    elif kind == "grey-channels":
+        tifffile.imwrite(path, rng.integers(0, 256, (96, 80, 4), np.uint8), photometric="minisblack",
+                         planarconfig="contig")
+    else:
+        tifffile.imwrite(path, rng.integers(0, 256, (96, 80, 3), np.uint8), photometric="cielab")
+    with pytest.raises(images.ImageSkipped, match="save") as whole:
+        images.load_image(str(path))
+    with pytest.raises(ValueError, match="save") as region:
+        open_image(str(path))
+    for caught in (whole, region):
+        assert str(path) in str(caught.value) and words in str(caught.value), caught.value

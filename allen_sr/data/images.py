@@ -7,8 +7,10 @@ calls :func:`configure_pillow`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -19,7 +21,7 @@ from allen_sr.errors import MissingInputError
 
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
-    "image_id", "is_tiff", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
+    "image_id", "is_tiff", "tiff_problem", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
     "deep_to_rgb",
 ]
 
@@ -54,6 +56,10 @@ def list_images(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
+# TIFF Photometric (colour space) values read; others are refused by name (photometric_problem).
+MINISWHITE, MINISBLACK, RGB, PALETTE, SEPARATED, YCBCR = 0, 1, 2, 3, 5, 6
+PHOTOMETRIC_NAMES = {4: "transparency mask", 8: "CIE L*a*b*", 9: "ICC L*a*b*", 10: "ITU L*a*b*",
+                     32803: "colour filter array (raw)", 32844: "LogL", 32845: "LogLuv", 34892: "linear raw"}
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -61,6 +67,43 @@ def is_tiff(path: str) -> bool:
     """True when the file starts with a TIFF or BigTIFF header."""
     with open(path, "rb") as f:
         return f.read(4) in TIFF_MAGIC
+
+
+def tiff_problem(path: str, tif: Any = None) -> str | None:
+    """Why the TIFF ``path`` (or the open tifffile ``tif``) is not read as one picture, or None:
+    several planes in its image (a z-stack, a time series, channels stored as separate pages:
+    Pillow alone would read the first plane without a word), or a colour space that is not one
+    picture's (:func:`photometric_problem`)."""
+    import tifffile
+
+    try:
+        with contextlib.ExitStack() as stack:
+            tif = tif if tif is not None else stack.enter_context(tifffile.TiffFile(path))
+            series = tif.series[0]
+            planes = len(series.levels[0].pages)
+            page = series.levels[0].keyframe
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the reader itself
+        return None
+    if planes > 1:
+        return (f"holds {planes} planes (axes {series.axes}, shape {'x'.join(map(str, series.shape))}: a stack, "
+                "or channels stored as separate pages); save the plane you want, or an RGB composite, as its own "
+                "file")
+    return photometric_problem(page)
+
+
+def photometric_problem(page: Any) -> str | None:
+    """Why a TIFF page's colour space is not read, or None: grey (either way round), RGB, palette,
+    YCbCr (JPEG tiles) and CMYK are; several grey channels, other inks and CIE Lab are refused,
+    never read as something else."""
+    photometric, samples = int(page.photometric), int(page.samplesperpixel)
+    if photometric in (MINISWHITE, MINISBLACK) and samples > 2:  # grey, or grey and one extra (alpha)
+        return (f"{samples} channels per pixel stored as grey (a multi-channel image, not RGB); save one "
+                "channel, or an RGB composite, as its own file")
+    if photometric == SEPARATED and (samples != 4 or int(page.tags.valueof(332, 1)) != 1):  # InkSet 1: CMYK
+        return f"{samples} inks that are not CMYK; save it as RGB"
+    if photometric not in (MINISWHITE, MINISBLACK, RGB, PALETTE, SEPARATED, YCBCR):
+        return f"colour space {PHOTOMETRIC_NAMES.get(photometric, photometric)} is not supported; save it as RGB"
+    return None
 
 
 def image_id(path: str) -> str:
@@ -198,6 +241,8 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
             return pixels
     if path.lower().endswith(".czi"):
         return load_czi(path, min_size)
+    if is_tiff(path) and (problem := tiff_problem(path)):
+        raise ImageSkipped(f"{path}: {problem}")
     configure_pillow()
     try:
         with Image.open(path) as img:

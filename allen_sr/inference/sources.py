@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import ImageSkipped, is_tiff, load_image
+from allen_sr.data.images import (MINISWHITE, PALETTE, SEPARATED, ImageSkipped, is_tiff, load_image,
+                                  tiff_problem)
 from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
 from allen_sr.errors import InvalidInputError, MissingInputError
 
@@ -112,9 +113,10 @@ class TiffSource(ImageSource):
             self.tif.close()
             raise InvalidInputError(f"{path}: planar (separate-plane) colour TIFFs are not supported; "
                                     "save it with interleaved (contiguous) samples")
-        if len(levels[level].pages) > 1 and page.samplesperpixel == 1 and series.shape[0] in (3, 4):
+        problem = tiff_problem(path, self.tif)
+        if problem:
             self.tif.close()
-            raise InvalidInputError(f"{path}: channels stored as separate pages are not supported; save it as RGB")
+            raise InvalidInputError(f"{path}: {problem}")
         height, width = int(page.imagelength), int(page.imagewidth)
         super().__init__(path, width, height, tiff_pixel_size(self.tif, page, level, levels))
         if page.is_tiled:
@@ -125,8 +127,13 @@ class TiffSource(ImageSource):
         # ExtraSamples: 1 associated (premultiplied) alpha, 2 unassociated; 0 (unspecified): ignored
         extra = tuple(page.extrasamples or ())[-1:]
         self.alpha = {(1,): "premultiplied", (2,): "straight"}.get(extra) if page.samplesperpixel in (2, 4) else None
+        self.palette = None
+        if page.photometric == PALETTE:  # 16-bit colour map entries; 8-bit ones in some files (as libtiff)
+            colormap = np.asarray(page.colormap)
+            self.palette = (colormap >> 8 if colormap.max() > 255 else colormap).T.astype(np.uint8)
         try:
-            self.white = 255.0 if page.dtype == np.uint8 else self.level_white(levels[-1].keyframe)
+            self.white = 255.0 if page.dtype == np.uint8 or self.palette is not None else \
+                self.level_white(levels[-1].keyframe)
         except BaseException:
             self.tif.close()
             raise
@@ -145,6 +152,21 @@ class TiffSource(ImageSource):
             for index in range(len(overview.dataoffsets)):
                 peak = max(peak, float(colour_samples(self.segment(index, overview)).max(initial=0)))
         return announced_white(self.name, page.dtype, peak, significant_bits)
+
+    def displayed(self, segment: np.ndarray) -> np.ndarray:
+        """A segment's samples as the picture shows them, as Pillow reads them: a palette looked
+        up, white-is-zero grey inverted, CMYK inks turned into RGB (white x (1 - ink) x (1 - black))."""
+        photometric = self.page.photometric
+        if self.palette is not None:
+            return self.palette[segment[..., 0]]
+        if photometric == MINISWHITE:
+            grey = (self.white - segment[..., :1].astype(np.float64)).astype(segment.dtype)
+            return np.concatenate([grey, segment[..., 1:]], axis=-1)
+        if photometric == SEPARATED:
+            inks = segment.astype(np.float64)
+            rgb = (self.white - inks[..., :3]) * (self.white - inks[..., 3:]) / self.white
+            return np.rint(rgb).astype(segment.dtype)
+        return segment
 
     def segment(self, index: int, page: Any = None) -> np.ndarray:
         """Tile or strip ``index`` of this level (or of ``page``) as stored, [h, w, samples];
@@ -170,7 +192,8 @@ class TiffSource(ImageSource):
         out = np.empty((height, width, 3), np.uint8)
         for by in range(top // bh, (top + height - 1) // bh + 1):
             for bx in range(left // bw, (left + width - 1) // bw + 1):
-                seg = to_rgb(self.segment(by * self.grid[1] + bx), self.name, self.white, self.alpha)
+                seg = to_rgb(self.displayed(self.segment(by * self.grid[1] + bx)), self.name, self.white,
+                             self.alpha)
                 y0, x0 = by * bh, bx * bw
                 ys, ye = max(top, y0), min(top + height, y0 + bh, self.height)
                 xs, xe = max(left, x0), min(left + width, x0 + bw, self.width)
