@@ -13,8 +13,26 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "pid_alive", "remove_stale_temp_files",
+from allen_sr.errors import InvalidInputError
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "pid_alive", "remove_stale_temp_files",
            "write_json_atomic"]
+
+
+def check_output_folder(path: str | os.PathLike[str], flag: str) -> None:
+    """InvalidInputError naming ``flag`` and ``path`` unless the folder ``path`` exists or can be
+    created (its nearest existing ancestor is a writable folder): checked before any work and
+    without creating anything, so that a file of that name is named at once, not in a traceback
+    after the work."""
+    folder = Path(path).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"{flag} {path}: a file of that name exists; pass a folder (created if missing)")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise InvalidInputError(f"{flag} {path}: cannot create the folder ({existing} is a file); choose another")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{flag} {path}: cannot create or write the folder ({existing} is not writable); "
+                                "choose another")
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike[str], durable: bool = True) -> Path:

@@ -44,3 +44,35 @@ def test_the_command_line_and_debug(tmp_path):
     assert plain.stderr.strip().splitlines() == [plain.stderr.strip()] and "none.png" in plain.stderr
     debug = cli("--debug", *argv)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "none.png" in debug.stderr
+
+
+@pytest.mark.parametrize("command, flags, flag", [
+    ("evaluate", ["--pretrained", "conv-fast", "--images", "{images}"], "--out"),
+    ("decode", ["--problem", "img2img_allen_brain_dim8to32", "--model", "img2img_conv_sr", "--hparams_set",
+                "img2img_conv_sr_cpu", "--output_dir", "{tmp}", "--data_dir", "{tmp}"], "--out"),
+    ("demo", [], "--out"),
+    ("upscale", ["--pretrained", "conv-fast", "--images", "{images}"], "--out_dir"),
+    ("upscale", ["--pretrained", "conv-fast", "--images", "{images}", "--out_dir", "{tmp}/out"], "--preview_dir"),
+    ("download", ["--image_ids", "1", "--api_base", "http://127.0.0.1:9"], "--tmp_dir"),
+])
+def test_an_output_folder_that_cannot_be_one_is_named_before_any_work(tmp_path, capsys, command, flags, flag):
+    """A file where an output folder should be, or below it: one line naming the flag and the path,
+    exit 2, before any image is read or predicted (it was a traceback after the work)."""
+    import importlib
+
+    from PIL import Image
+
+    from conftest import tissue_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(tissue_image(64, 64)).save(images / "a.png")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    main = getattr(importlib.import_module(f"allen_sr.commands.{command}"), f"{command}_main")
+    argv = [f.format(images=images, tmp=tmp_path) for f in flags]
+    for target, words in ((blocker, "a file of that name exists"), (blocker / "sub", "cannot create the folder")):
+        assert main(argv + [flag, str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{flag} {target}: {words}" in err, err
+    assert blocker.read_text() == "x" and not list((tmp_path / "out").glob("*"))

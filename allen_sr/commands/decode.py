@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from allen_sr import fileio
 from allen_sr.commands import args as shared
 from allen_sr.decoding.examples import SPLITS
 from allen_sr.errors import InvalidInputError
@@ -103,6 +104,7 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from allen_sr.evaluation import metrics
 
+        fileio.check_output_folder(args.out, "--out")
         result = run_decode(shared.model_spec(args), args.data_dir, args.out, args.dataset_split,
                             args.num_examples, progress=not args.no_progress, uncertainty=args.uncertainty)
         n = len(result.predictions)

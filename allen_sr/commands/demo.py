@@ -21,6 +21,8 @@ import sys
 import time
 from typing import NamedTuple
 
+from allen_sr import fileio
+from allen_sr.commands.args import run_command
 from allen_sr.decoding.modes import MODES
 from allen_sr.sample_data import sample_folder
 
@@ -150,6 +152,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     started = time.time()
     out = os.path.abspath(args.out)
     data_dir, train_dir, decode_dir = (os.path.join(out, d) for d in ("data", "train", "decode"))
+    code = run_command("demo", lambda: fileio.check_output_folder(out, "--out"))  # a file named so: exit 2
+    if code:
+        return code
     os.makedirs(out, exist_ok=True)
 
     banner(1, f"datagen: tiling {args.images} -> {data_dir}")
@@ -165,7 +170,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     train(args, plan, data_dir, train_dir, os.path.join(out, "train.log"))
 
     banner(3, f"decode: {args.num_examples} dev tiles ({args.mode or 'decode_mode of the set'}) -> {decode_dir}")
-    from allen_sr.commands.args import ModelSpec, run_command
+    from allen_sr.commands.args import ModelSpec
     from allen_sr.commands.decode import run_decode
 
     spec = ModelSpec(problem=PROBLEM, hparams_set=args.hparams_set, output_dir=train_dir,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from allen_sr import fileio
 from allen_sr.data.allen_api import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, AllenClient
 from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region
 from allen_sr.data.download import DEFAULT_WORKERS, default_image_ids, download_images, unique_ids
@@ -175,6 +176,8 @@ def download_main(argv: list[str] | None = None) -> int:
     rate = args.rate or None
     policy = RetryPolicy(attempts=args.retries + 1, backoff=args.backoff)
     try:
+        if not args.list_only:
+            fileio.check_output_folder(args.tmp_dir, "--tmp_dir")
         with AllenClient(args.api_base, timeout=timeout, retry=policy, rate=rate) as client:
             ids = _select_ids(args, client)
     except ValueError as error:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from allen_sr import fileio
 from allen_sr.api.folders import collect_images
 from allen_sr.commands import args as shared
 from allen_sr.evaluation import metrics
@@ -239,6 +240,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         if args.whole and args.uncertainty:
             raise InvalidInputError("--uncertainty scores tiles, --whole whole images: give one of them")
+        fileio.check_output_folder(args.out, "--out")
         if args.whole:
             evaluate_whole(shared.model_spec(args), args.images, args.out, not args.no_progress, args.degrade)
             return

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from allen_sr import fileio
 from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler, compare_path
 from allen_sr.api.models import ModelSpec, describe_source, trained_degradation
 from allen_sr.api.remote import is_url
@@ -131,6 +132,9 @@ def check_outputs(args: argparse.Namespace) -> None:
         if args.preview_dir is not None and is_url(args.preview_dir):
             raise InvalidInputError(f"--preview_dir {args.preview_dir}: give a folder on this machine's "
                                     "(or the workers' shared) storage; URLs are for --out_dir")
+        for flag, folder in (("--out_dir", args.out_dir), ("--preview_dir", args.preview_dir)):
+            if folder is not None and not is_url(folder):
+                fileio.check_output_folder(folder, flag)
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
         raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
     elif args.dask is not None:
