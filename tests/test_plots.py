@@ -152,6 +152,12 @@ def test_plot_main_end_to_end(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("allen-sr plot: error:") and "run_a" in err and "global_step/sec" in err
 
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # where the picture's folder should be: one line, not a traceback
+    assert plot_main(["--runs", str(runs / "run_a"), "--out", str(blocker / "loss.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write" in err and str(blocker) in err, err
+
     with pytest.raises(SystemExit) as exit_info:
         plot_main(["--help"])
     assert exit_info.value.code == 0

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from allen_sr.evaluation.plots import plot_loss_curves
+from allen_sr.inference import writers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +36,7 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
     try:
+        writers.check_writable(Path(args.out))
         path = plot_loss_curves(
             args.runs, args.out, tag=args.tag, labels=args.labels,
             subdir="eval*" if args.eval else None, smoothing=args.smoothing,
