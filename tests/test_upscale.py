@@ -475,6 +475,8 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(conv_dir, tmp_path, 
         ([f"--image={tmp_path / 'none.png'}", f"--out={out}"], ["none.png"]),
         ([f"--image={tiny}", f"--out={blocker / 'o.tif'}"], ["not writable", "choose another --out"]),
         ([f"--image={tiny}", f"--out={tmp_path / 'o.bmp'}"], [".tif"]),
+        ([f"--image={slide}", "--pixel_size=-1", f"--out={out}"], ["pixel size -1.0", "positive"]),
+        ([f"--image={slide}", "--pixel_size=nan", f"--out={out}"], ["pixel size nan", "positive"]),
     ]
     for extra, words in cases:
         code, err = error_of(capsys, flags + extra)

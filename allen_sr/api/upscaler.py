@@ -73,6 +73,11 @@ class Options:
     restart: bool = False  # ignore rows an interrupted run saved
     compression: str = "deflate"  # TIFF output: writers.TIFF_COMPRESSION
 
+    def __post_init__(self) -> None:
+        if self.pixel_size_um is not None and not 0 < self.pixel_size_um < np.inf:
+            raise InvalidInputError(f"pixel size {self.pixel_size_um} um per input px (--pixel_size): "
+                                    "give a positive number")
+
 
 @dataclass
 class TiledModel:
