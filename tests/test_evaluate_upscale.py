@@ -125,6 +125,11 @@ def test_evaluate_refuses_a_malformed_degrade_spec_in_one_line(ckpt_dir, tmp_pat
 def test_evaluate_names_a_bad_images_argument(ckpt_dir, tmp_path, capsys):
     code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}/nothing*.png", f"--out={tmp_path}/o"])
     assert code == 2 and "nothing*.png" in capsys.readouterr().err
+    Image.fromarray(tissue_image(64, 64)).save(tmp_path / "a.png")
+    code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}", "--max_tiles=-1",
+                                                          f"--out={tmp_path}/o"])
+    assert code == 2 and "--max_tiles must be >= 0" in capsys.readouterr().err  # was a NumPy traceback
+    assert not (tmp_path / "o").exists()
 
 
 def test_upscale_without_overlap_stitches_the_decoders_tiles(ckpt_dir, tmp_path, capsys):

@@ -240,6 +240,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         if args.whole and args.uncertainty:
             raise InvalidInputError("--uncertainty scores tiles, --whole whole images: give one of them")
+        if args.max_tiles < 0:
+            raise InvalidInputError(f"--max_tiles must be >= 0 (0: every tile), got {args.max_tiles}")
         fileio.check_output_folder(args.out, "--out")
         if args.whole:
             evaluate_whole(shared.model_spec(args), args.images, args.out, not args.no_progress, args.degrade)
