@@ -131,9 +131,9 @@ class TiffSource(ImageSource):
         if page.photometric == PALETTE:  # 16-bit colour map entries; 8-bit ones in some files (as libtiff)
             colormap = np.asarray(page.colormap)
             self.palette = (colormap >> 8 if colormap.max() > 255 else colormap).T.astype(np.uint8)
+        deep = page.dtype != np.uint8 and self.palette is None  # a palette's colours are 8-bit
         try:
-            self.white = 255.0 if page.dtype == np.uint8 or self.palette is not None else \
-                self.level_white(levels[-1].keyframe)
+            self.white = self.level_white(levels[-1].keyframe) if deep else 255.0
         except BaseException:
             self.tif.close()
             raise
