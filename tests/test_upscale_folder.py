@@ -79,6 +79,21 @@ def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
+def test_a_folder_of_aperio_svs_slides_is_enlarged(tmp_path, capsys):
+    """`.svs` (Aperio's tiled TIFF, which `--image` always read) counts as an image in a folder:
+    it was left out, and a folder of slides was "no image files there"."""
+    import tifffile
+
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "slide.svs", BRAIN[:48, :64], photometric="rgb", tile=(16, 16))
+    out = tmp_path / "out"
+    argv = ["--pretrained", "conv-fast", "--no_progress", "--images", str(tmp_path / "in"), "--out_dir", str(out)]
+    assert upscale.upscale_main(argv) == 0, capsys.readouterr().err
+    assert "1 written" in capsys.readouterr().out
+    with Image.open(out / "slide.tif") as img:
+        assert img.size == (256, 192)
+
+
 @pytest.mark.slow
 def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped(tmp_path, capsys):
     make_inputs(tmp_path / "in", big=200)

@@ -32,7 +32,7 @@ __all__ = [
 # once as uint8 (never float), so peak memory stays about that per worker.
 MAX_IMAGE_PIXELS = 250_000_000
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".czi")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".bmp", ".webp", ".czi")
 
 
 def configure_pillow() -> None:
