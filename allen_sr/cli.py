@@ -64,11 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, function, _ = SUBCOMMANDS[name]
     try:
-        entry = getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError) as exc:
-        print(f"allen-sr {argv[0]}: not available in this version ({exc})", file=sys.stderr)
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if not missing or missing == "allen_sr" or os.environ.get("ALLEN_SR_DEBUG"):
+            raise  # a module of our own: a bug
+        print(f"allen-sr {argv[0]}: needs the Python package {missing!r}, which this environment lacks. "
+              f"{FULL_INSTALL}", file=sys.stderr)
         return 2
-    return int(entry(argv[1:]) or 0)
+
+
+# What a command of the full install says in the prediction-only one (requirements/predict.txt).
+FULL_INSTALL = ("train, datagen, decode, export, plot, download and demo need the full install: `make venv` in "
+                "a checkout (or pip install -r requirements/lock.txt, then pip install --no-deps .); the "
+                "prediction-only install runs upscale, evaluate (--pretrained, --exported) and models.")
 
 
 if __name__ == "__main__":

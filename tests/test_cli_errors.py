@@ -76,3 +76,27 @@ def test_an_output_folder_that_cannot_be_one_is_named_before_any_work(tmp_path, 
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"{flag} {target}: {words}" in err, err
     assert blocker.read_text() == "x" and not list((tmp_path / "out").glob("*"))
+
+
+def test_a_command_of_the_full_install_says_so_where_its_packages_are_missing(tmp_path):
+    """In the prediction-only install (no TensorFlow, absl, matplotlib, requests) `allen-sr train`
+    and the like ended in a ModuleNotFoundError traceback: one line naming the package and the
+    install that has it. A module of allen-sr's own that is missing is a bug and keeps its traceback."""
+    def run(blocked: str, *argv: str) -> subprocess.CompletedProcess:
+        code = (f"import sys; sys.modules.update(dict.fromkeys({blocked.split()!r})); from allen_sr.cli import main; "
+                f"sys.exit(main({list(argv)!r}))")
+        env = {k: v for k, v in os.environ.items() if k != "ALLEN_SR_DEBUG"}
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                              timeout=120)
+
+    for blocked, argv, package in [("absl tensorflow", ["train", "--problem=x"], "absl"),
+                                   ("matplotlib", ["plot", "--runs", "r", "--out", "l.png"], "matplotlib"),
+                                   ("requests", ["download", "--tmp_dir", "d", "--image_ids", "1"], "requests")]:
+        proc = run(blocked, *argv)
+        err = proc.stderr.strip()
+        assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+        assert f"allen-sr {argv[0]}: needs the Python package '{package}'" in err and "full install" in err, err
+    bug = run("allen_sr.data.tiles", "datagen", "--problem=img2img_local_dim8to32")
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "full install" not in bug.stderr
+    debug = run("absl tensorflow", "--debug", "train", "--problem=x")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ModuleNotFoundError" in debug.stderr
