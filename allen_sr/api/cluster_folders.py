@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output
+from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output, failure
 from allen_sr.api.remote import RemoteFile, is_url, make_parent, predict_to
 from allen_sr.api.models import ModelSpec
 from allen_sr.api.upscaler import Options, Upscaler
@@ -250,7 +250,7 @@ def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Option
 def describe(result: ImageResult) -> str:
     """One log line about a finished image."""
     if result.outcome == "failed":
-        return f"skipped {result.src}: {result.why}"
+        return f"skipped {failure(result.src, result.why)}"
     if result.outcome == "skipped":
         return f"{result.dst} exists (skipped)"
     return (f"wrote {result.dst} on {result.worker} in {result.seconds:.1f} s"

@@ -73,6 +73,11 @@ def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tup
     return pairs
 
 
+def failure(src: str, why: str) -> str:
+    """``src: why``, once: most reasons already start with the file's name."""
+    return why if why.startswith(src) else f"{src}: {why}"
+
+
 @dataclass
 class FolderReport:
     """What a folder run did: outputs written and skipped, inputs that failed (with why)."""
@@ -88,7 +93,7 @@ class FolderReport:
                 f"{len(self.failed)} failed in {self.seconds:.1f} s")
         if self.warned:
             line += f"; {len(self.warned)} beyond the inputs the model trained on (warnings below)"
-        return "\n".join([line] + [f"  failed: {src}: {why}" for src, why in self.failed.items()]
+        return "\n".join([line] + [f"  failed: {failure(src, why)}" for src, why in self.failed.items()]
                          + [f"  warning: {text}" for texts in self.warned.values() for text in texts])
 
 
@@ -119,7 +124,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
         except INPUT_ERRORS as exc:
             report.failed[src] = first_line(exc)
             if log:
-                log(f"skipped {src}: {report.failed[src]}")
+                log(f"skipped {failure(src, report.failed[src])}")
             continue
         report.written.append(str(dst))
         if summary["input_check"]["warnings"]:

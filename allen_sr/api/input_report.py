@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from allen_sr.api.folders import INPUT_ERRORS
+from allen_sr.api.folders import INPUT_ERRORS, failure
 from allen_sr.errors import InvalidInputError, first_line
 from allen_sr.fileio import atomic_write_text, write_json_atomic
 from allen_sr.inference import writers
@@ -65,8 +65,7 @@ class CheckReport:
             verdict = "beyond" if c.warnings else ("within" if self.trained is not None else "-")
             out.append(f"  {verdict:<7} {jpeg:<9} {noise:<16} {c.name}")
             out += [f"    warning: {text}" for text in c.warnings]
-        out += [f"  failed: {why}" if why.startswith(src) else f"  failed: {src}: {why}"
-                for src, why in self.failed.items()]
+        out += [f"  failed: {failure(src, why)}" for src, why in self.failed.items()]
         out.append(f"{len(self.beyond)} of {len(self.checked) + len(self.failed)} images beyond the inputs "
                    f"the model trained on, {len(self.failed)} unreadable")
         return out
