@@ -107,10 +107,15 @@ def test_jpegs_decode_to_pillows_pixels(tmp_path, mode):
 
 @pytest.mark.parametrize("kind, message", [
     ("empty", "empty file"), ("text", "not a readable image"), ("truncated", "not a readable image"),
-    ("small", "smaller than one 64x64 tile")])
+    ("small", "smaller than one 64x64 tile"), ("folder", "is a folder, not an image file")])
 def test_bad_files_are_skipped_with_a_message_naming_them(tmp_path, kind, message):
+    """Also through `upscale`'s reader (open_image), which names them the same way."""
+    from allen_sr.inference.sources import open_image
+
     path = tmp_path / f"bad_{kind}.jpg"
-    if kind == "empty":
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "text":
         path.write_text("<html>not an image</html>")
@@ -123,11 +128,28 @@ def test_bad_files_are_skipped_with_a_message_naming_them(tmp_path, kind, messag
     with pytest.raises(images.ImageSkipped) as err:
         images.load_image(str(path))
     assert str(path) in str(err.value) and message in str(err.value)
+    if kind in ("empty", "folder", "text"):
+        with pytest.raises(images.ImageSkipped, match=message):
+            open_image(str(path))
 
 
 def test_list_images_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does_not_exist"):
         images.list_images(str(tmp_path / "does_not_exist"))
+
+
+def test_a_folder_of_images_lists_its_image_files_only_and_a_quoted_tilde_is_home(tmp_path, monkeypatch):
+    """A subfolder named like an image is not an image (it ended folder runs, evaluate and datagen
+    in an IsADirectoryError); `--images '~/slides'` (quoted, so no shell expands it) is found."""
+    from allen_sr.api.folders import collect_images
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    Image.fromarray(tissue_image(64, 64)).save(slides / "a.png")
+    (slides / "b.png").mkdir()
+    assert images.list_images(str(slides)) == [str(slides / "a.png")]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert collect_images("~/slides") == collect_images("~/slides/*") == [str(slides / "a.png")]
 
 
 

@@ -31,11 +31,13 @@ INPUT_ERRORS = (UserError, ImageSkipped, OSError, ValueError)
 
 
 def collect_images(spec: str) -> list[str]:
-    """A folder's images or a glob pattern's files, sorted; UserError when nothing matches."""
-    if os.path.isdir(spec):
-        paths = list_images(spec)
+    """A folder's images or a glob pattern's files, sorted (``~`` expanded in both, as a quoted
+    argument reaches us); UserError when nothing matches."""
+    path = os.path.expanduser(spec)
+    if os.path.isdir(path):
+        paths = list_images(path)
     else:
-        paths = sorted(p for p in glob.glob(os.path.expanduser(spec)) if os.path.isfile(p))
+        paths = sorted(p for p in glob.glob(path) if os.path.isfile(p))
     if not paths:
         raise UserError(f"images {spec!r}: no image files there; pass a folder or a glob like 'slides/*.png'")
     return paths

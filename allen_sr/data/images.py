@@ -21,8 +21,8 @@ from allen_sr.errors import MissingInputError
 
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
-    "image_id", "is_tiff", "tiff_problem", "image_size", "to_rgb_uint8", "decode_colour_jpeg", "load_image",
-    "deep_to_rgb",
+    "image_id", "is_tiff", "tiff_problem", "check_image_file", "image_size", "to_rgb_uint8", "decode_colour_jpeg",
+    "load_image", "deep_to_rgb",
 ]
 
 # Full-resolution Allen section images are about 15000 x 8500 px (~130 MP), above Pillow's
@@ -51,7 +51,7 @@ def list_images(folder: str) -> list[str]:
         raise MissingInputError(f"image folder {folder!r} does not exist: pass the folder holding your images")
     names = sorted(
         n for n in os.listdir(folder)
-        if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".")
+        if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(folder, n))
     )
     return [os.path.join(folder, n) for n in names]
 
@@ -223,18 +223,26 @@ def load_czi(path: str, min_size: int) -> np.ndarray:
         image.close()
 
 
+def check_image_file(path: str, missing: type[Exception] = ImageSkipped) -> None:
+    """Raise an error naming ``path`` unless it is a file with something in it: ``missing`` when it
+    cannot be read, ImageSkipped for a folder or an empty file."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise missing(f"{path}: cannot read ({exc.strerror}); check the path") from exc
+    if os.path.isdir(path):
+        raise ImageSkipped(f"{path} is a folder, not an image file; pass an image (a folder goes to --images)")
+    if size == 0:
+        raise ImageSkipped(f"{path}: empty file (0 bytes); replace it (download or export it again)")
+
+
 def load_image(path: str, min_size: int = 64) -> np.ndarray:
     """Read `path` completely as HxWx3 uint8 or raise ImageSkipped saying why.
 
     Files smaller than `min_size` px on a side are skipped. Truncated files are errors, not
     silently padded: Pillow's LOAD_TRUNCATED_IMAGES stays off and simplejpeg runs in strict mode.
     """
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise ImageSkipped(f"{path}: cannot read ({exc.strerror})") from exc
-    if size == 0:
-        raise ImageSkipped(f"{path}: empty file (0 bytes); delete it or download it again")
+    check_image_file(path)
     if path.lower().endswith((".jpg", ".jpeg")):
         pixels = decode_colour_jpeg(path, min_size)
         if pixels is not None:

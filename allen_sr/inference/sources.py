@@ -9,15 +9,14 @@ Anything else (PNG, JPEG, ...) is read whole by :func:`allen_sr.data.images.load
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import (MINISWHITE, PALETTE, SEPARATED, ImageSkipped, is_tiff, load_image,
-                                  tiff_problem)
+from allen_sr.data.images import (MINISWHITE, PALETTE, SEPARATED, ImageSkipped, check_image_file, is_tiff,
+                                  load_image, tiff_problem)
 from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
 from allen_sr.errors import InvalidInputError, MissingInputError
 
@@ -252,12 +251,7 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
     ImageSkipped (unreadable, truncated, empty) and ValueError (unsupported layout, a level that
     does not exist) name the file and what to do.
     """
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise MissingInputError(f"{path}: cannot read ({exc.strerror}); check the path") from exc
-    if size == 0:
-        raise ImageSkipped(f"{path}: empty file (0 bytes); replace it")
+    check_image_file(path, missing=MissingInputError)
     if is_tiff(path):
         source: ImageSource = TiffSource(path, level)
     elif path.lower().endswith(".czi"):
