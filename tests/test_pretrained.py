@@ -171,6 +171,10 @@ def test_predict_file_writes_a_region_and_the_preview_where_asked(tmp_path):
     assert summary["width"] == 480 and summary["height"] == 320
     assert Path(summary["preview"]) == tmp_path / "previews" / "r.compare.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["previews", "r.tif"]
+    # A file where the preview folder should be: named before the work (it failed after it).
+    with Upscaler.open("conv-fast") as up, pytest.raises(UserError, match="preview folder .*r.tif: a file"):
+        up.predict_file(HELD_OUT_BRAIN, tmp_path / "o.tif", preview_size=32, preview_to=tmp_path / "r.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["previews", "r.tif"]
 
 
 def test_open_names_what_is_wrong(tmp_path):

@@ -502,6 +502,15 @@ def test_an_output_that_would_replace_its_input_is_refused_and_the_input_kept(co
         assert words in err and "another name" in err, (extra, err)
     assert src.read_bytes() == original and shot.read_bytes() == original
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "s.compare.png", "s.png"]
+    # A folder where the output or its compare picture goes: named before the work, not at its end.
+    (tmp_path / "d.png").mkdir()
+    (tmp_path / "p.compare.png").mkdir()
+    for out, name in ((tmp_path / "d.png", "d.png"), (tmp_path / "p.png", "p.compare.png")):
+        code, err = error_of(capsys, conv_flags(conv_dir) + [f"--image={src}", f"--out={out}"])
+        assert code == 2 and f"{name} is a folder" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "p.png").exists() and not list(tmp_path.glob(".p.png*"))
+    (tmp_path / "d.png").rmdir()
+    (tmp_path / "p.compare.png").rmdir()
     # Without the compare picture, the same input and output are fine.
     assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={shot}", f"--out={tmp_path / 's.tif'}",
                                                         "--preview_size=0"]) == 0

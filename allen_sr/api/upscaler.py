@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from allen_sr import fileio
 from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, model_shape, no_distribution,
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.errors import InvalidInputError, UserError
@@ -253,12 +254,16 @@ def split_uncertain(bands: Iterable[np.ndarray], channels: int, maps: list[np.nd
         yield band[..., :channels]
 
 
-def refuse_replacing(src: str | os.PathLike[str], outputs: Iterable[Path]) -> None:
-    """OutputError if one of the files a run writes is its input ``src`` (the run would replace it)."""
+def check_output_names(src: str | os.PathLike[str], outputs: Iterable[Path]) -> None:
+    """OutputError, before any work, if one of the files a run writes is its input ``src`` (the run
+    would replace it) or a folder (the run would fail at its end)."""
     source = Path(src).resolve()
     for path in outputs:
         if path.resolve() == source:
             raise writers.OutputError(f"{path} is the input image {src}: writing it would replace the input; "
+                                      "give the output another name")
+        if path.is_dir():
+            raise writers.OutputError(f"{path} is a folder: the output cannot be written there; "
                                       "give the output another name")
 
 
@@ -414,8 +419,10 @@ class Upscaler:
         out = Path(dst)
         writers.output_kind(out)
         preview = compare_path(out) if preview_to is None else Path(preview_to) / compare_path(out).name
-        refuse_replacing(src, [out] + ([preview] if preview_size > 0 else [])
-                         + (list(uncertainty_paths(out)) if uncertainty else []))
+        check_output_names(src, [out] + ([preview] if preview_size > 0 else [])
+                           + (list(uncertainty_paths(out)) if uncertainty else []))
+        if preview_to is not None and preview_size > 0:
+            fileio.check_output_folder(preview_to, "the preview folder")
         writers.check_writable(out)
         base = sources.open_image(os.fspath(src), level, pixel_size_um)
         try:
