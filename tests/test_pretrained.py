@@ -277,11 +277,13 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
     for name, crop in crops.items():
         Image.fromarray(crop).save(folder / f"{name}.png")
     Image.fromarray(brain[:16, :40]).save(folder / "small.png")  # too small for SSIM after the border crop
+    Image.fromarray(brain[:20, :40]).save(folder / "narrow.png")  # big enough for SSIM; its input (5 px) not
     for degrade in (None, "noise=3,jpeg=75"):
         out = tmp_path / f"out_{degrade}"
         argv = ["--pretrained", "conv-fast", "--images", str(folder), "--whole", "--out", str(out), "--no_progress"]
-        with pytest.warns(UserWarning, match="small.png"):
+        with pytest.warns(UserWarning) as skipped:
             assert evaluate.evaluate_main(argv + (["--degrade", degrade] if degrade else [])) == 0
+        assert sorted(str(w.message).split(":")[0].rsplit("/", 1)[-1] for w in skipped) == ["narrow.png", "small.png"]
         summary = json.loads((out / "metrics.json").read_text())
         assert summary["tiles"] == 2 and summary["unit"] == "images" and summary["degrade"] == degrade
         assert "whole images" in summary["protocol"] and "4 px cropped" in summary["protocol"]

@@ -313,6 +313,11 @@ class Upscaler:
         return self._tiled.factor
 
     @property
+    def min_input(self) -> int:
+        """The smallest input it enlarges, in px a side."""
+        return self._tiled.tile if self._tiled.exact_tile else self._tiled.min_tile
+
+    @property
     def channels(self) -> int:
         """3 for RGB models, 1 for greyscale ones (their output is [H, W, 1])."""
         return self._tiled.channels

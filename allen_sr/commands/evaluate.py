@@ -182,7 +182,8 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
     inputs, targets, predictions, names = [], [], [], []
     with Upscaler(spec, Options()) as up:
         factor = up.factor
-        smallest = metrics.SSIM_FILTER_SIZE + 2 * factor  # SSIM's window after the luma's border crop
+        # SSIM's window after the luma's border crop; the smallest input the model enlarges
+        smallest = max(metrics.SSIM_FILTER_SIZE + 2 * factor, up.min_input * factor)
         print(f"evaluating whole images of {images} ({up.describe})", flush=True)
         for index, path in enumerate(collect_images(images)):
             try:
