@@ -192,6 +192,17 @@ def test_tiff_colour_spaces_read_as_pillow_reads_them(tmp_path, kind):
     np.testing.assert_array_equal(whole, expected)
 
 
+@pytest.mark.parametrize("kind", ["gif", "png", "webp"])
+def test_animations_are_refused_not_read_as_their_first_frame(tmp_path, kind):
+    frames = [Image.fromarray(tissue_image(64, 64, seed)) for seed in range(3)]
+    path = tmp_path / f"animated.{kind}"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.raises(images.ImageSkipped, match="holds 3 frames"):
+        images.load_image(str(path))
+    frames[0].save(tmp_path / f"still.{kind}")  # one frame: read as before
+    assert images.load_image(str(tmp_path / f"still.{kind}")).shape == (64, 64, 3)
+
+
 @pytest.mark.parametrize("kind, words", [
     ("rgb-stack", "holds 5 planes (axes QYXS, shape 5x96x80x3"),
     ("channel-pages", "holds 3 planes"),
