@@ -171,6 +171,16 @@ def test_predict_file_writes_a_region_and_the_preview_where_asked(tmp_path):
     assert summary["width"] == 480 and summary["height"] == 320
     assert Path(summary["preview"]) == tmp_path / "previews" / "r.compare.png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["previews", "r.tif"]
+    # NumPy integers are whole numbers of px; 12.5 px is not (both failed deep inside, in TypeErrors).
+    with Upscaler.open("conv-fast") as up:
+        up.predict_file(HELD_OUT_BRAIN, tmp_path / "n.tif", region=tuple(np.array([100, 50, 120, 80])))
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "n.tif"), whole)
+        with pytest.raises(UserError, match="whole numbers"):
+            up.predict_file(HELD_OUT_BRAIN, tmp_path / "f.tif", region=(100, 50, 60.5, 80))
+    (tmp_path / "n.tif").unlink()
+    for bad in ({"tile": 0}, {"batch_tiles": -1}):  # 0 meant "the default", -1 failed in NumPy
+        with pytest.raises(UserError, match=f"{next(iter(bad))} .* must be >= 1"):
+            Upscaler.open("conv-fast", **bad)
     # A file where the preview folder should be: named before the work (it failed after it).
     with Upscaler.open("conv-fast") as up, pytest.raises(UserError, match="preview folder .*r.tif: a file"):
         up.predict_file(HELD_OUT_BRAIN, tmp_path / "o.tif", preview_size=32, preview_to=tmp_path / "r.tif")

@@ -18,6 +18,7 @@ call, made again, predicts only the rest.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import time
 from dataclasses import dataclass, replace
@@ -75,6 +76,9 @@ class Options:
     compression: str = "deflate"  # TIFF output: writers.TIFF_COMPRESSION
 
     def __post_init__(self) -> None:
+        for name, flag, value in (("tile", "--tile", self.tile), ("batch_tiles", "--batch_size", self.batch_tiles)):
+            if value is not None and value < 1:
+                raise InvalidInputError(f"{name} ({flag}) must be >= 1, got {value}")
         if self.pixel_size_um is not None and not 0 < self.pixel_size_um < np.inf:
             raise InvalidInputError(f"pixel size {self.pixel_size_um} um per input px (--pixel_size): "
                                     "give a positive number")
@@ -230,7 +234,10 @@ def as_region(region: Region | tuple[int, ...] | None) -> Region:
     values = tuple(region)
     if len(values) not in (2, 4):
         raise UserError(f"region {values}: give (left, top) or (left, top, width, height) in px")
-    return Region(*values)
+    try:
+        return Region(*(operator.index(v) for v in values))  # NumPy integers too; never 12.5 px
+    except TypeError:
+        raise UserError(f"region {values}: give whole numbers of px") from None
 
 
 def encode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:

@@ -118,8 +118,6 @@ def allen_section(image_id: int, out: Path, downsample: int, api_base: str | Non
 
 
 def options_of(args: argparse.Namespace) -> Options:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise InvalidInputError(f"--batch_size must be >= 1, got {args.batch_size}")
     return Options(args.tile, args.overlap, args.level, args.batch_size, args.preview_size, args.pixel_size,
                    args.restart, args.compression)
 
