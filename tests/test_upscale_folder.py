@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -79,6 +80,25 @@ def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys
                                         str(tmp_path / "o")]) == 2
     assert "would both be written as" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_uncertainty_from_a_model_without_a_distribution_is_refused_once_before_any_image(tmp_path, capsys):
+    """It was refused image by image, each after being read and checked (exit 1); `evaluate` said
+    it after every image had been read and tiled."""
+    from allen_sr.commands import evaluate
+
+    make_inputs(tmp_path / "in")  # bad.png among them: reading it would warn
+    argv = ["--pretrained", "conv-fast", "--no_progress", "--images", str(tmp_path / "in"), "--uncertainty"]
+    assert upscale.upscale_main(argv + ["--out_dir", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("not a distribution") == 1 and len(captured.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluate.evaluate_main(argv + ["--out", str(tmp_path / "eval")]) == 2
+    assert "not a distribution" in capsys.readouterr().err
+    assert not [w for w in caught if "bad.png" in str(w.message)]  # no image was read
+    assert not (tmp_path / "eval").exists()
 
 
 def test_a_folder_of_aperio_svs_slides_is_enlarged(tmp_path, capsys):

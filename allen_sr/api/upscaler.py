@@ -343,12 +343,17 @@ class Upscaler:
     def calibration(self) -> Any:
         """The `allen_sr.decoding.uncertainty.Calibration` of the uncertainty maps (fitted on the
         run's dev split on first use); UserError for a model without a distribution."""
-        tm = self._live()
-        if tm.calibrate is None:
-            raise UserError(no_distribution(tm.describe))
+        tm = self.require_distribution()
         if self._calibration is None:
             self._calibration = tm.calibrate()
         return self._calibration
+
+    def require_distribution(self) -> TiledModel:
+        """UserError for a model without a distribution (no uncertainty maps), to be said before any work."""
+        tm = self._live()
+        if tm.calibrate is None:
+            raise UserError(no_distribution(tm.describe))
+        return tm
 
     def _live(self) -> TiledModel:
         if self._tiled is None:
@@ -430,6 +435,8 @@ class Upscaler:
                           restart=restart, compression=compression)
         out = Path(dst)
         writers.output_kind(out)
+        if uncertainty:
+            self.require_distribution()
         preview = compare_path(out) if preview_to is None else Path(preview_to) / compare_path(out).name
         check_output_names(src, [out] + ([preview] if preview_size > 0 else [])
                            + (list(uncertainty_paths(out)) if uncertainty else []))

@@ -133,15 +133,17 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     steps = parse_fixed(degrade) if degrade else None
     input_size, size, channels = shared.model_shape(spec)
     factor = size // input_size
-    inputs, targets, names = cut_pairs(collect_images(images), size, factor, channels, max_tiles or None,
-                                       spec.seed, steps)
+    paths = collect_images(images)
     opened = shared.open_model(spec)
     recorder = calibration = None
-    if uncertainty:
+    if uncertainty:  # before the images are read: a model without a distribution is said at once
         from allen_sr.api.models import uncertainty_calibration
-        from allen_sr.decoding.uncertainty import Recorder
 
         calibration = uncertainty_calibration(spec, opened, progress, log=print)
+    inputs, targets, names = cut_pairs(paths, size, factor, channels, max_tiles or None, spec.seed, steps)
+    if calibration is not None:
+        from allen_sr.decoding.uncertainty import Recorder
+
         recorder = Recorder((calibration.temperature,), targets)
     print(f"evaluating {len(targets)} tiles of {size}x{size} px ({opened.model}, {opened.mode})", flush=True)
     start = time.perf_counter()

@@ -188,6 +188,8 @@ def upscale_main(argv: list[str] | None = None) -> int:
         if args.check:
             return check_only(args, image, spec, say)
         with Upscaler(spec, options) as up:
+            if args.uncertainty:
+                up.require_distribution()  # once, before any image is read
             file_options = dict(region=region, level=options.level, pixel_size_um=options.pixel_size_um,
                                 restart=options.restart, compression=options.compression,
                                 uncertainty=args.uncertainty)
