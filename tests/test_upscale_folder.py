@@ -101,6 +101,22 @@ def test_uncertainty_from_a_model_without_a_distribution_is_refused_once_before_
     assert not (tmp_path / "eval").exists()
 
 
+def test_an_empty_file_or_a_folder_at_an_output_name_is_not_a_finished_output(tmp_path, capsys):
+    """Both counted as "already done" (exit 0, nothing enlarged); the empty file is enlarged again,
+    the folder is named as the image's failure."""
+    make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"")
+    (out / "b.png").mkdir()
+    argv = ["--pretrained", "conv-fast", "--no_progress", "--images", str(tmp_path / "in" / "[ab].png"),
+            "--out_dir", str(out)]
+    assert upscale.upscale_main(argv) == 1
+    text = capsys.readouterr().out
+    assert "1 written, 0 already done (skipped), 1 failed" in text and "b.png is a folder" in text, text
+    assert Image.open(out / "a.png").size == (320, 256)
+
+
 def test_a_folder_of_aperio_svs_slides_is_enlarged(tmp_path, capsys):
     """`.svs` (Aperio's tiled TIFF, which `--image` always read) counts as an image in a folder:
     it was left out, and a folder of slides was "no image files there"."""
@@ -166,6 +182,10 @@ def test_an_out_dir_given_as_a_url_gets_the_same_outputs_uploaded_whole(tmp_path
         capsys.readouterr()
         assert upscale.upscale_main(base + ["--out_dir", url]) == 1
         assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+        memory.pipe_file("/bucket/enhanced/a.png", b"")  # an empty file there is not a finished output
+        assert upscale.upscale_main(base + ["--out_dir", url]) == 1
+        assert "1 written, 2 already done (skipped), 1 failed" in capsys.readouterr().out
+        assert memory.cat_file("/bucket/enhanced/a.png") == (tmp_path / "local" / "a.png").read_bytes()
 
         memory.rm("/bucket/enhanced/b.png")
 

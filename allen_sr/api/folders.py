@@ -56,6 +56,14 @@ def output_name(src: str) -> str:
 Output = Path | RemoteFile
 
 
+def finished(dst: Output) -> bool:
+    """Whether an earlier run finished output ``dst``: a non-empty file (outputs are written whole
+    under their name, never empty). A folder or an empty file there is not a finished output."""
+    if isinstance(dst, Path):
+        return dst.is_file() and dst.stat().st_size > 0
+    return dst.finished()
+
+
 def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tuple[str, Output]]:
     """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
     inputs would share an output or an output would replace its input."""
@@ -118,7 +126,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
-        if dst.exists():
+        if finished(dst):
             report.skipped.append(str(dst))
             continue
         try:

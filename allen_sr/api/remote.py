@@ -67,9 +67,10 @@ class RemoteFile:
     def parent_url(self) -> str:
         return self.url[:-len(self.name)].rstrip("/")
 
-    def exists(self) -> bool:
+    def finished(self) -> bool:
+        """A non-empty file at this URL (an upload is whole or absent, never empty)."""
         fs, path = filesystem(self.url)
-        return bool(fs.exists(path))
+        return bool(fs.isfile(path)) and int(fs.size(path) or 0) > 0
 
     def upload(self, local: Path) -> None:
         """Put the finished file ``local`` at this URL, under a temporary name first."""
