@@ -16,7 +16,7 @@ from typing import Iterator
 
 from allen_sr import fileio
 from allen_sr.data.allen_api import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, AllenClient
-from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region
+from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region, check_api_base
 from allen_sr.data.download import DEFAULT_WORKERS, default_image_ids, download_images, unique_ids
 from allen_sr.data.errors import AllenApiError, DirectoryBusyError
 from allen_sr.data.retry import DEFAULT_BACKOFF, DEFAULT_RATE, DEFAULT_RETRIES, RetryPolicy
@@ -126,8 +126,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Regi
             parser.error(f"--{name} must be > 0")
     if args.rate < 0 or args.backoff < 0:
         parser.error("--rate and --backoff must be >= 0")
-    if not re.match(r"^https?://[^/\s]+", args.api_base):
-        parser.error(f"--api_base must look like https://host[:port], got {args.api_base!r}")
+    try:
+        check_api_base(args.api_base)
+    except InvalidInputError as error:
+        parser.error(str(error))
     corners = [args.left, args.top, args.width, args.height]
     if any(value is not None for value in corners):
         if args.width is None or args.height is None:

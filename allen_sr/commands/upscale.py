@@ -98,6 +98,10 @@ def allen_section(image_id: int, out: Path, downsample: int, api_base: str | Non
     from allen_sr.data.download import download_images
 
     base = api_base or allen_urls.DEFAULT_API_BASE
+    allen_urls.check_api_base(base)
+    if image_id < 1 or downsample < 0:
+        raise InvalidInputError(f"--image_id {image_id}, --downsample {downsample}: give a section image id "
+                                "(a positive number) and a downsampling of 0 or more")
     folder = Path(download_dir) if download_dir else out.parent
     report = download_images([image_id], folder, api_base=base, downsample=downsample or None,
                              progress=progress)

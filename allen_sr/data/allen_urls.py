@@ -10,6 +10,7 @@ client that sends them is :mod:`allen_sr.data.allen_api`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -18,6 +19,7 @@ from allen_sr.errors import InvalidInputError
 __all__ = [
     "DEFAULT_API_BASE", "DEFAULT_PAGE_SIZE", "DEFAULT_ORDER", "STOCK_IMAGE_IDS", "Region",
     "image_download_url", "section_image_criteria", "section_data_set_criteria", "rma_query_url",
+    "check_api_base",
 ]
 
 DEFAULT_API_BASE = "https://api.brain-map.org"
@@ -66,6 +68,12 @@ class Region:
             raise InvalidInputError(f"region left/top must be >= 0, got {self.left}, {self.top}")
         if self.width <= 0 or self.height <= 0:
             raise InvalidInputError(f"region width/height must be > 0, got {self.width}x{self.height}")
+
+
+def check_api_base(url: str) -> None:
+    """InvalidInputError unless ``url`` looks like an API base (``https://host[:port]``)."""
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise InvalidInputError(f"--api_base must look like https://host[:port], got {url!r}")
 
 
 def image_download_url(
