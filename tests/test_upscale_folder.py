@@ -56,6 +56,17 @@ def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_p
                                  "--preview_dir", str(tmp_path / "previews")]) == 1
     assert sorted(p.name for p in glob_out.iterdir()) == ["a.png", "b.png"]
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["a.compare.png", "b.compare.png"]
+    with Image.open(tmp_path / "previews" / "a.compare.png") as shot:
+        small = shot.size
+    # --preview_size holds in a folder run too (it was always 128 px; 0 wrote previews anyway)
+    for size, names in ((32, ["a.compare.png"]), (0, [])):
+        argv = ["--images", str(tmp_path / "in" / "a.png"), "--out_dir", str(tmp_path / f"o{size}"),
+                "--pretrained", "conv-fast", "--no_progress", "--preview_dir", str(tmp_path / f"p{size}"),
+                "--preview_size", str(size)]
+        assert upscale.upscale_main(argv) == 0
+        assert sorted(p.name for p in (tmp_path / f"p{size}").glob("*")) == names
+    with Image.open(tmp_path / "p32" / "a.compare.png") as shot:
+        assert shot.size[0] < small[0]
 
 
 def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys):
@@ -79,7 +90,12 @@ def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys
     assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "a.*"), "--out_dir",
                                         str(tmp_path / "o")]) == 2
     assert "would both be written as" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+    # a.png and a.bmp (written as a.tif) would share one compare picture in --preview_dir
+    Image.fromarray(BRAIN[:40, :40]).save(tmp_path / "in" / "a.bmp")
+    argv = base + ["--images", str(tmp_path / "in" / "a.[pb]*"), "--out_dir", str(tmp_path / "o")]
+    assert upscale.upscale_main(argv + ["--preview_dir", str(tmp_path / "p")]) == 2
+    assert "would both have their compare picture at" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
 
 
 def test_uncertainty_from_a_model_without_a_distribution_is_refused_once_before_any_image(tmp_path, capsys):

@@ -164,7 +164,7 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
     if not os.path.exists(src):
         return ImageResult(src, dst, "failed", f"{src} is not on worker {worker}: --images must be on "
                            "storage that the client and every worker share, at the same path", worker=worker)
-    preview = {} if preview_dir is None else {"preview_size": 128, "preview_to": Path(preview_dir)}
+    preview = {} if preview_dir is None else {"preview_size": options.preview_size, "preview_to": Path(preview_dir)}
     start = time.perf_counter()
     with _MODELS_LOCK:
         upscaler = worker_upscaler(spec, options)

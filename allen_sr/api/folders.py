@@ -64,21 +64,30 @@ def finished(dst: Output) -> bool:
     return dst.finished()
 
 
-def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str]) -> list[tuple[str, Output]]:
+def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
+                 preview_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Output]]:
     """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
-    inputs would share an output or an output would replace its input."""
+    inputs would share an output (or a compare picture in ``preview_dir``) or an output would
+    replace its input."""
+    from allen_sr.api.upscaler import compare_path
+
     remote = is_url(out_dir)
     pairs: list[tuple[str, Output]] = []
     seen: dict[str, str] = {}
+    previews: dict[str, str] = {}
     for src in inputs:
         name = output_name(src)
         dst = in_folder(os.fspath(out_dir), name) if remote else Path(out_dir) / name
         if name in seen:
             raise UserError(f"{src} and {seen[name]} would both be written as {dst}; rename one")
+        preview = compare_path(Path(name)).name
+        if preview_dir is not None and preview in previews:
+            raise UserError(f"{src} and {previews[preview]} would both have their compare picture at "
+                            f"{Path(preview_dir) / preview}; rename one, or leave --preview_dir out")
         if isinstance(dst, Path) and dst.resolve() == Path(src).resolve():
             raise UserError(f"output folder {out_dir} holds the input {src}: the output would replace it; "
                             "choose another output folder")
-        seen[name] = src
+        seen[name] = previews[preview] = src
         pairs.append((src, dst))
     return pairs
 
@@ -122,7 +131,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
     preview: dict[str, Any] = {}
     if preview_dir is not None:
         Path(preview_dir).mkdir(parents=True, exist_ok=True)
-        preview = {"preview_size": 128, "preview_to": Path(preview_dir)}
+        preview = {"preview_size": upscaler.options.preview_size, "preview_to": Path(preview_dir)}
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
