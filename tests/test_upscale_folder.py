@@ -130,7 +130,8 @@ def test_an_empty_file_or_a_folder_at_an_output_name_is_not_a_finished_output(tm
     assert upscale.upscale_main(argv) == 1
     text = capsys.readouterr().out
     assert "1 written, 0 already done (skipped), 1 failed" in text and "b.png is a folder" in text, text
-    assert Image.open(out / "a.png").size == (320, 256)
+    with Image.open(out / "a.png") as enlarged:
+        assert enlarged.size == (320, 256)
 
 
 def test_a_folder_of_aperio_svs_slides_is_enlarged(tmp_path, capsys):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from allen_sr.api.outputs import compare_path
 from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to
 from allen_sr.data.images import ImageSkipped, list_images
 from allen_sr.errors import UserError, first_line
@@ -69,8 +70,6 @@ def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
     """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
     inputs would share an output (or a compare picture in ``preview_dir``) or an output would
     replace its input."""
-    from allen_sr.api.upscaler import compare_path
-
     remote = is_url(out_dir)
     pairs: list[tuple[str, Output]] = []
     seen: dict[str, str] = {}

@@ -23,13 +23,15 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from allen_sr import fileio
 from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, model_shape, no_distribution,
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
+from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
+                                  preview_box, split_uncertain, uncertainty_paths)
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.samples import announced_white, colour_samples
@@ -176,31 +178,6 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
                       calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
 
 
-class PreviewTap:
-    """Passes bands through and keeps the rows and columns of a preview window."""
-
-    def __init__(self, box: tuple[int, int, int, int] | None) -> None:
-        self.box, self.parts, self.y = box, [], 0  # box: top, left, height, width (output px)
-
-    def __call__(self, bands: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        for band in bands:
-            if self.box is not None:
-                top, left, h, w = self.box
-                a, b = max(top, self.y), min(top + h, self.y + band.shape[0])
-                if a < b:
-                    self.parts.append(band[a - self.y:b - self.y, left:left + w].copy())
-            self.y += band.shape[0]
-            yield band
-
-
-def preview_box(region: sources.ImageSource, size: int) -> tuple[int, int, int, int] | None:
-    """(top, left, height, width) input px of a centred square of ``size`` px, or None."""
-    if size <= 0:
-        return None
-    h, w = min(size, region.height), min(size, region.width)
-    return (region.height - h) // 2, (region.width - w) // 2, h, w
-
-
 def array_source(image: np.ndarray) -> sources.ArraySource:
     """An image given as an array, as a source; InputImageError unless uint8 or uint16 grey, RGB or
     RGBA. uint16 is read by its white level (a 12-bit camera's 4095 as 255), as image files are."""
@@ -213,16 +190,6 @@ def array_source(image: np.ndarray) -> sources.ArraySource:
     white = 255.0 if array.dtype == np.uint8 else announced_white("image", array.dtype,
                                                                   float(colour_samples(samples).max(initial=0)))
     return sources.ArraySource("image", sources.to_rgb(array, "image", white))
-
-
-def compare_path(out: Path) -> Path:
-    """Where the compare picture of output ``out`` goes: ``OUT-stem.compare.png`` beside it."""
-    name = out.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
-        if name.lower().endswith(suffix):
-            name = name[:-len(suffix)]
-            break
-    return out.with_name(f"{name}.compare.png")
 
 
 def as_region(region: Region | tuple[int, ...] | None) -> Region:
@@ -238,46 +205,6 @@ def as_region(region: Region | tuple[int, ...] | None) -> Region:
         return Region(*(operator.index(v) for v in values))  # NumPy integers too; never 12.5 px
     except TypeError:
         raise UserError(f"region {values}: give whole numbers of px") from None
-
-
-def encode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
-    """float32 [h, w, C + 1] (values, sd) -> uint8 [h, w, C + 2]: the values rounded, the sd in
-    1/256 grey levels as two bytes (what the resume store keeps)."""
-    values = tiling.as_uint8(band[..., :channels])
-    sd = np.clip(np.rint(band[..., channels] * 256.0), 0, 65535).astype(np.uint16)
-    return np.concatenate([values, (sd >> 8).astype(np.uint8)[..., None], (sd & 255).astype(np.uint8)[..., None]],
-                          axis=-1)
-
-
-def decode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
-    """The float32 sd map [h, w] of an :func:`encode_uncertain` band."""
-    return (band[..., channels].astype(np.float32) * 256.0 + band[..., channels + 1]) / 256.0
-
-
-def split_uncertain(bands: Iterable[np.ndarray], channels: int, maps: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """The image part of encoded bands; their sd maps are appended to ``maps``."""
-    for band in bands:
-        maps.append(decode_uncertain(band, channels))
-        yield band[..., :channels]
-
-
-def check_output_names(src: str | os.PathLike[str], outputs: Iterable[Path]) -> None:
-    """OutputError, before any work, if one of the files a run writes is its input ``src`` (the run
-    would replace it) or a folder (the run would fail at its end)."""
-    source = Path(src).resolve()
-    for path in outputs:
-        if path.resolve() == source:
-            raise writers.OutputError(f"{path} is the input image {src}: writing it would replace the input; "
-                                      "give the output another name")
-        if path.is_dir():
-            raise writers.OutputError(f"{path} is a folder: the output cannot be written there; "
-                                      "give the output another name")
-
-
-def uncertainty_paths(out: Path) -> tuple[Path, Path]:
-    """``OUT.uncertainty.tif`` and ``OUT.uncertainty.png`` beside output ``out`` (its type suffix dropped)."""
-    stem = compare_path(out).name[:-len(".compare.png")]
-    return out.with_name(f"{stem}.uncertainty.tif"), out.with_name(f"{stem}.uncertainty.png")
 
 
 class Upscaler:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 from allen_sr import fileio
-from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler, compare_path
+from allen_sr.api.outputs import compare_path
+from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler
 from allen_sr.api.models import ModelSpec, describe_source, trained_degradation
 from allen_sr.api.remote import is_url
 from allen_sr.commands import args as shared
