@@ -254,10 +254,9 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
     configure_pillow()
     try:
         with Image.open(path) as img:
-            frames = getattr(img, "n_frames", 1)
-            if img.format in ("GIF", "PNG", "WEBP") and frames > 1:  # Pillow would read the first frame
-                raise ImageSkipped(f"{path}: holds {frames} frames (an animation); save the frame you want as its "
-                                   "own file")
+            if img.format in ("GIF", "PNG", "WEBP") and img.n_frames > 1:  # Pillow would read the first frame
+                raise ImageSkipped(f"{path}: holds {img.n_frames} frames (an animation); save the frame you want as "
+                                   "its own file")
             deep = deep_colour(img)  # before load(), which forgets how the file stores its samples
             if not deep:
                 img.load()
