@@ -70,7 +70,11 @@ class RemoteFile:
     def finished(self) -> bool:
         """A non-empty file at this URL (an upload is whole or absent, never empty)."""
         fs, path = filesystem(self.url)
-        return bool(fs.isfile(path)) and int(fs.size(path) or 0) > 0
+        try:
+            info = fs.info(path)  # one request for both: is it a file, and its size
+        except FileNotFoundError:
+            return False
+        return info.get("type") == "file" and int(info.get("size") or 0) > 0
 
     def upload(self, local: Path) -> None:
         """Put the finished file ``local`` at this URL, under a temporary name first."""
