@@ -74,6 +74,7 @@ def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys
     base = ["--pretrained", "conv-fast", "--no_progress"]
     cases = [
         (["--images", str(tmp_path / "in"), "--out_dir", str(tmp_path / "in")], "would replace it"),
+        (["--images", str(tmp_path / "in"), "--out_dir", (tmp_path / "in").as_uri()], "would replace it"),
         (["--images", str(tmp_path / "none*.png"), "--out_dir", str(tmp_path / "o")], "no image files"),
         (["--images", str(tmp_path / "in"), "--out", str(tmp_path / "o.png")], "pass --out_dir"),
         (["--image", str(tmp_path / "in" / "a.png"), "--out_dir", str(tmp_path / "o")], "pass --out FILE"),

@@ -83,7 +83,8 @@ def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
         if preview_dir is not None and preview in previews:
             raise UserError(f"{src} and {previews[preview]} would both have their compare picture at "
                             f"{Path(preview_dir) / preview}; rename one, or leave --preview_dir out")
-        if isinstance(dst, Path) and dst.resolve() == Path(src).resolve():
+        local = dst if isinstance(dst, Path) else dst.local_path
+        if local is not None and local.resolve() == Path(src).resolve():
             raise UserError(f"output folder {out_dir} holds the input {src}: the output would replace it; "
                             "choose another output folder")
         seen[name] = previews[preview] = src

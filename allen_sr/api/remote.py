@@ -15,6 +15,8 @@ import contextlib
 import os
 import posixpath
 import tempfile
+import urllib.parse
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,12 @@ class RemoteFile:
     @property
     def parent_url(self) -> str:
         return self.url[:-len(self.name)].rstrip("/")
+
+    @property
+    def local_path(self) -> Path | None:
+        """The file a ``file://`` URL names on this machine; None for any other scheme."""
+        parsed = urllib.parse.urlsplit(self.url)
+        return Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else None
 
     def finished(self) -> bool:
         """A non-empty file at this URL (an upload is whole or absent, never empty)."""
