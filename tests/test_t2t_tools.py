@@ -17,6 +17,11 @@ def run(cmd, **kw):
     return proc
 
 
+def test_train_help_is_a_success_naming_the_command():
+    proc = run([os.path.join(BIN, "allen-sr"), "train", "--help"])  # absl ends --help with status 1
+    assert "USAGE: allen-sr train [flags]" in proc.stdout + proc.stderr
+
+
 def test_cli_help_lists_every_subcommand():
     out = run([os.path.join(BIN, "allen-sr"), "--help"]).stdout
     for name in ("download", "datagen", "train", "decode", "evaluate", "upscale", "plot", "launch", "demo"):
@@ -134,3 +139,117 @@ def test_datagen_with_an_empty_tmp_dir_says_what_to_do_without_a_traceback(tmp_p
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("allen-sr datagen: error:")]
     assert len(errors) == 1 and str(empty) in errors[0] and "put your" in errors[0]
+
+
+# --------------------------------------------------------------------------- mistakes found before training
+
+@pytest.fixture(scope="module")
+def conv_run(stock_datagen):
+    """One real step of a probabilistic img2img_conv_sr_fast run on the module's dataset."""
+    out = stock_datagen / "conv_run"
+    run([os.path.join(BIN, "allen-sr"), "train", f"--problem={PROBLEM}", "--model=img2img_conv_sr",
+         "--hparams_set=img2img_conv_sr_fast", f"--data_dir={stock_datagen / 'data'}", f"--output_dir={out}",
+         "--schedule=train", "--train_steps=1", "--hparams=probabilistic=True"])
+    return out
+
+
+@pytest.mark.parametrize("model, hparams_set, extra, words", [
+    ("img2img_conv_sr", "img2img_allen_cpu_tiny", [], ["hparams lack", "img2img_conv_sr_*"]),
+    ("img2img_transformer_sr", "img2img_conv_sr_cpu", [], ["is a set for --model=img2img_conv_sr"]),
+    ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--hparams=foo=1"], ["--hparams foo=1", "Unknown hyperparameter"]),
+    ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--hparams=learning_rate"], ["--hparams learning_rate"]),
+    ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--hparams=train_budget_seconds=nan"], ["train_budget_seconds"]),
+    ("img2img_transformer_sr", "img2img_allen_cpu_tiny", ["--hparams=train_budget_seconds=-5"],
+     ["train_budget_seconds", "-5"]),
+    ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--train_steps=0"], ["--train_steps=0", ">= 1"]),
+])
+def test_train_refuses_what_cannot_train_before_anything_is_written(model, hparams_set, extra, words,
+                                                                    stock_datagen, tmp_path, capsys):
+    from allen_sr.t2t import tools
+
+    out = tmp_path / "out"
+    code = tools.train_main([f"--problem={PROBLEM}", f"--model={model}", f"--hparams_set={hparams_set}",
+                             f"--data_dir={stock_datagen / 'data'}", f"--output_dir={out}", "--worker_gpu=0"] + extra)
+    _one_line_error(capsys, code, *words)
+    assert not out.exists()  # no hparams.json for a later run to pick up
+
+
+def test_a_malformed_tf_config_is_one_line(stock_datagen, tmp_path, capsys, monkeypatch):
+    from allen_sr.t2t import tools
+
+    monkeypatch.setenv("TF_CONFIG", "{bad")
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu",
+                             f"--data_dir={stock_datagen / 'data'}", f"--output_dir={tmp_path}", "--worker_gpu=0"])
+    _one_line_error(capsys, code, "TF_CONFIG is not valid JSON")
+
+
+def test_a_failed_datagen_fails_again_and_its_dataset_does_not_train(tmp_path, capsys):
+    """Images that give no dev tile: datagen says so, and says so again on a rerun (the dataset it
+    wrote is complete, with an empty dev split); training on it is refused before it starts."""
+    from conftest import save_tissue_images
+
+    from allen_sr.t2t import tools
+
+    images = save_tissue_images(tmp_path / "images", count=3)  # slide_0..2: all in train by the hash split
+    argv = [os.path.join(BIN, "allen-sr"), "datagen", f"--problem={PROBLEM}", f"--data_dir={tmp_path / 'data'}",
+            f"--tmp_dir={images}"]
+    for _ in range(2):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("allen-sr datagen: error:")]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(errors) == 1 and "no dev tiles" in errors[0], proc.stderr
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu",
+                             f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'out'}", "--worker_gpu=0"])
+    _one_line_error(capsys, code, "no dev examples", "only empty", "--schedule=train")
+
+
+def test_a_run_is_continued_only_with_its_own_set(conv_run, capsys):
+    from allen_sr.t2t import tools
+
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu",
+                             f"--data_dir={conv_run.parent / 'data'}", f"--output_dir={conv_run}", "--worker_gpu=0",
+                             "--train_steps=2"])
+    _one_line_error(capsys, code, "holds a run of --hparams_set=img2img_conv_sr_fast", "model.ckpt-1")
+    assert not (conv_run / "model.ckpt-2.index").exists()
+
+
+def test_hparams_json_of_a_run_without_checkpoint_is_dropped_only_when_it_differs(conv_run, tmp_path, capsys):
+    """t2t-trainer reads OUTPUT_DIR/hparams.json over the set: one left by a run that failed before its
+    first checkpoint would silently replace a corrected command's hparams."""
+    import shutil
+
+    from allen_sr.t2t import tools
+
+    for name in ("hparams.json", "flags.txt"):
+        shutil.copy(conv_run / name, tmp_path / name)
+    same = tools.build_hparams("img2img_conv_sr_fast", "probabilistic=True")
+    tools.check_run_folder(str(tmp_path), PROBLEM, "img2img_conv_sr", "img2img_conv_sr_fast", same)
+    assert (tmp_path / "hparams.json").exists()  # the same command: kept (a cluster's replicas share it)
+    other = tools.build_hparams("img2img_conv_sr_fast", "")
+    tools.check_run_folder(str(tmp_path), PROBLEM, "img2img_conv_sr", "img2img_conv_sr_fast", other)
+    assert not (tmp_path / "hparams.json").exists()
+    assert "removed" in capsys.readouterr().out
+
+
+def test_export_and_decode_of_a_checkpoint_prefix_read_the_runs_hparams(conv_run, tmp_path, capsys):
+    from allen_sr.commands.decode import decode_main
+    from allen_sr.commands.export import export_main
+
+    out = tmp_path / "export"
+    assert export_main(["--problem", PROBLEM, "--hparams_set", "img2img_conv_sr_fast", "--output_dir",
+                        str(conv_run / "model.ckpt-1"), "--out", str(out), "--no_bioimageio"]) == 0
+    assert (out / "distribution.onnx").exists()  # probabilistic=True, recorded in the run's hparams.json
+    from allen_sr.commands.train import start_from
+
+    argv = start_from(str(out), ["--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                                 f"--output_dir={tmp_path / 'tuned'}"])
+    assert any(a.startswith("--warm_start_from=") for a in argv)
+    assert "(img2img_conv_sr, img2img_conv_sr_fast, 1 steps)" in capsys.readouterr().out  # the export's step
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = decode_main(["--output_dir", str(conv_run), "--data_dir", str(empty), "--num_examples", "2",
+                        "--out", str(tmp_path / "decoded")])
+    _one_line_error(capsys, code, f"no dev examples of {PROBLEM}", str(empty), "allen-sr datagen")
+    code = decode_main(["--output_dir", str(conv_run), "--data_dir", str(conv_run.parent / "data"),
+                        "--num_examples", "2", "--out", str(tmp_path / "decoded"), "--hparams", "foo=1"])
+    _one_line_error(capsys, code, "--hparams foo=1")

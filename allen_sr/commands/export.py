@@ -51,7 +51,9 @@ def check_trained_set(output_dir: str, hparams: Any, hparams_set: str) -> None:
     t2t-trainer writes every hparam of the run to hparams.json (and its flags to flags.txt): a
     hparam the named set does not have, or another --hparams_set in flags.txt, names the mistake.
     """
-    folder = output_dir if os.path.isdir(output_dir) else os.path.dirname(output_dir)
+    from allen_sr.decoding.checkpoints import run_folder
+
+    folder = run_folder(output_dir)
     flags = os.path.join(folder, "flags.txt")
     if os.path.isfile(flags):
         for line in open(flags, encoding="utf-8").read().split():

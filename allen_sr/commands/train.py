@@ -60,8 +60,9 @@ def start_from(source: str, argv: list[str]) -> list[str]:
         print(f"note: --init_from {source} was trained with --hparams_set={config['hparams_set']}; this run "
               f"uses {hparams_set}, whose variables must have the same shapes", flush=True)
     prefix = init_checkpoint(spec.exported, warm_start_folder(output_dir))
-    print(f"starting from {source} ({config['model']}, {config['hparams_set']}, "
-          f"{config.get('steps', '?')} steps): {prefix}", flush=True)
+    steps = config.get("steps") or str(config.get("checkpoint", "")).rpartition("model.ckpt-")[2] or "?"
+    print(f"starting from {source} ({config['model']}, {config['hparams_set']}, {steps} steps): {prefix}",
+          flush=True)
     return argv + [f"--warm_start_from={prefix}"]
 
 

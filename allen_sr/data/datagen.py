@@ -106,6 +106,11 @@ def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
     return all(exists(f"{base}/{s}") for s in info.get("shards", []))
 
 
+def stored_summary(data_dir: str, prefix: str) -> DatagenSummary:
+    """The summary a complete dataset's P-info.json keeps of its build."""
+    return DatagenSummary(**read_json(f"{data_dir.rstrip('/')}/{prefix}-info.json")["summary"])
+
+
 def _upload(local_dir: str, data_dir: str, prefix: str) -> None:
     """Publish the dataset built in `local_dir` to a remote `data_dir` (gs://...), info last.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from allen_sr.models.variables import EMA_NAME
-from allen_sr.t2t.names import register_all
+from allen_sr.t2t.names import parse_overrides, register_all
 from allen_sr.errors import InvalidInputError, MissingInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -25,6 +25,14 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 ADDED_LATER = {"mean_correction": 0.0}
 
 
+def run_folder(output_dir: str | os.PathLike[str]) -> str:
+    """The run folder of ``output_dir``: itself, or the folder of a checkpoint prefix (RUN/model.ckpt-N)."""
+    import tensorflow as tf
+
+    path = os.fspath(output_dir)
+    return path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+
+
 def load_hparams(
     hparams_set: str,
     problem: Any,
@@ -33,8 +41,8 @@ def load_hparams(
 ) -> "HParams":
     """The model hparams exactly as `t2t-trainer` builds them.
 
-    Starts from the registered ``hparams_set``, then applies ``output_dir/hparams.json`` if the
-    trainer wrote one (so a checkpoint is read with the hparams it was trained with), then the
+    Starts from the registered ``hparams_set``, then applies the run's hparams.json (``output_dir``
+    is its folder or a checkpoint prefix in it) if the trainer wrote one (so a checkpoint is read with the hparams it was trained with), then the
     ``overrides`` string ("k=v,..."), then the problem's hparams (``problem`` is a registered name
     or a Problem instance; it sets modalities, and for our problems `img_len`/`num_channels`).
     An hparam of :data:`ADDED_LATER` that hparams.json does not record is off.
@@ -43,7 +51,7 @@ def load_hparams(
     import tensorflow as tf
     from tensor2tensor.utils import hparams_lib
 
-    hparams_path = os.path.join(os.fspath(output_dir), "hparams.json") if output_dir else None
+    hparams_path = os.path.join(run_folder(output_dir), "hparams.json") if output_dir else None
     if hparams_path and not tf.io.gfile.exists(hparams_path):
         hparams_path = None
     hparams = hparams_lib.create_hparams(hparams_set, hparams_path=hparams_path)
@@ -54,7 +62,7 @@ def load_hparams(
             if name in hparams.values() and name not in recorded:
                 hparams.set_hparam(name, off)
     if overrides:
-        hparams.parse(overrides)
+        parse_overrides(hparams, overrides, hparams_set)
     hparams_lib.add_problem_hparams(hparams, problem)
     return hparams
 

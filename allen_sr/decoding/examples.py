@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from allen_sr.t2t.names import register_all
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, MissingInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -57,6 +57,11 @@ def read_examples(
         problem = registry.problem(problem)
     dataset_split = {"eval": problem_lib.DatasetSplit.EVAL, "train": problem_lib.DatasetSplit.TRAIN,
                      "test": problem_lib.DatasetSplit.TEST}[SPLITS[split]]
+    pattern = problem.filepattern(os.fspath(data_dir), dataset_split)
+    if not tf.io.gfile.glob(pattern):
+        raise MissingInputError(f"no {split} examples of {problem.name} in --data_dir {data_dir} (no files "
+                                f"{os.path.basename(pattern)}): pass the --data_dir the run trained on, or run "
+                                f"`allen-sr datagen --problem={problem.name} --data_dir {data_dir}` first")
     hparams = hparams_lib.copy_hparams(hparams)
     with tf.Graph().as_default():
         # A graph seed makes any random op in a problem's eval preprocessing repeatable.

@@ -144,7 +144,7 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
         fail("probabilistic=True trains by the Laplace likelihood alone: set gan_weight=0")
     if float(hparams.gan_weight) > 0 and int(hparams.gan_filters) < 1:
         fail(f"gan_filters must be >= 1 when gan_weight > 0, got {hparams.gan_filters}")
-    if float(getattr(hparams, "train_budget_seconds", 0.0)) < 0:
+    if not float(getattr(hparams, "train_budget_seconds", 0.0)) >= 0:
         fail(f"train_budget_seconds must be >= 0 (0 = no time budget), got "
              f"{hparams.train_budget_seconds}")
     if int(hparams.cosine_decay_steps) < 0 or not 0 <= float(hparams.cosine_decay_min) <= 1:

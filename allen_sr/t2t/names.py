@@ -6,6 +6,7 @@ then our problems, hparams sets and models, then the stock image models.
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 from allen_sr.errors import InvalidInputError
 
@@ -22,7 +23,7 @@ class UnknownNameError(InvalidInputError):
 
 def _unknown(kind: str, name: str, known: list[str], flag: str) -> UnknownNameError:
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f"closest registered: {', '.join(close)}" if close else f"see `allen-sr {flag}` choices in the README"
+    hint = f"closest registered: {', '.join(close)}" if close else "the README's 'Models, problems and hparams sets' lists ours"
     return UnknownNameError(f"unknown {kind} {name!r} (--{flag}); {hint}")
 
 
@@ -47,3 +48,14 @@ def problem_shape(problem_name: str) -> tuple[int, int, int]:
 
     p = registry.problem(problem_name)
     return int(p.input_dim), int(p.output_dim), int(p.num_channels)
+
+
+def parse_overrides(hparams: Any, overrides: str | None, hparams_set: str) -> None:
+    """Apply ``--hparams`` ``overrides`` ("k=v,...") to ``hparams``; InvalidInputError naming a
+    malformed or unknown one (tensor2tensor's parser raises a bare ValueError)."""
+    try:
+        hparams.parse(overrides or "")
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"--hparams {overrides}: {exc} (the hparams of {hparams_set}: allen_sr/models/conv_sr.py HPARAMS, "
+            "allen_sr/models/transformer_options.py, tensor2tensor's basic_params1)") from None

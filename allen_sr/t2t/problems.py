@@ -51,9 +51,10 @@ class TileSuperResolution(problem.Problem):
             size=self.tile_size)
         if summary is None:
             print(f"{self.dataset_filename()}: dataset in {data_dir} is complete and up to date")
-            return
-        print(summary.report())
-        for split in ("train", "dev"):
+            summary = datagen.stored_summary(data_dir, self.dataset_filename())
+        else:
+            print(summary.report())
+        for split in ("train", "dev"):  # an earlier build of these images had none: say so again
             if summary.tiles_kept[split] == 0:
                 raise InvalidInputError(
                     f"no {split} tiles from the {len(paths)} images in {tmp_dir}: {split} images "

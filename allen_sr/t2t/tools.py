@@ -9,13 +9,17 @@ for tuning trials (`--train_steps_increment`, the PSNR summary Katib reads) is a
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
 from allen_sr.errors import InvalidInputError, UserError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tensor2tensor.utils.hparam import HParams
 
 
 def usr_dir() -> str:
@@ -82,27 +86,114 @@ def check_datagen_flags(argv: list[str]) -> None:
     """Refuse a datagen command line that cannot work, before tensor2tensor starts."""
     _check_names(argv, ("problem",))
     _check_folder(argv, "data_dir")
-    tmp_dir = _check_folder(argv, "tmp_dir")
-    if tmp_dir is not None and os.path.exists(tmp_dir) and not os.path.isdir(tmp_dir):
-        raise UsageError(f"--tmp_dir={tmp_dir} is a file, not a folder of images")
+    tmp_dir = flag_value(argv, "tmp_dir")
+    if not tmp_dir:
+        raise UsageError("--tmp_dir is required: the folder of your images (Allen problems: where downloads go)")
+    if os.path.exists(tmp_dir) and not os.path.isdir(tmp_dir):
+        raise UsageError(f"--tmp_dir={tmp_dir} is a file, not a folder: pass the folder of your images "
+                         "(Allen problems: where downloads go)")
+
+
+def build_hparams(hparams_set: str, overrides: str | None) -> "HParams":
+    """The hparams of ``hparams_set`` with the ``--hparams`` overrides (a malformed one named)."""
+    from tensor2tensor.utils import hparams_lib
+
+    from allen_sr.t2t.names import parse_overrides
+
+    hparams = hparams_lib.create_hparams(hparams_set)
+    parse_overrides(hparams, overrides, hparams_set)
+    return hparams
+
+
+def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> None:
+    """UsageError when ``hparams_set`` is not made for ``model``, or a value cannot train."""
+    from allen_sr.models import conv_sr
+
+    conv_set = hasattr(hparams, "num_res_blocks")
+    if model == conv_sr.MODEL_NAME or conv_set:
+        if model != conv_sr.MODEL_NAME:
+            raise UsageError(f"--hparams_set={hparams_set} is a set for --model={conv_sr.MODEL_NAME}, not {model}: "
+                             "pass both of one family (README: Models, problems and hparams sets)")
+        try:
+            conv_sr.check_hparams(hparams)
+        except InvalidInputError as exc:
+            raise UsageError(f"--hparams_set={hparams_set}: {exc}") from None
+    budget = float(getattr(hparams, "train_budget_seconds", 0.0) or 0.0)
+    if not budget >= 0 or budget == float("inf"):
+        raise UsageError(f"train_budget_seconds must be a number of seconds >= 0 (0 = no time budget), got {budget}")
+
+
+def check_run_folder(output_dir: str, problem: str, model: str, hparams_set: str, hparams: "HParams") -> None:
+    """Refuse to continue the run in ``output_dir`` with another model or hparams set (t2t-trainer
+    would restore it and keep its recorded hparams); drop an hparams.json that a run which saved no
+    checkpoint left there, when it differs from this command's (t2t-trainer reads it over the set)."""
+    import tensorflow as tf
+
+    checkpoint = tf.train.latest_checkpoint(output_dir)
+    if checkpoint:
+        flags_path = os.path.join(output_dir, "flags.txt")
+        recorded = tf.io.gfile.GFile(flags_path).read().split() if tf.io.gfile.exists(flags_path) else []
+        for name, value in (("model", model), ("hparams_set", hparams_set)):
+            was = next((f.split("=", 1)[1] for f in recorded if f.startswith(f"--{name}=")), value)
+            if was != value:
+                raise UsageError(f"--output_dir={output_dir} holds a run of --{name}={was} ({checkpoint}), not "
+                                 f"{value}: pass --{name}={was} to continue it, or choose another --output_dir")
+        return
+    path = os.path.join(output_dir, "hparams.json")
+    if not tf.io.gfile.exists(path):
+        return
+    from tensor2tensor.utils import hparams_lib
+
+    ours = hparams_lib.copy_hparams(hparams)
+    hparams_lib.add_problem_hparams(ours, problem)  # as t2t-trainer records them, without the modality
+    ours.del_hparam("modality")
+    stale = json.loads(tf.io.gfile.GFile(path).read())
+    if any(stale.get(k, v) != v for k, v in json.loads(ours.to_json()).items()):
+        tf.io.gfile.remove(path)
+        print(f"note: removed {path}: another command's hparams, left by a run that saved no checkpoint "
+              "(t2t-trainer would have trained with them)", flush=True)
+
+
+def _count_flag(argv: list[str], name: str) -> None:
+    """UsageError unless --name, if given, is a whole number >= 1."""
+    value = flag_value(argv, name)
+    if value is not None and not (value.isdigit() and int(value) >= 1):
+        raise UsageError(f"--{name}={value}: pass a whole number >= 1")
+
+
+def check_shards(data_dir: str, prefix: str, split: str, problem: str, why: str = "") -> None:
+    """UsageError unless ``data_dir`` holds examples of ``split`` (not only empty shards)."""
+    import tensorflow as tf
+
+    shards = tf.io.gfile.glob(os.path.join(data_dir, f"{prefix}-{split}*"))
+    if not sum(tf.io.gfile.stat(s).length for s in shards):
+        found = f"only empty {prefix}-{split}-* files" if shards else f"no {prefix}-{split}-* files"
+        raise UsageError(
+            f"no {split} examples for {problem} in --data_dir={data_dir} ({found}){why}: run `allen-sr datagen "
+            f"--problem={problem} --data_dir={data_dir} --tmp_dir=<folder of images>` with images that give "
+            f"{split} tiles")
 
 
 def check_train_flags(argv: list[str]) -> None:
-    """Refuse a training command line that cannot work (unknown names, no dataset)."""
+    """Refuse a training command line that cannot work before any training (unknown names, a
+    model and hparams set of two families, malformed --hparams, another run's folder, no data)."""
     if flag_value(argv, "schedule") == "run_std_server":  # a parameter server reads no data
         return
-    import tensorflow as tf
     from tensor2tensor.utils import registry
 
     problem = _check_names(argv, ("problem", "model", "hparams_set"))
-    _check_folder(argv, "output_dir", required=False)
+    model, hparams_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
+    _count_flag(argv, "train_steps")
+    hparams = build_hparams(hparams_set, flag_value(argv, "hparams"))
+    check_model_hparams(model, hparams_set, hparams)
+    output_dir = _check_folder(argv, "output_dir", required=False)
     data_dir = _check_folder(argv, "data_dir")
     prefix = registry.problem(problem).dataset_filename()
-    if not tf.io.gfile.glob(os.path.join(data_dir, f"{prefix}-train*")):
-        raise UsageError(
-            f"no training data for {problem} in --data_dir={data_dir} (expected {prefix}-train-* "
-            f"files): run `allen-sr datagen --problem={problem} --data_dir={data_dir} "
-            "--tmp_dir=<folder of images>` first")
+    check_shards(data_dir, prefix, "train", problem)
+    if flag_value(argv, "schedule") != "train":
+        check_shards(data_dir, prefix, "dev", problem, "; evaluation reads them (--schedule=train trains without)")
+    if output_dir:
+        check_run_folder(output_dir, problem, model, hparams_set, hparams)
 
 
 def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], None]) -> int:
@@ -112,10 +203,11 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
     import tensorflow.compat.v1 as tf
     from absl import app
 
-    if not any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+    help_asked = any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv)
+    if not help_asked:
         try:
             check(argv)
-        except UsageError as exc:
+        except UserError as exc:
             print(f"{tool}: error: {exc}", file=sys.stderr)
             return 2
     t2t = __import__(f"tensor2tensor.bin.{module}", fromlist=["main"])
@@ -131,10 +223,14 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
             print(f"{tool}: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    program, sys.argv[0] = sys.argv[0], tool  # absl's usage line names sys.argv[0]
     try:
         app.run(main, argv=[tool] + argv)
     except SystemExit as exc:
-        return int(exc.code or 0)
+        code = int(exc.code or 0)
+        return 0 if help_asked and code == 1 else code  # absl ends --help with exit status 1
+    finally:
+        sys.argv[0] = program
     return 0
 
 
@@ -149,8 +245,9 @@ def train_main(argv: list[str]) -> int:
     if not any(a in ("-h", "--help", "--helpfull") for a in argv) and not _has_flag(argv, "worker_gpu"):
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
-    argv = prepare_cluster_task(argv, os.environ)  # TF_CONFIG -> this replica's role
-    try:  # --train_steps_increment, and the eval PSNR as the tensor summary Katib reads
+    try:
+        argv = prepare_cluster_task(argv, os.environ)  # TF_CONFIG -> this replica's role
+        # --train_steps_increment, and the eval PSNR as the tensor summary Katib reads
         argv = prepare_train_flags(argv, os.environ)
     except ValueError as exc:
         print(f"allen-sr train: error: {exc}", file=sys.stderr)
