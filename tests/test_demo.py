@@ -60,6 +60,12 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
     step = int(re.search(r"model\.ckpt-(\d+)", metrics["protocol"]).group(1))
     assert step > 0 and os.path.exists(out / "train" / f"model.ckpt-{step}.index")
 
+    # Run again with --train_steps: it trains on to that step (the budget its run recorded is spent).
+    cmd = [sys.executable, "-m", "allen_sr.cli", "demo", f"--out={out}", f"--train_steps={step + 2}", "--num_examples=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=installed)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert os.path.exists(out / "train" / f"model.ckpt-{step + 2}.index")
+
 
 def test_demo_trains_our_sets_by_the_clock_and_stock_sets_by_steps(capsys):
     """The demo's default is 7 minutes of the set's clock; --train_steps, or a stock t2t set
@@ -71,11 +77,27 @@ def test_demo_trains_our_sets_by_the_clock_and_stock_sets_by_steps(capsys):
     assert "--hparams=train_budget_seconds=420" in plan.flags
     plan = demo.training_plan(demo.parse_args(["--train_steps=30"]))
     assert (plan.seconds, plan.steps) == (None, 30)
-    assert plan.flags == ["--train_steps=30", "--hparams=cosine_decay_steps=30"]
+    assert plan.flags == ["--train_steps=30", "--hparams=cosine_decay_steps=30,train_budget_seconds=0"]
     stock = demo.training_plan(demo.parse_args(["--hparams_set=img2img_transformer2d_tiny"]))
     assert (stock.seconds, stock.steps, stock.flags) == (None, demo.STOCK_STEPS, [f"--train_steps={demo.STOCK_STEPS}"])
     assert demo.training_plan(demo.parse_args(["--train_minutes=0.001"])).seconds == 1
-    for bad in ("--train_minutes=0", "--train_steps=-3"):
+    for bad in ("--train_minutes=0", "--train_steps=-3", "--num_examples=0"):
         with pytest.raises(SystemExit):
             demo.parse_args([bad])
         assert "must be greater than 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--images", "{tmp}/none"], ["--images", "none", "is not a folder"]),
+    (["--images", "{tmp}/empty"], ["no images", "empty"]),
+    (["--hparams_set", "img2img_allen_cpu_tinny"], ["unknown hparams set", "img2img_allen_cpu_tiny"]),
+])
+def test_demo_mistakes_are_one_line_before_training(flags, words, tmp_path, capsys):
+    from allen_sr.commands import demo
+
+    (tmp_path / "empty").mkdir()
+    code = demo.demo_main(["--out", str(tmp_path / "out")] + [f.format(tmp=tmp_path) for f in flags])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("allen-sr demo: error:")]
+    assert code == 2 and len(errors) == 1, errors
+    assert all(word in errors[0] for word in words), errors[0]
+    assert not (tmp_path / "out" / "train").exists()

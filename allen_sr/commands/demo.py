@@ -22,6 +22,7 @@ import time
 from typing import NamedTuple
 
 from allen_sr import fileio
+from allen_sr.errors import MissingInputError
 from allen_sr.commands.args import run_command
 from allen_sr.decoding.modes import MODES
 from allen_sr.sample_data import sample_folder
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_steps", type=positive(int), default=None,
                    help="train this many steps instead of for --train_minutes (the only choice for "
                         f"a stock t2t set, which has no training clock: default {STOCK_STEPS} there)")
-    p.add_argument("--num_examples", type=int, default=8, help="dev tiles to decode (default 8)")
+    p.add_argument("--num_examples", type=positive(int), default=8, help="dev tiles to decode (default 8)")
     p.add_argument("--model", default=MODEL, help="t2t model (default %(default)s)")
     p.add_argument("--mode", default=None, choices=MODES,
                    help="decoding mode (default: the hparams set's decode_mode, as `allen-sr "
@@ -104,11 +105,13 @@ def training_plan(args) -> TrainingPlan:
         return TrainingPlan([f"--train_steps={CAP_STEPS}", f"--hparams=train_budget_seconds={seconds}"],
                             seconds, None)
     steps = args.train_steps if args.train_steps is not None else STOCK_STEPS
-    flags = [f"--train_steps={steps}"]
+    overrides = []
     if has_hparam(args.hparams_set, "cosine_decay_steps"):
-        # Our sets: the learning rate's clamped cosine decay runs over the demo's steps.
-        flags.append(f"--hparams=cosine_decay_steps={steps}")
-    return TrainingPlan(flags, None, steps)
+        # Our sets: the learning rate's clamped cosine decay runs over the demo's steps, and no time
+        # budget stops them (a rerun after a timed demo would keep the budget its run recorded).
+        overrides = [f"cosine_decay_steps={steps}", "train_budget_seconds=0"]
+    return TrainingPlan([f"--train_steps={steps}"] + [f"--hparams={','.join(overrides)}"] * bool(overrides),
+                        None, steps)
 
 
 def train(args, plan: TrainingPlan, data_dir: str, train_dir: str, log_path: str) -> None:
@@ -147,23 +150,32 @@ def train(args, plan: TrainingPlan, data_dir: str, train_dir: str, log_path: str
         raise SystemExit(f"training failed (exit {code}); see {log_path}")
 
 
+def check_args(args, out: str) -> None:
+    """What the demo can refuse before any work: the output folder, the names, the image folder."""
+    from allen_sr.t2t.names import check_names
+
+    fileio.check_output_folder(out, "--out")
+    check_names(hparams_set=args.hparams_set, model=args.model)
+    if not os.path.isdir(args.images):
+        raise MissingInputError(f"--images {args.images} is not a folder: pass a folder of tissue images")
+
+
 def demo_main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     out = os.path.abspath(args.out)
     data_dir, train_dir, decode_dir = (os.path.join(out, d) for d in ("data", "train", "decode"))
-    code = run_command("demo", lambda: fileio.check_output_folder(out, "--out"))  # a file named so: exit 2
+    code = run_command("demo", lambda: check_args(args, out))  # mistakes: one line, exit 2, before any work
     if code:
         return code
     os.makedirs(out, exist_ok=True)
 
     banner(1, f"datagen: tiling {args.images} -> {data_dir}")
-    from allen_sr.t2t.names import register_all
-
-    register_all()
     from tensor2tensor.utils import registry
 
-    registry.problem(PROBLEM).generate_data(data_dir, args.images)
+    code = run_command("demo", lambda: registry.problem(PROBLEM).generate_data(data_dir, args.images))
+    if code:
+        return code
 
     plan = training_plan(args)
     banner(2, f"train: {args.model} / {args.hparams_set}, {plan} on CPU -> {train_dir}")
