@@ -538,6 +538,9 @@ def test_cli_usage_errors(tmp_path, capsys):
         (["--image_ids", "1", "--data_set_ids", "2"], "not allowed with"),
         (["--quality", "101"], "--quality must be within 0-100"),
         (["--workers", "0"], "--workers must be >= 1"),
+        (["--timeout", "nan"], "--timeout must be a number of seconds > 0"),
+        (["--connect_timeout", "0"], "--connect_timeout must be"),
+        (["--rate", "nan"], "--rate and --backoff must be numbers >= 0"),
         (["--width", "10"], "--width and --height"),
         (["--image_ids_file", str(tmp_path / "nope.txt")], "cannot read"),
     ):

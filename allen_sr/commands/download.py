@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -122,10 +123,10 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Regi
     if args.quality is not None and not 0 <= args.quality <= 100:
         parser.error(f"--quality must be within 0-100, got {args.quality}")
     for name in ("timeout", "connect_timeout"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be > 0")
-    if args.rate < 0 or args.backoff < 0:
-        parser.error("--rate and --backoff must be >= 0")
+        if not 0 < getattr(args, name) < math.inf:  # nan too
+            parser.error(f"--{name} must be a number of seconds > 0, got {getattr(args, name)}")
+    if not (0 <= args.rate < math.inf and 0 <= args.backoff < math.inf):
+        parser.error(f"--rate and --backoff must be numbers >= 0, got {args.rate} and {args.backoff}")
     try:
         check_api_base(args.api_base)
     except InvalidInputError as error:
