@@ -253,3 +253,15 @@ def test_export_and_decode_of_a_checkpoint_prefix_read_the_runs_hparams(conv_run
     code = decode_main(["--output_dir", str(conv_run), "--data_dir", str(conv_run.parent / "data"),
                         "--num_examples", "2", "--out", str(tmp_path / "decoded"), "--hparams", "foo=1"])
     _one_line_error(capsys, code, "--hparams foo=1")
+
+
+def test_a_run_is_not_read_as_a_problem_of_another_shape(conv_run, tmp_path, capsys):
+    from PIL import Image
+
+    from allen_sr.commands.evaluate import evaluate_main
+    from conftest import tissue_image
+
+    Image.fromarray(tissue_image(64, 64, seed=1)).save(tmp_path / "a.png")
+    code = evaluate_main(["--output_dir", str(conv_run), "--problem", "img2img_allen_brain_dim8to32_grey",
+                          "--images", str(tmp_path / "a.png"), "--out", str(tmp_path / "eval")])
+    _one_line_error(capsys, code, f"trained on --problem {PROBLEM}", "1 channels", f"pass --problem {PROBLEM}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allen_sr.decoding.modes import check_mode
-from allen_sr.errors import MissingInputError, UserError
+from allen_sr.errors import InvalidInputError, MissingInputError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -162,6 +162,26 @@ def model_shape(spec: ModelSpec) -> tuple[int, int, int]:
     return problem_shape(spec.problem)
 
 
+def check_trained_problem(spec: ModelSpec) -> None:
+    """InvalidInputError when the run of ``spec`` was trained on a problem of another shape than
+    ``spec.problem`` (its flags.txt says which): its model cannot read these tiles."""
+    from allen_sr.decoding.checkpoints import run_folder
+    from allen_sr.t2t.names import UnknownNameError, problem_shape
+
+    trained_on = run_flags(run_folder(spec.output_dir)).get("problem")
+    if not trained_on or trained_on == spec.problem:
+        return
+    try:
+        there, here = problem_shape(trained_on), problem_shape(spec.problem)
+    except UnknownNameError:
+        return  # a problem registered elsewhere: nothing to compare with
+    if there != here:
+        shape = "{0}x{0} -> {1}x{1}, {2} channels".format
+        raise InvalidInputError(f"{spec.output_dir} was trained on --problem {trained_on} ({shape(*there)}), "
+                                f"not {spec.problem} ({shape(*here)}): pass --problem {trained_on}, or leave "
+                                "--problem out (the run's flags.txt names it)")
+
+
 def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
     """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names.
 
@@ -180,6 +200,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
     if spec.model is not None:
         registry.decoder_kinds(spec.model)  # an unsupported model fails before anything is read
     check_names(problem=spec.problem, hparams_set=spec.hparams_set)
+    check_trained_problem(spec)
     checkpoint = checkpoints.find_checkpoint(spec.output_dir)
     model = spec.model or checkpoints.checkpoint_model(checkpoint)
     registry.decoder_kinds(model)
