@@ -140,3 +140,17 @@ def test_save_png_is_atomic_and_round_trips(tmp_path):
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8, 1)
     with Image.open(pictures.save_png(grey, tmp_path / "grey.png")) as reopened:
         np.testing.assert_array_equal(np.asarray(reopened), grey[..., 0])
+
+
+def test_results_of_fewer_examples_leave_no_stale_example_pngs(tmp_path):
+    """A decode into a folder that holds a larger earlier decode: only this run's examples remain."""
+    from allen_sr.evaluation.results import write_results
+
+    rng = np.random.default_rng(0)
+    targets = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    inputs = [t[::4, ::4] for t in targets]
+    (tmp_path / "example_notes.png").write_bytes(b"not ours")
+    for count in (5, 2):
+        write_results(tmp_path, inputs[:count], targets[:count], targets[:count], example_pngs=True)
+        assert sorted(p.name for p in tmp_path.glob("example_*.png")) == (
+            [f"example_{i:03d}.png" for i in range(count)] + ["example_notes.png"])

@@ -9,6 +9,7 @@ optionally one PNG per prediction.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,6 +73,10 @@ def write_results(
             rows.append(cells)
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
+    if example_pngs:  # an earlier run into this folder with more examples: its extra PNGs go
+        for stale in out.glob("example_*.png"):
+            if re.fullmatch(r"example_\d{3,}\.png", stale.name) and int(stale.stem[8:]) >= len(predictions):
+                stale.unlink()
     summary = table.summary(metrics.PROTOCOL)
     luma = metrics.luma_summary(luma_scores)
     for method, scores in luma.items():
