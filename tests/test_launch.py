@@ -313,3 +313,18 @@ def test_launch_usage_errors_name_the_option(tmp_path):
                       + ["--dry_run"], tmp_path, tmp_path / "unused")
     assert proc.returncode == 2 and proc.stdout == ""
     assert "allen-sr launch: error: --workers 1 needs --ps >= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--hparams_set": "bogus"}, "unknown hparams set 'bogus'"),
+    ({"--model": "img2img_conv_sr"}, "hparams lack num_res_blocks"),
+    ({"--hparams": "foo=1"}, "--hparams foo=1"),
+    ({"--train_steps": "-5"}, "--train_steps=-5: pass a whole number >= 1"),
+])
+def test_launch_refuses_trainer_flags_every_replica_would_refuse(change, message, capsys):
+    """Checked by `allen-sr launch` itself, not found only once pods run (unless --t2t_usr_dir registers more)."""
+    flags = dict(flag.split("=", 1) for flag in TRAINER_FLAGS) | change
+    base = ["--name", "j", "--image", "i", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o", "--dry_run"]
+    assert launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()]) == 2
+    assert message in capsys.readouterr().err
+    assert launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()] + ["--t2t_usr_dir=/usr"]) == 0

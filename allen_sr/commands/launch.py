@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from allen_sr.commands import tune
 # The TFJob side, under the names `allen-sr launch` has always had.
-from allen_sr.commands.tfjob import (LaunchError, manifest_yaml, submit_tfjob, tfjob_manifest,
+from allen_sr.commands.tfjob import (LaunchError, flag_names, manifest_yaml, submit_tfjob, tfjob_manifest,
                                      train_argv, validate_launch, watch_hints)
 
 __all__ = ["LaunchError", "build_manifest", "build_parser", "launch_main", "manifest_yaml",
@@ -66,8 +66,14 @@ def build_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) -> di
     """The TFJob, or with --tune the Experiment, for parsed arguments (ValueError if it cannot work)."""
     if args.tune is None:
         tune.refuse_tune_options(args)
-        return tfjob_manifest(args, trainer_flags)
-    return tune.experiment_manifest(args, trainer_flags)
+        manifest = tfjob_manifest(args, trainer_flags)
+    else:
+        manifest = tune.experiment_manifest(args, trainer_flags)
+    if "t2t_usr_dir" not in flag_names(trainer_flags):  # names registered elsewhere cannot be checked here
+        from allen_sr.t2t.tools import check_trainer_command
+
+        check_trainer_command(list(trainer_flags))  # what every replica's `allen-sr train` would refuse
+    return manifest
 
 
 def _report(args: argparse.Namespace, trainer_flags: Sequence[str], manifest: Mapping[str, Any]) -> None:

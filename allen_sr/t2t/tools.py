@@ -174,6 +174,17 @@ def check_shards(data_dir: str, prefix: str, split: str, problem: str, why: str 
             f"{split} tiles")
 
 
+def check_trainer_command(argv: list[str]) -> tuple[str, str, str, "HParams"]:
+    """(problem, model, hparams set, hparams) of a trainer command line that names registered ones
+    of one family, with --hparams that parse and a --train_steps >= 1; UsageError otherwise."""
+    problem = _check_names(argv, ("problem", "model", "hparams_set"))
+    model, hparams_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
+    _count_flag(argv, "train_steps")
+    hparams = build_hparams(hparams_set, flag_value(argv, "hparams"))
+    check_model_hparams(model, hparams_set, hparams)
+    return problem, model, hparams_set, hparams
+
+
 def check_train_flags(argv: list[str]) -> None:
     """Refuse a training command line that cannot work before any training (unknown names, a
     model and hparams set of two families, malformed --hparams, another run's folder, no data)."""
@@ -181,11 +192,7 @@ def check_train_flags(argv: list[str]) -> None:
         return
     from tensor2tensor.utils import registry
 
-    problem = _check_names(argv, ("problem", "model", "hparams_set"))
-    model, hparams_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
-    _count_flag(argv, "train_steps")
-    hparams = build_hparams(hparams_set, flag_value(argv, "hparams"))
-    check_model_hparams(model, hparams_set, hparams)
+    problem, model, hparams_set, hparams = check_trainer_command(argv)
     output_dir = _check_folder(argv, "output_dir", required=False)
     data_dir = _check_folder(argv, "data_dir")
     prefix = registry.problem(problem).dataset_filename()
