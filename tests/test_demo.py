@@ -61,7 +61,8 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
     assert step > 0 and os.path.exists(out / "train" / f"model.ckpt-{step}.index")
 
     # Run again with --train_steps: it trains on to that step (the budget its run recorded is spent).
-    cmd = [sys.executable, "-m", "allen_sr.cli", "demo", f"--out={out}", f"--train_steps={step + 2}", "--num_examples=1"]
+    cmd = [sys.executable, "-m", "allen_sr.cli", "demo", f"--out={out}", f"--train_steps={step + 2}",
+           "--num_examples=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=installed)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert os.path.exists(out / "train" / f"model.ckpt-{step + 2}.index")

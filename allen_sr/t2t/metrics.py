@@ -3,8 +3,8 @@
 `TileSuperResolution.eval_metric_fns` adds :data:`EVAL_METRIC_FNS` to t2t's defaults, and
 t2t-trainer's evaluation then writes ``metrics-<problem>/targets/psnr`` and ``.../ssim`` next to
 accuracy and neg_log_perplexity (`img2img_conv_sr` has no softmax: its own eval spec writes
-``psnr`` with this module's :func:`psnr` and ``mae``). The functions have the signature of t2t's own metric functions
-(``tensor2tensor/utils/metrics.py``): ``(predictions, labels, weights_fn=..., **kwargs) ->
+``psnr`` with this module's :func:`psnr` and ``mae``). The functions have the signature of t2t's
+own metric functions (``tensor2tensor/utils/metrics.py``): ``(predictions, labels, weights_fn=..., **kwargs) ->
 (values, weights)``; t2t averages ``values`` with ``weights`` over the whole eval set with
 ``tf.metrics.mean``.
 

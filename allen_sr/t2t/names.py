@@ -23,7 +23,8 @@ class UnknownNameError(InvalidInputError):
 
 def _unknown(kind: str, name: str, known: list[str], flag: str) -> UnknownNameError:
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f"closest registered: {', '.join(close)}" if close else "the README's 'Models, problems and hparams sets' lists ours"
+    hint = (f"closest registered: {', '.join(close)}" if close
+            else "the README's 'Models, problems and hparams sets' lists ours")
     return UnknownNameError(f"unknown {kind} {name!r} (--{flag}); {hint}")
 
 
