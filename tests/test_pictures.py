@@ -154,3 +154,15 @@ def test_results_of_fewer_examples_leave_no_stale_example_pngs(tmp_path):
         write_results(tmp_path, inputs[:count], targets[:count], targets[:count], example_pngs=True)
         assert sorted(p.name for p in tmp_path.glob("example_*.png")) == (
             [f"example_{i:03d}.png" for i in range(count)] + ["example_notes.png"])
+
+
+def test_results_of_whole_images_of_several_sizes_make_one_grid(tmp_path):
+    """`evaluate --whole` on images smaller than the grid's crop and of different sizes."""
+    from allen_sr.evaluation.results import write_results
+
+    rng = np.random.default_rng(1)
+    targets = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((96, 96, 3), (96, 100, 3), (200, 160, 3))]
+    inputs = [t[::4, ::4] for t in targets]
+    write_results(tmp_path, inputs, targets, targets, names=["a", "b", "c"], grid_crop=128)
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.height > 3 * 96

@@ -57,6 +57,9 @@ def write_results(
     table = metrics.MetricTable()
     rows, captions = [], []
     luma_scores: dict[str, list] = {}  # method -> per example (PSNR, SSIM) of the luma, or None
+    if grid_crop:  # one square crop for every row, within the smallest image shown, whole input pixels
+        smallest = min(min(hr.shape[:2]) for hr in targets[:grid_rows])
+        grid_crop = max(scale, min(grid_crop, smallest) // scale * scale)
     for i, (lr, pred, hr) in enumerate(zip(inputs, predictions, targets)):
         candidates = metrics.baselines(lr, scale, baselines)
         candidates["model"] = pred
