@@ -129,6 +129,9 @@ def test_evaluate_names_a_bad_images_argument(ckpt_dir, tmp_path, capsys):
     code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}", "--max_tiles=-1",
                                                           f"--out={tmp_path}/o"])
     assert code == 2 and "--max_tiles must be >= 0" in capsys.readouterr().err  # was a NumPy traceback
+    code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}", "--max_tiles=4", "--whole",
+                                                          f"--out={tmp_path}/o"])
+    assert code == 2 and "--max_tiles counts tiles" in capsys.readouterr().err  # was silently ignored
     assert not (tmp_path / "o").exists()
 
 

@@ -157,6 +157,12 @@ def test_plot_main_end_to_end(runs, tmp_path, capsys):
     assert plot_main(["--runs", str(runs / "run_a"), "--out", str(blocker / "loss.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot write" in err and str(blocker) in err, err
+    # an existing folder as --out, a file as a run: one line each, naming it
+    assert plot_main(["--runs", str(runs / "run_a"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{tmp_path} is a folder" in err, err
+    assert plot_main(["--runs", str(blocker), "--out", str(out)]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
         plot_main(["--help"])

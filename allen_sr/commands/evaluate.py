@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     shared.add_model_args(p)
     p.add_argument("--images", required=True, help="folder of images, or a glob pattern")
-    p.add_argument("--max_tiles", type=int, default=256, help="evaluate at most this many tiles (default 256; 0 = all)")
+    p.add_argument("--max_tiles", type=int, default=None,
+                   help="evaluate at most this many tiles (default 256; 0 = all; not with --whole)")
     p.add_argument("--degrade", metavar="SPEC",
                    help="evaluate on realistic inputs: steps applied in order to each whole image, e.g. "
                         "jpeg=75 or blur=1.5,noise=3,jpeg=85 (blur: Gaussian sigma in full-resolution px "
@@ -243,6 +244,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     def body() -> None:
         if args.whole and args.uncertainty:
             raise InvalidInputError("--uncertainty scores tiles, --whole whole images: give one of them")
+        if args.whole and args.max_tiles is not None:
+            raise InvalidInputError("--max_tiles counts tiles, --whole scores every image whole: give one of them")
+        if args.max_tiles is None:
+            args.max_tiles = 256
         if args.max_tiles < 0:
             raise InvalidInputError(f"--max_tiles must be >= 0 (0: every tile), got {args.max_tiles}")
         fileio.check_output_folder(args.out, "--out")

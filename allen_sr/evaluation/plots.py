@@ -38,7 +38,8 @@ class _RunEvents:
 
 def _event_files(run_dir: Path, subdir: str | None) -> list[Path]:
     if not run_dir.is_dir():
-        raise MissingInputError(f"run dir {run_dir} does not exist")
+        what = "is a file, not a run folder" if run_dir.exists() else "does not exist"
+        raise MissingInputError(f"run dir {run_dir} {what}: pass a training run's --output_dir")
     dirs = [run_dir] if subdir is None else sorted(p for p in run_dir.glob(subdir) if p.is_dir())
     # Names embed the creation time (events.out.tfevents.<unix time>.<host>...), so name order
     # is write order within a folder.

@@ -77,7 +77,10 @@ def remove_stale_partials(path: Path) -> list[Path]:
 
 
 def check_writable(path: Path) -> None:
-    """Raise OutputError naming the folder unless a file can be created next to ``path``."""
+    """Raise OutputError naming the folder unless a file can be created next to ``path`` (and
+    ``path`` is not a folder)."""
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder: name the file to write (for example {path / 'out.png'})")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = partial_path(path, "probe")
