@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from allen_sr.commands import upscale
@@ -215,5 +216,44 @@ def test_an_out_dir_given_as_a_url_gets_the_same_outputs_uploaded_whole(tmp_path
         assert re.search(r"failed: .*b\.png: connection reset", capsys.readouterr().out)
         assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [  # no b.png, no partial upload
             "/bucket/enhanced/a.png", "/bucket/enhanced/c.jpg"]
+    finally:
+        memory.rm("/bucket", recursive=True) if memory.exists("/bucket") else None
+
+
+def test_uncertainty_maps_in_folder_runs_are_planned_resumed_and_uploaded(tmp_path, capsys):
+    """Maps beside each output: two inputs whose maps would share a name are refused before the
+    work; an output without its maps (a run without --uncertainty, or stopped between them) is
+    enlarged again; with a URL --out_dir the maps are uploaded beside the outputs."""
+    fsspec = pytest.importorskip("fsspec")
+    memory = fsspec.filesystem("memory")
+    (tmp_path / "in").mkdir()
+    Image.fromarray(BRAIN[100:148, 200:248]).save(tmp_path / "in" / "x.png")
+    Image.fromarray(BRAIN[300:348, 400:448]).save(tmp_path / "in" / "x.tif")
+    base = ["--pretrained", "conv-probabilistic", "--no_progress"]
+    assert upscale.upscale_main(base + ["--images", str(tmp_path / "in"), "--out_dir", str(tmp_path / "o"),
+                                        "--uncertainty"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "would both have their uncertainty maps at" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+    one = ["--images", str(tmp_path / "in" / "x.png"), "--out_dir", str(tmp_path / "o")]
+    assert upscale.upscale_main(base + one) == 0
+    assert upscale.upscale_main(base + one + ["--uncertainty"]) == 0
+    assert "1 written, 0 already done" in capsys.readouterr().out
+    maps = ["x.uncertainty.png", "x.uncertainty.tif"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png"] + maps
+    assert upscale.upscale_main(base + one + ["--uncertainty"]) == 0
+    assert "0 written, 1 already done" in capsys.readouterr().out
+
+    url = "memory://bucket/maps"
+    try:
+        assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "x.png"), "--out_dir", url,
+                                            "--uncertainty"]) == 0
+        assert sorted(memory.ls("/bucket/maps", detail=False)) == [f"/bucket/maps/{n}" for n in ["x.png"] + maps]
+        for name in ["x.png", "x.uncertainty.png"]:
+            assert memory.cat_file(f"/bucket/maps/{name}") == (tmp_path / "o" / name).read_bytes(), name
+        uploaded = tmp_path / "uploaded.tif"  # the same values (its OME header names its own file)
+        uploaded.write_bytes(memory.cat_file("/bucket/maps/x.uncertainty.tif"))
+        np.testing.assert_array_equal(tifffile.imread(uploaded), tifffile.imread(tmp_path / "o" / "x.uncertainty.tif"))
     finally:
         memory.rm("/bucket", recursive=True) if memory.exists("/bucket") else None

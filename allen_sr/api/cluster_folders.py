@@ -156,7 +156,7 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
     a ``failed`` result (retrying cannot help); anything else raises, and Dask retries the task."""
     worker = worker_address()
     out: Output = RemoteFile(dst) if is_url(dst) else Path(dst)
-    if finished(out):
+    if finished(out, file_options.get("uncertainty", False)):
         return ImageResult(src, dst, "skipped", worker=worker)
     if isinstance(out, Path) and not out.parent.is_dir():
         raise UserError(f"output folder {out.parent} is not on worker {worker}: --out_dir must be "
@@ -230,7 +230,7 @@ def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Option
         make_parent(pairs[0][1])
     if preview_dir is not None:
         Path(preview_dir).mkdir(parents=True, exist_ok=True)
-    done = {str(dst) for _, dst in pairs if finished(dst)}
+    done = {str(dst) for _, dst in pairs if finished(dst, file_options.get("uncertainty", False))}
     results = {dst: ImageResult("", dst, "skipped") for dst in done}
     todo = [(src, dst) for src, dst in pairs if str(dst) not in done]
     futures = submit_images(client, spec, options, todo,

@@ -14,9 +14,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from allen_sr.api.outputs import compare_path
+from allen_sr.api.outputs import compare_path, uncertainty_paths
 from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to
 from allen_sr.data.images import ImageSkipped, list_images
 from allen_sr.errors import UserError, first_line
@@ -57,19 +57,31 @@ def output_name(src: str) -> str:
 Output = Path | RemoteFile
 
 
-def finished(dst: Output) -> bool:
+def finished(dst: Output, uncertainty: bool = False) -> bool:
     """Whether an earlier run finished output ``dst``: a non-empty file (outputs are written whole
-    under their name, never empty). A folder or an empty file there is not a finished output."""
+    under their name, never empty), and with ``uncertainty`` its two maps beside it too (an image
+    enlarged without them, or stopped between the output and its maps, is done again). A folder or
+    an empty file there is not a finished output."""
+    if uncertainty and not all(finished(extra) for extra in beside(dst, uncertainty_paths(Path(dst.name)))):
+        return False
     if isinstance(dst, Path):
         return dst.is_file() and dst.stat().st_size > 0
     return dst.finished()
 
 
+def beside(dst: Output, names: Iterable[Path]) -> list[Output]:
+    """The files of ``names`` in the folder of output ``dst`` (local, or at the same URL)."""
+    if isinstance(dst, Path):
+        return [dst.with_name(n.name) for n in names]
+    return [in_folder(dst.parent_url, n.name) for n in names]
+
+
 def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
-                 preview_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, Output]]:
+                 preview_dir: str | os.PathLike[str] | None = None,
+                 uncertainty: bool = False) -> list[tuple[str, Output]]:
     """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
-    inputs would share an output (or a compare picture in ``preview_dir``) or an output would
-    replace its input."""
+    inputs would share an output (or a compare picture in ``preview_dir``, or with ``uncertainty``
+    the maps beside the outputs) or an output would replace its input."""
     remote = is_url(out_dir)
     pairs: list[tuple[str, Output]] = []
     seen: dict[str, str] = {}
@@ -83,6 +95,9 @@ def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
         if preview_dir is not None and preview in previews:
             raise UserError(f"{src} and {previews[preview]} would both have their compare picture at "
                             f"{Path(preview_dir) / preview}; rename one, or leave --preview_dir out")
+        if uncertainty and preview in previews:  # the maps are named from the same stem
+            raise UserError(f"{src} and {previews[preview]} would both have their uncertainty maps at "
+                            f"{beside(dst, uncertainty_paths(Path(name)))[0]}; rename one")
         local = dst if isinstance(dst, Path) else dst.local_path
         if local is not None and local.resolve() == Path(src).resolve():
             raise UserError(f"output folder {out_dir} holds the input {src}: the output would replace it; "
@@ -135,7 +150,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
-        if finished(dst):
+        if finished(dst, file_options.get("uncertainty", False)):
             report.skipped.append(str(dst))
             continue
         try:

@@ -116,8 +116,13 @@ def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs:
     its summary."""
     if not isinstance(dst, RemoteFile):
         return upscaler.predict_file(src, dst, **kwargs)
+    from allen_sr.api.outputs import uncertainty_paths
+
     with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
         local = Path(tmp) / dst.name
         summary = upscaler.predict_file(src, local, **kwargs)
         dst.upload(local)
+        for extra in uncertainty_paths(local):  # written beside it with uncertainty=True
+            if extra.exists():
+                in_folder(dst.parent_url, extra.name).upload(extra)
     return summary

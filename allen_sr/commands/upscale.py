@@ -205,7 +205,7 @@ def upscale_main(argv: list[str] | None = None) -> int:
             from allen_sr.api.folders import collect_images, plan_outputs, upscale_folder
 
             pairs = plan_outputs(collect_images(args.images), args.out_dir,
-                                 args.preview_dir if options.preview_size > 0 else None)
+                                 args.preview_dir if options.preview_size > 0 else None, args.uncertainty)
             say(f"{len(pairs)} images -> {args.out_dir}, {up.describe}")
             if args.dask is None:
                 report = upscale_folder(up, pairs, progress, args.preview_dir,
