@@ -314,3 +314,15 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
     assert evaluate.evaluate_main(argv) == 2
     assert "--uncertainty scores tiles, --whole whole images" in capsys.readouterr().err
     assert not (tmp_path / "u").exists()
+
+
+def test_an_exports_calibration_serves_only_its_own_decoding_mode():
+    """One temperature per decoding mode: transformer-tiny's was fitted in mean_bicubic; decoded in
+    another mode its maps use the model's own distributions, and say so."""
+    from allen_sr import Upscaler
+
+    with Upscaler.open("transformer-tiny") as up:
+        assert up.calibration.mode == "mean_bicubic" and up.calibration.temperature != 1.0
+    with Upscaler.open("transformer-tiny", mode="greedy") as up:
+        assert up.calibration.temperature == 1.0
+        assert "not fitted" in up.calibration.fitted_on and "mean_bicubic" in up.calibration.fitted_on

@@ -246,6 +246,9 @@ def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool =
         stored = read_config(spec.exported).get("uncertainty")
         if not stored:
             return Calibration(1.0, "not fitted: the export carries no calibration")
+        if stored.get("mode") and stored["mode"] != opened.mode:  # one temperature per decoding mode
+            return Calibration(1.0, f"not fitted: the export's calibration is of --mode {stored['mode']}, "
+                                    f"not {opened.mode}")
         return Calibration(float(stored["temperature"]), str(stored["fitted_on"]), int(stored["tiles"]),
                            str(stored.get("mode", "")))
     from allen_sr.decoding.calibration import run_calibration
