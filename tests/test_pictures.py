@@ -142,18 +142,25 @@ def test_save_png_is_atomic_and_round_trips(tmp_path):
         np.testing.assert_array_equal(np.asarray(reopened), grey[..., 0])
 
 
-def test_results_of_fewer_examples_leave_no_stale_example_pngs(tmp_path):
-    """A decode into a folder that holds a larger earlier decode: only this run's examples remain."""
+def test_results_of_fewer_examples_leave_no_stale_pictures(tmp_path):
+    """A decode into a folder that holds a larger earlier decode, with uncertainty maps: only this
+    run's examples remain, and its uncertainty pictures only when it has an uncertainty section."""
     from allen_sr.evaluation.results import write_results
 
     rng = np.random.default_rng(0)
     targets = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
     inputs = [t[::4, ::4] for t in targets]
     (tmp_path / "example_notes.png").write_bytes(b"not ours")
-    for count in (5, 2):
-        write_results(tmp_path, inputs[:count], targets[:count], targets[:count], example_pngs=True)
-        assert sorted(p.name for p in tmp_path.glob("example_*.png")) == (
-            [f"example_{i:03d}.png" for i in range(count)] + ["example_notes.png"])
+    for count, uncertain in ((5, True), (2, True), (2, False)):
+        if uncertain:  # as write_uncertainty leaves them before the results are written
+            for name in ["reliability.png", "uncertainty_grid.png"] + [f"uncertainty_{i:03d}.png" for i in range(count)]:
+                (tmp_path / name).write_bytes(b"png")
+        write_results(tmp_path, inputs[:count], targets[:count], targets[:count], example_pngs=True,
+                      extra={"uncertainty": {}} if uncertain else None)
+        expected = [f"example_{i:03d}.png" for i in range(count)] + ["example_notes.png", "grid.png"]
+        if uncertain:
+            expected += ["reliability.png", "uncertainty_grid.png"] + [f"uncertainty_{i:03d}.png" for i in range(count)]
+        assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(expected)
 
 
 def test_results_of_whole_images_of_several_sizes_make_one_grid(tmp_path):

@@ -27,6 +27,18 @@ def centre(image: np.ndarray, size: int) -> np.ndarray:
     return image[top:top + size, left:left + size]
 
 
+def remove_stale_pictures(out: Path, examples: int, uncertainty: bool) -> None:
+    """Remove the pictures an earlier run wrote into ``out`` that this run's metrics do not describe:
+    ``example_NNN.png`` (and ``uncertainty_NNN.png``) from ``examples`` on, and without
+    ``uncertainty`` every uncertainty picture. Files of other names stay."""
+    for path in out.glob("*.png"):
+        found = re.fullmatch(r"(example|uncertainty)_(\d{3,})\.png", path.name)
+        if found and (int(found[2]) >= examples or (found[1] == "uncertainty" and not uncertainty)):
+            path.unlink()
+        elif path.name in ("reliability.png", "uncertainty_grid.png") and not uncertainty:
+            path.unlink()
+
+
 def write_results(
     out_dir: str | os.PathLike[str],
     inputs: Sequence[np.ndarray],
@@ -76,10 +88,7 @@ def write_results(
             rows.append(cells)
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
-    if example_pngs:  # an earlier run into this folder with more examples: its extra PNGs go
-        for stale in out.glob("example_*.png"):
-            if re.fullmatch(r"example_\d{3,}\.png", stale.name) and int(stale.stem[8:]) >= len(predictions):
-                stale.unlink()
+    remove_stale_pictures(out, len(predictions) if example_pngs else 0, "uncertainty" in (extra or {}))
     summary = table.summary(metrics.PROTOCOL)
     luma = metrics.luma_summary(luma_scores)
     for method, scores in luma.items():
