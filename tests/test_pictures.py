@@ -153,7 +153,8 @@ def test_results_of_fewer_examples_leave_no_stale_pictures(tmp_path):
     (tmp_path / "example_notes.png").write_bytes(b"not ours")
     for count, uncertain in ((5, True), (2, True), (2, False)):
         if uncertain:  # as write_uncertainty leaves them before the results are written
-            for name in ["reliability.png", "uncertainty_grid.png"] + [f"uncertainty_{i:03d}.png" for i in range(count)]:
+            maps = [f"uncertainty_{i:03d}.png" for i in range(count)]
+            for name in ["reliability.png", "uncertainty_grid.png"] + maps:
                 (tmp_path / name).write_bytes(b"png")
         write_results(tmp_path, inputs[:count], targets[:count], targets[:count], example_pngs=True,
                       extra={"uncertainty": {}} if uncertain else None)
