@@ -22,7 +22,7 @@ from allen_sr.api.upscaler import InputImageError
 from allen_sr.commands import models as models_cmd
 from allen_sr.commands import upscale as upscale_cmd
 from allen_sr.data.images import load_image
-from allen_sr.errors import UserError
+from allen_sr.errors import InvalidInputError, UserError
 from conftest import REPO, SAMPLE_IMAGES
 
 HELD_OUT_BRAIN = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
@@ -326,3 +326,19 @@ def test_an_exports_calibration_serves_only_its_own_decoding_mode():
     with Upscaler.open("transformer-tiny", mode="greedy") as up:
         assert up.calibration.temperature == 1.0
         assert "not fitted" in up.calibration.fitted_on and "mean_bicubic" in up.calibration.fitted_on
+
+
+def test_a_conv_model_refuses_sampling_wherever_it_is_asked_for(tmp_path, capsys):
+    """--mode sample (and its --temperature) were silently ignored by upscale and the API for a conv
+    model, which predicts one value per sub-pixel; evaluate refused it."""
+    from allen_sr import Upscaler
+    from allen_sr.commands import upscale
+
+    with pytest.raises(InvalidInputError, match="--mode sample is not available for img2img_conv_sr"):
+        Upscaler.open("conv-fast", mode="sample")
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    assert upscale.upscale_main(["--pretrained", "conv-fast", "--mode", "sample", "--image", str(tmp_path / "a.png"),
+                                 "--out", str(tmp_path / "b.png"), "--no_progress"]) == 2
+    assert "--mode sample is not available" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
+    with Upscaler.open("conv-fast", mode="greedy") as up:  # greedy and mean are its one prediction
+        assert up.predict(np.full((40, 40, 3), 128, np.uint8)).shape == (160, 160, 3)

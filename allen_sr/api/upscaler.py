@@ -32,6 +32,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
                                   preview_box, split_uncertain, uncertainty_paths)
+from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.samples import announced_white, colour_samples
@@ -130,6 +131,8 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
     factor = out_size // in_size
     model = model_name_of(spec)
     if model == CONV_MODEL:
+        if spec.mode is not None:  # a mode asked for, not the export's: greedy and mean are its prediction
+            check_one_value_mode(spec.mode, model)
         opened = open_model(spec, target_shape=(None, None))
         dec = opened.decoder
         tile = options.tile or CONV_TILE
