@@ -163,6 +163,9 @@ def check_hparams(hparams: "HParams", factor: int | None = None) -> None:
 class Img2imgConvSr(t2t_model.T2TModel):
     """Residual CNN on top of bicubic upsampling; pixel loss, optional hybrid adversarial loss."""
 
+    # What `allen-sr train` calls on the registered class before training (allen_sr.t2t.tools).
+    check_hparams = staticmethod(check_hparams)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Discriminator losses of each data shard's body, for optimize() (TRAIN, gan_weight > 0).

@@ -106,18 +106,19 @@ def build_hparams(hparams_set: str, overrides: str | None) -> "HParams":
 
 
 def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> None:
-    """UsageError when ``hparams_set`` is not made for ``model``, or a value cannot train."""
-    from allen_sr.models import conv_sr
+    """UsageError when ``hparams_set`` is not made for ``model``, or a value cannot train: a model
+    class that checks its hparams (``check_hparams``, as img2img_conv_sr's) is asked first."""
+    from tensor2tensor.utils import registry
 
-    conv_set = hasattr(hparams, "num_res_blocks")
-    if model == conv_sr.MODEL_NAME or conv_set:
-        if model != conv_sr.MODEL_NAME:
-            raise UsageError(f"--hparams_set={hparams_set} is a set for --model={conv_sr.MODEL_NAME}, not {model}: "
-                             "pass both of one family (README: Models, problems and hparams sets)")
+    check = getattr(registry.model(model), "check_hparams", None)
+    if check is not None:
         try:
-            conv_sr.check_hparams(hparams)
+            check(hparams)
         except InvalidInputError as exc:
             raise UsageError(f"--hparams_set={hparams_set}: {exc}") from None
+    elif hasattr(hparams, "num_res_blocks"):  # the conv model's sets
+        raise UsageError(f"--hparams_set={hparams_set} is a set for --model=img2img_conv_sr, not {model}: "
+                         "pass both of one family (README: Models, problems and hparams sets)")
     budget = float(getattr(hparams, "train_budget_seconds", 0.0) or 0.0)
     if not budget >= 0 or budget == float("inf"):
         raise UsageError(f"train_budget_seconds must be a number of seconds >= 0 (0 = no time budget), got {budget}")
