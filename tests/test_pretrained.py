@@ -297,6 +297,7 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
         summary = json.loads((out / "metrics.json").read_text())
         assert summary["tiles"] == 2 and summary["unit"] == "images" and summary["degrade"] == degrade
         assert "whole images" in summary["protocol"] and "4 px cropped" in summary["protocol"]
+        assert "per image, averaged over images" in summary["protocol"] and "per tile" not in summary["protocol"]
         with Upscaler.open("conv-fast") as up:
             for index, name in enumerate(sorted(crops)):
                 target = crops[name][:crops[name].shape[0] // 4 * 4, :crops[name].shape[1] // 4 * 4]

@@ -209,7 +209,7 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
             + f", enlarged whole as allen-sr upscale does ({describe}); PSNR and SSIM per image, averaged over images")
     extra = {"degrade": format_fixed(steps) if steps else None, "unit": "images"}
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names, baselines=metrics.METHODS,
-                            extra=extra, grid_crop=32 * factor)
+                            extra=extra, grid_crop=32 * factor, unit="image")
     print(metrics.summary_to_text(summary))
     print(f"wrote {out_dir}/metrics.json, metrics.md, metrics.csv, grid.png (the centre of each image)")
     return summary

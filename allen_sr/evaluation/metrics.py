@@ -18,7 +18,7 @@ Protocol (also in :data:`PROTOCOL`, which is written into every summary):
   (the mean of per-tile dB, not the dB of the mean MSE); identical tiles score
   :data:`PSNR_CAP_DB` instead of infinity;
 * SSIM is ``tf.image.ssim`` with its defaults, averaged over tiles;
-* baselines (nearest, bilinear, bicubic) are Pillow resizes of the 8x8 input;
+* baselines (nearest, bilinear, bicubic) are Pillow resizes of the low-resolution input;
 * beside them, as published x4 tables score: the same on the luma with a border crop
   (:data:`LUMA_PROTOCOL`, :func:`luma_scores`).
 
@@ -45,6 +45,7 @@ from allen_sr.fileio import atomic_write_text, write_json_atomic
 __all__ = [
     "METHODS",
     "PROTOCOL",
+    "protocol",
     "LUMA_PROTOCOL",
     "PSNR_CAP_DB",
     "SSIM_FILTER_SIGMA",
@@ -76,12 +77,15 @@ METHODS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 # Values above the cap are clipped too, so the cap is a true maximum.
 PSNR_CAP_DB: float = 100.0
 
-PROTOCOL: str = (
-    "RGB uint8 0-255, no border crop; PSNR (MAX=255, MSE over HxWxC, capped at 100 dB) per tile, "
-    "averaged over tiles; SSIM as tf.image.ssim defaults (Gaussian 11x11 sigma 1.5, k1=0.01, "
-    "k2=0.03, VALID, mean over map and channels), averaged over tiles; baselines are Pillow "
-    "resizes (nearest/bilinear/bicubic) of the 8x8 input"
-)
+def protocol(unit: str = "tile") -> str:
+    """The protocol text of scores per ``unit`` (a tile, or a whole image), averaged over them."""
+    return (f"RGB uint8 0-255, no border crop; PSNR (MAX=255, MSE over HxWxC, capped at 100 dB) per {unit}, "
+            f"averaged over {unit}s; SSIM as tf.image.ssim defaults (Gaussian 11x11 sigma 1.5, k1=0.01, "
+            f"k2=0.03, VALID, mean over map and channels), averaged over {unit}s; baselines are Pillow "
+            "resizes (nearest/bilinear/bicubic) of the low-resolution input")
+
+
+PROTOCOL: str = protocol()
 
 # Published x4 tables (Set5, Set14, BSD100) score the luma of BT.601 as MATLAB's rgb2ycbcr gives it
 # (16-235, unrounded) with `scale` px cropped from every border: BasicSR's calculate_psnr and

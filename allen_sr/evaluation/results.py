@@ -51,6 +51,7 @@ def write_results(
     grid_rows: int = GRID_ROWS,
     extra: dict[str, Any] | None = None,
     grid_crop: int | None = None,
+    unit: str = "tile",
 ) -> dict[str, Any]:
     """Score ``predictions`` against ``targets`` and write the outputs; returns the summary.
 
@@ -58,8 +59,8 @@ def write_results(
     the interpolation methods scored beside the model; the last one is the grid's baseline
     column. ``example_pngs`` also writes ``example_000.png``... (one per prediction). ``extra``
     entries are added to the summary and ``metrics.json`` (e.g. how the inputs were made).
-    Examples may differ in size (whole images); ``grid_crop`` (output px) then shows the centre
-    of each in the grid.
+    Examples may differ in size (whole images: ``unit`` "image" in the protocol); ``grid_crop``
+    (output px) then shows the centre of each in the grid.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ def write_results(
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
     remove_stale_pictures(out, len(predictions) if example_pngs else 0, "uncertainty" in (extra or {}))
-    summary = table.summary(metrics.PROTOCOL)
+    summary = table.summary(metrics.protocol(unit))
     luma = metrics.luma_summary(luma_scores)
     for method, scores in luma.items():
         summary["methods"][method] |= scores
