@@ -578,6 +578,8 @@ def test_an_interrupted_run_leaves_nothing_under_the_final_name_and_a_rerun_resu
         hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
         if sig == signal.SIGINT:
             assert hidden == [saved.name]  # Ctrl-C removes its partial files, keeps the saved rows
+            assert proc.returncode == 130 and b"Traceback" not in err, err[-1000:]  # one line, no traceback
+            assert err.decode().strip().splitlines()[-1] == "allen-sr upscale: interrupted (Ctrl-C)"
         else:
             assert saved.name in hidden and all(".partial" in h or ".level" in h or h == saved.name
                                                 for h in hidden)  # SIGKILL cannot clean up

@@ -22,6 +22,7 @@ __all__ = ["USAGE_ERROR", "ModelSpec", "OpenModel", "add_model_args", "model_spe
            "open_model", "decode_kwargs", "run_command", "parse"]
 
 USAGE_ERROR = 2  # exit code of every command for a user's mistake (as argparse uses)
+INTERRUPTED = 130  # exit code after Ctrl-C (128 + SIGINT, as a shell reports it)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +104,11 @@ def run_command(name: str, body: Callable[[], int | None]) -> int:
             raise
         print(f"allen-sr {name}: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"allen-sr {name}: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
