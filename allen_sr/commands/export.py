@@ -51,15 +51,14 @@ def check_trained_set(output_dir: str, hparams: Any, hparams_set: str) -> None:
     t2t-trainer writes every hparam of the run to hparams.json (and its flags to flags.txt): a
     hparam the named set does not have, or another --hparams_set in flags.txt, names the mistake.
     """
+    from allen_sr.api.models import run_flags
     from allen_sr.decoding.checkpoints import run_folder
 
     folder = run_folder(output_dir)
-    flags = os.path.join(folder, "flags.txt")
-    if os.path.isfile(flags):
-        for line in open(flags, encoding="utf-8").read().split():
-            if line.startswith("--hparams_set=") and line.split("=", 1)[1] != hparams_set:
-                raise InvalidInputError(f"--output_dir {output_dir} was trained with --hparams_set="
-                                        f"{line.split('=', 1)[1]}, not {hparams_set}: pass that set")
+    trained_with = run_flags(folder).get("hparams_set", hparams_set)
+    if trained_with != hparams_set:
+        raise InvalidInputError(f"--output_dir {output_dir} was trained with --hparams_set={trained_with}, "
+                                f"not {hparams_set}: pass that set")
     path = os.path.join(folder, "hparams.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:

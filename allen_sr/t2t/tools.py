@@ -135,7 +135,7 @@ def check_run_folder(output_dir: str, problem: str, model: str, hparams_set: str
         flags_path = os.path.join(output_dir, "flags.txt")
         recorded = tf.io.gfile.GFile(flags_path).read().split() if tf.io.gfile.exists(flags_path) else []
         for name, value in (("model", model), ("hparams_set", hparams_set)):
-            was = next((f.split("=", 1)[1] for f in recorded if f.startswith(f"--{name}=")), value)
+            was = flag_value(recorded, name) or value
             if was != value:
                 raise UsageError(f"--output_dir={output_dir} holds a run of --{name}={was} ({checkpoint}), not "
                                  f"{value}: pass --{name}={was} to continue it, or choose another --output_dir")
