@@ -24,6 +24,12 @@ def tissue_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def folder_listing(*outputs: str) -> list[str]:
+    """What a folder run leaves in its --out_dir for ``outputs``: each with the hidden record of
+    what made it (``.NAME.allen-sr.json``), sorted."""
+    return sorted(list(outputs) + [f".{name}.allen-sr.json" for name in outputs])
+
+
 def save_tissue_images(folder, count: int = 10, height: int = 192, width: int = 256):
     """Create `folder` with slide_0.png .. slide_<count-1>.png made by tissue_image; returns it.
 

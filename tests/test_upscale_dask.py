@@ -19,9 +19,11 @@ import pytest
 from PIL import Image
 
 from allen_sr.api import cluster_folders
+from allen_sr.api.models import resolve
+from allen_sr.api.upscaler import Options
 from allen_sr.commands import upscale
 from allen_sr.data.images import load_image
-from conftest import SAMPLE_IMAGES
+from conftest import SAMPLE_IMAGES, folder_listing
 
 distributed = pytest.importorskip("distributed")
 
@@ -104,7 +106,7 @@ def test_a_folder_on_a_cluster_equals_in_process_runs_and_a_rerun_skips_everythi
     assert re.search(r"  warning: \S*in/c\.jpg is JPEG-compressed at quality 40", text)
     assert len(set(re.findall(r"wrote out/nested/\S+ on (tcp://127\.0\.0\.1:\d+)", text))) >= 1
     out = tmp_path / "out" / "nested"
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]  # names kept, nothing else
+    assert sorted(p.name for p in out.iterdir()) == folder_listing("a.png", "b.png", "c.jpg")  # names kept
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["a.compare.png", "b.compare.png",
                                                                          "c.compare.png"]
     for name in ("a.png", "b.png", "c.jpg"):
@@ -115,6 +117,9 @@ def test_a_folder_on_a_cluster_equals_in_process_runs_and_a_rerun_skips_everythi
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert upscale.upscale_main(argv) == 1
     assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    assert upscale.upscale_main([a if a != "conv-fast" else "conv-cpu" for a in argv]) == 2  # another model
+    assert "were made by another model (pretrained conv-fast)" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
@@ -128,7 +133,7 @@ def test_workers_upload_to_an_out_dir_given_as_a_url(cluster, tmp_path, capsys):
             "--no_progress", "--dask", address]
     assert upscale.upscale_main(argv) == 1
     assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]  # no partial uploads
+    assert sorted(p.name for p in out.iterdir()) == folder_listing("a.png", "b.png", "c.jpg")  # no partial uploads
     fresh = one_image(tmp_path / "in" / "a.png", tmp_path / "fresh.png", "--pretrained", "conv-fast")
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), fresh)
     assert upscale.upscale_main(argv) == 1
@@ -155,6 +160,10 @@ class Flaky:
     def __init__(self, real, once: str, always: str) -> None:
         self.real, self.once, self.always = real, once, always
 
+    @property
+    def made_by(self):
+        return self.real.made_by
+
     def predict_file(self, src, dst, **kwargs):
         name = os.path.basename(src)
         Flaky.calls[name] = Flaky.calls.get(name, 0) + 1
@@ -179,7 +188,7 @@ def test_a_failing_task_is_retried_once_then_named_while_the_others_finish(tmp_p
     assert "2 written, 0 already done (skipped), 1 failed" in text
     assert re.search(r"failed: .*c\.jpg: RuntimeError: worker trouble with c\.jpg \(tried 2 times\)", text)
     assert Flaky.calls == {"a.png": 2, "b.png": 1, "c.jpg": 2}  # each failure retried exactly once
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == folder_listing("a.png", "b.png")
 
 
 def test_dask_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
@@ -201,6 +210,24 @@ def test_dask_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
     assert upscale.upscale_main(base + folder + ["--dask", "local"]) == 2
     err = capsys.readouterr().err
     assert "needs dask and distributed" in err and "pip install" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_worker_names_an_output_another_model_made_after_the_client_looked(tmp_path):
+    """upscale_image (the task, run here in-process) checks the output's record again: an output
+    another model made meanwhile is a failure that names it, not overwritten or skipped."""
+    make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert upscale.upscale_main(["--images", str(tmp_path / "in" / "a.png"), "--out_dir", str(out),
+                                 "--pretrained", "conv-fast", "--no_progress"]) == 0
+    stamp = (out / "a.png").stat().st_mtime_ns
+    spec, options = resolve("conv-cpu"), Options()
+    task = (spec, options, str(tmp_path / "in" / "a.png"), str(out / "a.png"), None, {"level": 0})
+    result = cluster_folders.upscale_image(*task)
+    assert result.outcome == "failed" and "a.png was made by another model meanwhile" in result.why
+    assert (out / "a.png").stat().st_mtime_ns == stamp
+    (out / "a.png").unlink()
+    assert cluster_folders.upscale_image(*task).outcome == "written"
+    assert json.loads((out / ".a.png.allen-sr.json").read_text())["model"]["source"] == "pretrained conv-cpu"
 
 
 def test_importing_the_cluster_module_imports_no_dask():

@@ -3,6 +3,7 @@ outputs skipped, an interrupted image resumed, a bad file named and skipped. Rea
 shipped pretrained models, real processes killed mid-run."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from PIL import Image
 
 from allen_sr.commands import upscale
 from allen_sr.data.images import load_image
-from conftest import SAMPLE_IMAGES
+from conftest import SAMPLE_IMAGES, folder_listing
 
 BRAIN = load_image(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png"))
 
@@ -42,7 +43,7 @@ def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_p
     failed = [line for line in text.splitlines() if "failed: " in line and "bad.png" in line]
     assert len(failed) == 1 and failed[0].count("bad.png") == 1, failed  # named once, with why
     assert re.search(r"failed: \S*bad\.png: not a readable image", failed[0])
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]  # names kept, nothing else
+    assert sorted(p.name for p in out.iterdir()) == folder_listing("a.png", "b.png", "c.jpg")  # names kept
     for name in ("a.png", "b.png"):
         src = np.asarray(Image.open(tmp_path / "in" / name))
         assert np.asarray(Image.open(out / name)).shape == (4 * src.shape[0], 4 * src.shape[1], 3)
@@ -55,7 +56,7 @@ def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_p
     assert upscale.upscale_main(["--images", str(tmp_path / "in" / "*.png"), "--out_dir", str(glob_out),
                                  "--pretrained", "conv-fast", "--no_progress",
                                  "--preview_dir", str(tmp_path / "previews")]) == 1
-    assert sorted(p.name for p in glob_out.iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in glob_out.iterdir()) == folder_listing("a.png", "b.png")
     assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == ["a.compare.png", "b.compare.png"]
     with Image.open(tmp_path / "previews" / "a.compare.png") as shot:
         small = shot.size
@@ -136,6 +137,43 @@ def test_an_empty_file_or_a_folder_at_an_output_name_is_not_a_finished_output(tm
         assert enlarged.size == (320, 256)
 
 
+def test_outputs_of_another_model_are_refused_and_outputs_of_changed_inputs_enlarged_again(tmp_path, capsys):
+    """The record beside each output (.NAME.allen-sr.json): a rerun with another model into the
+    same --out_dir is refused before any work (it skipped the first model's outputs as finished,
+    a folder of two models' outputs, exit 0); an input replaced since, or another --left, is
+    enlarged again; an output without a record (written before records were kept) stays done."""
+    (tmp_path / "in").mkdir()
+    for name, (top, left) in {"a.png": (100, 200), "b.png": (300, 400), "c.png": (400, 500)}.items():
+        Image.fromarray(BRAIN[top:top + 48, left:left + 40]).save(tmp_path / "in" / name)
+    out = tmp_path / "out"
+    argv = ["--images", str(tmp_path / "in"), "--out_dir", str(out), "--no_progress"]
+    assert upscale.upscale_main(argv + ["--pretrained", "conv-fast"]) == 0
+    record = json.loads((out / ".a.png.allen-sr.json").read_text())
+    assert record["model"]["source"] == "pretrained conv-fast" and record["input"]["name"] == "a.png"
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert upscale.upscale_main(argv + ["--pretrained", "conv-cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "3 of its outputs (a.png, b.png, c.png) were made by another model " \
+        "(pretrained conv-fast) than this run's (pretrained conv-cpu); choose another --out_dir" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps  # nothing touched
+
+    Image.fromarray(BRAIN[500:548, 300:340]).save(tmp_path / "in" / "b.png")  # b replaced
+    (out / ".c.png.allen-sr.json").unlink()  # as written before records were kept
+    assert upscale.upscale_main(argv + ["--pretrained", "conv-fast"]) == 0
+    assert "1 written (1 again: input, --level or --region changed), 2 already done" in capsys.readouterr().out
+    fresh = tmp_path / "fresh.png"
+    assert upscale.upscale_main(["--image", str(tmp_path / "in" / "b.png"), "--out", str(fresh),
+                                 "--pretrained", "conv-fast", "--no_progress"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "b.png")), np.asarray(Image.open(fresh)))
+    assert (out / "c.png").stat().st_mtime_ns == stamps["c.png"]
+    assert upscale.upscale_main(argv + ["--pretrained", "conv-fast", "--left", "8"]) == 0
+    # a and b again (c, without a record, stays done)
+    assert "2 written (2 again: input, --level or --region changed), 1 already done" in capsys.readouterr().out
+    with Image.open(out / "a.png") as enlarged:
+        assert enlarged.size == (4 * 32, 4 * 48)
+
+
 def test_a_folder_of_aperio_svs_slides_is_enlarged(tmp_path, capsys):
     """`.svs` (Aperio's tiled TIFF, which `--image` always read) counts as an image in a folder:
     it was left out, and a folder of slides was "no image files there"."""
@@ -174,7 +212,7 @@ def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped
     assert "2 written, 1 already done (skipped), 0 failed" in text
     resumed = re.search(r"resuming: (\d+) of 800 output rows", text)
     assert resumed and 0 < int(resumed.group(1)) < 800
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == folder_listing("a.png", "b.png", "c.jpg")
     fresh = tmp_path / "fresh.png"
     assert upscale.upscale_main(["--image", str(tmp_path / "in" / "b.png"), "--out", str(fresh),
                                  "--pretrained", "conv-cpu", "--tile", "48", "--no_progress"]) == 0
@@ -194,13 +232,16 @@ def test_an_out_dir_given_as_a_url_gets_the_same_outputs_uploaded_whole(tmp_path
         assert upscale.upscale_main(base + ["--out_dir", url]) == 1  # bad.png
         assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
         assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [
-            "/bucket/enhanced/a.png", "/bucket/enhanced/b.png", "/bucket/enhanced/c.jpg"]
+            f"/bucket/enhanced/{name}" for name in folder_listing("a.png", "b.png", "c.jpg")]
         assert upscale.upscale_main(base + ["--out_dir", str(tmp_path / "local")]) == 1
         for name in ("a.png", "b.png", "c.jpg"):
             assert memory.cat_file(f"/bucket/enhanced/{name}") == (tmp_path / "local" / name).read_bytes(), name
         capsys.readouterr()
         assert upscale.upscale_main(base + ["--out_dir", url]) == 1
         assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+        another = [a if a != "conv-fast" else "conv-cpu" for a in base]  # the records are read at the URL too
+        assert upscale.upscale_main(another + ["--out_dir", url]) == 2
+        assert "were made by another model (pretrained conv-fast)" in capsys.readouterr().err
         memory.pipe_file("/bucket/enhanced/a.png", b"")  # an empty file there is not a finished output
         assert upscale.upscale_main(base + ["--out_dir", url]) == 1
         assert "1 written, 2 already done (skipped), 1 failed" in capsys.readouterr().out
@@ -215,7 +256,7 @@ def test_an_out_dir_given_as_a_url_gets_the_same_outputs_uploaded_whole(tmp_path
         assert upscale.upscale_main(base + ["--out_dir", url]) == 1
         assert re.search(r"failed: .*b\.png: connection reset", capsys.readouterr().out)
         assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [  # no b.png, no partial upload
-            "/bucket/enhanced/a.png", "/bucket/enhanced/c.jpg"]
+            f"/bucket/enhanced/{name}" for name in folder_listing("a.png", "c.jpg")]
     finally:
         memory.rm("/bucket", recursive=True) if memory.exists("/bucket") else None
 
@@ -241,7 +282,7 @@ def test_uncertainty_maps_in_folder_runs_are_planned_resumed_and_uploaded(tmp_pa
     assert upscale.upscale_main(base + one + ["--uncertainty"]) == 0
     assert "1 written, 0 already done" in capsys.readouterr().out
     maps = ["x.uncertainty.png", "x.uncertainty.tif"]
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png"] + maps
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(folder_listing("x.png") + maps)
     assert upscale.upscale_main(base + one + ["--uncertainty"]) == 0
     assert "0 written, 1 already done" in capsys.readouterr().out
 
@@ -249,7 +290,8 @@ def test_uncertainty_maps_in_folder_runs_are_planned_resumed_and_uploaded(tmp_pa
     try:
         assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "x.png"), "--out_dir", url,
                                             "--uncertainty"]) == 0
-        assert sorted(memory.ls("/bucket/maps", detail=False)) == [f"/bucket/maps/{n}" for n in ["x.png"] + maps]
+        assert sorted(memory.ls("/bucket/maps", detail=False)) == [
+            f"/bucket/maps/{n}" for n in sorted(folder_listing("x.png") + maps)]
         for name in ["x.png", "x.uncertainty.png"]:
             assert memory.cat_file(f"/bucket/maps/{name}") == (tmp_path / "o" / name).read_bytes(), name
         uploaded = tmp_path / "uploaded.tif"  # the same values (its OME header names its own file)

@@ -32,8 +32,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output, failure, finished
-from allen_sr.api.remote import RemoteFile, is_url, make_parent, predict_to
+from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output, enlarge, failure, output_state, plan_states, wanted
+from allen_sr.api.remote import RemoteFile, is_url, make_parent
 from allen_sr.api.models import ModelSpec
 from allen_sr.api.upscaler import Options, Upscaler
 from allen_sr.errors import InvalidInputError, UserError, first_line
@@ -152,12 +152,11 @@ def worker_address() -> str:
 
 def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview_dir: str | None,
                   file_options: dict[str, Any]) -> ImageResult:
-    """Runs on a worker: enlarge ``src`` into ``dst`` unless ``dst`` exists. A bad input file is
-    a ``failed`` result (retrying cannot help); anything else raises, and Dask retries the task."""
+    """Runs on a worker: enlarge ``src`` into ``dst`` unless it is done (`folders.output_state`).
+    A bad input file is a ``failed`` result (retrying cannot help); anything else raises, and Dask
+    retries the task."""
     worker = worker_address()
     out: Output = RemoteFile(dst) if is_url(dst) else Path(dst)
-    if finished(out, file_options.get("uncertainty", False)):
-        return ImageResult(src, dst, "skipped", worker=worker)
     if isinstance(out, Path) and not out.parent.is_dir():
         raise UserError(f"output folder {out.parent} is not on worker {worker}: --out_dir must be "
                         "storage that the client and every worker share, at the same path")
@@ -169,7 +168,13 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
     with _MODELS_LOCK:
         upscaler = worker_upscaler(spec, options)
         try:
-            summary = predict_to(upscaler, src, out, progress=False, **preview, **file_options)
+            state, _ = output_state(out, file_options.get("uncertainty", False),
+                                    wanted(upscaler.made_by, src, file_options))
+            if state in ("done", "other"):  # done since the client looked: by this model, or another
+                return ImageResult(src, dst, "skipped" if state == "done" else "failed",
+                                   "" if state == "done" else f"{dst} was made by another model meanwhile",
+                                   worker=worker)
+            summary = enlarge(upscaler, src, out, progress=False, **preview, **file_options)
         except INPUT_ERRORS as exc:
             return ImageResult(src, dst, "failed", first_line(exc), worker=worker)
     return ImageResult(src, dst, "written", seconds=time.perf_counter() - start, worker=worker,
@@ -216,21 +221,24 @@ def submit_images(client: "Client", spec: ModelSpec, options: Options, pairs: li
     return futures
 
 
-def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Options, pairs: list[tuple[str, Output]],
-                              progress: bool = True, preview_dir: str | os.PathLike[str] | None = None,
-                              log: Log | None = None, **file_options: Any) -> FolderReport:
-    """Enlarge every (input, output) of ``pairs`` whose output does not exist on the workers of
-    ``client``; ``file_options`` go to :meth:`Upscaler.predict_file` (region, level, restart,
-    compression, ...). A progress bar follows the images as the cluster finishes them."""
+def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Options, made_by: dict[str, Any],
+                              pairs: list[tuple[str, Output]], progress: bool = True,
+                              preview_dir: str | os.PathLike[str] | None = None, log: Log | None = None,
+                              **file_options: Any) -> FolderReport:
+    """Enlarge every (input, output) of ``pairs`` not yet done on the workers of ``client``, the
+    model being the one ``made_by`` describes (`Upscaler.made_by`: what the outputs' records are
+    checked against); ``file_options`` go to :meth:`Upscaler.predict_file` (region, level,
+    restart, compression, ...). A progress bar follows the images as the cluster finishes them."""
     from distributed import as_completed
     from tqdm import tqdm
 
     start = time.perf_counter()
+    states = plan_states(pairs, made_by, file_options)
     if pairs:
         make_parent(pairs[0][1])
     if preview_dir is not None:
         Path(preview_dir).mkdir(parents=True, exist_ok=True)
-    done = {str(dst) for _, dst in pairs if finished(dst, file_options.get("uncertainty", False))}
+    done = {dst for dst, state in states.items() if state == "done"}
     results = {dst: ImageResult("", dst, "skipped") for dst in done}
     todo = [(src, dst) for src, dst in pairs if str(dst) not in done]
     futures = submit_images(client, spec, options, todo,
@@ -244,7 +252,9 @@ def upscale_folder_on_cluster(client: "Client", spec: ModelSpec, options: Option
             bar.set_postfix_str(os.path.basename(src))
             if log:
                 log(describe(result))
-    return folder_report(pairs, results, time.perf_counter() - start)
+    report = folder_report(pairs, results, time.perf_counter() - start)
+    report.redone = [dst for dst in report.written if states[dst] == "changed"]
+    return report
 
 
 def describe(result: ImageResult) -> str:

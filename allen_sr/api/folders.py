@@ -3,13 +3,18 @@
 Each input gets exactly one output in the output folder, under its own name (inputs whose type
 cannot be written, such as .svs, become ``NAME.tif``). An output that exists is finished (outputs
 appear only when complete) and is skipped on a rerun; an image interrupted half-way resumes from
-its saved rows (`Upscaler.predict_file`). An input that cannot be read is named and skipped while
-the others go on; :class:`FolderReport` says what happened to each. The output folder may be a URL
+its saved rows (`Upscaler.predict_file`). A hidden record beside each output
+(``.NAME.allen-sr.json``) says what made it: outputs of another model are refused before any work
+(a folder of one model's outputs is not silently completed by another), and an output whose input
+changed since (its size or modification time), or was enlarged at another --level or --region, is
+enlarged again. An input that cannot be read is named and skipped while the others go on;
+:class:`FolderReport` says what happened to each. The output folder may be a URL
 (``gs://bucket/out``: `allen_sr.api.remote`).
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,15 +25,18 @@ from allen_sr.api.outputs import compare_path, uncertainty_paths
 from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to
 from allen_sr.data.images import ImageSkipped, list_images
 from allen_sr.errors import UserError, first_line
+from allen_sr.fileio import atomic_write_text
 from allen_sr.inference import writers
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
 
-__all__ = ["FolderReport", "collect_images", "plan_outputs", "upscale_folder", "INPUT_ERRORS"]
+__all__ = ["FolderReport", "collect_images", "plan_outputs", "plan_states", "enlarge", "output_state",
+           "upscale_folder", "INPUT_ERRORS"]
 
 # What a bad input file raises (its message names the file); anything else is a bug and stops the run.
 INPUT_ERRORS = (UserError, ImageSkipped, OSError, ValueError)
+RECORD = ".allen-sr.json"  # the record of what made an output: .NAME.allen-sr.json beside it
 
 
 def collect_images(spec: str) -> list[str]:
@@ -76,6 +84,93 @@ def beside(dst: Output, names: Iterable[Path]) -> list[Output]:
     return [in_folder(dst.parent_url, n.name) for n in names]
 
 
+def record_file(dst: Output) -> Output:
+    """The hidden record beside output ``dst`` of what made it."""
+    return beside(dst, [Path(f".{dst.name}{RECORD}")])[0]
+
+
+def wanted(made_by: dict[str, Any], src: str, file_options: dict[str, Any]) -> dict[str, Any]:
+    """The record of the output this run makes of ``src``: the model (`Upscaler.made_by`), the
+    input's name, size and modification time, and the level and region enlarged."""
+    from allen_sr.api.upscaler import as_region
+
+    st = os.stat(src)
+    region = as_region(file_options.get("region"))
+    return {"model": made_by, "input": {"name": os.path.basename(src), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+            "level": file_options.get("level", 0), "region": [region.left, region.top, region.width, region.height]}
+
+
+def read_record(dst: Output) -> dict[str, Any] | None:
+    """The record beside ``dst``; None where there is none or it cannot be read."""
+    rec = record_file(dst)
+    try:
+        data = rec.read_bytes() if isinstance(rec, RemoteFile) else (rec.read_bytes() if rec.is_file() else None)
+        record = json.loads(data) if data is not None else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _model_part(made_by: Any) -> Any:
+    """A record's model without its ``source`` (a path may differ between machines)."""
+    return {k: v for k, v in made_by.items() if k != "source"} if isinstance(made_by, dict) else made_by
+
+
+def output_state(dst: Output, uncertainty: bool, want: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """(state, record) of output ``dst`` for a run that would record ``want``: ``todo`` (not
+    finished), ``done``, ``changed`` (made from another version of its input, or at another level
+    or region: enlarge it again) or ``other`` (made by another model). A finished output without a
+    record (written before records were kept, or stopped between the output and its record) is done."""
+    if not finished(dst, uncertainty):
+        return "todo", None
+    record = read_record(dst)
+    if record is None:
+        return "done", None
+    if _model_part(record.get("model")) != _model_part(want["model"]):
+        return "other", record
+    same = all(record.get(key) == want[key] for key in ("input", "level", "region"))
+    return ("done" if same else "changed"), record
+
+
+def plan_states(pairs: list[tuple[str, Output]], made_by: dict[str, Any], file_options: dict[str, Any]) -> dict[str, str]:
+    """The state of every output (:func:`output_state`), by ``str(dst)``; UserError, before any
+    work, if another model made some of them."""
+    uncertainty = file_options.get("uncertainty", False)
+    states, others = {}, []
+    for src, dst in pairs:
+        states[str(dst)], record = output_state(dst, uncertainty, wanted(made_by, src, file_options))
+        if states[str(dst)] == "other":
+            others.append((dst, record or {}))
+    if others:
+        names = ", ".join(dst.name for dst, _ in others[:3]) + (", ..." if len(others) > 3 else "")
+        dst, record = others[0]
+        model = record.get("model")
+        theirs = model.get("source", "?") if isinstance(model, dict) else "?"
+        folder = dst.parent if isinstance(dst, Path) else dst.parent_url
+        raise UserError(f"output folder {folder}: {len(others)} of its outputs ({names}) were made by another "
+                        f"model ({theirs}) than this run's ({made_by['source']}); choose another --out_dir for "
+                        "this model, or remove those outputs to enlarge their inputs again")
+    return states
+
+
+def enlarge(upscaler: "Upscaler", src: str, dst: Output, **kwargs: Any) -> dict[str, Any]:
+    """:func:`predict_to` with the output's record: an old record goes first, the new one is
+    written once the output is whole."""
+    record = wanted(upscaler.made_by, src, kwargs)
+    rec = record_file(dst)
+    if isinstance(rec, RemoteFile):
+        rec.remove()
+    else:
+        rec.unlink(missing_ok=True)
+    summary = predict_to(upscaler, src, dst, **kwargs)
+    text = json.dumps(record, indent=1) + "\n"
+    if isinstance(rec, RemoteFile):
+        rec.write_bytes(text.encode())
+    else:
+        atomic_write_text(text, rec)
+    return summary
+
+
 def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
                  preview_dir: str | os.PathLike[str] | None = None,
                  uncertainty: bool = False) -> list[tuple[str, Output]]:
@@ -117,13 +212,15 @@ class FolderReport:
     """What a folder run did: outputs written and skipped, inputs that failed (with why)."""
 
     written: list[str] = field(default_factory=list)
+    redone: list[str] = field(default_factory=list)  # of ``written``: replaced, their input or region changed
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     warned: dict[str, list[str]] = field(default_factory=dict)  # input -> its input check's warnings
 
     def summary(self) -> str:
-        line = (f"{len(self.written)} written, {len(self.skipped)} already done (skipped), "
+        again = f" ({len(self.redone)} again: input, --level or --region changed)" if self.redone else ""
+        line = (f"{len(self.written)} written{again}, {len(self.skipped)} already done (skipped), "
                 f"{len(self.failed)} failed in {self.seconds:.1f} s")
         if self.warned:
             line += f"; {len(self.warned)} beyond the inputs the model trained on (warnings below)"
@@ -141,6 +238,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
 
     report = FolderReport()
     start = time.perf_counter()
+    states = plan_states(pairs, upscaler.made_by, file_options)
     if pairs:
         make_parent(pairs[0][1])
     preview: dict[str, Any] = {}
@@ -150,17 +248,21 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
-        if finished(dst, file_options.get("uncertainty", False)):
+        if states[str(dst)] == "done":
             report.skipped.append(str(dst))
             continue
+        if states[str(dst)] == "changed" and log:
+            log(f"enlarging {src} again: it, --level or --region changed since {dst} was made")
         try:
-            summary = predict_to(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
+            summary = enlarge(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
         except INPUT_ERRORS as exc:
             report.failed[src] = first_line(exc)
             if log:
                 log(f"skipped {failure(src, report.failed[src])}")
             continue
         report.written.append(str(dst))
+        if states[str(dst)] == "changed":
+            report.redone.append(str(dst))
         if summary["input_check"]["warnings"]:
             report.warned[src] = summary["input_check"]["warnings"]
     report.seconds = time.perf_counter() - start

@@ -84,6 +84,27 @@ class RemoteFile:
             return False
         return info.get("type") == "file" and int(info.get("size") or 0) > 0
 
+    def read_bytes(self) -> bytes | None:
+        """The file's content, or None where there is none."""
+        fs, path = filesystem(self.url)
+        try:
+            return bytes(fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, data: bytes) -> None:
+        """Put ``data`` at this URL whole (through a local file and :meth:`upload`)."""
+        with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
+            local = Path(tmp) / self.name
+            local.write_bytes(data)
+            self.upload(local)
+
+    def remove(self) -> None:
+        """Remove the file at this URL if there is one."""
+        fs, path = filesystem(self.url)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path)
+
     def upload(self, local: Path) -> None:
         """Put the finished file ``local`` at this URL, under a temporary name first."""
         fs, path = filesystem(self.url)

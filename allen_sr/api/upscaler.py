@@ -229,6 +229,7 @@ class Upscaler:
         self._tiled = open_tiled_model(spec, options)
         self._calibration: Any = None
         self._trained = trained_degradation(spec)  # what the input check compares with
+        self._made_by: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, model: str | os.PathLike[str] | None = None, *, tile: int | None = None,
@@ -268,6 +269,18 @@ class Upscaler:
     def source(self) -> str:
         """Where the model came from: ``pretrained NAME``, an export or a run folder."""
         return describe_source(self.spec)
+
+    @property
+    def made_by(self) -> dict[str, Any]:
+        """What decides an output's pixels besides the input, as a folder run records it beside each
+        output: the weights (a digest of their content), the decoder and its settings; ``source``
+        names the model for people and is not compared."""
+        if self._made_by is None:
+            spec = self.spec
+            self._made_by = {"source": self.source, "weights": resume.weights_digest(self._tiled.weights),
+                             "decoder": self.describe, "hparams": spec.hparams, "mode": spec.mode,
+                             "temperature": spec.temperature, "seed": spec.seed}
+        return self._made_by
 
     @property
     def calibration(self) -> Any:

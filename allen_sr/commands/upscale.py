@@ -8,7 +8,8 @@ This command wraps `allen_sr.Upscaler` (`allen_sr.api.upscaler`), which gives th
 Input: PNG, JPEG, TIFF, BigTIFF, OME-TIFF, a pyramidal whole-slide TIFF or a Zeiss CZI (--level
 picks the resolution level; read region by region), --image_id (an Allen section fetched first), or
 --images DIR|GLOB with --out_dir DIR: one output per input under its own name, finished outputs
-skipped on a rerun, unreadable inputs named and skipped, a summary at the end.
+skipped on a rerun (those of a changed input made again; a folder of another model's outputs
+refused), unreadable inputs named and skipped, a summary at the end.
 Output: .png / .jpg (up to 100 MP), or .tif / .ome.tif: a tiled, compressed, pyramidal BigTIFF
 with the physical pixel size when known. Also OUT-stem.compare.png: a preview region,
 input enlarged with nearest | bicubic | model (folders: only with --preview_dir). Nothing appears
@@ -214,8 +215,9 @@ def upscale_main(argv: list[str] | None = None) -> int:
                 from allen_sr.api.cluster_folders import dask_client, upscale_folder_on_cluster
 
                 with dask_client(args.dask, say) as client:
-                    report = upscale_folder_on_cluster(client, spec, options, pairs, progress, args.preview_dir,
-                                                       log=None if progress else say, **file_options)
+                    report = upscale_folder_on_cluster(client, spec, options, up.made_by, pairs, progress,
+                                                       args.preview_dir, log=None if progress else say,
+                                                       **file_options)
         print(report.summary(), flush=True)
         return 1 if report.failed else 0
 

@@ -16,6 +16,7 @@ is deleted at the end, so only its time counts. It takes as much disk as the unc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ import numpy as np
 from allen_sr.fileio import atomic_write_bytes, atomic_write_text
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["RowStore", "file_stamp"]
+__all__ = ["RowStore", "file_stamp", "weights_digest"]
 
 BAND = re.compile(r"^rows-(\d{9})-(\d{9})-([0-9a-f]{8})\.u8$")  # first row, stop, CRC-32
 
@@ -38,6 +39,23 @@ def file_stamp(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies a file's content cheaply: its absolute path, size and modification time."""
     st = os.stat(path)
     return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def weights_digest(weights: str | os.PathLike[str]) -> str:
+    """The sha256 of a model's weights as stored, the same on every machine: an export folder's
+    files (its model card aside), or a checkpoint's index, which holds the CRC-32C of every tensor."""
+    path = Path(weights)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name != "MODEL_CARD.md")
+    else:
+        files = [Path(f"{weights}.index")]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 class RowStore:
