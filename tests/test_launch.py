@@ -190,6 +190,14 @@ def test_replica_commands_use_only_real_t2t_trainer_flags():
     (["--pvc", "c", "--mount_path", "/data", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"],
      "--pvc is only for local"),
     (["--gpus_per_worker", "-1", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "--gpus_per_worker must be >= 0"),
+    # names and paths Kubernetes or TensorFlow in the pods would refuse (all accepted before)
+    (["--name", "9start", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "starting with a letter"),
+    (["--namespace", "Bad_NS", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "--namespace 'Bad_NS'"),
+    (["--namespace", "", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "--namespace ''"),
+    (["--pvc", "Allen_Data", "--mount_path", "/data", "--data_dir", "/data/d", "--output_dir", "/data/o"],
+     "--pvc 'Allen_Data': a claim's name"),
+    (["--data_dir", "s3://b/d", "--output_dir", "gs://b/o"], "--data_dir s3://b/d: the replicas share gs://"),
+    (["--data_dir", "gs://b/d", "--output_dir", "ram://o"], "--output_dir ram://o: the replicas share gs://"),
 ])
 def test_launch_rejects_jobs_that_cannot_work(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -320,6 +328,7 @@ def test_launch_usage_errors_name_the_option(tmp_path):
     ({"--model": "img2img_conv_sr"}, "hparams lack num_res_blocks"),
     ({"--hparams": "foo=1"}, "--hparams foo=1"),
     ({"--train_steps": "-5"}, "--train_steps=-5: pass a whole number >= 1"),
+    ({"--hparams": "degradation=blurr=3"}, "--hparams degradation: unknown key 'blurr'"),  # failed in every pod
 ])
 def test_launch_refuses_trainer_flags_every_replica_would_refuse(change, message, capsys):
     """Checked by `allen-sr launch` itself, not found only once pods run (unless --t2t_usr_dir registers more)."""
@@ -328,3 +337,13 @@ def test_launch_refuses_trainer_flags_every_replica_would_refuse(change, message
     assert launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()]) == 2
     assert message in capsys.readouterr().err
     assert launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()] + ["--t2t_usr_dir=/usr"]) == 0
+
+
+def test_a_separator_before_the_trainer_flags_stays_out_of_the_replicas_command(capsys):
+    """`launch ... -- --problem=...`: absl stops reading flags at "--", so every replica's t2t ran
+    without --problem, --model and --hparams_set."""
+    base = ["--name", "j", "--image", "i", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o", "--dry_run"]
+    assert launch.launch_main(base + ["--", *TRAINER_FLAGS]) == 0
+    with_separator = capsys.readouterr().out
+    assert launch.launch_main(base + TRAINER_FLAGS) == 0
+    assert with_separator == capsys.readouterr().out and "- --problem=" in with_separator

@@ -327,6 +327,8 @@ def test_bad_tune_options_are_refused(change, message):
     (["--search", "learning_rate_constant=0.1"], "write HPARAM=LOW:HIGH for a range, or a list of"),
     (["--search", "no_such=1:2"], "hparams set img2img_conv_sr_cpu has no hparam 'no_such'"),
     (["--search", "learning_rate_warmup_steps=10:5"], "LOW must be below HIGH"),
+    # values every trial drawing them would refuse (accepted before, failing those trials)
+    (["--search", "pixel_loss=l1,bogus"], "--search pixel_loss: a trial with pixel_loss=bogus would fail"),
 ])
 def test_trainer_flags_a_trial_cannot_use_are_refused(extra, message):
     with pytest.raises(ValueError, match=re.escape(message)):

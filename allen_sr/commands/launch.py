@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
             "paths under --mount_path of a --pvc (ReadWriteMany when there are workers).\n"
             "With --tune, --output_dir is the folder each trial sees as its own: <output_dir>/<trial>\n"
             "on --pvc, or with --tune pbt Katib's checkpoint folder on the claim <name>-pbt."))
-    parser.add_argument("--name", required=True, help="TFJob (or Experiment) name (lowercase letters, digits, '-')")
+    parser.add_argument("--name", required=True, help="TFJob (or Experiment) name (lowercase letters, digits, '-'; a letter first)")
     parser.add_argument("--image", required=True, help="training image, built from this repo's Dockerfile")
     parser.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     parser.add_argument("--workers", type=int, default=0, help="Worker replicas besides the Chief (default 0)")
@@ -73,6 +73,11 @@ def build_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) -> di
         from allen_sr.t2t.tools import check_trainer_command
 
         check_trainer_command(list(trainer_flags))  # what every replica's `allen-sr train` would refuse
+        for name, value in tune.search_values(manifest):  # and what a trial drawing a value would refuse
+            try:
+                check_trainer_command(tune.with_hparam(trainer_flags, name, value))
+            except ValueError as exc:
+                raise ValueError(f"--search {name}: a trial with {name}={value} would fail: {exc}") from None
     return manifest
 
 
@@ -92,6 +97,9 @@ def _report(args: argparse.Namespace, trainer_flags: Sequence[str], manifest: Ma
 def launch_main(argv: list[str]) -> int:
     """allen-sr launch --name NAME --image IMAGE [--workers N --ps N | --tune ALGORITHM ...] [trainer flags] [--dry_run]"""
     args, trainer_flags = build_parser().parse_known_args(argv)
+    # "--" before the trainer flags separates them for argparse; in a replica's command absl would
+    # stop reading flags there (its t2t would run without --problem, --model, ...)
+    trainer_flags = [flag for flag in trainer_flags if flag != "--"]
     try:
         manifest = build_manifest(args, trainer_flags)
     except ValueError as exc:

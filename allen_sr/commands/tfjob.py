@@ -36,13 +36,36 @@ def flag_names(flags: Sequence[str]) -> list[str]:
 
 
 def check_name(name: str, max_length: int = 45) -> None:
-    """ValueError unless ``name`` is a lowercase DNS label of at most ``max_length`` characters.
+    """ValueError unless ``name`` is a lowercase DNS-1035 label of at most ``max_length`` characters.
 
-    Pods and services are named <name>-<replica>-<i>; they must stay valid 63-character labels.
+    Pods and services are named <name>-<replica>-<i>; they must stay valid 63-character labels,
+    and a service's name starts with a letter.
     """
-    if len(name) > max_length or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):
+    if len(name) > max_length or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
         raise ValueError(f"--name {name!r}: use 1-{max_length} lowercase letters, digits or '-', "
+                         "starting with a letter and ending with a letter or digit")
+
+
+def check_kubernetes_names(args: argparse.Namespace) -> None:
+    """ValueError unless --namespace is a DNS-1123 label and --pvc (if given) a DNS-1123 subdomain,
+    as Kubernetes names them (the API would refuse the object, or its pods would wait forever)."""
+    if len(args.namespace) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", args.namespace):
+        raise ValueError(f"--namespace {args.namespace!r}: a namespace is 1-63 lowercase letters, digits or '-', "
                          "starting and ending with a letter or digit")
+    part = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+    if args.pvc is not None and (len(args.pvc) > 253 or not re.fullmatch(rf"{part}(\.{part})*", args.pvc)):
+        raise ValueError(f"--pvc {args.pvc!r}: a claim's name is lowercase letters, digits, '-' and '.', "
+                         "starting and ending with a letter or digit")
+
+
+def check_remote_paths(args: argparse.Namespace) -> None:
+    """ValueError for a URL --data_dir/--output_dir the pods cannot share: TensorFlow in the training
+    image reads and writes gs:// only (no s3:// or http:// filesystem; ram:// is each pod's own)."""
+    for option, path in (("--data_dir", args.data_dir), ("--output_dir", args.output_dir)):
+        if is_remote(path) and not path.startswith("gs://"):
+            raise ValueError(f"{option} {path}: the replicas share gs:// folders or local paths under "
+                             "--mount_path of a --pvc; TensorFlow in the training image has no other "
+                             "filesystem every pod sees")
 
 
 def check_counts(args: argparse.Namespace) -> None:
@@ -116,8 +139,10 @@ def validate_launch(args: argparse.Namespace, trainer_flags: Sequence[str]) -> N
     check_name(args.name)
     if not args.image.strip():
         raise ValueError("--image is empty")
+    check_kubernetes_names(args)
     check_counts(args)
     check_trainer_flags(trainer_flags)
+    check_remote_paths(args)
     check_volumes(args)
 
 

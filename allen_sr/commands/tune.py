@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from allen_sr.commands.tfjob import (CONTAINER_NAME, VOLUME_NAME, build_tfjob, check_counts,
-                                     check_mount_path, check_name, check_trainer_flags, flag_names,
-                                     is_under, submit_custom_object, train_argv)
+                                     check_kubernetes_names, check_mount_path, check_name, check_remote_paths,
+                                     check_trainer_flags, flag_names, is_under, submit_custom_object,
+                                     train_argv)
 from allen_sr.data.paths import is_remote
 from allen_sr.t2t.cluster import flag_value
 from allen_sr.t2t.tuning import (FINAL_EVAL_DIR, INCREMENT_FLAG, OBJECTIVE_METRIC, hparams_defaults,
@@ -286,6 +287,24 @@ def search_space(args: argparse.Namespace, trainer_flags: Sequence[str],
     return list(params.values())
 
 
+def search_values(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(hparam, value) for every value a trial of ``manifest`` (an Experiment; none for a TFJob)
+    can draw at the edges of its space: each listed value, each range's two ends."""
+    if manifest.get("kind") != "Experiment":
+        return []
+    values = []
+    for param in manifest["spec"]["parameters"]:
+        space = param["feasibleSpace"]
+        values += [(param["name"], str(v)) for v in space.get("list") or (space["min"], space["max"])]
+    return values
+
+
+def with_hparam(trainer_flags: Sequence[str], name: str, value: str) -> list[str]:
+    """``trainer_flags`` whose --hparams also sets ``name=value``."""
+    user = flag_value(trainer_flags, "hparams") or ""
+    return without_flag(trainer_flags, "hparams") + [f"--hparams={user + ',' if user else ''}{name}={value}"]
+
+
 def trial_trainer_flags(args: argparse.Namespace, trainer_flags: Sequence[str],
                         params: Sequence[SearchParam]) -> list[str]:
     """The trainer flags of a trial: the user's, ``--hparams`` with the trial's values appended."""
@@ -386,12 +405,12 @@ def experiment_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) 
     the hparams set is loaded, which loads tensor2tensor)."""
     check_budget(args)
     check_name(args.name, MAX_PBT_NAME if args.tune == PBT else MAX_NAME)
-    if not args.name[0].isalpha():
-        raise ValueError(f"--name {args.name!r}: a Katib Experiment name starts with a letter")
     if not args.image.strip():
         raise ValueError("--image is empty")
+    check_kubernetes_names(args)
     check_counts(args)
     check_tune_flags(args, trainer_flags)
+    check_remote_paths(args)
     check_tune_volumes(args)
     args.output_dir = posixpath.normpath(args.output_dir)  # one spelling in the command and the paths
     defaults = hparams_defaults(flag_value(trainer_flags, "hparams_set") or "")

@@ -119,6 +119,13 @@ def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> Non
     elif hasattr(hparams, "num_res_blocks"):  # the conv model's sets
         raise UsageError(f"--hparams_set={hparams_set} is a set for --model=img2img_conv_sr, not {model}: "
                          "pass both of one family (README: Models, problems and hparams sets)")
+    if hasattr(hparams, "degradation"):  # parsed in each input pipeline: a bad spec failed there, in a traceback
+        from allen_sr.data.degrade import parse_training
+
+        try:
+            parse_training(hparams.degradation, "--hparams degradation")
+        except InvalidInputError as exc:
+            raise UsageError(str(exc)) from None
     budget = float(getattr(hparams, "train_budget_seconds", 0.0) or 0.0)
     if not budget >= 0 or budget == float("inf"):
         raise UsageError(f"train_budget_seconds must be a number of seconds >= 0 (0 = no time budget), got {budget}")
