@@ -201,6 +201,11 @@ def test_dask_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
          "--dask runs a folder of images"),
         (folder + ["--dask", "local:0"], "give local, local:N"),
         (folder + ["--dask", "tcp://127.0.0.1:9"], "no Dask scheduler answered"),
+        (folder + ["--dask", "tcp://127.0.0.1:99999"], "a port from 1 to 65535"),
+        (folder + ["--dask", "tls://127.0.0.1:9"], "tls:// needs Dask security settings"),  # was a TypeError
+        (["--images", str(tmp_path / "in"), "--out_dir", "memory://bucket/o", "--dask", "local:1"],
+         "memory:// lives inside each process"),  # 'written', and gone with the workers
+        (folder + ["--dask", "local:1", "--tile", "4"], "tile size must be at least 8 px"),  # was: every image failed
     ]
     for argv, message in cases:
         assert upscale.upscale_main(base + argv) == 2
@@ -228,6 +233,19 @@ def test_a_worker_names_an_output_another_model_made_after_the_client_looked(tmp
     (out / "a.png").unlink()
     assert cluster_folders.upscale_image(*task).outcome == "written"
     assert json.loads((out / ".a.png.allen-sr.json").read_text())["model"]["source"] == "pretrained conv-cpu"
+
+
+def test_a_local_cluster_listens_on_this_machine_only():
+    """--dask local: the scheduler, the dashboards and the workers listen on the loopback (the
+    dashboards listened on every interface, open to the network for the whole run)."""
+    psutil = pytest.importorskip("psutil")
+    with cluster_folders.dask_client("local:1") as client:
+        client.wait_for_workers(1, timeout=60)
+        me = psutil.Process()
+        listening = {(c.laddr.ip, c.laddr.port) for proc in [me, *me.children(recursive=True)]
+                     for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert len(listening) >= 3, listening  # scheduler, its dashboard, a worker (and its dashboard)
+    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
 
 
 def test_importing_the_cluster_module_imports_no_dask():

@@ -41,8 +41,8 @@ from allen_sr.errors import InvalidInputError, UserError, first_line
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client, Future
 
-__all__ = ["ImageResult", "LOCAL_WORKERS", "RETRIES", "dask_client", "local_workers", "upscale_image",
-           "upscale_folder_on_cluster"]
+__all__ = ["ImageResult", "LOCAL_WORKERS", "RETRIES", "check_address", "dask_client", "local_workers",
+           "upscale_image", "upscale_folder_on_cluster"]
 
 LOCAL_WORKERS = 2  # worker processes of ``--dask local``
 # A task that raised (not a bad input file) runs once more. A task whose worker died is run again
@@ -85,6 +85,43 @@ def local_workers(address: str) -> int | None:
     return int(count)
 
 
+def host_port(address: str) -> tuple[str, str]:
+    """(host, port) of a scheduler address ``tcp://host:port`` or ``host:port`` (IPv6 in brackets)."""
+    host, _, port = (address.partition("://")[2] if "://" in address else address).rpartition(":")
+    return host.strip("[]"), port
+
+
+def check_address(address: str, out_dir: str | None = None) -> int | None:
+    """:func:`local_workers` of ``address`` after checking it, before any model is opened:
+    InvalidInputError for a scheme other than tcp:// (TLS needs certificates allen-sr does not
+    pass) and for an ``out_dir`` the workers cannot share (``memory://`` lives in each process)."""
+    workers = local_workers(address)
+    scheme = address.partition("://")[0] if "://" in address else "tcp"
+    if workers is None and scheme != "tcp":
+        raise InvalidInputError(f"--dask {address}: give a tcp://host:port scheduler address ({scheme}:// "
+                                "needs Dask security settings allen-sr does not pass: use tcp:// inside a private "
+                                "network, or a tunnel to the scheduler), or local / local:N")
+    host, port = host_port(address)
+    if workers is None and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise InvalidInputError(f"--dask {address}: give a scheduler address such as tcp://host:8786 "
+                                "(a port from 1 to 65535), or local / local:N")
+    if out_dir is not None and out_dir.startswith("memory://"):
+        raise InvalidInputError(f"--out_dir {out_dir}: memory:// lives inside each process, so the workers' "
+                                "outputs would vanish with them; give a folder or URL they all share")
+    return workers
+
+
+def reachable(address: str) -> None:
+    """UserError, at once, when nothing listens at the scheduler address (the client would wait its
+    whole connect timeout for a refused connection)."""
+    host, port = host_port(address)
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise UserError(f"--dask {address}: no Dask scheduler answered ({exc.strerror or exc}); check the "
+                        "address (tcp://host:port) or use --dask local") from exc
+
+
 def import_distributed() -> Any:
     """The distributed package, or a UserError saying how to install it."""
     try:
@@ -98,17 +135,19 @@ def import_distributed() -> Any:
 def dask_client(address: str, log: Log | None = None) -> Iterator["Client"]:
     """A Client of the scheduler at ``address``, or of a cluster started here for ``local[:N]``
     (closed on exit)."""
-    workers = local_workers(address)
+    workers = check_address(address)
     distributed = import_distributed()
-    if workers is not None:
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+    if workers is not None:  # every port on this machine's loopback only
+        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                                      silence_logs=logging.ERROR) as cluster, \
                 distributed.Client(cluster) as client:
             yield client
         return
+    reachable(address)
     try:
         client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, ValueError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise UserError(f"--dask {address}: no Dask scheduler answered ({first_line(exc)}); "
                         "check the address (tcp://host:port) or use --dask local") from exc
     with client:

@@ -133,6 +133,8 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
     if model == CONV_MODEL:
         if spec.mode is not None:  # a mode asked for, not the export's: greedy and mean are its prediction
             check_one_value_mode(spec.mode, model)
+        # once here, not image by image in a folder run (the default overlap is at most half a tile)
+        tiling.check_tile(options.tile or CONV_TILE, options.overlap or 0, in_size)
         opened = open_model(spec, target_shape=(None, None))
         dec = opened.decoder
         tile = options.tile or CONV_TILE

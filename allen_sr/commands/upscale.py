@@ -143,6 +143,10 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
     elif args.dask is not None:
         raise InvalidInputError("--dask runs a folder of images: pass --images DIR|GLOB and --out_dir DIR")
+    if args.dask is not None:  # before the model is opened
+        from allen_sr.api.cluster_folders import check_address
+
+        check_address(args.dask, args.out_dir)
     if args.out is not None:
         out = Path(args.out)
         writers.output_kind(out)

@@ -23,7 +23,7 @@ from allen_sr.inference.blend import axis_profiles, axis_weight_sum, tile_starts
 from allen_sr.inference.sources import ImageSource
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["TileLayout", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
+__all__ = ["TileLayout", "check_tile", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
 
 T = TypeVar("T")
 # uint8 [N, h, w, C] tiles -> [N, h*f, w*f, C] predictions, 0-255: uint8 (already rounded) or float.
@@ -49,6 +49,14 @@ class TileLayout:
         return len(self.rows) * len(self.cols)
 
 
+def check_tile(tile: int, overlap: int, min_tile: int = 1) -> None:
+    """InvalidInputError unless ``tile`` >= ``min_tile`` px and ``overlap`` is 0 to half a tile."""
+    if tile < min_tile:
+        raise InvalidInputError(f"tile size must be at least {min_tile} px, got {tile}")
+    if overlap < 0 or 2 * overlap > tile:
+        raise InvalidInputError(f"tile overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 0,
                min_tile: int = 1, name: str = "the image", exact_tile: bool = False,
                ramp: int | None = None) -> TileLayout:
@@ -59,10 +67,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 
     tiles never shrink. ``context`` and ``ramp``: see `allen_sr.inference.blend.axis_profiles`.
     ValueError for an image smaller than ``min_tile`` or bad sizes.
     """
-    if tile < min_tile:
-        raise InvalidInputError(f"tile size must be at least {min_tile} px, got {tile}")
-    if overlap < 0 or 2 * overlap > tile:
-        raise InvalidInputError(f"tile overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
+    check_tile(tile, overlap, min_tile)
     smallest = tile if exact_tile else min_tile
     if height < smallest or width < smallest:
         raise InvalidInputError(f"{name}: the region is {width}x{height} px, smaller than one "
