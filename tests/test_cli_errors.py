@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from allen_sr.commands.args import USAGE_ERROR, run_command
+from allen_sr.commands.args import USAGE_ERROR, expand_home, run_command
 from allen_sr.errors import InvalidInputError, MissingInputError, UserError
-from conftest import REPO
+from conftest import REPO, SAMPLE_IMAGES
 
 
 def test_a_user_error_is_one_line_and_a_bug_propagates(capsys):
@@ -100,3 +100,25 @@ def test_a_command_of_the_full_install_says_so_where_its_packages_are_missing(tm
     assert bug.returncode == 1 and "Traceback" in bug.stderr and "full install" not in bug.stderr
     debug = run("absl tensorflow", "--debug", "train", "--problem=x")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ModuleNotFoundError" in debug.stderr
+
+
+def test_a_quoted_home_folder_is_expanded_in_every_path_option(tmp_path, monkeypatch):
+    """'~/...' reaches a command when quoted: --images and --exported expanded it, but --image was
+    'not found' and --out_dir, --out and --preview_dir made a folder named '~' in the working folder."""
+    from PIL import Image
+
+    from allen_sr.commands import plot, upscale
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home" / "in").mkdir(parents=True)
+    with Image.open(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")) as brain:
+        brain.convert("RGB").crop((200, 100, 248, 148)).save(tmp_path / "home" / "in" / "a.png")
+    base = ["--pretrained", "conv-fast", "--no_progress"]
+    assert upscale.upscale_main(base + ["--image", "~/in/a.png", "--out", "~/out/a.png"]) == 0
+    assert upscale.upscale_main(base + ["--images", "~/in", "--out_dir", "~/folder", "--preview_dir", "~/shots"]) == 0
+    home = tmp_path / "home"
+    assert (home / "out" / "a.png").is_file() and (home / "folder" / "a.png").is_file()
+    assert (home / "shots" / "a.compare.png").is_file() and not (tmp_path / "~").exists()
+    args = plot.build_parser().parse_args(["--runs", "~/r1", "r2", "--out", "~/loss.png"])
+    assert expand_home(args).runs == [str(home / "r1"), "r2"] and args.out == str(home / "loss.png")

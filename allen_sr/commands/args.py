@@ -7,6 +7,7 @@ Only this layer parses flags: :func:`model_spec` turns them into a typed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -19,7 +20,7 @@ from allen_sr.errors import InvalidInputError, UserError
 # ModelSpec, OpenModel, model_shape, open_model and decode_kwargs live in allen_sr.api.models;
 # the commands reach them through this module.
 __all__ = ["USAGE_ERROR", "ModelSpec", "OpenModel", "add_model_args", "model_spec", "model_shape",
-           "open_model", "decode_kwargs", "run_command", "parse"]
+           "open_model", "decode_kwargs", "run_command", "parse", "expand_home"]
 
 USAGE_ERROR = 2  # exit code of every command for a user's mistake (as argparse uses)
 INTERRUPTED = 130  # exit code after Ctrl-C (128 + SIGINT, as a shell reports it)
@@ -112,5 +113,19 @@ def run_command(name: str, body: Callable[[], int | None]) -> int:
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` (default: the process's arguments)."""
-    return parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    """Parse ``argv`` (default: the process's arguments); see :func:`expand_home`."""
+    return expand_home(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
+
+
+def expand_home(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with every value that starts with ``~/`` (quoted, so the shell left it) expanded as the
+    shell would: some options expanded it and others made a folder named ``~`` in the working folder."""
+    def expand(value: object) -> object:
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        home = isinstance(value, str) and (value == "~" or value.startswith("~/"))
+        return os.path.expanduser(value) if home else value
+
+    for name, value in vars(args).items():
+        setattr(args, name, expand(value))
+    return args

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from allen_sr import fileio
 from allen_sr.errors import MissingInputError
-from allen_sr.commands.args import run_command
+from allen_sr.commands.args import expand_home, run_command
 from allen_sr.decoding.modes import MODES
 from allen_sr.sample_data import sample_folder
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv):
-    return build_parser().parse_args(argv)
+    return expand_home(build_parser().parse_args(argv))
 
 
 def banner(i: int, text: str) -> None:

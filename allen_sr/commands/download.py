@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from allen_sr import fileio
+from allen_sr.commands.args import expand_home
 from allen_sr.data.allen_api import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, AllenClient
 from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region, check_api_base
 from allen_sr.data.download import DEFAULT_WORKERS, default_image_ids, download_images, unique_ids
@@ -170,7 +171,7 @@ def download_main(argv: list[str] | None = None) -> int:
     """``allen-sr download``: returns 0 when every image is present, 1 otherwise, 2 on bad usage."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = expand_home(parser.parse_args(argv))
         region = _validate(parser, args)
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from allen_sr.commands.args import expand_home
 from allen_sr.evaluation.plots import plot_loss_curves
 from allen_sr.inference import writers
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def plot_main(argv: Sequence[str] | None = None) -> int:
     """``allen-sr plot --runs RUN_DIR... --out loss.png [--tag loss]``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = expand_home(parser.parse_args(argv))
     if args.labels is not None and len(args.labels) != len(args.runs):
         parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
     try:
