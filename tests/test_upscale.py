@@ -350,6 +350,67 @@ def test_a_pyramidal_ome_tiff_in_and_a_pyramidal_bigtiff_out(conv_dir, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("tags, size", [
+    (dict(resolution=(72, 72), resolutionunit="INCH"), None),  # what many programs write by default
+    (dict(resolution=(96, 96), resolutionunit="INCH"), None),
+    (dict(resolution=(1, 1), resolutionunit="NONE"), None),
+    (dict(resolution=(50800, 25400), resolutionunit="INCH"), (0.5, 1.0)),  # a microscope's dpi: kept
+    (dict(resolution=(72, 72), resolutionunit="CENTIMETER"), (1e4 / 72, 1e4 / 72)),  # a real one, coarse
+    (dict(metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0}), (0.5, 1.0)),
+])
+def test_the_pixel_size_of_a_tiff_and_the_defaults_that_are_none(tmp_path, tags, size):
+    """A plain TIFF's 72 or 96 dpi (or no unit) says no size (it gave 88.19 um/px); a real
+    calibration is kept, X and Y each (PhysicalSizeY was ignored)."""
+    path = tmp_path / ("p.ome.tif" if "metadata" in tags else "p.tif")
+    tifffile.imwrite(path, textured(40, 60), photometric="rgb", **tags)
+    src = sources.open_image(str(path))
+    got = None if src.pixel_size_um is None else (src.pixel_size_um, src.pixel_size_y_um or src.pixel_size_um)
+    src.close()
+    assert got == (size if size is None else pytest.approx(size))
+
+
+@pytest.mark.parametrize("name", ["o.png", "o.jpg"])
+@pytest.mark.parametrize("size", [(0.125, 0.125), (0.5, 1.0), (0.3, 0.3)])
+def test_png_and_jpeg_outputs_store_their_pixel_size(tmp_path, name, size):
+    """PNG as pHYs, JPEG as its EXIF resolution and, where a 16-bit whole dpi holds it (0.5 and
+    1.0 um, not 0.125: 203200 dpi), its JFIF density; both read back by Pillow as dpi (nothing before)."""
+    image = textured(30, 50)
+    out = writers.write_image(tmp_path / name, [image[:10], image[10:]], 30, 50, 3, size[0], pixel_size_y_um=size[1])
+    with Image.open(out) as im:
+        assert im.info["dpi"] == pytest.approx((25400 / size[0], 25400 / size[1]), rel=1e-6)
+        if name.endswith(".jpg"):
+            exif = im.getexif()
+            assert exif[0x0128] == 3 and (exif[0x011A], exif[0x011B]) == pytest.approx((1e4 / size[0], 1e4 / size[1]))
+            assert im.info["jfif_density"] == ((50800, 25400) if size == (0.5, 1.0) else (1, 1))
+
+
+def test_rectangular_pixels_and_a_72_dpi_tiff_reach_the_outputs(conv_dir, tmp_path, capsys):
+    """OME PhysicalSizeX 0.5, Y 1.0 um: X and Y / 4 in the OME-XML, the resolution tags, the PNG and
+    the message (Y was written as X); a 72-dpi plain TIFF gives outputs no size (it gave 88.19 um)."""
+    aniso = tmp_path / "aniso.ome.tif"
+    tifffile.imwrite(aniso, textured(40, 48), photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0})
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, textured(40, 48), photometric="rgb", resolution=(72, 72), resolutionunit="INCH")
+    for src, name in ((aniso, "a.ome.tif"), (aniso, "a.png"), (plain, "p.ome.tif"), (plain, "p.png")):
+        assert upscale.upscale_main(conv_flags(conv_dir) + [f"--image={src}", f"--out={tmp_path / name}",
+                                                           "--preview_size=0"]) == 0
+    said = capsys.readouterr().out
+    assert "a.ome.tif (192x160 px, 0.125 x 0.25 um/px)" in said and "a.png (192x160 px, 0.125 x 0.25 um/px)" in said
+    assert "p.ome.tif (192x160 px)" in said and "p.png (192x160 px)" in said
+    with tifffile.TiffFile(tmp_path / "a.ome.tif") as tif:
+        assert re.findall(r'PhysicalSize[XY]="([^"]+)"', tif.ome_metadata) == ["0.125", "0.25"]
+        page = tif.pages[0]
+        assert page.tags["ResolutionUnit"].value == 3
+        assert [np.divide(*page.tags[t].value) for t in ("XResolution", "YResolution")] == pytest.approx([8e4, 4e4])
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.info["dpi"] == pytest.approx((203200, 101600))
+    with tifffile.TiffFile(tmp_path / "p.ome.tif") as tif:
+        assert "PhysicalSize" not in tif.ome_metadata and tif.pages[0].tags["ResolutionUnit"].value == 1
+    with Image.open(tmp_path / "p.png") as im:
+        assert "dpi" not in im.info
+
+
 def test_a_striped_greyscale_16bit_tiff_is_read_region_by_region(tmp_path):
     grey = (np.arange(300 * 200, dtype=np.uint32).reshape(300, 200) * 7 % 65536).astype(np.uint16)
     path = tmp_path / "g.tif"
@@ -486,6 +547,8 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(conv_dir, tmp_path, 
         ([f"--image={tiny}", f"--out={tmp_path / 'o.bmp'}"], [".tif"]),
         ([f"--image={slide}", "--pixel_size=-1", f"--out={out}"], ["pixel size -1.0", "positive"]),
         ([f"--image={slide}", "--pixel_size=nan", f"--out={out}"], ["pixel size nan", "positive"]),
+        ([f"--image={slide}", "--compression=zstd", f"--out={tmp_path / 'o.png'}"],
+         ["--compression zstd applies to TIFF outputs", "o.png"]),
     ]
     for extra, words in cases:
         code, err = error_of(capsys, flags + extra)

@@ -197,6 +197,11 @@ def array_source(image: np.ndarray) -> sources.ArraySource:
     return sources.ArraySource("image", sources.to_rgb(array, "image", white))
 
 
+def pixel_size_text(x_um: float, y_um: float | None) -> str:
+    """"0.125 um/px", or "0.125 x 0.25 um/px" (width x height) for rectangular pixels."""
+    return f"{x_um:.4g} um/px" if y_um is None or y_um == x_um else f"{x_um:.4g} x {y_um:.4g} um/px"
+
+
 def as_region(region: Region | tuple[int, ...] | None) -> Region:
     """A :class:`Region` from one, from (left, top[, width, height]) or from None (everything)."""
     if region is None:
@@ -417,6 +422,7 @@ class Upscaler:
         f = tm.factor
         out_h, out_w = cut.height * f, cut.width * f
         size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
+        size_y_um = cut.pixel_size_y_um / f if size_um and cut.pixel_size_y_um else None
         box = preview_box(cut, options.preview_size)
         tap = PreviewTap(None if box is None else tuple(v * f for v in box))
         checked = check_input(cut, self._trained)
@@ -441,20 +447,22 @@ class Upscaler:
             unc_paths = uncertainty_paths(out)
             for path in unc_paths:
                 writers.check_writable(path)
-        writers.write_image(out, bands, out_h, out_w, tm.channels, size_um, options.compression)
+        writers.write_image(out, bands, out_h, out_w, tm.channels, size_um, options.compression,
+                            pixel_size_y_um=size_y_um)
         seconds = time.perf_counter() - start
         if uncertainty:
             from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
 
             sd = np.concatenate(maps, axis=0)
-            writers.write_float_tiff(unc_paths[0], sd, size_um)
+            writers.write_float_tiff(unc_paths[0], sd, size_um, size_y_um)
             heat_map_with_bar(sd if sd.size <= writers.MAX_PNG_PIXELS else sd[::4, ::4], unc_paths[1],
                               label=f"uncertainty: sd in grey levels (temperature {self.calibration.temperature:g})")
         store.discard()
         summary = {"output": str(out), "width": out_w, "height": out_h, "tiles": layout.tiles,
                    "seconds": round(seconds, 3), "resumed_rows": done,
                    "output_mp_per_s": (out_h - done) * out_w / 1e6 / max(seconds, 1e-9),
-                   "pixel_size_um": size_um, "model": self.source, "input_check": checked.as_dict()}
+                   "pixel_size_um": size_um, "pixel_size_y_um": size_y_um or size_um, "model": self.source,
+                   "input_check": checked.as_dict()}
         if uncertainty:
             summary["uncertainty"] = [str(p) for p in unc_paths]
             summary["calibration"] = self.calibration.as_dict()
@@ -475,6 +483,6 @@ class Upscaler:
             grid = pictures.prediction_grid([cells], columns=columns, scale=1)
             summary["preview"] = str(pictures.save_png(grid, preview))
         log(f"done in {seconds:.1f} s ({summary['output_mp_per_s']:.3g} output MP/s): wrote {out} "
-            f"({out_w}x{out_h} px" + (f", {size_um:.4g} um/px" if size_um else "") + ")"
+            f"({out_w}x{out_h} px" + (f", {pixel_size_text(size_um, size_y_um)}" if size_um else "") + ")"
             + (f" and {summary['preview']}" if "preview" in summary else ""))
         return summary

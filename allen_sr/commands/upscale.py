@@ -149,7 +149,9 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_address(args.dask, args.out_dir)
     if args.out is not None:
         out = Path(args.out)
-        writers.output_kind(out)
+        if writers.output_kind(out) != "tiff" and args.compression != "deflate":
+            raise InvalidInputError(f"--compression {args.compression} applies to TIFF outputs; {out} is not one: "
+                                    "name it .tif or .ome.tif, or leave --compression out")
         writers.check_writable(out)
 
 

@@ -23,6 +23,7 @@ from allen_sr.errors import InvalidInputError, MissingInputError
 __all__ = ["ImageSource", "ArraySource", "TiffSource", "CziSource", "open_image", "crop_source"]
 
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
+UNCALIBRATED_DPI = (72.0, 96.0)  # programs' default resolution: no pixel size
 OME_UNITS = {"µm": 1.0, "um": 1.0, "\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
 
 
@@ -34,6 +35,7 @@ class ImageSource:
     width: int
     height: int
     pixel_size_um: float | None = None  # physical size of one pixel, when known
+    pixel_size_y_um: float | None = None  # its height when not pixel_size_um (rectangular pixels)
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         raise NotImplementedError
@@ -57,7 +59,7 @@ class CroppedSource(ImageSource):
     """A rectangle of another source."""
 
     def __init__(self, base: ImageSource, top: int, left: int, height: int, width: int) -> None:
-        super().__init__(base.name, width, height, base.pixel_size_um)
+        super().__init__(base.name, width, height, base.pixel_size_um, base.pixel_size_y_um)
         self.base, self.top, self.left = base, top, left
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
@@ -117,7 +119,8 @@ class TiffSource(ImageSource):
             self.tif.close()
             raise InvalidInputError(f"{path}: {problem}")
         height, width = int(page.imagelength), int(page.imagewidth)
-        super().__init__(path, width, height, tiff_pixel_size(self.tif, page, level, levels))
+        size = tiff_pixel_size(self.tif, page, levels)
+        super().__init__(path, width, height, *(size or (None, None)))
         if page.is_tiled:
             self.block = (int(page.tilelength), int(page.tilewidth))
         else:
@@ -203,24 +206,45 @@ class TiffSource(ImageSource):
         self.tif.close()
 
 
-def tiff_pixel_size(tif: Any, page: Any, level: int, levels: list[Any]) -> float | None:
-    """um per px of ``page`` from OME-XML (PhysicalSizeX) or the resolution tags, else None."""
+def tiff_pixel_size(tif: Any, page: Any, levels: list[Any]) -> tuple[float, float] | None:
+    """(x, y) um per px of ``page`` from OME-XML (PhysicalSizeX/Y) or the resolution tags, else None.
+
+    Tags of 72 or 96 dots per inch (or of no unit) are what programs write when they know no
+    size, and say nothing: Fiji takes 72 dpi so too."""
     base_width = int(levels[0].keyframe.imagewidth)
     scale = base_width / max(int(page.imagewidth), 1)
     ome = tif.ome_metadata or ""
-    found = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', ome)
-    if found:
-        unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', ome)
-        factor = OME_UNITS.get(unit.group(1) if unit else "µm")
-        if factor is not None and float(found.group(1)) > 0:
-            return float(found.group(1)) * factor * scale
+    sizes = [ome_size(ome, axis) for axis in "XY"]
+    if sizes[0]:
+        return sizes[0] * scale, (sizes[1] or sizes[0]) * scale
     unit_tag = page.tags.get("ResolutionUnit")
-    res_tag = page.tags.get("XResolution")
-    if unit_tag is not None and res_tag is not None and int(unit_tag.value) in UM_PER_UNIT:
-        num, den = res_tag.value
-        if num > 0 and den > 0:
-            return UM_PER_UNIT[int(unit_tag.value)] * den / num
-    return None
+    dots = [resolution(page.tags.get(name)) for name in ("XResolution", "YResolution")]
+    if unit_tag is None or int(unit_tag.value) not in UM_PER_UNIT or not dots[0]:
+        return None
+    unit = UM_PER_UNIT[int(unit_tag.value)]
+    defaults = [any(abs(d - dpi) < 0.01 for dpi in UNCALIBRATED_DPI) for d in dots if d]
+    if unit == UM_PER_UNIT[2] and all(defaults):
+        return None
+    return unit / dots[0], unit / (dots[1] or dots[0])
+
+
+def ome_size(ome: str, axis: str) -> float | None:
+    """um per px along ``axis`` ("X" or "Y") that OME-XML's PhysicalSize gives, or None."""
+    found = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', ome)
+    if not found:
+        return None
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', ome)
+    factor = OME_UNITS.get(unit.group(1) if unit else "µm")
+    size = float(found.group(1))
+    return size * factor if factor is not None and size > 0 else None
+
+
+def resolution(tag: Any) -> float | None:
+    """Pixels per resolution unit of an X/YResolution tag, or None."""
+    if tag is None:
+        return None
+    num, den = tag.value
+    return num / den if num > 0 and den > 0 else None
 
 
 class CziSource(ImageSource):
@@ -261,5 +285,5 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
             raise InvalidInputError(f"{path} is not a TIFF: it has one resolution level, its level must be 0")
         source = ArraySource(path, load_image(path, min_size=1))
     if pixel_size_um is not None:
-        source.pixel_size_um = pixel_size_um
+        source.pixel_size_um, source.pixel_size_y_um = pixel_size_um, None
     return source

@@ -11,9 +11,12 @@ than tifffile's default, level 6 on one thread, for a 3% larger file; or zstd at
 1.7x less CPU for the same size, which recent Bio-Formats, libtiff and tifffile read but older
 readers do not), sub-resolution levels
 (each half the previous, down to <= 1024 px) as SubIFDs, the layout QuPath, napari and
-Fiji/Bio-Formats read as a pyramid; the physical pixel size in the OME-XML and the resolution tags
-when known. Levels are built while the full-resolution rows stream through (2x2 means), spooled
-to raw files on disk, so memory stays bounded.
+Fiji/Bio-Formats read as a pyramid; the physical pixel size (X and Y) in the OME-XML and the
+resolution tags when known. Levels are built while the full-resolution rows stream through (2x2
+means), spooled to raw files on disk, so memory stays bounded.
+
+PNG and JPEG carry the pixel size too: a PNG's pHYs chunk, a JPEG's EXIF resolution (and JFIF
+density where it fits); see :func:`write_flat`.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "OutputError", "ou
 
 MAX_PNG_PIXELS = 100_000_000  # PNG/JPEG are encoded whole: 100 MP RGB is 300 MB in memory
 JPEG_MAX_SIDE = 65500
+UM_PER_INCH = 25400.0
 TIFF_TILE = 256
 MIN_LEVEL_SIDE = 1024  # stop adding pyramid levels when the level fits in this many px
 MAX_LEVELS = 8  # 256-row strips halve cleanly 7 times
@@ -185,8 +189,15 @@ def spooled_strips(spool: BinaryIO, height: int, width: int, channels: int) -> I
         yield np.frombuffer(data, np.uint8).reshape(n, width, channels)
 
 
+def physical_size(size_um: tuple[float, float] | None) -> dict[str, object]:
+    """OME-XML PhysicalSizeX/Y of (x, y) um per px, or nothing when not known."""
+    if not size_um:
+        return {}
+    return dict(PhysicalSizeX=size_um[0], PhysicalSizeXUnit="µm", PhysicalSizeY=size_um[1], PhysicalSizeYUnit="µm")
+
+
 def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int, channels: int,
-               pixel_size_um: float | None, spool_paths: list[Path], compression: str = "deflate") -> None:
+               size_um: tuple[float, float] | None, spool_paths: list[Path], compression: str = "deflate") -> None:
     import tifffile
 
     codec, level = TIFF_COMPRESSION[compression]
@@ -197,15 +208,13 @@ def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int,
     options: dict[str, object] = dict(photometric=photometric, tile=(TIFF_TILE, TIFF_TILE), dtype=np.uint8,
                                       compression=codec, compressionargs={"level": level},
                                       maxworkers=os.cpu_count() or 1, buffersize=COMPRESS_BUFFER)
-    if pixel_size_um:
-        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+    metadata.update(physical_size(size_um))
 
     def resolution(level: int) -> dict[str, object]:
-        if not pixel_size_um:
+        if not size_um:
             return {}
-        per_cm = 1e4 / (pixel_size_um * 2 ** level)
-        return dict(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+        return dict(resolution=(1e4 / (size_um[0] * 2 ** level), 1e4 / (size_um[1] * 2 ** level)),
+                    resolutionunit="CENTIMETER")
 
     def shape(h: int, w: int) -> tuple[int, ...]:
         return (h, w, channels) if channels > 1 else (h, w)
@@ -228,7 +237,11 @@ def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int,
             f.close()
 
 
-def write_flat(part: Path, kind: str, bands: Iterable[np.ndarray], height: int, width: int, channels: int) -> None:
+def write_flat(part: Path, kind: str, bands: Iterable[np.ndarray], height: int, width: int, channels: int,
+               size_um: tuple[float, float] | None = None) -> None:
+    """PNG or JPEG with the pixel size: a PNG's pHYs (pixels per metre); a JPEG's EXIF resolution
+    (pixels per cm), and its JFIF density too when that holds it (whole dpi up to 65535: pixels of
+    0.39 um or more; Pillow would wrap a larger one round)."""
     from PIL import Image
 
     image = np.empty((height, width, channels), np.uint8)
@@ -237,14 +250,25 @@ def write_flat(part: Path, kind: str, bands: Iterable[np.ndarray], height: int, 
         image[y:y + band.shape[0]] = band
         y += band.shape[0]
     pil = Image.fromarray(image[:, :, 0] if channels == 1 else image)
+    options: dict[str, object] = {"quality": 95} if kind == "jpeg" else {}
+    if size_um:
+        dpi = (UM_PER_INCH / size_um[0], UM_PER_INCH / size_um[1])
+        if kind == "png" or max(dpi) < 65535.5:
+            options["dpi"] = dpi
+        if kind == "jpeg":
+            exif = Image.Exif()  # ResolutionUnit 3 (cm), XResolution, YResolution
+            exif.update({0x0128: 3, 0x011A: 1e4 / size_um[0], 0x011B: 1e4 / size_um[1]})
+            options["exif"] = exif
     with open(part, "wb") as f:
-        pil.save(f, format="PNG" if kind == "png" else "JPEG", **({"quality": 95} if kind == "jpeg" else {}))
+        pil.save(f, format="PNG" if kind == "png" else "JPEG", **options)
 
 
 def write_image(path: str | os.PathLike[str], bands: Iterable[np.ndarray], height: int, width: int,
-                channels: int = 3, pixel_size_um: float | None = None, compression: str = "deflate") -> Path:
+                channels: int = 3, pixel_size_um: float | None = None, compression: str = "deflate", *,
+                pixel_size_y_um: float | None = None) -> Path:
     """Consume ``bands`` (uint8 rows, top to bottom) and write them to ``path`` atomically;
-    ``compression`` (a key of :data:`TIFF_COMPRESSION`) for TIFF output."""
+    ``compression`` (a key of :data:`TIFF_COMPRESSION`) for TIFF output; ``pixel_size_um`` (and
+    ``pixel_size_y_um`` when rows are not as tall as columns are wide) in every format."""
     out = Path(path)
     kind = output_kind(out)
     if compression not in TIFF_COMPRESSION:
@@ -255,14 +279,15 @@ def write_image(path: str | os.PathLike[str], bands: Iterable[np.ndarray], heigh
                           "name it .tif or .ome.tif (tiled pyramidal BigTIFF)")
     if kind == "jpeg" and max(height, width) > JPEG_MAX_SIDE:
         raise OutputError(f"{out}: JPEG cannot hold {width}x{height} px; use .png or .tif")
+    size_um = (pixel_size_um, pixel_size_y_um or pixel_size_um) if pixel_size_um else None
     check_writable(out)
     remove_stale_partials(out)
     spool_paths = [partial_path(out, f"level{k}") for k in range(1, MAX_LEVELS)]
     with committed(out, spool_paths) as part:
         if kind == "tiff":
-            write_tiff(part, bands, height, width, channels, pixel_size_um, spool_paths, compression)
+            write_tiff(part, bands, height, width, channels, size_um, spool_paths, compression)
         else:
-            write_flat(part, kind, bands, height, width, channels)
+            write_flat(part, kind, bands, height, width, channels, size_um)
     return out
 
 
@@ -273,7 +298,8 @@ def halve_float(image: np.ndarray) -> np.ndarray:
     return padded.reshape((h + 1) // 2, 2, (w + 1) // 2, 2).mean(axis=(1, 3), dtype=np.float32)
 
 
-def write_float_tiff(path: str | os.PathLike[str], image: np.ndarray, pixel_size_um: float | None = None) -> Path:
+def write_float_tiff(path: str | os.PathLike[str], image: np.ndarray, pixel_size_um: float | None = None,
+                     pixel_size_y_um: float | None = None) -> Path:
     """Write a float32 [h, w] map as a tiled, deflated OME-TIFF with the same pyramid levels (and
     pixel size) as :func:`write_image` gives an output of that size, atomically."""
     import tifffile
@@ -285,9 +311,7 @@ def write_float_tiff(path: str | os.PathLike[str], image: np.ndarray, pixel_size
     for _ in pyramid_shapes(*image.shape)[1:]:
         levels.append(halve_float(levels[-1]))
     metadata: dict[str, object] = {"axes": "YX"}
-    if pixel_size_um:
-        metadata.update(PhysicalSizeX=pixel_size_um, PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=pixel_size_um, PhysicalSizeYUnit="µm")
+    metadata.update(physical_size((pixel_size_um, pixel_size_y_um or pixel_size_um) if pixel_size_um else None))
     options: dict[str, object] = dict(photometric="minisblack", tile=(TIFF_TILE, TIFF_TILE),
                                       compression="zlib", compressionargs={"level": DEFLATE_LEVEL})
     with committed(out) as part:
