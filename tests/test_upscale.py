@@ -549,6 +549,12 @@ def test_bad_input_is_one_clear_line_and_nothing_is_written(conv_dir, tmp_path, 
         ([f"--image={slide}", "--pixel_size=nan", f"--out={out}"], ["pixel size nan", "positive"]),
         ([f"--image={slide}", "--compression=zstd", f"--out={tmp_path / 'o.png'}"],
          ["--compression zstd applies to TIFF outputs", "o.png"]),
+        # options the run would have ignored without a word
+        ([f"--image={slide}", "--temperature=0.5", f"--out={out}"], ["--temperature and --seed are for --mode sample"]),
+        ([f"--image={slide}", "--seed=3", f"--out={out}"], ["decodes with --mode greedy, which would ignore them"]),
+        ([f"--image={slide}", "--downsample=2", "--download_dir=d", f"--out={out}"],
+         ["--downsample, --download_dir go with --image_id"]),
+        ([f"--image={slide}", "--preview_size=-5", f"--out={out}"], ["--preview_size must be >= 0"]),
     ]
     for extra, words in cases:
         code, err = error_of(capsys, flags + extra)

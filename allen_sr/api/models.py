@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from allen_sr.decoding.modes import check_mode
+from allen_sr.decoding.modes import check_mode, check_sampling_options
 from allen_sr.errors import InvalidInputError, MissingInputError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -193,6 +193,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
         exported = open_exported(spec.exported)
         mode = spec.mode or exported.mode
         check_mode(mode, spec.temperature)
+        check_sampling_options(mode, spec.temperature, spec.seed)
         return OpenModel(exported.decoder, None, exported.model, mode, str(exported.folder))
     from allen_sr.decoding import checkpoints, registry
     from allen_sr.t2t.names import check_names
@@ -207,6 +208,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
     hparams = checkpoints.load_hparams(spec.hparams_set, spec.problem, spec.hparams, spec.output_dir)
     mode = spec.mode or getattr(hparams, "decode_mode", "") or "greedy"
     check_mode(mode, spec.temperature)
+    check_sampling_options(mode, spec.temperature, spec.seed)
     size = int(hparams.img_len)
     decoder = registry.make_decoder(model, spec.decoder, hparams, checkpoint,
                                     target_shape=target_shape or (size, size))

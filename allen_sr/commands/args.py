@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from allen_sr.api.models import (ModelSpec, OpenModel, decode_kwargs, model_shape, open_model,
                                  pretrained_spec, resolve)
-from allen_sr.decoding.modes import MODES, check_mode
+from allen_sr.decoding.modes import MODES, check_mode, check_sampling_options
 from allen_sr.decoding.registry import KINDS
 from allen_sr.errors import InvalidInputError, UserError
 
@@ -63,6 +63,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         raise InvalidInputError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.mode is not None:
         check_mode(args.mode, args.temperature)
+        check_sampling_options(args.mode, args.temperature, args.seed)
     given = [f"--{k}" for k in ("problem", "hparams_set", "output_dir", "model", "hparams", "decoder")
              if getattr(args, k)]
     decoding = dict(mode=args.mode, temperature=args.temperature, seed=args.seed,

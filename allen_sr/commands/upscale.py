@@ -143,6 +143,13 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
     elif args.dask is not None:
         raise InvalidInputError("--dask runs a folder of images: pass --images DIR|GLOB and --out_dir DIR")
+    unused = [f"--{flag}" for flag, default in (("downsample", 0), ("api_base", None), ("download_dir", None))
+              if getattr(args, flag) != default]
+    if unused and args.image_id is None:
+        raise InvalidInputError(f"{', '.join(unused)} go with --image_id (an Allen section fetched first); "
+                                "leave them out for --image and --images")
+    if args.preview_size < 0:
+        raise InvalidInputError(f"--preview_size must be >= 0 (0: no compare picture), got {args.preview_size}")
     if args.dask is not None:  # before the model is opened
         from allen_sr.api.cluster_folders import check_address
 
