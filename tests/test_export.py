@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from allen_sr.commands import evaluate as evaluate_cmd
 from allen_sr.commands import upscale as upscale_cmd
@@ -22,7 +24,7 @@ from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.one_pass import OnePassDecoder
 from allen_sr.export.runtime import open_exported
 from allen_sr.testing import tiny_training
-from conftest import SAMPLE_IMAGES, run_in
+from conftest import SAMPLE_IMAGES, run_in, tissue_image
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 CONV = "img2img_conv_sr"
@@ -228,6 +230,103 @@ def test_exported_flags_refuse_a_missing_folder_and_mixed_flags(tmp_path, capsys
     assert evaluate_cmd.evaluate_main(["--problem", PROBLEM, "--images", SAMPLE_IMAGES,
                                        "--out", str(tmp_path / "e")]) == 2
     assert "--exported DIR" in capsys.readouterr().err
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "allen_sr" / "pretrained"
+
+
+def damaged_copy(shipped: str, tmp_path: Path, damage) -> Path:
+    """A copy of the shipped export ``shipped`` with ``damage(folder)`` done to it."""
+    folder = tmp_path / f"{shipped}-damaged"
+    shutil.copytree(SHIPPED / shipped, folder)
+    damage(folder)
+    return folder
+
+
+def truncate(name: str):
+    """Cut the file ``name`` to its first third, as an interrupted copy leaves it."""
+    def damage(folder: Path) -> None:
+        path = folder / name
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 3])
+    return damage
+
+
+def edit_config(**changes):
+    """Set (a value) or drop (None) keys of config.json."""
+    def damage(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                del config[key]
+            else:
+                config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+    return damage
+
+
+def drop_variable(folder: Path) -> None:
+    with np.load(folder / "weights.npz") as data:
+        weights = {name: data[name] for name in data.files}
+    del weights[sorted(name for name in weights if name.endswith("/bias"))[0]]
+    np.savez(folder / "weights.npz", **weights)
+
+
+def one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"allen-sr {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("case, shipped, damage, says", [
+    ("onnx_truncated", "conv-fast", truncate("model.onnx"), "model.onnx is unreadable (InvalidProtobuf"),
+    ("weights_truncated", "transformer-tiny", truncate("weights.npz"), "weights.npz is unreadable (BadZipFile"),
+    ("weights_lack_a_variable", "transformer-tiny", drop_variable, "weights.npz does not hold the model config.json"),
+    ("config_lacks_radius", "conv-fast", edit_config(radius=None), "config.json has no 'radius'"),
+    ("config_lacks_tta", "conv-fast", edit_config(tta=None), "config.json has no 'tta'"),
+    ("config_lacks_input_size", "conv-fast", edit_config(input_size=None), "config.json has no 'input_size'"),
+    ("config_lacks_hparams", "transformer-tiny", edit_config(hparams=None), "config.json has no 'hparams'"),
+    ("unknown_model", "conv-fast", edit_config(model="foo"), "config.json names model 'foo'"),
+    ("no_model", "conv-fast", edit_config(model=None), "config.json names no model"),
+])
+def test_a_damaged_export_is_refused_in_one_line_naming_its_file(case, shipped, damage, says, tmp_path, capsys):
+    """A truncated graph or weights file, weights that lack a variable, a config.json without a
+    key its model needs or naming a model allen-sr does not run: `upscale` and `evaluate
+    --exported` say which file of which folder, and to export again (exit 2, no traceback)."""
+    folder = damaged_copy(shipped, tmp_path, damage)
+    image = tmp_path / "in.png"
+    Image.fromarray(tissue_image(24, 24)).save(image)
+    expected = f"export folder {folder}: {says}"
+    assert upscale_cmd.upscale_main(["--exported", str(folder), "--image", str(image),
+                                     "--out", str(tmp_path / "out.png")]) == 2
+    line = one_error_line(capsys, "upscale")
+    assert expected in line and line.endswith("export again with `allen-sr export`"), line
+    assert evaluate_cmd.evaluate_main(["--exported", str(folder), "--images", str(image), "--whole",
+                                       "--out", str(tmp_path / "ev")]) == 2
+    assert expected in one_error_line(capsys, "evaluate")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_a_probabilistic_export_reads_its_distribution_only_for_uncertainty_maps(tmp_path, capsys):
+    """distribution.onnx is loaded when the uncertainty maps are asked for: without it (or with it
+    truncated) a plain `upscale` writes the same picture as the whole export, and `upscale
+    --uncertainty` refuses in one line naming the file."""
+    image = tmp_path / "in.png"
+    Image.fromarray(tissue_image(24, 24)).save(image)
+
+    def upscale(folder: Path, out: str, *flags: str) -> int:
+        return upscale_cmd.upscale_main(["--exported", str(folder), "--image", str(image),
+                                         "--out", str(tmp_path / out), "--no_progress", *flags])
+
+    assert upscale(SHIPPED / "conv-probabilistic", "whole.png") == 0
+    for name, damage, says in (("none", lambda f: (f / "distribution.onnx").unlink(), "is missing; export again"),
+                               ("truncated", truncate("distribution.onnx"), "is unreadable (InvalidProtobuf")):
+        folder = damaged_copy("conv-probabilistic", tmp_path / name, damage)
+        capsys.readouterr()
+        assert upscale(folder, f"{name}.png") == 0, capsys.readouterr().err
+        assert (tmp_path / f"{name}.png").read_bytes() == (tmp_path / "whole.png").read_bytes()
+        assert upscale(folder, f"{name}_u.png", "--uncertainty") == 2
+        line = one_error_line(capsys, "upscale")
+        assert f"export folder {folder}: distribution.onnx {says}" in line, line
 
 
 # ---------------------------------------------------------------- the TF-free install (Python 3.12)

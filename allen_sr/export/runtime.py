@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import types
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,8 @@ from allen_sr.decoding.batching import predict_in_chunks
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.laplace import LaplaceViews
 from allen_sr.decoding.modes import check_one_value_mode
-from allen_sr.errors import InvalidInputError, MissingInputError
+from allen_sr.decoding.support import TRANSFORMER_MODELS
+from allen_sr.errors import InvalidInputError, MissingInputError, UserError, first_line
 
 CONFIG_NAME = "config.json"
 ONNX_NAME = "model.onnx"
@@ -34,6 +38,7 @@ RDF_NAME = "rdf.yaml"
 FORMAT = "allen-sr-export"
 FORMAT_VERSION = 1
 CONV_MODEL = "img2img_conv_sr"  # allen_sr.models.conv_sr.MODEL_NAME
+EXPORT_AGAIN = "export again with `allen-sr export`"
 
 __all__ = ["CONFIG_NAME", "ONNX_NAME", "DISTRIBUTION_NAME", "WEIGHTS_NAME", "SAVED_MODEL_NAME", "RDF_NAME", "FORMAT",
            "FORMAT_VERSION", "CONV_MODEL", "ExportedModel", "OnnxDecoder",
@@ -41,7 +46,10 @@ __all__ = ["CONFIG_NAME", "ONNX_NAME", "DISTRIBUTION_NAME", "WEIGHTS_NAME", "SAV
 
 
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of an export folder; FileNotFoundError/ValueError naming the folder."""
+    """The ``config.json`` of an export folder; FileNotFoundError/ValueError naming the folder.
+
+    Checked here: what every export's config.json holds and its readers use (the model, one this
+    allen-sr runs, and the problem's sizes); `open_exported` checks what its model's kind adds."""
     folder = Path(folder)
     path = folder / CONFIG_NAME
     if not folder.is_dir():
@@ -59,18 +67,64 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if config.get("format_version") != FORMAT_VERSION:
         raise InvalidInputError(f"export folder {folder}: format_version {config.get('format_version')!r} "
                                 f"(this allen-sr reads {FORMAT_VERSION}); export again with this version")
+    model = config.get("model")
+    if model != CONV_MODEL and model not in TRANSFORMER_MODELS:
+        named = f"names model {model!r}" if "model" in config else "names no model"
+        raise InvalidInputError(f"export folder {folder}: {CONFIG_NAME} {named} (this allen-sr runs "
+                                f"{', '.join((CONV_MODEL, *TRANSFORMER_MODELS))}); {EXPORT_AGAIN}")
+    for key in ("input_size", "target_size", "channels"):
+        config_value(folder, config, key, int)
     return config
 
 
-def onnx_session(path: str | os.PathLike[str]) -> Any:
-    import onnxruntime as ort
+def config_value(folder: Path, config: dict[str, Any], key: str, kind: type) -> Any:
+    """``config[key]``, an int (at least 1), bool, str or dict as ``kind`` says; InvalidInputError
+    naming the folder and the key when config.json lacks it or holds something else."""
+    value = config.get(key)
+    if kind is int:
+        fits = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    else:
+        fits = isinstance(value, kind) and (kind is not str or bool(value))
+    if not fits:
+        found = f"{key}={value!r}" if key in config else f"no {key!r}"
+        wanted = {int: "a whole number of at least 1", bool: "true or false", str: "a file name",
+                  dict: "a mapping"}[kind]
+        raise InvalidInputError(f"export folder {folder}: {CONFIG_NAME} has {found} ({wanted} expected); "
+                                f"{EXPORT_AGAIN}")
+    return value
 
+
+def export_file(folder: Path, config: dict[str, Any], key: str, default: str) -> Path:
+    """The file config.json names under ``key`` (else ``default``); MissingInputError when it is not there."""
+    path = folder / (config_value(folder, config, key, str) if key in config else default)
+    if not path.is_file():
+        raise MissingInputError(f"export folder {folder}: {path.name} is missing; export again")
+    return path
+
+
+def onnx_session(path: str | os.PathLike[str]) -> Any:
+    """An onnxruntime session of the graph ``path`` of an export folder; MissingInputError when the
+    file is not there, InvalidInputError naming it when onnxruntime cannot load it (a truncated or
+    damaged copy)."""
+    import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"export folder {path.parent}: {path.name} is missing; export again")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers are not the user's business
     # Idle threads sleep instead of spinning: on a machine shared with other jobs (2 cores
     # here) spinning cost time, and alone it made no measurable difference.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    except (OSError, state.Fail, state.InvalidArgument, state.InvalidGraph, state.InvalidProtobuf,
+            state.NoSuchFile, state.NotImplemented, state.RuntimeException) as exc:
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from PATH failed:WHY" -> WHY
+        detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .* failed:)?", "", first_line(exc))
+        raise InvalidInputError(f"export folder {path.parent}: {path.name} is unreadable "
+                                f"({type(exc).__name__}: {detail}); {EXPORT_AGAIN}") from None
 
 
 class OnnxDecoder(LaplaceViews):
@@ -80,6 +134,7 @@ class OnnxDecoder(LaplaceViews):
     `evaluate` use it (``predict``, ``decode``, ``radius``, ``tta``, ``close``; with the export's
     ``distribution`` graph also ``predict_uncertain`` and ``decode(..., recorder=...)``); the
     prediction is rounded inside the graph, so ``predict`` returns the uint8 values as float32.
+    The distribution graph is loaded on its first use: a prediction alone needs only ``path``.
     """
 
     name = "onnx"
@@ -91,17 +146,20 @@ class OnnxDecoder(LaplaceViews):
                  distribution: str | os.PathLike[str] | None = None) -> None:
         self.session = onnx_session(path)
         self.input_name = self.session.get_inputs()[0].name
-        self.distribution = None if distribution is None else onnx_session(distribution)
+        self.distribution_path = None if distribution is None else Path(distribution)
+        self.distribution: Any = None  # its session, once the distributions are asked for
         self.channels, self.factor, self.radius, self.tta = channels, factor, radius, tta
         self.model_name = model_name
 
     @property
     def reports_distributions(self) -> bool:
         """True when the export holds the probabilistic head's graph (``distribution.onnx``)."""
-        return self.distribution is not None
+        return self.distribution_path is not None
 
     def _mean_scale(self, x: np.ndarray) -> list[np.ndarray]:
         """The prediction and the Laplace scale of one view of a batch (`laplace.LaplaceViews`)."""
+        if self.distribution is None:
+            self.distribution = onnx_session(self.distribution_path)
         return self.distribution.run(None, {self.input_name: np.ascontiguousarray(x, np.uint8)})
 
     def _checked(self, inputs: np.ndarray) -> np.ndarray:
@@ -132,7 +190,7 @@ class OnnxDecoder(LaplaceViews):
                                  f"{self.model_name} onnx", dtype=np.uint8)
 
     def close(self) -> None:
-        self.session = self.distribution = None
+        self.session = self.distribution = self.distribution_path = None
 
 
 @dataclass
@@ -168,22 +226,33 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
     input_size, target_size, channels = (int(config[k]) for k in ("input_size", "target_size", "channels"))
     factor = target_size // input_size
     if config["model"] == CONV_MODEL:
-        path = folder / config.get("onnx", ONNX_NAME)
-        if not path.is_file():
-            raise MissingInputError(f"export folder {folder}: {path.name} is missing; export again")
-        distribution = config.get("distribution")
-        if distribution and not (folder / distribution).is_file():
-            raise MissingInputError(f"export folder {folder}: {distribution} is missing; export again")
-        decoder: Any = OnnxDecoder(path, channels, factor, int(config["radius"]), bool(config["tta"]),
-                                   config["model"], folder / distribution if distribution else None)
+        path = export_file(folder, config, "onnx", ONNX_NAME)
+        radius, tta = config_value(folder, config, "radius", int), config_value(folder, config, "tta", bool)
+        # distribution.onnx is read when the distributions are asked for (OnnxDecoder._mean_scale).
+        distribution = config_value(folder, config, "distribution", str) if config.get("distribution") else None
+        decoder: Any = OnnxDecoder(path, channels, factor, radius, tta, config["model"],
+                                   folder / distribution if distribution else None)
     else:
-        path = folder / config.get("weights", WEIGHTS_NAME)
-        if not path.is_file():
-            raise MissingInputError(f"export folder {folder}: {path.name} is missing; export again")
-        with np.load(path, allow_pickle=False) as data:
-            weights = {name: data[name] for name in data.files}
-        hparams = types.SimpleNamespace(**config["hparams"])
-        # Checked by FastDecoder when the export was written; the check needs tensor2tensor.
-        decoder = FastDecoder(hparams, weights, config["model"], (target_size, target_size), check=False)
+        path = export_file(folder, config, "weights", WEIGHTS_NAME)
+        hparams = types.SimpleNamespace(**config_value(folder, config, "hparams", dict))
+        weights = read_weights(path)
+        try:
+            # Checked by FastDecoder when the export was written; the check needs tensor2tensor.
+            decoder = FastDecoder(hparams, weights, config["model"], (target_size, target_size), check=False)
+        except UserError:
+            raise
+        except (KeyError, ValueError) as exc:  # a variable missing or of another shape than the hparams say
+            detail = str(exc.args[0] if exc.args else exc).split("; ")[0]
+            raise InvalidInputError(f"export folder {folder}: {path.name} does not hold the model {CONFIG_NAME} "
+                                    f"describes ({detail}); {EXPORT_AGAIN}") from None
     return ExportedModel(decoder, config, folder)
 
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an export's weights.npz; InvalidInputError naming it when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InvalidInputError(f"export folder {path.parent}: {path.name} is unreadable "
+                                f"({type(exc).__name__}: {first_line(exc)}); {EXPORT_AGAIN}") from None
