@@ -233,3 +233,46 @@ def test_tiffs_that_are_not_one_picture_are_refused_by_both_readers(tmp_path, ki
         open_image(str(path))
     for caught in (whole, region):
         assert str(path) in str(caught.value) and words in str(caught.value), caught.value
+
+
+def write_turned(path, rgb, orientation):
+    """``rgb`` saved to ``path`` (by its suffix) as stored pixels with an Orientation tag: EXIF for
+    JPEG, PNG and WebP (written by Pillow), the TIFF tag (tifffile; tiled; ``.16.tif``: 16-bit)."""
+    import tifffile
+
+    name = str(path)
+    if name.endswith(".tif"):
+        pixels = rgb.astype(np.uint16) * 257 if name.endswith(".16.tif") else rgb
+        tifffile.imwrite(path, pixels, photometric="rgb", tile=(32, 32), extratags=[(274, "H", 1, orientation, True)])
+        return
+    exif = Image.Exif()
+    exif[274] = orientation
+    options = {"jpg": {"quality": 95}, "webp": {"lossless": True}}.get(name.rsplit(".", 1)[-1], {})
+    Image.fromarray(rgb).save(path, exif=exif, **options)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+@pytest.mark.parametrize("suffix", ["jpg", "png", "webp", "tif", "16.tif"])
+def test_images_are_read_as_viewers_show_them_by_every_reader(tmp_path, suffix, orientation):
+    """A camera held upright stores its pixels turned and says so in an Orientation tag (EXIF, or
+    TIFF's own): the whole-image reader (datagen, evaluate; the JPEG fast path included) and the
+    region reader (upscale; a tiled TIFF region by region) show it as Pillow's exif_transpose does,
+    and a region is a region of the image as shown."""
+    from PIL import ImageOps
+
+    from allen_sr.inference.sources import open_image
+
+    path = tmp_path / f"turned.{suffix}"
+    write_turned(path, tissue_image(80, 96), orientation)
+    with Image.open(path) as img:
+        shown = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert shown.shape == ((96, 80, 3) if orientation >= 5 else (80, 96, 3))  # 5-8 swap rows and columns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "uint16 image, samples up to 65535"
+        np.testing.assert_array_equal(images.load_image(str(path)), shown)
+        source = open_image(str(path))
+        assert (source.height, source.width) == shown.shape[:2]
+        np.testing.assert_array_equal(source.read(0, 0, source.height, source.width), shown)
+        np.testing.assert_array_equal(source.read(37, 5, 40, 33), shown[37:77, 5:38])  # across tiles
+        source.close()
+

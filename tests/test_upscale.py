@@ -480,6 +480,34 @@ def test_a_slide_s_transparent_pixels_read_as_white_glass_as_a_png_s_do(tmp_path
     assert np.abs(got.astype(int) - as_png).max() <= 1
 
 
+@pytest.mark.parametrize("suffix", ["jpg", "tif"])
+def test_a_turned_image_is_enlarged_as_it_is_shown_and_a_region_is_of_that_view(tmp_path, suffix):
+    """A landscape JPEG with EXIF Orientation 6 (a camera held upright), or a tiled TIFF with the
+    tag, comes out as viewers show it (portrait), with the pixels of the upright image saved without
+    a tag; --left/--top/--width/--height count in that view; the output needs no Orientation tag."""
+    from PIL import ImageOps
+
+    path = tmp_path / f"turned.{suffix}"
+    stored = tissue_image(64, 96)
+    if suffix == "tif":
+        tifffile.imwrite(path, stored, photometric="rgb", tile=(32, 32), extratags=[(274, "H", 1, 6, True)])
+    else:
+        exif = Image.Exif()
+        exif[274] = 6
+        Image.fromarray(stored).save(path, exif=exif, quality=95)
+    with Image.open(path) as img:
+        ImageOps.exif_transpose(img).convert("RGB").save(tmp_path / "upright.png")
+    region = ["--left", "8", "--top", "20", "--width", "48", "--height", "56"]  # inside 64 x 96, not 96 x 64
+    for name in ("turned", "upright"):
+        image = path if name == "turned" else tmp_path / "upright.png"
+        assert upscale.upscale_main(["--pretrained", "conv-fast", "--image", str(image), "--out",
+                                     str(tmp_path / f"{name}_x4.png"), "--no_progress", "--preview_size", "0",
+                                     *region]) == 0
+    with Image.open(tmp_path / "turned_x4.png") as out:
+        assert out.size == (192, 224) and 274 not in out.getexif()
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(Image.open(tmp_path / "upright_x4.png")))
+
+
 def test_a_jpeg_compressed_tiled_slide_is_read_region_by_region(tmp_path):
     """Whole-slide scanners (Aperio SVS, most OME-TIFF exports) store JPEG tiles; reading them
     needs tifffile's codecs (imagecodecs). A region equals the same region of the decoded page."""

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api_base", default=None, help="with --image_id: Allen API base URL")
     p.add_argument("--download_dir", default=None, help="with --image_id: where the section goes (default: OUT's folder)")
     p.add_argument("--level", type=int, default=0, help="resolution level of a pyramidal TIFF or a CZI (0 = full)")
-    p.add_argument("--left", type=int, default=0, help="region left edge, px (default 0)")
+    p.add_argument("--left", type=int, default=0, help="region left edge, px, in the image as viewers show it "
+                   "(a JPEG's EXIF or a TIFF's orientation applied; default 0)")
     p.add_argument("--top", type=int, default=0, help="region top edge, px (default 0)")
     p.add_argument("--width", type=int, help="region width, px (default: to the right edge)")
     p.add_argument("--height", type=int, help="region height, px (default: to the bottom edge)")

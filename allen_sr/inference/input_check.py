@@ -114,7 +114,7 @@ def jpeg_tables(data: bytes) -> dict[int, list[int]]:
 def file_jpeg_quality(source: sources.ImageSource) -> int | None:
     """The JPEG quality of the file behind ``source`` (a JPEG file, or a TIFF whose tiles or strips
     are JPEG-compressed), from its luminance table; None when it is not JPEG."""
-    while isinstance(source, sources.CroppedSource):
+    while isinstance(source, (sources.CroppedSource, sources.OrientedSource)):
         source = source.base
     if isinstance(source, sources.TiffSource):
         page = source.page

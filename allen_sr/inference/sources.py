@@ -4,7 +4,9 @@ TIFF files (classic, BigTIFF, OME-TIFF, pyramidal whole-slide TIFFs with SubIFDs
 level) are read with tifffile, one level, only the tiles or strips a region touches: a slide is
 never decoded whole; Zeiss CZI slides likewise, with pylibCZIrw (:mod:`allen_sr.data.czi`).
 Anything else (PNG, JPEG, ...) is read whole by :func:`allen_sr.data.images.load_image`
-(Pillow's pixel limit applies).
+(Pillow's pixel limit applies). Every image is read as viewers show it: a TIFF's Orientation tag is
+applied region by region (:class:`OrientedSource`), a JPEG's EXIF one by ``load_image``; regions
+(``crop_source``) are of the image as shown.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import (MINISWHITE, PALETTE, SEPARATED, ImageSkipped, check_image_file, is_tiff,
-                                  load_image, tiff_problem)
+from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PALETTE, SEPARATED, ImageSkipped,
+                                  check_image_file, is_tiff, load_image, tiff_orientation, tiff_problem, upright)
 from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
 from allen_sr.errors import InvalidInputError, MissingInputError
 
-__all__ = ["ImageSource", "ArraySource", "TiffSource", "CziSource", "open_image", "crop_source"]
+__all__ = ["ImageSource", "ArraySource", "TiffSource", "OrientedSource", "CziSource", "open_image", "crop_source"]
 
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 UNCALIBRATED_DPI = (72.0, 96.0)  # programs' default resolution: no pixel size
@@ -64,6 +66,33 @@ class CroppedSource(ImageSource):
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         return self.base.read(self.top + top, self.left + left, height, width)
+
+    def close(self) -> None:
+        self.base.close()
+
+
+class OrientedSource(ImageSource):
+    """Another source shown as its file's Orientation tag says (turned or mirrored,
+    :data:`~allen_sr.data.images.ORIENTATIONS`): every region shown is one region of the stored
+    image, read and turned, so a slide is still read only where a region falls."""
+
+    def __init__(self, base: ImageSource, orientation: int) -> None:
+        self.transposed, self.rows, self.columns = ORIENTATIONS[orientation]
+        width, height = (base.height, base.width) if self.transposed else (base.width, base.height)
+        size_x, size_y = base.pixel_size_um, base.pixel_size_y_um
+        if self.transposed and size_y is not None:  # a rectangular pixel turns too
+            size_x, size_y = size_y, size_x
+        super().__init__(base.name, width, height, size_x, size_y)
+        self.base, self.orientation = base, orientation
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        if self.rows:
+            top = self.height - top - height
+        if self.columns:
+            left = self.width - left - width
+        if self.transposed:  # the stored region has rows and columns swapped
+            top, left, height, width = left, top, width, height
+        return upright(self.base.read(top, left, height, width), self.orientation)
 
     def close(self) -> None:
         self.base.close()
@@ -121,6 +150,8 @@ class TiffSource(ImageSource):
         height, width = int(page.imagelength), int(page.imagewidth)
         size = tiff_pixel_size(self.tif, page, levels)
         super().__init__(path, width, height, *(size or (None, None)))
+        # how the image is shown: this level's Orientation tag, else the full-resolution level's
+        self.orientation = tiff_orientation(page if ORIENTATION_TAG in page.tags else levels[0].keyframe)
         if page.is_tiled:
             self.block = (int(page.tilelength), int(page.tilewidth))
         else:
@@ -270,7 +301,8 @@ def ome_significant_bits(ome: str) -> int | None:
 
 
 def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) -> ImageSource:
-    """An :class:`ImageSource` for ``path``: TIFFs region by region, anything else whole.
+    """An :class:`ImageSource` for ``path``: TIFFs region by region, anything else whole; either
+    as viewers show it (its Orientation tag applied).
 
     ImageSkipped (unreadable, truncated, empty) and ValueError (unsupported layout, a level that
     does not exist) name the file and what to do.
@@ -278,6 +310,8 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
     check_image_file(path, missing=MissingInputError)
     if is_tiff(path):
         source: ImageSource = TiffSource(path, level)
+        if source.orientation != 1:
+            source = OrientedSource(source, source.orientation)
     elif path.lower().endswith(".czi"):
         source = CziSource(path, level)
     else:
