@@ -276,3 +276,40 @@ def test_images_are_read_as_viewers_show_them_by_every_reader(tmp_path, suffix, 
         np.testing.assert_array_equal(source.read(37, 5, 40, 33), shown[37:77, 5:38])  # across tiles
         source.close()
 
+
+@pytest.mark.parametrize("kind", ["png", "png16", "tiff"])
+def test_transparent_pixels_are_put_on_white_with_a_warning_naming_the_file(tmp_path, kind):
+    """Every reader composites alpha on white (the slide background) and says so, once there is a
+    pixel that is not opaque; an opaque RGBA image reads as its RGB, without a word."""
+    import imagecodecs
+    import tifffile
+
+    from allen_sr.inference.sources import open_image
+
+    rgb = tissue_image(80, 96)
+    for alpha_value, name in ((128, "half"), (255, "opaque")):
+        alpha = np.full((80, 96, 1), 255, np.uint8)
+        alpha[:, :20] = alpha_value
+        path = tmp_path / f"{name}.{'tif' if kind == 'tiff' else 'png'}"
+        if kind == "png":
+            Image.fromarray(np.concatenate([rgb, alpha], axis=2)).save(path)
+        elif kind == "png16":
+            path.write_bytes(imagecodecs.png_encode(np.concatenate([rgb, alpha], axis=2).astype(np.uint16) * 257))
+        else:
+            tifffile.imwrite(path, np.concatenate([rgb, alpha], axis=2), photometric="rgb", tile=(32, 32),
+                             extrasamples=["unassalpha"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            whole = images.load_image(str(path))
+            source = open_image(str(path))
+            region = source.read(0, 0, 80, 96)
+            source.close()
+        said = [str(w.message) for w in caught if "put on white" in str(w.message)]
+        np.testing.assert_array_equal(whole, region)
+        if alpha_value == 255:
+            np.testing.assert_array_equal(whole, rgb)
+            assert not said, said
+        else:
+            expected = np.rint(rgb[:, :20] * (128 / 255) + 255 * (127 / 255))
+            assert np.abs(whole[:, :20] - expected).max() <= 1
+            assert said and set(said) == {f"{path}: transparent pixels put on white (the slide background)"}, said

@@ -144,7 +144,7 @@ def test_predict_takes_grey_rgba_and_12_bit_and_refuses_other_arrays():
         grey = up.predict(rgb[..., 1])
         assert grey.shape == (160, 240, 3)
         np.testing.assert_array_equal(grey, up.predict(np.repeat(rgb[..., 1:2], 3, axis=2)))
-        rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2)
+        rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)  # opaque: its RGB
         np.testing.assert_array_equal(up.predict(rgba), up.predict(rgb))
         camera = np.rint(rgb * (4095 / 255)).astype(np.uint16)  # a 12-bit camera's samples in uint16
         with pytest.warns(UserWarning, match="12-bit"):
@@ -158,6 +158,23 @@ def test_predict_takes_grey_rgba_and_12_bit_and_refuses_other_arrays():
                 up.predict(bad)
     with pytest.raises(UserError, match="closed"):
         up.predict(rgb)
+
+
+def test_predict_of_a_transparent_image_gives_the_cli_s_pixels_and_says_so(tmp_path, capsys):
+    """An RGBA array is put on white as `allen-sr upscale` puts the same RGBA PNG (not its alpha
+    dropped, which shows what lies under transparent pixels), and both say so."""
+    rgb = load_image(HELD_OUT_BRAIN)[200:264, 300:396]  # tissue under the transparent columns
+    alpha = np.full(rgb.shape[:2] + (1,), 255, np.uint8)
+    alpha[:, :30], alpha[:, 30:50] = 0, 128
+    rgba = np.concatenate([rgb, alpha], axis=2)
+    Image.fromarray(rgba).save(tmp_path / "in.png")
+    assert upscale_cmd.upscale_main(["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "out.png"),
+                                     "--pretrained", "conv-fast", "--no_progress", "--preview_size", "0"]) == 0
+    with Upscaler.open("conv-fast") as up:
+        with pytest.warns(UserWarning, match="image: transparent pixels put on white"):
+            api = up.predict(rgba)
+        np.testing.assert_array_equal(api, np.asarray(Image.open(tmp_path / "out.png")))
+        assert not np.array_equal(api, up.predict(rgb))
 
 
 def test_predict_file_writes_a_region_and_the_preview_where_asked(tmp_path):

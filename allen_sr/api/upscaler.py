@@ -185,7 +185,8 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
 
 def array_source(image: np.ndarray) -> sources.ArraySource:
     """An image given as an array, as a source; InputImageError unless uint8 or uint16 grey, RGB or
-    RGBA. uint16 is read by its white level (a 12-bit camera's 4095 as 255), as image files are."""
+    RGBA. uint16 is read by its white level (a 12-bit camera's 4095 as 255), and RGBA composited on
+    white (with a warning when some pixels are transparent), as image files are."""
     array = np.asarray(image)
     if (array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3)
             or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))):
@@ -194,7 +195,8 @@ def array_source(image: np.ndarray) -> sources.ArraySource:
     samples = array if array.ndim == 3 else array[..., None]
     white = 255.0 if array.dtype == np.uint8 else announced_white("image", array.dtype,
                                                                   float(colour_samples(samples).max(initial=0)))
-    return sources.ArraySource("image", sources.to_rgb(array, "image", white))
+    alpha = "straight" if samples.shape[2] == 4 else None  # as Pillow and PNG store it: not premultiplied
+    return sources.ArraySource("image", sources.to_rgb(array, "image", white, alpha))
 
 
 def pixel_size_text(x_um: float, y_um: float | None) -> str:

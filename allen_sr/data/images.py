@@ -159,7 +159,7 @@ def image_size(path: str) -> tuple[int, int]:
 def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
     """HxWx3 uint8 from a whole image's samples ([h, w] or [h, w, 1-4]) as the file stores them:
     more than 8 bits by the image's :func:`~allen_sr.data.samples.white_level` (with a warning
-    saying how), alpha composited on white."""
+    saying how), alpha composited on white (saying so)."""
     if raw.dtype.kind not in "uf":
         raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; "
                            "convert the image to unsigned 8 or 16 bit")
@@ -169,13 +169,14 @@ def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
     white = 255.0
     if raw.dtype != np.uint8:
         white = announced_white(path, raw.dtype, float(colour_samples(pixels).max(initial=0)))
-    return samples_to_rgb(pixels, white, "straight")
+    return samples_to_rgb(pixels, white, "straight", path)
 
 
 def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
     """Convert any Pillow image to an HxWx3 uint8 array, with a warning for lossy conversions.
 
-    RGBA and LA are composited on white (the brightfield slide background), 16-bit and
+    RGBA and LA are composited on white (the brightfield slide background; as every reader does:
+    :func:`~allen_sr.data.samples.samples_to_rgb`, with a warning when any pixel is not opaque), 16-bit and
     floating-point greyscale are scaled by their :func:`~allen_sr.data.samples.white_level`,
     palette and CMYK images are converted. (16-bit colour, which Pillow cuts to its top 8 bits,
     is read by :func:`load_image`.)
@@ -187,9 +188,7 @@ def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
             arr = arr.astype(np.uint16 if arr.max(initial=0) <= 65535 else np.uint32)
         return deep_to_rgb(arr, path)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        return samples_to_rgb(np.asarray(img.convert("RGBA")), 255.0, "straight", path)
     if mode in ("L", "1"):
         warnings.warn(f"{path}: greyscale image converted to RGB (equal channels)")
     return np.asarray(img.convert("RGB") if mode != "RGB" else img)

@@ -66,10 +66,13 @@ def colour_samples(samples: np.ndarray) -> np.ndarray:
     return samples[..., :3] if samples.shape[-1] >= 3 else samples[..., :1]
 
 
-def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None) -> np.ndarray:
+def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None,
+                   name: str | None = None) -> np.ndarray:
     """uint8 [h, w, 3] from samples [h, w, 1|2|3|4]: the colour samples with ``white`` read as 255,
     greyscale repeated; an extra (last) sample of 2 or 4 is alpha composited on white (the
-    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored."""
+    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored.
+    Every reader of files and arrays composites this way; with a warning naming the image
+    (``name``) when any pixel is not opaque."""
     rgb = scale_to_uint8(colour_samples(samples), white)
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, axis=-1)
@@ -77,5 +80,7 @@ def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None) 
         return rgb
     top = 1.0 if samples.dtype.kind == "f" else float(np.iinfo(samples.dtype).max)  # alpha: the type's range
     a = np.clip(samples[..., -1:].astype(np.float32) / np.float32(top), 0.0, 1.0)
+    if name is not None and (a < 1.0).any():
+        warnings.warn(f"{name}: transparent pixels put on white (the slide background)")
     covered = rgb if alpha == "premultiplied" else rgb * a
     return np.clip(np.rint(covered + 255.0 * (1.0 - a)), 0, 255).astype(np.uint8)

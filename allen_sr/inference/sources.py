@@ -113,12 +113,13 @@ def crop_source(base: ImageSource, left: int, top: int, width: int | None, heigh
 def to_rgb(block: np.ndarray, name: str, white: float = 255.0, alpha: str | None = None) -> np.ndarray:
     """uint8 [h, w, 3] from a block [h, w] or [h, w, samples] of unsigned integers or floats (the
     callers check the type): :func:`~allen_sr.data.samples.samples_to_rgb` of the image's ``white``
-    level and ``alpha``; a clear error for other numbers of samples."""
+    level and ``alpha`` (a warning naming the image when some pixels are transparent); a clear error
+    for other numbers of samples."""
     if block.ndim == 2:
         block = block[:, :, None]
     if block.shape[2] not in (1, 2, 3, 4):
         raise InvalidInputError(f"{name}: {block.shape[2]} samples per pixel; expected greyscale or RGB(A)")
-    return samples_to_rgb(block, white, alpha)
+    return samples_to_rgb(block, white, alpha, name)
 
 
 class TiffSource(ImageSource):
@@ -225,12 +226,12 @@ class TiffSource(ImageSource):
         out = np.empty((height, width, 3), np.uint8)
         for by in range(top // bh, (top + height - 1) // bh + 1):
             for bx in range(left // bw, (left + width - 1) // bw + 1):
-                seg = to_rgb(self.displayed(self.segment(by * self.grid[1] + bx)), self.name, self.white,
-                             self.alpha)
                 y0, x0 = by * bh, bx * bw
                 ys, ye = max(top, y0), min(top + height, y0 + bh, self.height)
                 xs, xe = max(left, x0), min(left + width, x0 + bw, self.width)
-                out[ys - top:ye - top, xs - left:xe - left] = seg[ys - y0:ye - y0, xs - x0:xe - x0]
+                # the part of the segment the region covers (not an edge tile's padding)
+                seg = self.displayed(self.segment(by * self.grid[1] + bx))[ys - y0:ye - y0, xs - x0:xe - x0]
+                out[ys - top:ye - top, xs - left:xe - left] = to_rgb(seg, self.name, self.white, self.alpha)
         return out
 
     def close(self) -> None:
