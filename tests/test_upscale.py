@@ -369,6 +369,17 @@ def test_the_pixel_size_of_a_tiff_and_the_defaults_that_are_none(tmp_path, tags,
     assert got == (size if size is None else pytest.approx(size))
 
 
+def test_a_turned_tiff_turns_its_rectangular_pixels_too(tmp_path):
+    """Orientation 6 shows the stored columns as rows: the pixel's width and height swap with them."""
+    path = tmp_path / "turned.tif"
+    tifffile.imwrite(path, textured(40, 60), photometric="rgb", resolution=(50800, 25400), resolutionunit="INCH",
+                     extratags=[(274, "H", 1, 6, True)])
+    src = sources.open_image(str(path))
+    assert (src.width, src.height) == (40, 60)
+    assert (src.pixel_size_um, src.pixel_size_y_um) == (pytest.approx(1.0), pytest.approx(0.5))
+    src.close()
+
+
 @pytest.mark.parametrize("name", ["o.png", "o.jpg"])
 @pytest.mark.parametrize("size", [(0.125, 0.125), (0.5, 1.0), (0.3, 0.3)])
 def test_png_and_jpeg_outputs_store_their_pixel_size(tmp_path, name, size):
