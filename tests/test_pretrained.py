@@ -287,6 +287,15 @@ def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp
            str(tmp_path / "region.png"), "--out", str(tmp_path / "region.tif"), "--uncertainty", "--no_progress")
     sd_map = tifffile.imread(tmp_path / "region.uncertainty.tif")
     assert sd_map.shape == (160, 240) and 0 < sd_map.mean() < 60
+    # a training run there: one line saying what it needs (a ModuleNotFoundError traceback before)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "flags.txt").write_text("--problem=img2img_local_dim8to32\n--hparams_set=img2img_conv_sr_cpu\n")
+    (run / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1"\n')
+    code = ("from allen_sr import Upscaler; from allen_sr.errors import UserError\n"
+            "try:\n    Upscaler.open(__import__('sys').argv[1])\nexcept UserError as exc:\n    print(exc)")
+    said = run_in(py312, "-c", code, str(run)).stdout
+    assert "a training run's checkpoint needs TensorFlow" in said and "export the run" in said, said
 
 
 def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, capsys):

@@ -99,16 +99,17 @@ class CheckReport:
 
 def check_files(paths: list[str], trained: str | None, model: str, level: int = 0,
                 region: tuple[int, int, int | None, int | None] = (0, 0, None, None),
-                progress: bool = True) -> CheckReport:
+                progress: bool = True, min_side: int = 1) -> CheckReport:
     """Check every image of ``paths`` (at pyramid ``level``; the ``region`` (left, top, width,
     height) of each, as `upscale` would enlarge it) against ``trained``, the model's recorded
-    `degradation`; ``model`` names it in the report."""
+    `degradation`; ``model`` names it in the report. An image smaller than ``min_side`` px (the
+    model's smallest input) fails, as `upscale` would refuse it."""
     from tqdm import tqdm
 
     report = CheckReport(model, trained)
     for path in tqdm(paths, desc="checking", unit="image", disable=not progress or len(paths) < 2):
         try:
-            report.checked.append(check_file(path, trained, level, region))
+            report.checked.append(check_file(path, trained, level, region, min_side))
         except INPUT_ERRORS as exc:
             report.failed[path] = first_line(exc)
     return report

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allen_sr.decoding.modes import check_mode, check_sampling_options
-from allen_sr.errors import InvalidInputError, MissingInputError, UserError
+from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -150,6 +150,18 @@ class OpenModel:
     checkpoint: str
 
 
+def require_tensorflow(spec: ModelSpec) -> None:
+    """UnsupportedInputError, naming the run, where TensorFlow is not installed: a training run's
+    checkpoint is read with it (the prediction-only install ended in a ModuleNotFoundError)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("tensor2tensor") is None:
+        raise UnsupportedInputError(
+            f"{spec.output_dir or spec.hparams_set}: a training run's checkpoint needs TensorFlow and tensor2tensor, "
+            "which this install lacks (the prediction-only one runs pretrained models and `allen-sr export` "
+            "folders): export the run with the full install and open the export, or use the full install")
+
+
 def model_shape(spec: ModelSpec) -> tuple[int, int, int]:
     """(input size, target size, channels) of the model's problem (an export's config says it)."""
     if spec.exported is not None:
@@ -157,6 +169,7 @@ def model_shape(spec: ModelSpec) -> tuple[int, int, int]:
 
         config = read_config(spec.exported)
         return int(config["input_size"]), int(config["target_size"]), int(config["channels"])
+    require_tensorflow(spec)
     from allen_sr.t2t.names import problem_shape
 
     return problem_shape(spec.problem)
@@ -195,6 +208,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
         check_mode(mode, spec.temperature)
         check_sampling_options(mode, spec.temperature, spec.seed)
         return OpenModel(exported.decoder, None, exported.model, mode, str(exported.folder))
+    require_tensorflow(spec)
     from allen_sr.decoding import checkpoints, registry
     from allen_sr.t2t.names import check_names
 

@@ -35,7 +35,7 @@ from typing import Callable
 from allen_sr import fileio
 from allen_sr.api.outputs import compare_path
 from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler
-from allen_sr.api.models import ModelSpec, describe_source, trained_degradation
+from allen_sr.api.models import ModelSpec, describe_source, model_shape, trained_degradation
 from allen_sr.api.remote import is_url
 from allen_sr.commands import args as shared
 from allen_sr.inference import writers
@@ -174,7 +174,8 @@ def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say
     report_path = check_report_path(args.report) if args.report else None
     paths = collect_images(args.images) if args.images is not None else [image]
     report = check_files(paths, trained_degradation(spec), describe_source(spec), args.level,
-                         (args.left, args.top, args.width, args.height), not args.no_progress)
+                         (args.left, args.top, args.width, args.height), not args.no_progress,
+                         min_side=model_shape(spec)[0])  # the model's input tile: nothing smaller is enlarged
     if args.images is None and report.failed:  # one image: what upscale would say of it
         raise InvalidInputError(next(iter(report.failed.values())))
     print("\n".join(report.lines()), flush=True)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from allen_sr.data.degrade import DegradationSpecError, parse_training
-from allen_sr.inference import sources
+from allen_sr.inference import sources, tiling
 
 __all__ = ["InputCheck", "check_input", "check_file", "jpeg_quality_of_table", "jpeg_tables", "file_jpeg_quality",
            "estimate_noise", "NOISE_FLOOR"]
@@ -219,11 +219,15 @@ def check_input(source: sources.ImageSource, trained: str | None) -> InputCheck:
 
 
 def check_file(path: str, trained: str | None, level: int = 0,
-               region: tuple[int, int, int | None, int | None] = (0, 0, None, None)) -> InputCheck:
+               region: tuple[int, int, int | None, int | None] = (0, 0, None, None),
+               min_side: int = 1) -> InputCheck:
     """:func:`check_input` on the ``region`` (left, top, width, height; None: to the edge) of the
-    image file ``path`` at pyramid ``level``."""
+    image file ``path`` at pyramid ``level``; InvalidInputError, as `upscale` gives, for a region
+    with a side below ``min_side`` px (the model's smallest input)."""
     source = sources.open_image(path, level)
     try:
-        return check_input(sources.crop_source(source, *region), trained)
+        cut = sources.crop_source(source, *region)
+        tiling.check_region_size(cut.height, cut.width, min_side, path)
+        return check_input(cut, trained)
     finally:
         source.close()

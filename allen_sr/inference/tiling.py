@@ -23,7 +23,7 @@ from allen_sr.inference.blend import axis_profiles, axis_weight_sum, tile_starts
 from allen_sr.inference.sources import ImageSource
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["TileLayout", "check_tile", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
+__all__ = ["TileLayout", "check_region_size", "check_tile", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
 
 T = TypeVar("T")
 # uint8 [N, h, w, C] tiles -> [N, h*f, w*f, C] predictions, 0-255: uint8 (already rounded) or float.
@@ -57,6 +57,13 @@ def check_tile(tile: int, overlap: int, min_tile: int = 1) -> None:
         raise InvalidInputError(f"tile overlap must be between 0 and half the tile ({tile // 2} px), got {overlap}")
 
 
+def check_region_size(height: int, width: int, smallest: int, name: str = "the image") -> None:
+    """InvalidInputError naming ``name`` when a side is below ``smallest`` px (one tile)."""
+    if height < smallest or width < smallest:
+        raise InvalidInputError(f"{name}: the region is {width}x{height} px, smaller than one "
+                                f"{smallest}x{smallest} px tile; choose a larger region or image")
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 0,
                min_tile: int = 1, name: str = "the image", exact_tile: bool = False,
                ramp: int | None = None) -> TileLayout:
@@ -68,10 +75,7 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, context: int = 
     ValueError for an image smaller than ``min_tile`` or bad sizes.
     """
     check_tile(tile, overlap, min_tile)
-    smallest = tile if exact_tile else min_tile
-    if height < smallest or width < smallest:
-        raise InvalidInputError(f"{name}: the region is {width}x{height} px, smaller than one "
-                                f"{smallest}x{smallest} px tile; choose a larger region or image")
+    check_region_size(height, width, tile if exact_tile else min_tile, name)
     tile_h, tile_w = (tile, tile) if exact_tile else (fitted(height, tile, overlap), fitted(width, tile, overlap))
     return TileLayout(height, width, tile_h, tile_w, tile_starts(height, tile_h, overlap),
                       tile_starts(width, tile_w, overlap), overlap, context, ramp)
