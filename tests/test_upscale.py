@@ -795,3 +795,25 @@ def test_every_pyramid_level_holds_the_full_level_halved_again_and_again(tmp_pat
             padded = np.pad(expected, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(np.uint16)
             expected = ((padded[0::2, 0::2] + padded[1::2, 0::2] + padded[0::2, 1::2] + padded[1::2, 1::2] + 2)
                         // 4).astype(np.uint8)
+
+
+def test_a_float_map_is_written_band_by_band_with_the_pyramid_of_the_whole(tmp_path):
+    """write_float_tiff takes the map's rows as they come (the uncertainty map of a whole slide was
+    held whole, 13-22 bytes per output pixel): its levels equal 2x2 means of the whole map, odd
+    edges included, whatever the bands' heights, and it reads back with its pixel size."""
+    rng = np.random.default_rng(3)
+    sd = rng.gamma(2.0, 4.0, size=(1203, 517)).astype(np.float32)
+    bands = (sd[y:y + h] for y, h in zip(range(0, 1203, 97), [97] * 13))  # across strip boundaries
+    out = writers.write_float_tiff(tmp_path / "m.uncertainty.tif", bands, 1203, 517, 0.25, 0.5)
+    expected = [sd]
+    for _ in writers.pyramid_shapes(1203, 517)[1:]:
+        h, w = expected[-1].shape
+        padded = np.pad(expected[-1], ((0, h % 2), (0, w % 2)), mode="edge")
+        expected.append(padded.reshape((h + 1) // 2, 2, (w + 1) // 2, 2).mean(axis=(1, 3), dtype=np.float32))
+    with tifffile.TiffFile(out) as tif:
+        levels = [level.asarray() for level in tif.series[0].levels]
+        assert 'PhysicalSizeX="0.25"' in tif.ome_metadata and 'PhysicalSizeY="0.5"' in tif.ome_metadata
+    assert [a.shape for a in levels] == [e.shape for e in expected] and len(levels) > 1
+    for got, want in zip(levels, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.uncertainty.tif"]  # no spool left

@@ -12,8 +12,13 @@ import numpy as np
 
 from allen_sr.inference import sources, tiling, writers
 
-__all__ = ["PreviewTap", "preview_box", "compare_path", "uncertainty_paths", "check_output_names",
-           "encode_uncertain", "decode_uncertain", "split_uncertain"]
+__all__ = ["HEAT_MAP_PIXELS", "PreviewTap", "preview_box", "compare_path", "uncertainty_paths", "check_output_names",
+           "encode_uncertain", "decode_uncertain", "split_uncertain", "strided_rows"]
+
+
+# The uncertainty heat map PNG is for people and made whole: at most this many pixels, every
+# n-th row and column of a larger map (the float32 TIFF beside it keeps every pixel).
+HEAT_MAP_PIXELS = 4096 * 4096
 
 
 def compare_path(out: Path) -> Path:
@@ -40,11 +45,19 @@ def decode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
     return (band[..., channels].astype(np.float32) * 256.0 + band[..., channels + 1]) / 256.0
 
 
-def split_uncertain(bands: Iterable[np.ndarray], channels: int, maps: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """The image part of encoded bands; their sd maps are appended to ``maps``."""
+def split_uncertain(bands: Iterable[np.ndarray], channels: int) -> Iterator[np.ndarray]:
+    """The image part of encoded bands (their sd maps are read back from the stored rows)."""
     for band in bands:
-        maps.append(decode_uncertain(band, channels))
         yield band[..., :channels]
+
+
+def strided_rows(bands: Iterable[np.ndarray], stride: int, parts: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """Pass ``bands`` through, keeping every ``stride``-th row and column of the image in ``parts``."""
+    y = 0
+    for band in bands:
+        parts.append(band[(-y) % stride::stride, ::stride].copy())
+        y += band.shape[0]
+        yield band
 
 
 def check_output_names(src: str | os.PathLike[str], outputs: Iterable[Path]) -> None:

@@ -18,6 +18,7 @@ call, made again, predicts only the rest.
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import os
 import time
@@ -31,7 +32,8 @@ from allen_sr import fileio
 from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, model_shape, no_distribution,
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
-                                  preview_box, split_uncertain, uncertainty_paths)
+                                  preview_box, split_uncertain, strided_rows, uncertainty_paths,
+                                  HEAT_MAP_PIXELS)
 from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.errors import InvalidInputError, UserError
 from allen_sr.evaluation import metrics, pictures
@@ -443,21 +445,23 @@ class Upscaler:
                 f"({store.folder}); restart to predict them again")
         start = time.perf_counter()
         bands = tap(itertools.chain(store.replay(), store.record(self._bands(cut, layout, progress, done, uncertainty), done)))
-        maps: list[np.ndarray] = []
         if uncertainty:
-            bands = split_uncertain(bands, tm.channels, maps)
+            bands = split_uncertain(bands, tm.channels)
             unc_paths = uncertainty_paths(out)
             for path in unc_paths:
                 writers.check_writable(path)
         writers.write_image(out, bands, out_h, out_w, tm.channels, size_um, options.compression,
                             pixel_size_y_um=size_y_um)
         seconds = time.perf_counter() - start
-        if uncertainty:
+        if uncertainty:  # the map from the rows the store keeps until now: memory follows a band, not the image
             from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
 
-            sd = np.concatenate(maps, axis=0)
-            writers.write_float_tiff(unc_paths[0], sd, size_um, size_y_um)
-            heat_map_with_bar(sd if sd.size <= writers.MAX_PNG_PIXELS else sd[::4, ::4], unc_paths[1],
+            stride = math.ceil(math.sqrt(out_h * out_w / HEAT_MAP_PIXELS))  # the heat map's, every stride-th px
+            shown_sd: list[np.ndarray] = []
+            maps = strided_rows((decode_uncertain(band, tm.channels) for band in store.replay()), stride, shown_sd)
+            writers.write_float_tiff(unc_paths[0], maps, out_h, out_w, size_um, size_y_um)
+            sd = np.concatenate(shown_sd, axis=0)
+            heat_map_with_bar(sd, unc_paths[1],
                               label=f"uncertainty: sd in grey levels (temperature {self.calibration.temperature:g})")
         store.discard()
         summary = {"output": str(out), "width": out_w, "height": out_h, "tiles": layout.tiles,

@@ -114,9 +114,11 @@ class RowStore:
                 atomic_write_text(json.dumps(self.key, indent=1, sort_keys=True), self.folder / "key.json")
             stop = y + band.shape[0]
             data = memoryview(np.ascontiguousarray(band)).cast("B")  # the bytes as they are, no copy
+            crc = zlib.crc32(data)
+            path = self.folder / f"rows-{y:09d}-{stop:09d}-{crc:08x}.u8"
             # No fsync: a band lost to a machine crash (empty, or zeros) fails its CRC in replay().
-            atomic_write_bytes(data, self.folder / f"rows-{y:09d}-{stop:09d}-{zlib.crc32(data):08x}.u8",
-                               durable=False)
+            atomic_write_bytes(data, path, durable=False)
+            self.bands.append((y, stop, crc, path))  # replay() then reads every row, saved or recorded
             y = stop
             yield band
 

@@ -164,29 +164,35 @@ def pyramid_shapes(height: int, width: int) -> list[tuple[int, int]]:
     return shapes
 
 
+def halve_any(strip: np.ndarray) -> np.ndarray:
+    """:func:`halve` of uint8 rows, :func:`halve_float` of float32 ones ([h, w, 1])."""
+    return halve(strip) if strip.dtype == np.uint8 else halve_float(strip[:, :, 0])[:, :, None]
+
+
 def tiles_of(strips: Iterable[np.ndarray], width: int, channels: int, spools: list[BinaryIO]) -> Iterator[np.ndarray]:
     """TIFF tiles, row-major, of the strips; each strip is also halved into ``spools`` in turn."""
     for strip in strips:
         level = strip
         for spool in spools:
-            level = halve(level)
+            level = halve_any(level)
             spool.write(np.ascontiguousarray(level).tobytes())
         for x in range(0, width, TIFF_TILE):
             tile = strip[:, x:x + TIFF_TILE]
             if tile.shape[:2] != (TIFF_TILE, TIFF_TILE):  # at the image's edge: zeros beyond it
-                edge = np.zeros((TIFF_TILE, TIFF_TILE, channels), np.uint8)
+                edge = np.zeros((TIFF_TILE, TIFF_TILE, channels), strip.dtype)
                 edge[:tile.shape[0], :tile.shape[1]] = tile
                 tile = edge
             yield tile
 
 
-def spooled_strips(spool: BinaryIO, height: int, width: int, channels: int) -> Iterator[np.ndarray]:
+def spooled_strips(spool: BinaryIO, height: int, width: int, channels: int,
+                   dtype: type = np.uint8) -> Iterator[np.ndarray]:
     spool.seek(0)
-    row = width * channels
+    row = width * channels * np.dtype(dtype).itemsize
     for y in range(0, height, TIFF_TILE):
         n = min(TIFF_TILE, height - y)
         data = spool.read(n * row)
-        yield np.frombuffer(data, np.uint8).reshape(n, width, channels)
+        yield np.frombuffer(data, dtype).reshape(n, width, channels)
 
 
 def physical_size(size_um: tuple[float, float] | None) -> dict[str, object]:
@@ -197,7 +203,10 @@ def physical_size(size_um: tuple[float, float] | None) -> dict[str, object]:
 
 
 def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int, channels: int,
-               size_um: tuple[float, float] | None, spool_paths: list[Path], compression: str = "deflate") -> None:
+               size_um: tuple[float, float] | None, spool_paths: list[Path], compression: str = "deflate",
+               dtype: type = np.uint8) -> None:
+    """A tiled pyramidal OME BigTIFF of ``bands`` ([h, w, channels] rows of ``dtype``: uint8, or
+    float32 for one channel), each level below the first spooled to disk as the rows pass."""
     import tifffile
 
     codec, level = TIFF_COMPRESSION[compression]
@@ -205,7 +214,7 @@ def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int,
     shapes = pyramid_shapes(height, width)
     photometric = "rgb" if channels == 3 else "minisblack"
     metadata: dict[str, object] = {"axes": "YXS" if channels == 3 else "YX"}
-    options: dict[str, object] = dict(photometric=photometric, tile=(TIFF_TILE, TIFF_TILE), dtype=np.uint8,
+    options: dict[str, object] = dict(photometric=photometric, tile=(TIFF_TILE, TIFF_TILE), dtype=dtype,
                                       compression=codec, compressionargs={"level": level},
                                       maxworkers=os.cpu_count() or 1, buffersize=COMPRESS_BUFFER)
     metadata.update(physical_size(size_um))
@@ -228,7 +237,7 @@ def write_tiff(part: Path, bands: Iterable[np.ndarray], height: int, width: int,
             tif.write(tiles, shape=shape(height, width), subifds=len(shapes) - 1, metadata=metadata,
                       software="allen-sr upscale", **resolution(0), **options)
             for level, (h, w) in enumerate(shapes[1:], start=1):
-                sub = tiles_of(spooled_strips(spools[level - 1], h, w, channels), w, channels, [])
+                sub = tiles_of(spooled_strips(spools[level - 1], h, w, channels, dtype), w, channels, [])
                 if channels == 1:
                     sub = (t[:, :, 0] for t in sub)
                 tif.write(sub, shape=shape(h, w), subfiletype=1, metadata=None, **resolution(level), **options)
@@ -298,25 +307,17 @@ def halve_float(image: np.ndarray) -> np.ndarray:
     return padded.reshape((h + 1) // 2, 2, (w + 1) // 2, 2).mean(axis=(1, 3), dtype=np.float32)
 
 
-def write_float_tiff(path: str | os.PathLike[str], image: np.ndarray, pixel_size_um: float | None = None,
-                     pixel_size_y_um: float | None = None) -> Path:
-    """Write a float32 [h, w] map as a tiled, deflated OME-TIFF with the same pyramid levels (and
-    pixel size) as :func:`write_image` gives an output of that size, atomically."""
-    import tifffile
-
+def write_float_tiff(path: str | os.PathLike[str], bands: Iterable[np.ndarray], height: int, width: int,
+                     pixel_size_um: float | None = None, pixel_size_y_um: float | None = None) -> Path:
+    """Write float32 [h, w] rows, top to bottom, as a tiled, deflated OME-TIFF with the same pyramid
+    levels (and pixel size) as :func:`write_image` gives an output of that size, atomically; like
+    it, rows pass through (the levels below are spooled to disk), so memory follows the rows."""
     out = Path(path)
     check_writable(out)
     remove_stale_partials(out)
-    levels = [np.ascontiguousarray(image, np.float32)]
-    for _ in pyramid_shapes(*image.shape)[1:]:
-        levels.append(halve_float(levels[-1]))
-    metadata: dict[str, object] = {"axes": "YX"}
-    metadata.update(physical_size((pixel_size_um, pixel_size_y_um or pixel_size_um) if pixel_size_um else None))
-    options: dict[str, object] = dict(photometric="minisblack", tile=(TIFF_TILE, TIFF_TILE),
-                                      compression="zlib", compressionargs={"level": DEFLATE_LEVEL})
-    with committed(out) as part:
-        with tifffile.TiffWriter(part, bigtiff=True, ome=True) as tif:
-            tif.write(levels[0], subifds=len(levels) - 1, metadata=metadata, software="allen-sr upscale", **options)
-            for level in levels[1:]:
-                tif.write(level, subfiletype=1, metadata=None, **options)
+    size_um = (pixel_size_um, pixel_size_y_um or pixel_size_um) if pixel_size_um else None
+    spool_paths = [partial_path(out, f"level{k}") for k in range(1, MAX_LEVELS)]
+    rows = (np.asarray(band, np.float32)[:, :, None] for band in bands)
+    with committed(out, spool_paths) as part:
+        write_tiff(part, rows, height, width, 1, size_um, spool_paths, dtype=np.float32)
     return out
