@@ -377,10 +377,11 @@ class Upscaler:
                      log: Log | None = None) -> dict[str, Any]:
         """Enlarge ``region`` (input px at ``level`` of a pyramidal TIFF) of the image file
         ``src`` into ``dst`` (.png, .jpg, .tif or .ome.tif: a tiled pyramidal BigTIFF with the
-        pixel size when known); returns a summary, with what :meth:`check` found about the input
-        (``input_check``; its warnings also go to ``log``). ``preview_size`` > 0 also writes
-        ``DST-stem.compare.png`` (nearest | bicubic | model of a centred square of that many
-        input px) beside ``dst`` or in the folder ``preview_to``. ``uncertainty`` (models
+        pixel size when known; a region is read with the pixels around it as the model's context,
+        so its output is the crop of the whole image's); returns a summary, with what
+        :meth:`check` found about the input (``input_check``; its warnings also go to ``log``).
+        ``preview_size`` > 0 also writes ``DST-stem.compare.png`` (nearest | bicubic | model of a
+        centred square of that many input px) beside ``dst`` or in the folder ``preview_to``. ``uncertainty`` (models
         with a distribution) also writes ``DST.uncertainty.tif`` (float32 sd in grey levels, pyramidal
         like a TIFF output) and ``DST.uncertainty.png`` (a heat map with its colour bar), and adds
         the map to the compare picture. ``log`` receives progress messages (none by default).
@@ -404,13 +405,12 @@ class Upscaler:
         finally:
             base.close()
 
-    def _resume_key(self, layout: tiling.TileLayout, image: dict[str, Any], region: Region,
-                    options: Options, uncertainty: bool) -> dict[str, Any]:
+    def _resume_key(self, layout: tiling.TileLayout, image: dict[str, Any], region: Region, size: tuple[int, int],
+                    read: list[int], options: Options, uncertainty: bool) -> dict[str, Any]:
         """Everything the output rows depend on: a saved row is reused only if all of it is equal."""
         tm, spec = self._tiled, self.spec
         weights = Path(tm.weights)
-        return {"image": image, "level": options.level,
-                "region": [region.left, region.top, layout.width, layout.height],
+        return {"image": image, "level": options.level, "region": [region.left, region.top, *size], "read": read,
                 "model": resume.file_stamp(weights / "config.json" if weights.is_dir() else f"{weights}.index"),
                 "decoder": tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
                 "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles, layout.ramp],
@@ -422,7 +422,11 @@ class Upscaler:
                uncertainty: bool = False) -> dict[str, Any]:
         cut = sources.crop_source(base, region.left, region.top, region.width, region.height)
         tm = self._tiled
-        layout = self._layout(cut, options)
+        self._layout(cut, options)  # a region smaller than a tile is refused
+        # The region is predicted with the pixels around it as context (as inside the whole image:
+        # the conv model's receptive radius, the Transformer's overlap) and those rows and columns dropped.
+        grown, dy, dx = sources.with_margin(base, cut, tm.overlap if tm.exact_tile else tm.context)
+        layout = self._layout(grown, options)
         f = tm.factor
         out_h, out_w = cut.height * f, cut.width * f
         size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
@@ -436,7 +440,9 @@ class Upscaler:
             f"({out_w * out_h / 1e6:.1f} MP): {layout.tiles} tiles of {layout.tile_w}x{layout.tile_h} px, "
             f"overlap {tm.overlap} px, {tm.describe}")
         stored = tm.channels + (2 if uncertainty else 0)  # + the uncertainty's two bytes
-        store = resume.RowStore(out, self._resume_key(layout, image, region, options, uncertainty), out_w, stored)
+        store = resume.RowStore(out, self._resume_key(layout, image, region, (cut.width, cut.height),
+                                                      [region.left - dx, region.top - dy, grown.width, grown.height],
+                                                      options, uncertainty), out_w, stored)
         if options.restart:
             store.discard()
         done = store.open()
@@ -444,7 +450,10 @@ class Upscaler:
             log(f"resuming: {done} of {out_h} output rows were saved by an interrupted run "
                 f"({store.folder}); restart to predict them again")
         start = time.perf_counter()
-        bands = tap(itertools.chain(store.replay(), store.record(self._bands(cut, layout, progress, done, uncertainty), done)))
+        predicted = self._bands(grown, layout, progress, dy * f + done, uncertainty)
+        if grown is not cut:
+            predicted = tiling.region_rows(predicted, dx * f, out_w, out_h - done)
+        bands = tap(itertools.chain(store.replay(), store.record(predicted, done)))
         if uncertainty:
             bands = split_uncertain(bands, tm.channels)
             unc_paths = uncertainty_paths(out)

@@ -22,7 +22,8 @@ from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PAL
 from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
 from allen_sr.errors import InvalidInputError, MissingInputError
 
-__all__ = ["ImageSource", "ArraySource", "TiffSource", "OrientedSource", "CziSource", "open_image", "crop_source"]
+__all__ = ["ImageSource", "ArraySource", "TiffSource", "OrientedSource", "CziSource", "open_image", "crop_source",
+           "with_margin"]
 
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 UNCALIBRATED_DPI = (72.0, 96.0)  # programs' default resolution: no pixel size
@@ -322,3 +323,15 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
     if pixel_size_um is not None:
         source.pixel_size_um, source.pixel_size_y_um = pixel_size_um, None
     return source
+
+
+def with_margin(base: ImageSource, region: ImageSource, margin: int) -> tuple[ImageSource, int, int]:
+    """``region`` (a :func:`crop_source` of ``base``) grown by ``margin`` px on each side, clipped
+    to ``base``: what a model reads to predict the region with the context it has inside the image.
+    Returns it and the region's top and left within it (px of input)."""
+    if region is base or not isinstance(region, CroppedSource):
+        return region, 0, 0
+    top, left = max(0, region.top - margin), max(0, region.left - margin)
+    bottom = min(base.height, region.top + region.height + margin)
+    right = min(base.width, region.left + region.width + margin)
+    return crop_source(base, left, top, right - left, bottom - top), region.top - top, region.left - left

@@ -23,7 +23,8 @@ from allen_sr.inference.blend import axis_profiles, axis_weight_sum, tile_starts
 from allen_sr.inference.sources import ImageSource
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["TileLayout", "check_region_size", "check_tile", "first_tile_row", "plan_tiles", "predict_bands", "Predict"]
+__all__ = ["TileLayout", "check_region_size", "check_tile", "first_tile_row", "plan_tiles", "predict_bands", "Predict",
+           "region_rows"]
 
 T = TypeVar("T")
 # uint8 [N, h, w, C] tiles -> [N, h*f, w*f, C] predictions, 0-255: uint8 (already rounded) or float.
@@ -116,6 +117,22 @@ def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, fac
         skip = max(0, first_row - y0)
         if skip < band.shape[0]:
             yield band[skip:]
+
+
+def region_rows(bands: Iterator[np.ndarray], left: int, width: int, count: int) -> Iterator[np.ndarray]:
+    """The columns ``left``..``left + width`` of the first ``count`` rows of ``bands`` (output px):
+    a region's rows out of the prediction of the region and its margin (whose top rows the bands
+    already skip). ``bands`` is closed once ``count`` rows are out: tile rows below are not predicted."""
+    try:
+        for band in bands if count > 0 else ():
+            yield band[:count, left:left + width]
+            count -= band.shape[0]
+            if count <= 0:
+                break
+    finally:
+        close = getattr(bands, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(frozen=True)
