@@ -132,7 +132,8 @@ def output_state(dst: Output, uncertainty: bool, want: dict[str, Any]) -> tuple[
     return ("done" if same else "changed"), record
 
 
-def plan_states(pairs: list[tuple[str, Output]], made_by: dict[str, Any], file_options: dict[str, Any]) -> dict[str, str]:
+def plan_states(pairs: list[tuple[str, Output]], made_by: dict[str, Any],
+                file_options: dict[str, Any]) -> dict[str, str]:
     """The state of every output (:func:`output_state`), by ``str(dst)``; UserError, before any
     work, if another model made some of them."""
     uncertainty = file_options.get("uncertainty", False)

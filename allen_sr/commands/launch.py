@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
             "paths under --mount_path of a --pvc (ReadWriteMany when there are workers).\n"
             "With --tune, --output_dir is the folder each trial sees as its own: <output_dir>/<trial>\n"
             "on --pvc, or with --tune pbt Katib's checkpoint folder on the claim <name>-pbt."))
-    parser.add_argument("--name", required=True, help="TFJob (or Experiment) name (lowercase letters, digits, '-'; a letter first)")
+    parser.add_argument("--name", required=True,
+                        help="TFJob (or Experiment) name (lowercase letters, digits, '-'; a letter first)")
     parser.add_argument("--image", required=True, help="training image, built from this repo's Dockerfile")
     parser.add_argument("--namespace", default="default", help="Kubernetes namespace (default: default)")
     parser.add_argument("--workers", type=int, default=0, help="Worker replicas besides the Chief (default 0)")
