@@ -239,13 +239,18 @@ def test_a_local_cluster_listens_on_this_machine_only():
     """--dask local: the scheduler, the dashboards and the workers listen on the loopback (the
     dashboards listened on every interface, open to the network for the whole run)."""
     psutil = pytest.importorskip("psutil")
+
+    def listening() -> set[tuple[str, int]]:  # this process's and its children's listening sockets
+        me = psutil.Process()
+        return {(c.laddr.ip, c.laddr.port) for proc in [me, *me.children(recursive=True)]
+                for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    before = listening()  # other tests' clusters in this process (a fixture's) are not this one
     with cluster_folders.dask_client("local:1") as client:
         client.wait_for_workers(1, timeout=60)
-        me = psutil.Process()
-        listening = {(c.laddr.ip, c.laddr.port) for proc in [me, *me.children(recursive=True)]
-                     for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
-    assert len(listening) >= 3, listening  # scheduler, its dashboard, a worker (and its dashboard)
-    assert {ip for ip, _ in listening} <= {"127.0.0.1", "::1"}, listening
+        opened = listening() - before
+    assert len(opened) >= 3, opened  # scheduler, its dashboard, a worker (and its dashboard)
+    assert {ip for ip, _ in opened} <= {"127.0.0.1", "::1"}, opened
 
 
 def test_importing_the_cluster_module_imports_no_dask():
