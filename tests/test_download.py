@@ -203,6 +203,24 @@ def test_changed_download_parameters_refetch(server, tmp_path):
     assert_identical(server, tmp_path, [image_id], downsample=1)
 
 
+def test_a_good_image_stays_until_its_replacement_is_verified(server, tmp_path):
+    """New settings (or a file without a manifest entry) and a server that fails: the image that
+    was there is kept (it was deleted before the request, and the run ended with nothing)."""
+    ids = server.add_images(2, width=128, height=96)
+    assert download_images(ids, tmp_path, api_base=server.api_base, **FAST).ok
+    before = {i: image_path(tmp_path, i).read_bytes() for i in ids}
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    del manifest["images"][str(ids[1])]  # as a folder of <id>.jpg without a manifest
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    server.inject("503", times=None)
+    report = download_images(ids, tmp_path, api_base=server.api_base, downsample=1, **dict(FAST, retries=0))
+    assert sorted(report.failed) == ids
+    assert {i: image_path(tmp_path, i).read_bytes() for i in ids} == before and temp_files(tmp_path) == []
+    server.clear_faults()
+    assert download_images(ids, tmp_path, api_base=server.api_base, downsample=1, **FAST).ok
+    assert_identical(server, tmp_path, ids, downsample=1)
+
+
 def test_stale_temp_files_from_a_killed_run_are_removed(server, tmp_path):
     ids = server.add_images(1)
     stale = tmp_path / f".{ids[0]}.jpg.0badc0de{TEMP_SUFFIX}"
@@ -492,7 +510,7 @@ def test_https_certificates_are_verified(self_signed_certificate, tmp_path, monk
 def test_cli_downloads_ids_and_ids_file_and_prints_a_summary(server, tmp_path, capsys):
     ids = server.add_images(4)
     id_file = tmp_path / "ids.txt"
-    id_file.write_text(f"# two ids\n{ids[2]}\n{ids[3]}, {ids[2]}\n\n")
+    id_file.write_text(f"# two ids\n{ids[2]}\n{ids[3]}, {ids[2]}\n\n", encoding="utf-8-sig")  # as Notepad saves
     common = ["--api_base", server.api_base, *FAST_CLI]
     assert download_main(["--tmp_dir", str(tmp_path / "a"),
                           "--image_ids", f"{ids[0]},{ids[1]}", *common]) == 0
@@ -530,6 +548,7 @@ def test_cli_lists_by_data_set_ids_and_filters(server, tmp_path, capsys):
 
 
 def test_cli_usage_errors(tmp_path, capsys):
+    (tmp_path / "comments.txt").write_text("# nothing yet\n\n")
     assert download_main(["--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: allen-sr download")
     for argv, expected in (
@@ -543,6 +562,11 @@ def test_cli_usage_errors(tmp_path, capsys):
         (["--rate", "nan"], "--rate and --backoff must be numbers >= 0"),
         (["--width", "10"], "--width and --height"),
         (["--image_ids_file", str(tmp_path / "nope.txt")], "cannot read"),
+        # an empty selection meant the 100 stock images; ',' or an ids file of comments meant none
+        (["--image_ids", ""], "--image_ids is empty"),
+        (["--data_set_ids", " "], "--data_set_ids is empty"),
+        (["--image_ids", ","], "holds no image ids"),
+        (["--image_ids_file", str(tmp_path / "comments.txt")], "holds no image ids"),
     ):
         assert download_main(["--tmp_dir", str(tmp_path), *argv]) == 2, argv
         assert expected in capsys.readouterr().err, argv

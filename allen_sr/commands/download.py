@@ -41,9 +41,11 @@ def _parse_id_list(text: str, what: str) -> list[int]:
 def _read_id_file(path: str) -> list[int]:
     ids: list[int] = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: Notepad's and Excel's mark
     except OSError as error:
         raise InvalidInputError(f"--image_ids_file: cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"--image_ids_file {path}: not a text file; give one id per line (UTF-8)") from None
     for number, line in enumerate(lines, start=1):
         ids += _parse_id_list(line.split("#", 1)[0], f"{path} line {number}")
     return ids
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Region | None:
+    empty = [f"--{name}" for name in ("image_ids", "image_ids_file", "data_set_ids", "product", "plane")
+             if getattr(args, name) is not None and not getattr(args, name).strip()]
+    if empty:  # an empty selection meant "the 100 stock images" (or ',' meant none at all)
+        parser.error(f"{', '.join(empty)} is empty; leave it out for the 100 stock images")
     by_id = args.image_ids or args.image_ids_file or args.data_set_ids
     if (args.product or args.plane) and by_id:
         parser.error("--product/--plane select images by filter; do not combine them with "
@@ -163,6 +169,9 @@ def _select_ids(args: argparse.Namespace, client: AllenClient) -> list[int]:
                                 f"plane={args.plane!r} on {client.api_base}")
     else:
         ids = default_image_ids()
+    if not ids:
+        raise InvalidInputError("the selection holds no image ids (only separators, blank lines or comments); "
+                                "give at least one id")
     ids = unique_ids(ids)
     return ids if args.max_images is None else ids[: args.max_images]
 

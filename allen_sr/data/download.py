@@ -337,15 +337,21 @@ class _DownloadRun:
         problem = self._existing_problem(image_id, final)
         if problem is None:
             return "skipped"
-        if final.exists():
-            # Whatever is there is not known to be good; never leave it for the tiler to read.
+        entry = self.manifest.get(image_id)
+        if final.exists() and entry is not None and entry.get("params") == self.params:
+            # Not what its manifest entry says (damaged): never leave it for the tiler to read.
             log.info("image %d: %s; downloading it again", image_id, problem)
             try:
                 final.unlink()
             except OSError as error:
                 raise DownloadError(f"image {image_id}: cannot remove the unverified {final} "
                                     f"({error.strerror}); remove it by hand") from error
-        self.manifest.remove(image_id)
+        elif final.exists():
+            # Whole (written under a temporary name, then renamed) but of other settings, or from
+            # elsewhere: kept, and replaced in one step only once its successor is verified.
+            log.info("image %d: %s; downloading it again (kept until the new one is verified)", image_id, problem)
+        if not final.exists():
+            self.manifest.remove(image_id)
         url = image_download_url(self.client.api_base, image_id, downsample=self.downsample,
                                  quality=self.quality, region=self.region)
         check = retry_call(lambda _: self._attempt(image_id, url, final), self.client.retry,
