@@ -301,6 +301,33 @@ def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp
     assert "a training run's checkpoint needs TensorFlow" in said and "export the run" in said, said
 
 
+def test_evaluate_names_images_that_share_a_stem_and_keeps_its_pictures_out_of_the_images(tmp_path, capsys):
+    """x.png beside x.jpg, or slides/*/x.png: results named by file or folder (a ValueError traceback
+    after all the scoring); an --out among the images is refused (the next run scored grid.png)."""
+    import csv
+
+    from allen_sr.commands import evaluate
+
+    brain = load_image(HELD_OUT_BRAIN)
+    (tmp_path / "same").mkdir()
+    Image.fromarray(brain[100:228, 120:248]).save(tmp_path / "same" / "x.png")
+    Image.fromarray(brain[300:428, 300:428]).save(tmp_path / "same" / "x.jpg", quality=95)
+    for folder in ("a", "b"):
+        (tmp_path / "nested" / folder).mkdir(parents=True)
+        Image.fromarray(brain[100:228, 120:248]).save(tmp_path / "nested" / folder / "x.png")
+    base = ["--pretrained", "conv-fast", "--no_progress"]
+    for images, extra, names in ((tmp_path / "same", ["--whole"], {"x.jpg", "x.png"}),
+                                 (tmp_path / "nested" / "*" / "x.png", ["--max_tiles", "0"],
+                                  {os.path.join("a", "x.png"), os.path.join("b", "x.png")})):
+        out = tmp_path / f"out{len(extra)}"
+        assert evaluate.evaluate_main(base + ["--images", str(images), "--out", str(out), *extra]) == 0
+        with open(out / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert {row["example"].split("@")[0] for row in rows} == names
+    assert evaluate.evaluate_main(base + ["--images", str(tmp_path / "same"), "--out", str(tmp_path / "same")]) == 2
+    assert "holds 2 of the images evaluated" in capsys.readouterr().err
+
+
 def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, capsys):
     """`allen-sr evaluate --whole`: each image reduced by its area average (or --degrade), enlarged
     whole through the Upscaler, scored whole beside bicubic of the same input: the model card's

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,28 @@ def tile_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
+def example_names(paths: list[str]) -> list[str]:
+    """One name per image for the results: its stem (``image_id``), or where two share one (x.png and
+    x.jpg, slides/*/section.png) the file's name, else its path below the folder all share."""
+    for names in ([image_id(p) for p in paths], [os.path.basename(p) for p in paths]):
+        if len(set(names)) == len(names):
+            return names
+    common = os.path.commonpath([os.path.abspath(p) for p in paths])
+    return [os.path.relpath(os.path.abspath(p), common) for p in paths]
+
+
+def collect_inputs(images: str, out_dir: str | os.PathLike[str]) -> list[str]:
+    """The images of ``images``; InvalidInputError when some lie in ``out_dir``, where this run
+    writes its pictures (a second run scored the first one's grid.png as tissue)."""
+    paths = collect_images(images)
+    out = Path(out_dir).resolve()
+    inside = [p for p in paths if Path(p).resolve().parent == out or out in Path(p).resolve().parents]
+    if inside:
+        raise InvalidInputError(f"--out {out_dir} holds {len(inside)} of the images evaluated ({inside[0]}, ...): "
+                                "this run writes its pictures there; choose an --out outside --images")
+    return paths
+
+
 def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles: int | None,
               seed: int, degrade: list[FixedStep] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(inputs, targets, names): tissue tiles of ``size`` from every readable image and their inputs.
@@ -51,6 +74,7 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
     line up with the tiles. Tiles are subsampled to ``max_tiles`` (seeded).
     """
     found_inputs, found, names = [], [], []
+    image_names = example_names(paths)
     for index, path in enumerate(paths):
         try:
             image = load_image(path, size)
@@ -65,7 +89,7 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
             kept, positions, inputs = degraded_pairs(image, size, factor, channels, degrade, seed, index)
         found.append(kept)
         found_inputs += inputs
-        names += [f"{image_id(path)}@{top},{left}" for top, left in positions]
+        names += [f"{image_names[index]}@{top},{left}" for top, left in positions]
     if not names:
         raise InvalidInputError(f"no tissue tiles of {size}x{size} px in {len(paths)} image(s)")
     targets = np.concatenate(found)
@@ -134,7 +158,7 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     steps = parse_fixed(degrade) if degrade else None
     input_size, size, channels = shared.model_shape(spec)
     factor = size // input_size
-    paths = collect_images(images)
+    paths = collect_inputs(images, out_dir)
     opened = shared.open_model(spec)
     recorder = calibration = None
     if uncertainty:  # before the images are read: a model without a distribution is said at once
@@ -183,12 +207,14 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
 
     steps = parse_fixed(degrade) if degrade else []
     inputs, targets, predictions, names = [], [], [], []
+    paths = collect_inputs(images, out_dir)
+    image_names = example_names(paths)
     with Upscaler(spec, Options()) as up:
         factor = up.factor
         # SSIM's window after the luma's border crop; the smallest input the model enlarges
         smallest = max(metrics.SSIM_FILTER_SIZE + 2 * factor, up.min_input * factor)
         print(f"evaluating whole images of {images} ({up.describe})", flush=True)
-        for index, path in enumerate(collect_images(images)):
+        for index, path in enumerate(paths):
             try:
                 image = load_image(path, smallest)
             except ImageSkipped as exc:
@@ -200,7 +226,7 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
             inputs.append(small)
             targets.append(target)
             predictions.append(up.predict(small, progress=progress))
-            names.append(image_id(path))
+            names.append(image_names[index])
         describe = up.describe
     if not names:
         raise InvalidInputError(f"no readable images of at least {smallest} px a side in {images}")
