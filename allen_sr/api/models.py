@@ -206,7 +206,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
         exported = open_exported(spec.exported)
         mode = spec.mode or exported.mode
         check_mode(mode, spec.temperature)
-        check_sampling_options(mode, spec.temperature, spec.seed)
+        check_sampling_options(mode, spec.temperature)
         return OpenModel(exported.decoder, None, exported.model, mode, str(exported.folder))
     require_tensorflow(spec)
     from allen_sr.decoding import checkpoints, registry
@@ -222,7 +222,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
     hparams = checkpoints.load_hparams(spec.hparams_set, spec.problem, spec.hparams, spec.output_dir)
     mode = spec.mode or getattr(hparams, "decode_mode", "") or "greedy"
     check_mode(mode, spec.temperature)
-    check_sampling_options(mode, spec.temperature, spec.seed)
+    check_sampling_options(mode, spec.temperature)
     size = int(hparams.img_len)
     decoder = registry.make_decoder(model, spec.decoder, hparams, checkpoint,
                                     target_shape=target_shape or (size, size))

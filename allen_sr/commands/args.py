@@ -49,7 +49,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "sub-pixel's expected value given bicubic values before it, the context "
                         "allen-sr's sets train with")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for --mode sample")
-    g.add_argument("--seed", type=int, default=0, help="seed for --mode sample (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed for --mode sample; evaluate: also which tiles and degradations (default %(default)s)")
     g.add_argument("--batch_size", type=int, default=16, help="tiles decoded together (default %(default)s)")
     g.add_argument("--decoder", default=None, choices=KINDS,
                    help="fast: incremental NumPy; naive: the t2t graph, one pass per sub-pixel "
@@ -63,7 +64,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         raise InvalidInputError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.mode is not None:
         check_mode(args.mode, args.temperature)
-        check_sampling_options(args.mode, args.temperature, args.seed)
+        check_sampling_options(args.mode, args.temperature)
     given = [f"--{k}" for k in ("problem", "hparams_set", "output_dir", "model", "hparams", "decoder")
              if getattr(args, k)]
     decoding = dict(mode=args.mode, temperature=args.temperature, seed=args.seed,

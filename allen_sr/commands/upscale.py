@@ -149,6 +149,9 @@ def check_outputs(args: argparse.Namespace) -> None:
     if unused and args.image_id is None:
         raise InvalidInputError(f"{', '.join(unused)} go with --image_id (an Allen section fetched first); "
                                 "leave them out for --image and --images")
+    if args.seed != 0 and args.mode != "sample":  # it only seeds sampling here
+        raise InvalidInputError("--seed is for --mode sample (the Image Transformer's draws); add --mode sample, "
+                                "or leave --seed out")
     if args.preview_size < 0:
         raise InvalidInputError(f"--preview_size must be >= 0 (0: no compare picture), got {args.preview_size}")
     if args.dask is not None:  # before the model is opened

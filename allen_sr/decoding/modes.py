@@ -66,12 +66,13 @@ def check_mode(mode: str, temperature: float) -> None:
         raise InvalidInputError(f"temperature must be > 0 for sampling, got {temperature}")
 
 
-def check_sampling_options(mode: str, temperature: float, seed: int) -> None:
-    """Refuse a temperature or seed for a mode that does not sample (they were silently ignored)."""
-    if mode != "sample" and (temperature != 1.0 or seed != 0):
-        raise InvalidInputError(f"--temperature and --seed are for --mode sample; this run decodes with "
-                                f"--mode {mode}, which would ignore them: leave them out, or add --mode sample "
-                                "(a model that predicts a distribution: the Image Transformer)")
+def check_sampling_options(mode: str, temperature: float) -> None:
+    """Refuse a temperature for a mode that does not sample (it was silently ignored). (A seed also
+    chooses `evaluate`'s tiles and degradations; `upscale` checks its own.)"""
+    if mode != "sample" and temperature != 1.0:
+        raise InvalidInputError(f"--temperature is for --mode sample; this run decodes with --mode {mode}, "
+                                "which would ignore it: leave it out, or add --mode sample (a model that "
+                                "predicts a distribution: the Image Transformer)")
 
 
 def check_one_value_mode(mode: str, model_name: str) -> None:
