@@ -9,7 +9,10 @@ ValueError`` keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError", "first_line"]
+import errno
+
+__all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError", "first_line",
+           "machine_trouble"]
 
 
 class UserError(Exception):
@@ -31,3 +34,21 @@ class UnsupportedInputError(UserError, NotImplementedError):
 def first_line(exc: BaseException) -> str:
     """An exception's message in one line, or its type's name when it has none."""
     return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# What the machine, not the program, can be out of: the disk, the quota, a writable folder.
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def machine_trouble(exc: BaseException) -> str | None:
+    """One line for an OSError that a full disk, a quota or a read-only or forbidden folder caused
+    (what to do included), else None: anything else is a bug and keeps its traceback."""
+    if not isinstance(exc, OSError) or exc.errno not in MACHINE_ERRNOS:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    what = exc.strerror or first_line(exc)
+    if "again" in what:  # a message of ours that already says what to do
+        return f"{where}{what}"
+    fix = ("make room (or choose a folder on another disk)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "choose a folder you can write to")
+    return f"{where}{what}; {fix}, then run the same command again"

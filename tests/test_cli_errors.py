@@ -122,3 +122,25 @@ def test_a_quoted_home_folder_is_expanded_in_every_path_option(tmp_path, monkeyp
     assert (home / "shots" / "a.compare.png").is_file() and not (tmp_path / "~").exists()
     args = plot.build_parser().parse_args(["--runs", "~/r1", "r2", "--out", "~/loss.png"])
     assert expand_home(args).runs == [str(home / "r1"), "r2"] and args.out == str(home / "loss.png")
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_what_to_do(tmp_path):
+    """evaluate writing its pictures onto a disk that fills (here: a file size limit, EFBIG): one
+    line and exit status 1, not an OSError traceback."""
+    import resource
+
+    from PIL import Image
+
+    with Image.open(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")) as brain:
+        brain.convert("RGB").crop((200, 100, 456, 356)).save(tmp_path / "a.png")
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run([sys.executable, "-m", "allen_sr.cli", "evaluate", "--pretrained", "conv-fast",
+                           "--images", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--max_tiles", "4",
+                           "--no_progress"], capture_output=True, text=True, cwd=REPO, preexec_fn=small_files)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "File too large" in err[0] and "make room" in err[0], proc.stderr[-2000:]
+    assert str(tmp_path / "out") in err[0]  # the file it was writing

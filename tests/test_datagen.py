@@ -360,6 +360,15 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_dataset(image_fold
     assert re.search(r"datagen could not write \S+bucket-train-\d+: .*run datagen again", proc.stderr), proc.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()} == before
     assert not (data_dir / datagen.TMP_DIRNAME).exists()
+    # the command says it in one line, exit status 1 (a _RemoteTraceback with the message at its end)
+    limited = FULL_DISK_SCRIPT.split("from allen_sr.data")[0] + (
+        "from allen_sr.cli import main\nsys.exit(main(['datagen', '--problem=%s', '--data_dir=' + sys.argv[2],"
+        " '--tmp_dir=' + sys.argv[1]]))" % PREFIX)
+    proc = subprocess.run([sys.executable, "-c", limited, str(image_folder), str(tmp_path / "fresh")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.search(r"allen-sr datagen: error: datagen could not write \S+: .*run datagen again", proc.stderr)
+    assert not [p for p in (tmp_path / "fresh").iterdir() if p.is_file()]
 
 
 def test_t2t_pipeline_reads_centre_crops_and_area_inputs(image_folder, tmp_path):

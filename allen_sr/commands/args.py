@@ -15,7 +15,7 @@ from allen_sr.api.models import (ModelSpec, OpenModel, decode_kwargs, model_shap
                                  pretrained_spec, resolve)
 from allen_sr.decoding.modes import MODES, check_mode, check_sampling_options
 from allen_sr.decoding.registry import KINDS
-from allen_sr.errors import InvalidInputError, UserError
+from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
 # ModelSpec, OpenModel, model_shape, open_model and decode_kwargs live in allen_sr.api.models;
 # the commands reach them through this module.
@@ -112,6 +112,12 @@ def run_command(name: str, body: Callable[[], int | None]) -> int:
             raise
         print(f"allen-sr {name}: interrupted (Ctrl-C)", file=sys.stderr)
         return INTERRUPTED
+    except OSError as exc:  # a full disk or a folder that cannot be written: the machine's, said in one line
+        trouble = machine_trouble(exc)
+        if trouble is None or os.environ.get(DEBUG_ENV):
+            raise
+        print(f"allen-sr {name}: error: {trouble}", file=sys.stderr)
+        return 1
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
-from allen_sr.errors import InvalidInputError, UserError
+from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -237,6 +237,15 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
             # Our problems' generate_data names the input and what to do (no images, bad folder).
             print(f"{tool}: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print(f"{tool}: interrupted (Ctrl-C); run the same command again to go on", file=sys.stderr)
+            raise SystemExit(130) from None
+        except OSError as exc:
+            trouble = machine_trouble(exc)
+            if trouble is None:
+                raise
+            print(f"{tool}: error: {trouble}", file=sys.stderr)
+            raise SystemExit(1) from None
 
     program, sys.argv[0] = sys.argv[0], tool  # absl's usage line names sys.argv[0]
     try:
