@@ -304,6 +304,29 @@ def test_resumes_from_last_checkpoint_after_sigkill(dataset, tmp_path):
     assert tf.train.load_variable(str(out / f"model.ckpt-{steps}"), "global_step") == steps
 
 
+@pytest.mark.slow
+def test_ctrl_c_ends_training_in_one_line_and_exit_status_130(dataset, tmp_path):
+    """SIGINT (Ctrl-C) mid-training: 'interrupted (Ctrl-C)', exit status 130, no KeyboardInterrupt
+    traceback; the checkpoints stay for the same command to continue from."""
+    out = tmp_path / "train"
+    cmd = [ALLEN_SR, "train", *train_flags(dataset, out, "--schedule=train", "--train_steps=100000",
+                                            "--local_eval_frequency=5", "--iterations_per_loop=5")]
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 420
+        while (latest_checkpoint_step(out) or 0) == 0 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130, tail(err)
+    assert "allen-sr train: interrupted (Ctrl-C)" in err and "Traceback" not in err, tail(err)
+    assert latest_checkpoint_step(out) > 0
+
+
 # --- 4. non-local filesystems ------------------------------------------------------------------
 
 RAM_FS_TRAIN = """
