@@ -551,6 +551,7 @@ def test_an_allen_section_by_id_with_its_pixel_size(conv_dir, tmp_path, server):
 def test_an_allen_section_with_a_malformed_api_base_or_id_is_one_line(conv_dir, tmp_path, capsys):
     """A traceback of requests' MissingSchema, and a negative id retried over the network, before."""
     for flags, words in ((["--image_id=4242", "--api_base=notaurl"], "--api_base must look like https://"),
+                         (["--image_id=4242", "--api_base=http://127.0.0.1:9/api/v2"], "no path"),  # 404 each
                          (["--image_id=-5", "--api_base=http://127.0.0.1:9"], "--image_id -5")):
         code, err = error_of(capsys, conv_flags(conv_dir) + flags + [f"--out={tmp_path / 'o.png'}"])
         assert code == 2 and words in err and len(err.splitlines()) == 1, err

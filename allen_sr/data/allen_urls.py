@@ -72,8 +72,9 @@ class Region:
 
 def check_api_base(url: str) -> None:
     """InvalidInputError unless ``url`` looks like an API base (``https://host[:port]``)."""
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise InvalidInputError(f"--api_base must look like https://host[:port], got {url!r}")
+    if not re.match(r"^https?://[^/\s]+/?$", url):  # a path would come before /api/v2/...: every image a 404
+        raise InvalidInputError(f"--api_base must look like https://host[:port] (no path: /api/v2/... is added), "
+                                f"got {url!r}")
 
 
 def image_download_url(
