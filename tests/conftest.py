@@ -1,5 +1,6 @@
 """Shared fixtures: small real images made in the test, and the real dev images when present."""
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,24 @@ def folder_listing(*outputs: str) -> list[str]:
     """What a folder run leaves in its --out_dir for ``outputs``: each with the hidden record of
     what made it (``.NAME.allen-sr.json``), sorted."""
     return sorted(list(outputs) + [f".{name}.allen-sr.json" for name in outputs])
+
+
+def kill_upscale_once_rows_are_saved(argv: list[str], saved: Path, timeout: float = 120) -> None:
+    """Run `allen-sr upscale ARGV` in a subprocess and SIGKILL it as soon as its resume folder
+    ``saved`` holds a band of rows (an interruption mid-image); AssertionError if it ended first."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"import sys; from allen_sr.commands.upscale import upscale_main; sys.exit(upscale_main({argv!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not list(saved.glob("rows-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
 
 
 def save_tissue_images(folder, count: int = 10, height: int = 192, width: int = 256):

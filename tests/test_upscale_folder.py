@@ -6,10 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import warnings
 
 import numpy as np
@@ -19,7 +15,7 @@ from PIL import Image
 
 from allen_sr.commands import upscale
 from allen_sr.data.images import load_image
-from conftest import SAMPLE_IMAGES, folder_listing
+from conftest import SAMPLE_IMAGES, folder_listing, kill_upscale_once_rows_are_saved
 
 BRAIN = load_image(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png"))
 
@@ -197,15 +193,7 @@ def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped
     argv = ["--images", str(tmp_path / "in"), "--out_dir", str(out), "--pretrained", "conv-cpu",
             "--tile", "48", "--no_progress"]
     saved = out / ".b.png.resume"
-    proc = subprocess.Popen([sys.executable, "-c", f"import sys; from allen_sr.commands.upscale import "
-                             f"upscale_main; sys.exit(upscale_main({argv!r}))"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list(saved.glob("rows-*")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    kill_upscale_once_rows_are_saved(argv, saved)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a.png"]
     assert upscale.upscale_main(argv) == 0
     text = capsys.readouterr().out

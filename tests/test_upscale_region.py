@@ -5,10 +5,6 @@ enlarged one by one), also at the image's edges and when an interrupted run is r
 The real shipped conv-fast model, a real section image (the sample of a brain section).
 """
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +14,7 @@ from PIL import Image
 from allen_sr.api import Upscaler
 from allen_sr.commands import upscale
 from allen_sr.data.images import load_image
-from conftest import SAMPLE_IMAGES
+from conftest import SAMPLE_IMAGES, kill_upscale_once_rows_are_saved
 
 SECTION = f"{SAMPLE_IMAGES}/other_deepslice_GLTa_s094.png"
 # The bound, in grey levels: a region's tiles sit elsewhere and have other sizes than the whole
@@ -83,14 +79,7 @@ def test_a_resumed_region_equals_an_uninterrupted_one_and_the_crop_of_the_whole(
     argv = ["--pretrained", "conv-fast", f"--image={path}", f"--out={out}", "--no_progress", "--preview_size=0",
             f"--left={left}", f"--top={top}", f"--width={width}", f"--height={height}",
             "--tile=32", "--overlap=12"]  # many small tiles: the run lasts long enough to be stopped
-    code = f"import sys; from allen_sr.commands.upscale import upscale_main; sys.exit(upscale_main({argv!r}))"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not list(saved.glob("rows-*")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    kill_upscale_once_rows_are_saved(argv, saved)
     assert not out.exists()
     capsys.readouterr()
     assert upscale.upscale_main(argv) == 0
