@@ -537,6 +537,16 @@ def test_decode_cli_refuses_other_models(tmp_path, capsys):
             "--output_dir", str(tmp_path), "--data_dir", str(tmp_path), "--out", str(tmp_path / "o")]
     assert decode_main(argv) == 2
     assert "not supported" in capsys.readouterr().err
+    # a shipped model or no run at all: one message saying what decode reads (it said "leave out
+    # --problem", then another refusal, or named a --pretrained conv-cpu nobody typed)
+    data = ["--data_dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    for given, said in ((["--pretrained", "transformer-tiny", "--problem", PROBLEM], "--pretrained transformer-tiny"),
+                        ([], "no --output_dir")):
+        assert decode_main(given + data) == 2
+        assert f"{said}: decode reads a dataset's TFRecords with a training run" in capsys.readouterr().err
+    from allen_sr.commands.decode import build_parser
+
+    assert "--pretrained" not in build_parser().format_help() and "--exported" not in build_parser().format_help()
 
 
 def test_decoder_registry_dispatch(ckpt_dir):

@@ -26,15 +26,18 @@ USAGE_ERROR = 2  # exit code of every command for a user's mistake (as argparse 
 INTERRUPTED = 130  # exit code after Ctrl-C (128 + SIGINT, as a shell reports it)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Add the shared model and decoding flags to a command's parser."""
+def add_model_args(p: argparse.ArgumentParser, shipped: bool = True) -> None:
+    """Add the shared model and decoding flags to a command's parser; ``shipped=False`` for a
+    command that runs training runs only (`decode`): --pretrained and --exported are not offered."""
     g = p.add_argument_group("model and decoding (default: the default pretrained model, "
-                             "`allen-sr models` lists them)")
+                             "`allen-sr models` lists them)" if shipped else
+                             "model and decoding (a training run: --problem, --hparams_set, --output_dir)")
     g.add_argument("--pretrained", default=None, metavar="NAME",
-                   help="a pretrained model shipped with allen-sr (`allen-sr models`); runs without TensorFlow")
+                   help="a pretrained model shipped with allen-sr (`allen-sr models`); runs without TensorFlow"
+                   if shipped else argparse.SUPPRESS)
     g.add_argument("--exported", default=None, metavar="DIR",
                    help="a folder written by `allen-sr export`: runs without TensorFlow; "
-                        "replaces --problem, --hparams_set, --output_dir")
+                        "replaces --problem, --hparams_set, --output_dir" if shipped else argparse.SUPPRESS)
     g.add_argument("--problem", default=None, help="registered problem the model was trained on")
     g.add_argument("--model", default=None,
                    help="t2t model (default: the one whose variables the checkpoint holds)")

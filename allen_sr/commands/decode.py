@@ -40,7 +40,7 @@ class DecodeResult:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="allen-sr decode", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared.add_model_args(p)
+    shared.add_model_args(p, shipped=False)
     p.add_argument("--data_dir", required=True, help="t2t data dir with the problem's records")
     p.add_argument("--dataset_split", default="dev", choices=sorted(SPLITS), help="default %(default)s")
     p.add_argument("--num_examples", type=int, default=8, help="default %(default)s")
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "uncertainty_grid.png, uncertainty_NNN.png)")
     p.add_argument("--out", required=True, help="folder for the PNGs and metrics")
     return p
+
+
+TRAINING_RUN_ONLY = ("decode reads a dataset's TFRecords with a training run (--problem, --hparams_set, "
+                     "--output_dir); score an exported or pretrained model on image files with `allen-sr evaluate`")
 
 
 def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -63,9 +67,7 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
         raise InvalidInputError(f"--num_examples must be >= 1, got {num_examples}")
     if spec.exported is not None:
         model = f"--pretrained {spec.pretrained}" if spec.pretrained else f"--exported {spec.exported}"
-        raise InvalidInputError(f"{model}: decode reads a dataset's TFRecords with a training run (--problem, "
-                                "--hparams_set, --output_dir); score an exported or pretrained model on image "
-                                "files with `allen-sr evaluate`")
+        raise InvalidInputError(f"{model}: {TRAINING_RUN_ONLY}")
     opened = shared.open_model(spec)
     inputs, targets = read_examples(spec.problem, data_dir, num_examples, opened.hparams, split)
     if tuple(targets.shape[1:3]) != tuple(opened.decoder.target_shape):
@@ -105,6 +107,10 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
         from allen_sr.evaluation import metrics
 
         fileio.check_output_folder(args.out, "--out")
+        if args.pretrained or args.exported or not args.output_dir:  # said before model_spec's other advice
+            given = f"--pretrained {args.pretrained}" if args.pretrained else (
+                f"--exported {args.exported}" if args.exported else "no --output_dir")
+            raise InvalidInputError(f"{given}: {TRAINING_RUN_ONLY}")
         result = run_decode(shared.model_spec(args), args.data_dir, args.out, args.dataset_split,
                             args.num_examples, progress=not args.no_progress, uncertainty=args.uncertainty)
         n = len(result.predictions)
