@@ -311,7 +311,12 @@ def test_ctrl_c_ends_training_in_one_line_and_exit_status_130(dataset, tmp_path)
     out = tmp_path / "train"
     cmd = [ALLEN_SR, "train", *train_flags(dataset, out, "--schedule=train", "--train_steps=100000",
                                             "--local_eval_frequency=5", "--iterations_per_loop=5")]
-    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def as_a_terminal_delivers_it() -> None:  # pytest-xdist's workers ignore SIGINT; children inherit that
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=as_a_terminal_delivers_it)
     try:
         deadline = time.monotonic() + 420
         while (latest_checkpoint_step(out) or 0) == 0 and run.poll() is None and time.monotonic() < deadline:
