@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 __all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError", "first_line",
-           "machine_trouble"]
+           "machine_trouble", "DISK_FULL_ERRNOS"]
 
 
 class UserError(Exception):
@@ -36,8 +36,10 @@ def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-# What the machine, not the program, can be out of: the disk, the quota, a writable folder.
-MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+# What the machine, not the program, can be out of: the disk (or quota, or file size limit), a
+# writable folder.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+MACHINE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def machine_trouble(exc: BaseException) -> str | None:
@@ -49,6 +51,6 @@ def machine_trouble(exc: BaseException) -> str | None:
     what = exc.strerror or first_line(exc)
     if "again" in what:  # a message of ours that already says what to do
         return f"{where}{what}"
-    fix = ("make room (or choose a folder on another disk)" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    fix = ("make room (or choose a folder on another disk)" if exc.errno in DISK_FULL_ERRNOS
            else "choose a folder you can write to")
     return f"{where}{what}; {fix}, then run the same command again"

@@ -21,7 +21,6 @@ density where it fits); see :func:`write_flat`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -29,7 +28,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 from allen_sr.fileio import pid_alive
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import DISK_FULL_ERRNOS, InvalidInputError
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "OutputError", "output_kind", "partial_path",
            "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes", "write_float_tiff",
@@ -108,7 +107,7 @@ def committed(path: Path, extra: Iterable[Path] = ()) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(part, path)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if exc.errno in DISK_FULL_ERRNOS:
             raise OutputError(f"{path}: the disk is full ({exc.strerror}) while writing; free space "
                               "or write to another disk (nothing was written under that name)") from exc
         if isinstance(exc, (PermissionError, FileNotFoundError)):
