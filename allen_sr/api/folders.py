@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from allen_sr.api.outputs import compare_path, uncertainty_paths
-from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to
+from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to, write_whole
 from allen_sr.data.images import ImageSkipped, list_images
 from allen_sr.errors import UserError, first_line
-from allen_sr.fileio import atomic_write_text
 from allen_sr.inference import writers
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -79,9 +78,7 @@ def finished(dst: Output, uncertainty: bool = False) -> bool:
 
 def beside(dst: Output, names: Iterable[Path]) -> list[Output]:
     """The files of ``names`` in the folder of output ``dst`` (local, or at the same URL)."""
-    if isinstance(dst, Path):
-        return [dst.with_name(n.name) for n in names]
-    return [in_folder(dst.parent_url, n.name) for n in names]
+    return [dst.with_name(n.name) for n in names]
 
 
 def record_file(dst: Output) -> Output:
@@ -104,9 +101,8 @@ def read_record(dst: Output) -> dict[str, Any] | None:
     """The record beside ``dst``; None where there is none or it cannot be read."""
     rec = record_file(dst)
     try:
-        data = rec.read_bytes() if isinstance(rec, RemoteFile) else (rec.read_bytes() if rec.is_file() else None)
-        record = json.loads(data) if data is not None else None
-    except (OSError, ValueError):
+        record = json.loads(rec.read_bytes())
+    except (OSError, ValueError):  # none (FileNotFoundError), unreadable or not JSON
         return None
     return record if isinstance(record, dict) else None
 
@@ -147,8 +143,7 @@ def plan_states(pairs: list[tuple[str, Output]], made_by: dict[str, Any],
         dst, record = others[0]
         model = record.get("model")
         theirs = model.get("source", "?") if isinstance(model, dict) else "?"
-        folder = dst.parent if isinstance(dst, Path) else dst.parent_url
-        raise UserError(f"output folder {folder}: {len(others)} of its outputs ({names}) were made by another "
+        raise UserError(f"output folder {dst.parent}: {len(others)} of its outputs ({names}) were made by another "
                         f"model ({theirs}) than this run's ({made_by['source']}); choose another --out_dir for "
                         "this model, or remove those outputs to enlarge their inputs again")
     return states
@@ -159,16 +154,9 @@ def enlarge(upscaler: "Upscaler", src: str, dst: Output, **kwargs: Any) -> dict[
     written once the output is whole."""
     record = wanted(upscaler.made_by, src, kwargs)
     rec = record_file(dst)
-    if isinstance(rec, RemoteFile):
-        rec.remove()
-    else:
-        rec.unlink(missing_ok=True)
+    rec.unlink(missing_ok=True)
     summary = predict_to(upscaler, src, dst, **kwargs)
-    text = json.dumps(record, indent=1) + "\n"
-    if isinstance(rec, RemoteFile):
-        rec.write_bytes(text.encode())
-    else:
-        atomic_write_text(text, rec)
+    write_whole((json.dumps(record, indent=1) + "\n").encode(), rec)
     return summary
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allen_sr.errors import UserError, first_line
+from allen_sr.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
 
-__all__ = ["RemoteFile", "is_url", "filesystem", "make_parent", "predict_to"]
+__all__ = ["RemoteFile", "is_url", "filesystem", "make_parent", "write_whole", "predict_to"]
 
 BACKENDS = "gcsfs for gs://, s3fs for s3://, adlfs for az://"
 
@@ -70,6 +71,15 @@ class RemoteFile:
         return self.url[:-len(self.name)].rstrip("/")
 
     @property
+    def parent(self) -> str:
+        """The folder's URL (where Path gives its folder)."""
+        return self.parent_url
+
+    def with_name(self, name: str) -> "RemoteFile":
+        """The file ``name`` in the same folder."""
+        return in_folder(self.parent_url, name)
+
+    @property
     def local_path(self) -> Path | None:
         """The file a ``file://`` URL names on this machine; None for any other scheme."""
         parsed = urllib.parse.urlsplit(self.url)
@@ -84,26 +94,26 @@ class RemoteFile:
             return False
         return info.get("type") == "file" and int(info.get("size") or 0) > 0
 
-    def read_bytes(self) -> bytes | None:
-        """The file's content, or None where there is none."""
+    def read_bytes(self) -> bytes:
+        """The file's content; FileNotFoundError where there is none (as Path's)."""
         fs, path = filesystem(self.url)
-        try:
-            return bytes(fs.cat_file(path))
-        except FileNotFoundError:
-            return None
+        return bytes(fs.cat_file(path))
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_whole(self, data: bytes) -> None:
         """Put ``data`` at this URL whole (through a local file and :meth:`upload`)."""
         with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
             local = Path(tmp) / self.name
             local.write_bytes(data)
             self.upload(local)
 
-    def remove(self) -> None:
-        """Remove the file at this URL if there is one."""
+    def unlink(self, missing_ok: bool = False) -> None:
+        """Remove the file at this URL (as Path's)."""
         fs, path = filesystem(self.url)
-        with contextlib.suppress(FileNotFoundError):
+        try:
             fs.rm(path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
 
     def upload(self, local: Path) -> None:
         """Put the finished file ``local`` at this URL, under a temporary name first."""
@@ -132,6 +142,14 @@ def make_parent(dst: Path | RemoteFile) -> None:
         dst.parent.mkdir(parents=True, exist_ok=True)
 
 
+def write_whole(data: bytes, dst: Path | RemoteFile) -> None:
+    """Write ``data`` to ``dst`` so that it appears under its name only when complete."""
+    if isinstance(dst, RemoteFile):
+        dst.write_whole(data)
+    else:
+        atomic_write_bytes(data, dst)
+
+
 def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs: Any) -> dict[str, Any]:
     """``upscaler.predict_file(src, dst, **kwargs)``, through a local file when ``dst`` is a URL;
     its summary."""
@@ -145,5 +163,5 @@ def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs:
         dst.upload(local)
         for extra in uncertainty_paths(local):  # written beside it with uncertainty=True
             if extra.exists():
-                in_folder(dst.parent_url, extra.name).upload(extra)
+                dst.with_name(extra.name).upload(extra)
     return summary
