@@ -129,6 +129,15 @@ def test_datagen_with_a_file_as_data_dir_is_refused(tmp_path, capsys):
     _one_line_error(capsys, code, f"--data_dir={a_file}", "is a file")
 
 
+@pytest.mark.parametrize("flag", ["--random_seed=7", "--max_cases=10"])
+def test_datagen_flags_the_problems_do_not_read_are_refused(flag, tmp_path, capsys):
+    """t2t-datagen has them; allen-sr's problems made the same dataset whatever they said."""
+    from allen_sr.t2t import tools
+
+    code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={tmp_path}", f"--tmp_dir={tmp_path}", flag])
+    _one_line_error(capsys, code, flag.split("=")[0], "do not use it", "leave it out")
+
+
 def test_datagen_with_an_empty_tmp_dir_says_what_to_do_without_a_traceback(tmp_path):
     empty = tmp_path / "images"
     empty.mkdir()

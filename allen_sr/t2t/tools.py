@@ -86,6 +86,13 @@ def check_datagen_flags(argv: list[str]) -> None:
     """Refuse a datagen command line that cannot work, before tensor2tensor starts."""
     _check_names(argv, ("problem",))
     _check_folder(argv, "data_dir")
+    ignored = {"random_seed": "the tiles are shuffled with a fixed seed and split by a hash of each image's name, "
+                              "so every run makes the same dataset",
+               "max_cases": "a problem tiles every image it finds; point --tmp_dir at fewer images for a smaller "
+                            "dataset"}
+    for name in ignored:  # t2t-datagen flags that allen-sr's problems do not read
+        if flag_value(argv, name) is not None:
+            raise UsageError(f"--{name}: allen-sr's problems do not use it ({ignored[name]}); leave it out")
     tmp_dir = flag_value(argv, "tmp_dir")
     if not tmp_dir:
         raise UsageError("--tmp_dir is required: the folder of your images (Allen problems: where downloads go)")
@@ -126,6 +133,13 @@ def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> Non
             parse_training(hparams.degradation, "--hparams degradation")
         except InvalidInputError as exc:
             raise UsageError(str(exc)) from None
+    rate = getattr(hparams, "learning_rate_constant", None)  # every set's (t2t's schedules multiply by it)
+    if rate is not None and not 0 < float(rate) < float("inf"):
+        raise UsageError(f"learning_rate_constant must be above 0, got {rate}: a rate of 0 or below does not "
+                         "train (or trains away from the data)")
+    warmup = getattr(hparams, "learning_rate_warmup_steps", None)
+    if warmup is not None and not float(warmup) >= 0:
+        raise UsageError(f"learning_rate_warmup_steps must be >= 0, got {warmup}")
     budget = float(getattr(hparams, "train_budget_seconds", 0.0) or 0.0)
     if not budget >= 0 or budget == float("inf"):
         raise UsageError(f"train_budget_seconds must be a number of seconds >= 0 (0 = no time budget), got {budget}")
