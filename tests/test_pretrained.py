@@ -110,7 +110,10 @@ def test_allen_sr_models_lists_name_purpose_size_data_and_quality(shipped, capsy
         line = next(row for row in out.splitlines() if row.startswith(m.name))
         assert f"{m.size_bytes / 1e6:.1f} MB" in line and m.purpose in line
         assert f"{m.gain_db('brain', 'clean'):+.2f} dB" in line
-    assert "conv-cpu (default)" in out and "other_deepslice_GLTa_s044" in out
+    assert "conv-cpu (default)" in out
+    for m in shipped:  # which data each model trained on, one line per training set
+        trained = next(row for row in out.splitlines() if row.startswith("  ") and m.name in row.split(":")[0])
+        assert trained.endswith(": " + ", ".join(m.info["train_images"])), trained
     assert "another stain: fine-tune one on your images (allen-sr train --init_from NAME" in out
     assert models_cmd.models_main(["--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

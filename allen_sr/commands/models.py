@@ -35,9 +35,13 @@ def table(models: list[pretrained.Pretrained]) -> str:
                      m.purpose))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-    trained = {", ".join(m.info.get("train_images", [])) for m in models}
-    lines += ["", "gain over bicubic on held-out images (x4 from the area average); trained on "
-              + "; ".join(sorted(trained)) + " (allen_sr/sample_data)",
+    by_data: dict[str, list[str]] = {}
+    for m in models:
+        by_data.setdefault(", ".join(m.info.get("train_images", [])) or "?", []).append(m.name)
+    lines += ["", "gain over bicubic on whole images never trained on, x4 from their area average (the model "
+              "cards name them); trained on, in allen_sr/sample_data:"]
+    lines += [f"  {', '.join(names)}: {data}" for data, names in by_data.items()]
+    lines += [
               f"model cards: {pretrained.MODELS_DIR}/NAME/MODEL_CARD.md",
               "another stain: fine-tune one on your images (allen-sr train --init_from NAME ...; not conv-fast)"]
     return "\n".join(lines)
