@@ -313,3 +313,41 @@ def test_transparent_pixels_are_put_on_white_with_a_warning_naming_the_file(tmp_
             expected = np.rint(rgb[:, :20] * (128 / 255) + 255 * (127 / 255))
             assert np.abs(whole[:, :20] - expected).max() <= 1
             assert said and set(said) == {f"{path}: transparent pixels put on white (the slide background)"}, said
+
+
+@pytest.mark.parametrize("kind", ["rgb-255", "grey-1"])
+def test_nan_samples_read_as_black_with_one_warning_by_both_readers(tmp_path, kind):
+    """A float TIFF with a few NaN pixels is read by the white level of its other samples (a NaN was
+    taken as the brightest sample, or dropped by the order of the tiles: all white or all black, the
+    readers disagreeing), the NaN pixels black, said once with their number; all NaN: refused."""
+    import tifffile
+
+    rgb = tissue_image(96, 80)
+    samples = rgb.astype(np.float32) if kind == "rgb-255" else rgb[:, :, 1].astype(np.float32) / 255
+    samples[50, 50], samples[3:5, 70:72] = np.nan, np.nan  # 5 pixels, in two tiles
+    path = tmp_path / f"{kind}.tif"
+    tifffile.imwrite(path, samples, photometric="rgb" if samples.ndim == 3 else "minisblack", tile=(32, 32))
+    expected = rgb.copy() if kind == "rgb-255" else np.repeat(rgb[:, :, 1:2], 3, axis=2)
+    expected[50, 50], expected[3:5, 70:72] = 0, 0
+    for read in (images.load_image, read_region):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            np.testing.assert_array_equal(read(str(path)), expected)
+        said = [str(w.message) for w in caught if "NaN" in str(w.message)]
+        assert said == [f"{path}: 5 of 7680 pixels are NaN (not a number): read as black"], said
+        assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    tifffile.imwrite(path, np.full((96, 80), np.nan, np.float32))
+    for read in (images.load_image, read_region):
+        with pytest.raises(images.ImageSkipped, match=f"{path}: every pixel is NaN"):
+            read(str(path))
+
+
+def read_region(path):
+    """The whole of ``path`` as `upscale`'s region reader reads it (the file closed again)."""
+    from allen_sr.inference.sources import open_image
+
+    source = open_image(path)
+    try:
+        return source.read(0, 0, source.height, source.width)
+    finally:
+        source.close()

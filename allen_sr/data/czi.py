@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from allen_sr.data.errors import ImageSkipped
-from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
+from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb
 from allen_sr.errors import InvalidInputError
 
 __all__ = ["PYLIBCZIRW", "CziImage"]
@@ -100,7 +100,7 @@ class CziImage:
         """The white level of a deep CZI, from the brightest colour sample of an overview of at most
         :data:`OVERVIEW_SIDE` px a side (glass, the brightest, covers far more than a pixel of it)."""
         zoom = min(1.0, OVERVIEW_SIDE / max(self.box.w, self.box.h))
-        peak = float(colour_samples(self._samples(tuple(self.box), zoom, black=True)).max(initial=0))
+        peak = sample_peak(self._samples(tuple(self.box), zoom, black=True))[0]  # NaN: no brightness
         return announced_white(self.path, np.float32 if self.pixel_type.endswith("Float") else np.uint16, peak)
 
     def _samples(self, roi: tuple[int, int, int, int], zoom: float, black: bool = False) -> np.ndarray:

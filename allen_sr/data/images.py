@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from allen_sr.data.errors import ImageSkipped
-from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
+from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, say_not_numbers
 from allen_sr.errors import MissingInputError
 
 __all__ = [
@@ -159,7 +159,7 @@ def image_size(path: str) -> tuple[int, int]:
 def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
     """HxWx3 uint8 from a whole image's samples ([h, w] or [h, w, 1-4]) as the file stores them:
     more than 8 bits by the image's :func:`~allen_sr.data.samples.white_level` (with a warning
-    saying how), alpha composited on white (saying so)."""
+    saying how), alpha composited on white (saying so), NaN samples read as black (saying how many)."""
     if raw.dtype.kind not in "uf":
         raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; "
                            "convert the image to unsigned 8 or 16 bit")
@@ -168,7 +168,9 @@ def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
         raise ImageSkipped(f"{path}: pixels of shape {raw.shape[2:]} per position; expected greyscale or RGB(A)")
     white = 255.0
     if raw.dtype != np.uint8:
-        white = announced_white(path, raw.dtype, float(colour_samples(pixels).max(initial=0)))
+        peak, not_numbers = sample_peak(pixels)
+        say_not_numbers(path, not_numbers, pixels.shape[0] * pixels.shape[1])
+        white = announced_white(path, raw.dtype, peak)
     return samples_to_rgb(pixels, white, "straight", path)
 
 

@@ -10,7 +10,10 @@ import warnings
 
 import numpy as np
 
-__all__ = ["SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "colour_samples", "samples_to_rgb"]
+from allen_sr.data.errors import ImageSkipped
+
+__all__ = ["SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "colour_samples", "sample_peak",
+           "say_not_numbers", "samples_to_rgb"]
 
 # Sample depths cameras and scanners write. An image of more than 8 bits per sample is read as the
 # shallowest of these that holds its brightest sample: a 12-bit camera's 0-4095, stored in a 16-bit
@@ -40,10 +43,13 @@ def white_level(peak: float, dtype: np.dtype | type, significant_bits: int | Non
 
 
 def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
-    """``pixels`` with ``white`` read as 255, rounded and clipped to uint8."""
+    """``pixels`` with ``white`` read as 255, rounded and clipped to uint8; NaN (not a number) as 0."""
     if pixels.dtype == np.uint8 and white == 255:
         return pixels
-    return np.clip(np.rint(pixels.astype(np.float32) * np.float32(255.0 / white)), 0, 255).astype(np.uint8)
+    scaled = pixels.astype(np.float32) * np.float32(255.0 / white)
+    if pixels.dtype.kind == "f":
+        scaled = np.nan_to_num(scaled, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None) -> float:
@@ -66,6 +72,26 @@ def colour_samples(samples: np.ndarray) -> np.ndarray:
     return samples[..., :3] if samples.shape[-1] >= 3 else samples[..., :1]
 
 
+def sample_peak(samples: np.ndarray) -> tuple[float, int]:
+    """(brightest colour sample, pixels whose colour is not a number) of samples [..., 1|2|3|4]: NaN
+    and infinite samples say nothing of the image's white level (NumPy's max of them is NaN)."""
+    colour = colour_samples(samples)
+    if colour.dtype.kind != "f":
+        return float(colour.max(initial=0)), 0
+    peak = float(colour.max(initial=0, where=np.isfinite(colour)))
+    return peak, int(np.isnan(colour).any(axis=-1).sum())
+
+
+def say_not_numbers(name: str, count: int, total: int, where: str = "") -> None:
+    """Warn once for an image (``name``) of ``total`` pixels of which ``count`` are NaN (read as
+    black); ImageSkipped when every one is. ``where``: which part of the image was counted."""
+    if count and count >= total:
+        raise ImageSkipped(f"{name}: every pixel{where} is NaN (not a number): there is no picture to read; "
+                           "export the image again")
+    if count:
+        warnings.warn(f"{name}: {count} of {total} pixels{where} are NaN (not a number): read as black")
+
+
 def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None,
                    name: str | None = None) -> np.ndarray:
     """uint8 [h, w, 3] from samples [h, w, 1|2|3|4]: the colour samples with ``white`` read as 255,
@@ -79,7 +105,7 @@ def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None,
     if alpha is None or samples.shape[-1] not in (2, 4):
         return rgb
     top = 1.0 if samples.dtype.kind == "f" else float(np.iinfo(samples.dtype).max)  # alpha: the type's range
-    a = np.clip(samples[..., -1:].astype(np.float32) / np.float32(top), 0.0, 1.0)
+    a = np.clip(np.nan_to_num(samples[..., -1:].astype(np.float32) / np.float32(top), nan=0.0), 0.0, 1.0)
     if name is not None and (a < 1.0).any():
         warnings.warn(f"{name}: transparent pixels put on white (the slide background)")
     covered = rgb if alpha == "premultiplied" else rgb * a

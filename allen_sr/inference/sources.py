@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PALETTE, SEPARATED, ImageSkipped,
                                   check_image_file, is_tiff, load_image, tiff_orientation, tiff_problem, upright)
-from allen_sr.data.samples import announced_white, colour_samples, samples_to_rgb
+from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, say_not_numbers
 from allen_sr.errors import InvalidInputError, MissingInputError
 
 __all__ = ["ImageSource", "ArraySource", "TiffSource", "OrientedSource", "CziSource", "open_image", "crop_source",
@@ -167,6 +168,7 @@ class TiffSource(ImageSource):
             colormap = np.asarray(page.colormap)
             self.palette = (colormap >> 8 if colormap.max() > 255 else colormap).T.astype(np.uint8)
         deep = page.dtype != np.uint8 and self.palette is None  # a palette's colours are 8-bit
+        self.nan_unsaid = False  # NaN samples met while reading are still to be reported
         try:
             self.white = self.level_white(levels[-1].keyframe) if deep else 255.0
         except BaseException:
@@ -176,16 +178,24 @@ class TiffSource(ImageSource):
     def level_white(self, overview: Any) -> float:
         """The white level of an image deeper than 8 bits: from OME-XML's SignificantBits, else from
         the brightest colour sample of ``overview``, its smallest level (every segment read once:
-        the level itself where there is no pyramid), with a warning saying how it is read."""
+        the level itself where there is no pyramid), with a warning saying how it is read, and one
+        saying how many pixels there are NaN (read as black)."""
         page = self.page
         if page.dtype.kind not in "uf":
             raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; "
                                     "convert the image to unsigned 8 or 16 bit")
         significant_bits = ome_significant_bits(self.tif.ome_metadata or "")
-        peak = 0.0
+        peak, not_numbers = 0.0, 0
         if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
             for index in range(len(overview.dataoffsets)):
-                peak = max(peak, float(colour_samples(self.segment(index, overview)).max(initial=0)))
+                rows, columns = segment_extent(overview, index)
+                found = sample_peak(self.segment(index, overview)[:rows, :columns])
+                peak, not_numbers = max(peak, found[0]), not_numbers + found[1]
+        if page.dtype.kind == "f":
+            size = (int(overview.imagewidth), int(overview.imagelength))
+            where = "" if overview is page else f" of its {size[0]}x{size[1]} px overview level"
+            say_not_numbers(self.name, not_numbers, size[0] * size[1], where)
+            self.nan_unsaid = not not_numbers and overview is not page
         return announced_white(self.name, page.dtype, peak, significant_bits)
 
     def displayed(self, segment: np.ndarray) -> np.ndarray:
@@ -232,11 +242,27 @@ class TiffSource(ImageSource):
                 xs, xe = max(left, x0), min(left + width, x0 + bw, self.width)
                 # the part of the segment the region covers (not an edge tile's padding)
                 seg = self.displayed(self.segment(by * self.grid[1] + bx))[ys - y0:ye - y0, xs - x0:xe - x0]
+                if self.nan_unsaid and np.isnan(seg).any():  # none in the overview level
+                    self.nan_unsaid = False
+                    warnings.warn(f"{self.name}: some pixels are NaN (not a number): read as black")
                 out[ys - top:ye - top, xs - left:xe - left] = to_rgb(seg, self.name, self.white, self.alpha)
         return out
 
     def close(self) -> None:
         self.tif.close()
+
+
+def segment_extent(page: Any, index: int) -> tuple[int, int]:
+    """(rows, columns) of the image that tile or strip ``index`` of a tifffile ``page`` holds (an
+    edge tile's padding left out)."""
+    height, width = int(page.imagelength), int(page.imagewidth)
+    if page.is_tiled:
+        tile_rows, tile_columns = int(page.tilelength), int(page.tilewidth)
+        across = math.ceil(width / tile_columns)
+        top, left = index // across * tile_rows, index % across * tile_columns
+        return min(tile_rows, height - top), min(tile_columns, width - left)
+    rows = int(page.rowsperstrip or height)
+    return min(rows, height - index * rows), width
 
 
 def tiff_pixel_size(tif: Any, page: Any, levels: list[Any]) -> tuple[float, float] | None:
