@@ -351,3 +351,38 @@ def read_region(path):
         return source.read(0, 0, source.height, source.width)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("reader", ["whole", "region", "array"])
+def test_a_12_bit_rgba_image_is_opaque_at_its_own_white(tmp_path, reader):
+    """12-bit RGBA in a 16-bit TIFF (or a uint16 array given to the Upscaler): alpha 4095 is opaque,
+    as the colour's 4095 is white (alpha was read against 65535: 6% opaque, the picture nearly
+    white, with a warning of transparent pixels); half-transparent pixels are put on white."""
+    import tifffile
+
+    from allen_sr.api.upscaler import array_source
+
+    rgb = tissue_image(80, 96)
+    camera = np.rint(rgb * (4095 / 255)).astype(np.uint16)
+    for alpha_value, name in ((4095, "opaque"), (2048, "half")):
+        alpha = np.full((80, 96, 1), 4095, np.uint16)
+        alpha[:, :20] = alpha_value
+        rgba = np.concatenate([camera, alpha], axis=2)
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["unassalpha"], tile=(32, 32))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if reader == "array":
+                got = array_source(rgba).read(0, 0, 80, 96)
+            else:
+                got = (images.load_image if reader == "whole" else read_region)(str(path))
+        said = [str(w.message) for w in caught if "put on white" in str(w.message)]
+        np.testing.assert_array_equal(got[:, 20:], rgb[:, 20:])
+        if alpha_value == 4095:
+            np.testing.assert_array_equal(got, rgb)
+            assert not said, said
+        else:
+            a = 2048 / 4095
+            assert np.abs(got[:, :20] - np.rint(rgb[:, :20] * a + 255 * (1 - a))).max() <= 1
+            named = "image" if reader == "array" else path
+            assert set(said) == {f"{named}: transparent pixels put on white (the slide background)"}, said

@@ -96,7 +96,8 @@ def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None,
                    name: str | None = None) -> np.ndarray:
     """uint8 [h, w, 3] from samples [h, w, 1|2|3|4]: the colour samples with ``white`` read as 255,
     greyscale repeated; an extra (last) sample of 2 or 4 is alpha composited on white (the
-    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored.
+    brightfield background) when ``alpha`` is ``"straight"`` or ``"premultiplied"``, else ignored;
+    an integer alpha is opaque at ``white`` (the depth of the colour samples), a float one at 1.
     Every reader of files and arrays composites this way; with a warning naming the image
     (``name``) when any pixel is not opaque."""
     rgb = scale_to_uint8(colour_samples(samples), white)
@@ -104,7 +105,7 @@ def samples_to_rgb(samples: np.ndarray, white: float, alpha: str | None = None,
         rgb = np.repeat(rgb, 3, axis=-1)
     if alpha is None or samples.shape[-1] not in (2, 4):
         return rgb
-    top = 1.0 if samples.dtype.kind == "f" else float(np.iinfo(samples.dtype).max)  # alpha: the type's range
+    top = 1.0 if samples.dtype.kind == "f" else white  # opaque: a 12-bit image's 4095 (as its white), not 65535
     a = np.clip(np.nan_to_num(samples[..., -1:].astype(np.float32) / np.float32(top), nan=0.0), 0.0, 1.0)
     if name is not None and (a < 1.0).any():
         warnings.warn(f"{name}: transparent pixels put on white (the slide background)")
