@@ -386,3 +386,39 @@ def test_a_12_bit_rgba_image_is_opaque_at_its_own_white(tmp_path, reader):
             assert np.abs(got[:, :20] - np.rint(rgb[:, :20] * a + 255 * (1 - a))).max() <= 1
             named = "image" if reader == "array" else path
             assert set(said) == {f"{named}: transparent pixels put on white (the slide background)"}, said
+
+
+def write_12_bit_tiff(path, samples):
+    """``samples`` (uint16 of 0-4095, [h, w] or [h, w, 3] with an even number per row) as a TIFF of
+    BitsPerSample 12, packed as cameras write it (tifffile's own packing needs another imagecodecs)."""
+    import tifffile
+
+    values = samples.reshape(samples.shape[0], -1).astype(np.uint32)
+    first, second = values[:, 0::2], values[:, 1::2]
+    packed = np.stack([first >> 4, (first & 15) << 4 | second >> 8, second & 255], axis=-1).astype(np.uint8)
+    tifffile.imwrite(path, iter([packed.tobytes()]), shape=samples.shape, dtype=np.uint16, bitspersample=12,
+                     rowsperstrip=samples.shape[0], photometric="rgb" if samples.ndim == 3 else "minisblack")
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey"])
+def test_a_tiff_of_12_bits_per_sample_is_read_as_12_bit_by_both_readers(tmp_path, kind):
+    """BitsPerSample 12 says the depth, as OME's SignificantBits does: a dark 12-bit image (samples up
+    to 1000) reads as dark, not as 10-bit data (4x too bright), by the region and whole-image readers."""
+    import tifffile
+
+    rgb = tissue_image(64, 96)
+    camera = np.rint(rgb * (1000 / 255)).astype(np.uint16)
+    camera = camera if kind == "rgb" else camera[:, :, 1]
+    path = tmp_path / f"{kind}12.tif"
+    write_12_bit_tiff(path, camera)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].bitspersample == 12
+        np.testing.assert_array_equal(tif.asarray(), camera)
+    expected = np.rint(camera.astype(np.float32) * np.float32(255 / 4095)).astype(np.uint8)
+    expected = expected if kind == "rgb" else np.repeat(expected[:, :, None], 3, axis=2)
+    for read in (images.load_image, read_region):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            np.testing.assert_array_equal(read(str(path)), expected)
+        said = [str(w.message) for w in caught if "read as 0-255" in str(w.message)]
+        assert said == [f"{path}: uint16 image, BitsPerSample=12: 0-4095 read as 0-255 (12-bit data)"], said

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import warnings
 from typing import Any
 
@@ -24,7 +25,8 @@ from allen_sr.errors import MissingInputError
 __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
     "image_id", "is_tiff", "tiff_problem", "check_image_file", "image_size", "to_rgb_uint8", "decode_colour_jpeg",
-    "load_image", "deep_to_rgb", "ORIENTATION_TAG", "ORIENTATIONS", "upright", "exif_orientation", "tiff_orientation",
+    "load_image", "deep_to_rgb", "tiff_depth", "ORIENTATION_TAG", "ORIENTATIONS", "upright", "exif_orientation",
+    "tiff_orientation",
 ]
 
 # Full-resolution Allen section images are about 15000 x 8500 px (~130 MP), above Pillow's
@@ -144,6 +146,30 @@ def photometric_problem(page: Any) -> str | None:
     return None
 
 
+def tiff_depth(tif: Any, page: Any) -> tuple[int | None, str]:
+    """How many bits of each sample of a TIFF's ``page`` carry data, as the open tifffile ``tif``
+    states it, and the field that does: OME-XML's SignificantBits, else a BitsPerSample narrower
+    than the samples' type (a 12-bit camera's samples held as uint16); (None, "") when it does not."""
+    found = re.search(r'SignificantBits="([0-9]+)"', tif.ome_metadata or "")
+    if found:
+        return int(found.group(1)), "SignificantBits"
+    bits, dtype = int(page.bitspersample), page.dtype
+    if dtype is not None and dtype.kind == "u" and 8 <= bits < dtype.itemsize * 8:
+        return bits, "BitsPerSample"
+    return None, ""
+
+
+def tiff_file_depth(path: str) -> tuple[int | None, str]:
+    """:func:`tiff_depth` of the first image of the TIFF ``path``; (None, "") when it is not one."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tiff_depth(tif, tif.series[0].levels[0].keyframe)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the reader itself
+        return None, ""
+
+
 def image_id(path: str) -> str:
     """The id a file is known by: its name without extension (Allen downloads are `<id>.jpg`)."""
     return os.path.splitext(os.path.basename(path))[0]
@@ -156,9 +182,10 @@ def image_size(path: str) -> tuple[int, int]:
         return im.size
 
 
-def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
+def deep_to_rgb(raw: np.ndarray, path: str, depth: tuple[int | None, str] = (None, "")) -> np.ndarray:
     """HxWx3 uint8 from a whole image's samples ([h, w] or [h, w, 1-4]) as the file stores them:
-    more than 8 bits by the image's :func:`~allen_sr.data.samples.white_level` (with a warning
+    more than 8 bits by the image's :func:`~allen_sr.data.samples.white_level` (the bits per sample
+    the file states, ``depth`` as :func:`tiff_depth` gives it, else its brightest sample; with a warning
     saying how), alpha composited on white (saying so), NaN samples read as black (saying how many)."""
     if raw.dtype.kind not in "uf":
         raise ImageSkipped(f"{path}: {raw.dtype} samples are not supported; "
@@ -170,16 +197,17 @@ def deep_to_rgb(raw: np.ndarray, path: str) -> np.ndarray:
     if raw.dtype != np.uint8:
         peak, not_numbers = sample_peak(pixels)
         say_not_numbers(path, not_numbers, pixels.shape[0] * pixels.shape[1])
-        white = announced_white(path, raw.dtype, peak)
+        white = announced_white(path, raw.dtype, peak, *depth)
     return samples_to_rgb(pixels, white, "straight", path)
 
 
-def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
+def to_rgb_uint8(img: Image.Image, path: str = "<image>", depth: tuple[int | None, str] = (None, "")) -> np.ndarray:
     """Convert any Pillow image to an HxWx3 uint8 array, with a warning for lossy conversions.
 
     RGBA and LA are composited on white (the brightfield slide background; as every reader does:
     :func:`~allen_sr.data.samples.samples_to_rgb`, with a warning when any pixel is not opaque), 16-bit and
-    floating-point greyscale are scaled by their :func:`~allen_sr.data.samples.white_level`,
+    floating-point greyscale are scaled by their :func:`~allen_sr.data.samples.white_level` (or
+    the ``depth`` the file states: :func:`deep_to_rgb`),
     palette and CMYK images are converted. (16-bit colour, which Pillow cuts to its top 8 bits,
     is read by :func:`load_image`.)
     """
@@ -188,7 +216,7 @@ def to_rgb_uint8(img: Image.Image, path: str = "<image>") -> np.ndarray:
         arr = np.asarray(img)
         if mode == "I" and arr.min(initial=0) >= 0:  # 32-bit signed as Pillow holds it; negative: refused
             arr = arr.astype(np.uint16 if arr.max(initial=0) <= 65535 else np.uint32)
-        return deep_to_rgb(arr, path)
+        return deep_to_rgb(arr, path, depth)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         return samples_to_rgb(np.asarray(img.convert("RGBA")), 255.0, "straight", path)
     if mode in ("L", "1"):
@@ -292,8 +320,11 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
             return pixels
     if path.lower().endswith(".czi"):
         return load_czi(path, min_size)
-    if is_tiff(path) and (problem := tiff_problem(path)):
-        raise ImageSkipped(f"{path}: {problem}")
+    depth: tuple[int | None, str] = (None, "")
+    if is_tiff(path):
+        if problem := tiff_problem(path):
+            raise ImageSkipped(f"{path}: {problem}")
+        depth = tiff_file_depth(path)
     configure_pillow()
     try:
         with Image.open(path) as img:
@@ -306,8 +337,8 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
             check_size(path, *img.size, min_size)
             orientation = exif_orientation(img)
             if deep:
-                return upright(deep_to_rgb(read_samples(path), path), orientation)
-            return upright(to_rgb_uint8(img, path), orientation)
+                return upright(deep_to_rgb(read_samples(path), path, depth), orientation)
+            return upright(to_rgb_uint8(img, path, depth), orientation)
     except ImageSkipped:
         raise
     except Image.DecompressionBombError as exc:
@@ -321,5 +352,5 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
             pixels = read_samples(path)  # a TIFF Pillow does not read (floating-point colour)
             check_size(path, pixels.shape[1], pixels.shape[0], min_size)
             with tifffile.TiffFile(path) as tif:
-                return upright(deep_to_rgb(pixels, path), tiff_orientation(tif.pages[0]))
+                return upright(deep_to_rgb(pixels, path, depth), tiff_orientation(tif.pages[0]))
         raise ImageSkipped(f"{path}: not a readable image ({exc}); replace or remove the file") from exc

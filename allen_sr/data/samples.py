@@ -52,14 +52,15 @@ def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None) -> float:
+def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None,
+                    stated: str = "SignificantBits") -> float:
     """:func:`white_level` of an image of more than 8 bits per sample, with a warning naming the
     image that says how it is read (``peak``: its brightest colour sample, unused when
-    ``significant_bits`` states an unsigned integer image's depth)."""
+    ``significant_bits`` states an unsigned integer image's depth, as the file's ``stated`` field says)."""
     white = white_level(peak, dtype, significant_bits)
     if np.dtype(dtype).kind == "u":
-        stated = white == 2 ** (significant_bits or 0) - 1  # the file's stated depth was used
-        found = f"SignificantBits={significant_bits}" if stated else f"samples up to {peak:g}"
+        used = white == 2 ** (significant_bits or 0) - 1  # the file's stated depth was used
+        found = f"{stated}={significant_bits}" if used else f"samples up to {peak:g}"
         how, depth = found, f" ({int(white).bit_length()}-bit data)"
     else:
         how, depth = f"samples up to {peak:g}", ""

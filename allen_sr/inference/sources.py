@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PALETTE, SEPARATED, ImageSkipped,
-                                  check_image_file, is_tiff, load_image, tiff_orientation, tiff_problem, upright)
+                                  check_image_file, is_tiff, load_image, tiff_depth, tiff_orientation, tiff_problem,
+                                  upright)
 from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, say_not_numbers
 from allen_sr.errors import InvalidInputError, MissingInputError
 
@@ -176,7 +177,8 @@ class TiffSource(ImageSource):
             raise
 
     def level_white(self, overview: Any) -> float:
-        """The white level of an image deeper than 8 bits: from OME-XML's SignificantBits, else from
+        """The white level of an image deeper than 8 bits: from the bits per sample the file states
+        (:func:`~allen_sr.data.images.tiff_depth`), else from
         the brightest colour sample of ``overview``, its smallest level (every segment read once:
         the level itself where there is no pyramid), with a warning saying how it is read, and one
         saying how many pixels there are NaN (read as black)."""
@@ -184,7 +186,7 @@ class TiffSource(ImageSource):
         if page.dtype.kind not in "uf":
             raise InvalidInputError(f"{self.name}: {page.dtype} pixels are not supported; "
                                     "convert the image to unsigned 8 or 16 bit")
-        significant_bits = ome_significant_bits(self.tif.ome_metadata or "")
+        significant_bits, stated = tiff_depth(self.tif, page)
         peak, not_numbers = 0.0, 0
         if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
             for index in range(len(overview.dataoffsets)):
@@ -196,7 +198,7 @@ class TiffSource(ImageSource):
             where = "" if overview is page else f" of its {size[0]}x{size[1]} px overview level"
             say_not_numbers(self.name, not_numbers, size[0] * size[1], where)
             self.nan_unsaid = not not_numbers and overview is not page
-        return announced_white(self.name, page.dtype, peak, significant_bits)
+        return announced_white(self.name, page.dtype, peak, significant_bits, stated)
 
     def displayed(self, segment: np.ndarray) -> np.ndarray:
         """A segment's samples as the picture shows them, as Pillow reads them: a palette looked
@@ -320,12 +322,6 @@ class CziSource(ImageSource):
 
     def close(self) -> None:
         self.image.close()
-
-
-def ome_significant_bits(ome: str) -> int | None:
-    """Bits per sample that carry data, as OME-XML's Pixels element states (SignificantBits), or None."""
-    found = re.search(r'SignificantBits="([0-9]+)"', ome)
-    return int(found.group(1)) if found else None
 
 
 def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) -> ImageSource:
