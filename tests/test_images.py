@@ -153,11 +153,11 @@ def test_a_folder_of_images_lists_its_image_files_only_and_a_quoted_tilde_is_hom
 
 
 
-@pytest.mark.parametrize("kind", ["miniswhite", "palette", "cmyk"])
+@pytest.mark.parametrize("kind", ["miniswhite", "palette", "cmyk", "ycbcr", "ycbcr-jpeg"])
 def test_tiff_colour_spaces_read_as_pillow_reads_them(tmp_path, kind):
-    """White-is-zero grey, a palette and CMYK inks, in tiles: `upscale`'s region reader (tifffile)
-    and the whole-image reader give Pillow's picture, not the stored numbers (the region reader
-    read them as grey or RGB)."""
+    """White-is-zero grey, a palette, CMYK inks and YCbCr (uncompressed, or JPEG: tifffile decodes that
+    to RGB), in tiles: `upscale`'s region reader (tifffile) and the whole-image reader give Pillow's
+    picture, not the stored numbers (the region reader read them as grey or RGB)."""
     import tifffile
 
     from allen_sr.inference.sources import open_image
@@ -171,6 +171,13 @@ def test_tiff_colour_spaces_read_as_pillow_reads_them(tmp_path, kind):
         colormap = np.zeros((3, 256), np.uint16)
         colormap[:, :64] = np.asarray(quantised.getpalette()[:192], np.uint16).reshape(64, 3).T * 257
         tifffile.imwrite(path, np.asarray(quantised), photometric="palette", colormap=colormap, tile=(32, 32))
+    elif kind == "ycbcr":
+        ycbcr = np.asarray(Image.fromarray(rgb).convert("YCbCr"))
+        tifffile.imwrite(path, ycbcr, photometric="ycbcr", subsampling=(1, 1), tile=(32, 32))
+    elif kind == "ycbcr-jpeg":
+        tifffile.imwrite(path, rgb, photometric="rgb", compression="jpeg", tile=(32, 32))
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].photometric == 6  # stored as YCbCr
     else:
         inks = 255 - rgb.astype(np.int16)
         black = inks.min(axis=2, keepdims=True)

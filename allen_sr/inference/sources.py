@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PALETTE, SEPARATED, ImageSkipped,
+from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PALETTE, SEPARATED, YCBCR, ImageSkipped,
                                   check_image_file, is_tiff, load_image, tiff_depth, tiff_orientation, tiff_problem,
                                   upright)
 from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, say_not_numbers
@@ -27,6 +27,7 @@ from allen_sr.errors import InvalidInputError, MissingInputError
 __all__ = ["ImageSource", "ArraySource", "TiffSource", "OrientedSource", "CziSource", "open_image", "crop_source",
            "with_margin"]
 
+JPEG_COMPRESSIONS = (7, 33007, 34892)  # TIFF Compression values tifffile decodes from YCbCr to RGB
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 UNCALIBRATED_DPI = (72.0, 96.0)  # programs' default resolution: no pixel size
 OME_UNITS = {"µm": 1.0, "um": 1.0, "\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -147,7 +148,9 @@ class TiffSource(ImageSource):
             self.tif.close()
             raise InvalidInputError(f"{path}: planar (separate-plane) colour TIFFs are not supported; "
                                     "save it with interleaved (contiguous) samples")
-        problem = tiff_problem(path, self.tif)
+        # YCbCr that is not JPEG (tifffile gives JPEG's RGB) is converted here, as Pillow does
+        self.ycbcr = page.photometric == YCBCR and page.compression not in JPEG_COMPRESSIONS
+        problem = tiff_problem(path, self.tif) or (self.ycbcr and ycbcr_problem(page))
         if problem:
             self.tif.close()
             raise InvalidInputError(f"{path}: {problem}")
@@ -202,7 +205,8 @@ class TiffSource(ImageSource):
 
     def displayed(self, segment: np.ndarray) -> np.ndarray:
         """A segment's samples as the picture shows them, as Pillow reads them: a palette looked
-        up, white-is-zero grey inverted, CMYK inks turned into RGB (white x (1 - ink) x (1 - black))."""
+        up, white-is-zero grey inverted, CMYK inks turned into RGB (white x (1 - ink) x (1 - black)),
+        YCbCr turned into RGB (by Pillow's conversion: the same pixels)."""
         photometric = self.page.photometric
         if self.palette is not None:
             return self.palette[segment[..., 0]]
@@ -213,6 +217,11 @@ class TiffSource(ImageSource):
             inks = segment.astype(np.float64)
             rgb = (self.white - inks[..., :3]) * (self.white - inks[..., 3:]) / self.white
             return np.rint(rgb).astype(segment.dtype)
+        if self.ycbcr:
+            from PIL import Image
+
+            rgb = np.asarray(Image.fromarray(np.ascontiguousarray(segment[..., :3]), "YCbCr").convert("RGB"))
+            return np.concatenate([rgb, segment[..., 3:]], axis=-1)
         return segment
 
     def segment(self, index: int, page: Any = None) -> np.ndarray:
@@ -252,6 +261,15 @@ class TiffSource(ImageSource):
 
     def close(self) -> None:
         self.tif.close()
+
+
+def ycbcr_problem(page: Any) -> str | None:
+    """Why the YCbCr samples of a TIFF page that is not JPEG are not read, or None."""
+    if page.dtype != np.uint8 or int(page.samplesperpixel) < 3:
+        return f"YCbCr of {page.dtype} x {page.samplesperpixel} samples is not supported; save it as RGB"
+    if tuple(page.subsampling or (1, 1)) != (1, 1):
+        return "chroma-subsampled YCbCr without JPEG compression is not supported; save it as RGB"
+    return None
 
 
 def segment_extent(page: Any, index: int) -> tuple[int, int]:
