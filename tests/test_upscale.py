@@ -357,16 +357,40 @@ def test_a_pyramidal_ome_tiff_in_and_a_pyramidal_bigtiff_out(conv_dir, tmp_path)
     (dict(resolution=(50800, 25400), resolutionunit="INCH"), (0.5, 1.0)),  # a microscope's dpi: kept
     (dict(resolution=(72, 72), resolutionunit="CENTIMETER"), (1e4 / 72, 1e4 / 72)),  # a real one, coarse
     (dict(metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 1.0}), (0.5, 1.0)),
+    # ImageJ (Fiji): ResolutionUnit NONE, the unit in its description
+    (dict(imagej=True, resolution=(1 / 0.325, 1 / 0.325), metadata={"unit": "um"}), (0.325, 0.325)),
+    (dict(imagej=True, resolution=(2, 4), metadata={"unit": "micron"}), (0.5, 0.25)),
+    (dict(imagej=True, resolution=(2, 2), metadata={"unit": r"\u00B5m"}), (0.5, 0.5)),  # as ImageJ writes µm
+    (dict(imagej=True, resolution=(0.004, 0.004), metadata={"unit": "nm"}), (0.25, 0.25)),
+    (dict(imagej=True, resolution=(2, 2), metadata={"unit": "pixel"}), None),
 ])
 def test_the_pixel_size_of_a_tiff_and_the_defaults_that_are_none(tmp_path, tags, size):
     """A plain TIFF's 72 or 96 dpi (or no unit) says no size (it gave 88.19 um/px); a real
-    calibration is kept, X and Y each (PhysicalSizeY was ignored)."""
-    path = tmp_path / ("p.ome.tif" if "metadata" in tags else "p.tif")
+    calibration is kept, X and Y each (PhysicalSizeY was ignored), an ImageJ TIFF's in the unit its
+    description names (it had none)."""
+    path = tmp_path / ("p.ome.tif" if "axes" in tags.get("metadata", {}) else "p.tif")
     tifffile.imwrite(path, textured(40, 60), photometric="rgb", **tags)
     src = sources.open_image(str(path))
     got = None if src.pixel_size_um is None else (src.pixel_size_um, src.pixel_size_y_um or src.pixel_size_um)
     src.close()
     assert got == (size if size is None else pytest.approx(size))
+
+
+def test_a_pyramid_level_without_resolution_tags_of_its_own_has_level_0_s_scaled(tmp_path):
+    """A SubIFD pyramid calibrated on its full-resolution level only (tifffile writes 1 px per no
+    unit on the others): level 1 has twice level 0's pixel size (it had none)."""
+    path = tmp_path / "pyramid.tif"
+    image = textured(128, 96)
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(image, photometric="rgb", tile=(32, 32), subifds=1, resolution=(2e4, 1e4),
+                  resolutionunit="CENTIMETER")
+        tif.write(image[::2, ::2], photometric="rgb", tile=(32, 32), subfiletype=1)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].levels[1].keyframe.tags["ResolutionUnit"].value == 1
+    for level, size in ((0, (0.5, 1.0)), (1, (1.0, 2.0))):
+        src = sources.open_image(str(path), level=level)
+        assert (src.pixel_size_um, src.pixel_size_y_um) == (pytest.approx(size[0]), pytest.approx(size[1]))
+        src.close()
 
 
 def test_a_turned_tiff_turns_its_rectangular_pixels_too(tmp_path):

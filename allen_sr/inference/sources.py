@@ -286,7 +286,9 @@ def segment_extent(page: Any, index: int) -> tuple[int, int]:
 
 
 def tiff_pixel_size(tif: Any, page: Any, levels: list[Any]) -> tuple[float, float] | None:
-    """(x, y) um per px of ``page`` from OME-XML (PhysicalSizeX/Y) or the resolution tags, else None.
+    """(x, y) um per px of ``page`` from OME-XML (PhysicalSizeX/Y) or the resolution tags (in the
+    unit of ImageJ's description when they have none), else None. A level of a pyramid without a
+    calibration of its own has the full-resolution level's, scaled by its size, as OME-XML's is.
 
     Tags of 72 or 96 dots per inch (or of no unit) are what programs write when they know no
     size, and say nothing: Fiji takes 72 dpi so too."""
@@ -296,15 +298,36 @@ def tiff_pixel_size(tif: Any, page: Any, levels: list[Any]) -> tuple[float, floa
     sizes = [ome_size(ome, axis) for axis in "XY"]
     if sizes[0]:
         return sizes[0] * scale, (sizes[1] or sizes[0]) * scale
+    own = tag_pixel_size(tif, page)
+    if own is not None or page is levels[0].keyframe:
+        return own
+    base = tag_pixel_size(tif, levels[0].keyframe)  # a level without a calibration of its own
+    return None if base is None else (base[0] * scale, base[1] * scale)
+
+
+def tag_pixel_size(tif: Any, page: Any) -> tuple[float, float] | None:
+    """(x, y) um per px of ``page`` from its resolution tags, else None (:func:`tiff_pixel_size`)."""
     unit_tag = page.tags.get("ResolutionUnit")
     dots = [resolution(page.tags.get(name)) for name in ("XResolution", "YResolution")]
-    if unit_tag is None or int(unit_tag.value) not in UM_PER_UNIT or not dots[0]:
+    unit = UM_PER_UNIT.get(int(unit_tag.value)) if unit_tag is not None else None
+    if unit is None and unit_tag is not None and int(unit_tag.value) == 1:  # no unit: ImageJ names it
+        unit = imagej_unit(tif)
+    if unit is None or not dots[0]:
         return None
-    unit = UM_PER_UNIT[int(unit_tag.value)]
     defaults = [any(abs(d - dpi) < 0.01 for dpi in UNCALIBRATED_DPI) for d in dots if d]
     if unit == UM_PER_UNIT[2] and all(defaults):
         return None
     return unit / dots[0], unit / (dots[1] or dots[0])
+
+
+def imagej_unit(tif: Any) -> float | None:
+    """um per unit of length that an ImageJ (Fiji) TIFF's description names (``unit=um``), or None."""
+    try:
+        name = str((tif.imagej_metadata or {}).get("unit", ""))
+    except Exception:  # noqa: BLE001 - a damaged description says nothing
+        return None
+    name = name.strip().replace("\\u00B5", "\u00b5").replace("\\u00b5", "\u00b5").replace("\u03bc", "\u00b5")
+    return {**OME_UNITS, "micron": 1.0, "microns": 1.0}.get(name)
 
 
 def ome_size(ome: str, axis: str) -> float | None:
