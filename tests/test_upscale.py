@@ -419,6 +419,21 @@ def test_png_and_jpeg_outputs_store_their_pixel_size(tmp_path, name, size):
             assert im.info["jfif_density"] == ((50800, 25400) if size == (0.5, 1.0) else (1, 1))
 
 
+@pytest.mark.parametrize("name", ["o.png", "o.jpg"])
+def test_png_and_jpeg_inputs_give_their_pixel_size_and_72_or_96_dpi_none(tmp_path, name):
+    """An allen-sr PNG or JPEG output fed back in keeps its pixel size (its pHYs, JFIF density or EXIF
+    resolution: it had none, as every PNG and JPEG input); 72 or 96 dpi, or none, say nothing."""
+    image = textured(30, 50)
+    for size in ((0.5, 1.0), (0.125, 0.125)):
+        out = writers.write_image(tmp_path / name, [image], 30, 50, 3, size[0], pixel_size_y_um=size[1])
+        src = sources.open_image(str(out))
+        assert (src.pixel_size_um, src.pixel_size_y_um) == (pytest.approx(size[0]), pytest.approx(size[1]))
+    for dpi in ((72, 72), (96, 96), None):
+        Image.fromarray(image).save(tmp_path / name, **({"dpi": dpi} if dpi else {}))
+        src = sources.open_image(str(tmp_path / name))
+        assert (src.pixel_size_um, src.pixel_size_y_um) == (None, None), dpi
+
+
 def test_rectangular_pixels_and_a_72_dpi_tiff_reach_the_outputs(conv_dir, tmp_path, capsys):
     """OME PhysicalSizeX 0.5, Y 1.0 um: X and Y / 4 in the OME-XML, the resolution tags, the PNG and
     the message (Y was written as X); a 72-dpi plain TIFF gives outputs no size (it gave 88.19 um)."""

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from allen_sr.data.images import (MINISWHITE, ORIENTATION_TAG, ORIENTATIONS, PALETTE, SEPARATED, YCBCR, ImageSkipped,
-                                  check_image_file, is_tiff, load_image, tiff_depth, tiff_orientation, tiff_problem,
-                                  upright)
+                                  check_image_file, configure_pillow, exif_orientation, is_tiff, load_image, tiff_depth,
+                                  tiff_orientation, tiff_problem, upright)
 from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, say_not_numbers
 from allen_sr.errors import InvalidInputError, MissingInputError
 
@@ -218,8 +219,6 @@ class TiffSource(ImageSource):
             rgb = (self.white - inks[..., :3]) * (self.white - inks[..., 3:]) / self.white
             return np.rint(rgb).astype(segment.dtype)
         if self.ycbcr:
-            from PIL import Image
-
             rgb = np.asarray(Image.fromarray(np.ascontiguousarray(segment[..., :3]), "YCbCr").convert("RGB"))
             return np.concatenate([rgb, segment[..., 3:]], axis=-1)
         return segment
@@ -314,10 +313,32 @@ def tag_pixel_size(tif: Any, page: Any) -> tuple[float, float] | None:
         unit = imagej_unit(tif)
     if unit is None or not dots[0]:
         return None
-    defaults = [any(abs(d - dpi) < 0.01 for dpi in UNCALIBRATED_DPI) for d in dots if d]
-    if unit == UM_PER_UNIT[2] and all(defaults):
+    if unit == UM_PER_UNIT[2] and uncalibrated(dots):
         return None
     return unit / dots[0], unit / (dots[1] or dots[0])
+
+
+def uncalibrated(dpi: list[float | None]) -> bool:
+    """True for 72 or 96 dots per inch, what programs write when they know no size (a PNG's pHYs,
+    in dots per metre, holds them to within 0.02)."""
+    return all(any(abs(d - default) < 0.05 for default in UNCALIBRATED_DPI) for d in dpi if d)
+
+
+def header_pixel_size(path: str) -> tuple[float, float] | None:
+    """(x, y) um per px of the image as shown, from the resolution Pillow reads in a file's header
+    (a PNG's pHYs, a JPEG's JFIF density or EXIF resolution, as allen-sr writes its outputs), else
+    None: none, no unit, or 72 or 96 dpi."""
+    configure_pillow()
+    try:
+        with Image.open(path) as img:
+            dpi, orientation = img.info.get("dpi"), exif_orientation(img)
+        x, y = (float(d) for d in dpi)
+    except Exception:  # noqa: BLE001 - no resolution (or an odd one) is no pixel size
+        return None
+    if not (x > 0 and y > 0) or uncalibrated([x, y]):
+        return None
+    size = (UM_PER_UNIT[2] / x, UM_PER_UNIT[2] / y)
+    return size[::-1] if ORIENTATIONS[orientation][0] else size  # turned: the pixel's sides swap
 
 
 def imagej_unit(tif: Any) -> float | None:
@@ -383,6 +404,7 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
         if level:
             raise InvalidInputError(f"{path} is not a TIFF: it has one resolution level, its level must be 0")
         source = ArraySource(path, load_image(path, min_size=1))
+        source.pixel_size_um, source.pixel_size_y_um = header_pixel_size(path) or (None, None)
     if pixel_size_um is not None:
         source.pixel_size_um, source.pixel_size_y_um = pixel_size_um, None
     return source
