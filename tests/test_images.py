@@ -429,3 +429,32 @@ def test_a_tiff_of_12_bits_per_sample_is_read_as_12_bit_by_both_readers(tmp_path
             np.testing.assert_array_equal(read(str(path)), expected)
         said = [str(w.message) for w in caught if "read as 0-255" in str(w.message)]
         assert said == [f"{path}: uint16 image, BitsPerSample=12: 0-4095 read as 0-255 (12-bit data)"], said
+
+
+@pytest.mark.parametrize("kind", ["raw", "group4", "miniswhite"])
+def test_bilevel_tiffs_read_as_black_and_white_by_both_readers(tmp_path, kind):
+    """A 1-bit TIFF (Pillow's, uncompressed or CCITT group 4, which tifffile cannot decode; tifffile's
+    white-is-zero) reads as Pillow shows it, 0 and 255, by the region reader too (which refused it:
+    "bool pixels are not supported")."""
+    import tifffile
+
+    from allen_sr.inference.sources import open_image
+
+    path = tmp_path / f"{kind}.tif"
+    bits = tissue_image(64, 96)[:, :, 1] > 120
+    if kind == "miniswhite":
+        tifffile.imwrite(path, ~bits, photometric="miniswhite", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    else:
+        Image.fromarray(bits).save(path, compression="group4" if kind == "group4" else None, dpi=(50800, 50800))
+    with Image.open(path) as img:
+        expected = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(expected[..., 0], np.where(bits, 255, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "greyscale image converted to RGB"
+        np.testing.assert_array_equal(images.load_image(str(path)), expected)
+        source = open_image(str(path))
+    try:
+        np.testing.assert_array_equal(source.read(0, 0, 64, 96), expected)
+        assert source.pixel_size_um == pytest.approx(0.5)  # the group 4 one read whole, with its size
+    finally:
+        source.close()

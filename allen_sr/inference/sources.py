@@ -29,6 +29,7 @@ __all__ = ["ImageSource", "ArraySource", "TiffSource", "OrientedSource", "CziSou
            "with_margin"]
 
 JPEG_COMPRESSIONS = (7, 33007, 34892)  # TIFF Compression values tifffile decodes from YCbCr to RGB
+FAX_COMPRESSIONS = (2, 3, 4)  # CCITT (bilevel): Pillow (libtiff) decodes them, tifffile does not
 UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 UNCALIBRATED_DPI = (72.0, 96.0)  # programs' default resolution: no pixel size
 OME_UNITS = {"µm": 1.0, "um": 1.0, "\u00b5m": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -172,7 +173,8 @@ class TiffSource(ImageSource):
         if page.photometric == PALETTE:  # 16-bit colour map entries; 8-bit ones in some files (as libtiff)
             colormap = np.asarray(page.colormap)
             self.palette = (colormap >> 8 if colormap.max() > 255 else colormap).T.astype(np.uint8)
-        deep = page.dtype != np.uint8 and self.palette is None  # a palette's colours are 8-bit
+        # a palette's colours are 8-bit; bilevel (bool) samples are read as 0 and 255
+        deep = page.dtype not in (np.uint8, np.bool_) and self.palette is None
         self.nan_unsaid = False  # NaN samples met while reading are still to be reported
         try:
             self.white = self.level_white(levels[-1].keyframe) if deep else 255.0
@@ -211,6 +213,8 @@ class TiffSource(ImageSource):
         photometric = self.page.photometric
         if self.palette is not None:
             return self.palette[segment[..., 0]]
+        if self.page.dtype == np.bool_:  # bilevel, as 0 and 1: black and white
+            segment = segment * np.uint8(255)
         if photometric == MINISWHITE:
             grey = (self.white - segment[..., :1].astype(np.float64)).astype(segment.dtype)
             return np.concatenate([grey, segment[..., 1:]], axis=-1)
@@ -240,7 +244,8 @@ class TiffSource(ImageSource):
         except Exception as exc:  # noqa: BLE001 - codecs raise many kinds
             raise ImageSkipped(f"{self.name}: truncated or corrupt TIFF data ({exc}); "
                                "replace the file (download or export it again)") from exc
-        return np.asarray(segment).reshape(segment.shape[-3:])
+        segment = np.asarray(segment).reshape(segment.shape[-3:])
+        return segment.view(np.uint8) if segment.dtype == np.bool_ else segment  # bilevel: 0 and 1
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         bh, bw = self.block
@@ -396,7 +401,9 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
     check_image_file(path, missing=MissingInputError)
     if is_tiff(path):
         source: ImageSource = TiffSource(path, level)
-        if source.orientation != 1:
+        if source.page.compression in FAX_COMPRESSIONS:
+            source = whole_tiff(source, level)
+        elif source.orientation != 1:
             source = OrientedSource(source, source.orientation)
     elif path.lower().endswith(".czi"):
         source = CziSource(path, level)
@@ -407,6 +414,19 @@ def open_image(path: str, level: int = 0, pixel_size_um: float | None = None) ->
         source.pixel_size_um, source.pixel_size_y_um = header_pixel_size(path) or (None, None)
     if pixel_size_um is not None:
         source.pixel_size_um, source.pixel_size_y_um = pixel_size_um, None
+    return source
+
+
+def whole_tiff(tiff: TiffSource, level: int) -> ImageSource:
+    """The TIFF that ``tiff`` opened, read whole by Pillow (:func:`~allen_sr.data.images.load_image`),
+    with its pixel size: for what tifffile cannot decode (CCITT fax bilevel images)."""
+    tiff.close()
+    if level:
+        raise InvalidInputError(f"{tiff.name}: levels of a CCITT (fax) compressed TIFF other than 0 are not read; "
+                                "save the level you want as its own file")
+    source = ArraySource(tiff.name, load_image(tiff.name, min_size=1))
+    size = (tiff.pixel_size_um, tiff.pixel_size_y_um)
+    source.pixel_size_um, source.pixel_size_y_um = size[::-1] if ORIENTATIONS[tiff.orientation][0] else size
     return source
 
 
