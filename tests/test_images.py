@@ -1,4 +1,5 @@
 """Reading image files: unusual modes, the JPEG fast path, bad files, Pillow's limit (no TensorFlow)."""
+import os
 import warnings
 
 import numpy as np
@@ -458,3 +459,18 @@ def test_bilevel_tiffs_read_as_black_and_white_by_both_readers(tmp_path, kind):
         assert source.pixel_size_um == pytest.approx(0.5)  # the group 4 one read whole, with its size
     finally:
         source.close()
+
+
+def test_a_folder_lists_every_kind_of_image_a_single_file_may_be(tmp_path):
+    """`--images DIR` (upscale, evaluate) and datagen's folders take the GIFs that `--image x.gif`
+    reads (they were left out without a word)."""
+    from allen_sr.api.folders import collect_images
+
+    formats = {"png": "PNG", "jpg": "JPEG", "tif": "TIFF", "bmp": "BMP", "webp": "WEBP", "gif": "GIF", "GIF": "GIF"}
+    for suffix, kind in formats.items():
+        Image.fromarray(tissue_image(64, 64)).save(tmp_path / f"a_{suffix}.{suffix}", format=kind)
+    (tmp_path / "notes.txt").write_text("not an image")
+    listed = [os.path.basename(p) for p in images.list_images(str(tmp_path))]
+    assert listed == sorted(f"a_{s}.{s}" for s in formats)
+    assert collect_images(str(tmp_path)) == images.list_images(str(tmp_path))
+    assert images.load_image(str(tmp_path / "a_gif.gif")).shape == (64, 64, 3)

@@ -36,7 +36,8 @@ __all__ = [
 # once as uint8 (never float), so peak memory stays about that per worker.
 MAX_IMAGE_PIXELS = 250_000_000
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".bmp", ".webp", ".czi")
+# The files a folder of images holds (list_images): every kind load_image reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".bmp", ".webp", ".gif", ".czi")
 
 
 def configure_pillow() -> None:
