@@ -474,3 +474,32 @@ def test_a_folder_lists_every_kind_of_image_a_single_file_may_be(tmp_path):
     assert listed == sorted(f"a_{s}.{s}" for s in formats)
     assert collect_images(str(tmp_path)) == images.list_images(str(tmp_path))
     assert images.load_image(str(tmp_path / "a_gif.gif")).shape == (64, 64, 3)
+
+
+def _png_whose_data_ends_early(path, pixels):
+    """A PNG of ``pixels`` whose one zlib stream ends, validly, after half the rows' data (as a
+    writer that stopped early makes it); every chunk's CRC is right."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    data = buffer.getvalue()
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[start:start + 4])[0]
+    rows = zlib.decompress(data[start + 8:start + 8 + length])
+    short = zlib.compress(rows[:len(rows) // 2])
+    chunk = struct.pack(">I", len(short)) + b"IDAT" + short + struct.pack(">I", zlib.crc32(b"IDAT" + short))
+    path.write_bytes(data[:start] + chunk + data[start + 12 + length:])
+
+
+def test_a_png_whose_picture_data_ends_early_is_refused_not_read_with_black_rows(tmp_path):
+    """Pillow stops at the early end of the stream without an error and leaves the rest black."""
+    pixels = tissue_image(96, 100)
+    _png_whose_data_ends_early(tmp_path / "short.png", pixels)
+    with pytest.raises(images.ImageSkipped, match="short.png: not a readable image .*ends early"):
+        images.load_image(str(tmp_path / "short.png"))
+    pixels[-8:] = 0  # a whole PNG whose last rows are black is read as it is
+    Image.fromarray(pixels).save(tmp_path / "dark.png")
+    assert np.array_equal(images.load_image(str(tmp_path / "dark.png")), pixels)

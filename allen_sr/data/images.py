@@ -247,6 +247,24 @@ def read_samples(path: str) -> np.ndarray:
         raise ImageSkipped(f"{path}: not a readable image ({exc}); replace or remove the file") from exc
 
 
+def check_png_whole(path: str, img: Image.Image) -> None:
+    """ImageSkipped when the PNG ``img`` (loaded by Pillow from ``path``) lacks picture data.
+
+    Pillow stops without an error where a PNG's compressed stream ends before the last row and
+    leaves the rest black; libpng (imagecodecs) refuses such a file. Only an image whose last row
+    Pillow left blank (or an interlaced one, whose missing rows are scattered) is decoded again.
+    """
+    if img.info.get("interlace") or not np.asarray(img)[-1].any():
+        import imagecodecs
+
+        try:
+            with open(path, "rb") as f:
+                imagecodecs.png_decode(f.read())
+        except Exception as exc:  # noqa: BLE001 - libpng names what is wrong
+            raise ImageSkipped(f"{path}: not a readable image ({exc}: its picture data ends early); "
+                               "replace or remove the file") from exc
+
+
 def check_size(path: str, width: int, height: int, min_size: int) -> None:
     """ImageSkipped when ``path`` is smaller than one ``min_size`` tile."""
     if min(width, height) < min_size:
@@ -335,6 +353,8 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
             deep = deep_colour(img)  # before load(), which forgets how the file stores its samples
             if not deep:
                 img.load()
+                if img.format == "PNG":
+                    check_png_whole(path, img)
             check_size(path, *img.size, min_size)
             orientation = exif_orientation(img)
             if deep:
