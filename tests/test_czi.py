@@ -22,14 +22,27 @@ pyczi = pytest.importorskip("pylibCZIrw.czi")
 BRAIN = load_image(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png"))[200:440, 300:620]
 
 
-def write_czi(path, scenes, um_per_px=None):
+def write_czi(path, scenes, um_per_px=None, um_per_px_y=None):
     """A CZI of ``scenes``: (x, y, samples [h, w, 3] RGB or [h, w, 1] grey) on the stage, one each."""
     with pyczi.create_czi(str(path)) as czi:
         for index, (x, y, samples) in enumerate(scenes):
             czi.write(np.ascontiguousarray(samples[..., ::-1]), location=(x, y), scene=index)
         if um_per_px:
-            czi.write_metadata(document_name="slide", scale_x=um_per_px * 1e-6, scale_y=um_per_px * 1e-6)
+            czi.write_metadata(document_name="slide", scale_x=um_per_px * 1e-6,
+                               scale_y=(um_per_px_y or um_per_px) * 1e-6)
     return path
+
+
+def test_rectangular_pixels_of_a_czi_keep_their_height(tmp_path):
+    """Scaling X and Y differ (a line scanner's pixels): both reach the source, per level."""
+    path = write_czi(tmp_path / "scan.czi", [(0, 0, BRAIN)], um_per_px=0.5, um_per_px_y=0.75)
+    for level, (x, y) in enumerate([(0.5, 0.75), (1.0, 1.5)]):
+        src = sources.open_image(str(path), level=level)
+        assert (src.pixel_size_um, src.pixel_size_y_um) == (pytest.approx(x), pytest.approx(y))
+        src.close()
+    square = sources.open_image(str(write_czi(tmp_path / "square.czi", [(0, 0, BRAIN)], um_per_px=0.5)))
+    assert (square.pixel_size_um, square.pixel_size_y_um) == (pytest.approx(0.5), None)
+    square.close()
 
 
 def test_a_two_scene_slide_is_read_region_by_region_with_white_glass_between(tmp_path):

@@ -37,12 +37,12 @@ def _metadata_value(metadata: Any, *keys: str) -> Any:
     return metadata
 
 
-def pixel_size_um(metadata: Any, scale: int) -> float | None:
-    """um per px of a level ``scale`` times smaller than the CZI's own (Scaling/Distance X, in
-    metres, of its metadata), or None where the metadata does not give it."""
+def pixel_size_um(metadata: Any, scale: int, axis: str = "X") -> float | None:
+    """um per px along ``axis`` (X or Y) of a level ``scale`` times smaller than the CZI's own
+    (Scaling/Distance, in metres, of its metadata), or None where the metadata does not give it."""
     distance = _metadata_value(metadata, "ImageDocument", "Metadata", "Scaling", "Items", "Distance") or []
     for item in distance if isinstance(distance, list) else [distance]:
-        if isinstance(item, dict) and item.get("@Id") == "X":
+        if isinstance(item, dict) and item.get("@Id") == axis:
             try:
                 metres = float(item.get("Value"))
             except (TypeError, ValueError):
@@ -80,6 +80,8 @@ class CziImage:
             self.box, self.scale = box, 2 ** level
             self.width, self.height = box.w // self.scale, box.h // self.scale
             self.pixel_size_um = pixel_size_um(metadata, self.scale)
+            height_um = pixel_size_um(metadata, self.scale, "Y")  # None: square pixels, or not stated
+            self.pixel_size_y_um = height_um if self.pixel_size_um and height_um != self.pixel_size_um else None
             self.white = self._white() if DEPTH_OF.get(self.pixel_type, 32) > 8 else 255.0
         except BaseException:
             self._files.close()

@@ -382,7 +382,8 @@ class CziSource(ImageSource):
         from allen_sr.data.czi import CziImage
 
         self.image = CziImage(path, level)
-        super().__init__(path, self.image.width, self.image.height, self.image.pixel_size_um)
+        super().__init__(path, self.image.width, self.image.height, self.image.pixel_size_um,
+                         self.image.pixel_size_y_um)
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         return self.image.read(top, left, height, width)
