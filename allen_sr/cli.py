@@ -75,10 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # What a command of the full install says in the prediction-only one (requirements/predict.txt).
-FULL_INSTALL = ("train, datagen, decode, export, plot, download and demo need the full install: `make venv` in "
+FULL_INSTALL = ("train, datagen, decode, export, plot and demo need the full install: `make venv` in "
                 "a checkout (or pip install -r requirements/lock.txt, then pip install --no-deps .); the "
-                "prediction-only install runs upscale (not --image_id), evaluate (--pretrained, --exported) and "
-                "models.")
+                "prediction-only install runs upscale, evaluate (--pretrained, --exported), download and models.")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ RECIPES = (
            default=True, hparams="cosine_decay_steps=16000"),
     Recipe("conv-fast", "img2img_conv_sr_fast", 20000,
            "whole slides at speed (16 channels, 1 block, everything at the input resolution; "
-           "about 1/40 of conv-cpu's compute)", hparams="cosine_decay_steps=20000"),
+           "1/40 of the compute of one conv-cpu pass, of which conv-cpu makes 8: about 100 times as fast)",
+           hparams="cosine_decay_steps=20000"),
     Recipe("transformer-tiny", "img2img_allen_cpu_tiny", 8000,
            "the Image Transformer: per-pixel uncertainty maps (--uncertainty), calibrated on brain "
            "tissue; slow (regions, not whole slides)", model="img2img_transformer_sr",

@@ -245,7 +245,7 @@ def test_importing_and_using_the_api_loads_no_tensorflow():
 
 
 @pytest.mark.slow
-def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp_path):
+def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp_path, server):
     """Python 3.12, requirements/predict.txt, `pip install --no-deps .` (no TensorFlow, nothing
     trained): `allen-sr upscale --image IN --out OUT` beats bicubic by >= 1.0 dB on the brain
     section never trained on, x4 from its area average, and does no harm on the same input saved
@@ -293,6 +293,12 @@ def test_the_tf_free_install_enhances_held_out_brain_with_no_training(py312, tmp
            str(tmp_path / "region.png"), "--out", str(tmp_path / "region.tif"), "--uncertainty", "--no_progress")
     sd_map = tifffile.imread(tmp_path / "region.uncertainty.tif")
     assert sd_map.shape == (160, 240) and 0 < sd_map.mean() < 60
+    # an Allen section by id: the download needs requests, which the install has ("needs the full install" before)
+    server.add_image(4242, width=200, height=160)
+    run_in(py312, "-m", "allen_sr.cli", "upscale", "--pretrained", "conv-fast", "--image_id=4242", "--downsample=1",
+           f"--api_base={server.api_base}", "--download_dir", str(tmp_path / "allen"), "--out",
+           str(tmp_path / "section.tif"), "--no_progress")
+    assert tifffile.imread(tmp_path / "section.tif").shape == (320, 400, 3)
     # a training run there: one line saying what it needs (a ModuleNotFoundError traceback before)
     run = tmp_path / "run"
     run.mkdir()
