@@ -323,6 +323,15 @@ def test_transparent_pixels_are_put_on_white_with_a_warning_naming_the_file(tmp_
             assert said and set(said) == {f"{path}: transparent pixels put on white (the slide background)"}, said
 
 
+def read_as(read, path, expected, about):
+    """Read ``path`` with ``read`` (a whole-image or region reader), assert it gives ``expected``;
+    (the warnings that mention ``about``, every warning caught)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        np.testing.assert_array_equal(read(str(path)), expected)
+    return [str(w.message) for w in caught if about in str(w.message)], caught
+
+
 @pytest.mark.parametrize("kind", ["rgb-255", "grey-1"])
 def test_nan_samples_read_as_black_with_one_warning_by_both_readers(tmp_path, kind):
     """A float TIFF with a few NaN pixels is read by the white level of its other samples (a NaN was
@@ -338,10 +347,7 @@ def test_nan_samples_read_as_black_with_one_warning_by_both_readers(tmp_path, ki
     expected = rgb.copy() if kind == "rgb-255" else np.repeat(rgb[:, :, 1:2], 3, axis=2)
     expected[50, 50], expected[3:5, 70:72] = 0, 0
     for read in (images.load_image, read_region):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            np.testing.assert_array_equal(read(str(path)), expected)
-        said = [str(w.message) for w in caught if "NaN" in str(w.message)]
+        said, caught = read_as(read, path, expected, "NaN")
         assert said == [f"{path}: 5 of 7680 pixels are NaN (not a number): read as black"], said
         assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
     tifffile.imwrite(path, np.full((96, 80), np.nan, np.float32))
@@ -425,10 +431,7 @@ def test_a_tiff_of_12_bits_per_sample_is_read_as_12_bit_by_both_readers(tmp_path
     expected = np.rint(camera.astype(np.float32) * np.float32(255 / 4095)).astype(np.uint8)
     expected = expected if kind == "rgb" else np.repeat(expected[:, :, None], 3, axis=2)
     for read in (images.load_image, read_region):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            np.testing.assert_array_equal(read(str(path)), expected)
-        said = [str(w.message) for w in caught if "read as 0-255" in str(w.message)]
+        said, _ = read_as(read, path, expected, "read as 0-255")
         assert said == [f"{path}: uint16 image, BitsPerSample=12: 0-4095 read as 0-255 (12-bit data)"], said
 
 
