@@ -79,9 +79,9 @@ def test_fine_tuning_the_shipped_image_transformer_loads_every_variable(sample_d
     (["--init_from", "conv-cpu", "--warm_start_from=/tmp", "--model=img2img_conv_sr",
       "--hparams_set=img2img_conv_sr_cpu"], "--init_from and --warm_start_from both say where training starts"),
     (["--init_from=conv-cpu", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast"],
-     "9 variable(s) of another shape (img2img_conv_sr/body/conv_in/kernel is [3, 3, 3, 64] there, [3, 3, 3, 16] here"),
+     "--init_from conv-cpu was trained with img2img_conv_sr_cpu; pass --hparams_set=img2img_conv_sr_cpu"),
     (["--init_from=conv-fast", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast"],
-     "2 of this model's variables are not there (img2img_conv_sr/body/upsample_input_res/kernel"),
+     "--init_from conv-fast cannot be fine-tuned: its export (img2img_conv_sr, img2img_conv_sr_fast) folded"),
 ], ids=["another-model", "unknown", "two-starts", "another-architecture", "folded-export"])
 def test_a_model_that_does_not_fit_is_refused_in_one_line(sample_dataset, tmp_path, flags, message):
     proc = train(sample_dataset, tmp_path / "run", "--train_steps=1", *flags)
@@ -89,6 +89,48 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line(sample_dataset, tmp_pa
     error = [line for line in proc.stderr.splitlines() if line.startswith("allen-sr train: error: ")]
     assert len(error) == 1 and message in error[0] and "Traceback" not in proc.stderr
     assert not list((tmp_path / "run").glob("model.ckpt-*"))  # no training step was taken
+
+
+START = ["--problem=img2img_local_dim8to32", "--model=img2img_conv_sr", "--train_steps=1"]
+
+
+@pytest.mark.parametrize("source, flags, message", [
+    ("conv-fast", ["--hparams_set=img2img_conv_sr_fast"],
+     "--init_from conv-fast cannot be fine-tuned: its export (img2img_conv_sr, img2img_conv_sr_fast) folded its "
+     "upsampling layer into other constants"),
+    ("conv-cpu", ["--hparams_set=img2img_conv_sr_gpu"],
+     "--init_from conv-cpu was trained with img2img_conv_sr_cpu; pass --hparams_set=img2img_conv_sr_cpu, "
+     "not img2img_conv_sr_gpu"),
+    ("conv-cpu", ["--hparams_set=img2img_conv_sr_cpu", "--hparams=probabilistic=True"],
+     "--init_from conv-cpu has no uncertainty head (hparam probabilistic)"),
+], ids=["folded-export", "another-set", "no-head"])
+def test_an_export_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, source, flags, message):
+    """Said by start_from, before the graph is built (it took a minute) and before the run folder
+    gets its warm_start checkpoint."""
+    from allen_sr.commands.train import start_from
+    from allen_sr.errors import InvalidInputError
+
+    run = tmp_path / "run"
+    with pytest.raises(InvalidInputError) as caught:
+        start_from(source, [*START, f"--output_dir={run}", *flags])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not run.exists()
+
+
+def test_fine_tuning_a_probabilistic_model_keeps_training_its_uncertainty_head(tmp_path, capsys):
+    """conv-probabilistic's scale head was dropped without a word when --hparams did not say
+    probabilistic=True; an explicit probabilistic=False still leaves it out."""
+    from allen_sr.commands.train import start_from
+
+    common = [*START, "--hparams_set=img2img_conv_sr_cpu"]
+    argv = start_from("conv-probabilistic", [*common, f"--output_dir={tmp_path / 'a'}", "--hparams=cosine_decay_steps=5"])
+    assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=cosine_decay_steps=5,probabilistic=True"]
+    assert "conv-probabilistic has an uncertainty head: this run trains it too" in capsys.readouterr().out
+    argv = start_from("conv-probabilistic", [*common, f"--output_dir={tmp_path / 'b'}"])
+    assert "--hparams=probabilistic=True" in argv and "uncertainty head" in capsys.readouterr().out
+    argv = start_from("conv-probabilistic", [*common, f"--output_dir={tmp_path / 'c'}", "--hparams=probabilistic=False"])
+    assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=probabilistic=False"]
+    assert "uncertainty head" not in capsys.readouterr().out
 
 
 def test_each_process_of_a_cluster_writes_its_own_copy_of_the_model(monkeypatch):

@@ -4,7 +4,10 @@ images instead of training one from random weights.
 
 MODEL is a shipped model's name (`allen-sr models`), an `allen-sr export` folder, or a run folder
 or checkpoint. Train it with the model and hparams set it was trained with: every trainable
-variable must come from it, and a variable of another shape or missing there is refused by name.
+variable must come from it, and a variable of another shape or missing there is refused by name
+(another hparams set, or an export that folded a layer such as conv-fast, before anything is
+written). A model with an uncertainty head (conv-probabilistic) trains it too: the run gets the
+hparam probabilistic=True unless --hparams says otherwise.
 The optimizer, the learning-rate schedule and the step count start anew. Only a new run starts
 from it: a run whose --output_dir has a checkpoint continues from that.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from allen_sr.commands.args import run_command
@@ -34,12 +38,13 @@ def warm_start_folder(output_dir: str) -> str:
 
 
 def start_from(source: str, argv: list[str]) -> list[str]:
-    """``argv`` with the --warm_start_from that starts training from ``source``."""
+    """``argv`` with the --warm_start_from that starts training from ``source``. An export that
+    does not fit this run (another model or hparams set, a folded layer, an uncertainty head the
+    run would drop or lack) is refused here, before anything is written."""
     import tensorflow as tf
 
     from allen_sr.api.models import resolve
-    from allen_sr.export.runtime import read_config
-    from allen_sr.export.warm_start import init_checkpoint
+    from allen_sr.export.warm_start import check_fine_tunable, export_weights, write_checkpoint
 
     if flag_value(argv, "warm_start_from") is not None:
         raise InvalidInputError("--init_from and --warm_start_from both say where training starts: keep one")
@@ -51,19 +56,40 @@ def start_from(source: str, argv: list[str]) -> list[str]:
     spec = resolve(source)
     if not spec.exported:  # a run: t2t reads its checkpoint as it is
         return argv + [f"--warm_start_from={spec.output_dir}"]
-    config = read_config(spec.exported)
+    weights, config = export_weights(spec.exported)
     model, hparams_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
     if model and model != config["model"]:
         raise InvalidInputError(f"--init_from {source} is an {config['model']} model and this run trains {model}: "
                                 f"pass --model={config['model']} --hparams_set={config['hparams_set']}")
     if hparams_set and hparams_set != config["hparams_set"]:
-        print(f"note: --init_from {source} was trained with --hparams_set={config['hparams_set']}; this run "
-              f"uses {hparams_set}, whose variables must have the same shapes", flush=True)
-    prefix = init_checkpoint(spec.exported, warm_start_folder(output_dir))
+        raise InvalidInputError(f"--init_from {source} was trained with {config['hparams_set']}; pass "
+                                f"--hparams_set={config['hparams_set']}, not {hparams_set} (its variables are "
+                                "that set's; change how it trains with --hparams)")
+    check_fine_tunable(source, weights, config)
+    argv = with_uncertainty_head(source, argv, bool(config.get("distribution")))
+    prefix = write_checkpoint(weights, warm_start_folder(output_dir))
     steps = config.get("steps") or str(config.get("checkpoint", "")).rpartition("model.ckpt-")[2] or "?"
     print(f"starting from {source} ({config['model']}, {config['hparams_set']}, {steps} steps): {prefix}",
           flush=True)
     return argv + [f"--warm_start_from={prefix}"]
+
+
+def with_uncertainty_head(source: str, argv: list[str], has_head: bool) -> list[str]:
+    """``argv`` training the uncertainty head (hparam probabilistic) of ``source`` when it has one
+    and --hparams does not say (a note says so; probabilistic=False leaves it out); InvalidInputError
+    for probabilistic=True when ``source`` has none (that variable would not be there)."""
+    overrides = flag_value(argv, "hparams") or ""
+    given = re.findall(r"(?:^|,)\s*probabilistic\s*=\s*([^,]*)", overrides)
+    asked = given[-1].strip().lower() in ("true", "1") if given else None
+    if asked and not has_head:
+        raise InvalidInputError(f"--init_from {source} has no uncertainty head (hparam probabilistic): start from "
+                                "a model that has one (allen-sr models), or leave probabilistic=True out")
+    if not has_head or asked is not None:
+        return argv
+    print(f"note: --init_from {source} has an uncertainty head: this run trains it too (hparam "
+          "probabilistic=True; add --hparams=probabilistic=False to leave it out)", flush=True)
+    merged = f"{overrides},probabilistic=True" if overrides.strip() else "probabilistic=True"
+    return without_flag(argv, "hparams") + [f"--hparams={merged}"]
 
 
 def define_flag() -> None:

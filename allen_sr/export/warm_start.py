@@ -6,9 +6,10 @@ weights. tensor2tensor starts from a checkpoint (`--warm_start_from`, made to wo
 ``weights.npz`` under the checkpoint's own names, a conv model's ONNX graph with each variable as
 an initializer named after the op that read it (``.../body/res_block_0/conv_a/Conv2D/ReadVariableOp:0``,
 kernels in ONNX's [out, in, h, w] order; a probabilistic model's ``distribution.onnx`` also holds
-its scale head). :func:`init_checkpoint` writes them back as a TensorFlow checkpoint. A variable
-the export folded into other constants is simply not found; training with the strict warm start
-then names it.
+its scale head). :func:`init_checkpoint` writes them back as a TensorFlow checkpoint. An export
+that folded a layer into other constants (a conv model's ``upsample=input_res``, as `conv-fast`)
+is refused up front by :func:`check_fine_tunable`; any other variable missing there is named by
+training's strict warm start.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 from allen_sr.errors import InvalidInputError
 from allen_sr.export.runtime import ONNX_NAME, read_config
 
-__all__ = ["export_weights", "init_checkpoint", "write_checkpoint", "WARM_START_DIR"]
+__all__ = ["export_weights", "init_checkpoint", "write_checkpoint", "check_fine_tunable", "WARM_START_DIR"]
 
 WARM_START_DIR = "warm_start"  # where `allen-sr train` puts it, inside the run's --output_dir
 _READ = re.compile(r"/body/(?P<layer>.+)/(?P<op>Conv2D|add|BiasAdd)/ReadVariableOp:0$")
@@ -62,6 +63,17 @@ def export_weights(folder: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
     if not weights:
         raise InvalidInputError(f"export folder {folder}: no weights found in it; export the model again")
     return weights, config
+
+
+def check_fine_tunable(source: str, weights: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+    """InvalidInputError naming ``source`` when its export folded a conv model's upsampling layer
+    into other constants (``upsample=input_res``, as `conv-fast`): its weights are not there to
+    start from, which training would only find after building the model."""
+    if config.get("weights") or any("/body/upsample_" in name for name in weights):
+        return
+    raise InvalidInputError(f"--init_from {source} cannot be fine-tuned: its export ({config['model']}, "
+                            f"{config['hparams_set']}) folded its upsampling layer into other constants; start "
+                            "from another model (allen-sr models) or from the run folder it was exported from")
 
 
 def write_checkpoint(weights: dict[str, np.ndarray], folder: str | os.PathLike[str]) -> str:
