@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 __all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError", "first_line",
-           "machine_trouble", "DISK_FULL_ERRNOS"]
+           "machine_trouble", "DISK_FULL_ERRNOS", "count"]
 
 
 class UserError(Exception):
@@ -29,6 +29,11 @@ class MissingInputError(UserError, FileNotFoundError):
 
 class UnsupportedInputError(UserError, NotImplementedError):
     """Something valid that allen-sr does not do (a model it cannot decode or export)."""
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n noun`` in a message, the noun in the plural unless ``n`` is 1 ("1 tile", "2 tiles")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def first_line(exc: BaseException) -> str:

@@ -699,6 +699,37 @@ def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
             dec.close()
 
 
+def test_decode_says_what_it_did_not_do_and_refuses_what_a_conv_run_lacks(data_dir, ckpt_dir, tmp_path, capsys):
+    """A split smaller than --num_examples is said; a mode, uncertainty or hparams set the run does
+    not have is refused in one line, with what to do instead."""
+    import shutil
+
+    common = [f"--problem={PROBLEM}", f"--model={MODEL}", f"--hparams={TINY}", f"--data_dir={data_dir}",
+              "--no_progress"]
+    run = [f"--hparams_set={CPU_SET}", f"--output_dir={ckpt_dir}"]
+    assert decode.decode_main(common + run + ["--num_examples=1000", f"--out={tmp_path / 'all'}"]) == 0
+    n = json.loads((tmp_path / "all" / "metrics.json").read_text())["tiles"]
+    assert 1 < n < 1000
+    assert f"note: the dev split has {n} examples: decoded all of them, not --num_examples 1000" in capsys.readouterr().out
+
+    assert decode.decode_main(common + run + ["--mode=mean_bicubic", f"--out={tmp_path / 'b'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--mode mean_bicubic is not available for img2img_conv_sr" in err and "use --mode greedy" in err
+
+    assert decode.decode_main(common + run + ["--uncertainty", f"--out={tmp_path / 'u'}"]) == 2
+    err = capsys.readouterr().err
+    assert "decode --uncertainty needs a run of an Image Transformer" in err and "--pretrained" not in err.split(
+        "(a shipped model's:")[0]
+
+    trained = tmp_path / "run"  # a run t2t-trainer made records its set in flags.txt
+    shutil.copytree(ckpt_dir, trained)
+    (trained / "flags.txt").write_text(f"--problem={PROBLEM}\n--hparams_set={CPU_SET}\n")
+    assert decode.decode_main(common + [f"--hparams_set={FAST_SET}", f"--output_dir={trained}",
+                                        f"--out={tmp_path / 's'}"]) == 2
+    assert (f"{trained} was trained with --hparams_set {CPU_SET}, not {FAST_SET}: pass --hparams_set {CPU_SET}"
+            in capsys.readouterr().err)
+
+
 def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir, decoder):
     inputs, _ = tiny_training.synthetic_examples(1, 32, 4)
     with pytest.raises(ValueError, match="sample is not available for img2img_conv_sr"):

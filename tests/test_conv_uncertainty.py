@@ -141,6 +141,29 @@ def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, s
     assert (out / "reliability.png").exists() and (out / "uncertainty_grid.png").exists()
 
 
+def test_decode_says_its_dev_tiles_fitted_the_calibration(run, sample_dataset, tmp_path, capsys):
+    """decode reads the first dev tiles of the run's data, the ones the temperature was fitted on:
+    their coverage is not held out, and metrics.json and the screen say so."""
+    from allen_sr.commands import decode as decode_cmd
+    from allen_sr.decoding.calibration import FIT_TILES
+
+    out = tmp_path / "dec"
+    assert decode_cmd.decode_main(flags(run) + ["--data_dir", sample_dataset, "--num_examples", "3",
+                                                "--uncertainty", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    section = json.loads((out / "metrics.json").read_text())["uncertainty"]
+    fitted = section["calibration"]["tiles"]
+    assert 3 <= fitted <= FIT_TILES and section["tiles_used_to_fit"] == 3
+    assert section["held_out"].startswith("no: the temperature was fitted on 3 of these 3 tiles")
+    assert "note: not held out: the temperature was fitted on 3 of these 3 tiles" in text
+    assert decode_cmd.decode_main(flags(run) + ["--data_dir", sample_dataset, "--dataset_split", "train",
+                                                "--num_examples", "3", "--uncertainty", "--out",
+                                                str(tmp_path / "other")]) == 0
+    section = json.loads((tmp_path / "other" / "metrics.json").read_text())["uncertainty"]
+    assert section["tiles_used_to_fit"] == 0 and "held_out" not in section
+    assert "not held out" not in capsys.readouterr().out
+
+
 def test_upscale_writes_the_conv_models_map_equal_to_its_decoder(run, tmp_path, capsys):
     src = tmp_path / "in.png"
     pixels = np.asarray(Image.open(HELD_OUT).convert("RGB"))[300:330, 500:540]

@@ -195,6 +195,19 @@ def check_trained_problem(spec: ModelSpec) -> None:
                                 "--problem out (the run's flags.txt names it)")
 
 
+def check_trained_set(spec: ModelSpec) -> None:
+    """InvalidInputError when the run of ``spec`` was trained with another hparams set than
+    ``spec.hparams_set`` (its flags.txt says which): its hparams.json would decode it as trained,
+    and every summary would name the wrong set."""
+    from allen_sr.decoding.checkpoints import run_folder
+
+    trained_with = run_flags(run_folder(spec.output_dir)).get("hparams_set")
+    if trained_with and trained_with != spec.hparams_set:
+        raise InvalidInputError(f"{spec.output_dir} was trained with --hparams_set {trained_with}, not "
+                                f"{spec.hparams_set}: pass --hparams_set {trained_with}, or leave --hparams_set "
+                                "out (the run's flags.txt names it)")
+
+
 def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
     """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names.
 
@@ -216,6 +229,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
         registry.decoder_kinds(spec.model)  # an unsupported model fails before anything is read
     check_names(problem=spec.problem, hparams_set=spec.hparams_set)
     check_trained_problem(spec)
+    check_trained_set(spec)
     checkpoint = checkpoints.find_checkpoint(spec.output_dir)
     model = spec.model or checkpoints.checkpoint_model(checkpoint)
     registry.decoder_kinds(model)
@@ -235,12 +249,18 @@ def decode_kwargs(spec: ModelSpec, mode: str, progress: bool = True) -> dict[str
                 batch_size=spec.batch_size, progress=progress)
 
 
-def no_distribution(model: str) -> str:
+def no_distribution(model: str, runs_only: bool = False) -> str:
     """The one-line error for ``model``, which predicts no distribution: what gives maps instead,
-    the shipped models that do first."""
+    the shipped models that do first (``runs_only``: for `decode`, which reads training runs only,
+    the runs that do, then the shipped models with `evaluate`)."""
     from allen_sr import pretrained
 
     shipped = " or ".join(f"--pretrained {m.name}" for m in pretrained.available() if "uncertainty" in m.info)
+    if runs_only:
+        return (f"{model} predicts one value per sub-pixel, not a distribution: decode --uncertainty needs a "
+                "run of an Image Transformer (img2img_transformer_sr) or of a conv model trained with "
+                "--hparams=probabilistic=True" + (f" (a shipped model's: allen-sr evaluate {shipped} --uncertainty "
+                                                  "--images DIR)" if shipped else ""))
     return (f"{model} predicts one value per sub-pixel, not a distribution: uncertainty maps need "
             f"{shipped + ' (shipped), ' if shipped else ''}an Image Transformer (img2img_transformer_sr) "
             "or a conv model trained with the hparam probabilistic=True (its run folder, or its export)")

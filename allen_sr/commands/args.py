@@ -50,7 +50,7 @@ def add_model_args(p: argparse.ArgumentParser, shipped: bool = True) -> None:
                         "config, else greedy). Image Transformer: greedy, sample (--temperature) or mean "
                         "feed each value back as the next ones' context; mean_bicubic gives each "
                         "sub-pixel's expected value given bicubic values before it, the context "
-                        "allen-sr's sets train with")
+                        "allen-sr's sets train with. Conv models: greedy (mean is the same)")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for --mode sample")
     g.add_argument("--seed", type=int, default=0,
                    help="seed for --mode sample; evaluate: also which tiles and degradations (default %(default)s)")

@@ -20,7 +20,7 @@ import numpy as np
 from allen_sr import fileio
 from allen_sr.commands import args as shared
 from allen_sr.decoding.examples import SPLITS
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, UserError, count
 
 
 @dataclass
@@ -73,12 +73,17 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
     if tuple(targets.shape[1:3]) != tuple(opened.decoder.target_shape):
         opened = shared.open_model(spec, target_shape=tuple(targets.shape[1:3]))
     recorder = calibration = None
+    fitted = 0
     if uncertainty:
-        from allen_sr.api.models import uncertainty_calibration
+        from allen_sr.api.models import no_distribution, uncertainty_calibration
+        from allen_sr.decoding.calibration import fitted_tiles
         from allen_sr.decoding.uncertainty import Recorder
 
+        if not getattr(opened.decoder, "reports_distributions", False):
+            raise UserError(no_distribution(opened.model, runs_only=True))
         calibration = uncertainty_calibration(spec, opened, progress, log=print)
         recorder = Recorder((calibration.temperature,), targets)
+        fitted = fitted_tiles(calibration, spec.problem, data_dir, split, len(inputs))
     start = time.perf_counter()
     kwargs = shared.decode_kwargs(spec, opened.mode, progress)
     predictions = opened.decoder.decode(inputs, **kwargs, **({"recorder": recorder} if recorder else {}))
@@ -95,6 +100,10 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
 
         extra["uncertainty"] = write_uncertainty(out_dir, inputs, predictions, targets, recorder, calibration,
                                                  per_example=True)
+        extra["uncertainty"]["tiles_used_to_fit"] = fitted
+        if fitted:
+            extra["uncertainty"]["held_out"] = (f"no: the temperature was fitted on {fitted} of these "
+                                                f"{len(inputs)} tiles (the first dev tiles of {data_dir})")
     summary = write_results(out_dir, inputs, targets, predictions, note, example_pngs=True, extra=extra)
     return DecodeResult(inputs, targets, predictions, summary, seconds, Path(out_dir), opened.mode, kind)
 
@@ -115,6 +124,9 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
                             args.num_examples, progress=not args.no_progress, uncertainty=args.uncertainty)
         n = len(result.predictions)
         print(metrics.summary_to_text(result.summary), end="")
+        if n < args.num_examples:
+            print(f"note: the {args.dataset_split} split has {count(n, 'example')}: decoded all of them, "
+                  f"not --num_examples {args.num_examples}")
         print(f"decoded {n} example(s) in {result.seconds:.1f} s ({result.seconds / n:.2f} s/image, "
               f"{result.decoder} decoder, mode {result.mode})")
         print(f"wrote {result.out_dir}/example_000.png .. example_{n - 1:03d}.png, grid.png, "
@@ -125,6 +137,9 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
                   f"{u['coverage_50']:.3f}, coverage_90 {u['coverage_90']:.3f}, rmse_ratio_surest_half "
                   f"{u['rmse_ratio_surest_half']:.3f}; wrote uncertainty_000.png .., reliability.png, "
                   "uncertainty_grid.png")
+            if u.get("held_out"):
+                print(f"note: not held out: {u['held_out'].split(': ', 1)[1]}; score the uncertainty on other "
+                      "images with `allen-sr evaluate --uncertainty`")
         return 0
 
     return shared.run_command("decode", body)

@@ -6,7 +6,9 @@ fitted on the training data's dev split only, kept beside the checkpoint.
 conditions the distributions on other values); when the run's newest checkpoint has none for the
 mode, it is fitted once, on first use, from the run's own dev split (the data folder t2t-trainer
 recorded in the run's hparams), and written there. `allen-sr export` copies it
-into the export's config.json. The images being evaluated are never used to fit it.
+into the export's config.json. The images `evaluate` and `upscale` score are never used to fit it;
+`decode --uncertainty` on the run's own dev split decodes the first dev tiles, the ones it was
+fitted on, and says how many of them were (:func:`fitted_tiles`: on screen and in metrics.json).
 
 The fit: decode :data:`FIT_TILES` dev tiles in the model's decoding mode, record each
 sub-pixel's distribution at every temperature of
@@ -27,7 +29,8 @@ from allen_sr.fileio import write_json_atomic
 CALIBRATION_NAME = "uncertainty_calibration.json"
 FIT_TILES = 64
 
-__all__ = ["CALIBRATION_NAME", "FIT_TILES", "stored_calibration", "fit_calibration", "run_calibration"]
+__all__ = ["CALIBRATION_NAME", "FIT_TILES", "stored_calibration", "fit_calibration", "run_calibration",
+           "fitted_tiles"]
 
 
 def _file(checkpoint: str) -> Path:
@@ -74,6 +77,25 @@ def recorded_data_dir(run: Path) -> str | None:
     return None
 
 
+def fit_where(problem: str, data_dir: str | os.PathLike[str]) -> str:
+    """The ``fitted_on`` of a calibration fitted on the dev split of ``problem`` in ``data_dir``."""
+    return f"dev split of {problem} in {os.fspath(data_dir)}"
+
+
+def fitted_tiles(calibration: Calibration, problem: str, data_dir: str | os.PathLike[str], split: str,
+                 decoded: int) -> int:
+    """How many of the first ``decoded`` tiles of ``split`` in ``data_dir`` ``calibration`` was
+    fitted on: the first ``calibration.tiles`` dev tiles of the folder it names (0 for others)."""
+    from allen_sr.decoding.examples import SPLITS
+
+    prefix = fit_where(problem, "")
+    if not calibration.tiles or SPLITS.get(split) != SPLITS["dev"] or not calibration.fitted_on.startswith(prefix):
+        return 0
+    fitted_dir = calibration.fitted_on[len(prefix):]
+    same = os.path.realpath(fitted_dir) == os.path.realpath(os.fspath(data_dir))
+    return min(decoded, calibration.tiles) if same else 0
+
+
 def fit_calibration(decoder: Any, inputs: Any, targets: Any, mode: str, where: str,
                     progress: bool = False) -> tuple[Calibration, dict[str, Any]]:
     """Fit the temperature on ``inputs``/``targets`` (dev tiles); (calibration, a report with the
@@ -110,7 +132,7 @@ def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, m
     if log is not None:
         log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint and decoding mode)")
     calibration, report = fit_calibration(decoder, inputs, targets, mode,
-                                          f"dev split of {problem} in {data_dir}", progress)
+                                          fit_where(problem, data_dir), progress)
     entries = _read(checkpoint)
     entries[Path(checkpoint).name] = {**_by_mode(entries, checkpoint), mode: {**calibration.as_dict(), **report}}
     try:

@@ -75,16 +75,21 @@ def check_sampling_options(mode: str, temperature: float) -> None:
                                 "predicts a distribution: the Image Transformer)")
 
 
+ONE_VALUE_MODES: tuple[str, ...] = ("greedy", "mean")  # a model with one value per sub-pixel: its prediction
+
+
 def check_one_value_mode(mode: str, model_name: str) -> None:
-    """Refuse the modes a model that predicts one value per sub-pixel (the conv model) cannot
-    decode: ``sample``, and anything not in MODES (greedy, mean and mean_bicubic all give its
-    prediction: it has no previous values to condition on)."""
-    if mode == "sample":
+    """Refuse the modes a model that predicts one value per sub-pixel (the conv model) does not
+    have: ``sample``, ``mean_bicubic`` (it has no previous values to condition on) and anything
+    not in MODES; its modes are :data:`ONE_VALUE_MODES`, both its prediction."""
+    if mode in ONE_VALUE_MODES:
+        return
+    if mode in MODES:
+        what = "draws from a distribution" if mode == "sample" else "conditions on bicubic values before each sub-pixel"
         raise InvalidInputError(
-            f"--mode sample is not available for {model_name}: it predicts one value per "
-            "sub-pixel, not a distribution; use --mode greedy (or mean, the same here)")
-    if mode not in MODES:
-        raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
+            f"--mode {mode} is not available for {model_name}: it predicts one value per sub-pixel and {mode} "
+            f"{what}; use --mode greedy (or mean, the same here)")
+    raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
 def example_uniforms(seed: int | None, indices: Sequence[int], steps: int) -> np.ndarray:
