@@ -168,3 +168,12 @@ def test_plot_main_end_to_end(runs, tmp_path, capsys):
         plot_main(["--help"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("usage: allen-sr plot")
+
+
+@pytest.mark.parametrize("name", ["loss.jpg", "loss.pdf", "loss"])
+def test_plot_refuses_a_name_that_says_another_format(runs, tmp_path, capsys, name):
+    """PNG data was written under a .jpg name."""
+    assert plot_main(["--runs", str(runs / "run_a"), "--out", str(tmp_path / name)]) == 2
+    assert "the plot is written as a PNG; name it .png" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()
+

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from allen_sr.commands.args import expand_home
+from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.plots import plot_loss_curves
 from allen_sr.inference import writers
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR",
                         help="training output dirs (holding events.out.tfevents.* files)")
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--out", required=True, help="PNG file to write (NAME.png)")
     parser.add_argument("--tag", default="loss", help="scalar tag to plot (default: %(default)s)")
     parser.add_argument("--labels", nargs="+", metavar="LABEL",
                         help="legend labels, one per run (default: the run folder names)")
@@ -38,6 +39,8 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--labels has {len(args.labels)} entries for {len(args.runs)} runs")
     try:
         writers.check_writable(Path(args.out))
+        if Path(args.out).suffix.lower() != ".png":
+            raise InvalidInputError(f"--out {args.out}: the plot is written as a PNG; name it .png")
         path = plot_loss_curves(
             args.runs, args.out, tag=args.tag, labels=args.labels,
             subdir="eval*" if args.eval else None, smoothing=args.smoothing,
