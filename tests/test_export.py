@@ -217,6 +217,23 @@ def test_export_refuses_a_foreign_or_missing_checkpoint_by_name(case, conv_run, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_export_reads_the_problem_and_set_from_the_runs_flags(it_run, tmp_path, capsys):
+    """As decode, evaluate and upscale do: --problem and --hparams_set were required."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(it_run, run)
+    out = tmp_path / "out"
+    assert export_main(["--output_dir", str(run), "--out", str(out)]) == 2  # nothing records them
+    assert "its problem and hparams_set are not recorded" in capsys.readouterr().err and not out.exists()
+    (run / "flags.txt").write_text(f"--problem={PROBLEM}\n--hparams_set={IT_SET}\n--model=x\n")
+    assert export_main(["--output_dir", str(run), "--out", str(out)]) == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem"] == PROBLEM and config["hparams_set"] == IT_SET
+    assert export_main(["--output_dir", "conv-cpu", "--out", str(tmp_path / "again")]) == 2
+    assert "--output_dir conv-cpu is an exported model already" in capsys.readouterr().err
+
+
 def test_exported_flags_refuse_a_missing_folder_and_mixed_flags(tmp_path, capsys):
     assert evaluate_cmd.evaluate_main(["--exported", str(tmp_path / "none"), "--images", SAMPLE_IMAGES,
                                        "--out", str(tmp_path / "e")]) == 2

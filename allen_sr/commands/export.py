@@ -33,9 +33,11 @@ RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins",
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="allen-sr export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--problem", required=True, help="registered problem the model was trained on")
+    p.add_argument("--problem", default=None,
+                   help="registered problem the model was trained on (default: the run's, from its flags.txt)")
     p.add_argument("--model", default=None, help="t2t model (default: the one whose variables the checkpoint holds)")
-    p.add_argument("--hparams_set", required=True, help="hparams set the model was trained with")
+    p.add_argument("--hparams_set", default=None,
+                   help="hparams set the model was trained with (default: the run's, from its flags.txt)")
     p.add_argument("--hparams", default="", help='hparams overrides "k=v,..." as given to t2t-trainer')
     p.add_argument("--output_dir", required=True,
                    help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
@@ -178,6 +180,15 @@ def export_main(argv: list[str] | None = None) -> int:
     args = shared.parse(build_parser(), argv)
 
     def body() -> None:
+        if not (args.problem and args.hparams_set):  # the run's flags.txt names them, as decode reads them
+            from allen_sr.api.models import resolve
+
+            given = {k: getattr(args, k) for k in ("problem", "hparams_set") if getattr(args, k)}
+            spec = resolve(args.output_dir, **given)
+            if spec.exported:
+                raise InvalidInputError(f"--output_dir {args.output_dir} is an exported model already: export "
+                                        "a training run (its folder or a checkpoint)")
+            args.problem, args.hparams_set = spec.problem, spec.hparams_set
         config = export(args.problem, args.hparams_set, args.output_dir, args.out, args.model,
                         args.hparams, args.author, not args.no_bioimageio)
         files = sorted(p.name for p in Path(args.out).iterdir())
