@@ -200,6 +200,31 @@ def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(con
 # ---------------------------------------------------------------- refusals
 
 
+def test_bioimageio_package_describes_the_images_of_its_problem(tmp_path):
+    """A model of img2img_local_* (the user's own images) was described as brightfield brain
+    sections and tagged mouse/brain; only the Allen problems' models are."""
+    import shutil
+
+    from allen_sr import pretrained
+    from allen_sr.export.bioimageio import write_package
+
+    shipped = pretrained.find("conv-fast").folder
+    config = {**json.loads((shipped / "config.json").read_text()), "checkpoint": "model.ckpt-1"}
+    assert config["problem"] == "img2img_local_dim8to32"
+    for problem, folder in ((config["problem"], tmp_path / "local"), (PROBLEM, tmp_path / "allen")):
+        folder.mkdir()
+        shutil.copy(shipped / "model.onnx", folder / "model.onnx")
+        rdf = yaml.safe_load(write_package(folder, {**config, "problem": problem}, "model.onnx", None, "me").read_text())
+        readme = (folder / rdf["documentation"]).read_text()
+        if problem == PROBLEM:
+            assert "mouse brain sections" in rdf["description"] and {"mouse", "brain"} <= set(rdf["tags"])
+            assert "mouse brain sections" in readme
+        else:
+            assert "brain" not in rdf["description"] and not {"mouse", "brain"} & set(rdf["tags"])
+            assert "brain" not in readme.split("Training data:")[0]
+            assert "brightfield microscopy images like the ones it was trained on" in rdf["description"]
+
+
 @pytest.mark.parametrize("case", ["missing", "other_model", "conv_with_it_set", "it_with_conv_set"])
 def test_export_refuses_a_foreign_or_missing_checkpoint_by_name(case, conv_run, it_run, tmp_path, capsys):
     argv = {

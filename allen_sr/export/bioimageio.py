@@ -21,7 +21,7 @@ from PIL import Image
 from allen_sr.export.conv import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME
 from allen_sr.export.runtime import OnnxDecoder
 
-__all__ = ["FORMAT_VERSION", "CITATIONS", "training_data", "write_package"]
+__all__ = ["FORMAT_VERSION", "CITATIONS", "training_data", "write_package", "subject", "tags"]
 
 FORMAT_VERSION = "0.5.4"
 CITATIONS = [
@@ -53,16 +53,36 @@ def sha256(path: Path) -> str:
 
 def training_data(problem: str) -> str:
     """One sentence naming the images ``problem`` is made from."""
-    if problem.startswith("img2img_allen_brain"):
+    if is_allen(problem):
         return (f"{ALLEN_ATLAS['name']} section images ({ALLEN_ATLAS['url']}), tiled by the "
                 f"allen-sr problem {problem}; cite: {ALLEN_ATLAS['text']}")
     return f"the images given to the allen-sr problem {problem} (not the {ALLEN_ATLAS['name']})"
 
 
+def is_allen(problem: str) -> bool:
+    """Whether ``problem`` is made of Allen Mouse Brain Atlas sections (else the user's own images)."""
+    return problem.startswith("img2img_allen_brain")
+
+
+def subject(config: dict[str, Any]) -> str:
+    """What the model enlarges, from its problem: "RGB brightfield mouse brain sections" for the
+    Allen problems, brightfield images like its training images for the others (the user's own)."""
+    colour = "greyscale" if int(config["channels"]) == 1 else "RGB"
+    if is_allen(config["problem"]):
+        return f"{colour} brightfield mouse brain sections"
+    return f"{colour} brightfield microscopy images like the ones it was trained on ({config['problem']})"
+
+
+def tags(problem: str) -> list[str]:
+    """The rdf's tags: mouse and brain only for a model trained on the Allen sections."""
+    species = ["mouse", "brain"] if is_allen(problem) else []
+    return ["super-resolution", "brightfield", "histology", *species, "2d", "onnx"]
+
+
 def training_data_field(problem: str) -> dict[str, Any]:
     """The rdf's ``training_data``: the Allen Mouse Brain Atlas described inline (a bioimage.io
     dataset id would need the network to resolve); nothing for images we cannot name."""
-    if not problem.startswith("img2img_allen_brain"):
+    if not is_allen(problem):
         return {}
     return {"training_data": {
         "type": "dataset", "format_version": "0.3.0", "name": ALLEN_ATLAS["name"],
@@ -101,7 +121,7 @@ def readme(config: dict[str, Any]) -> str:
     f = config["target_size"] // config["input_size"]
     return f"""# {config['name']}
 
-x{f} super-resolution of brightfield brain-section images (RGB, 8-bit), a residual CNN
+x{f} super-resolution of {subject(config)} (8-bit), a residual CNN
 (`img2img_conv_sr`, hparams set `{config['hparams_set']}`) trained with tensor2tensor by
 [allen-sr](https://github.com/allen-sr/allen-sr) on {config['input_size']} px -> {config['target_size']} px
 tiles of problem `{config['problem']}`.
@@ -170,13 +190,12 @@ def write_package(folder: str | os.PathLike[str], config: dict[str, Any], onnx_n
         "type": "model",
         "format_version": FORMAT_VERSION,
         "name": config["name"],
-        "description": (f"x{factor} super-resolution of RGB brightfield brain sections "
-                        f"({config['model']}, {config['hparams_set']})"),
+        "description": f"x{factor} super-resolution of {subject(config)} ({config['model']}, {config['hparams_set']})",
         "authors": [{"name": author}],
         "cite": CITATIONS + [{"text": ALLEN_ATLAS["text"], "doi": ALLEN_ATLAS["doi"]}]
-        if config["problem"].startswith("img2img_allen_brain") else CITATIONS,
+        if is_allen(config["problem"]) else CITATIONS,
         "license": "Apache-2.0",
-        "tags": ["super-resolution", "brightfield", "histology", "mouse", "brain", "2d", "onnx"],
+        "tags": tags(config["problem"]),
         "documentation": README,
         "covers": [COVER],
         "git_repo": "https://github.com/allen-sr/allen-sr",
