@@ -2,6 +2,7 @@
 traceback, `allen-sr --debug` shows the traceback of a mistake too. Real commands, real processes."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,37 @@ def test_a_full_disk_is_one_line_naming_the_file_and_what_to_do(tmp_path):
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "File too large" in err[0] and "make room" in err[0], proc.stderr[-2000:]
     assert str(tmp_path / "out") in err[0]  # the file it was writing
+
+
+def test_messages_name_only_the_flags_given_and_count_in_words(tmp_path, capsys):
+    """upscale --image without --out named --out_dir and --preview_dir, which were not given;
+    evaluate --out eval/ printed eval//metrics.json; one tile was "1 tiles"; upscale's --help said
+    --batch_size's default was None."""
+    import numpy as np
+    from PIL import Image
+
+    from allen_sr.commands import evaluate, upscale
+    from allen_sr.data.images import load_image
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(load_image(os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png"))[:32, :32]).save(image)
+    assert upscale.upscale_main(["--pretrained", "conv-fast", "--image", str(image)]) == USAGE_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--image and --image_id write one file: pass --out FILE"), err
+    assert upscale.upscale_main(["--pretrained", "conv-fast", "--image", str(image), "--out_dir", str(tmp_path)]) == 2
+    assert "pass --out FILE (not --out_dir: those are for --images)" in capsys.readouterr().err
+
+    out = f"{tmp_path / 'eval'}/"
+    assert evaluate.evaluate_main(["--pretrained", "conv-fast", "--images", str(image.parent), "--out", out,
+                                   "--no_progress"]) == 0
+    text = capsys.readouterr().out
+    assert "evaluating 1 tile of 32x32 px" in text and "decoded 1 tile in" in text, text
+    assert f"wrote {tmp_path / 'eval' / 'metrics.json'}," in text and "//" not in text
+    assert np.isfinite(json.loads((tmp_path / "eval" / "metrics.json").read_text())["methods"]["model"]["psnr"])
+
+    with pytest.raises(SystemExit):
+        upscale.upscale_main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "tiles decoded together (default: 1 for a conv model" in help_text and "default None" not in help_text
+

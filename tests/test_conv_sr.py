@@ -710,7 +710,8 @@ def test_decode_says_what_it_did_not_do_and_refuses_what_a_conv_run_lacks(data_d
     assert decode.decode_main(common + run + ["--num_examples=1000", f"--out={tmp_path / 'all'}"]) == 0
     n = json.loads((tmp_path / "all" / "metrics.json").read_text())["tiles"]
     assert 1 < n < 1000
-    assert f"note: the dev split has {n} examples: decoded all of them, not --num_examples 1000" in capsys.readouterr().out
+    note = f"note: the dev split has {n} examples: decoded all of them, not --num_examples 1000"
+    assert note in capsys.readouterr().out
 
     assert decode.decode_main(common + run + ["--mode=mean_bicubic", f"--out={tmp_path / 'b'}"]) == 2
     err = capsys.readouterr().err

@@ -214,7 +214,8 @@ def test_bioimageio_package_describes_the_images_of_its_problem(tmp_path):
     for problem, folder in ((config["problem"], tmp_path / "local"), (PROBLEM, tmp_path / "allen")):
         folder.mkdir()
         shutil.copy(shipped / "model.onnx", folder / "model.onnx")
-        rdf = yaml.safe_load(write_package(folder, {**config, "problem": problem}, "model.onnx", None, "me").read_text())
+        rdf_path = write_package(folder, {**config, "problem": problem}, "model.onnx", None, "me")
+        rdf = yaml.safe_load(rdf_path.read_text())
         readme = (folder / rdf["documentation"]).read_text()
         if problem == PROBLEM:
             assert "mouse brain sections" in rdf["description"] and {"mouse", "brain"} <= set(rdf["tags"])

@@ -123,12 +123,14 @@ def test_fine_tuning_a_probabilistic_model_keeps_training_its_uncertainty_head(t
     from allen_sr.commands.train import start_from
 
     common = [*START, "--hparams_set=img2img_conv_sr_cpu"]
-    argv = start_from("conv-probabilistic", [*common, f"--output_dir={tmp_path / 'a'}", "--hparams=cosine_decay_steps=5"])
+    argv = start_from("conv-probabilistic",
+                      [*common, f"--output_dir={tmp_path / 'a'}", "--hparams=cosine_decay_steps=5"])
     assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=cosine_decay_steps=5,probabilistic=True"]
     assert "conv-probabilistic has an uncertainty head: this run trains it too" in capsys.readouterr().out
     argv = start_from("conv-probabilistic", [*common, f"--output_dir={tmp_path / 'b'}"])
     assert "--hparams=probabilistic=True" in argv and "uncertainty head" in capsys.readouterr().out
-    argv = start_from("conv-probabilistic", [*common, f"--output_dir={tmp_path / 'c'}", "--hparams=probabilistic=False"])
+    argv = start_from("conv-probabilistic",
+                      [*common, f"--output_dir={tmp_path / 'c'}", "--hparams=probabilistic=False"])
     assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=probabilistic=False"]
     assert "uncertainty head" not in capsys.readouterr().out
 

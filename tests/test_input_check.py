@@ -190,9 +190,9 @@ def test_upscale_check_reports_every_image_and_writes_nothing_else(tmp_path, cap
     half[:, :width] = low_res(BRAIN, "noise=14")[:, :width]
     Image.fromarray(half).save(tmp_path / "half.png")
     assert cli(["upscale", "--check", "--image", str(tmp_path / "half.png")]) == 0
-    assert "0 of 1 images beyond" in capsys.readouterr().out
+    assert "0 of 1 image beyond" in capsys.readouterr().out
     assert cli(["upscale", "--check", "--image", str(tmp_path / "half.png"), "--width", str(width)]) == 1
-    assert "1 of 1 images beyond" in capsys.readouterr().out
+    assert "1 of 1 image beyond" in capsys.readouterr().out
     # smaller than the model's input tile: refused as upscale refuses it (it was "within", exit 0)
     assert cli(["upscale", "--check", "--image", str(tmp_path / "half.png"), "--width", "3"]) == 2
     assert "the region is 3x" in capsys.readouterr().err

@@ -200,6 +200,7 @@ def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped
     assert "2 written, 1 already done (skipped), 0 failed" in text
     resumed = re.search(r"resuming: (\d+) of 800 output rows", text)
     assert resumed and 0 < int(resumed.group(1)) < 800
+    assert "pass --restart to predict them again" in text  # the flag, by name
     assert sorted(p.name for p in out.iterdir()) == folder_listing("a.png", "b.png", "c.jpg")
     fresh = tmp_path / "fresh.png"
     assert upscale.upscale_main(["--image", str(tmp_path / "in" / "b.png"), "--out", str(fresh),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from allen_sr.api.folders import INPUT_ERRORS, failure
-from allen_sr.errors import InvalidInputError, first_line
+from allen_sr.errors import InvalidInputError, count, first_line
 from allen_sr.fileio import atomic_write_text, write_json_atomic
 from allen_sr.inference import writers
 from allen_sr.inference.input_check import InputCheck, check_file
@@ -66,7 +66,7 @@ class CheckReport:
             out.append(f"  {verdict:<7} {jpeg:<9} {noise:<16} {c.name}")
             out += [f"    warning: {text}" for text in c.warnings]
         out += [f"  failed: {failure(src, why)}" for src, why in self.failed.items()]
-        out.append(f"{len(self.beyond)} of {len(self.checked) + len(self.failed)} images beyond the inputs "
+        out.append(f"{len(self.beyond)} of {count(len(self.checked) + len(self.failed), 'image')} beyond the inputs "
                    f"the model trained on, {len(self.failed)} unreadable")
         return out
 

@@ -35,7 +35,7 @@ from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, 
                                   preview_box, split_uncertain, strided_rows, uncertainty_paths,
                                   HEAT_MAP_PIXELS)
 from allen_sr.decoding.modes import check_one_value_mode
-from allen_sr.errors import InvalidInputError, UserError
+from allen_sr.errors import InvalidInputError, UserError, count
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.samples import announced_white, colour_samples
 from allen_sr.data.stats import to_grey
@@ -437,7 +437,7 @@ class Upscaler:
         for warning in checked.warnings:
             log(f"warning: {warning}")
         log(f"upscaling {cut.name} {cut.width}x{cut.height} px x{f} -> {out_w}x{out_h} px "
-            f"({out_w * out_h / 1e6:.1f} MP): {layout.tiles} tiles of {layout.tile_w}x{layout.tile_h} px, "
+            f"({out_w * out_h / 1e6:.1f} MP): {count(layout.tiles, 'tile')} of {layout.tile_w}x{layout.tile_h} px, "
             f"overlap {tm.overlap} px, {tm.describe}")
         stored = tm.channels + (2 if uncertainty else 0)  # + the uncertainty's two bytes
         store = resume.RowStore(out, self._resume_key(layout, image, region, (cut.width, cut.height),
@@ -448,7 +448,7 @@ class Upscaler:
         done = store.open()
         if done:
             log(f"resuming: {done} of {out_h} output rows were saved by an interrupted run "
-                f"({store.folder}); restart to predict them again")
+                f"({store.folder}); pass --restart to predict them again")
         start = time.perf_counter()
         predicted = self._bands(grown, layout, progress, dy * f + done, uncertainty)
         if grown is not cut:

@@ -26,9 +26,10 @@ USAGE_ERROR = 2  # exit code of every command for a user's mistake (as argparse 
 INTERRUPTED = 130  # exit code after Ctrl-C (128 + SIGINT, as a shell reports it)
 
 
-def add_model_args(p: argparse.ArgumentParser, shipped: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, shipped: bool = True, batch_help: str | None = None) -> None:
     """Add the shared model and decoding flags to a command's parser; ``shipped=False`` for a
-    command that runs training runs only (`decode`): --pretrained and --exported are not offered."""
+    command that runs training runs only (`decode`): --pretrained and --exported are not offered.
+    ``batch_help``: --batch_size's help where the command sets its own default."""
     g = p.add_argument_group("model and decoding (default: the default pretrained model, "
                              "`allen-sr models` lists them)" if shipped else
                              "model and decoding (a training run: --problem, --hparams_set, --output_dir)")
@@ -54,7 +55,8 @@ def add_model_args(p: argparse.ArgumentParser, shipped: bool = True) -> None:
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature for --mode sample")
     g.add_argument("--seed", type=int, default=0,
                    help="seed for --mode sample; evaluate: also which tiles and degradations (default %(default)s)")
-    g.add_argument("--batch_size", type=int, default=16, help="tiles decoded together (default %(default)s)")
+    g.add_argument("--batch_size", type=int, default=16,
+                   help=batch_help or "tiles decoded together (default %(default)s)")
     g.add_argument("--decoder", default=None, choices=KINDS,
                    help="fast: incremental NumPy; naive: the t2t graph, one pass per sub-pixel "
                         "(reference); one_pass: the conv model (default: the model's own)")

@@ -127,9 +127,9 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
         if n < args.num_examples:
             print(f"note: the {args.dataset_split} split has {count(n, 'example')}: decoded all of them, "
                   f"not --num_examples {args.num_examples}")
-        print(f"decoded {n} example(s) in {result.seconds:.1f} s ({result.seconds / n:.2f} s/image, "
+        print(f"decoded {count(n, 'example')} in {result.seconds:.1f} s ({result.seconds / n:.2f} s/image, "
               f"{result.decoder} decoder, mode {result.mode})")
-        print(f"wrote {result.out_dir}/example_000.png .. example_{n - 1:03d}.png, grid.png, "
+        print(f"wrote {result.out_dir / 'example_000.png'} .. example_{n - 1:03d}.png, grid.png, "
               "metrics.csv, metrics.json, metrics.md")
         if "uncertainty" in result.summary:
             u = result.summary["uncertainty"]

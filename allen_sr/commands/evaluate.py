@@ -27,7 +27,7 @@ from allen_sr.data.degrade import FixedStep, degrade_image, format_fixed, parse_
 from allen_sr.data.images import ImageSkipped, image_id, load_image
 from allen_sr.data.stats import to_grey
 from allen_sr.data import tiles as tiling
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, count
 
 
 def tile_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -91,7 +91,7 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
         found_inputs += inputs
         names += [f"{image_names[index]}@{top},{left}" for top, left in positions]
     if not names:
-        raise InvalidInputError(f"no tissue tiles of {size}x{size} px in {len(paths)} image(s)")
+        raise InvalidInputError(f"no tissue tiles of {size}x{size} px in {count(len(paths), 'image')}")
     targets = np.concatenate(found)
     inputs = np.stack(found_inputs)
     keep = tile_subset(len(targets), max_tiles, seed)
@@ -170,7 +170,7 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
         from allen_sr.decoding.uncertainty import Recorder
 
         recorder = Recorder((calibration.temperature,), targets)
-    print(f"evaluating {len(targets)} tiles of {size}x{size} px ({opened.model}, {opened.mode})", flush=True)
+    print(f"evaluating {count(len(targets), 'tile')} of {size}x{size} px ({opened.model}, {opened.mode})", flush=True)
     start = time.perf_counter()
     kwargs = shared.decode_kwargs(spec, opened.mode, progress)
     predictions = opened.decoder.decode(inputs, **kwargs, **({"recorder": recorder} if recorder else {}))
@@ -193,7 +193,8 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
         print(f"uncertainty (temperature {u['calibration']['temperature']:g}): coverage_50 {u['coverage_50']:.3f}, "
               f"coverage_90 {u['coverage_90']:.3f}, rmse_ratio_surest_half {u['rmse_ratio_surest_half']:.3f} "
               f"(oracle {u['rmse_ratio_surest_half_oracle']:.3f}); wrote reliability.png, uncertainty_grid.png")
-    print(f"decoded {len(targets)} tiles in {seconds:.1f} s; wrote {out_dir}/metrics.json, metrics.md, "
+    print(f"decoded {count(len(targets), 'tile')} in {seconds:.1f} s; "
+          f"wrote {os.path.join(out_dir, 'metrics.json')}, metrics.md, "
           "metrics.csv, grid.png")
     return summary
 
@@ -237,7 +238,8 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names, baselines=metrics.METHODS,
                             extra=extra, grid_crop=32 * factor, unit="image")
     print(metrics.summary_to_text(summary))
-    print(f"wrote {out_dir}/metrics.json, metrics.md, metrics.csv, grid.png (the centre of each image)")
+    print(f"wrote {os.path.join(out_dir, 'metrics.json')}, metrics.md, metrics.csv, grid.png "
+          "(the centre of each image)")
     return summary
 
 

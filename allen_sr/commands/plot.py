@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from allen_sr.commands.args import expand_home
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, count
 from allen_sr.evaluation.plots import plot_loss_curves
 from allen_sr.inference import writers
 
@@ -48,5 +48,5 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {path} ({len(args.runs)} run(s), tag {args.tag!r})")
+    print(f"wrote {path} ({count(len(args.runs), 'run')}, tag {args.tag!r})")
     return 0

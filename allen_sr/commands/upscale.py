@@ -34,18 +34,19 @@ from typing import Callable
 
 from allen_sr import fileio
 from allen_sr.api.outputs import compare_path
-from allen_sr.api.upscaler import CONV_TILE, RAMP, Options, Region, Upscaler
+from allen_sr.api.upscaler import CONV_TILE, RAMP, TRANSFORMER_BATCH, Options, Region, Upscaler
 from allen_sr.api.models import ModelSpec, describe_source, model_shape, trained_degradation
 from allen_sr.api.remote import is_url
 from allen_sr.commands import args as shared
 from allen_sr.inference import writers
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, count
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="allen-sr upscale", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    shared.add_model_args(p)
+    shared.add_model_args(p, batch_help=f"tiles decoded together (default: 1 for a conv model, whose tiles are "
+                                        f"large; {TRANSFORMER_BATCH} for an Image Transformer)")
     p.set_defaults(batch_size=None)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image",
@@ -141,7 +142,9 @@ def check_outputs(args: argparse.Namespace) -> None:
             if folder is not None and not is_url(folder):
                 fileio.check_output_folder(folder, flag)
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
-        raise InvalidInputError("--image and --image_id write one file: pass --out FILE (not --out_dir, --preview_dir)")
+        folders = [flag for flag in ("--out_dir", "--preview_dir") if getattr(args, flag[2:]) is not None]
+        raise InvalidInputError("--image and --image_id write one file: pass --out FILE"
+                                + (f" (not {', '.join(folders)}: those are for --images)" if folders else ""))
     elif args.dask is not None:
         raise InvalidInputError("--dask runs a folder of images: pass --images DIR|GLOB and --out_dir DIR")
     unused = [f"--{flag}" for flag, default in (("downsample", 0), ("api_base", None), ("download_dir", None))
@@ -225,7 +228,7 @@ def upscale_main(argv: list[str] | None = None) -> int:
 
             pairs = plan_outputs(collect_images(args.images), args.out_dir,
                                  args.preview_dir if options.preview_size > 0 else None, args.uncertainty)
-            say(f"{len(pairs)} images -> {args.out_dir}, {up.describe}")
+            say(f"{count(len(pairs), 'image')} -> {args.out_dir}, {up.describe}")
             if args.dask is None:
                 report = upscale_folder(up, pairs, progress, args.preview_dir,
                                         log=None if progress else say, **file_options)

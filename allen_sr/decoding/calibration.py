@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from allen_sr.decoding.uncertainty import TEMPERATURE_GRID, Calibration, Recorder, fit_temperature, reliability
+from allen_sr.errors import count
 from allen_sr.fileio import write_json_atomic
 
 CALIBRATION_NAME = "uncertainty_calibration.json"
@@ -130,7 +131,8 @@ def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, m
         return Calibration(1.0, f"not fitted: no readable dev split in {data_dir} "
                                 f"({str(exc).splitlines()[0]})")
     if log is not None:
-        log(f"fitting the uncertainty calibration on {len(inputs)} dev tiles of {data_dir} (once per checkpoint and decoding mode)")
+        log(f"fitting the uncertainty calibration on {count(len(inputs), 'dev tile')} of {data_dir} "
+            "(once per checkpoint and decoding mode)")
     calibration, report = fit_calibration(decoder, inputs, targets, mode,
                                           fit_where(problem, data_dir), progress)
     entries = _read(checkpoint)
