@@ -179,3 +179,22 @@ def test_messages_name_only_the_flags_given_and_count_in_words(tmp_path, capsys)
     help_text = " ".join(capsys.readouterr().out.split())
     assert "tiles decoded together (default: 1 for a conv model" in help_text and "default None" not in help_text
 
+
+def test_upscale_says_when_another_outputs_compare_picture_is_replaced(tmp_path, capsys):
+    """a_x4.png and a_x4.ome.tif share a_x4.compare.png (named without the image type): the second
+    run replaced the first's picture without a word."""
+    from PIL import Image
+
+    from allen_sr.commands import upscale
+    from allen_sr.data.images import load_image
+
+    image = tmp_path / "a.png"
+    Image.fromarray(load_image(os.path.join(SAMPLE_IMAGES, "other_skimage_ihc_colon_DAB.png"))[:24, :24]).save(image)
+    flags = ["--pretrained", "conv-fast", "--image", str(image), "--no_progress", "--preview_size", "8"]
+    assert upscale.upscale_main(flags + ["--out", str(tmp_path / "a_x4.png")]) == 0
+    assert upscale.upscale_main(flags + ["--out", str(tmp_path / "a_x4.png")]) == 0  # its own: nothing to say
+    assert "note:" not in capsys.readouterr().out
+    assert upscale.upscale_main(flags + ["--out", str(tmp_path / "a_x4.ome.tif")]) == 0
+    assert ("note: a_x4.compare.png of a_x4.png will be replaced by a_x4.ome.tif's (the pictures of both are "
+            "named a_x4.*); give --out another name to keep them") in capsys.readouterr().out
+

@@ -13,7 +13,7 @@ import numpy as np
 from allen_sr.inference import sources, tiling, writers
 
 __all__ = ["HEAT_MAP_PIXELS", "PreviewTap", "preview_box", "compare_path", "uncertainty_paths", "check_output_names",
-           "encode_uncertain", "decode_uncertain", "split_uncertain", "strided_rows"]
+           "encode_uncertain", "decode_uncertain", "split_uncertain", "strided_rows", "shared_extras"]
 
 
 # The uncertainty heat map PNG is for people and made whole: at most this many pixels, every
@@ -21,10 +21,13 @@ __all__ = ["HEAT_MAP_PIXELS", "PreviewTap", "preview_box", "compare_path", "unce
 HEAT_MAP_PIXELS = 4096 * 4096
 
 
+OUTPUT_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg")  # dropped from the stem
+
+
 def compare_path(out: Path) -> Path:
     """Where the compare picture of output ``out`` goes: ``OUT-stem.compare.png`` beside it."""
     name = out.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg"):
+    for suffix in OUTPUT_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[:-len(suffix)]
             break
@@ -77,6 +80,16 @@ def uncertainty_paths(out: Path) -> tuple[Path, Path]:
     """``OUT.uncertainty.tif`` and ``OUT.uncertainty.png`` beside output ``out`` (its type suffix dropped)."""
     stem = compare_path(out).name[:-len(".compare.png")]
     return out.with_name(f"{stem}.uncertainty.tif"), out.with_name(f"{stem}.uncertainty.png")
+
+
+def shared_extras(out: Path, files: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """(other outputs, existing ``files``): the outputs beside ``out`` of the same stem and another
+    image type (a_x4.png for a_x4.ome.tif), whose compare picture and uncertainty maps have the
+    names ``out``'s get, and which of ``files`` (those names) exist; ([], []) when none does."""
+    stem = compare_path(out).name[:-len(".compare.png")]
+    others = [p for suffix in OUTPUT_SUFFIXES if (p := out.with_name(stem + suffix)) != out and p.is_file()]
+    existing = [p for p in files if p.is_file()]
+    return (others, existing) if others and existing else ([], [])
 
 
 class PreviewTap:

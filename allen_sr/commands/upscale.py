@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from allen_sr import fileio
-from allen_sr.api.outputs import compare_path
+from allen_sr.api.outputs import compare_path, shared_extras, uncertainty_paths
 from allen_sr.api.upscaler import CONV_TILE, RAMP, TRANSFORMER_BATCH, Options, Region, Upscaler
 from allen_sr.api.models import ModelSpec, describe_source, model_shape, trained_degradation
 from allen_sr.api.remote import is_url
@@ -190,6 +190,17 @@ def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say
     return 1 if report.beyond or report.failed else 0
 
 
+def note_shared_extras(out: Path, preview: bool, uncertainty: bool, say: Callable[[str], None]) -> None:
+    """Say when this output's compare picture or uncertainty maps replace another output's: they are
+    named from the output's name without its image type, so a_x4.png and a_x4.ome.tif share them."""
+    files = ([compare_path(out)] if preview else []) + (list(uncertainty_paths(out)) if uncertainty else [])
+    others, existing = shared_extras(out, files)
+    if existing:
+        stem = compare_path(out).name[:-len(".compare.png")]
+        say(f"note: {', '.join(p.name for p in existing)} of {others[0].name} will be replaced by {out.name}'s "
+            f"(the pictures of both are named {stem}.*); give --out another name to keep them")
+
+
 def upscale_main(argv: list[str] | None = None) -> int:
     args = shared.parse(build_parser(), argv)
 
@@ -221,6 +232,7 @@ def upscale_main(argv: list[str] | None = None) -> int:
                                 restart=options.restart, compression=options.compression,
                                 uncertainty=args.uncertainty)
             if args.images is None:
+                note_shared_extras(Path(args.out), options.preview_size > 0, args.uncertainty, say)
                 up.predict_file(image, args.out, progress=progress, preview_size=options.preview_size,
                                 log=say, **file_options)
                 return 0
