@@ -222,6 +222,24 @@ def test_a_run_is_continued_only_with_its_own_set(conv_run, capsys):
     assert not (conv_run / "model.ckpt-2.index").exists()
 
 
+def test_a_literal_tilde_names_the_same_folders_for_the_checks_as_for_t2t(conv_run, tmp_path, monkeypatch, capsys):
+    """--output_dir='~/run' --data_dir='~/data' (a quoted ~, as from a manifest): t2t-trainer expands
+    the ~ itself, so the checks must look at the same folders (a dataset found, another set's run refused)."""
+    import shutil
+
+    from allen_sr.t2t import tools
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(conv_run, tmp_path / "run")
+    shutil.copytree(conv_run.parent / "data", tmp_path / "data")
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu",
+                             "--data_dir=~/data", "--output_dir", "~/run", "--worker_gpu=0", "--train_steps=2"])
+    _one_line_error(capsys, code, f"--output_dir={tmp_path / 'run'} holds a run of --hparams_set=img2img_conv_sr_fast")
+    assert not (tmp_path / "run" / "model.ckpt-2.index").exists()
+    assert tools.expand_home(["--tmp_dir=~/x", "--data_dir", "~/d", "--hparams=a=~"]) == [
+        f"--tmp_dir={tmp_path}/x", "--data_dir", f"{tmp_path}/d", "--hparams=a=~"]
+
+
 def test_hparams_json_of_a_run_without_checkpoint_is_dropped_only_when_it_differs(conv_run, tmp_path, capsys):
     """t2t-trainer reads OUTPUT_DIR/hparams.json over the set: one left by a run that failed before its
     first checkpoint would silently replace a corrected command's hparams."""

@@ -43,6 +43,23 @@ def _has_flag(argv: list[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
 
 
+# Folder flags that t2t-datagen / t2t-trainer pass through os.path.expanduser.
+HOME_FLAGS = ("data_dir", "output_dir", "tmp_dir")
+
+
+def expand_home(argv: list[str]) -> list[str]:
+    """``argv`` with a leading ~ of the folder flags expanded, as t2t's tools do themselves: a
+    literal ~ (quoted, or from a manifest) must name the same folder in our checks as in t2t's."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        for name in HOME_FLAGS:
+            if arg.startswith(f"--{name}=~"):
+                out[i] = f"--{name}=" + os.path.expanduser(arg.split("=", 1)[1])
+            elif arg == f"--{name}" and i + 1 < len(out) and out[i + 1].startswith("~"):
+                out[i + 1] = os.path.expanduser(out[i + 1])
+    return out
+
+
 def _gpu_count() -> int:
     import tensorflow as tf
 
@@ -274,12 +291,12 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
 
 def datagen_main(argv: list[str]) -> int:
     """allen-sr datagen [t2t-datagen flags]"""
-    return _run("allen-sr datagen", "t2t_datagen", argv, check_datagen_flags)
+    return _run("allen-sr datagen", "t2t_datagen", expand_home(argv), check_datagen_flags)
 
 
 def train_main(argv: list[str]) -> int:
     """allen-sr train [t2t-trainer flags]"""
-    argv = list(argv)
+    argv = expand_home(argv)
     if not any(a in ("-h", "--help", "--helpfull") for a in argv) and not _has_flag(argv, "worker_gpu"):
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
