@@ -222,6 +222,31 @@ def test_a_run_is_continued_only_with_its_own_set(conv_run, capsys):
     assert not (conv_run / "model.ckpt-2.index").exists()
 
 
+def test_a_run_is_continued_only_with_hparams_its_checkpoint_can_restore(conv_run, capsys):
+    """Another num_res_blocks (or a budget turned on: the clock is a variable) is refused before
+    t2t-trainer rewrites the run's hparams.json and flags.txt; a new learning rate or batch size is not."""
+    from allen_sr.t2t import tools
+
+    before = {name: (conv_run / name).read_text() for name in ("hparams.json", "flags.txt")}
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={conv_run.parent / 'data'}", f"--output_dir={conv_run}", "--worker_gpu=0",
+                             "--train_steps=2", "--hparams=probabilistic=True,num_res_blocks=2,batch_size=3"])
+    line = _one_line_error(capsys, code, "num_res_blocks=2 (run: 1)", "model.ckpt-1", "another --output_dir")
+    assert "batch_size" not in line and "probabilistic" not in line
+    assert {name: (conv_run / name).read_text() for name in before} == before
+    assert not (conv_run / "model.ckpt-2.index").exists()
+
+    def check(overrides):
+        hparams = tools.build_hparams("img2img_conv_sr_fast", overrides)
+        tools.check_run_folder(str(conv_run), PROBLEM, "img2img_conv_sr", "img2img_conv_sr_fast", hparams, overrides)
+
+    check("probabilistic=True,learning_rate_constant=1e-4,batch_size=3,degradation=none,cosine_decay_steps=50")
+    with pytest.raises(tools.UsageError, match=r"train_budget_seconds=30.0 \(run: 0.0; turned on"):
+        check("probabilistic=True,train_budget_seconds=30")
+    with pytest.raises(tools.UsageError, match=r"probabilistic=False \(run: True\)"):
+        check("probabilistic=False")
+
+
 def test_a_literal_tilde_names_the_same_folders_for_the_checks_as_for_t2t(conv_run, tmp_path, monkeypatch, capsys):
     """--output_dir='~/run' --data_dir='~/data' (a quoted ~, as from a manifest): t2t-trainer expands
     the ~ itself, so the checks must look at the same folders (a dataset found, another set's run refused)."""

@@ -162,9 +162,48 @@ def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> Non
         raise UsageError(f"train_budget_seconds must be a number of seconds >= 0 (0 = no time budget), got {budget}")
 
 
-def check_run_folder(output_dir: str, problem: str, model: str, hparams_set: str, hparams: "HParams") -> None:
-    """Refuse to continue the run in ``output_dir`` with another model or hparams set (t2t-trainer
-    would restore it and keep its recorded hparams); drop an hparams.json that a run which saved no
+# Hparams that may change when a run is continued: they steer the training, not which variables the
+# checkpoint holds (every other one that differs from the run's hparams.json is refused).
+RESUMABLE_HPARAMS = frozenset((
+    "batch_size", "batch_shuffle_size", "degradation", "color_augment", "target_noise", "cosine_decay_min",
+    "cosine_decay_steps", "clip_grad_norm", "weight_decay", "weight_noise", "grad_noise_scale", "label_smoothing",
+    "dropout", "attention_dropout", "relu_dropout", "symbol_dropout", "layer_prepostprocess_dropout",
+    "max_length", "min_length", "length_bucket_step", "min_length_bucket", "pixel_loss", "charbonnier_epsilon",
+    "gan_learning_rate", "gan_beta1", "ev_loss_weight", "embedding_smoothness", "prior_sigma",
+    "optimizer_adam_beta1", "optimizer_adam_beta2", "optimizer_adam_epsilon", "optimizer_momentum_momentum",
+    "optimizer_momentum_nesterov", "summarize_grads", "summarize_vars"))
+RESUMABLE_PREFIXES = ("learning_rate", "eval_", "decode_", "sampling_")
+# ... and those that may change except from 0 (off) to on, which adds variables (the training
+# clock, the discriminator, the weight average) that the checkpoint lacks.
+VARIABLES_WHEN_ON = ("train_budget_seconds", "gan_weight", "weight_ema_decay")
+
+
+def changed_hparams(recorded: dict, hparams: "HParams", overrides: str | None) -> list[str]:
+    """"name=value (run: value)" of each ``--hparams`` override that a run recorded as ``recorded``
+    (its hparams.json, which t2t-trainer reads under the overrides) cannot be continued with."""
+    from tensor2tensor.utils.hparam import PARAM_RE
+
+    ours = json.loads(hparams.to_json())
+    changed = []
+    for name in dict.fromkeys(m.group("name") for m in PARAM_RE.finditer(overrides or "")):
+        if name not in recorded or name not in ours or recorded[name] == ours[name]:
+            continue
+        if name in RESUMABLE_HPARAMS or name.startswith(RESUMABLE_PREFIXES):
+            continue
+        if name in VARIABLES_WHEN_ON:
+            if float(recorded[name] or 0) > 0 or not float(ours[name] or 0) > 0:
+                continue
+            changed.append(f"{name}={ours[name]} (run: {recorded[name]}; turned on, it adds variables)")
+        else:
+            changed.append(f"{name}={ours[name]} (run: {recorded[name]})")
+    return changed
+
+
+def check_run_folder(output_dir: str, problem: str, model: str, hparams_set: str, hparams: "HParams",
+                     overrides: str | None = None) -> None:
+    """Refuse to continue the run in ``output_dir`` with another model or hparams set, or with
+    ``--hparams`` ``overrides`` that change its variables (t2t-trainer would rewrite its hparams.json
+    and flags.txt and then fail to restore it); drop an hparams.json that a run which saved no
     checkpoint left there, when it differs from this command's (t2t-trainer reads it over the set)."""
     import tensorflow as tf
 
@@ -177,6 +216,13 @@ def check_run_folder(output_dir: str, problem: str, model: str, hparams_set: str
             if was != value:
                 raise UsageError(f"--output_dir={output_dir} holds a run of --{name}={was} ({checkpoint}), not "
                                  f"{value}: pass --{name}={was} to continue it, or choose another --output_dir")
+        path = os.path.join(output_dir, "hparams.json")
+        if tf.io.gfile.exists(path):
+            changed = changed_hparams(json.loads(tf.io.gfile.GFile(path).read()), hparams, overrides)
+            if changed:
+                raise UsageError(f"--output_dir={output_dir} holds a run ({checkpoint}) that cannot continue with "
+                                 f"--hparams {', '.join(changed)}: the checkpoint holds another model; pass the run's "
+                                 "values (its hparams.json) to continue it, or choose another --output_dir")
         return
     path = os.path.join(output_dir, "hparams.json")
     if not tf.io.gfile.exists(path):
@@ -239,7 +285,7 @@ def check_train_flags(argv: list[str]) -> None:
     if flag_value(argv, "schedule") != "train":
         check_shards(data_dir, prefix, "dev", problem, "; evaluation reads them (--schedule=train trains without)")
     if output_dir:
-        check_run_folder(output_dir, problem, model, hparams_set, hparams)
+        check_run_folder(output_dir, problem, model, hparams_set, hparams, flag_value(argv, "hparams"))
 
 
 def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], None]) -> int:
