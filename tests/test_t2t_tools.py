@@ -183,6 +183,22 @@ def test_train_refuses_what_cannot_train_before_anything_is_written(model, hpara
     assert not out.exists()  # no hparams.json for a later run to pick up
 
 
+def test_a_folder_that_cannot_be_created_is_one_line(stock_datagen, tmp_path, capsys):
+    """--output_dir under a file or in /proc, --data_dir of datagen under a file: named before t2t
+    starts (it failed with a TensorFlow traceback and exit status 1)."""
+    from allen_sr.t2t import tools
+
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    for out in (a_file / "run", "/proc/allen_sr_run"):
+        code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr",
+                                 "--hparams_set=img2img_conv_sr_fast", f"--data_dir={stock_datagen / 'data'}",
+                                 f"--output_dir={out}", "--worker_gpu=0", "--train_steps=1"])
+        _one_line_error(capsys, code, f"--output_dir={out} cannot be created", "pass a folder you can write to")
+    code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={a_file / 'data'}", f"--tmp_dir={tmp_path}"])
+    _one_line_error(capsys, code, f"--data_dir={a_file / 'data'} cannot be created")
+
+
 def test_a_malformed_tf_config_is_one_line(stock_datagen, tmp_path, capsys, monkeypatch):
     from allen_sr.t2t import tools
 

@@ -99,10 +99,22 @@ def _check_folder(argv: list[str], name: str, required: bool = True) -> str | No
     return folder
 
 
+def _make_folder(folder: str, name: str) -> None:
+    """Create the --name ``folder`` if missing; UsageError naming it when that fails (under a file,
+    no permission, /proc...), which t2t reported as a traceback once it first wrote there."""
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.makedirs(folder)
+    except (OSError, tf.errors.OpError) as exc:
+        reason = exc.message if isinstance(exc, tf.errors.OpError) else (exc.strerror or str(exc))
+        raise UsageError(f"--{name}={folder} cannot be created ({reason}): pass a folder you can write to") from None
+
+
 def check_datagen_flags(argv: list[str]) -> None:
     """Refuse a datagen command line that cannot work, before tensor2tensor starts."""
     _check_names(argv, ("problem",))
-    _check_folder(argv, "data_dir")
+    _make_folder(_check_folder(argv, "data_dir"), "data_dir")
     ignored = {"random_seed": "the tiles are shuffled with a fixed seed and split by a hash of each image's name, "
                               "so every run makes the same dataset",
                "max_cases": "a problem tiles every image it finds; point --tmp_dir at fewer images for a smaller "
@@ -286,6 +298,7 @@ def check_train_flags(argv: list[str]) -> None:
         check_shards(data_dir, prefix, "dev", problem, "; evaluation reads them (--schedule=train trains without)")
     if output_dir:
         check_run_folder(output_dir, problem, model, hparams_set, hparams, flag_value(argv, "hparams"))
+        _make_folder(output_dir, "output_dir")  # the last check: a refused command leaves no folder
 
 
 def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], None]) -> int:
