@@ -199,6 +199,24 @@ def test_a_folder_that_cannot_be_created_is_one_line(stock_datagen, tmp_path, ca
     _one_line_error(capsys, code, f"--data_dir={a_file / 'data'} cannot be created")
 
 
+def test_more_gpus_than_the_host_has_are_refused(stock_datagen, tmp_path, capsys, monkeypatch):
+    """--worker_gpu=2 on a one-GPU host (the second shard would run on the CPU) and a negative count
+    are refused; on a host without GPUs the shards on the CPU are allowed, with a note."""
+    from allen_sr.t2t import tools
+
+    flags = [f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+             f"--data_dir={stock_datagen / 'data'}", f"--output_dir={tmp_path / 'run'}", "--train_steps=1",
+             "--schedule=train"]
+    monkeypatch.setattr(tools, "_gpu_count", lambda: 1)
+    _one_line_error(capsys, tools.train_main(flags + ["--worker_gpu=2"]), "--worker_gpu=2", "1 visible GPU",
+                    "--worker_gpu=1 or fewer")
+    _one_line_error(capsys, tools.train_main(flags + ["--worker_gpu", "-1"]), "--worker_gpu=-1", "0 trains on the CPU")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(tools, "_gpu_count", lambda: 0)
+    tools.check_worker_gpu(flags + ["--worker_gpu=2"])
+    assert "2 data shards run on the CPU" in capsys.readouterr().out
+
+
 def test_a_malformed_tf_config_is_one_line(stock_datagen, tmp_path, capsys, monkeypatch):
     from allen_sr.t2t import tools
 

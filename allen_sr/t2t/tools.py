@@ -282,6 +282,26 @@ def check_trainer_command(argv: list[str]) -> tuple[str, str, str, "HParams"]:
     return problem, model, hparams_set, hparams
 
 
+def check_worker_gpu(argv: list[str]) -> None:
+    """UsageError for a negative --worker_gpu, or more than this host's visible GPUs when it has
+    some: t2t puts a data shard on each gpu:N named, and the session runs those of the missing
+    GPUs on the CPU, beside the real one. On a host without GPUs every shard runs on the CPU
+    (a batch of N x batch_size per step): allowed, with a note."""
+    value = flag_value(argv, "worker_gpu")
+    if value is None or not value.lstrip("-").isdigit():
+        return  # absl names a value that is not a number
+    wanted = int(value)
+    if wanted < 0:
+        raise UsageError(f"--worker_gpu={value}: pass the number of GPUs to train on (0 trains on the CPU)")
+    visible = _gpu_count()
+    if wanted > visible > 0:
+        raise UsageError(f"--worker_gpu={wanted}: this host has {visible} visible GPU(s); pass --worker_gpu={visible} "
+                         "or fewer (the data shards of missing GPUs would run on the CPU)")
+    if wanted > 1 and visible == 0:
+        print(f"note: --worker_gpu={wanted} on a host without GPUs: {wanted} data shards run on the CPU, "
+              f"a batch of {wanted} x batch_size per step (--worker_gpu=0: one)", flush=True)
+
+
 def check_train_flags(argv: list[str]) -> None:
     """Refuse a training command line that cannot work before any training (unknown names, a
     model and hparams set of two families, malformed --hparams, another run's folder, no data)."""
@@ -290,6 +310,7 @@ def check_train_flags(argv: list[str]) -> None:
     from tensor2tensor.utils import registry
 
     problem, model, hparams_set, hparams = check_trainer_command(argv)
+    check_worker_gpu(argv)
     output_dir = _check_folder(argv, "output_dir", required=False)
     data_dir = _check_folder(argv, "data_dir")
     prefix = registry.problem(problem).dataset_filename()
