@@ -173,7 +173,7 @@ class Img2imgConvSr(t2t_model.T2TModel):
         # The probabilistic head's log scale of the data shard whose body ran last, for loss()
         # (t2t runs each shard's body and then its loss).
         self._log_scale: tf.Tensor | None = None
-        # (elapsed, tick) of schedule.training_clock(), made by optimize() when
+        # (elapsed, step_start) of schedule.training_clock(), made by optimize() when
         # train_budget_seconds > 0.
         self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
 
@@ -309,8 +309,8 @@ class Img2imgConvSr(t2t_model.T2TModel):
                 ema = tf.train.ExponentialMovingAverage(
                     decay, num_updates=tf.train.get_or_create_global_step(), name=EMA_NAME)
                 after_step.append(ema.apply(g_vars))
-            if self._clock is not None:
-                after_step.append(self._clock[1])
+        if self._clock is not None:
+            after_step.append(schedule.tick_after(self._clock, train_op))
         if not after_step:
             return train_op
         return tf.group(train_op, *after_step, name="step_and_after_step")

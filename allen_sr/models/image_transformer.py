@@ -279,7 +279,7 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         # Every option present from here on: a set that lacks one (a stock set) gets its
         # documented default (allen_sr.models.transformer_options), as the decoders do.
         transformer_options.add_transformer_hparams(self._hparams)
-        # (elapsed, tick) of schedule.training_clock(), made by optimize() when
+        # (elapsed, step_start) of schedule.training_clock(), made by optimize() when
         # train_budget_seconds > 0.
         self._clock: tuple[tf.Tensor, tf.Tensor] | None = None
         self._embeddings: list[tf.Tensor] = []
@@ -406,9 +406,7 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         train_op = t2t_optimize.optimize(loss, lr, self.hparams, use_tpu=use_tpu, variables=variables)
         if self._clock is None:
             return train_op
-        with tf.control_dependencies([train_op]):
-            tick = self._clock[1]
-        return tf.group(train_op, tick, name="step_and_clock")
+        return tf.group(train_op, schedule.tick_after(self._clock, train_op), name="step_and_clock")
 
     def estimator_spec_train(self, loss, num_async_replicas: int = 1, use_tpu: bool = False):
         """t2t's TRAIN spec, plus the hook ending training at train_budget_seconds (if set)."""

@@ -11,30 +11,45 @@ from typing import Any
 
 import tensorflow.compat.v1 as tf
 
-__all__ = ["CLOCK_SCOPE", "StopAfterSecondsHook", "cosine_decay", "training_clock"]
+__all__ = ["CLOCK_SCOPE", "StopAfterSecondsHook", "cosine_decay", "tick_after", "training_clock"]
 
 CLOCK_SCOPE = "train_clock"
 
 
 def training_clock() -> tuple[tf.Tensor, tf.Tensor]:
-    """(elapsed, tick): seconds of training so far, and the op that advances them by one step.
+    """(elapsed, step_start): seconds of training so far, and the time a step starts at.
 
     ``elapsed`` (float64, in the checkpoint as ``train_clock/elapsed_seconds``) adds up the
-    wall-clock time between consecutive training steps of each run, so it counts from the first
-    step (graph building and the input pipeline's warm-up excluded) and a restart from a
-    checkpoint resumes it without counting the time the job was down. Run ``tick`` once per
-    step, after the update (it stamps the step's time in a local, not checkpointed, variable).
+    wall-clock time spent inside training steps: from ``step_start`` (a timestamp with no inputs,
+    taken as the step's session run begins) to the end of the step's update. The first step of
+    each process is not counted (it also builds the input pipeline and starts the graph), nor is
+    anything between steps (hooks, checkpoints, evaluation) or the time a job was down: a restart
+    from a checkpoint resumes the clock. Advance it with :func:`tick_after` on the train op.
     """
     with tf.variable_scope(CLOCK_SCOPE, reuse=tf.AUTO_REUSE):
         elapsed = tf.get_variable("elapsed_seconds", [], tf.float64, tf.zeros_initializer(),
                                   trainable=False)
-        last = tf.get_variable("last_step_timestamp", [], tf.float64, tf.zeros_initializer(),
+        _started()
+    return elapsed, tf.timestamp(name=f"{CLOCK_SCOPE}_step_start")
+
+
+def _started() -> tf.Variable:
+    """1.0 once this process ran a step (a local variable: not checkpointed)."""
+    with tf.variable_scope(CLOCK_SCOPE, reuse=tf.AUTO_REUSE):
+        return tf.get_variable("process_started", [], tf.float64, tf.zeros_initializer(),
                                trainable=False, collections=[tf.GraphKeys.LOCAL_VARIABLES])
-    now = tf.timestamp()
-    delta = tf.where(last > 0.0, now - last, tf.constant(0.0, tf.float64))
-    with tf.control_dependencies([tf.assign_add(elapsed, delta)]):
-        tick = tf.assign(last, now)
-    return elapsed, tick
+
+
+def tick_after(clock: tuple[tf.Tensor, tf.Tensor], update: Any) -> tf.Operation:
+    """The op that adds the step's time to the clock of :func:`training_clock`, run after ``update``
+    (the train op; nothing is added on the first step of a process). Run it once per step."""
+    elapsed, step_start = clock
+    started = _started()
+    with tf.control_dependencies([update]):
+        end = tf.timestamp()
+        delta = tf.where(started > 0.0, end - step_start, tf.constant(0.0, tf.float64))
+        with tf.control_dependencies([tf.assign_add(elapsed, delta)]):
+            return tf.assign(started, 1.0).op
 
 
 class StopAfterSecondsHook(tf.train.SessionRunHook):
