@@ -217,6 +217,14 @@ def test_more_gpus_than_the_host_has_are_refused(stock_datagen, tmp_path, capsys
     assert "2 data shards run on the CPU" in capsys.readouterr().out
 
 
+def test_train_saves_every_minute_unless_told_how_often():
+    from allen_sr.t2t import tools
+
+    assert tools.checkpoint_flags(["--problem=p"]) == ["--problem=p", "--save_checkpoints_secs=60"]
+    for own in (["--save_checkpoints_secs=0"], ["--save_checkpoints_secs", "600"], ["--local_eval_frequency=5"]):
+        assert tools.checkpoint_flags(own) == own
+
+
 def test_a_malformed_tf_config_is_one_line(stock_datagen, tmp_path, capsys, monkeypatch):
     from allen_sr.t2t import tools
 

@@ -332,6 +332,41 @@ def test_ctrl_c_ends_training_in_one_line_and_exit_status_130(dataset, tmp_path)
     assert latest_checkpoint_step(out) > 0
 
 
+@pytest.mark.slow
+def test_ctrl_c_loses_at_most_a_minute_and_names_the_step_to_go_on_from(dataset, tmp_path):
+    """Without a flag saying how often to save, `allen-sr train` saves a checkpoint every minute:
+    t2t-trainer saved only every max(--local_eval_frequency=1000, --iterations_per_loop) steps (made
+    unreachable here), so a Ctrl-C lost all the training since the start. The message names the step
+    the same command goes on from."""
+    out = tmp_path / "train"
+    cmd = [ALLEN_SR, "train", f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+           f"--data_dir={dataset}", f"--output_dir={out}", "--schedule=train", "--train_steps=100000000",
+           "--iterations_per_loop=100000000"]
+
+    def as_a_terminal_delivers_it() -> None:  # pytest-xdist's workers ignore SIGINT; children inherit that
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+    run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=as_a_terminal_delivers_it)
+    try:
+        deadline = time.monotonic() + 300  # the first save is at 60 s of training (the one at step 0 aside)
+        while (latest_checkpoint_step(out) or 0) == 0 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        saved = latest_checkpoint_step(out) or 0
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert saved > 0, f"no checkpoint after step 0 within 300 s:\n{tail(err)}"
+    assert run.returncode == 130, tail(err)
+    lines = [line for line in err.splitlines() if "interrupted (Ctrl-C)" in line]
+    assert lines == [f"allen-sr train: interrupted (Ctrl-C); run the same command again to go on from step "
+                     f"{latest_checkpoint_step(out)} (the newest checkpoint in {out})"], tail(err)
+
+
 # --- 4. non-local filesystems ------------------------------------------------------------------
 
 RAM_FS_TRAIN = """

@@ -3,9 +3,11 @@
 Every flag of t2t-datagen / t2t-trainer passes through unchanged; `--t2t_usr_dir` is not needed
 (our problems and hparams are imported first). On a host without GPUs `train` adds
 `--worker_gpu=0` unless you pass --worker_gpu yourself: t2t's default of 1 GPU floods the log
-with placement messages on CPU-only machines. Under a TF_CONFIG cluster (Kubeflow TFJob) `train`
-adds the flags of this replica's role (allen_sr.t2t.cluster.prepare_cluster_task); what it adds
-for tuning trials (`--train_steps_increment`, the PSNR summary Katib reads) is allen_sr.t2t.tuning.
+with placement messages on CPU-only machines. `train` saves a checkpoint every minute
+(SAVE_CHECKPOINTS_SECS) unless you pass --save_checkpoints_secs or --local_eval_frequency.
+Under a TF_CONFIG cluster (Kubeflow TFJob) `train` adds the flags of this replica's role
+(allen_sr.t2t.cluster.prepare_cluster_task); what it adds for tuning trials
+(`--train_steps_increment`, the PSNR summary Katib reads) is allen_sr.t2t.tuning.
 """
 from __future__ import annotations
 
@@ -41,6 +43,33 @@ def usr_dir_main(argv: list[str]) -> int:
 
 def _has_flag(argv: list[str], name: str) -> bool:
     return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
+
+
+# `allen-sr train` saves a checkpoint this often unless told otherwise (t2t-trainer saves every
+# --local_eval_frequency=1000 steps, which could be most of a short run: lost to a Ctrl-C).
+SAVE_CHECKPOINTS_SECS = 60
+
+
+def checkpoint_flags(argv: list[str]) -> list[str]:
+    """``argv`` plus --save_checkpoints_secs=SAVE_CHECKPOINTS_SECS, unless it says how often to save
+    (--save_checkpoints_secs; --local_eval_frequency, which t2t-trainer also saves at)."""
+    if _has_flag(argv, "save_checkpoints_secs") or _has_flag(argv, "local_eval_frequency"):
+        return list(argv)
+    return list(argv) + [f"--save_checkpoints_secs={SAVE_CHECKPOINTS_SECS}"]
+
+
+def interrupted_note(argv: list[str]) -> str:
+    """What the same command continues from after a Ctrl-C of a training."""
+    from allen_sr.t2t.tuning import checkpoint_step
+
+    output_dir = flag_value(argv, "output_dir")
+    try:
+        step = checkpoint_step(output_dir) if output_dir else 0
+    except Exception:  # noqa: BLE001 - a note: a checkpoint that cannot be read says nothing here
+        return "run the same command again to go on from the newest checkpoint"
+    if not step:
+        return "no checkpoint was saved yet: the same command starts over"
+    return f"run the same command again to go on from step {step} (the newest checkpoint in {output_dir})"
 
 
 # Folder flags that t2t-datagen / t2t-trainer pass through os.path.expanduser.
@@ -349,7 +378,8 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
             print(f"{tool}: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
-            print(f"{tool}: interrupted (Ctrl-C); run the same command again to go on", file=sys.stderr)
+            note = interrupted_note(argv) if module == "t2t_trainer" else "run the same command again to go on"
+            print(f"{tool}: interrupted (Ctrl-C); {note}", file=sys.stderr)
             raise SystemExit(130) from None
         except OSError as exc:
             trouble = machine_trouble(exc)
@@ -383,7 +413,7 @@ def train_main(argv: list[str]) -> int:
     try:
         argv = prepare_cluster_task(argv, os.environ)  # TF_CONFIG -> this replica's role
         # --train_steps_increment, and the eval PSNR as the tensor summary Katib reads
-        argv = prepare_train_flags(argv, os.environ)
+        argv = checkpoint_flags(prepare_train_flags(argv, os.environ))
     except ValueError as exc:
         print(f"allen-sr train: error: {exc}", file=sys.stderr)
         return 2
