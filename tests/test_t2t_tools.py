@@ -248,7 +248,8 @@ def test_a_failed_datagen_fails_again_and_its_dataset_does_not_train(tmp_path, c
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("allen-sr datagen: error:")]
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert len(errors) == 1 and "no dev tiles" in errors[0], proc.stderr
+        assert len(errors) == 1 and "no dev tiles from the 3 images" in errors[0], proc.stderr
+        assert "each file goes wholly to train or dev" in errors[0] and "cut one large slide" in errors[0]
     code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu",
                              f"--data_dir={tmp_path / 'data'}", f"--output_dir={tmp_path / 'out'}", "--worker_gpu=0"])
     _one_line_error(capsys, code, "no dev examples", "only empty", "--schedule=train")

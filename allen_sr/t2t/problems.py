@@ -20,7 +20,7 @@ from allen_sr.data import datagen
 from allen_sr.data.images import list_images
 from allen_sr.data import tiles as tiling
 from allen_sr.t2t import degradation
-from allen_sr.errors import InvalidInputError
+from allen_sr.errors import InvalidInputError, count
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class TileSuperResolution(problem.Problem):
         for split in ("train", "dev"):  # an earlier build of these images had none: say so again
             if summary.tiles_kept[split] == 0:
                 raise InvalidInputError(
-                    f"no {split} tiles from the {len(paths)} images in {tmp_dir}: {split} images "
-                    f"are chosen by a hash of the file name ({self.dev_fraction:.0%} go to dev); "
-                    "add more images with tissue")
+                    f"no {split} tiles from the {count(len(paths), 'image')} in {tmp_dir}: each file goes "
+                    f"wholly to train or dev, chosen by a hash of its name ({self.dev_fraction:.0%} go to dev); "
+                    "give several files with tissue (or cut one large slide into pieces)")
 
     # --- reading --------------------------------------------------------------------------
     def example_reading_spec(self):
