@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from allen_sr.decoding.modes import check_mode, check_sampling_options
-from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError, UserError
+from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -76,16 +76,19 @@ def resolve(source: str | os.PathLike[str] | None = None, **decoding: Any) -> Mo
     if unknown:
         raise TypeError(f"unknown model options: {', '.join(sorted(unknown))}")
     if source is None:
-        return pretrained_spec(pretrained.default_name(), **decoding)
+        return pretrained_spec(pretrained.default_name(), **refuse_run_options(decoding, "the default model"))
     text = os.fspath(source)
     path = Path(text).expanduser()
     shipped = {m.name: m for m in pretrained.available()}
-    if text in shipped and not path.exists():
-        return pretrained_spec(text, **decoding)
-    if (path / CONFIG_NAME).is_file():
-        return ModelSpec(exported=str(path), **decoding)
     run = path if path.is_dir() else path.parent
     is_checkpoint = path.is_dir() and (path / "checkpoint").is_file() or Path(f"{path}.index").is_file()
+    # a folder of that name that is no model (say, outputs named after it) does not hide the shipped model
+    if text in shipped and not (path / CONFIG_NAME).is_file() and not is_checkpoint:
+        return pretrained_spec(text, **refuse_run_options(decoding, f"the shipped model {text}"))
+    if (path / CONFIG_NAME).is_file():
+        return ModelSpec(exported=str(path), **refuse_run_options(decoding, f"the export {text}"))
+    if not is_checkpoint and path.is_file() and (path.parent / CONFIG_NAME).is_file():
+        raise ModelNotFoundError(f"{text} is a file of the export folder {path.parent}: open the folder")
     if not is_checkpoint:
         raise ModelNotFoundError(
             f"no model {text!r}: not a shipped model ({', '.join(shipped) or 'none shipped'}), not an "
@@ -97,9 +100,23 @@ def resolve(source: str | os.PathLike[str] | None = None, **decoding: Any) -> Mo
     spec = replace(spec, **decoding)
     missing = [k for k in ("problem", "hparams_set") if not getattr(spec, k)]
     if missing:
-        raise UserError(f"training run {text}: its {' and '.join(missing)} are not recorded (no "
+        raise InvalidInputError(f"training run {text}: its {' and '.join(missing)} are not recorded (no "
                         f"flags.txt of t2t-trainer); give {' and '.join(missing)} too")
     return spec
+
+
+# What only a training run's checkpoint is built with: an export (and a shipped model) has its own.
+RUN_OPTIONS = ("problem", "hparams_set", "hparams", "model", "decoder")
+
+
+def refuse_run_options(decoding: dict[str, Any], what: str) -> dict[str, Any]:
+    """``decoding``, or InvalidInputError naming the options that only a training run takes."""
+    given = [k for k in RUN_OPTIONS if decoding.get(k) not in (None, "")]
+    if given:
+        raise InvalidInputError(f"{', '.join(f'{k}=' for k in given)}: {what} is exported, with its own "
+                                "problem, hparams and decoder; these are for a training run's checkpoint, "
+                                "leave them out")
+    return decoding
 
 
 def pretrained_spec(name: str, **decoding: Any) -> ModelSpec:
@@ -191,8 +208,8 @@ def check_trained_problem(spec: ModelSpec) -> None:
     if there != here:
         shape = "{0}x{0} -> {1}x{1}, {2} channels".format
         raise InvalidInputError(f"{spec.output_dir} was trained on --problem {trained_on} ({shape(*there)}), "
-                                f"not {spec.problem} ({shape(*here)}): pass --problem {trained_on}, or leave "
-                                "--problem out (the run's flags.txt names it)")
+                                f"not {spec.problem} ({shape(*here)}): pass --problem {trained_on} "
+                                f"(problem={trained_on!r}), or leave it out (the run's flags.txt names it)")
 
 
 def check_trained_set(spec: ModelSpec) -> None:
@@ -204,8 +221,8 @@ def check_trained_set(spec: ModelSpec) -> None:
     trained_with = run_flags(run_folder(spec.output_dir)).get("hparams_set")
     if trained_with and trained_with != spec.hparams_set:
         raise InvalidInputError(f"{spec.output_dir} was trained with --hparams_set {trained_with}, not "
-                                f"{spec.hparams_set}: pass --hparams_set {trained_with}, or leave --hparams_set "
-                                "out (the run's flags.txt names it)")
+                                f"{spec.hparams_set}: pass --hparams_set {trained_with} "
+                                f"(hparams_set={trained_with!r}), or leave it out (the run's flags.txt names it)")
 
 
 def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
@@ -261,8 +278,9 @@ def no_distribution(model: str, runs_only: bool = False) -> str:
                 "run of an Image Transformer (img2img_transformer_sr) or of a conv model trained with "
                 "--hparams=probabilistic=True" + (f" (a shipped model's: allen-sr evaluate {shipped} --uncertainty "
                                                   "--images DIR)" if shipped else ""))
+    shipped += " (shipped; Upscaler.open(NAME) from Python)" if shipped else ""
     return (f"{model} predicts one value per sub-pixel, not a distribution: uncertainty maps need "
-            f"{shipped + ' (shipped), ' if shipped else ''}an Image Transformer (img2img_transformer_sr) "
+            f"{shipped + ', ' if shipped else ''}an Image Transformer (img2img_transformer_sr) "
             "or a conv model trained with the hparam probabilistic=True (its run folder, or its export)")
 
 
@@ -275,7 +293,7 @@ def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool =
     from allen_sr.decoding.uncertainty import Calibration
 
     if not getattr(opened.decoder, "reports_distributions", False):
-        raise UserError(no_distribution(opened.model))
+        raise InvalidInputError(no_distribution(opened.model))
     if spec.exported is not None:
         from allen_sr.export.runtime import read_config
 

@@ -70,9 +70,9 @@ def check_sampling_options(mode: str, temperature: float) -> None:
     """Refuse a temperature for a mode that does not sample (it was silently ignored). (A seed also
     chooses `evaluate`'s tiles and degradations; `upscale` checks its own.)"""
     if mode != "sample" and temperature != 1.0:
-        raise InvalidInputError(f"--temperature is for --mode sample; this run decodes with --mode {mode}, "
-                                "which would ignore it: leave it out, or add --mode sample (a model that "
-                                "predicts a distribution: the Image Transformer)")
+        raise InvalidInputError(f"--temperature is for --mode sample (temperature= is for mode='sample'); this "
+                                f"run decodes with mode {mode}, which would ignore it: leave it out, or add --mode "
+                                "sample (a model that predicts a distribution: the Image Transformer)")
 
 
 ONE_VALUE_MODES: tuple[str, ...] = ("greedy", "mean")  # a model with one value per sub-pixel: its prediction
@@ -88,7 +88,7 @@ def check_one_value_mode(mode: str, model_name: str) -> None:
         what = "draws from a distribution" if mode == "sample" else "conditions on bicubic values before each sub-pixel"
         raise InvalidInputError(
             f"--mode {mode} is not available for {model_name}: it predicts one value per sub-pixel and {mode} "
-            f"{what}; use --mode greedy (or mean, the same here)")
+            f"{what}; use --mode greedy (or mean, the same here; mode='greedy' from Python)")
     raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
