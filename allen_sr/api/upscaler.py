@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import os
 import time
 from dataclasses import dataclass, replace
@@ -29,15 +28,15 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from allen_sr import fileio
+from allen_sr.api.arrays import InputImageError, Region, array_source, as_region, image_jpeg_quality, read_image
 from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, model_shape, no_distribution,
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
                                   preview_box, split_uncertain, strided_rows, uncertainty_paths,
                                   HEAT_MAP_PIXELS)
 from allen_sr.decoding.modes import check_one_value_mode
-from allen_sr.errors import InvalidInputError, UserError, count
+from allen_sr.errors import InvalidInputError, count
 from allen_sr.evaluation import metrics, pictures
-from allen_sr.data.samples import announced_white, colour_samples
 from allen_sr.data.stats import to_grey
 from allen_sr.inference import resume, sources, tiling, writers
 from allen_sr.inference.input_check import InputCheck, check_file, check_input
@@ -51,20 +50,6 @@ __all__ = ["Upscaler", "Region", "Options", "InputImageError", "CONV_TILE", "RAM
            "compare_path"]
 
 Log = Callable[[str], None]
-
-
-class InputImageError(InvalidInputError):
-    """An array given to :meth:`Upscaler.predict` that is not an 8-bit greyscale or RGB(A) image."""
-
-
-@dataclass(frozen=True)
-class Region:
-    """A rectangle of an image in pixels; ``width``/``height`` None reach the right/bottom edge."""
-
-    left: int = 0
-    top: int = 0
-    width: int | None = None
-    height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +144,7 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
                           predict_uncertain=predict_laplace if uncertain else None,
                           calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
     if options.tile not in (None, in_size):
-        raise UserError(f"tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
+        raise InvalidInputError(f"tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                         f"(problem {spec.problem or spec.exported}); leave the tile size out")
     opened = open_model(spec)
     batch = options.batch_tiles or TRANSFORMER_BATCH
@@ -185,40 +170,9 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
                       calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
 
 
-def array_source(image: np.ndarray) -> sources.ArraySource:
-    """An image given as an array, as a source; InputImageError unless uint8 or uint16 grey, RGB or
-    RGBA. uint16 is read by its white level (a 12-bit camera's 4095 as 255), and RGBA composited on
-    white (with a warning when some pixels are transparent), as image files are."""
-    array = np.asarray(image)
-    if (array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3)
-            or (array.ndim == 3 and array.shape[2] not in (1, 3, 4))):
-        raise InputImageError(f"image of shape {array.shape} and dtype {array.dtype}: expected uint8 or uint16 "
-                              "[h, w] (grey) or [h, w, 3|4] (RGB, RGBA)")
-    samples = array if array.ndim == 3 else array[..., None]
-    white = 255.0 if array.dtype == np.uint8 else announced_white("image", array.dtype,
-                                                                  float(colour_samples(samples).max(initial=0)))
-    alpha = "straight" if samples.shape[2] == 4 else None  # as Pillow and PNG store it: not premultiplied
-    return sources.ArraySource("image", sources.to_rgb(array, "image", white, alpha))
-
-
 def pixel_size_text(x_um: float, y_um: float | None) -> str:
     """"0.125 um/px", or "0.125 x 0.25 um/px" (width x height) for rectangular pixels."""
     return f"{x_um:.4g} um/px" if y_um is None or y_um == x_um else f"{x_um:.4g} x {y_um:.4g} um/px"
-
-
-def as_region(region: Region | tuple[int, ...] | None) -> Region:
-    """A :class:`Region` from one, from (left, top[, width, height]) or from None (everything)."""
-    if region is None:
-        return Region()
-    if isinstance(region, Region):
-        return region
-    values = tuple(region)
-    if len(values) not in (2, 4):
-        raise UserError(f"region {values}: give (left, top) or (left, top, width, height) in px")
-    try:
-        return Region(*(operator.index(v) for v in values))  # NumPy integers too; never 12.5 px
-    except TypeError:
-        raise UserError(f"region {values}: give whole numbers of px") from None
 
 
 class Upscaler:
@@ -236,6 +190,9 @@ class Upscaler:
     """
 
     def __init__(self, spec: ModelSpec, options: Options = Options()) -> None:
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(f"Upscaler({spec!r}): open a model with Upscaler.open({spec!r}) (a shipped model's "
+                            "name, an export or a run folder; None for the default)")
         self.spec, self.options = spec, options
         self._tiled = open_tiled_model(spec, options)
         self._calibration: Any = None
@@ -259,22 +216,23 @@ class Upscaler:
     @property
     def factor(self) -> int:
         """How many times larger each side of the output is."""
-        return self._tiled.factor
+        return self._live().factor
 
     @property
     def min_input(self) -> int:
         """The smallest input it enlarges, in px a side."""
-        return self._tiled.tile if self._tiled.exact_tile else self._tiled.min_tile
+        tm = self._live()
+        return tm.tile if tm.exact_tile else tm.min_tile
 
     @property
     def channels(self) -> int:
         """3 for RGB models, 1 for greyscale ones (their output is [H, W, 1])."""
-        return self._tiled.channels
+        return self._live().channels
 
     @property
     def describe(self) -> str:
         """The model and decoder, as the command's summary names them."""
-        return self._tiled.describe
+        return self._live().describe
 
     @property
     def source(self) -> str:
@@ -286,9 +244,10 @@ class Upscaler:
         """What decides an output's pixels besides the input, as a folder run records it beside each
         output: the weights (a digest of their content), the decoder and its settings; ``source``
         names the model for people and is not compared."""
+        tm = self._live()
         if self._made_by is None:
             spec = self.spec
-            self._made_by = {"source": self.source, "weights": resume.weights_digest(self._tiled.weights),
+            self._made_by = {"source": self.source, "weights": resume.weights_digest(tm.weights),
                              "decoder": self.describe, "hparams": spec.hparams, "mode": spec.mode,
                              "temperature": spec.temperature, "seed": spec.seed}
         return self._made_by
@@ -306,13 +265,18 @@ class Upscaler:
         """UserError for a model without a distribution (no uncertainty maps), to be said before any work."""
         tm = self._live()
         if tm.calibrate is None:
-            raise UserError(no_distribution(tm.describe))
+            raise InvalidInputError(no_distribution(tm.describe))
         return tm
 
     def _live(self) -> TiledModel:
         if self._tiled is None:
-            raise UserError("this Upscaler is closed; open another")
+            raise InvalidInputError("this Upscaler is closed; open another")
         return self._tiled
+
+    def __repr__(self) -> str:
+        tm = self._tiled
+        what = "closed" if tm is None else f"{tm.describe}, x{tm.factor}, {count(tm.channels, 'channel')}"
+        return f"<Upscaler {self.source}: {what}>"
 
     def close(self) -> None:
         """Release the model (sessions, runtimes); the object is unusable afterwards."""
@@ -327,14 +291,18 @@ class Upscaler:
         self.close()
 
     # ----------------------------------------------------------------- inputs
-    def check(self, image: np.ndarray | str | os.PathLike[str], level: int = 0) -> InputCheck:
-        """Is ``image`` (an array, or a file: its JPEG quality is read from it) within the inputs
-        this model trained on? Its JPEG quality and estimated noise, with a warning for each beyond
-        the model's recorded `degradation` (`allen_sr.inference.input_check`).
-        :meth:`predict_file` runs this on every input and puts it in its summary."""
+    def check(self, image: Any, level: int = 0, *, bits: int | None = None) -> InputCheck:
+        """Is ``image`` (as :meth:`predict` takes it; a file's or a Pillow JPEG's quality is read
+        from its tables) within the inputs this model trained on? Its JPEG quality and estimated
+        noise, with a warning for each beyond the model's recorded `degradation`
+        (`allen_sr.inference.input_check`); InvalidInputError for an image :meth:`predict` refuses as
+        too small. :meth:`predict_file` runs this on every input and puts it in its summary."""
+        smallest = self.min_input
         if isinstance(image, (str, os.PathLike)):
-            return check_file(os.fspath(image), self._trained, level)
-        return check_input(array_source(image), self._trained)
+            return check_file(os.path.expanduser(os.fspath(image)), self._trained, level, min_side=smallest)
+        source = array_source(image, bits)
+        tiling.check_region_size(source.height, source.width, smallest, source.name)
+        return check_input(source, self._trained, image_jpeg_quality(image))
 
     # ----------------------------------------------------------------- prediction
     def _layout(self, source: sources.ImageSource, options: Options) -> tiling.TileLayout:
@@ -357,12 +325,21 @@ class Upscaler:
                                      rounded=False)
         return (encode_uncertain(band, tm.channels) for band in bands)
 
-    def predict(self, image: np.ndarray, progress: bool = False, uncertainty: bool = False) -> Any:
-        """The enlarged ``image``: uint8 (or uint16) [h, w] or [h, w, 3|4] in (alpha ignored), uint8
-        [h * factor, w * factor, channels] out, tiled and blended as `allen-sr upscale` does.
-        ``uncertainty`` (models with a distribution): (image, float32 [h * factor, w * factor] map of each
-        pixel's calibrated uncertainty, sd in grey levels)."""
-        source = array_source(image)
+    def predict(self, image: Any, progress: bool = False, uncertainty: bool = False, *,
+                bits: int | None = None) -> Any:
+        """The enlarged ``image``, uint8 [h * factor, w * factor, channels], tiled and blended as
+        `allen-sr upscale` does. ``image``: a file path (read as the command reads it:
+        :func:`~allen_sr.api.arrays.read_image`), a Pillow image (converted as its file would be, its
+        EXIF orientation applied) or an array [h, w] or [h, w, 1|2|3|4] (grey, grey + alpha, RGB,
+        RGBA) of uint8, uint16 (white level: ``bits`` significant bits, else guessed from the
+        brightest sample, with a warning) or floats (0-1 or 0-255); alpha is put on white with a
+        warning when any pixel is transparent. ``uncertainty`` (models with a distribution): (image,
+        float32 [h * factor, w * factor] map of each pixel's calibrated uncertainty, sd in grey levels)."""
+        if isinstance(image, (str, os.PathLike)):
+            if bits is not None:
+                raise InvalidInputError(f"bits={bits} with a file: its depth is read from the file; leave bits out")
+            image = read_image(image)
+        source = array_source(image, bits)
         layout = self._layout(source, self.options)
         out = np.concatenate(list(self._bands(source, layout, progress, uncertainty=uncertainty)), axis=0)
         if not uncertainty:
@@ -388,7 +365,8 @@ class Upscaler:
         """
         options = replace(self.options, level=level, preview_size=preview_size, pixel_size_um=pixel_size_um,
                           restart=restart, compression=compression)
-        out = Path(dst)
+        src, out = os.path.expanduser(os.fspath(src)), Path(dst).expanduser()
+        preview_to = None if preview_to is None else Path(preview_to).expanduser()
         writers.output_kind(out)
         if uncertainty:
             self.require_distribution()

@@ -182,11 +182,12 @@ def _windows(source: sources.ImageSource) -> list[np.ndarray]:
     return [source.read(int(t), int(l), h, w) for t in tops for l in lefts]
 
 
-def check_input(source: sources.ImageSource, trained: str | None) -> InputCheck:
+def check_input(source: sources.ImageSource, trained: str | None, jpeg_quality: int | None = None) -> InputCheck:
     """Check ``source`` (its file for JPEG, its pixels for noise) against ``trained``, the model's
     recorded `degradation` spec ("none" for clean training; None, or a spec this version cannot
-    read, when unknown: the numbers without warnings)."""
-    quality = file_jpeg_quality(source)
+    read, when unknown: the numbers without warnings). ``jpeg_quality``: the quality known otherwise
+    (a JPEG decoded in memory), else read from the file."""
+    quality = file_jpeg_quality(source) if jpeg_quality is None else jpeg_quality
     noise = estimate_noise(_windows(source))
     if trained is None:
         return InputCheck(source.name, quality, noise, trained)
