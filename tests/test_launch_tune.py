@@ -330,7 +330,7 @@ def test_bad_tune_options_are_refused(change, message):
     # values every trial drawing them would refuse (accepted before, failing those trials)
     (["--search", "pixel_loss=l1,bogus"], "--search pixel_loss: a trial with pixel_loss=bogus would fail"),
     (["--search", "learning_rate_constant=-1:1"], "a trial with learning_rate_constant=-1 would fail: "
-                                                  "learning_rate_constant must be above 0"),
+                                                  "learning_rate_constant must be >= 0"),
     (["--search", "learning_rate_warmup_steps=-10:5"], "learning_rate_warmup_steps must be >= 0, got -10"),
 ])
 def test_trainer_flags_a_trial_cannot_use_are_refused(extra, message):

@@ -192,9 +192,9 @@ def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> Non
         except InvalidInputError as exc:
             raise UsageError(str(exc)) from None
     rate = getattr(hparams, "learning_rate_constant", None)  # every set's (t2t's schedules multiply by it)
-    if rate is not None and not 0 < float(rate) < float("inf"):
-        raise UsageError(f"learning_rate_constant must be above 0, got {rate}: a rate of 0 or below does not "
-                         "train (or trains away from the data)")
+    if rate is not None and not 0 <= float(rate) < float("inf"):  # 0: the weights stay as they start
+        raise UsageError(f"learning_rate_constant must be >= 0, got {rate}: a negative rate trains away from "
+                         "the data")
     warmup = getattr(hparams, "learning_rate_warmup_steps", None)
     if warmup is not None and not float(warmup) >= 0:
         raise UsageError(f"learning_rate_warmup_steps must be >= 0, got {warmup}")
