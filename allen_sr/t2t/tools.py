@@ -143,7 +143,7 @@ def _make_folder(folder: str, name: str) -> None:
 def check_datagen_flags(argv: list[str]) -> None:
     """Refuse a datagen command line that cannot work, before tensor2tensor starts."""
     _check_names(argv, ("problem",))
-    _make_folder(_check_folder(argv, "data_dir"), "data_dir")
+    data_dir = _check_folder(argv, "data_dir")
     ignored = {"random_seed": "the tiles are shuffled with a fixed seed and split by a hash of each image's name, "
                               "so every run makes the same dataset",
                "max_cases": "a problem tiles every image it finds; point --tmp_dir at fewer images for a smaller "
@@ -157,6 +157,7 @@ def check_datagen_flags(argv: list[str]) -> None:
     if os.path.exists(tmp_dir) and not os.path.isdir(tmp_dir):
         raise UsageError(f"--tmp_dir={tmp_dir} is a file, not a folder: pass the folder of your images "
                          "(Allen problems: where downloads go)")
+    _make_folder(data_dir, "data_dir")  # the last check: a refused command leaves no folder
 
 
 def build_hparams(hparams_set: str, overrides: str | None) -> "HParams":
