@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, say_not_numbers
 from allen_sr.errors import InvalidInputError
 from allen_sr.inference import sources
 
@@ -142,10 +141,7 @@ def array_source(image: Any, bits: int | None = None) -> sources.ArraySource:
         raise InvalidInputError(f"bits={bits}: float samples are read as 0-1 or 0-255, not by bits; "
                                 "leave bits out, or pass the integer samples")
     check_bits(bits, samples.dtype)
-    white = 255.0
-    if samples.dtype != np.uint8:
-        peak, not_numbers = sample_peak(samples)
-        say_not_numbers(IMAGE, not_numbers, samples.shape[0] * samples.shape[1])
-        white = announced_white(IMAGE, samples.dtype, peak, bits, "bits")
-    # alpha as Pillow and PNG store it: straight, not premultiplied
-    return sources.ArraySource(IMAGE, samples_to_rgb(samples, white, "straight", IMAGE))
+    from allen_sr.data.images import deep_to_rgb
+
+    # as a file's samples (alpha as Pillow and PNG store it: straight, not premultiplied)
+    return sources.ArraySource(IMAGE, deep_to_rgb(samples, IMAGE, (bits, "bits")))
