@@ -91,6 +91,26 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line(sample_dataset, tmp_pa
     assert not list((tmp_path / "run").glob("model.ckpt-*"))  # no training step was taken
 
 
+def test_init_from_a_folder_under_a_quoted_home_and_from_a_flagfile(sample_dataset, tmp_path):
+    """--init_from '~/model' (quoted, so no shell expands it) was looked up as a model named
+    '~/model'; an --init_from in a --flagfile was not seen at all and the run trained from scratch."""
+    from allen_sr import pretrained
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "model").symlink_to(pretrained.find("conv-cpu").folder)
+    wrong_set = ["--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_gpu", "--train_steps=1"]
+    flagfile = tmp_path / "fine_tune.flags"
+    flagfile.write_text("--init_from=~/model\n")
+    for given in (["--init_from", "~/model"], [f"--flagfile={flagfile}"]):
+        proc = subprocess.run([ALLEN_SR, "train", f"--problem={PROBLEM}", f"--data_dir={sample_dataset}",
+                               f"--output_dir={tmp_path / 'run'}", *given, *wrong_set], capture_output=True,
+                              text=True, timeout=600, cwd=REPO, env={**os.environ, "HOME": str(home)})
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"--init_from {home / 'model'} was trained with img2img_conv_sr_cpu" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
 START = ["--problem=img2img_local_dim8to32", "--model=img2img_conv_sr", "--train_steps=1"]
 
 

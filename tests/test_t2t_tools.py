@@ -309,6 +309,23 @@ def test_a_literal_tilde_names_the_same_folders_for_the_checks_as_for_t2t(conv_r
         f"--tmp_dir={tmp_path}/x", "--data_dir", f"{tmp_path}/d", "--hparams=a=~"]
 
 
+def test_flags_in_a_flagfile_are_checked_like_flags_on_the_command_line(conv_run, tmp_path, capsys):
+    """t2t-trainer reads --flagfile itself: a model-changing --hparams given in one went past the
+    checks and rewrote the run's hparams.json. A flag file that cannot be read is one line too."""
+    from allen_sr.t2t import tools
+
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text(f"# resume the fast run\n--output_dir={conv_run}\n--hparams=hidden_size=8\n")
+    before = (conv_run / "hparams.json").read_text()
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={conv_run.parent / 'data'}", f"--flagfile={flagfile}", "--worker_gpu=0",
+                             "--train_steps=2"])
+    _one_line_error(capsys, code, "hidden_size")
+    assert (conv_run / "hparams.json").read_text() == before
+    code = tools.datagen_main([f"--flagfile={tmp_path / 'missing.flags'}"])
+    _one_line_error(capsys, code, "--flagfile", "missing.flags")
+
+
 def test_hparams_json_of_a_run_without_checkpoint_is_dropped_only_when_it_differs(conv_run, tmp_path, capsys):
     """t2t-trainer reads OUTPUT_DIR/hparams.json over the set: one left by a run that failed before its
     first checkpoint would silently replace a corrected command's hparams."""

@@ -104,11 +104,15 @@ def define_flag() -> None:
 
 def train_main(argv: list[str]) -> int:
     """allen-sr train [--init_from MODEL] [t2t-trainer flags]"""
-    argv = list(argv)
     define_flag()
     if any(a in HELP for a in argv):
         print(__doc__, flush=True)
-        return tools.train_main(argv)
+        return tools.train_main(list(argv))
+    try:  # --init_from may come from a flag file, or name a folder under ~
+        argv = tools.expand_home(tools.read_flagfiles(argv), ("init_from",))
+    except InvalidInputError as exc:
+        print(f"allen-sr train: error: {exc}", file=sys.stderr)
+        return 2
     source = flag_value(argv, "init_from")
     if source is None:
         return tools.train_main(argv)

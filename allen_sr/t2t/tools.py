@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import TYPE_CHECKING, Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
-from allen_sr.errors import InvalidInputError, UserError, machine_trouble
+from allen_sr.errors import InvalidInputError, UserError, first_line, machine_trouble
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -76,12 +77,26 @@ def interrupted_note(argv: list[str]) -> str:
 HOME_FLAGS = ("data_dir", "output_dir", "tmp_dir")
 
 
-def expand_home(argv: list[str]) -> list[str]:
+def read_flagfiles(argv: list[str]) -> list[str]:
+    """``argv`` with each --flagfile replaced by the flags in its file, read by absl as t2t's
+    parser would read them, so that our checks see every flag t2t will; UsageError for a flag
+    file that cannot be read."""
+    if not any(re.match(r"--?flagfile(=|$)", arg) for arg in argv):
+        return list(argv)
+    from absl import flags
+
+    try:
+        return flags.FLAGS.read_flags_from_files(list(argv), force_gnu=True)
+    except (flags.Error, OSError) as exc:
+        raise UsageError(f"--flagfile: {first_line(exc)}: pass a file of flags, one per line") from None
+
+
+def expand_home(argv: list[str], names: tuple[str, ...] = HOME_FLAGS) -> list[str]:
     """``argv`` with a leading ~ of the folder flags expanded, as t2t's tools do themselves: a
     literal ~ (quoted, or from a manifest) must name the same folder in our checks as in t2t's."""
     out = list(argv)
     for i, arg in enumerate(out):
-        for name in HOME_FLAGS:
+        for name in names:
             if arg.startswith(f"--{name}=~"):
                 out[i] = f"--{name}=" + os.path.expanduser(arg.split("=", 1)[1])
             elif arg == f"--{name}" and i + 1 < len(out) and out[i + 1].startswith("~"):
@@ -402,12 +417,21 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
 
 def datagen_main(argv: list[str]) -> int:
     """allen-sr datagen [t2t-datagen flags]"""
-    return _run("allen-sr datagen", "t2t_datagen", expand_home(argv), check_datagen_flags)
+    try:
+        argv = expand_home(read_flagfiles(argv))
+    except UsageError as exc:
+        print(f"allen-sr datagen: error: {exc}", file=sys.stderr)
+        return 2
+    return _run("allen-sr datagen", "t2t_datagen", argv, check_datagen_flags)
 
 
 def train_main(argv: list[str]) -> int:
     """allen-sr train [t2t-trainer flags]"""
-    argv = expand_home(argv)
+    try:
+        argv = expand_home(read_flagfiles(argv))
+    except UsageError as exc:
+        print(f"allen-sr train: error: {exc}", file=sys.stderr)
+        return 2
     if not any(a in ("-h", "--help", "--helpfull") for a in argv) and not _has_flag(argv, "worker_gpu"):
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
