@@ -161,14 +161,22 @@ def tiff_depth(tif: Any, page: Any) -> tuple[int | None, str]:
 
 
 def tiff_file_depth(path: str) -> tuple[int | None, str]:
-    """:func:`tiff_depth` of the first image of the TIFF ``path``; (None, "") when it is not one."""
+    """:func:`tiff_depth` of the first image of the TIFF ``path``, its header read once; (None, "")
+    when tifffile cannot read it (the reader says why); ImageSkipped when the file is not one
+    picture (:func:`tiff_problem`)."""
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            return tiff_depth(tif, tif.series[0].levels[0].keyframe)
+        tif = tifffile.TiffFile(path)
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the reader itself
         return None, ""
+    with tif:
+        if problem := tiff_problem(path, tif):
+            raise ImageSkipped(f"{path}: {problem}")
+        try:
+            return tiff_depth(tif, tif.series[0].levels[0].keyframe)
+        except Exception:  # noqa: BLE001 - as above
+            return None, ""
 
 
 def image_id(path: str) -> str:
@@ -341,8 +349,6 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
         return load_czi(path, min_size)
     depth: tuple[int | None, str] = (None, "")
     if is_tiff(path):
-        if problem := tiff_problem(path):
-            raise ImageSkipped(f"{path}: {problem}")
         depth = tiff_file_depth(path)
     configure_pillow()
     try:

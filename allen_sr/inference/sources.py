@@ -161,10 +161,7 @@ class TiffSource(ImageSource):
         super().__init__(path, width, height, *(size or (None, None)))
         # how the image is shown: this level's Orientation tag, else the full-resolution level's
         self.orientation = tiff_orientation(page if ORIENTATION_TAG in page.tags else levels[0].keyframe)
-        if page.is_tiled:
-            self.block = (int(page.tilelength), int(page.tilewidth))
-        else:
-            self.block = (int(page.rowsperstrip or height), width)
+        self.block = block_of(page)
         self.grid = (math.ceil(height / self.block[0]), math.ceil(width / self.block[1]))
         # ExtraSamples: 1 associated (premultiplied) alpha, 2 unassociated; 0 (unspecified): ignored
         extra = tuple(page.extrasamples or ())[-1:]
@@ -276,17 +273,21 @@ def ycbcr_problem(page: Any) -> str | None:
     return None
 
 
+def block_of(page: Any) -> tuple[int, int]:
+    """(rows, columns) of each tile of a tifffile ``page``, or of each of its strips."""
+    if page.is_tiled:
+        return int(page.tilelength), int(page.tilewidth)
+    return int(page.rowsperstrip or page.imagelength), int(page.imagewidth)
+
+
 def segment_extent(page: Any, index: int) -> tuple[int, int]:
     """(rows, columns) of the image that tile or strip ``index`` of a tifffile ``page`` holds (an
     edge tile's padding left out)."""
     height, width = int(page.imagelength), int(page.imagewidth)
-    if page.is_tiled:
-        tile_rows, tile_columns = int(page.tilelength), int(page.tilewidth)
-        across = math.ceil(width / tile_columns)
-        top, left = index // across * tile_rows, index % across * tile_columns
-        return min(tile_rows, height - top), min(tile_columns, width - left)
-    rows = int(page.rowsperstrip or height)
-    return min(rows, height - index * rows), width
+    rows, columns = block_of(page)
+    across = math.ceil(width / columns)
+    top, left = index // across * rows, index % across * columns
+    return min(rows, height - top), min(columns, width - left)
 
 
 def tiff_pixel_size(tif: Any, page: Any, levels: list[Any]) -> tuple[float, float] | None:
