@@ -116,6 +116,7 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
     """Open the model and wrap its decoder as a function of uint8 tiles."""
     in_size, out_size, channels = model_shape(spec)
     factor = out_size // in_size
+    check_pixel_size(options.pixel_size_um, factor)
     model = model_name_of(spec)
     if model == CONV_MODEL:
         if spec.mode is not None:  # a mode asked for, not the export's: greedy and mean are its prediction
@@ -168,6 +169,14 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
                       getattr(opened.decoder, "close", lambda: None), opened.checkpoint,
                       predict_uncertain=predict_uncertain if uncertain else None,
                       calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
+
+
+def check_pixel_size(size_um: float | None, factor: int) -> None:
+    """InvalidInputError unless ``size_um`` (um per input px) gives output pixels every output format holds."""
+    low, high = writers.PIXEL_SIZE_UM
+    if size_um is not None and not low * factor <= size_um <= high * factor:
+        raise InvalidInputError(f"pixel size {size_um:g} um per input px (--pixel_size): give {low * factor:g} to "
+                                f"{high * factor:g} um (output pixels of {low:g} to {high:g} um at x{factor})")
 
 
 def pixel_size_text(x_um: float, y_um: float | None) -> str:
@@ -368,6 +377,7 @@ class Upscaler:
         src, out = os.path.expanduser(os.fspath(src)), Path(dst).expanduser()
         preview_to = None if preview_to is None else Path(preview_to).expanduser()
         writers.output_kind(out)
+        check_pixel_size(pixel_size_um, self.factor)
         if uncertainty:
             self.require_distribution()
         preview = compare_path(out) if preview_to is None else Path(preview_to) / compare_path(out).name
@@ -409,6 +419,12 @@ class Upscaler:
         out_h, out_w = cut.height * f, cut.width * f
         size_um = cut.pixel_size_um / f if cut.pixel_size_um else None
         size_y_um = cut.pixel_size_y_um / f if size_um and cut.pixel_size_y_um else None
+        low, high = writers.PIXEL_SIZE_UM
+        if size_um and not all(low <= s <= high for s in (size_um, size_y_um or size_um)):  # a file's: ours are checked
+            log(f"note: {cut.name} says its pixels are {pixel_size_text(cut.pixel_size_um, cut.pixel_size_y_um)}, "
+                f"output pixels of {pixel_size_text(size_um, size_y_um)}: beyond the {low:g} to {high:g} um outputs "
+                f"hold, so {out.name} gets no pixel size (--pixel_size gives one)")
+            size_um = size_y_um = None
         box = preview_box(cut, options.preview_size)
         tap = PreviewTap(None if box is None else tuple(v * f for v in box))
         checked = check_input(cut, self._trained)

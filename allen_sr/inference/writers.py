@@ -30,9 +30,9 @@ import numpy as np
 from allen_sr.fileio import pid_alive
 from allen_sr.errors import DISK_FULL_ERRNOS, InvalidInputError
 
-__all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "OutputError", "output_kind", "partial_path",
-           "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes", "write_float_tiff",
-           "halve_float"]
+__all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "PIXEL_SIZE_UM", "OutputError", "output_kind",
+           "partial_path", "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes",
+           "write_float_tiff", "halve_float"]
 
 MAX_PNG_PIXELS = 100_000_000  # PNG/JPEG are encoded whole: 100 MP RGB is 300 MB in memory
 JPEG_MAX_SIDE = 65500
@@ -44,6 +44,9 @@ DEFLATE_LEVEL = 1  # fast; levels 3-6 save ~3% of the file for 1.3-2x the time
 # --compression: tifffile's codec and level for each (both level 1: the fastest).
 TIFF_COMPRESSION = {"deflate": ("zlib", DEFLATE_LEVEL), "zstd": ("zstd", 1)}
 COMPRESS_BUFFER = 32 << 20  # bytes of tiles compressed in parallel per pass (tifffile's default: 512 MB)
+# Output pixel sizes (um) every format holds: a PNG's pHYs counts pixels per metre in 32 bits (>= 0.00023
+# um) and at least 1 (<= 2e6 um); TIFF and EXIF resolutions are 32-bit rationals of pixels per cm.
+PIXEL_SIZE_UM = (1e-3, 1e6)  # 1 nm to 1 m
 
 
 class OutputError(InvalidInputError):

@@ -1,0 +1,58 @@
+"""`allen-sr upscale` settings a user can get wrong: a tiling too tight for exact results (a warning
+naming one that is not), pixel sizes the outputs cannot hold (refused before anything is predicted,
+or a file's own dropped with a note), output names too long for the file system, and --compression
+reaching every TIFF written.
+
+The shipped pretrained models, real files.
+"""
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from allen_sr.api import Upscaler
+from allen_sr.commands import upscale
+from allen_sr.errors import InvalidInputError
+from allen_sr.inference import writers
+from conftest import tissue_image
+
+FAST = ["--pretrained", "conv-fast", "--no_progress", "--preview_size", "0"]
+
+
+@pytest.fixture(scope="module")
+def section():
+    return tissue_image(160, 200, seed=4)
+
+
+@pytest.mark.parametrize("size, out", [("1e-9", "o.ome.tif"), ("0.0001", "o.png"), ("5e6", "o.jpg")])
+def test_a_pixel_size_the_outputs_cannot_hold_is_refused_before_anything_is_predicted(tmp_path, capsys, section,
+                                                                                       size, out):
+    """Once a PNG's pHYs overflowed (0.0001 um) or tifffile's rational failed (1e-9) after the
+    whole image was predicted."""
+    src = tmp_path / "in.png"
+    Image.fromarray(section).save(src)
+    assert upscale.upscale_main(FAST + ["--image", str(src), "--out", str(tmp_path / out), "--pixel_size", size]) == 2
+    captured = capsys.readouterr()
+    assert "give 0.004 to 4e+06 um (output pixels of 0.001 to 1e+06 um at x4)" in captured.err, captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "upscaling" not in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+    with Upscaler.open("conv-fast") as up, pytest.raises(InvalidInputError, match="--pixel_size"):
+        up.predict_file(src, tmp_path / out, pixel_size_um=float(size))
+    assert upscale.upscale_main(FAST + ["--image", str(src), "--out", str(tmp_path / out), "--pixel_size", "4"]) == 0
+
+
+@pytest.mark.parametrize("out", ["o.png", "o.ome.tif", "o.jpg"])
+def test_a_file_s_absurd_pixel_size_is_dropped_with_a_note(tmp_path, capsys, section, out):
+    """A TIFF saying 1e9 px per cm (1e-5 um/px): its PNG output failed on the pHYs."""
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, section, resolution=(1e9, 1e9), resolutionunit="CENTIMETER")
+    assert upscale.upscale_main(FAST + ["--image", str(src), "--out", str(tmp_path / out)]) == 0
+    said = capsys.readouterr().out
+    assert f"in.tif says its pixels are 1e-05 um/px, output pixels of 2.5e-06 um/px: beyond the 0.001 to 1e+06 um " \
+           f"outputs hold, so {out} gets no pixel size (--pixel_size gives one)" in said, said
+    if out == "o.png":
+        assert "dpi" not in Image.open(tmp_path / out).info
+    assert upscale.upscale_main(FAST + ["--image", str(src), "--out", str(tmp_path / out), "--pixel_size", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out
