@@ -56,3 +56,23 @@ def test_a_file_s_absurd_pixel_size_is_dropped_with_a_note(tmp_path, capsys, sec
         assert "dpi" not in Image.open(tmp_path / out).info
     assert upscale.upscale_main(FAST + ["--image", str(src), "--out", str(tmp_path / out), "--pixel_size", "1"]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line_saying_by_how_much(tmp_path, capsys):
+    """255-byte names here: 300 chars gave an OSError traceback, 246 a false "the folder is not
+    writable" (the hidden partial name beside it was too long)."""
+    longest = 255 - len(".") - len(".1234567.partial")  # the hidden name: a pid has up to 7 digits
+    for name in ("a" * 296 + ".png", "a" * 242 + ".png"):
+        with pytest.raises(writers.OutputError) as caught:
+            writers.check_writable(tmp_path / name)
+        assert f"its name is {len(name)} bytes, {len(name) - longest} too long" in str(caught.value), caught.value
+        assert f"shorten it to {longest} bytes or less" in str(caught.value)
+    fits = tmp_path / ("a" * (longest - 4) + ".png")
+    writers.check_writable(fits)
+    writers.write_image(fits, [np.zeros((4, 4, 3), np.uint8)], 4, 4)
+    assert fits.exists()
+    assert upscale.upscale_main(FAST + ["--image", str(fits), "--out", str(tmp_path / ("b" * 300 + ".png"))]) == 2
+    err = capsys.readouterr().err
+    assert "too long" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(writers.OutputError, match="the path is too long"):
+        writers.check_writable(tmp_path / ("c/" * 3000) / "x.png")

@@ -21,6 +21,7 @@ density where it fits); see :func:`write_flat`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -47,6 +48,8 @@ COMPRESS_BUFFER = 32 << 20  # bytes of tiles compressed in parallel per pass (ti
 # Output pixel sizes (um) every format holds: a PNG's pHYs counts pixels per metre in 32 bits (>= 0.00023
 # um) and at least 1 (<= 2e6 um); TIFF and EXIF resolutions are 32-bit rationals of pixels per cm.
 PIXEL_SIZE_UM = (1e-3, 1e6)  # 1 nm to 1 m
+# The longest name written beside an output: ``.<name>.<pid>.partial`` (a pid has up to 7 digits).
+HIDDEN_NAME_EXTRA = len(".") + len(".1234567.partial")
 
 
 class OutputError(InvalidInputError):
@@ -84,18 +87,39 @@ def remove_stale_partials(path: Path) -> list[Path]:
 
 def check_writable(path: Path) -> None:
     """Raise OutputError naming the folder unless a file can be created next to ``path`` (and
-    ``path`` is not a folder)."""
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder: name the file to write (for example {path / 'out.png'})")
+    ``path`` is not a folder), or naming the file when its name (with room for the hidden names
+    written beside it) is too long for the file system."""
+    check_name_length(path)
     try:
+        if path.is_dir():
+            raise OutputError(f"{path} is a folder: name the file to write (for example {path / 'out.png'})")
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = partial_path(path, "probe")
         with open(probe, "wb"):
             pass
         probe.unlink()
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise OutputError(f"cannot write {path}: the path is too long for the file system "
+                              "(or a folder's name in it is); choose a shorter --out") from exc
         raise OutputError(f"cannot write {path}: the folder {path.parent} is not writable "
                           f"({exc.strerror or exc}); choose another --out") from exc
+
+
+def check_name_length(path: Path) -> None:
+    """OutputError when ``path``'s name, as the hidden partial name beside it, exceeds the file system's
+    longest name (bytes)."""
+    longest = 255
+    for folder in (path.parent, *path.parent.parents):  # the nearest that exists: its file system
+        with contextlib.suppress(OSError, ValueError):
+            longest = os.pathconf(folder, "PC_NAME_MAX")
+            break
+    size = len(os.fsencode(path.name))
+    allowed = longest - HIDDEN_NAME_EXTRA
+    if size > allowed:
+        raise OutputError(f"cannot write {path}: its name is {size} bytes, {size - allowed} too long (names here "
+                          f"hold {longest}, {HIDDEN_NAME_EXTRA} of them for the hidden .NAME.PID.partial it is "
+                          f"written under until complete); shorten it to {allowed} bytes or less")
 
 
 @contextlib.contextmanager
