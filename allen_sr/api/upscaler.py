@@ -21,6 +21,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -127,6 +128,11 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
         dec = opened.decoder
         tile = options.tile or CONV_TILE
         overlap = options.overlap if options.overlap is not None else min(2 * dec.radius + RAMP, tile // 2)
+        if overlap < 2 * dec.radius:  # each tile's context band, both sides: the whole image's prediction
+            need = 2 * dec.radius
+            warnings.warn(f"tiles of {tile} px overlapping by {overlap} px, less than the {need} px this model needs "
+                          "to predict as from the whole image: the output can show seams where tiles meet; "
+                          f"--tile {max(tile, 2 * need)} --overlap {need} gives none")
         # A single prediction leaves the model rounded (uint8: a quarter of the bytes to blend and
         # copy); the 8-fold average stays continuous until it is blended.
         predict = dec.predict if getattr(dec, "tta", False) else dec.decode
@@ -163,6 +169,10 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
         return np.concatenate([values, pixel_uncertainty(recorder.shaped("std")[0])[..., None]], axis=-1)
 
     overlap = options.overlap if options.overlap is not None else in_size // 2
+    tiling.check_tile(in_size, overlap, in_size)  # once here, not image by image in a folder run
+    if overlap == 0:  # tiles decoded alone differ at their edges; a blend of even 1 px hid it (measured)
+        warnings.warn(f"tiles of {in_size} px that abut (--overlap 0): the output will show seams where tiles "
+                      f"meet; --overlap {in_size // 2} (half a tile, the default) blends them away")
     uncertain = getattr(opened.decoder, "reports_distributions", False)
     return TiledModel(predict, factor, channels, in_size, overlap, 0, batch, True, in_size,
                       _describe(f"{model} {opened.mode} ({type(opened.decoder).__name__})", opened.decoder),
