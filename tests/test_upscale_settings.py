@@ -121,3 +121,14 @@ def test_an_output_name_too_long_for_the_file_system_is_one_line_saying_by_how_m
     assert "too long" in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(writers.OutputError, match="the path is too long"):
         writers.check_writable(tmp_path / ("c/" * 3000) / "x.png")
+
+
+def test_zstd_reaches_the_uncertainty_map_too(tmp_path):
+    src = tmp_path / "in.png"
+    Image.fromarray(tissue_image(64, 64, seed=2)).save(src)
+    out = tmp_path / "zu.ome.tif"
+    assert upscale.upscale_main(["--pretrained", "conv-probabilistic", "--no_progress", "--image", str(src),
+                                 "--out", str(out), "--uncertainty", "--compression", "zstd"]) == 0
+    for path in (out, tmp_path / "zu.uncertainty.tif"):
+        with tifffile.TiffFile(path) as tif:
+            assert tif.pages[0].compression == tifffile.COMPRESSION.ZSTD, path

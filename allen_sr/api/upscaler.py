@@ -472,7 +472,7 @@ class Upscaler:
             stride = math.ceil(math.sqrt(out_h * out_w / HEAT_MAP_PIXELS))  # the heat map's, every stride-th px
             shown_sd: list[np.ndarray] = []
             maps = strided_rows((decode_uncertain(band, tm.channels) for band in store.replay()), stride, shown_sd)
-            writers.write_float_tiff(unc_paths[0], maps, out_h, out_w, size_um, size_y_um)
+            writers.write_float_tiff(unc_paths[0], maps, out_h, out_w, size_um, size_y_um, options.compression)
             sd = np.concatenate(shown_sd, axis=0)
             heat_map_with_bar(sd, unc_paths[1],
                               label=f"uncertainty: sd in grey levels (temperature {self.calibration.temperature:g})")

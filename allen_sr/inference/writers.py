@@ -334,10 +334,12 @@ def halve_float(image: np.ndarray) -> np.ndarray:
 
 
 def write_float_tiff(path: str | os.PathLike[str], bands: Iterable[np.ndarray], height: int, width: int,
-                     pixel_size_um: float | None = None, pixel_size_y_um: float | None = None) -> Path:
-    """Write float32 [h, w] rows, top to bottom, as a tiled, deflated OME-TIFF with the same pyramid
-    levels (and pixel size) as :func:`write_image` gives an output of that size, atomically; like
-    it, rows pass through (the levels below are spooled to disk), so memory follows the rows."""
+                     pixel_size_um: float | None = None, pixel_size_y_um: float | None = None,
+                     compression: str = "deflate") -> Path:
+    """Write float32 [h, w] rows, top to bottom, as a tiled OME-TIFF (``compression``: a key of
+    :data:`TIFF_COMPRESSION`) with the same pyramid levels (and pixel size) as :func:`write_image`
+    gives an output of that size, atomically; like it, rows pass through (the levels below are
+    spooled to disk), so memory follows the rows."""
     out = Path(path)
     check_writable(out)
     remove_stale_partials(out)
@@ -345,5 +347,5 @@ def write_float_tiff(path: str | os.PathLike[str], bands: Iterable[np.ndarray], 
     spool_paths = [partial_path(out, f"level{k}") for k in range(1, MAX_LEVELS)]
     rows = (np.asarray(band, np.float32)[:, :, None] for band in bands)
     with committed(out, spool_paths) as part:
-        write_tiff(part, rows, height, width, 1, size_um, spool_paths, dtype=np.float32)
+        write_tiff(part, rows, height, width, 1, size_um, spool_paths, compression, dtype=np.float32)
     return out
