@@ -169,6 +169,58 @@ def test_an_input_edited_in_place_with_its_size_and_mtime_kept_is_rebuilt(tmp_pa
         np.testing.assert_array_equal(r["pixels"], new_pixels[r["top"]:r["top"] + 64, r["left"]:r["left"] + 64])
 
 
+@pytest.mark.parametrize("damage", ["truncated", "same size", "old info"])
+def test_a_damaged_shard_is_named_and_rebuilt(damage, image_folder, tmp_path):
+    """A shard cut short or altered in place (same size) is not "complete and up to date": datagen
+    names it and rebuilds; so does a dataset whose P-info.json records no shard sizes (older
+    allen-sr), once. The rebuilt dataset is complete again."""
+    data_dir = str(tmp_path / "data")
+    paths = images.list_images(str(image_folder))
+    datagen.build_tile_dataset(paths, data_dir, PREFIX, dev_fraction=0.3)
+    shard = shard_paths(data_dir, "dev")[0]
+    good = open(shard, "rb").read()
+    info_path = os.path.join(data_dir, f"{PREFIX}-info.json")
+    if damage == "truncated":
+        os.truncate(shard, len(good) // 2)
+        said = f"shard {shard} holds {len(good) // 2} bytes, not the {len(good)}"
+    elif damage == "same size":
+        with open(shard, "r+b") as f:
+            f.seek(len(good) // 2)
+            f.write(bytes(b ^ 0xFF for b in good[len(good) // 2:len(good) // 2 + 4]))
+        said = f"shard {shard} does not hold the bytes datagen wrote"
+    else:
+        info = json.load(open(info_path))
+        del info["shard_sums"]
+        json.dump(info, open(info_path, "w"))
+        said = "written by an older allen-sr and records no shard sizes"
+    with pytest.warns(UserWarning, match=re.escape(said)):
+        assert datagen.build_tile_dataset(paths, data_dir, PREFIX, dev_fraction=0.3) is not None
+    assert open(shard, "rb").read() == good
+    assert datagen.build_tile_dataset(paths, data_dir, PREFIX, dev_fraction=0.3) is None
+
+
+def test_identical_files_go_to_one_split_and_are_named(image_folder, tmp_path):
+    """Copies of one image under names whose hashes pick different splits all go to the split of
+    the first name, so dev holds nothing trained on; other files keep the split of their name."""
+    paths = images.list_images(str(image_folder))
+    names = [f"copy_{k}" for k in range(40)]
+    first = next(n for n in names if tiles.split_of(n, 0.3) == "dev")
+    other = next(n for n in names if tiles.split_of(n, 0.3) == "train" and n > first)
+    original = paths[0]
+    for name in (first, other):
+        (image_folder / f"{name}.png").write_bytes(open(original, "rb").read())
+    data_dir = str(tmp_path / "data")
+    summary = datagen.build_tile_dataset(images.list_images(str(image_folder)), data_dir, PREFIX, dev_fraction=0.3)
+    group = sorted([images.image_id(original), first, other])  # one name of each split among them
+    split = tiles.split_of(group[0], 0.3)
+    assert summary.duplicates == [[split] + [f"{name}.png" for name in group]]
+    assert f"identical files, all in {split}" in summary.report() and f"{other}.png" in summary.report()
+    sources = {s: {r["source"] for p in shard_paths(data_dir, s) for r in read_records(p)} for s in ("train", "dev")}
+    assert {images.image_id(original), first, other} <= sources[split]
+    for p in paths[1:]:
+        assert images.image_id(p) in sources[tiles.split_of(images.image_id(p), 0.3)]
+
+
 def test_bad_files_are_skipped_and_reported(image_folder, tmp_path):
     (image_folder / "zero.jpg").write_bytes(b"")
     (image_folder / "notes.png").write_text("not an image")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from allen_sr.commands.decode import decode_main
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.reference import NaiveDecoder
 from allen_sr.decoding.support import UnsupportedHParamsError
+from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.bicubic import bicubic_centres
 
 PROBLEM = "img2img_allen_brain_dim8to32"
@@ -504,6 +506,35 @@ def test_read_examples_through_the_problem_pipeline(local_data, ckpt_dir):
     area = targets.reshape(4, 8, 4, 8, 4, 3).astype(np.float64).mean(axis=(2, 4))
     assert np.abs(inputs - area).max() <= 0.5 + 1e-6
     assert len({t.tobytes() for t in targets}) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_a_damaged_record_file_is_named_with_what_to_do(damage, local_data, ckpt_dir, tmp_path, capsys):
+    """A dev shard cut short, or altered in place, is one line naming it and saying to run
+    datagen again (it was tensorflow's DataLossError and a long traceback)."""
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(local_data, data_dir)
+    shard = next(data_dir.glob("img2img_local_dim8to32-dev-*"))
+    size = shard.stat().st_size
+    if damage == "truncated":
+        os.truncate(shard, size // 2)
+    else:
+        with open(shard, "r+b") as f:
+            f.seek(size // 2)
+            byte = f.read(1)
+            f.seek(size // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    hparams = checkpoints.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
+    with pytest.raises(InvalidInputError, match=rf"{re.escape(str(shard))} is damaged \({damage} record at \d+\): "
+                                                rf"run `allen-sr datagen` again with --data_dir {re.escape(str(data_dir))}"):
+        examples.read_examples("img2img_local_dim8to32", str(data_dir), 100_000, hparams)
+    argv = ["--problem", "img2img_local_dim8to32", "--hparams_set", HPARAMS_SET, "--output_dir", ckpt_dir,
+            "--data_dir", str(data_dir), "--num_examples", "100000", "--out", str(tmp_path / "o"), "--no_progress"]
+    assert decode_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(shard) in err[0] and "allen-sr datagen" in err[0], err
 
 
 def test_decode_cli_end_to_end(local_data, ckpt_dir, tmp_path, capsys):

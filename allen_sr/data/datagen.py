@@ -4,7 +4,8 @@ Layout in `data_dir` for a dataset prefix P (tensor2tensor's naming, so t2t read
   P-train-00000-of-00004 ...   shuffled train shards
   P-dev-00000-of-00001         dev shards (dev images never share an image with train)
   P-stats.json                 per-channel mean/std of the train tiles (0-255), for normalization
-  P-info.json                  written last: what was built from what; its presence means complete
+  P-info.json                  written last: what was built from what, each shard's size and sha256;
+                               its presence (with every shard as it records) means complete
 
 Tiles are stored as raw uint8 bytes (`image/format` = "raw"; allen_sr.data.tfrecord). The build
 is a two-pass external shuffle run by worker processes (allen_sr.data.buckets), with no
@@ -34,7 +35,7 @@ from allen_sr.data.workers import cancel_on_error, executor, frozen_gc, in_order
 from allen_sr.fileio import pid_alive, remove_stale_temp_files, write_json_atomic
 
 __all__ = ["TILES_PER_SHARD", "TMP_DIRNAME", "DatagenSummary", "inputs_fingerprint",
-           "dataset_complete", "build_tile_dataset"]
+           "dataset_complete", "shard_trouble", "build_tile_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class DatagenSummary:
     tiles_rejected: int = 0
     skipped: list = field(default_factory=list)  # [(file, reason)]
     images: dict = field(default_factory=lambda: {"train": [], "dev": []})
+    duplicates: list = field(default_factory=list)  # [[split, file, copy, ...]] of identical files
 
     def report(self) -> str:
         lines = [
@@ -60,6 +62,8 @@ class DatagenSummary:
             f"files skipped: {len(self.skipped)}",
         ]
         lines += [f"  - {reason}" for _, reason in self.skipped]
+        lines += [f"identical files, all in {split} (one split, so dev holds no copy of a train image): "
+                  + ", ".join(names) for split, *names in self.duplicates]
         return "\n".join(lines)
 
 
@@ -95,7 +99,12 @@ def inputs_fingerprint(paths: list[str], params: dict) -> dict:
 
 
 def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
-    """True when P-info.json exists, matches these inputs and all its shards are present."""
+    """True when P-info.json exists, matches these inputs and all its shards are as it records.
+
+    A shard that differs from its recorded size (or, in a local folder, its sha256) is named in a
+    warning and the dataset rebuilt; so is a dataset whose P-info.json records no shard sizes
+    (written before allen-sr recorded them), once.
+    """
     base = data_dir.rstrip("/")
     try:
         info = read_json(f"{base}/{prefix}-info.json")
@@ -103,7 +112,44 @@ def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
         return False
     if info.get("fingerprint") != fingerprint:
         return False
-    return all(exists(f"{base}/{s}") for s in info.get("shards", []))
+    if not all(exists(f"{base}/{s}") for s in info.get("shards", [])):
+        return False
+    trouble = shard_trouble(base, info)
+    if trouble:
+        warnings.warn(f"{trouble}: rebuilding the dataset")
+    return trouble is None
+
+
+def _shard_sums(folder: str, names: list[str]) -> dict:
+    """{shard name: [size, sha256]} of the shards ``names`` in a local ``folder``."""
+    return {name: [os.path.getsize(os.path.join(folder, name)), _sha256(os.path.join(folder, name))]
+            for name in names}
+
+
+def shard_trouble(data_dir: str, info: dict) -> str | None:
+    """Why the shards in ``data_dir`` are not the ones P-info.json ``info`` records, or None.
+
+    Sizes are compared everywhere, the sha256 of each shard only in a local folder (a remote one
+    would be downloaded for it).
+    """
+    sums = info.get("shard_sums")
+    if sums is None:
+        return (f"{data_dir}/{info.get('prefix', '')}-info.json was written by an older allen-sr and records no "
+                "shard sizes to check the shards against")
+    for name, (size, digest) in sums.items():
+        path = f"{data_dir.rstrip('/')}/{name}"
+        if is_remote(path):
+            import tensorflow as tf
+
+            actual, actual_digest = tf.io.gfile.stat(path).length, digest
+        else:
+            actual = os.path.getsize(path)
+            actual_digest = _sha256(path) if actual == size else digest
+        if actual != size:
+            return f"shard {path} holds {actual} bytes, not the {size} datagen wrote (truncated or replaced)"
+        if actual_digest != digest:
+            return f"shard {path} does not hold the bytes datagen wrote (its sha256 differs: corrupted)"
+    return None
 
 
 def stored_summary(data_dir: str, prefix: str) -> DatagenSummary:
@@ -171,11 +217,12 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
     tmp_root = os.path.join(data_dir, TMP_DIRNAME, f"{prefix}-{os.getpid()}-{int(time.time())}")
     os.makedirs(tmp_root)
     try:
-        summary, shard_names, stats = _build(image_paths, tmp_root, prefix, dev_fraction, size,
+        digests = [fingerprint["files"][os.path.basename(p)][1] for p in image_paths]
+        summary, shard_names, stats = _build(image_paths, digests, tmp_root, prefix, dev_fraction, size,
                                              seed, tiles_per_shard, workers or os.cpu_count() or 1)
         _commit(tmp_root, data_dir, prefix, shard_names, stats,
                 {"prefix": prefix, "shards": shard_names, "fingerprint": fingerprint,
-                 "summary": asdict(summary)})
+                 "shard_sums": _shard_sums(tmp_root, shard_names), "summary": asdict(summary)})
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
         parent = os.path.dirname(tmp_root)
@@ -184,18 +231,33 @@ def build_tile_dataset(image_paths: list[str], data_dir: str, prefix: str, *,
     return summary
 
 
-def _build(image_paths: list[str], tmp_root: str, prefix: str, dev_fraction: float, size: int,
-           seed: int, tiles_per_shard: int, workers: int) -> tuple[DatagenSummary, list[str], dict | None]:
+def split_images(image_paths: list[str], digests: list[str], dev_fraction: float) -> tuple[dict, list]:
+    """({"train": paths, "dev": paths}, duplicates): each image's split from a hash of its name, but
+    files of identical content (sha256 ``digests``) all in the split of the first of them by name,
+    so that no copy of a dev image is trained on. duplicates: [[split, name, name, ...]]."""
+    first: dict[str, str] = {}
+    copies: dict[str, list[str]] = {}
+    for p, digest in sorted(zip(image_paths, digests), key=lambda pd: images.image_id(pd[0])):
+        first.setdefault(digest, images.image_id(p))
+        copies.setdefault(digest, []).append(os.path.basename(p))
+    by_split = {"train": [], "dev": []}
+    for p, digest in zip(image_paths, digests):
+        by_split[tiles.split_of(first[digest], dev_fraction)].append(p)
+    duplicates = [[tiles.split_of(first[d], dev_fraction), *names] for d, names in copies.items() if len(names) > 1]
+    return by_split, duplicates
+
+
+def _build(image_paths: list[str], digests: list[str], tmp_root: str, prefix: str, dev_fraction: float,
+           size: int, seed: int, tiles_per_shard: int,
+           workers: int) -> tuple[DatagenSummary, list[str], dict | None]:
     """Both passes into `tmp_root`: (summary, shard names train then dev, train stats)."""
     from tqdm import tqdm
 
-    by_split = {"train": [], "dev": []}
-    for p in image_paths:
-        by_split[tiles.split_of(images.image_id(p), dev_fraction)].append(p)
+    by_split, duplicates = split_images(image_paths, digests, dev_fraction)
     n_shards = {s: max(1, math.ceil(_estimate_tiles(ps, size) * 0.5 / tiles_per_shard))
                 for s, ps in by_split.items()}
     ordered = [(split, p) for split, ps in by_split.items() for p in ps]
-    summary = DatagenSummary()
+    summary = DatagenSummary(duplicates=duplicates)
     histogram = np.zeros((3, 256), np.int64)
     segments = {(s, k): [] for s in by_split for k in range(n_shards[s])}
     try:

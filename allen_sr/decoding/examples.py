@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,9 +17,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 SPLITS = {"dev": "eval", "eval": "eval", "train": "train", "test": "test"}
 
 
-def drain(dataset: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def drain(dataset: Any, pattern: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(inputs, targets) of every example of a graph-mode ``dataset``, in order; call it inside
-    the graph the dataset was built in."""
+    the graph the dataset was built in. A damaged record file (truncated, corrupted) is an
+    InvalidInputError naming it, looked for among the files of ``pattern`` (its records' glob)."""
     import tensorflow as tf
 
     features = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -29,8 +31,35 @@ def drain(dataset: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
                 example = session.run({"inputs": features["inputs"], "targets": features["targets"]})
             except tf.errors.OutOfRangeError:
                 return inputs, targets
+            except tf.errors.DataLossError as exc:
+                raise damaged_records(pattern, exc) from None
             inputs.append(example["inputs"])
             targets.append(example["targets"])
+
+
+def damaged_records(pattern: str | None, error: Any) -> InvalidInputError:
+    """The error to raise for tf.errors.DataLossError ``error`` while reading the records of the glob
+    ``pattern``: it names the first file of them that does not read to its end, and what to do."""
+    import tensorflow as tf
+
+    found, reason = pattern or "a record file", error.message
+    for path in sorted(tf.io.gfile.glob(pattern)) if pattern else []:
+        with tf.Graph().as_default():
+            record = tf.compat.v1.data.make_one_shot_iterator(tf.data.TFRecordDataset(path)).get_next()
+            with tf.compat.v1.Session() as session:
+                try:
+                    while True:
+                        session.run(record)
+                except tf.errors.OutOfRangeError:
+                    continue
+                except tf.errors.DataLossError as exc:
+                    found, reason = path, exc.message
+                    break
+    what = re.search(r"(truncated|corrupted) record at \d+", reason)
+    reason = what.group(0) if what else reason.strip().split("\n")[0]
+    return InvalidInputError(f"{found} is damaged ({reason}): run `allen-sr datagen` again with --data_dir "
+                             f"{os.path.dirname(found) or '.'} (it rebuilds a dataset whose files differ from "
+                             "what it wrote)")
 
 
 def read_examples(
@@ -70,7 +99,7 @@ def read_examples(
             tf.estimator.ModeKeys.EVAL, data_dir=os.fspath(data_dir), hparams=hparams,
             shuffle_files=False, dataset_split=dataset_split, num_threads=1,
         ).take(num_examples)
-        inputs, targets = drain(dataset)
+        inputs, targets = drain(dataset, pattern)
     if not inputs:
         raise InvalidInputError(f"no {split} examples of {problem.name} in {data_dir}")
     x, y = np.stack(inputs), np.stack(targets)
