@@ -151,6 +151,22 @@ def test_datagen_with_an_empty_tmp_dir_says_what_to_do_without_a_traceback(tmp_p
     assert len(errors) == 1 and str(empty) in errors[0] and "put your" in errors[0]
 
 
+@pytest.mark.parametrize("kind", ["missing", "empty", "no images"])
+def test_a_tmp_dir_without_images_is_refused_before_data_dir_is_made(kind, tmp_path, capsys):
+    """The local-image problem's own check of --tmp_dir runs before datagen creates --data_dir,
+    so a refused command leaves no empty data folder behind."""
+    from allen_sr.t2t import tools
+
+    images = tmp_path / "images"
+    if kind != "missing":
+        images.mkdir()
+    if kind == "no images":
+        (images / "notes.txt").write_text("not an image")
+    code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={tmp_path / 'data'}", f"--tmp_dir={images}"])
+    _one_line_error(capsys, code, str(images))
+    assert not (tmp_path / "data").exists()
+
+
 # --------------------------------------------------------------------------- mistakes found before training
 
 @pytest.fixture(scope="module")
@@ -196,7 +212,8 @@ def test_a_folder_that_cannot_be_created_is_one_line(stock_datagen, tmp_path, ca
                                  "--hparams_set=img2img_conv_sr_fast", f"--data_dir={stock_datagen / 'data'}",
                                  f"--output_dir={out}", "--worker_gpu=0", "--train_steps=1"])
         _one_line_error(capsys, code, f"--output_dir={out} cannot be created", "pass a folder you can write to")
-    code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={a_file / 'data'}", f"--tmp_dir={tmp_path}"])
+    code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={a_file / 'data'}",
+                               f"--tmp_dir={stock_datagen / 'images'}"])
     _one_line_error(capsys, code, f"--data_dir={a_file / 'data'} cannot be created")
 
 

@@ -43,6 +43,10 @@ class TileSuperResolution(problem.Problem):
         """The image files to tile; subclasses decide where they come from."""
         raise NotImplementedError
 
+    def check_tmp_dir(self, tmp_dir: str) -> None:
+        """Refuse a --tmp_dir this problem cannot tile, before datagen creates --data_dir; here
+        nothing to check (a download goes into it)."""
+
     def generate_data(self, data_dir, tmp_dir, task_id=-1):
         del task_id
         paths = self.source_images(tmp_dir)
@@ -213,6 +217,10 @@ class LocalImages(TileSuperResolution):
             raise InvalidInputError(
                 f"no images in --tmp_dir={tmp_dir}: put your .png/.jpg/.tif files directly in it")
         return paths
+
+    def check_tmp_dir(self, tmp_dir):
+        """A missing --tmp_dir, or one without images, is refused as source_images refuses it."""
+        self.source_images(tmp_dir)
 
 
 class AllenBrain(TileSuperResolution):

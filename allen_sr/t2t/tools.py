@@ -157,7 +157,7 @@ def _make_folder(folder: str, name: str) -> None:
 
 def check_datagen_flags(argv: list[str]) -> None:
     """Refuse a datagen command line that cannot work, before tensor2tensor starts."""
-    _check_names(argv, ("problem",))
+    problem = _check_names(argv, ("problem",))
     data_dir = _check_folder(argv, "data_dir")
     ignored = {"random_seed": "the tiles are shuffled with a fixed seed and split by a hash of each image's name, "
                               "so every run makes the same dataset",
@@ -172,7 +172,18 @@ def check_datagen_flags(argv: list[str]) -> None:
     if os.path.exists(tmp_dir) and not os.path.isdir(tmp_dir):
         raise UsageError(f"--tmp_dir={tmp_dir} is a file, not a folder: pass the folder of your images "
                          "(Allen problems: where downloads go)")
+    _check_tmp_dir(problem, tmp_dir)
     _make_folder(data_dir, "data_dir")  # the last check: a refused command leaves no folder
+
+
+def _check_tmp_dir(problem: str, tmp_dir: str) -> None:
+    """The --problem's own check of its --tmp_dir (our local-image problems: a folder holding images),
+    if it has one (tensor2tensor's stock problems do not)."""
+    from tensor2tensor.utils import registry
+
+    check = getattr(registry.problem(problem), "check_tmp_dir", None)
+    if check is not None:
+        check(tmp_dir)
 
 
 def build_hparams(hparams_set: str, overrides: str | None) -> "HParams":
