@@ -46,13 +46,15 @@ def test_fixed_spec_keeps_the_order_given():
     ("noise=2,jpeg=80,blur=1", ["blur=1", "before"]),
     ("jpeg=80,jpeg=70", ["jpeg", "more than once"]),
     ("kernel=lanczos", ["lanczos", "area"]),
-    (" , ", ["empty"]),
+    (" , ", ["empty", "leave it out"]),
+    ("none", ["'none'", "key=value"]),
 ])
 def test_a_malformed_fixed_spec_is_refused_in_one_line_naming_it(spec, words):
     with pytest.raises(degrade.DegradationSpecError) as caught:
         degrade.parse_fixed(spec)
     message = str(caught.value)
     assert "\n" not in message and message.startswith("--degrade")
+    assert "none" not in message.replace("'none'", ""), message  # "none" is a training spec's word only
     for word in words:
         assert word in message, (spec, message)
 

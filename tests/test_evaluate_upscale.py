@@ -112,6 +112,13 @@ def test_evaluate_degrade_cuts_tiles_from_the_degraded_whole_image(ckpt_dir, tmp
     assert all(oy and ox for oy, ox in offsets), offsets  # never on the JPEG grid
 
 
+def test_degrade_help_says_the_tiles_move_and_how_to_compare():
+    """Any --degrade cuts tiles on a shifted grid (other tiles than without it): the help says so and
+    names the clean input on the same tiles."""
+    text = " ".join(evaluate.build_parser().format_help().split())
+    assert "shifted by 1-7 input px" in text and "--degrade blur=0 for the clean input on the same tiles" in text
+
+
 @pytest.mark.parametrize("spec, named", [("jpeg=75,sharpen=1", "sharpen"), ("jpeg=120", "jpeg=120"),
                                          ("noise=2,blur=1", "blur=1")])
 def test_evaluate_refuses_a_malformed_degrade_spec_in_one_line(ckpt_dir, tmp_path, capsys, spec, named):

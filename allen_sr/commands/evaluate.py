@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "jpeg=75 or blur=1.5,noise=3,jpeg=85 (blur: Gaussian sigma in full-resolution px "
                         "before the area average; kernel=area|bicubic|bilinear: the downsampling; "
                         "noise: Gaussian sd in grey levels; shot: signal-dependent sd at white; jpeg: "
-                        "quality, 4:2:0). Default: the exact area average")
+                        "quality, 4:2:0). Default: the exact area average. With any --degrade the tiles are cut "
+                        "on a grid shifted by 1-7 input px (off JPEG's 8x8 blocks), so other tiles than "
+                        "without it: compare with --degrade blur=0 for the clean input on the same tiles")
     p.add_argument("--uncertainty", action="store_true",
                    help="Image Transformers and probabilistic conv models: also score the per-pixel "
                         "uncertainty (coverage of the central 50%%/90%% intervals, how well it ranks the "

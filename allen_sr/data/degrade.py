@@ -126,7 +126,7 @@ def _num(value: float) -> str:
     return f"{value:g}"
 
 
-def _items(spec: str, context: str) -> list[tuple[str, str]]:
+def _items(spec: str, context: str, empty: str = "give items such as jpeg=75 (or none)") -> list[tuple[str, str]]:
     items = []
     for raw in spec.replace(";", ",").split(","):
         item = raw.strip()
@@ -137,7 +137,7 @@ def _items(spec: str, context: str) -> list[tuple[str, str]]:
             raise DegradationSpecError(f"{context}: {item!r} is not key=value (for example jpeg=75)")
         items.append((key.strip(), value.strip()))
     if not items:
-        raise DegradationSpecError(f"{context}: empty spec; give items such as jpeg=75 (or none)")
+        raise DegradationSpecError(f"{context}: empty spec; {empty}")
     keys = [key for key, _ in items]
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
@@ -208,7 +208,7 @@ def _range(key: str, text: str, context: str) -> Range:
 def parse_fixed(spec: str, context: str = "--degrade") -> list[FixedStep]:
     """The fixed spec ``spec`` (for example ``blur=1.5,noise=3,jpeg=85``) as steps in order."""
     steps = []
-    for key, value in _items(spec.strip(), context):
+    for key, value in _items(spec.strip(), context, "give items such as jpeg=75, or leave it out for clean inputs"):
         if key not in FIXED_KEYS:
             raise _unknown(key, FIXED_KEYS, context)
         if key == "kernel":
