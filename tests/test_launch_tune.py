@@ -338,6 +338,28 @@ def test_trainer_flags_a_trial_cannot_use_are_refused(extra, message):
         experiment_for(CONFIGS["random_conv_gcs_data"] + extra)
 
 
+def test_pbt_searches_only_hparams_a_child_can_continue_its_parents_checkpoint_with():
+    """Each PBT child trains on from a copy of its parent's folder: `allen-sr train` refuses one whose
+    hparams change the model (num_hidden_layers), or turn on one that adds variables (weight_ema_decay
+    from 0), and Katib queued it again and again."""
+    from allen_sr.t2t.tools import RESUMABLE_HPARAMS, RESUMABLE_PREFIXES
+
+    with pytest.raises(ValueError, match=re.escape(
+            "--search num_hidden_layers: --tune pbt cannot search it: it changes the model, and each child "
+            "continues its parent's checkpoint; PBT can search ")) as refused:
+        experiment_for(CONFIGS["pbt_transformer_gcs_data"] + ["--search", "num_hidden_layers=2:4"])
+    listed = str(refused.value).rpartition("PBT can search ")[2].split(", ")
+    assert {"batch_size", "learning_rate_constant", "layer_prepostprocess_dropout"} <= set(listed)
+    assert all(n in RESUMABLE_HPARAMS or n.startswith(RESUMABLE_PREFIXES) for n in listed)
+    experiment_for(CONFIGS["tpe_transformer_pvc"] + ["--search", "num_hidden_layers=2:4"])  # trials start anew
+    pbt_conv = CONFIGS["pbt_conv_data_on_the_claim"]
+    with pytest.raises(ValueError, match=re.escape("--search weight_ema_decay: with --tune pbt give values above 0")):
+        experiment_for(pbt_conv + ["--search", "weight_ema_decay=0:0.999"])
+    experiment = experiment_for(pbt_conv + ["--search", "weight_ema_decay=0.9:0.999",
+                                            "--search", "optimizer_adam_beta1=0.8:0.95"])
+    assert {"optimizer_adam_beta1", "weight_ema_decay"} <= {p["name"] for p in experiment["spec"]["parameters"]}
+
+
 def test_bayesianoptimization_needs_positive_double_ranges():
     """Katib's scikit-optimize service samples every double log-uniformly (min must be > 0)."""
     options = CONFIGS["tpe_transformer_pvc"][2:] + ["--tune", "bayesianoptimization"]

@@ -14,7 +14,7 @@ a trial trains ``--trial_steps`` steps beyond the checkpoint it starts from.
   PBT suggestion copies the parent trial's folder; t2t resumes from the checkpoint it finds.
 * Search space: the learning rate and its warm-up around the hparams set's own values, plus
   the dropout the Image Transformer applies or the conv model's pixel loss; ``--search``
-  changes or adds ranges.
+  changes or adds ranges (with PBT only of hparams a checkpoint can be continued with).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from allen_sr.commands.tfjob import (CONTAINER_NAME, VOLUME_NAME, build_tfjob, c
                                      train_argv)
 from allen_sr.data.paths import is_remote
 from allen_sr.t2t.cluster import flag_value
+from allen_sr.t2t.tools import RESUMABLE_HPARAMS, RESUMABLE_PREFIXES, VARIABLES_WHEN_ON
 from allen_sr.t2t.tuning import (FINAL_EVAL_DIR, INCREMENT_FLAG, OBJECTIVE_METRIC, hparams_defaults,
                                  without_flag)
 
@@ -260,6 +261,30 @@ def parse_search(spec: str, defaults: Mapping[str, Any], hparams_set: str) -> Se
     return SearchParam(name, kind, low, high, log=log, description=f"{name} (--search)")
 
 
+def _above_zero(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except ValueError:
+        return False
+
+
+def check_pbt_search(param: SearchParam, defaults: Mapping[str, Any]) -> None:
+    """ValueError for an hparam that a PBT child, which continues its parent's checkpoint, could not
+    change: one that changes the model's variables (`allen-sr train` refuses such a continuation)."""
+    name = param.hparam
+    if name in RESUMABLE_HPARAMS or name.startswith(RESUMABLE_PREFIXES):
+        return
+    if name in VARIABLES_WHEN_ON:  # may change, but a child may not turn it on: that adds variables
+        if all(map(_above_zero, param.values if param.kind == "categorical" else (param.low,))):
+            return
+        raise ValueError(f"--search {name}: with --tune pbt give values above 0 only: a child that turns it on "
+                         "cannot continue its parent's checkpoint (it adds variables)")
+    searchable = [n for n in defaults if n in RESUMABLE_HPARAMS or n.startswith(RESUMABLE_PREFIXES)]
+    searchable += [f"{n} (above 0)" for n in VARIABLES_WHEN_ON if n in defaults and n != "train_budget_seconds"]
+    raise ValueError(f"--search {name}: --tune pbt cannot search it: it changes the model, and each child continues "
+                     f"its parent's checkpoint; PBT can search {', '.join(searchable)}")
+
+
 def search_space(args: argparse.Namespace, trainer_flags: Sequence[str],
                  defaults: Mapping[str, Any]) -> list[SearchParam]:
     """The tuned hparams; ValueError when they clash with --hparams or a time budget."""
@@ -267,6 +292,8 @@ def search_space(args: argparse.Namespace, trainer_flags: Sequence[str],
     hparams_set = flag_value(trainer_flags, "hparams_set") or ""
     for spec in args.search or ():
         param = parse_search(spec, defaults, hparams_set)
+        if args.tune == PBT:
+            check_pbt_search(param, defaults)
         params[param.hparam] = param
     if args.tune == "bayesianoptimization":
         unbounded = [p.hparam for p in params.values() if p.kind == "double" and p.low <= 0]
