@@ -336,7 +336,9 @@ def test_launch_refuses_trainer_flags_every_replica_would_refuse(change, message
     base = ["--name", "j", "--image", "i", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o", "--dry_run"]
     assert launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()]) == 2
     assert message in capsys.readouterr().err
-    assert launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()] + ["--t2t_usr_dir=/usr"]) == 0
+    # a name only the image's --t2t_usr_dir may register is left to the replicas; the rest is refused still
+    with_usr_dir = launch.launch_main(base + [f"{k}={v}" for k, v in flags.items()] + ["--t2t_usr_dir=/image/usr"])
+    assert with_usr_dir == (0 if "unknown hparams set" in message else 2)
 
 
 def test_a_separator_before_the_trainer_flags_stays_out_of_the_replicas_command(capsys):
@@ -347,3 +349,68 @@ def test_a_separator_before_the_trainer_flags_stays_out_of_the_replicas_command(
     with_separator = capsys.readouterr().out
     assert launch.launch_main(base + TRAINER_FLAGS) == 0
     assert with_separator == capsys.readouterr().out and "- --problem=" in with_separator
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train_step=100000"], "--train_step: not a t2t-trainer flag (did you mean --train_steps?)"),
+    (["--hparam", "batch_size=2"], "--hparam: not a t2t-trainer flag (did you mean --hparams?)"),
+])
+def test_launch_refuses_flags_no_replica_knows(extra, message, capsys):
+    """absl in every replica's `allen-sr train` stopped at them ("Unknown command line flag")."""
+    base = ["--name", "j", "--image", "i", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o", "--dry_run"]
+    assert launch.launch_main(base + TRAINER_FLAGS + extra) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"allen-sr launch: error: {message}; `allen-sr train --helpfull` lists them"]
+    # absl's own, negated booleans, and the flags allen-sr train reads itself pass
+    ours = ["--flagfile=/etc/flags", "--init_from=conv-fast", "--noregistry_help", "--logtostderr"]
+    assert launch.launch_main(base + TRAINER_FLAGS + ours) == 0
+
+
+def test_launch_options_after_the_separator_are_refused_and_nothing_is_submitted(tmp_path, monkeypatch, capsys):
+    """After "--" they went into every replica's command: --dry_run submitted a TFJob of one Chief."""
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    base = ["--name", "j", "--image", "i", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"]
+    with StandInApiServer() as api:
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path, api.url)))
+        code = launch.launch_main(base + ["--", *TRAINER_FLAGS, "--workers", "2", "--ps=1", "--dry_run"])
+    assert (code, api.requests) == (2, [])
+    assert capsys.readouterr().err.splitlines() == [
+        "allen-sr launch: error: --workers --ps --dry_run after '--', where only t2t-trainer flags go: "
+        "put allen-sr launch's own options before '--'"]
+
+
+def write_usr_dir(folder, hparams_set):
+    """A --t2t_usr_dir package registering ``hparams_set``: img2img_conv_sr_cpu at another rate."""
+    folder.mkdir()
+    (folder / "__init__.py").write_text(
+        "from tensor2tensor.utils import registry\nfrom allen_sr.t2t.names import register_all\n\n"
+        f"register_all()\n\n\n@registry.register_hparams\ndef {hparams_set}():\n"
+        "    hparams = registry.hparams('img2img_conv_sr_cpu')\n    hparams.learning_rate_constant = 5e-4\n"
+        "    return hparams\n")
+    return folder
+
+
+def test_an_hparams_set_of_a_usr_dir_is_checked_where_the_folder_is_and_left_to_the_replicas_elsewhere(
+        tmp_path, capsys):
+    usr_dir = write_usr_dir(tmp_path / "launch_test_usr", "launch_test_usr_set")
+    flags = ["--problem=img2img_allen_brain_dim8to32", "--model=img2img_conv_sr", "--hparams_set=launch_test_usr_set"]
+    base = ["--name", "j", "--image", "i", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o", "--dry_run"]
+    tune = ["--tune", "tpe", "--name", "j", "--image", "i", "--pvc", "p", "--mount_path", "/data", "--data_dir",
+            "/data/d", "--output_dir", "/data/t", "--dry_run"]
+    # a folder only the image has: launch cannot read the set, and leaves it to each replica
+    assert launch.launch_main(base + flags + ["--t2t_usr_dir=/image/usr"]) == 0
+    assert ("note: --t2t_usr_dir=/image/usr cannot be imported here; not checked here, but by each replica's "
+            "allen-sr train as it starts: --hparams_set=launch_test_usr_set, the flags it defines"
+            in capsys.readouterr().err)
+    assert launch.launch_main(tune + flags + ["--t2t_usr_dir=/image/usr"]) == 2  # the search needs its values
+    assert ("--hparams_set=launch_test_usr_set is not registered here, and --tune reads its values"
+            in capsys.readouterr().err)
+    # a folder this machine has too is imported: its set is checked like ours, and tuned around its rate
+    assert launch.launch_main(base + flags + [f"--t2t_usr_dir={usr_dir}", "--hparams=foo=1"]) == 2
+    assert "--hparams foo=1" in capsys.readouterr().err
+    assert launch.launch_main(base + flags + [f"--t2t_usr_dir={usr_dir}"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert launch.launch_main(tune + flags + [f"--t2t_usr_dir={usr_dir}"]) == 0
+    experiment = yaml.safe_load(capsys.readouterr().out)
+    rate = next(p for p in experiment["spec"]["parameters"] if p["name"] == "learning_rate_constant")
+    assert float(rate["feasibleSpace"]["max"]) == pytest.approx(3 * 5e-4)

@@ -121,6 +121,29 @@ def test_train_names_the_closest_registered_name(flag, value, words, tmp_path, c
     assert len(line) < 400  # the closest names, not tensor2tensor's whole list
 
 
+def test_names_a_usr_dir_registers_are_known_to_the_checks(tmp_path, capsys):
+    """`--t2t_usr_dir` is imported before the checks (they said "unknown hparams set" of its sets)."""
+    from allen_sr.t2t import tools
+
+    usr_dir = tmp_path / "t2t_tools_test_usr"
+    usr_dir.mkdir()
+    (usr_dir / "__init__.py").write_text(
+        "from tensor2tensor.utils import registry\nfrom allen_sr.t2t.names import register_all\n\n"
+        "register_all()\n\n\n@registry.register_hparams\ndef t2t_tools_test_set():\n"
+        "    return registry.hparams('img2img_conv_sr_cpu')\n\n\n"
+        f"class P(type(registry.problem('{PROBLEM}'))):\n    pass\n\n\n"
+        "registry.register_problem('t2t_tools_test_problem')(P)\n")
+    flags = [f"--t2t_usr_dir={usr_dir}", f"--data_dir={tmp_path}", "--worker_gpu=0"]
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=t2t_tools_test_set",
+                             *flags])  # the set is found: the next check speaks of the missing dataset
+    _one_line_error(capsys, code, f"no train examples for {PROBLEM}")
+    code = tools.datagen_main(["--problem=t2t_tools_test_problem", *flags])
+    _one_line_error(capsys, code, "--tmp_dir is required")
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_cpu",
+                             f"--t2t_usr_dir={tmp_path / 'nowhere'}", f"--data_dir={tmp_path}"])
+    _one_line_error(capsys, code, f"--t2t_usr_dir={tmp_path / 'nowhere'} is not a folder")
+
+
 def test_datagen_with_a_file_as_data_dir_is_refused(tmp_path, capsys):
     from allen_sr.t2t import tools
 

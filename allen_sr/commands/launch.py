@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 
 from allen_sr.commands import tune
 # The TFJob side, under the names `allen-sr launch` has always had.
-from allen_sr.commands.tfjob import (LaunchError, flag_names, manifest_yaml, submit_tfjob, tfjob_manifest,
+from allen_sr.commands.tfjob import (LaunchError, manifest_yaml, submit_tfjob, tfjob_manifest,
                                      train_argv, validate_launch, watch_hints)
+from allen_sr.t2t.cluster import flag_value
 
 __all__ = ["LaunchError", "build_manifest", "build_parser", "launch_main", "manifest_yaml",
            "submit_tfjob", "tfjob_manifest", "train_argv", "validate_launch", "watch_hints"]
@@ -63,23 +64,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def usr_dir_names(trainer_flags: Sequence[str]) -> tuple[bool, list[str]]:
+    """(whether the --t2t_usr_dir was imported here, ``--flag=name`` of the problem, model and hparams
+    set that are not registered here). The folder is the image's: imported only when this machine
+    has it too, so the names it registers, and the flags it defines, may be unknown here."""
+    from allen_sr.t2t import tools
+    from allen_sr.t2t.names import unregistered
+
+    if flag_value(trainer_flags, "t2t_usr_dir") is None:
+        return True, []
+    try:
+        tools.import_usr_dir(list(trainer_flags))
+        imported = True
+    except Exception:  # noqa: BLE001 - the image's folder: missing here, or another one
+        imported = False
+    names = {name: flag_value(trainer_flags, name) for name in ("problem", "hparams_set", "model")}
+    return imported, unregistered(**names)
+
+
 def build_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) -> dict[str, Any]:
     """The TFJob, or with --tune the Experiment, for parsed arguments (ValueError if it cannot work)."""
+    from allen_sr.t2t.tools import check_trainer_command, check_trainer_flag_names
+
     if args.tune is None:
         tune.refuse_tune_options(args)
         manifest = tfjob_manifest(args, trainer_flags)
+        imported, unknown = usr_dir_names(trainer_flags)
     else:
+        imported, unknown = usr_dir_names(trainer_flags)  # before the search space reads the hparams set
+        hparams_set = f"--hparams_set={flag_value(trainer_flags, 'hparams_set')}"
+        if hparams_set in unknown:
+            raise ValueError(f"{hparams_set} is not registered here, and --tune reads its values for the search "
+                             "space: give a --t2t_usr_dir that this machine has too (the image's path)")
         manifest = tune.experiment_manifest(args, trainer_flags)
-    if "t2t_usr_dir" not in flag_names(trainer_flags):  # names registered elsewhere cannot be checked here
-        from allen_sr.t2t.tools import check_trainer_command
-
-        check_trainer_command(list(trainer_flags))  # what every replica's `allen-sr train` would refuse
-        for name, value in tune.search_values(manifest):  # and what a trial drawing a value would refuse
-            try:
-                check_trainer_command(tune.with_hparam(trainer_flags, name, value))
-            except ValueError as exc:
-                raise ValueError(f"--search {name}: a trial with {name}={value} would fail: {exc}") from None
+    usr_dir = flag_value(trainer_flags, "t2t_usr_dir")
+    if not imported or unknown:  # names registered in the image cannot be checked here
+        unchecked = ", ".join(unknown + ([] if imported else ["the flags it defines"]))
+        print(f"note: --t2t_usr_dir={usr_dir} {'was imported' if imported else 'cannot be imported'} here; not "
+              f"checked here, but by each replica's allen-sr train as it starts: {unchecked}", file=sys.stderr)
+    if imported:
+        check_trainer_flag_names(list(trainer_flags))  # absl in every replica stops at an unknown flag
+    if unknown:
+        return manifest
+    check_trainer_command(list(trainer_flags))  # what every replica's `allen-sr train` would refuse
+    for name, value in tune.search_values(manifest):  # and what a trial drawing a value would refuse
+        try:
+            check_trainer_command(tune.with_hparam(trainer_flags, name, value))
+        except ValueError as exc:
+            raise ValueError(f"--search {name}: a trial with {name}={value} would fail: {exc}") from None
     return manifest
+
+
+def misplaced_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """ValueError for an option of `allen-sr launch` after "--", where only trainer flags go (it
+    would reach every replica's command instead of launch: --dry_run would submit)."""
+    if "--" not in argv:
+        return
+    own = {option for action in parser._actions for option in action.option_strings}
+    after = [a.split("=", 1)[0] for a in argv[list(argv).index("--") + 1:] if a.startswith("-")]
+    misplaced = list(dict.fromkeys(a for a in after if a in own))
+    if misplaced:
+        raise ValueError(f"{' '.join(misplaced)} after '--', where only t2t-trainer flags go: "
+                         "put allen-sr launch's own options before '--'")
 
 
 def _report(args: argparse.Namespace, trainer_flags: Sequence[str], manifest: Mapping[str, Any]) -> None:
@@ -97,7 +143,13 @@ def _report(args: argparse.Namespace, trainer_flags: Sequence[str], manifest: Ma
 
 def launch_main(argv: list[str]) -> int:
     """allen-sr launch --name NAME --image IMAGE [--workers N --ps N | --tune ALGORITHM ...] [trainer flags] [--dry_run]"""
-    args, trainer_flags = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    try:
+        misplaced_options(parser, argv)
+    except ValueError as exc:
+        print(f"allen-sr launch: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    args, trainer_flags = parser.parse_known_args(argv)
     # "--" before the trainer flags separates them for argparse; in a replica's command absl would
     # stop reading flags there (its t2t would run without --problem, --model, ...)
     trainer_flags = [flag for flag in trainer_flags if flag != "--"]

@@ -42,6 +42,16 @@ def check_names(problem: str | None = None, hparams_set: str | None = None, mode
         raise _unknown("model", model, registry.list_models(), "model")
 
 
+def unregistered(problem: str | None = None, hparams_set: str | None = None, model: str | None = None) -> list[str]:
+    """``--flag=name`` of each given name that tensor2tensor does not know (after :func:`register_all`)."""
+    register_all()
+    from tensor2tensor.utils import registry
+
+    known = {"problem": registry.list_problems, "hparams_set": registry.list_hparams, "model": registry.list_models}
+    given = {"problem": problem, "hparams_set": hparams_set, "model": model}
+    return [f"--{flag}={name}" for flag, name in given.items() if name is not None and name not in known[flag]()]
+
+
 def problem_shape(problem_name: str) -> tuple[int, int, int]:
     """(input size, target size, channels) of a registered image problem."""
     check_names(problem=problem_name)

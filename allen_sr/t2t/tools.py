@@ -1,9 +1,9 @@
 """`allen-sr datagen` / `allen-sr train`: tensor2tensor's own tools with our registrations loaded.
 
 Every flag of t2t-datagen / t2t-trainer passes through unchanged; `--t2t_usr_dir` is not needed
-(our problems and hparams are imported first). On a host without GPUs `train` adds
-`--worker_gpu=0` unless you pass --worker_gpu yourself: t2t's default of 1 GPU floods the log
-with placement messages on CPU-only machines. `train` saves a checkpoint every minute
+(our problems and hparams are imported first); one of your own is imported before our checks.
+On a host without GPUs `train` adds `--worker_gpu=0` unless you pass --worker_gpu yourself: t2t's
+default of 1 GPU floods the log with placement messages on CPU-only machines. `train` saves a checkpoint every minute
 (SAVE_CHECKPOINTS_SECS) unless you pass --save_checkpoints_secs or --local_eval_frequency.
 Under a TF_CONFIG cluster (Kubeflow TFJob) `train` adds the flags of this replica's role
 (allen_sr.t2t.cluster.prepare_cluster_task); what it adds for tuning trials
@@ -102,6 +102,51 @@ def expand_home(argv: list[str], names: tuple[str, ...] = HOME_FLAGS) -> list[st
             elif arg == f"--{name}" and i + 1 < len(out) and out[i + 1].startswith("~"):
                 out[i + 1] = os.path.expanduser(out[i + 1])
     return out
+
+
+# Flags `allen-sr train` reads besides t2t-trainer's: absl's own, and ours, taken out before t2t parses.
+TRAIN_FLAGS_OF_OURS = ("flagfile", "undefok", "help", "helpshort", "helpfull", "helpxml", "init_from",
+                       "train_steps_increment")
+
+
+def check_trainer_flag_names(argv: list[str]) -> None:
+    """UsageError naming the first --flag of ``argv`` that `allen-sr train` (t2t-trainer) does not
+    define (absl would stop there: "Unknown command line flag"), with the closest defined name."""
+    import difflib
+
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    import tensor2tensor.bin.t2t_trainer  # noqa: F401  (defines its absl flags)
+    from absl import flags
+
+    known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS)
+    for arg in argv:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if not name or name in known or (name.startswith("no") and name[2:] in flags.FLAGS
+                                          and flags.FLAGS[name[2:]].boolean):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f" (did you mean --{close[0]}?)" if close else ""
+        raise UsageError(f"--{name}: not a t2t-trainer flag{hint}; `allen-sr train --helpfull` lists them")
+
+
+def import_usr_dir(argv: list[str]) -> None:
+    """Import the --t2t_usr_dir of ``argv`` as t2t-trainer does, so that our checks know the problems,
+    models and hparams sets it registers (t2t imports it again later: a no-op); UsageError for a
+    --t2t_usr_dir that is not a folder."""
+    folder = flag_value(argv, "t2t_usr_dir")
+    if not folder:
+        return
+    from allen_sr.t2t.names import register_all
+
+    register_all()  # a usr dir may build on our sets
+    from tensor2tensor.utils import usr_dir as t2t_usr_dir
+
+    if folder != t2t_usr_dir.INTERNAL_USR_DIR_PACKAGE and not os.path.isdir(os.path.expanduser(folder)):
+        raise UsageError(f"--t2t_usr_dir={folder} is not a folder: pass the folder of the Python package that "
+                         "registers your problems, models or hparams sets")
+    t2t_usr_dir.import_usr_dir(folder)
 
 
 def _gpu_count() -> int:
@@ -430,6 +475,8 @@ def datagen_main(argv: list[str]) -> int:
     """allen-sr datagen [t2t-datagen flags]"""
     try:
         argv = expand_home(read_flagfiles(argv))
+        if not any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+            import_usr_dir(argv)  # before our checks look its problems up
     except UsageError as exc:
         print(f"allen-sr datagen: error: {exc}", file=sys.stderr)
         return 2
@@ -447,6 +494,8 @@ def train_main(argv: list[str]) -> int:
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
     try:
+        if not any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+            import_usr_dir(argv)  # before our checks look its names up (and its hparams set's int values)
         argv = prepare_cluster_task(argv, os.environ)  # TF_CONFIG -> this replica's role
         # --train_steps_increment, and the eval PSNR as the tensor summary Katib reads
         argv = checkpoint_flags(prepare_train_flags(argv, os.environ))
