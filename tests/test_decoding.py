@@ -23,6 +23,7 @@ from allen_sr.decoding.reference import NaiveDecoder
 from allen_sr.decoding.support import UnsupportedHParamsError
 from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.bicubic import bicubic_centres
+from allen_sr.errors import InvalidInputError
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 HPARAMS_SET = "img2img_allen_cpu_tiny"
@@ -466,9 +467,10 @@ def test_no_decoder_takes_what_no_order_decodes(ckpt_dir, name, value, why):
 
 
 def test_hparams_that_do_not_match_the_checkpoint_are_refused(ckpt_dir):
-    with pytest.raises(ValueError, match="unused"):
+    """In one line naming the checkpoint and the variable (a KeyError's traceback before)."""
+    with pytest.raises(InvalidInputError, match="does not hold the model these hparams describe .*unused"):
         FastDecoder.from_checkpoint(hparams_for(ckpt_dir, "num_decoder_layers=1"), ckpt_dir)
-    with pytest.raises(KeyError, match="decoder_layer_2"):
+    with pytest.raises(InvalidInputError, match=r"\(variable .*decoder_layer_2.* not in the checkpoint\)"):
         FastDecoder.from_checkpoint(hparams_for(ckpt_dir, "num_decoder_layers=3"), ckpt_dir)
 
 

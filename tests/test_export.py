@@ -178,6 +178,7 @@ def test_bioimageio_package_validates_offline_and_its_test_tensors_reproduce(con
         assert (conv_export / name).is_file(), name
     readme = (conv_export / rdf["documentation"]).read_text()
     assert f"`degradation={json.loads((conv_export / 'config.json').read_text())['degradation']}`" in readme
+    assert "(global step 3)" in readme  # conv_run's 3 steps
     # Validation in a fresh process with every HTTP(S) request sent to a closed port: offline.
     closed = "http://127.0.0.1:9"
     env = {**os.environ, "HTTP_PROXY": closed, "HTTPS_PROXY": closed, "http_proxy": closed,

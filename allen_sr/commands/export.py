@@ -13,11 +13,14 @@ model elsewhere"). OUT appears complete or not at all.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams_set", default=None,
                    help="hparams set the model was trained with (default: the run's, from its flags.txt)")
     p.add_argument("--hparams", default="", help='hparams overrides "k=v,..." as given to t2t-trainer')
+    p.add_argument("--data_dir", default=None,
+                   help="the run's dataset, if it has moved since training: its dev split fits the uncertainty "
+                        "calibration (default: the run's data_dir)")
     p.add_argument("--output_dir", required=True,
                    help="t2t-trainer output dir (its newest checkpoint is used) or a checkpoint prefix")
     p.add_argument("--out", required=True, help="folder to create (must not exist, or be empty)")
@@ -47,20 +53,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_trained_set(output_dir: str, hparams: Any, hparams_set: str) -> None:
-    """Refuse a --hparams_set other than the one the run in ``output_dir`` was trained with.
+def check_trained_set(output_dir: str, hparams: Any, hparams_set: str, problem: str | None = None) -> None:
+    """Refuse a --hparams_set (or --problem) other than the one the run in ``output_dir`` was trained with.
 
     t2t-trainer writes every hparam of the run to hparams.json (and its flags to flags.txt): a
-    hparam the named set does not have, or another --hparams_set in flags.txt, names the mistake.
+    hparam the named set does not have, or another --hparams_set or --problem in flags.txt, names
+    the mistake (the export's metadata describes the problem: it must be the run's).
     """
     from allen_sr.api.models import run_flags
     from allen_sr.decoding.checkpoints import run_folder
 
     folder = run_folder(output_dir)
-    trained_with = run_flags(folder).get("hparams_set", hparams_set)
+    flags = run_flags(folder)
+    trained_with = flags.get("hparams_set", hparams_set)
     if trained_with != hparams_set:
         raise InvalidInputError(f"--output_dir {output_dir} was trained with --hparams_set={trained_with}, "
                                 f"not {hparams_set}: pass that set")
+    trained_on = flags.get("problem", problem)
+    if problem is not None and trained_on != problem:
+        raise InvalidInputError(f"--output_dir {output_dir} was trained on --problem {trained_on}, not {problem}: "
+                                "pass that problem (or leave --problem out)")
     path = os.path.join(folder, "hparams.json")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as handle:
@@ -79,10 +91,50 @@ def check_out(out: Path) -> None:
         raise MissingInputError(f"--out {out}: the folder {out.parent} does not exist; create it first")
 
 
+def remove_stale_tmp(out: Path) -> None:
+    """Remove the hidden ``.OUT.<pid>.<hex>.tmp`` folders of an earlier export to ``out`` whose
+    process has ended without cleaning up (killed: SIGTERM, SIGKILL, a power cut)."""
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        found = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp", path.name)
+        if found and not process_alive(int(found.group(1))) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def run_overrides(output_dir: str, overrides: str) -> str:
+    """The run's training --hparams (its flags.txt) followed by the export's own ``overrides``."""
+    from allen_sr.api.models import run_flags
+    from allen_sr.decoding.checkpoints import run_folder
+
+    trained = run_flags(run_folder(output_dir)).get("hparams", "")
+    return ",".join(part for part in (trained, overrides) if part)
+
+
+def global_step(checkpoint: str) -> int | None:
+    import tensorflow as tf
+
+    try:
+        return int(tf.train.load_variable(checkpoint, "global_step"))
+    except (ValueError, KeyError, tf.errors.OpError):  # a checkpoint without one
+        return None
+
+
 def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLike[str],
            model: str | None = None, overrides: str = "", author: str = "allen-sr",
-           bioimageio: bool = True) -> dict[str, Any]:
-    """Export the newest checkpoint of ``output_dir`` to the new folder ``out``; returns config.json."""
+           bioimageio: bool = True, data_dir: str | None = None) -> dict[str, Any]:
+    """Export the newest checkpoint of ``output_dir`` to the new folder ``out``; returns config.json.
+
+    ``data_dir``: the run's dataset where it is now (default: where the run read it), whose dev split
+    fits the uncertainty calibration; a UserWarning says when none could be fitted."""
     from allen_sr.decoding import checkpoints
     from allen_sr.decoding.support import TRANSFORMER_MODELS
     from allen_sr.t2t.names import check_names, problem_shape
@@ -99,19 +151,30 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
         raise UnsupportedInputError(f"exporting model {written_by} is not supported (supported: "
                                     f"{runtime.CONV_MODEL}, {', '.join(TRANSFORMER_MODELS)})")
     hparams = checkpoints.load_hparams(hparams_set, problem, overrides, output_dir)
-    check_trained_set(output_dir, hparams, hparams_set)
+    check_trained_set(output_dir, hparams, hparams_set, problem)
+    if data_dir is not None:
+        if not os.path.isdir(data_dir):
+            raise MissingInputError(f"--data_dir {data_dir}: no such folder; pass the folder of the run's dataset")
+        if hasattr(hparams, "data_dir"):
+            hparams.data_dir = data_dir
+        else:
+            hparams.add_hparam("data_dir", data_dir)
     input_size, target_size, channels = problem_shape(problem)
     factor = target_size // input_size
     config: dict[str, Any] = {
         "format": runtime.FORMAT, "format_version": runtime.FORMAT_VERSION,
         "name": f"allen-sr {written_by} {hparams_set} x{factor}",
         "model": written_by, "problem": problem, "hparams_set": hparams_set,
-        "hparams_overrides": overrides, "checkpoint": checkpoint,
+        "hparams_overrides": run_overrides(output_dir, overrides), "checkpoint": checkpoint,
         "input_size": input_size, "target_size": target_size, "channels": channels,
         "decode_mode": getattr(hparams, "decode_mode", "") or "greedy",
     }
+    step = global_step(checkpoint)
+    if step is not None:
+        config["global_step"] = step
     if hasattr(hparams, "degradation"):  # the training inputs' spec, as the run trained with it
         config["degradation"] = str(hparams.degradation)
+    remove_stale_tmp(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir()
     try:
@@ -147,6 +210,7 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
 
             config.update(write_weights(hparams, checkpoint, written_by, tmp, runtime.WEIGHTS_NAME))
             config["uncertainty"] = export_calibration(hparams, problem, checkpoint, written_by, config["decode_mode"])
+        warn_uncalibrated(config)
         (tmp / runtime.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty (check_out)
@@ -155,6 +219,14 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return config
+
+
+def warn_uncalibrated(config: dict[str, Any]) -> None:
+    """Warn in one line when the export's uncertainty maps will use an unfitted calibration."""
+    fitted_on = str(config.get("uncertainty", {}).get("fitted_on", ""))
+    if fitted_on.startswith("not fitted"):
+        warnings.warn(f"the export's uncertainty maps are uncalibrated ({fitted_on}): export again with "
+                      "--data_dir pointing at the run's dataset", stacklevel=3)
 
 
 def export_calibration(hparams: Any, problem: str, checkpoint: str, model: str, mode: str) -> dict[str, Any]:
@@ -190,7 +262,7 @@ def export_main(argv: list[str] | None = None) -> int:
                                         "a training run (its folder or a checkpoint)")
             args.problem, args.hparams_set = spec.problem, spec.hparams_set
         config = export(args.problem, args.hparams_set, args.output_dir, args.out, args.model,
-                        args.hparams, args.author, not args.no_bioimageio)
+                        args.hparams, args.author, not args.no_bioimageio, args.data_dir)
         files = sorted(p.name for p in Path(args.out).iterdir())
         print(f"exported {config['model']} ({config['checkpoint']}) to {args.out}: {', '.join(files)}")
 

@@ -21,8 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
 # Hparams a set turned on after runs had been trained without them, with the value that means "off":
-# a run whose hparams.json does not name one was trained without it, whatever its set says now.
-ADDED_LATER = {"mean_correction": 0.0}
+# a run whose hparams.json does not name one was trained without it, whatever its set says now. The
+# Image Transformer's bicubic prior and input_patch head came on 2026-12-01 (runs and exports made
+# before have neither head); the options added since then only train (context_bicubic, ev_loss_weight,
+# self_condition, degradation) or only act with the prior (prior_sigma, free_logit_scale).
+ADDED_LATER = {"mean_correction": 0.0, "bicubic_prior": False, "input_patch": 0}
 
 
 def run_folder(output_dir: str | os.PathLike[str]) -> str:
@@ -75,12 +78,26 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
     if os.path.isdir(path):
         ckpt = tf.train.latest_checkpoint(path)
         if ckpt is None:
+            state = tf.train.get_checkpoint_state(path)
+            if state is not None and state.model_checkpoint_path:  # named, but its files are gone
+                named = os.path.join(path, os.path.basename(state.model_checkpoint_path))
+                there = sorted((p[:-len(".index")] for p in tf.io.gfile.glob(os.path.join(path, "*.index"))),
+                               key=checkpoint_step)
+                use = f": pass --output_dir {there[-1]} to use the newest one there" if there else ""
+                raise MissingInputError(f"{path}: its 'checkpoint' file names {os.path.basename(named)}, whose "
+                                        f"files are missing ({named}.index){use}")
             raise MissingInputError(
                 f"no checkpoint in {path} (expected a 'checkpoint' file from t2t-trainer)")
         return ckpt
     if os.path.exists(path + ".index"):
         return path
     raise MissingInputError(f"{path} is neither an output dir with checkpoints nor a checkpoint prefix")
+
+
+def checkpoint_step(prefix: str) -> int:
+    """The step in a checkpoint prefix's name (``model.ckpt-30`` -> 30; -1 without one)."""
+    found = re.search(r"-(\d+)$", prefix)
+    return int(found.group(1)) if found else -1
 
 
 def canonical_variable_name(name: str) -> str:

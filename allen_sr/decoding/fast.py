@@ -28,6 +28,7 @@ from allen_sr.decoding.network import ImageTransformerNetwork, timing_signal_2d
 from allen_sr.decoding.orders import ScanOrder, causal_order
 from allen_sr.decoding.support import DEFAULT_MODEL, check_supported
 from allen_sr.decoding.windows import make_window
+from allen_sr.errors import InvalidInputError, UserError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -86,7 +87,36 @@ class FastDecoder(BatchedDecoder):
         """Read the model's variables from a t2t checkpoint (prefix or output dir) by name."""
         check_supported(hparams, model_name)  # fail before reading anything
         weights = read_model_weights(checkpoint, model_name)
-        return cls(hparams, weights, model_name, target_shape, dtype)
+        return cls.matching(hparams, weights, model_name, f"checkpoint {checkpoint}", target_shape, dtype)
+
+    @classmethod
+    def matching(
+        cls,
+        hparams: "HParams",
+        weights: Mapping[str, np.ndarray],
+        model_name: str,
+        source: str,
+        target_shape: tuple[int, int] | None = None,
+        dtype: str | np.dtype = "float32",
+    ) -> "FastDecoder":
+        """The decoder of ``weights`` (read from ``source``, named in errors), or InvalidInputError
+        naming the variable or hparam when the hparams describe another model than they hold."""
+        try:
+            decoder = cls(hparams, weights, model_name, target_shape, dtype)
+        except UserError:
+            raise
+        except (KeyError, ValueError) as exc:  # a variable missing, unused or of another shape
+            detail = str(exc.args[0] if exc.args else exc).split("; ")[0]
+            raise InvalidInputError(f"{source} does not hold the model these hparams describe ({detail}): "
+                                    "pass the --hparams it was trained with (or none)") from None
+        net = decoder.net
+        if net.patch_radius:  # image_transformer.input_patches: (2r+1)^2 taps of each of C channels
+            taps = net.patch_skip.shape[3] // net.channels
+            trained = (round(taps ** 0.5) - 1) // 2
+            if taps != (2 * net.patch_radius + 1) ** 2:
+                raise InvalidInputError(f"{source} was trained with input_patch={trained}, not input_patch="
+                                        f"{net.patch_radius}: pass the --hparams it was trained with (or none)")
+        return decoder
 
     def encode(self, inputs: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """The encoder's keys/values for every decoder layer (see ImageTransformerNetwork.encode)."""

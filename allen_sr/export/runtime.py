@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 
 from allen_sr.decoding.batching import predict_in_chunks
+from allen_sr.decoding.checkpoints import ADDED_LATER
 from allen_sr.decoding.fast import FastDecoder
 from allen_sr.decoding.laplace import LaplaceViews
 from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.decoding.support import TRANSFORMER_MODELS
 from allen_sr.errors import InvalidInputError, MissingInputError, UserError, first_line
+from allen_sr.models.transformer_options import DEFAULTS as TRANSFORMER_DEFAULTS
 
 CONFIG_NAME = "config.json"
 ONNX_NAME = "model.onnx"
@@ -234,7 +236,7 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
                                    folder / distribution if distribution else None)
     else:
         path = export_file(folder, config, "weights", WEIGHTS_NAME)
-        hparams = types.SimpleNamespace(**config_value(folder, config, "hparams", dict))
+        hparams = types.SimpleNamespace(**exported_hparams(config_value(folder, config, "hparams", dict)))
         weights = read_weights(path)
         try:
             # Checked by FastDecoder when the export was written; the check needs tensor2tensor.
@@ -246,6 +248,18 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
             raise InvalidInputError(f"export folder {folder}: {path.name} does not hold the model {CONFIG_NAME} "
                                     f"describes ({detail}); {EXPORT_AGAIN}") from None
     return ExportedModel(decoder, config, folder)
+
+
+def exported_hparams(recorded: dict[str, Any]) -> dict[str, Any]:
+    """config.json's hparams, with each option of `checkpoints.ADDED_LATER` that an export of one of
+    our Image Transformer sets (its hparams name our options) does not record turned off, as
+    `checkpoints.load_hparams` does for a run: the export was made before the option existed."""
+    hparams = dict(recorded)
+    if any(name in hparams for name in TRANSFORMER_DEFAULTS):
+        for name, off in ADDED_LATER.items():
+            if name in TRANSFORMER_DEFAULTS:
+                hparams.setdefault(name, off)
+    return hparams
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:

@@ -17,6 +17,11 @@ import numpy as np
 
 from allen_sr.decoding.checkpoints import read_model_weights
 from allen_sr.decoding.fast import FastDecoder
+from allen_sr.decoding.support import SKIP_MODEL
+from allen_sr.models.transformer_options import option
+
+# The options `allen_sr.decoding.network` reads (the network's shape and heads).
+NETWORK_OPTIONS = ("normalize_inputs", "input_skip", "bicubic_prior", "prior_sigma", "input_patch", "free_logit_scale")
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -44,9 +49,12 @@ def write_weights(hparams: "HParams", checkpoint: str, model_name: str,
                   folder: str | os.PathLike[str], name: str) -> dict[str, Any]:
     """Check the fast decoder takes the model, write ``folder/name``; returns config entries."""
     weights = read_model_weights(checkpoint, model_name)
-    FastDecoder(hparams, weights, model_name)  # refuses unsupported hparams and mismatched weights
+    # Refuses unsupported hparams and weights they do not describe.
+    FastDecoder.matching(hparams, weights, model_name, f"checkpoint {checkpoint}")
     path = Path(folder) / name
     with open(path, "wb") as handle:
         np.savez(handle, **weights)
-    return {"weights": name, "hparams": plain_hparams(hparams),
-            "parameters": int(sum(v.size for v in weights.values()))}
+    plain = plain_hparams(hparams)
+    if model_name == SKIP_MODEL:  # the options as the network read them: a later default changes nothing
+        plain.update({key: option(hparams, key) for key in NETWORK_OPTIONS})
+    return {"weights": name, "hparams": plain, "parameters": int(sum(v.size for v in weights.values()))}
