@@ -151,6 +151,10 @@ def test_a_folder_of_images_lists_its_image_files_only_and_a_quoted_tilde_is_hom
     assert images.list_images(str(slides)) == [str(slides / "a.png")]
     monkeypatch.setenv("HOME", str(tmp_path))
     assert collect_images("~/slides") == collect_images("~/slides/*") == [str(slides / "a.png")]
+    bracketed = tmp_path / "run[1]"  # an existing file is itself, not a glob of '[1]'
+    bracketed.mkdir()
+    Image.fromarray(tissue_image(64, 64)).save(bracketed / "a.png")
+    assert collect_images(str(bracketed / "a.png")) == [str(bracketed / "a.png")]
 
 
 

@@ -44,6 +44,8 @@ def collect_images(spec: str) -> list[str]:
     path = os.path.expanduser(spec)
     if os.path.isdir(path):
         paths = list_images(path)
+    elif os.path.isfile(path):  # named as it is: '[1]' in a file's path is no glob character class
+        paths = [path]
     else:
         paths = sorted(p for p in glob.glob(path) if os.path.isfile(p))
     if not paths:
