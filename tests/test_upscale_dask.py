@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from allen_sr.api import cluster_folders
+from allen_sr.api import cluster_folders, remote
 from allen_sr.api.models import resolve
 from allen_sr.api.upscaler import Options
 from allen_sr.commands import upscale
@@ -101,7 +102,9 @@ def test_a_folder_on_a_cluster_equals_in_process_runs_and_a_rerun_skips_everythi
     assert upscale.upscale_main(argv + ["--preview_dir", "previews"]) == 1  # one input failed
     text = capsys.readouterr().out
     assert "3 written, 0 already done (skipped), 1 failed" in text
-    assert re.search(r"failed: in/bad\.png: .*bad\.png", text)  # named, with why
+    failed = [line for line in text.splitlines() if "failed: " in line]  # named once, as given, with why
+    assert len(failed) == 1 and re.search(r"failed: in/bad\.png: not a readable image", failed[0]), failed
+    assert failed[0].count("bad.png") == 1, failed
     assert "; 1 beyond the inputs the model trained on" in text  # the workers' input checks, gathered
     assert re.search(r"  warning: \S*in/c\.jpg is JPEG-compressed at quality 40", text)
     assert len(set(re.findall(r"wrote out/nested/\S+ on (tcp://127\.0\.0\.1:\d+)", text))) >= 1
@@ -123,7 +126,7 @@ def test_a_folder_on_a_cluster_equals_in_process_runs_and_a_rerun_skips_everythi
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
 
 
-def test_workers_upload_to_an_out_dir_given_as_a_url(cluster, tmp_path, capsys):
+def test_workers_upload_to_an_out_dir_given_as_a_url(cluster, tmp_path, capsys, monkeypatch):
     """--out_dir file:///... goes through the URL path (fsspec; gs:// and s3:// take the same one
     with their backend): each worker enlarges into its own temporary folder and uploads."""
     address, _ = cluster
@@ -138,6 +141,10 @@ def test_workers_upload_to_an_out_dir_given_as_a_url(cluster, tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), fresh)
     assert upscale.upscale_main(argv) == 1
     assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)  # file://DIR is ./DIR: the workers, elsewhere, are given its absolute path
+    assert upscale.upscale_main(argv[:3] + ["file://relative"] + argv[4:]) == 1
+    assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "relative").iterdir()) == folder_listing("a.png", "b.png", "c.jpg")
 
 
 def test_a_local_cluster_started_by_the_command_writes_the_same_outputs(tmp_path, capsys):
@@ -204,7 +211,7 @@ def test_dask_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
         (folder + ["--dask", "tcp://127.0.0.1:99999"], "a port from 1 to 65535"),
         (folder + ["--dask", "tls://127.0.0.1:9"], "tls:// needs Dask security settings"),  # was a TypeError
         (["--images", str(tmp_path / "in"), "--out_dir", "memory://bucket/o", "--dask", "local:1"],
-         "memory:// lives inside each process"),  # 'written', and gone with the workers
+         "memory:// lives inside this process"),  # 'written', and gone with the workers
         (folder + ["--dask", "local:1", "--tile", "4"], "tile size must be at least 8 px"),  # was: every image failed
     ]
     for argv, message in cases:
@@ -294,3 +301,54 @@ def test_a_worker_killed_mid_image_loses_no_finished_output_and_the_run_complete
     with Upscaler.open("conv-cpu", tile=48) as up:
         for name, crop in crops.items():
             np.testing.assert_array_equal(np.asarray(Image.open(out / name)), up.predict(crop), err_msg=name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_local_cluster_run_in_one_line_and_leaves_no_upload_folder(tmp_path):
+    """Ctrl-C reaches every process of the command (the terminal signals its process group): the
+    workers leave it to the client, which says one line; no worker's upload folder stays behind."""
+    (tmp_path / "in").mkdir()
+    for k in range(2):
+        Image.fromarray(BRAIN[100 + 90 * k:420 + 90 * k, 200:520]).save(tmp_path / "in" / f"s{k}.png")
+    (tmp_path / "tmp").mkdir()
+    argv = ["--images", str(tmp_path / "in"), "--out_dir", (tmp_path / "out").as_uri(), "--no_progress",
+            "--dask", "local:2", "--pretrained", "conv-cpu", "--tile", "48"]
+    run = subprocess.Popen([sys.executable, "-c", "import sys; from allen_sr.commands.upscale import "
+                            f"upscale_main; sys.exit(upscale_main({argv!r}))"], start_new_session=True,
+                           env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120  # until both workers have saved rows into their upload folders
+    while len(list((tmp_path / "tmp").glob("allen-sr-upload-*/.*.resume/rows-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before Ctrl-C"
+    os.killpg(run.pid, signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stdout + stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].endswith("interrupted (Ctrl-C)"), stderr
+    assert not list((tmp_path / "tmp").glob("allen-sr-upload-*"))
+
+
+def test_the_workers_of_a_local_cluster_leave_ctrl_c_to_the_client():
+    """A worker stopped by Ctrl-C printed its tracebacks and was started again, mid-shutdown."""
+    with cluster_folders.dask_client("local:1") as client:
+        (pid,) = client.run(os.getpid).values()
+        os.kill(pid, signal.SIGINT)
+        time.sleep(2)
+        assert list(client.run(os.getpid).values()) == [pid]
+
+
+def test_upload_folders_of_processes_that_ended_are_removed(tmp_path, monkeypatch):
+    """A worker ended mid-image (Ctrl-C, killed) cannot remove its upload folder: the next upload
+    on the machine does; those of running processes and of other machines stay."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    host = socket.gethostname()
+    names = [f"allen-sr-upload-{host}-{ended.pid}-x1", f"allen-sr-upload-{host}-{os.getpid()}-x2",
+             f"allen-sr-upload-elsewhere-{ended.pid}-x3"]
+    for name in names:
+        (tmp_path / name / ".a.png.resume").mkdir(parents=True)
+    with remote.upload_folder() as folder:
+        assert folder.parent == tmp_path and folder.name.startswith(f"allen-sr-upload-{host}-{os.getpid()}-")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:] + [folder.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])

@@ -67,12 +67,16 @@ def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_p
         assert shot.size[0] < small[0]
 
 
-def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys):
+def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
     make_inputs(tmp_path / "in")
     base = ["--pretrained", "conv-fast", "--no_progress"]
+    monkeypatch.chdir(tmp_path)
     cases = [
         (["--images", str(tmp_path / "in"), "--out_dir", str(tmp_path / "in")], "would replace it"),
         (["--images", str(tmp_path / "in"), "--out_dir", (tmp_path / "in").as_uri()], "would replace it"),
+        (["--images", "in", "--out_dir", "file://in"], "would replace it"),  # ./in, as fsspec writes it
+        (["--images", "in", "--out_dir", "memory://bucket/o"], "memory:// lives inside this process"),
+        (["--image", "in/a.png", "--out", "gs://bucket/x.png"], "pass --images in/a.png --out_dir gs://bucket"),
         (["--images", str(tmp_path / "none*.png"), "--out_dir", str(tmp_path / "o")], "no image files"),
         (["--images", str(tmp_path / "in"), "--out", str(tmp_path / "o.png")], "pass --out_dir"),
         (["--image", str(tmp_path / "in" / "a.png"), "--out_dir", str(tmp_path / "o")], "pass --out FILE"),
@@ -84,6 +88,7 @@ def test_folder_mistakes_are_refused_before_anything_is_written(tmp_path, capsys
         assert upscale.upscale_main(base + argv) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no gs: folder either
     Image.fromarray(BRAIN[:40, :40]).save(tmp_path / "in" / "a.tif")
     (tmp_path / "in" / "a.svs").write_bytes(b"")  # a slide type that is written as .tif
     assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "a.*"), "--out_dir",
@@ -209,53 +214,54 @@ def test_an_image_interrupted_in_a_folder_run_resumes_and_the_others_are_skipped
 
 
 def test_an_out_dir_given_as_a_url_gets_the_same_outputs_uploaded_whole(tmp_path, capsys, monkeypatch):
-    """--out_dir memory://... (fsspec's in-process filesystem, standing in for gs://): the outputs
-    equal a local folder run's, a rerun skips them, no temporary upload is left, and an upload that
-    fails leaves nothing under the output's name."""
+    """--out_dir file:///... (through fsspec, as gs:// goes): the outputs equal a local folder run's,
+    a rerun skips them, the log names the URLs, no temporary upload is left, and an upload that fails
+    leaves nothing under the output's name."""
     fsspec = pytest.importorskip("fsspec")
-    memory = fsspec.filesystem("memory")
+    local_fs = fsspec.filesystem("file")
     make_inputs(tmp_path / "in")
     base = ["--images", str(tmp_path / "in"), "--pretrained", "conv-fast", "--no_progress"]
-    url = "memory://bucket/enhanced"
-    try:
-        assert upscale.upscale_main(base + ["--out_dir", url]) == 1  # bad.png
-        assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
-        assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [
-            f"/bucket/enhanced/{name}" for name in folder_listing("a.png", "b.png", "c.jpg")]
-        assert upscale.upscale_main(base + ["--out_dir", str(tmp_path / "local")]) == 1
-        for name in ("a.png", "b.png", "c.jpg"):
-            assert memory.cat_file(f"/bucket/enhanced/{name}") == (tmp_path / "local" / name).read_bytes(), name
-        capsys.readouterr()
-        assert upscale.upscale_main(base + ["--out_dir", url]) == 1
-        assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
-        another = [a if a != "conv-fast" else "conv-cpu" for a in base]  # the records are read at the URL too
-        assert upscale.upscale_main(another + ["--out_dir", url]) == 2
-        assert "were made by another model (pretrained conv-fast)" in capsys.readouterr().err
-        memory.pipe_file("/bucket/enhanced/a.png", b"")  # an empty file there is not a finished output
-        assert upscale.upscale_main(base + ["--out_dir", url]) == 1
-        assert "1 written, 2 already done (skipped), 1 failed" in capsys.readouterr().out
-        assert memory.cat_file("/bucket/enhanced/a.png") == (tmp_path / "local" / "a.png").read_bytes()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the uploads wait
+    monkeypatch.setattr("tempfile.tempdir", None)
+    (tmp_path / "tmp").mkdir()
+    remote = tmp_path / "bucket" / "enhanced"
+    url = remote.as_uri()
+    assert upscale.upscale_main(base + ["--out_dir", url]) == 1  # bad.png
+    text = capsys.readouterr().out
+    assert "3 written, 0 already done (skipped), 1 failed" in text
+    assert f"wrote {url}/a.png (" in text and "allen-sr-upload" not in text, text  # the URL, not the upload
+    assert sorted(p.name for p in remote.iterdir()) == folder_listing("a.png", "b.png", "c.jpg")
+    assert not list((tmp_path / "tmp").glob("allen-sr-upload*"))
+    assert upscale.upscale_main(base + ["--out_dir", str(tmp_path / "local")]) == 1
+    for name in ("a.png", "b.png", "c.jpg"):
+        assert (remote / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    capsys.readouterr()
+    assert upscale.upscale_main(base + ["--out_dir", url]) == 1
+    assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+    another = [a if a != "conv-fast" else "conv-cpu" for a in base]  # the records are read at the URL too
+    assert upscale.upscale_main(another + ["--out_dir", url]) == 2
+    assert "were made by another model (pretrained conv-fast)" in capsys.readouterr().err
+    (remote / "a.png").write_bytes(b"")  # an empty file there is not a finished output
+    assert upscale.upscale_main(base + ["--out_dir", url]) == 1
+    assert "1 written, 2 already done (skipped), 1 failed" in capsys.readouterr().out
+    assert (remote / "a.png").read_bytes() == (tmp_path / "local" / "a.png").read_bytes()
 
-        memory.rm("/bucket/enhanced/b.png")
+    (remote / "b.png").unlink()
 
-        def broken_rename(self, path1, path2, **kwargs):
-            raise OSError("connection reset while renaming")
+    def broken_rename(self, path1, path2, **kwargs):
+        raise OSError("connection reset while renaming")
 
-        monkeypatch.setattr(type(memory), "mv", broken_rename)
-        assert upscale.upscale_main(base + ["--out_dir", url]) == 1
-        assert re.search(r"failed: .*b\.png: connection reset", capsys.readouterr().out)
-        assert sorted(memory.ls("/bucket/enhanced", detail=False)) == [  # no b.png, no partial upload
-            f"/bucket/enhanced/{name}" for name in folder_listing("a.png", "c.jpg")]
-    finally:
-        memory.rm("/bucket", recursive=True) if memory.exists("/bucket") else None
+    monkeypatch.setattr(type(local_fs), "mv", broken_rename)
+    assert upscale.upscale_main(base + ["--out_dir", url]) == 1
+    assert re.search(r"failed: .*b\.png: connection reset", capsys.readouterr().out)
+    assert sorted(p.name for p in remote.iterdir()) == folder_listing("a.png", "c.jpg")  # no partial upload
 
 
 def test_uncertainty_maps_in_folder_runs_are_planned_resumed_and_uploaded(tmp_path, capsys):
     """Maps beside each output: two inputs whose maps would share a name are refused before the
     work; an output without its maps (a run without --uncertainty, or stopped between them) is
     enlarged again; with a URL --out_dir the maps are uploaded beside the outputs."""
-    fsspec = pytest.importorskip("fsspec")
-    memory = fsspec.filesystem("memory")
+    pytest.importorskip("fsspec")
     (tmp_path / "in").mkdir()
     Image.fromarray(BRAIN[100:148, 200:248]).save(tmp_path / "in" / "x.png")
     Image.fromarray(BRAIN[300:348, 400:448]).save(tmp_path / "in" / "x.tif")
@@ -275,16 +281,21 @@ def test_uncertainty_maps_in_folder_runs_are_planned_resumed_and_uploaded(tmp_pa
     assert upscale.upscale_main(base + one + ["--uncertainty"]) == 0
     assert "0 written, 1 already done" in capsys.readouterr().out
 
-    url = "memory://bucket/maps"
-    try:
-        assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "x.png"), "--out_dir", url,
-                                            "--uncertainty"]) == 0
-        assert sorted(memory.ls("/bucket/maps", detail=False)) == [
-            f"/bucket/maps/{n}" for n in sorted(folder_listing("x.png") + maps)]
-        for name in ["x.png", "x.uncertainty.png"]:
-            assert memory.cat_file(f"/bucket/maps/{name}") == (tmp_path / "o" / name).read_bytes(), name
-        uploaded = tmp_path / "uploaded.tif"  # the same values (its OME header names its own file)
-        uploaded.write_bytes(memory.cat_file("/bucket/maps/x.uncertainty.tif"))
-        np.testing.assert_array_equal(tifffile.imread(uploaded), tifffile.imread(tmp_path / "o" / "x.uncertainty.tif"))
-    finally:
-        memory.rm("/bucket", recursive=True) if memory.exists("/bucket") else None
+    remote = tmp_path / "bucket" / "maps"
+    assert upscale.upscale_main(base + ["--images", str(tmp_path / "in" / "x.png"), "--out_dir", remote.as_uri(),
+                                        "--uncertainty"]) == 0
+    assert sorted(p.name for p in remote.iterdir()) == sorted(folder_listing("x.png") + maps)
+    for name in ["x.png", "x.uncertainty.png"]:
+        assert (remote / name).read_bytes() == (tmp_path / "o" / name).read_bytes(), name
+    np.testing.assert_array_equal(tifffile.imread(remote / "x.uncertainty.tif"),
+                                  tifffile.imread(tmp_path / "o" / "x.uncertainty.tif"))
+
+    # an input named like another's heat map: its output would replace that map
+    (tmp_path / "in" / "x.tif").unlink()
+    Image.fromarray(BRAIN[300:348, 400:448]).save(tmp_path / "in" / "x.uncertainty.png")
+    capsys.readouterr()
+    assert upscale.upscale_main(base + ["--images", str(tmp_path / "in"), "--out_dir", str(tmp_path / "o2"),
+                                        "--uncertainty"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "x.uncertainty.png's output and" in err and "x.png's uncertainty map would both be" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o2").exists()

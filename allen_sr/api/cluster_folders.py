@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from allen_sr.api.folders import INPUT_ERRORS, FolderReport, Output, enlarge, failure, output_state, plan_states, wanted
-from allen_sr.api.remote import RemoteFile, is_url, make_parent
+from allen_sr.api.remote import RemoteFile, is_url, make_parent, remove_stale_uploads
 from allen_sr.api.models import ModelSpec
 from allen_sr.api.upscaler import Options, Upscaler
 from allen_sr.errors import InvalidInputError, UserError, first_line
@@ -91,10 +91,10 @@ def host_port(address: str) -> tuple[str, str]:
     return host.strip("[]"), port
 
 
-def check_address(address: str, out_dir: str | None = None) -> int | None:
+def check_address(address: str) -> int | None:
     """:func:`local_workers` of ``address`` after checking it, before any model is opened:
     InvalidInputError for a scheme other than tcp:// (TLS needs certificates allen-sr does not
-    pass) and for an ``out_dir`` the workers cannot share (``memory://`` lives in each process)."""
+    pass)."""
     workers = local_workers(address)
     scheme = address.partition("://")[0] if "://" in address else "tcp"
     if workers is None and scheme == "inproc":  # a cluster in this very process (Python API, tests)
@@ -107,9 +107,6 @@ def check_address(address: str, out_dir: str | None = None) -> int | None:
     if workers is None and (not host or not port.isdigit() or not 0 < int(port) < 65536):
         raise InvalidInputError(f"--dask {address}: give a scheduler address such as tcp://host:8786 "
                                 "(a port from 1 to 65535), or local / local:N")
-    if out_dir is not None and out_dir.startswith("memory://"):
-        raise InvalidInputError(f"--out_dir {out_dir}: memory:// lives inside each process, so the workers' "
-                                "outputs would vanish with them; give a folder or URL they all share")
     return workers
 
 
@@ -139,12 +136,16 @@ def dask_client(address: str, log: Log | None = None) -> Iterator["Client"]:
     (closed on exit)."""
     workers = check_address(address)
     distributed = import_distributed()
-    if workers is not None:  # every port on this machine's loopback only
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                      dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
-                                      silence_logs=logging.ERROR) as cluster, \
-                distributed.Client(cluster) as client:
-            yield client
+    if workers is not None:  # every port on this machine's loopback only; Ctrl-C stops this process alone
+        try:
+            with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                          host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                          worker_dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                          preload=[__name__]) as cluster, \
+                    distributed.Client(cluster) as client:
+                yield client
+        finally:  # a worker stopped mid-image leaves its upload folder, and the workers have ended now
+            remove_stale_uploads()
         return
     if not address.startswith("inproc://"):
         reachable(address)
@@ -160,6 +161,17 @@ def dask_client(address: str, log: Log | None = None) -> Iterator["Client"]:
 
 
 # ----------------------------------------------------------------------------- on a worker
+def dask_setup(worker: Any) -> None:
+    """Run by each worker process of ``--dask local`` as it starts (this module is its preload):
+    Ctrl-C, which the terminal sends to every process of the command, is left to the client, which
+    closes the cluster in one line (a worker stopped by it printed tracebacks and was restarted)."""
+    import multiprocessing
+    import signal
+
+    if multiprocessing.parent_process() is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def on_this_machine(spec: ModelSpec) -> ModelSpec:
     """``spec`` with a pretrained model's folder found in this machine's allen-sr install (the
     client's path may not exist on a worker)."""
@@ -225,9 +237,13 @@ def upscale_image(spec: ModelSpec, options: Options, src: str, dst: str, preview
 
 # ----------------------------------------------------------------------------- on the client
 def shared_path(path: str | os.PathLike[str]) -> str:
-    """An absolute path (a worker's working folder is not the client's); URLs stay as they are."""
+    """An absolute path (a worker's working folder is not the client's); so is a file:// URL's
+    (``file://out`` is ./out); other URLs stay as they are."""
     text = os.fspath(path)
-    return text if "://" in text else os.path.abspath(text)
+    if not is_url(text):
+        return os.path.abspath(text)
+    local = RemoteFile(text).local_path
+    return text if local is None else local.as_uri()
 
 
 def shared_spec(spec: ModelSpec) -> ModelSpec:
@@ -241,7 +257,10 @@ def shared_spec(spec: ModelSpec) -> ModelSpec:
 def result_of(future: "Future", src: str, dst: str) -> ImageResult:
     """A finished task's ImageResult; a task that raised (after its retry) or was lost is ``failed``."""
     if future.status == "finished":
-        return replace(future.result(), src=src, dst=dst)  # the paths as the user gave them
+        result = future.result()
+        where = shared_path(src)  # the worker's reason names the input by its absolute path
+        why = src + result.why[len(where):] if result.why.startswith(f"{where}:") else result.why
+        return replace(result, src=src, dst=dst, why=why)  # the paths as the user gave them
     if future.status == "error":
         exc = future.exception()
         if type(exc).__name__ == "KilledWorker":  # the scheduler's own retries (allowed-failures) are spent

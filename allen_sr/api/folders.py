@@ -162,33 +162,53 @@ def enlarge(upscaler: "Upscaler", src: str, dst: Output, **kwargs: Any) -> dict[
     return summary
 
 
+def _where(file: Output) -> str:
+    """What names the file ``file`` is, for comparing files (a file:// URL is its local file)."""
+    local = file if isinstance(file, Path) else file.local_path
+    return str(local.resolve()) if local is not None else str(file)
+
+
+def _clash(src: str, what: str, other: str, theirs: str, file: Output) -> UserError:
+    """Two inputs' files at one name, in the words the user needs."""
+    leave = ", or leave --preview_dir out" if "compare picture" in (what, theirs) else ""
+    if what == theirs == "output":
+        return UserError(f"{src} and {other} would both be written as {file}; rename one")
+    if what == theirs:  # an input has one compare picture and two maps
+        kind = "uncertainty maps" if what == "uncertainty map" else what
+        return UserError(f"{src} and {other} would both have their {kind} at {file}; rename one{leave}")
+    return UserError(f"{src}'s {what} and {other}'s {theirs} would both be {file}; rename one{leave}")
+
+
 def plan_outputs(inputs: list[str], out_dir: str | os.PathLike[str],
                  preview_dir: str | os.PathLike[str] | None = None,
                  uncertainty: bool = False) -> list[tuple[str, Output]]:
     """(input, output) per input (a RemoteFile when ``out_dir`` is a URL); UserError if two
-    inputs would share an output (or a compare picture in ``preview_dir``, or with ``uncertainty``
-    the maps beside the outputs) or an output would replace its input."""
+    inputs would write one file (an output, a compare picture in ``preview_dir``, or with
+    ``uncertainty`` a map beside the outputs: x.uncertainty.png's output is x.png's heat map) or a
+    file would replace an input."""
     remote = is_url(out_dir)
     pairs: list[tuple[str, Output]] = []
-    seen: dict[str, str] = {}
-    previews: dict[str, str] = {}
+    files: dict[str, tuple[str, str]] = {}  # every file the run writes -> (its input, what it is)
+    sources = {str(Path(src).resolve()): src for src in inputs}
     for src in inputs:
         name = output_name(src)
         dst = in_folder(os.fspath(out_dir), name) if remote else Path(out_dir) / name
-        if name in seen:
-            raise UserError(f"{src} and {seen[name]} would both be written as {dst}; rename one")
-        preview = compare_path(Path(name)).name
-        if preview_dir is not None and preview in previews:
-            raise UserError(f"{src} and {previews[preview]} would both have their compare picture at "
-                            f"{Path(preview_dir) / preview}; rename one, or leave --preview_dir out")
-        if uncertainty and preview in previews:  # the maps are named from the same stem
-            raise UserError(f"{src} and {previews[preview]} would both have their uncertainty maps at "
-                            f"{beside(dst, uncertainty_paths(Path(name)))[0]}; rename one")
-        local = dst if isinstance(dst, Path) else dst.local_path
-        if local is not None and local.resolve() == Path(src).resolve():
-            raise UserError(f"output folder {out_dir} holds the input {src}: the output would replace it; "
-                            "choose another output folder")
-        seen[name] = previews[preview] = src
+        mine: list[tuple[Output, str]] = [(dst, "output")]
+        if uncertainty:
+            mine += [(extra, "uncertainty map") for extra in beside(dst, uncertainty_paths(Path(name)))]
+        if preview_dir is not None:
+            mine.append((Path(preview_dir) / compare_path(Path(name)).name, "compare picture"))
+        for file, what in mine:
+            where = _where(file)
+            if sources.get(where) == src:
+                raise UserError(f"output folder {out_dir} holds the input {src}: the output would replace it; "
+                                "choose another output folder")
+            if where in sources:
+                raise UserError(f"{src}'s {what} {file} would replace the input {sources[where]}; "
+                                "choose another output folder")
+            if where in files:
+                raise _clash(src, what, *files[where], file)
+        files.update((_where(file), (src, what)) for file, what in mine)
         pairs.append((src, dst))
     return pairs
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
+import socket
 import tempfile
-import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from allen_sr.errors import UserError, first_line
 from allen_sr.fileio import atomic_write_bytes
@@ -28,9 +28,44 @@ from allen_sr.fileio import atomic_write_bytes
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
 
-__all__ = ["RemoteFile", "is_url", "filesystem", "make_parent", "write_whole", "predict_to"]
+__all__ = ["RemoteFile", "is_url", "filesystem", "make_parent", "write_whole", "predict_to", "upload_folder",
+           "remove_stale_uploads"]
 
 BACKENDS = "gcsfs for gs://, s3fs for s3://, adlfs for az://"
+UPLOADS = "allen-sr-upload-"  # + host-pid-random: a local folder of files on their way to a URL
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def remove_stale_uploads() -> None:
+    """Remove the upload folders of processes of this machine that no longer run (a Dask worker
+    ended by Ctrl-C or killed mid-image cannot remove its own)."""
+    mine = f"{UPLOADS}{socket.gethostname()}-"
+    for old in Path(tempfile.gettempdir()).glob(mine + "*"):
+        pid = old.name[len(mine):].partition("-")[0]
+        if pid.isdigit() and not running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def upload_folder() -> Iterator[Path]:
+    """A new local folder for files on their way to a URL, removed on exit (those that processes
+    which no longer run left are removed first)."""
+    remove_stale_uploads()
+    tmp = tempfile.mkdtemp(prefix=f"{UPLOADS}{socket.gethostname()}-{os.getpid()}-")
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -81,9 +116,12 @@ class RemoteFile:
 
     @property
     def local_path(self) -> Path | None:
-        """The file a ``file://`` URL names on this machine; None for any other scheme."""
-        parsed = urllib.parse.urlsplit(self.url)
-        return Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else None
+        """The file a ``file://`` (or ``local://``) URL names on this machine, as fsspec resolves it
+        when writing (``file://out`` is ``./out``, not a host named out); None for other filesystems."""
+        fs, path = filesystem(self.url)  # a UserError naming what to install comes first
+        from fsspec.implementations.local import LocalFileSystem
+
+        return Path(path) if isinstance(fs, LocalFileSystem) else None
 
     def finished(self) -> bool:
         """A non-empty file at this URL (an upload is whole or absent, never empty)."""
@@ -101,8 +139,8 @@ class RemoteFile:
 
     def write_whole(self, data: bytes) -> None:
         """Put ``data`` at this URL whole (through a local file and :meth:`upload`)."""
-        with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
-            local = Path(tmp) / self.name
+        with upload_folder() as tmp:
+            local = tmp / self.name
             local.write_bytes(data)
             self.upload(local)
 
@@ -152,16 +190,31 @@ def write_whole(data: bytes, dst: Path | RemoteFile) -> None:
 
 def predict_to(upscaler: "Upscaler", src: str, dst: Path | RemoteFile, **kwargs: Any) -> dict[str, Any]:
     """``upscaler.predict_file(src, dst, **kwargs)``, through a local file when ``dst`` is a URL;
-    its summary."""
+    its summary. Its log lines name the URLs; those naming the output come once it is uploaded."""
     if not isinstance(dst, RemoteFile):
         return upscaler.predict_file(src, dst, **kwargs)
     from allen_sr.api.outputs import uncertainty_paths
 
-    with tempfile.TemporaryDirectory(prefix="allen-sr-upload-") as tmp:
-        local = Path(tmp) / dst.name
-        summary = upscaler.predict_file(src, local, **kwargs)
+    log, held = kwargs.pop("log", None), []
+    with upload_folder() as tmp:
+        local = tmp / dst.name
+
+        def relay(text: str) -> None:
+            if log is not None:
+                text = text.replace(f"{tmp}{os.sep}", f"{dst.parent_url}/")
+                if dst.url in text:
+                    held.append(text)
+                else:
+                    log(text)
+
+        summary = upscaler.predict_file(src, local, log=relay, **kwargs)
         dst.upload(local)
         for extra in uncertainty_paths(local):  # written beside it with uncertainty=True
             if extra.exists():
                 dst.with_name(extra.name).upload(extra)
+    for text in held:
+        log(text)  # type: ignore[misc]  # held only with a log
+    summary["output"] = dst.url
+    if "uncertainty" in summary:
+        summary["uncertainty"] = [dst.with_name(Path(p).name).url for p in summary["uncertainty"]]
     return summary

@@ -28,6 +28,7 @@ interruption predicts only the rest (--restart: start from the top).
 from __future__ import annotations
 
 import argparse
+import posixpath
 import sys
 from pathlib import Path
 from typing import Callable
@@ -138,6 +139,9 @@ def check_outputs(args: argparse.Namespace) -> None:
         if args.preview_dir is not None and is_url(args.preview_dir):
             raise InvalidInputError(f"--preview_dir {args.preview_dir}: give a folder on this machine's "
                                     "(or the workers' shared) storage; URLs are for --out_dir")
+        if args.out_dir.startswith("memory://"):
+            raise InvalidInputError(f"--out_dir {args.out_dir}: memory:// lives inside this process, so the outputs "
+                                    "would vanish when the command ends; give a folder or a URL (gs://, s3://, ...)")
         for flag, folder in (("--out_dir", args.out_dir), ("--preview_dir", args.preview_dir)):
             if folder is not None and not is_url(folder):
                 fileio.check_output_folder(folder, flag)
@@ -160,8 +164,12 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.dask is not None:  # before the model is opened
         from allen_sr.api.cluster_folders import check_address
 
-        check_address(args.dask, args.out_dir)
+        check_address(args.dask)
     if args.out is not None:
+        if is_url(args.out):
+            raise InvalidInputError(f"--out {args.out}: --out is a file on this machine; to write to a URL, pass "
+                                    f"--images {args.image or 'IMAGE'} --out_dir {posixpath.dirname(args.out)} "
+                                    "(the output keeps its input's name)")
         out = Path(args.out)
         if writers.output_kind(out) != "tiff" and args.compression != "deflate":
             raise InvalidInputError(f"--compression {args.compression} applies to TIFF outputs; {out} is not one: "
