@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from allen_sr.errors import UserError, first_line
-from allen_sr.fileio import atomic_write_bytes
+from allen_sr.fileio import atomic_write_bytes, pid_alive
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
@@ -35,24 +35,13 @@ BACKENDS = "gcsfs for gs://, s3fs for s3://, adlfs for az://"
 UPLOADS = "allen-sr-upload-"  # + host-pid-random: a local folder of files on their way to a URL
 
 
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
-
-
 def remove_stale_uploads() -> None:
     """Remove the upload folders of processes of this machine that no longer run (a Dask worker
     ended by Ctrl-C or killed mid-image cannot remove its own)."""
     mine = f"{UPLOADS}{socket.gethostname()}-"
     for old in Path(tempfile.gettempdir()).glob(mine + "*"):
         pid = old.name[len(mine):].partition("-")[0]
-        if pid.isdigit() and not running(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from allen_sr.commands import args as shared
 from allen_sr.export import runtime
 from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError
+from allen_sr.fileio import pid_alive
 
 # Hparams t2t-trainer adds to every run's hparams.json, whatever the set.
 RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins", "model_dir",
@@ -96,18 +97,8 @@ def remove_stale_tmp(out: Path) -> None:
     process has ended without cleaning up (killed: SIGTERM, SIGKILL, a power cut)."""
     for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
         found = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp", path.name)
-        if found and not process_alive(int(found.group(1))) and path.is_dir():
+        if found and not pid_alive(int(found.group(1))) and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
 
 
 def run_overrides(output_dir: str, overrides: str) -> str:
@@ -153,7 +144,9 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
     hparams = checkpoints.load_hparams(hparams_set, problem, overrides, output_dir)
     check_trained_set(output_dir, hparams, hparams_set, problem)
     if data_dir is not None:
-        if not os.path.isdir(data_dir):
+        import tensorflow as tf
+
+        if not tf.io.gfile.isdir(data_dir):  # gs:// too, as training reads it
             raise MissingInputError(f"--data_dir {data_dir}: no such folder; pass the folder of the run's dataset")
         if hasattr(hparams, "data_dir"):
             hparams.data_dir = data_dir
