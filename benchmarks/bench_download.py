@@ -10,6 +10,7 @@ the default polite rate limit (4 requests/s shared by all workers) for context.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -91,4 +92,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help; it takes no options
     sys.exit(main())

@@ -15,6 +15,7 @@ CPU is of any use for them (it is not), not what a GPU does.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -120,4 +121,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help; it takes no options
     sys.exit(main())

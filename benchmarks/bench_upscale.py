@@ -18,6 +18,7 @@ Prints a markdown section on stdout; `python benchmarks/bench_upscale.py` (7-15 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -275,4 +276,5 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
     else:
+        argparse.ArgumentParser(description=__doc__).parse_args()  # --help; it takes no options
         main()

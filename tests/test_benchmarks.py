@@ -183,3 +183,15 @@ def test_a_benchmark_keeps_its_work_folder_and_removes_a_temporary_one_however_i
             (work / "partial.txt").write_text("x")
             raise RuntimeError("stopped")
     assert work.name.startswith("bench_test_") and not work.exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in Path(REPO, "benchmarks").glob("bench_*.py")))
+def test_every_benchmark_answers_help_with_its_usage_and_measures_nothing(script, tmp_path):
+    """`bench_train.py --help` started the whole benchmark (a training), as did bench_upscale and
+    bench_download: every script reads its command line before it measures anything."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, f"{REPO}/benchmarks/{script}", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stdout[-500:] + proc.stderr[-1500:]
+    assert not list(tmp_path.iterdir())

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "Image Transformer: its input size, 8)")
     p.add_argument("--overlap", type=int, help="tile overlap in input px (conv: default its context x 2 "
                                                f"+ {RAMP}; Image Transformer: half a tile)")
-    p.add_argument("--pixel_size", type=float, help="um per input px, when the file does not say")
+    p.add_argument("--pixel_size", type=float, help="um per input px (replaces what the file or the Allen API says)")
     p.add_argument("--preview_size", type=int, default=128, help="input px of the compare picture (0: none)")
     p.add_argument("--uncertainty", action="store_true",
                    help="Image Transformers and probabilistic conv models: also write OUT.uncertainty.tif "
