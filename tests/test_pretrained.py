@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -387,10 +388,12 @@ def test_an_exports_calibration_serves_only_its_own_decoding_mode():
     another mode its maps use the model's own distributions, and say so."""
     from allen_sr import Upscaler
 
-    with Upscaler.open("transformer-tiny") as up:
+    with Upscaler.open("transformer-tiny") as up, warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert up.calibration.mode == "mean_bicubic" and up.calibration.temperature != 1.0
     with Upscaler.open("transformer-tiny", mode="greedy") as up:
-        assert up.calibration.temperature == 1.0
+        with pytest.warns(UserWarning, match="uncalibrated .*not fitted"):  # said, not only in metrics.json
+            assert up.calibration.temperature == 1.0
         assert "not fitted" in up.calibration.fitted_on and "mean_bicubic" in up.calibration.fitted_on
 
 

@@ -366,6 +366,18 @@ def test_flags_in_a_flagfile_are_checked_like_flags_on_the_command_line(conv_run
     _one_line_error(capsys, code, "--flagfile", "missing.flags")
 
 
+def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch):
+    """t2t writes --data_dir into the run's hparams.json as given: a relative one named another folder
+    (or none) for a command run elsewhere, and the uncertainty calibration was fitted on that."""
+    from allen_sr.t2t import tools
+
+    monkeypatch.chdir(tmp_path)
+    assert tools.absolute_data_dir(["--problem=p", "--data_dir", "data", "--train_steps=1"]) == [
+        "--problem=p", "--train_steps=1", f"--data_dir={tmp_path / 'data'}"]
+    for kept in (["--data_dir=gs://bucket/data"], [f"--data_dir={tmp_path}"], ["--problem=p"]):
+        assert tools.absolute_data_dir(kept) == kept
+
+
 def test_hparams_json_of_a_run_without_checkpoint_is_dropped_only_when_it_differs(conv_run, tmp_path, capsys):
     """t2t-trainer reads OUTPUT_DIR/hparams.json over the set: one left by a run that failed before its
     first checkpoint would silently replace a corrected command's hparams."""

@@ -9,6 +9,7 @@ checkpoint prefix) with the problem and hparams set it was trained with (read fr
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -290,10 +291,18 @@ def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool =
     an export's (from its config.json), or the run's, fitted on its dev split on first use.
     UserError for a model that predicts no distribution (a conv model without its probabilistic
     head, or its export)."""
-    from allen_sr.decoding.uncertainty import Calibration
-
     if not getattr(opened.decoder, "reports_distributions", False):
         raise InvalidInputError(no_distribution(opened.model))
+    calibration = _calibration(spec, opened, progress, log)
+    if calibration.fitted_on.startswith("not fitted"):  # said where the maps are made, not only in metrics.json
+        warnings.warn(f"uncertainty maps of the model's own spread, uncalibrated ({calibration.fitted_on}): their "
+                      "intervals may be too wide or too narrow")
+    return calibration
+
+
+def _calibration(spec: ModelSpec, opened: OpenModel, progress: bool, log: Any) -> Any:
+    from allen_sr.decoding.uncertainty import Calibration
+
     if spec.exported is not None:
         from allen_sr.export.runtime import read_config
 

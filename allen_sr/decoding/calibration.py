@@ -133,8 +133,8 @@ def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, m
     if log is not None:
         log(f"fitting the uncertainty calibration on {count(len(inputs), 'dev tile')} of {data_dir} "
             "(once per checkpoint and decoding mode)")
-    calibration, report = fit_calibration(decoder, inputs, targets, mode,
-                                          fit_where(problem, data_dir), progress)
+    where = data_dir if "://" in os.fspath(data_dir) else os.path.abspath(data_dir)  # as found from here
+    calibration, report = fit_calibration(decoder, inputs, targets, mode, fit_where(problem, where), progress)
     entries = _read(checkpoint)
     entries[Path(checkpoint).name] = {**_by_mode(entries, checkpoint), mode: {**calibration.as_dict(), **report}}
     try:

@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Callable
 
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
-from allen_sr.t2t.tuning import prepare_train_flags
+from allen_sr.t2t.tuning import prepare_train_flags, without_flag
 from allen_sr.errors import InvalidInputError, UserError, first_line, machine_trouble
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -483,10 +483,20 @@ def datagen_main(argv: list[str]) -> int:
     return _run("allen-sr datagen", "t2t_datagen", argv, check_datagen_flags)
 
 
+def absolute_data_dir(argv: list[str]) -> list[str]:
+    """``argv`` with a local --data_dir made absolute: t2t records it in the run's hparams.json, where
+    a relative one would name another folder for a command run elsewhere (the uncertainty
+    calibration reads the run's dev split from it)."""
+    data_dir = flag_value(argv, "data_dir")
+    if not data_dir or "://" in data_dir or os.path.isabs(data_dir):
+        return argv
+    return without_flag(argv, "data_dir") + [f"--data_dir={os.path.abspath(data_dir)}"]
+
+
 def train_main(argv: list[str]) -> int:
     """allen-sr train [t2t-trainer flags]"""
     try:
-        argv = expand_home(read_flagfiles(argv))
+        argv = absolute_data_dir(expand_home(read_flagfiles(argv)))
     except UsageError as exc:
         print(f"allen-sr train: error: {exc}", file=sys.stderr)
         return 2
