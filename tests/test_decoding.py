@@ -392,6 +392,11 @@ def test_tta_is_the_mean_of_the_decodes_of_each_flip_and_rotation(ckpt_dir, shap
     # Sampling streams stay per example: the same samples whatever the batch size.
     np.testing.assert_array_equal(averaging.decode(inputs, mode="sample", seed=3, max_steps=40),
                                   averaging.decode(inputs, mode="sample", seed=3, max_steps=40, batch_size=1))
+    # Streams keyed on the tiles' places (as upscale keys them): a tile draws the same decoded with others or alone.
+    keys = [(0, 8), (4, 0), (4, 8)]
+    keyed = averaging.decode(inputs, mode="sample", seed=3, max_steps=40, batch_size=2, keys=keys)
+    np.testing.assert_array_equal(keyed[1:], averaging.decode(inputs[1:], mode="sample", seed=3, max_steps=40,
+                                                              batch_size=1, keys=keys[1:]))
 
 
 def test_choose_values():

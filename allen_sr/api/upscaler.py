@@ -35,7 +35,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
 from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
                                   preview_box, split_uncertain, strided_rows, uncertainty_paths,
                                   HEAT_MAP_PIXELS)
-from allen_sr.decoding.modes import check_one_value_mode
+from allen_sr.decoding.modes import check_one_value_mode, check_seed
 from allen_sr.errors import InvalidInputError, count
 from allen_sr.evaluation import metrics, pictures
 from allen_sr.data.stats import to_grey
@@ -96,6 +96,7 @@ class TiledModel:
     # levels) at ``temperature``; None for a model without a distribution
     predict_uncertain: Callable[[np.ndarray, float], np.ndarray] | None = None
     calibrate: Callable[[], Any] | None = None  # -> the model's uncertainty Calibration
+    keyed: bool = False  # the predict functions also take the tiles' (top, left) in the image: samples keyed on them
 
 
 def _describe(name: str, decoder: Any) -> str:
@@ -157,15 +158,19 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
     batch = options.batch_tiles or TRANSFORMER_BATCH
     kwargs = decode_kwargs(spec, opened.mode, progress=False)
     kwargs["batch_size"] = batch
+    check_seed(spec.seed)
+    # Sampling: each tile draws from its own stream, keyed on the seed and where the tile is in the
+    # whole image: the same for any batch size, a region or a resumed run; no two tiles share one.
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return opened.decoder.decode(x, **kwargs).astype(np.float32)
+    def predict(x: np.ndarray, origins: list[tuple[int, int]] | None = None) -> np.ndarray:
+        return opened.decoder.decode(x, **kwargs, keys=origins).astype(np.float32)
 
-    def predict_uncertain(x: np.ndarray, temperature: float) -> np.ndarray:
+    def predict_uncertain(x: np.ndarray, temperature: float,
+                          origins: list[tuple[int, int]] | None = None) -> np.ndarray:
         from allen_sr.decoding.uncertainty import Recorder, pixel_uncertainty
 
         recorder = Recorder((temperature,))
-        values = opened.decoder.decode(x, **kwargs, recorder=recorder).astype(np.float32)
+        values = opened.decoder.decode(x, **kwargs, recorder=recorder, keys=origins).astype(np.float32)
         return np.concatenate([values, pixel_uncertainty(recorder.shaped("std")[0])[..., None]], axis=-1)
 
     overlap = options.overlap if options.overlap is not None else in_size // 2
@@ -178,7 +183,7 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
                       _describe(f"{model} {opened.mode} ({type(opened.decoder).__name__})", opened.decoder),
                       getattr(opened.decoder, "close", lambda: None), opened.checkpoint,
                       predict_uncertain=predict_uncertain if uncertain else None,
-                      calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
+                      calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None, keyed=True)
 
 
 def check_pixel_size(size_um: float | None, factor: int) -> None:
@@ -335,13 +340,15 @@ class Upscaler:
         holding each pixel's uncertainty in 1/256 grey levels (high byte, low byte)."""
         tm = self._live()
         to_model = to_grey if tm.channels == 1 else None
+        # where a region (with its margin) starts in its image: sampled tiles draw as in the whole image's run
+        origin = (getattr(source, "top", 0), getattr(source, "left", 0)) if tm.keyed else None
         if not uncertainty:
             return tiling.predict_bands(source, layout, tm.predict, tm.factor, tm.batch_tiles, progress,
-                                        tm.channels, to_model, first_row=first_row)
+                                        tm.channels, to_model, first_row=first_row, origin=origin)
         temperature = self.calibration.temperature
-        bands = tiling.predict_bands(source, layout, lambda x: tm.predict_uncertain(x, temperature), tm.factor,
-                                     tm.batch_tiles, progress, tm.channels + 1, to_model, first_row=first_row,
-                                     rounded=False)
+        bands = tiling.predict_bands(source, layout, lambda x, *o: tm.predict_uncertain(x, temperature, *o),
+                                     tm.factor, tm.batch_tiles, progress, tm.channels + 1, to_model,
+                                     first_row=first_row, rounded=False, origin=origin)
         return (encode_uncertain(band, tm.channels) for band in bands)
 
     def predict(self, image: Any, progress: bool = False, uncertainty: bool = False, *,

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from allen_sr.api.models import (ModelSpec, OpenModel, decode_kwargs, model_shape, open_model,
                                  pretrained_spec, resolve)
-from allen_sr.decoding.modes import MODES, check_mode, check_sampling_options
+from allen_sr.decoding.modes import MODES, check_mode, check_sampling_options, check_seed
 from allen_sr.decoding.registry import KINDS
 from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
@@ -67,6 +67,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The :class:`ModelSpec` the shared flags describe; ValueError for values out of range."""
     if args.batch_size < 1:
         raise InvalidInputError(f"--batch_size must be >= 1, got {args.batch_size}")
+    check_seed(args.seed)
     if args.mode is not None:
         check_mode(args.mode, args.temperature)
         check_sampling_options(args.mode, args.temperature)

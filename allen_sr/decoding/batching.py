@@ -229,6 +229,7 @@ class BatchedDecoder:
         max_steps: int | None = None,
         progress: bool = False,
         recorder: "Recorder | None" = None,
+        keys: Sequence[tuple[int, ...]] | None = None,
     ) -> np.ndarray:
         """Decode [N, h, w, C] inputs autoregressively; returns uint8 [N, H, W, C].
 
@@ -240,13 +241,16 @@ class BatchedDecoder:
         ``recorder`` (`allen_sr.decoding.uncertainty.Recorder`) receives the distribution each
         value was chosen from; with ``self.tta`` it gets their mixture over the 8 decodes. Mode
         ``mean_bicubic`` conditions every sub-pixel on the rounded bicubic values of the ones
-        before it instead of on the values chosen (`allen_sr.decoding.modes`).
+        before it instead of on the values chosen (`allen_sr.decoding.modes`). ``keys``: each
+        input's sampling stream (with the seed), e.g. a tile's place in its image; default its index.
         """
         check_mode(mode, temperature)
         inputs = as_batch(inputs, self.channels)
+        if keys is not None and len(keys) != inputs.shape[0]:
+            raise ValueError(f"{len(keys)} sampling keys for {inputs.shape[0]} inputs")
         if not self.tta:
             return self._decode_all(inputs, mode, temperature, seed, batch_size, max_steps, progress, "",
-                                    recorder)
+                                    recorder, keys)
         rows, cols = self.target_shape
         ks = dihedral_transforms(rows, cols)
         n = inputs.shape[0]
@@ -262,7 +266,8 @@ class BatchedDecoder:
             inner = Recorder(recorder.temperatures, targets)
         outs = self._decode_all(stacked, mode, temperature, seed,
                                 None if not batch_size else int(batch_size) * len(ks), max_steps,
-                                progress, f" ({len(ks)}-fold averaging)", inner)
+                                progress, f" ({len(ks)}-fold averaging)", inner,
+                                None if keys is None else [(*key, j) for key in keys for j in range(len(ks))])
         if recorder is not None:
             mixture_of_transforms(inner, recorder, n, ks)
         outs = outs.reshape(n, len(ks), rows, cols, self.channels)
@@ -271,8 +276,10 @@ class BatchedDecoder:
 
     def _decode_all(self, inputs: np.ndarray, mode: str, temperature: float, seed: int | None,
                     batch_size: int | None, max_steps: int | None, progress: bool,
-                    note: str, recorder: "Recorder | None" = None) -> np.ndarray:
-        """:meth:`decode` of checked inputs, each decoded once."""
+                    note: str, recorder: "Recorder | None" = None,
+                    keys: Sequence[tuple[int, ...]] | None = None) -> np.ndarray:
+        """:meth:`decode` of checked inputs, each decoded once; ``keys``: their sampling streams
+        (default: their indices, so a stream does not depend on the batch size)."""
         rows, cols = self.target_shape
         total = rows * cols * self.channels
         steps = total if max_steps is None else max(0, min(int(max_steps), total))
@@ -286,9 +293,8 @@ class BatchedDecoder:
         try:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                uniforms = (
-                    example_uniforms(seed, range(start, stop), steps) if mode == "sample" else None
-                )
+                streams = range(start, stop) if keys is None else keys[start:stop]
+                uniforms = example_uniforms(seed, streams, steps) if mode == "sample" else None
                 # mean_bicubic: the chosen values go to `chosen`; the decoder is fed the bicubic
                 # context instead (modes.py), so it returns that context, not the output.
                 context = chosen = None

@@ -92,12 +92,21 @@ def check_one_value_mode(mode: str, model_name: str) -> None:
     raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
-def example_uniforms(seed: int | None, indices: Sequence[int], steps: int) -> np.ndarray:
-    """[len(indices), steps] uniforms, one stream per example index.
+def check_seed(seed: int | None) -> None:
+    """InvalidInputError for a negative seed (the random streams take 0 and up)."""
+    if seed is not None and int(seed) < 0:
+        raise InvalidInputError(f"--seed {seed} (seed={seed} from Python): give 0 or a positive whole number")
 
-    Seeding each example separately (SeedSequence of (seed, index)) makes a sample depend only on
-    the seed and the example's position in the dataset, not on the batch size or the decoder.
+
+def example_uniforms(seed: int | None, keys: Sequence[int | Sequence[int]], steps: int) -> np.ndarray:
+    """[len(keys), steps] uniforms, one stream per example key.
+
+    A key is the example's index in the dataset, or a tuple (e.g. a tile's top and left input px
+    in the whole image). Seeding each example separately (SeedSequence of (seed, *key)) makes a
+    sample depend only on the seed and the key, not on the batch size or the decoder.
     """
+    check_seed(seed)
     base = 0 if seed is None else int(seed)
-    streams = [np.random.default_rng([base, int(i)]).random(steps) for i in indices]
+    streams = [np.random.default_rng([base, *((int(key),) if np.ndim(key) == 0 else map(int, key))]).random(steps)
+               for key in keys]
     return np.stack(streams) if streams else np.zeros((0, steps))

@@ -101,7 +101,8 @@ def first_tile_row(layout: TileLayout, factor: int, first_row: int) -> int:
 def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
                   batch_tiles: int = 1, progress: bool = True, channels: int = 3,
                   to_model: Callable[[np.ndarray], np.ndarray] | None = None,
-                  first_row: int = 0, rounded: bool = True) -> Iterator[np.ndarray]:
+                  first_row: int = 0, rounded: bool = True,
+                  origin: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Yield the blended uint8 prediction of ``source`` as consecutive bands of output rows
     (``rounded=False``: float32, not rounded, e.g. to carry an uncertainty map as a channel).
 
@@ -110,9 +111,11 @@ def predict_bands(source: ImageSource, layout: TileLayout, predict: Predict, fac
     from ``first_row`` on (the ones above come from an earlier, interrupted run). Only the tile
     rows that reach those rows are predicted, and each output row still gets every tile that
     covers it, so the rows equal those of a run from the top.
+    ``origin``: where ``source`` starts in its whole image (input px, top and left); given, ``predict``
+    is called with the tiles and a list of their (top, left) there (e.g. to key random draws on).
     """
     bands = _blended_bands(source, layout, predict, factor, batch_tiles, progress, channels,
-                           to_model, first_tile_row(layout, factor, first_row), rounded)
+                           to_model, first_tile_row(layout, factor, first_row), rounded, origin)
     for y0, band in bands:
         skip = max(0, first_row - y0)
         if skip < band.shape[0]:
@@ -181,7 +184,8 @@ def runs(mask: np.ndarray) -> list[slice]:
 def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, factor: int,
                    batch_tiles: int, progress: bool, channels: int,
                    to_model: Callable[[np.ndarray], np.ndarray] | None,
-                   r0: int, rounded: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+                   r0: int, rounded: bool = True,
+                   origin: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(first output row, band) of the prediction from tile row ``r0`` on. Rows that tile rows
     before ``r0`` also reach lack those tiles' share; the caller drops them.
 
@@ -227,7 +231,13 @@ def _blended_bands(source: ImageSource, layout: TileLayout, predict: Predict, fa
     start_time = time.perf_counter()
     # Up to a tile row of predictions ahead: writing a finished band (compressing it) takes a
     # while, and the model should not wait for it.
-    predictions = ahead_map(lambda job: (job[0], job[1], predict(job[2])),
+    def run(job: tuple[tuple[int, ...], list[tuple[int, int]], np.ndarray]) -> np.ndarray:
+        if origin is None:
+            return predict(job[2])
+        origins = [(origin[0] + rows[r], origin[1] + cols[c]) for r, c in job[1]]
+        return predict(job[2], origins)  # type: ignore[call-arg]
+
+    predictions = ahead_map(lambda job: (job[0], job[1], run(job)),
                             _tile_batches(source, layout, batch_tiles, to_model, r0, group),
                             ahead=max(1, len(cols) // batch_tiles))
     current = None
