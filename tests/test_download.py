@@ -257,7 +257,8 @@ def test_no_partial_file_is_ever_visible_under_a_final_name(tmp_path):
         done = threading.Event()
 
         def watch() -> None:
-            while not done.is_set():
+            while True:
+                finished = done.is_set()  # one more look after the download has returned
                 for path in tmp_path.glob("*.jpg"):
                     try:
                         data = path.read_bytes()
@@ -266,6 +267,8 @@ def test_no_partial_file_is_ever_visible_under_a_final_name(tmp_path):
                     seen_final.add(int(path.stem))
                     if data != expected[int(path.stem)]:
                         seen_partial.append(f"{path.name}: {len(data)} bytes")
+                if finished:
+                    return
 
         watcher = threading.Thread(target=watch)
         watcher.start()
