@@ -303,32 +303,6 @@ def test_a_worker_killed_mid_image_loses_no_finished_output_and_the_run_complete
             np.testing.assert_array_equal(np.asarray(Image.open(out / name)), up.predict(crop), err_msg=name)
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_a_local_cluster_run_in_one_line_and_leaves_no_upload_folder(tmp_path):
-    """Ctrl-C reaches every process of the command (the terminal signals its process group): the
-    workers leave it to the client, which says one line; no worker's upload folder stays behind."""
-    (tmp_path / "in").mkdir()
-    for k in range(2):
-        Image.fromarray(BRAIN[100 + 90 * k:420 + 90 * k, 200:520]).save(tmp_path / "in" / f"s{k}.png")
-    (tmp_path / "tmp").mkdir()
-    argv = ["--images", str(tmp_path / "in"), "--out_dir", (tmp_path / "out").as_uri(), "--no_progress",
-            "--dask", "local:2", "--pretrained", "conv-cpu", "--tile", "80"]
-    run = subprocess.Popen([sys.executable, "-c", "import sys; from allen_sr.commands.upscale import "
-                            f"upscale_main; sys.exit(upscale_main({argv!r}))"], start_new_session=True,
-                           env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120  # until both workers have started writing into their upload folders
-    while len(list((tmp_path / "tmp").glob("allen-sr-upload-*/.*"))) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(1)
-    assert run.poll() is None, "the run ended before Ctrl-C"
-    os.killpg(run.pid, signal.SIGINT)
-    stdout, stderr = run.communicate(timeout=120)
-    assert run.returncode == 130, stdout + stderr
-    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].endswith("interrupted (Ctrl-C)"), stderr
-    assert not list((tmp_path / "tmp").glob("allen-sr-upload-*"))
-
-
 def test_the_workers_of_a_local_cluster_leave_ctrl_c_to_the_client():
     """A worker stopped by Ctrl-C printed its tracebacks and was started again, mid-shutdown."""
     with cluster_folders.dask_client("local:1") as client:
