@@ -7,16 +7,19 @@ place with ``os.replace``, which is atomic on POSIX and Windows.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "pid_alive", "remove_stale_temp_files",
-           "write_json_atomic"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "pid_alive", "remove_orphans",
+           "remove_stale_temp_files", "write_json_atomic"]
 
 
 def check_output_folder(path: str | os.PathLike[str], flag: str) -> None:
@@ -101,21 +104,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_orphans(folder: str | os.PathLike[str], pattern: str) -> list[str]:
+    """Delete what processes that no longer run left in ``folder``: each file or folder whose name
+    matches the regular expression ``pattern`` in full and whose group ``pid`` names a process that
+    has ended (killed: SIGKILL, a power cut); returns the names removed. A missing folder has none."""
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for name in names:
+        found = re.fullmatch(pattern, name)
+        if not found or pid_alive(int(found["pid"])):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed.append(name)
+    return removed
+
+
 def remove_stale_temp_files(folder: str | os.PathLike[str], prefix: str) -> list[str]:
     """Delete the temporary files :func:`atomic_write_bytes` left in ``folder`` for names starting
     with ``prefix`` when the process that wrote them is gone; returns the names removed."""
-    removed = []
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for name in names:
-        parts = name.split(".")
-        if (name.startswith("." + prefix) and name.endswith(".tmp") and len(parts) >= 4
-                and parts[-3].isdigit() and not pid_alive(int(parts[-3]))):
-            try:
-                os.unlink(os.path.join(folder, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
-    return removed
+    return remove_orphans(folder, rf"\.{re.escape(prefix)}.*\.(?P<pid>\d+)\.[^.]*\.tmp")

@@ -308,6 +308,21 @@ def test_library_modules_do_not_import_heavy_dependencies():
     assert result.stdout.strip() == "[]"
 
 
+def test_leftovers_of_ended_processes_are_removed_files_and_folders_alike(tmp_path):
+    """What a process that has ended left (a file or a whole folder) goes; a running process's,
+    and names the pattern does not match, stay; a missing folder has nothing to remove."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (tmp_path / f"work-{ended.pid}-a" / "inner").mkdir(parents=True)
+    (tmp_path / f"work-{ended.pid}").write_text("partial")
+    (tmp_path / f"work-{os.getpid()}-b").mkdir()
+    (tmp_path / f"other-{ended.pid}").write_text("kept")
+    removed = fileio.remove_orphans(tmp_path, r"work-(?P<pid>\d+)(-.*)?")
+    assert removed == [f"work-{ended.pid}", f"work-{ended.pid}-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"work-{os.getpid()}-b", f"other-{ended.pid}"])
+    assert fileio.remove_orphans(tmp_path / "missing", r"(?P<pid>\d+)") == []
+
+
 def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
     """A temporary file named after a process that is gone is removed; a live one's is kept."""
     import subprocess as sp

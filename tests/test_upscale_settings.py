@@ -5,6 +5,7 @@ reaching every TIFF written.
 
 The shipped pretrained models, real files.
 """
+import os
 import warnings
 
 import numpy as np
@@ -132,3 +133,20 @@ def test_zstd_reaches_the_uncertainty_map_too(tmp_path):
     for path in (out, tmp_path / "zu.uncertainty.tif"):
         with tifffile.TiffFile(path) as tif:
             assert tif.pages[0].compression == tifffile.COMPRESSION.ZSTD, path
+
+
+def test_the_partial_files_of_a_killed_write_are_removed_by_the_next_write_of_that_output(tmp_path):
+    """A write killed mid-image leaves hidden `.NAME.<pid>.*` files beside the output; the next
+    write of that output removes them (a running writer's stay), other outputs' stay too."""
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    out = tmp_path / "out.tif"
+    left = [tmp_path / f".out.tif.{ended.pid}.partial", tmp_path / f".out.tif.{ended.pid}.level1"]
+    kept = [tmp_path / f".out.tif.{os.getppid()}.partial", tmp_path / f".other.tif.{ended.pid}.partial"]
+    for path in left + kept:
+        path.write_bytes(b"partial")
+    writers.write_image(out, [np.zeros((4, 4, 3), np.uint8)], 4, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name] + [p.name for p in kept])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import re
 import shutil
 import socket
 import tempfile
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from allen_sr.errors import UserError, first_line
-from allen_sr.fileio import atomic_write_bytes, pid_alive
+from allen_sr.fileio import atomic_write_bytes, remove_orphans
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
@@ -38,11 +39,7 @@ UPLOADS = "allen-sr-upload-"  # + host-pid-random: a local folder of files on th
 def remove_stale_uploads() -> None:
     """Remove the upload folders of processes of this machine that no longer run (a Dask worker
     ended by Ctrl-C or killed mid-image cannot remove its own)."""
-    mine = f"{UPLOADS}{socket.gethostname()}-"
-    for old in Path(tempfile.gettempdir()).glob(mine + "*"):
-        pid = old.name[len(mine):].partition("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
+    remove_orphans(tempfile.gettempdir(), rf"{re.escape(UPLOADS + socket.gethostname())}-(?P<pid>\d+)-.*")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ model elsewhere"). OUT appears complete or not at all.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Any
 from allen_sr.commands import args as shared
 from allen_sr.export import runtime
 from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError
-from allen_sr.fileio import pid_alive
+from allen_sr.fileio import remove_orphans
 
 # Hparams t2t-trainer adds to every run's hparams.json, whatever the set.
 RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins", "model_dir",
@@ -95,10 +94,7 @@ def check_out(out: Path) -> None:
 def remove_stale_tmp(out: Path) -> None:
     """Remove the hidden ``.OUT.<pid>.<hex>.tmp`` folders of an earlier export to ``out`` whose
     process has ended without cleaning up (killed: SIGTERM, SIGKILL, a power cut)."""
-    for path in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
-        found = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)\.[0-9a-f]{{8}}\.tmp", path.name)
-        if found and not pid_alive(int(found.group(1))) and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+    remove_orphans(out.parent, rf"\.{re.escape(out.name)}\.(?P<pid>\d+)\.[0-9a-f]{{8}}\.tmp")
 
 
 def run_overrides(output_dir: str, overrides: str) -> str:

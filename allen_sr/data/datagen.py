@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -32,7 +33,7 @@ from allen_sr.data import buckets, images, tiles
 from allen_sr.data.paths import exists, is_remote, read_json
 from allen_sr.data.stats import channel_stats
 from allen_sr.data.workers import cancel_on_error, executor, frozen_gc, in_order
-from allen_sr.fileio import pid_alive, remove_stale_temp_files, write_json_atomic
+from allen_sr.fileio import remove_orphans, remove_stale_temp_files, write_json_atomic
 
 __all__ = ["TILES_PER_SHARD", "TMP_DIRNAME", "DatagenSummary", "inputs_fingerprint",
            "dataset_complete", "shard_trouble", "build_tile_dataset"]
@@ -318,13 +319,6 @@ def _commit(tmp_root: str, data_dir: str, prefix: str, shard_names: list[str],
 def _remove_stale_tmp(data_dir: str, prefix: str) -> None:
     """Delete work folders and temporary files left by killed builds of this dataset."""
     for name in remove_stale_temp_files(data_dir, prefix):
-        log.info("removing %s left by an interrupted datagen", name)
-    parent = os.path.join(data_dir, TMP_DIRNAME)
-    if not os.path.isdir(parent):
-        return
-    for name in os.listdir(parent):
-        rest = name[len(prefix) + 1:] if name.startswith(prefix + "-") else ""
-        pid = rest.split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            log.info("removing %s left by an interrupted datagen", name)
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        log.info("removed %s left by an interrupted datagen", name)
+    for name in remove_orphans(os.path.join(data_dir, TMP_DIRNAME), rf"{re.escape(prefix)}-(?P<pid>\d+)(-.*)?"):
+        log.info("removed %s left by an interrupted datagen", name)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from allen_sr.fileio import pid_alive
+from allen_sr.fileio import remove_orphans
 from allen_sr.errors import DISK_FULL_ERRNOS, InvalidInputError
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "PIXEL_SIZE_UM", "OutputError", "output_kind",
@@ -75,14 +76,8 @@ def partial_path(path: Path, suffix: str = "partial") -> Path:
 
 def remove_stale_partials(path: Path) -> list[Path]:
     """Delete the partial files of earlier runs for ``path`` whose process is gone."""
-    removed = []
-    for p in path.parent.glob(f".{path.name}.*.*"):
-        parts = p.name[len(path.name) + 2:].split(".")
-        if len(parts) >= 2 and parts[0].isdigit() and int(parts[0]) != os.getpid() and not pid_alive(int(parts[0])):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-            removed.append(p)
-    return removed
+    names = remove_orphans(path.parent, rf"\.{re.escape(path.name)}\.(?P<pid>\d+)\..+")
+    return [path.parent / name for name in names]
 
 
 def check_writable(path: Path) -> None:
