@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from allen_sr.errors import InvalidInputError
+from allen_sr.t2t import cli_flags
 from conftest import REPO
 
 BIN = os.path.dirname(sys.executable)
@@ -345,7 +346,7 @@ def test_a_literal_tilde_names_the_same_folders_for_the_checks_as_for_t2t(conv_r
                              "--data_dir=~/data", "--output_dir", "~/run", "--worker_gpu=0", "--train_steps=2"])
     _one_line_error(capsys, code, f"--output_dir={tmp_path / 'run'} holds a run of --hparams_set=img2img_conv_sr_fast")
     assert not (tmp_path / "run" / "model.ckpt-2.index").exists()
-    assert tools.expand_home(["--tmp_dir=~/x", "--data_dir", "~/d", "--hparams=a=~"]) == [
+    assert cli_flags.expand_home(["--tmp_dir=~/x", "--data_dir", "~/d", "--hparams=a=~"]) == [
         f"--tmp_dir={tmp_path}/x", "--data_dir", f"{tmp_path}/d", "--hparams=a=~"]
 
 
@@ -369,13 +370,13 @@ def test_flags_in_a_flagfile_are_checked_like_flags_on_the_command_line(conv_run
 def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch):
     """t2t writes --data_dir into the run's hparams.json as given: a relative one named another folder
     (or none) for a command run elsewhere, and the uncertainty calibration was fitted on that."""
-    from allen_sr.t2t import tools
+    from allen_sr.t2t import cli_flags
 
     monkeypatch.chdir(tmp_path)
-    assert tools.absolute_data_dir(["--problem=p", "--data_dir", "data", "--train_steps=1"]) == [
+    assert cli_flags.absolute_data_dir(["--problem=p", "--data_dir", "data", "--train_steps=1"]) == [
         "--problem=p", "--train_steps=1", f"--data_dir={tmp_path / 'data'}"]
     for kept in (["--data_dir=gs://bucket/data"], [f"--data_dir={tmp_path}"], ["--problem=p"]):
-        assert tools.absolute_data_dir(kept) == kept
+        assert cli_flags.absolute_data_dir(kept) == kept
 
 
 def test_hparams_json_of_a_run_without_checkpoint_is_dropped_only_when_it_differs(conv_run, tmp_path, capsys):

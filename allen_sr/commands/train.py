@@ -20,11 +20,9 @@ import sys
 
 from allen_sr.commands.args import run_command
 from allen_sr.errors import InvalidInputError
-from allen_sr.t2t import compat, tools
+from allen_sr.t2t import cli_flags, compat, tools
 from allen_sr.t2t.cluster import flag_value
 from allen_sr.t2t.tuning import without_flag
-
-HELP = ("-h", "--help", "--helpshort", "--helpfull")
 
 
 def warm_start_folder(output_dir: str) -> str:
@@ -105,11 +103,11 @@ def define_flag() -> None:
 def train_main(argv: list[str]) -> int:
     """allen-sr train [--init_from MODEL] [t2t-trainer flags]"""
     define_flag()
-    if any(a in HELP for a in argv):
+    if cli_flags.asks_help(argv):
         print(__doc__, flush=True)
         return tools.train_main(list(argv))
     try:  # --init_from may come from a flag file, or name a folder under ~
-        argv = tools.expand_home(tools.read_flagfiles(argv), ("init_from",))
+        argv = cli_flags.expand_home(cli_flags.read_flagfiles(argv), ("init_from",))
     except InvalidInputError as exc:
         print(f"allen-sr train: error: {exc}", file=sys.stderr)
         return 2

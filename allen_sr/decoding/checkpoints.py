@@ -82,7 +82,7 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
             if state is not None and state.model_checkpoint_path:  # named, but its files are gone
                 named = os.path.join(path, os.path.basename(state.model_checkpoint_path))
                 there = sorted((p[:-len(".index")] for p in tf.io.gfile.glob(os.path.join(path, "*.index"))),
-                               key=checkpoint_step)
+                               key=step_in_name)
                 use = f": pass --output_dir {there[-1]} to use the newest one there" if there else ""
                 raise MissingInputError(f"{path}: its 'checkpoint' file names {os.path.basename(named)}, whose "
                                         f"files are missing ({named}.index){use}")
@@ -94,7 +94,7 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
     raise MissingInputError(f"{path} is neither an output dir with checkpoints nor a checkpoint prefix")
 
 
-def checkpoint_step(prefix: str) -> int:
+def step_in_name(prefix: str) -> int:
     """The step in a checkpoint prefix's name (``model.ckpt-30`` -> 30; -1 without one)."""
     found = re.search(r"-(\d+)$", prefix)
     return int(found.group(1)) if found else -1

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from typing import TYPE_CHECKING, Callable
 
+from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, expand_home, has_flag, read_flagfiles)
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
-from allen_sr.t2t.tuning import prepare_train_flags, without_flag
-from allen_sr.errors import InvalidInputError, UserError, first_line, machine_trouble
+from allen_sr.t2t.tuning import prepare_train_flags
+from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
@@ -42,10 +42,6 @@ def usr_dir_main(argv: list[str]) -> int:
     return 0
 
 
-def _has_flag(argv: list[str], name: str) -> bool:
-    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)
-
-
 # `allen-sr train` saves a checkpoint this often unless told otherwise (t2t-trainer saves every
 # --local_eval_frequency=1000 steps, which could be most of a short run: lost to a Ctrl-C).
 SAVE_CHECKPOINTS_SECS = 60
@@ -54,7 +50,7 @@ SAVE_CHECKPOINTS_SECS = 60
 def checkpoint_flags(argv: list[str]) -> list[str]:
     """``argv`` plus --save_checkpoints_secs=SAVE_CHECKPOINTS_SECS, unless it says how often to save
     (--save_checkpoints_secs; --local_eval_frequency, which t2t-trainer also saves at)."""
-    if _has_flag(argv, "save_checkpoints_secs") or _has_flag(argv, "local_eval_frequency"):
+    if has_flag(argv, "save_checkpoints_secs") or has_flag(argv, "local_eval_frequency"):
         return list(argv)
     return list(argv) + [f"--save_checkpoints_secs={SAVE_CHECKPOINTS_SECS}"]
 
@@ -71,37 +67,6 @@ def interrupted_note(argv: list[str]) -> str:
     if not step:
         return "no checkpoint was saved yet: the same command starts over"
     return f"run the same command again to go on from step {step} (the newest checkpoint in {output_dir})"
-
-
-# Folder flags that t2t-datagen / t2t-trainer pass through os.path.expanduser.
-HOME_FLAGS = ("data_dir", "output_dir", "tmp_dir")
-
-
-def read_flagfiles(argv: list[str]) -> list[str]:
-    """``argv`` with each --flagfile replaced by the flags in its file, read by absl as t2t's
-    parser would read them, so that our checks see every flag t2t will; UsageError for a flag
-    file that cannot be read."""
-    if not any(re.match(r"--?flagfile(=|$)", arg) for arg in argv):
-        return list(argv)
-    from absl import flags
-
-    try:
-        return flags.FLAGS.read_flags_from_files(list(argv), force_gnu=True)
-    except (flags.Error, OSError) as exc:
-        raise UsageError(f"--flagfile: {first_line(exc)}: pass a file of flags, one per line") from None
-
-
-def expand_home(argv: list[str], names: tuple[str, ...] = HOME_FLAGS) -> list[str]:
-    """``argv`` with a leading ~ of the folder flags expanded, as t2t's tools do themselves: a
-    literal ~ (quoted, or from a manifest) must name the same folder in our checks as in t2t's."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        for name in names:
-            if arg.startswith(f"--{name}=~"):
-                out[i] = f"--{name}=" + os.path.expanduser(arg.split("=", 1)[1])
-            elif arg == f"--{name}" and i + 1 < len(out) and out[i + 1].startswith("~"):
-                out[i + 1] = os.path.expanduser(out[i + 1])
-    return out
 
 
 # Flags `allen-sr train` reads besides t2t-trainer's: absl's own, and ours, taken out before t2t parses.
@@ -153,10 +118,6 @@ def _gpu_count() -> int:
     import tensorflow as tf
 
     return len(tf.config.list_physical_devices("GPU"))
-
-
-class UsageError(InvalidInputError):
-    """A user's mistake in the flags of `allen-sr datagen/train` (the message says what to do)."""
 
 
 def _check_names(argv: list[str], need: tuple[str, ...]) -> str:
@@ -430,7 +391,7 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
     import tensorflow.compat.v1 as tf
     from absl import app
 
-    help_asked = any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv)
+    help_asked = asks_help(argv)
     if not help_asked:
         try:
             check(argv)
@@ -475,22 +436,12 @@ def datagen_main(argv: list[str]) -> int:
     """allen-sr datagen [t2t-datagen flags]"""
     try:
         argv = expand_home(read_flagfiles(argv))
-        if not any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+        if not asks_help(argv):
             import_usr_dir(argv)  # before our checks look its problems up
     except UsageError as exc:
         print(f"allen-sr datagen: error: {exc}", file=sys.stderr)
         return 2
     return _run("allen-sr datagen", "t2t_datagen", argv, check_datagen_flags)
-
-
-def absolute_data_dir(argv: list[str]) -> list[str]:
-    """``argv`` with a local --data_dir made absolute: t2t records it in the run's hparams.json, where
-    a relative one would name another folder for a command run elsewhere (the uncertainty
-    calibration reads the run's dev split from it)."""
-    data_dir = flag_value(argv, "data_dir")
-    if not data_dir or "://" in data_dir or os.path.isabs(data_dir):
-        return argv
-    return without_flag(argv, "data_dir") + [f"--data_dir={os.path.abspath(data_dir)}"]
 
 
 def train_main(argv: list[str]) -> int:
@@ -500,11 +451,11 @@ def train_main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"allen-sr train: error: {exc}", file=sys.stderr)
         return 2
-    if not any(a in ("-h", "--help", "--helpfull") for a in argv) and not _has_flag(argv, "worker_gpu"):
+    if not asks_help(argv) and not has_flag(argv, "worker_gpu"):
         if _gpu_count() == 0:
             argv.append("--worker_gpu=0")
     try:
-        if not any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv):
+        if not asks_help(argv):
             import_usr_dir(argv)  # before our checks look its names up (and its hparams set's int values)
         argv = prepare_cluster_task(argv, os.environ)  # TF_CONFIG -> this replica's role
         # --train_steps_increment, and the eval PSNR as the tensor summary Katib reads
