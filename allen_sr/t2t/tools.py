@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from typing import TYPE_CHECKING, Callable
 
 from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, expand_home, has_flag, read_flagfiles)
@@ -432,8 +433,40 @@ def _run(tool: str, module: str, argv: list[str], check: Callable[[list[str]], N
     return 0
 
 
+DATAGEN_HELP = """`allen-sr datagen`: t2t-datagen with allen-sr's problems registered (every t2t-datagen flag passes
+through). It tiles the images of --tmp_dir into lossless TFRecords in --data_dir: 64 px tissue tiles,
+shuffled, train and dev split by image. Run again, it keeps a complete dataset and rebuilds a damaged
+or outdated one.
+
+  allen-sr datagen --problem=img2img_local_dim8to32 --data_dir ~/mine/data --tmp_dir ~/my_slides
+
+  --problem      one of (README, "Models, problems and hparams sets"):
+{problems}
+                 img2img_local_* tile your own images, img2img_allen_brain_* download Allen
+                 sections into --tmp_dir first (resumable)
+  --data_dir     the folder the TFRecords go to (created)
+  --tmp_dir      the folder of images
+  --t2t_usr_dir  a folder of your own problems, imported first
+"""
+
+
+def datagen_help() -> str:
+    """DATAGEN_HELP with the names of the problems allen-sr registers."""
+    from allen_sr.t2t.names import register_all
+
+    register_all()  # the shims (they quiet dependencies' import-time notices) before t2t's imports
+    from tensor2tensor.utils import registry
+
+    ours = sorted(name for name, cls in registry.Registries.problems.items() if cls.__module__.startswith("allen_sr."))
+    indent = " " * 17
+    return DATAGEN_HELP.format(problems=textwrap.fill(", ".join(ours), 100, initial_indent=indent,
+                                                      subsequent_indent=indent))
+
+
 def datagen_main(argv: list[str]) -> int:
     """allen-sr datagen [t2t-datagen flags]"""
+    if any(a in ("-h", "--help", "--helpshort") for a in argv):
+        print(datagen_help(), flush=True)
     try:
         argv = expand_home(read_flagfiles(argv))
         if not asks_help(argv):
