@@ -85,6 +85,22 @@ def test_surest_half_ratio_is_one_for_a_useless_map_and_the_oracle_for_the_error
     assert 0.85 < random_map < 1.15 and oracle < 0.6
 
 
+def test_a_small_maps_heat_map_holds_its_whole_caption_and_says_what_the_bar_top_is(tmp_path):
+    """The caption of a 32 px map was cut at the picture's edge, and the bar's top (the 99th
+    percentile, higher values clipped to its colour) was an unlabelled number."""
+    from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
+
+    values = np.arange(32 * 32, dtype=np.float32).reshape(32, 32) / 10
+    path = heat_map_with_bar(values, tmp_path / "map.png", label="uncertainty: sd in grey levels (temperature 0.72)")
+    picture = np.asarray(Image.open(path).convert("L"))
+    caption = picture[-16:]  # the caption's row under the map and its bar
+    inked = np.flatnonzero((caption < 128).any(axis=0))
+    assert inked.size and inked[-1] < picture.shape[1] - 4  # the text ends inside the picture
+    assert inked[-1] > 32 + 110  # ... and is longer than the old width: "; bar top: 99th percentile"
+    fixed = np.asarray(Image.open(heat_map_with_bar(values, tmp_path / "fixed.png", vmax=200.0)).convert("L"))
+    assert fixed.shape[1] < picture.shape[1]  # a given scale is not a percentile: no note
+
+
 # --------------------------------------------------------------------------- the decoders
 
 

@@ -42,18 +42,25 @@ def _font() -> ImageFont.ImageFont:
 
 def heat_map_with_bar(values: np.ndarray, path: str | os.PathLike[str], vmax: float | None = None,
                       label: str = "uncertainty (sd, grey levels)") -> Path:
-    """Save ``values`` [H, W] as a heat map with a colour bar on its right, labelled in grey levels."""
-    vmax = uncertainty_scale(values) if vmax is None else vmax
+    """Save ``values`` [H, W] as a heat map with a colour bar on its right, labelled in grey levels;
+    the picture is widened to its caption. Without ``vmax`` the bar's top is the 99th percentile of
+    ``values`` (the caption says so) and its label ends in "+": higher values share its colour."""
+    if vmax is None:
+        vmax, label, top = uncertainty_scale(values), f"{label}; bar top: 99th percentile", "+"
+    else:
+        top = ""
     image = heat(values, vmax)
     h, w = image.shape[:2]
     bar_h = max(h, 120)
-    canvas = Image.new("RGB", (w + 110, bar_h + 24), (255, 255, 255))
+    font = _font()
+    text_w = int(np.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)))
+    canvas = Image.new("RGB", (max(w + 110, text_w + 8), bar_h + 24), (255, 255, 255))
     canvas.paste(Image.fromarray(image), (0, 0))
     ramp = _LUT[np.linspace(255, 0, bar_h - 20).round().astype(np.intp)]
     bar = np.repeat(ramp[:, None, :], 14, axis=1)
     canvas.paste(Image.fromarray(bar), (w + 10, 10))
-    draw, font = ImageDraw.Draw(canvas), _font()
-    draw.text((w + 28, 4), f"{vmax:.0f}", fill=(0, 0, 0), font=font)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((w + 28, 4), f"{vmax:.0f}{top}", fill=(0, 0, 0), font=font)
     draw.text((w + 28, bar_h - 18), "0", fill=(0, 0, 0), font=font)
     draw.text((2, bar_h + 6), label, fill=(0, 0, 0), font=font)
     return save_png(canvas, path)
