@@ -233,6 +233,8 @@ def test_upscale_flags_refuse_two_models_and_a_partial_one(tmp_path, capsys):
     assert "no pretrained model 'nope'" in capsys.readouterr().err
     assert upscale_cmd.upscale_main(base + ["--problem", "img2img_local_dim8to32"]) == 2
     assert "--hparams_set, --output_dir required" in capsys.readouterr().err
+    assert upscale_cmd.upscale_main(base + ["--model", "conv-fast"]) == 2  # the shipped model's name
+    assert "for the shipped model pass --pretrained conv-fast" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 
 

@@ -15,6 +15,7 @@ from allen_sr.api.models import (ModelSpec, OpenModel, decode_kwargs, model_shap
                                  pretrained_spec, resolve)
 from allen_sr.decoding.modes import MODES, check_mode, check_sampling_options, check_seed
 from allen_sr.decoding.registry import KINDS
+from allen_sr import pretrained
 from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
 # ModelSpec, OpenModel, model_shape, open_model and decode_kwargs live in allen_sr.api.models;
@@ -87,6 +88,9 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         named = {k: getattr(args, k) for k in ("problem", "hparams_set", "model", "hparams", "decoder")
                  if getattr(args, k)}
         return resolve(args.output_dir, **decoding, **named)
+    if args.exported is None and missing and args.model in {m.name for m in pretrained.available()}:
+        raise UserError(f"--model {args.model} names a t2t model class; for the shipped model pass "
+                        f"--pretrained {args.model}")
     if args.exported is None and missing:
         raise UserError(f"{', '.join(missing)} required: name the trained model (--problem, "
                         "--hparams_set, --output_dir), pass --exported DIR or --pretrained NAME, "
