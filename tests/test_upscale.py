@@ -305,11 +305,21 @@ def test_saved_rows_are_reused_only_by_the_same_run(tmp_path):
     assert third.open() == 25 and len(list(third.folder.glob("rows-*"))) == 2
     first = sorted(third.folder.glob("rows-*"))[0]
     whole = first.read_bytes()
-    # Short, empty, or the right length with other bytes (what a machine crash can leave).
+    # Short, empty, or the right length with other bytes (what a machine crash can leave): damaged
+    # after open(), replay() names the folder; found by open(), that band and those after it are
+    # predicted again and the rows before it are kept.
+    second = sorted(third.folder.glob("rows-*"))[1]
     for damage in (whole[:len(whole) // 2], b"", bytes(len(whole)), whole[:-1] + bytes([whole[-1] ^ 1])):
         first.write_bytes(damage)
         with pytest.raises(ValueError, match=r"damaged.*\.o\.tif\.resume"):
             list(third.replay())
+        first.write_bytes(whole)
+        second.write_bytes(second.read_bytes()[:-1] + bytes([second.read_bytes()[-1] ^ 1]))
+        later = resume.RowStore(out, key, 5, 3)
+        assert later.open() == 10 and sorted(later.folder.glob("rows-*")) == [first]
+        np.testing.assert_array_equal(np.concatenate(list(later.replay())), rows[:10])
+        list(later.record([rows[10:25]], 10))
+        second = sorted(later.folder.glob("rows-*"))[1]
     # Anything in the key changed: start afresh.
     other = resume.RowStore(out, {**key, "model": 2}, 5, 3)
     assert other.open() == 0 and not other.folder.exists()

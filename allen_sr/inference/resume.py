@@ -7,7 +7,8 @@ model's checkpoint (path and modification time), the tiling and the decoding opt
 the same command after an interruption (Ctrl-C, SIGKILL, a full disk) reads those rows back and
 predicts only the rest; a rerun with anything in the key changed starts afresh. The folder is
 removed once the output is complete. Each band is written under a temporary name and renamed, so
-a kill while saving loses at most that band. Bands are the raw uint8 rows, their CRC-32 in the
+a kill while saving loses at most that band; one a machine crash damaged is found by its CRC when
+the run resumes, and it and the bands after it are predicted again. Bands are the raw uint8 rows, their CRC-32 in the
 name: LZ4 saved only a quarter of the bytes of an upscaled tissue image (0.74 of them) for 0.65
 CPU-s per 100 output MP, 5% of a whole run on 2 cores (zstd and zlib cost more still); this copy
 is deleted at the end, so only its time counts. It takes as much disk as the uncompressed output
@@ -71,8 +72,9 @@ class RowStore:
     def open(self) -> int:
         """Rows 0..N-1 saved by an earlier run with the same key: returns N (0 if none).
 
-        A folder of another run (or with an unreadable key) is removed, and so is a band after a
-        gap; the folder is made again when this run saves its first band.
+        A folder of another run (or with an unreadable key) is removed, and so is a damaged band (its
+        size or CRC-32 wrong: a machine crash while saving) with every band after it; the rows
+        before it are kept. The folder is made again when this run saves its first band.
         """
         try:
             same = json.loads((self.folder / "key.json").read_text()) == self.key
@@ -87,20 +89,27 @@ class RowStore:
             if m:
                 found[int(m.group(1))] = (int(m.group(2)), int(m.group(3), 16), p)
         done = 0
-        while done in found and found[done][0] > done:
+        while done in found and found[done][0] > done and self._intact(done, *found[done]):
             stop, crc, path = found.pop(done)
             self.bands.append((done, stop, crc, path))
             done = stop
-        for _, _, path in found.values():  # after a gap: not usable
+        for _, _, path in found.values():  # damaged, or after a gap or a damaged band: not usable
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         return done
+
+    def _intact(self, start: int, stop: int, crc: int, path: Path) -> bool:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return False
+        return len(data) == (stop - start) * self.row_bytes and zlib.crc32(data) == crc
 
     def replay(self) -> Iterator[np.ndarray]:
         """The saved rows, band by band (a damaged band raises ValueError naming the folder)."""
         for start, stop, crc, path in self.bands:
             data = path.read_bytes()
-            if len(data) != (stop - start) * self.row_bytes or zlib.crc32(data) != crc:
+            if len(data) != (stop - start) * self.row_bytes or zlib.crc32(data) != crc:  # damaged since open()
                 raise InvalidInputError(f"{path}: a saved band of an earlier run is damaged; delete "
                                         f"{self.folder} (or pass --restart) and run again")
             yield np.frombuffer(data, np.uint8).reshape(stop - start, self.width, self.channels)
