@@ -77,8 +77,38 @@ def test_white_levels():
     assert white_level(4095, np.uint16) == 4095 and white_level(4096, np.uint16) == 16383
     assert white_level(100, np.uint16, significant_bits=12) == 4095  # the file says: believed
     assert white_level(100, np.uint16, significant_bits=20) == 255  # impossible for uint16: ignored
-    assert white_level(70000, np.uint32) == 2 ** 32 - 1
+    assert white_level(70000, np.uint32) == 2 ** 17 - 1 and white_level(4000, np.uint32) == 4095
     assert white_level(0.99, np.float32) == 1.0 and white_level(200.0, np.float64) == 255.0
+    assert white_level(1.02, np.float32) == 1.0 and white_level(4000.0, np.float32) == 4095  # overshoot; camera
+    assert white_level(65535, np.uint16, significant_bits=12) == 65535  # samples beyond the stated depth
+
+
+@pytest.mark.parametrize("kind, white, words", [
+    ("float-camera", 4095, "float32 image, samples up to 4095: 0-4095 read as 0-255 (12-bit data)"),
+    ("float-overshoot", 1.0, "samples up to 1.02: 0-1 read as 0-255 (samples above 1 as white)"),
+    ("uint32", 2 ** 24 - 1, "uint32 image, samples up to 16711680: 0-16777215 read as 0-255 (24-bit data)"),
+    ("stated-12-bits", 65535, "SignificantBits=12 but samples up to 65535 (beyond 12 bits: SignificantBits ignored)")])
+def test_samples_beyond_the_assumed_range_read_by_their_brightest_not_white_or_black(tmp_path, kind, white, words):
+    """A Fiji 32-bit image of 12-bit camera data read all white, a 0-1 float image with one sample at 1.02
+    all black, uint32 counts black, a 16-bit OME-TIFF whose SignificantBits=12 its samples exceed white:
+    each now reads by the depth its samples use, by both readers, saying how in one warning."""
+    import tifffile
+
+    grey = tissue_image(64, 80)[:, :, 1]
+    grey[0, 0] = 255
+    samples = {"float-camera": grey.astype(np.float32) * np.float32(4095 / 255),
+               "float-overshoot": grey.astype(np.float32) / np.float32(255),
+               "uint32": grey.astype(np.uint32) * 65536, "stated-12-bits": grey.astype(np.uint16) * 257}[kind]
+    if kind == "float-overshoot":
+        samples[0, 0] = 1.02
+    path = tmp_path / f"{kind}.ome.tif"
+    tifffile.imwrite(path, samples, metadata={"axes": "YX"} | ({"SignificantBits": 12} if "stated" in kind else {}))
+    scaled = np.clip(np.rint(samples.astype(np.float32) * np.float32(255 / white)), 0, 255).astype(np.uint8)
+    expected = np.repeat(scaled[:, :, None], 3, axis=2)
+    assert 100 < expected.mean() < 200  # neither white nor black
+    for read in (images.load_image, read_region):
+        said, _ = read_as(read, path, expected, "read as 0-255")
+        assert len(said) == 1 and said[0].startswith(f"{path}: ") and words in said[0], said
 
 
 def test_signed_deep_images_are_skipped_with_a_message_naming_them(tmp_path):

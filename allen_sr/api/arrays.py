@@ -4,8 +4,9 @@ and the :class:`Region` of a file that :meth:`~allen_sr.Upscaler.predict_file` e
 
 Arrays are read as the file readers read the samples a file stores: uint8 as they are; uint16 (any
 byte order) by its white level (:func:`allen_sr.data.samples.white_level`: the smallest usual depth
-that holds the brightest sample, or ``bits=`` when given); floats as 0-1 when every sample is, else
-as 0-255; 2 samples a pixel as grey + alpha and 4 as RGBA, alpha put on white with a warning.
+that holds the brightest sample, or ``bits=`` when no sample goes beyond it); floats as 0-1 when every
+sample is up to 1.5, as 0-255 up to 255, else by depth as integers are; 2 samples a pixel as grey + alpha
+and 4 as RGBA, alpha put on white with a warning.
 """
 from __future__ import annotations
 

@@ -6,40 +6,56 @@ models know through these functions, so a file reads the same whichever way it i
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
 from allen_sr.data.errors import ImageSkipped
 
-__all__ = ["SAMPLE_BITS", "white_level", "scale_to_uint8", "announced_white", "colour_samples", "sample_peak",
-           "say_not_numbers", "samples_to_rgb"]
+__all__ = ["SAMPLE_BITS", "FLOAT_OVERSHOOT", "depth_white", "white_level", "scale_to_uint8", "announced_white",
+           "colour_samples", "sample_peak", "say_not_numbers", "samples_to_rgb"]
 
 # Sample depths cameras and scanners write. An image of more than 8 bits per sample is read as the
 # shallowest of these that holds its brightest sample: a 12-bit camera's 0-4095, stored in a 16-bit
 # file, reads as 0-255 rather than as 0-16 (near black). Metadata that names the depth
-# (OME-XML's SignificantBits) wins.
+# (OME-XML's SignificantBits) wins, unless the samples go beyond it.
 SAMPLE_BITS = (8, 10, 12, 14, 16)
+
+# Floating-point samples up to this are 0-1 data: deconvolution and interpolation overshoot 1 a little
+# (what lies above 1 reads as white). Up to 255 they are on the 8-bit scale; above, on a camera's
+# (a Fiji 32-bit image of 12-bit data holds 0-4095), read as integers are.
+FLOAT_OVERSHOOT = 1.5
+
+
+def depth_white(peak: float) -> float:
+    """``2**depth - 1`` of the shallowest depth of :data:`SAMPLE_BITS` that holds ``peak``, else of
+    the fewest whole bits that do (samples of 32-bit integers or floats beyond 16 bits)."""
+    for depth in SAMPLE_BITS:
+        if peak <= 2 ** depth - 1:
+            return float(2 ** depth - 1)
+    return float(2 ** int(math.ceil(peak)).bit_length() - 1)
 
 
 def white_level(peak: float, dtype: np.dtype | type, significant_bits: int | None = None) -> float:
     """The sample value of an image of ``dtype`` that reads as 255 (white).
 
     uint8: 255. Deeper unsigned integers: ``2**significant_bits - 1`` when the file says how many
-    bits are significant, else the smallest depth of :data:`SAMPLE_BITS` (or the type's own) whose
-    top holds ``peak``, the image's brightest sample. Floating point: 1.0 when every sample lies
-    within [0, 1], else 255 (samples already on the 8-bit scale).
+    bits are significant and ``peak``, the image's brightest sample, lies within them; else the
+    shallowest depth that holds ``peak`` (:func:`depth_white`). Floating point: 1.0 when every
+    sample lies within [0, :data:`FLOAT_OVERSHOOT`], 255 when within [0, 255], else as integers.
     """
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
-        return 1.0 if peak <= 1.0 else 255.0
+        if peak <= FLOAT_OVERSHOOT:
+            return 1.0
+        return 255.0 if peak <= 255 else depth_white(peak)
+    if dtype == np.uint8:
+        return 255.0
     bits = dtype.itemsize * 8
-    if significant_bits and 8 <= significant_bits <= bits:
+    if significant_bits and 8 <= significant_bits <= bits and peak <= 2 ** significant_bits - 1:
         return float(2 ** significant_bits - 1)
-    for depth in (*(b for b in SAMPLE_BITS if b < bits), bits):
-        if peak <= 2 ** depth - 1:
-            return float(2 ** depth - 1)
-    return float(2 ** bits - 1)
+    return min(depth_white(peak), float(2 ** bits - 1))
 
 
 def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
@@ -55,16 +71,21 @@ def scale_to_uint8(pixels: np.ndarray, white: float) -> np.ndarray:
 def announced_white(name: str, dtype: np.dtype | type, peak: float, significant_bits: int | None = None,
                     stated: str = "SignificantBits") -> float:
     """:func:`white_level` of an image of more than 8 bits per sample, with a warning naming the
-    image that says how it is read (``peak``: its brightest colour sample, unused when
-    ``significant_bits`` states an unsigned integer image's depth, as the file's ``stated`` field says)."""
+    image that says how it is read (``peak``: its brightest colour sample; ``significant_bits``: an
+    unsigned integer image's depth, as the file's ``stated`` field says, believed unless ``peak``
+    goes beyond it, and the warning then says it was not)."""
     white = white_level(peak, dtype, significant_bits)
-    if np.dtype(dtype).kind == "u":
-        used = white == 2 ** (significant_bits or 0) - 1  # the file's stated depth was used
-        found = f"{stated}={significant_bits}" if used else f"samples up to {peak:g}"
-        how, depth = found, f" ({int(white).bit_length()}-bit data)"
-    else:
-        how, depth = f"samples up to {peak:g}", ""
-    warnings.warn(f"{name}: {np.dtype(dtype)} image, {how}: 0-{white:g} read as 0-255{depth}")
+    kind = np.dtype(dtype).kind
+    how, depth = f"samples up to {peak:.0f}" if float(peak).is_integer() else f"samples up to {peak:g}", ""
+    if kind == "u" and significant_bits and white == 2 ** significant_bits - 1:  # the file's stated depth
+        how = f"{stated}={significant_bits}"
+    elif kind == "u" and significant_bits and 8 <= significant_bits <= np.dtype(dtype).itemsize * 8:
+        how = f"{stated}={significant_bits} but {how} (beyond {significant_bits} bits: {stated} ignored)"
+    if kind == "u" or white > 255:
+        depth = f" ({int(white).bit_length()}-bit data)"
+    elif kind == "f" and white == 1.0 and peak > 1.0:
+        depth = " (samples above 1 as white)"
+    warnings.warn(f"{name}: {np.dtype(dtype)} image, {how}: 0-{white:.10g} read as 0-255{depth}")
     return white
 
 

@@ -181,7 +181,7 @@ class TiffSource(ImageSource):
 
     def level_white(self, overview: Any) -> float:
         """The white level of an image deeper than 8 bits: from the bits per sample the file states
-        (:func:`~allen_sr.data.images.tiff_depth`), else from
+        (:func:`~allen_sr.data.images.tiff_depth`) unless samples go beyond them, else from
         the brightest colour sample of ``overview``, its smallest level (every segment read once:
         the level itself where there is no pyramid), with a warning saying how it is read, and one
         saying how many pixels there are NaN (read as black)."""
@@ -191,11 +191,10 @@ class TiffSource(ImageSource):
                                     "convert the image to unsigned 8 or 16 bit")
         significant_bits, stated = tiff_depth(self.tif, page)
         peak, not_numbers = 0.0, 0
-        if page.dtype.kind == "f" or not 8 <= (significant_bits or 0) <= page.dtype.itemsize * 8:
-            for index in range(len(overview.dataoffsets)):
-                rows, columns = segment_extent(overview, index)
-                found = sample_peak(self.segment(index, overview)[:rows, :columns])
-                peak, not_numbers = max(peak, found[0]), not_numbers + found[1]
+        for index in range(len(overview.dataoffsets)):  # also where the depth is stated: samples may exceed it
+            rows, columns = segment_extent(overview, index)
+            found = sample_peak(self.segment(index, overview)[:rows, :columns])
+            peak, not_numbers = max(peak, found[0]), not_numbers + found[1]
         if page.dtype.kind == "f":
             size = (int(overview.imagewidth), int(overview.imagelength))
             where = "" if overview is page else f" of its {size[0]}x{size[1]} px overview level"
