@@ -500,17 +500,32 @@ def test_bilevel_tiffs_read_as_black_and_white_by_both_readers(tmp_path, kind):
 
 def test_a_folder_lists_every_kind_of_image_a_single_file_may_be(tmp_path):
     """`--images DIR` (upscale, evaluate) and datagen's folders take the GIFs that `--image x.gif`
-    reads (they were left out without a word)."""
-    from allen_sr.api.folders import collect_images
+    reads, and TIFFs and JPEGs by their other names: BigTIFF's .btf and .tf8, .qptiff, .jpe, .jfif
+    (they were left out without a word)."""
+    import tifffile
 
-    formats = {"png": "PNG", "jpg": "JPEG", "tif": "TIFF", "bmp": "BMP", "webp": "WEBP", "gif": "GIF", "GIF": "GIF"}
+    from allen_sr.api.folders import collect_images
+    from allen_sr.inference.sources import open_image
+
+    formats = {"png": "PNG", "jpg": "JPEG", "tif": "TIFF", "bmp": "BMP", "webp": "WEBP", "gif": "GIF", "GIF": "GIF",
+               "jpe": "JPEG", "JFIF": "JPEG"}
+    rgb = tissue_image(64, 64)
     for suffix, kind in formats.items():
-        Image.fromarray(tissue_image(64, 64)).save(tmp_path / f"a_{suffix}.{suffix}", format=kind)
+        Image.fromarray(rgb).save(tmp_path / f"a_{suffix}.{suffix}", format=kind)
+    for suffix in ("btf", "tf8", "qptiff"):
+        tifffile.imwrite(tmp_path / f"a_{suffix}.{suffix}", rgb, bigtiff=suffix != "qptiff", photometric="rgb")
+        formats[suffix] = "TIFF"
     (tmp_path / "notes.txt").write_text("not an image")
     listed = [os.path.basename(p) for p in images.list_images(str(tmp_path))]
     assert listed == sorted(f"a_{s}.{s}" for s in formats)
     assert collect_images(str(tmp_path)) == images.list_images(str(tmp_path))
     assert images.load_image(str(tmp_path / "a_gif.gif")).shape == (64, 64, 3)
+    for suffix in ("btf", "tf8", "qptiff"):
+        np.testing.assert_array_equal(images.load_image(str(tmp_path / f"a_{suffix}.{suffix}")), rgb)
+        np.testing.assert_array_equal(read_region(str(tmp_path / f"a_{suffix}.{suffix}")), rgb)
+    for suffix in ("jpe", "JFIF"):
+        assert images.load_image(str(tmp_path / f"a_{suffix}.{suffix}")).shape == (64, 64, 3)
+        open_image(str(tmp_path / f"a_{suffix}.{suffix}")).close()
 
 
 def _png_whose_data_ends_early(path, pixels):

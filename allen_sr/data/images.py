@@ -36,8 +36,11 @@ __all__ = [
 # once as uint8 (never float), so peak memory stays about that per worker.
 MAX_IMAGE_PIXELS = 250_000_000
 
-# The files a folder of images holds (list_images): every kind load_image reads.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".svs", ".bmp", ".webp", ".gif", ".czi")
+# The files a folder of images holds (list_images): every kind load_image reads. TIFFs go by many
+# names: BigTIFF (.btf, .tf8), Akoya's .qptiff, Aperio's .svs; JPEGs by .jpe and .jfif too.
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+IMAGE_SUFFIXES = (*JPEG_SUFFIXES, ".png", ".tif", ".tiff", ".btf", ".tf8", ".qptiff", ".svs", ".bmp", ".webp", ".gif",
+                  ".czi")
 
 
 def configure_pillow() -> None:
@@ -341,7 +344,7 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
     silently padded: Pillow's LOAD_TRUNCATED_IMAGES stays off and simplejpeg runs in strict mode.
     """
     check_image_file(path)
-    if path.lower().endswith((".jpg", ".jpeg")):
+    if path.lower().endswith(JPEG_SUFFIXES):
         pixels = decode_colour_jpeg(path, min_size)
         if pixels is not None:
             return pixels
