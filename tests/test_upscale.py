@@ -432,9 +432,10 @@ def test_png_and_jpeg_outputs_store_their_pixel_size(tmp_path, name, size):
 @pytest.mark.parametrize("name", ["o.png", "o.jpg"])
 def test_png_and_jpeg_inputs_give_their_pixel_size_and_72_or_96_dpi_none(tmp_path, name):
     """An allen-sr PNG or JPEG output fed back in keeps its pixel size (its pHYs, JFIF density or EXIF
-    resolution: it had none, as every PNG and JPEG input); 72 or 96 dpi, or none, say nothing."""
+    resolution: it had none, as every PNG and JPEG input; a rectangular one only in EXIF, 0.125 x 0.25 um
+    beyond JFIF's 16-bit density, read back square); 72 or 96 dpi, or none, say nothing."""
     image = textured(30, 50)
-    for size in ((0.5, 1.0), (0.125, 0.125)):
+    for size in ((0.5, 1.0), (0.125, 0.125), (0.125, 0.25)):
         out = writers.write_image(tmp_path / name, [image], 30, 50, 3, size[0], pixel_size_y_um=size[1])
         src = sources.open_image(str(out))
         assert (src.pixel_size_um, src.pixel_size_y_um) == (pytest.approx(size[0]), pytest.approx(size[1]))

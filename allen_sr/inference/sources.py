@@ -337,6 +337,8 @@ def header_pixel_size(path: str) -> tuple[float, float] | None:
     try:
         with Image.open(path) as img:
             dpi, orientation = img.info.get("dpi"), exif_orientation(img)
+            if img.format == "JPEG" and img.info.get("jfif_unit") not in (1, 2):  # not JFIF's: EXIF's, or none
+                dpi = exif_dpi(img)
         x, y = (float(d) for d in dpi)
     except Exception:  # noqa: BLE001 - no resolution (or an odd one) is no pixel size
         return None
@@ -344,6 +346,27 @@ def header_pixel_size(path: str) -> tuple[float, float] | None:
         return None
     size = (UM_PER_UNIT[2] / x, UM_PER_UNIT[2] / y)
     return size[::-1] if ORIENTATIONS[orientation][0] else size  # turned: the pixel's sides swap
+
+
+def exif_dpi(img: Image.Image) -> tuple[float, float] | None:
+    """(x, y) dots per inch of the EXIF XResolution, YResolution and ResolutionUnit (inch when not
+    given) of the image Pillow opened as ``img``, or None: none, or no unit. (Pillow's info["dpi"]
+    gives a JPEG's EXIF XResolution for both: a rectangular pixel read as square.)"""
+    exif = img.getexif()
+    per_inch = {2: 1.0, 3: 2.54}.get(int(exif.get(296, 2)))
+    dots = [resolution_value(exif.get(tag)) for tag in (282, 283)]
+    if per_inch is None or not dots[0]:
+        return None
+    return dots[0] * per_inch, (dots[1] or dots[0]) * per_inch
+
+
+def resolution_value(value: Any) -> float | None:
+    """An EXIF resolution (a rational, as Pillow reads it) as a positive float, or None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return number if number > 0 and math.isfinite(number) else None
 
 
 def imagej_unit(tif: Any) -> float | None:
