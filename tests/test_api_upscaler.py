@@ -93,6 +93,8 @@ def test_bits_states_the_white_level_of_a_dim_uint16_image(up, rgb):
             up.predict(dim, bits=bad)
     with pytest.raises(InvalidInputError, match="float samples"):
         up.predict(dim.astype(np.float32), bits=12)
+    with pytest.raises(InvalidInputError, match="a uint8 array holds 8 bits per sample; bits= is for the deeper"):
+        up.predict(rgb, bits=12)  # it said "a whole number from 8 to 8"
 
 
 def test_arrays_are_read_as_files_are_and_what_stays_refused_says_how_to_convert(up, rgb):

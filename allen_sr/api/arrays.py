@@ -104,6 +104,9 @@ def check_bits(bits: int | None, dtype: np.dtype) -> None:
     if bits is None:
         return
     top = dtype.itemsize * 8 if dtype.kind == "u" else 16
+    if top == 8 and isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and bits > 8:
+        raise InvalidInputError(f"bits={bits}: a uint8 array holds 8 bits per sample; bits= is for the deeper "
+                                "samples of a uint16 array (e.g. bits=12 for a 12-bit camera's 0-4095): leave it out")
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 8 <= bits <= top:
         raise InvalidInputError(f"bits={bits!r}: give the significant bits per sample, a whole number from 8 to "
                                 f"{top} (e.g. 12 for a 12-bit camera's 0-4095), or leave it out")
