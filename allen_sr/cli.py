@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, function, _ = SUBCOMMANDS[name]
     try:
-        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+        code = int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:  # `allen-sr models | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 1
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").split(".")[0]
         if not missing or missing == "allen_sr" or os.environ.get("ALLEN_SR_DEBUG"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -45,6 +46,23 @@ def test_the_command_line_and_debug(tmp_path):
     assert plain.stderr.strip().splitlines() == [plain.stderr.strip()] and "none.png" in plain.stderr
     debug = cli("--debug", *argv)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "none.png" in debug.stderr
+
+
+def test_a_pattern_the_shell_expanded_and_a_closed_pipe_are_said_plainly(tmp_path):
+    """`--images slides/*.tif` unquoted reached argparse as "unrecognized arguments: b.tif c.tif";
+    `allen-sr models --json | head -1` ended in a BrokenPipeError traceback."""
+    files = [str(tmp_path / f"{name}.png") for name in "abc"]
+    for file in files:
+        shutil.copy(os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s044.png"), file)
+    for command in ("upscale", "evaluate"):
+        proc = cli(command, "--pretrained", "conv-fast", "--images", *files, "--out", str(tmp_path / "out"))
+        assert proc.returncode == 2 and "the shell expanded the pattern into 3 files: quote it" in proc.stderr
+    assert "unrecognized arguments: --bogus" in cli("models", "--bogus").stderr
+    env = {k: v for k, v in os.environ.items() if k != "ALLEN_SR_DEBUG"}
+    reader_gone = subprocess.Popen([sys.executable, "-m", "allen_sr.cli", "models", "--json"], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader_gone.stdout.close()  # before the command writes: its first write meets a closed pipe
+    assert reader_gone.wait(timeout=120) == 1 and reader_gone.stderr.read() == ""
 
 
 @pytest.mark.parametrize("command, flags, flag", [

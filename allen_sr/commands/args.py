@@ -131,8 +131,16 @@ def run_command(name: str, body: Callable[[], int | None]) -> int:
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` (default: the process's arguments); see :func:`expand_home`."""
-    return expand_home(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
+    """Parse ``argv`` (default: the process's arguments); see :func:`expand_home`. Files left over
+    after an option that takes one pattern (--images) are a pattern the shell expanded: said so."""
+    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if extra:
+        pattern = next((f"--{k}" for k in ("images",) if isinstance(getattr(args, k, None), str)), None)
+        if pattern and all(not a.startswith("-") and os.path.exists(a) for a in extra):
+            parser.error(f"{pattern} takes one folder or pattern, but the shell expanded the pattern into "
+                         f"{len(extra) + 1} files: quote it ({pattern} 'slides/*.tif') or pass the folder")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return expand_home(args)
 
 
 def expand_home(args: argparse.Namespace) -> argparse.Namespace:
