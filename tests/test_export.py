@@ -244,6 +244,18 @@ def test_export_refuses_a_foreign_or_missing_checkpoint_by_name(case, conv_run, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_an_out_where_no_folder_can_be_created_is_named_before_any_work(tmp_path, capsys):
+    """As root, --out /sys/exp passed the checks and failed after the export's work with "[Errno 1] ...
+    '/sys/.exp.PID.HEX.tmp'"; now before the run is even read (here: a run that does not exist)."""
+    argv = ["--problem", PROBLEM, "--hparams_set", CONV_SET, "--output_dir", str(tmp_path / "none"),
+            "--out", "/sys/allen-sr-exp"]
+    assert export_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Errno" not in err and ".tmp" not in err, err
+    assert "--out /sys/allen-sr-exp: cannot create the folder (/sys is not writable" in err, err
+    assert "choose another --out" in err
+
+
 def test_export_reads_the_problem_and_set_from_the_runs_flags(it_run, tmp_path, capsys):
     """As decode, evaluate and upscale do: --problem and --hparams_set were required."""
     import shutil

@@ -704,6 +704,52 @@ def test_a_full_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, cap
     os.sync()
 
 
+def immutable(path) -> bool:
+    """Make ``path`` immutable (chattr +i: not even root may replace it, as a file a Windows viewer holds open)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def test_an_output_that_cannot_be_replaced_is_named_before_the_work_or_when_it_is_found(tmp_path, capsys):
+    """An immutable --out (or its uncertainty map) failed at the end with "[Errno 1] ... '.x.png.PID.partial'
+    -> 'x.png'", naming the hidden name; the map's came after the output was written."""
+    import subprocess
+
+    src = tmp_path / "s.png"
+    Image.fromarray(textured(48, 48)).save(src)
+    locked = [tmp_path / "x.png", tmp_path / "u.uncertainty.png"]
+    for path in locked:
+        path.write_bytes(b"")
+        if not immutable(path):
+            pytest.skip("chattr +i does not work here")
+    try:
+        for model, out, extra in (("conv-fast", "x.png", []), ("conv-probabilistic", "u.png", ["--uncertainty"])):
+            code, err = error_of(capsys, ["--pretrained", model, "--no_progress", f"--image={src}",
+                                          f"--out={tmp_path / out}", *extra])
+            assert code == 2 and len(err.splitlines()) == 1 and "Errno" not in err and ".partial" not in err, err
+            assert "cannot replace" in err and "choose another --out" in err, err
+        assert not (tmp_path / "u.png").exists()  # said before the work: nothing written
+        # Protected while the output was being written: said as such, nothing left but the rows to resume from.
+        later = tmp_path / "later.png"
+        later.write_bytes(b"")
+
+        def bands():
+            assert immutable(later)
+            locked.append(later)
+            yield np.zeros((8, 8, 3), np.uint8)
+
+        with pytest.raises(writers.OutputError, match=r"^cannot replace \S*later.png \(.+\): the file is protected"):
+            writers.write_image(later, bands(), 8, 8)
+        assert later.read_bytes() == b"" and not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    finally:
+        for path in locked:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_leaves_nothing_under_the_final_name_and_a_rerun_resumes(conv_dir, tmp_path, capsys):
     """Ctrl-C, then SIGKILL, each once some rows are saved: nothing under the final name; each

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,3 +300,42 @@ def test_uncertainty_maps_in_folder_runs_are_planned_resumed_and_uploaded(tmp_pa
     err = capsys.readouterr().err.strip()
     assert "x.uncertainty.png's output and" in err and "x.png's uncertainty map would both be" in err, err
     assert len(err.splitlines()) == 1 and not (tmp_path / "o2").exists()
+
+
+def root_cannot_write(folder: str) -> bool:
+    """Whether no file can be created in ``folder`` (/sys: not even by root, whose permission bits always allow)."""
+    try:
+        with open(os.path.join(folder, f".allen-sr-test.{os.getpid()}"), "wb"):
+            pass
+    except OSError:
+        return True
+    os.remove(os.path.join(folder, f".allen-sr-test.{os.getpid()}"))
+    return False
+
+
+@pytest.mark.skipif(not root_cannot_write("/sys"), reason="/sys is writable here")
+def test_output_and_preview_folders_that_cannot_be_created_are_named_with_their_flag_before_the_work(
+        tmp_path, capsys):
+    """As root, --out_dir /sys/x (or --preview_dir) passed the permission bits and failed after the model
+    opened with "[Errno 1] Operation not permitted: '/sys/x'"; the Python API said the same."""
+    from allen_sr.api import Upscaler
+    from allen_sr.api.folders import upscale_folder
+    from allen_sr.inference.writers import OutputError
+
+    make_inputs(tmp_path / "in")
+    base = ["--images", str(tmp_path / "in" / "a.png"), "--pretrained", "conv-fast", "--no_progress"]
+    for extra, flag in ((["--out_dir", "/sys/allen-sr-o"], "--out_dir /sys/allen-sr-o"),
+                        (["--out_dir", str(tmp_path / "o"), "--preview_dir", "/sys/allen-sr-p"],
+                         "--preview_dir /sys/allen-sr-p")):
+        assert upscale.upscale_main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Errno" not in err, err
+        assert f"{flag}: cannot create or write the folder (/sys is not writable" in err and "choose another" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    src = str(tmp_path / "in" / "a.png")
+    with Upscaler.open("conv-fast") as up:
+        with pytest.raises(OutputError, match=r"^cannot create the output folder /sys/allen-sr-o \(.+\); choose"):
+            upscale_folder(up, [(src, Path("/sys/allen-sr-o/a.png"))], progress=False)
+        with pytest.raises(OutputError, match=r"^cannot create the preview folder /sys/allen-sr-p \(.+\); choose"):
+            upscale_folder(up, [(src, tmp_path / "o" / "a.png")], progress=False, preview_dir="/sys/allen-sr-p")
+    assert not (tmp_path / "o" / "a.png").exists()

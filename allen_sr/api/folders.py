@@ -254,7 +254,7 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
         make_parent(pairs[0][1])
     preview: dict[str, Any] = {}
     if preview_dir is not None:
-        Path(preview_dir).mkdir(parents=True, exist_ok=True)
+        writers.make_folder(Path(preview_dir), "the preview folder")
         preview = {"preview_size": upscaler.options.preview_size, "preview_to": Path(preview_dir)}
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:

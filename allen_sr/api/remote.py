@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from allen_sr.errors import UserError, first_line
 from allen_sr.fileio import atomic_write_bytes, remove_orphans
+from allen_sr.inference.writers import make_folder
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from allen_sr.api.upscaler import Upscaler
@@ -158,12 +159,13 @@ def in_folder(out_dir: str, name: str) -> RemoteFile:
 
 
 def make_parent(dst: Path | RemoteFile) -> None:
-    """Create the folder ``dst`` goes into (on object stores there is nothing to create)."""
+    """Create the folder ``dst`` goes into (on object stores there is nothing to create); OutputError
+    naming it when it cannot be created."""
     if isinstance(dst, RemoteFile):
         fs, path = filesystem(dst.parent_url)
         fs.makedirs(path, exist_ok=True)
     else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(dst.parent, "the output folder")
 
 
 def write_whole(data: bytes, dst: Path | RemoteFile) -> None:

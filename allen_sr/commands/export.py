@@ -27,6 +27,7 @@ from allen_sr.commands import args as shared
 from allen_sr.export import runtime
 from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError
 from allen_sr.fileio import remove_orphans
+from allen_sr.inference.writers import folder_trouble
 
 # Hparams t2t-trainer adds to every run's hparams.json, whatever the set.
 RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins", "model_dir",
@@ -85,10 +86,14 @@ def check_trained_set(output_dir: str, hparams: Any, hparams_set: str, problem: 
 
 
 def check_out(out: Path) -> None:
+    """Before any work: ``out`` is missing or an empty folder, and a folder can be created beside it."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InvalidInputError(f"--out {out} exists and is not an empty folder: remove it or choose another")
     if not out.parent.is_dir():
         raise MissingInputError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    why = folder_trouble(out.parent)
+    if why:
+        raise InvalidInputError(f"--out {out}: cannot create the folder ({why}); choose another --out")
 
 
 def remove_stale_tmp(out: Path) -> None:
@@ -201,9 +206,13 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
             config["uncertainty"] = export_calibration(hparams, problem, checkpoint, written_by, config["decode_mode"])
         warn_uncalibrated(config)
         (tmp / runtime.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty (check_out)
-        os.replace(tmp, out)
+        try:
+            if out.exists():
+                out.rmdir()  # empty (check_out)
+            os.replace(tmp, out)
+        except OSError as exc:  # created or protected since check_out
+            raise InvalidInputError(f"--out {out}: cannot put the export there ({exc.strerror or exc}); "
+                                    "export again to another --out") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

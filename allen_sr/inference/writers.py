@@ -33,7 +33,8 @@ from allen_sr.fileio import remove_orphans
 from allen_sr.errors import DISK_FULL_ERRNOS, InvalidInputError
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "PIXEL_SIZE_UM", "OutputError", "output_kind",
-           "partial_path", "remove_stale_partials", "check_writable", "write_image", "pyramid_shapes",
+           "partial_path", "remove_stale_partials", "check_writable", "check_folder_writable", "make_folder",
+           "folder_trouble", "write_image", "pyramid_shapes",
            "write_float_tiff", "halve_float"]
 
 MAX_PNG_PIXELS = 100_000_000  # PNG/JPEG are encoded whole: 100 MP RGB is 300 MB in memory
@@ -82,8 +83,8 @@ def remove_stale_partials(path: Path) -> list[Path]:
 
 def check_writable(path: Path) -> None:
     """Raise OutputError naming the folder unless a file can be created next to ``path`` (and
-    ``path`` is not a folder), or naming the file when its name (with room for the hidden names
-    written beside it) is too long for the file system."""
+    ``path`` is not a folder), naming the file when its name (with room for the hidden names
+    written beside it) is too long for the file system, or when it exists and cannot be replaced."""
     check_name_length(path)
     try:
         if path.is_dir():
@@ -99,6 +100,62 @@ def check_writable(path: Path) -> None:
                               "(or a folder's name in it is); choose a shorter --out") from exc
         raise OutputError(f"cannot write {path}: the folder {path.parent} is not writable "
                           f"({exc.strerror or exc}); choose another --out") from exc
+    check_replaceable(path)
+
+
+def check_replaceable(path: Path) -> None:
+    """OutputError when ``path`` is a file that the finished output could not replace: immutable or
+    append-only (EPERM; chattr +i, chflags uchg) or, on Windows, read-only or open in another program.
+    A file that is only read-only by its mode is replaced on POSIX systems (the folder is writable)."""
+    if not path.is_file():
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0)))  # neither truncated nor changed
+    except PermissionError as exc:
+        if exc.errno == errno.EPERM or os.name == "nt":
+            raise OutputError(cannot_replace(path, exc)) from exc
+
+
+def cannot_replace(path: Path, exc: OSError) -> str:
+    return (f"cannot replace {path} ({exc.strerror or exc}): the file is protected (read-only, immutable, or open "
+            "in another program); close or remove it, or choose another --out")
+
+
+def folder_trouble(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (or, if it is missing, in the nearest folder above it
+    that exists), else None: tried with a hidden file, deleted at once, since permission bits do not
+    tell for root (/sys), network file systems or read-only mounts."""
+    folder = Path(folder).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
+    if existing is None:
+        return "no folder above it exists"
+    probe = existing / f".allen-sr.{os.getpid()}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as exc:
+        return f"{existing} is not writable: {exc.strerror or exc}"
+    return None
+
+
+def check_folder_writable(folder: str | os.PathLike[str], flag: str) -> None:
+    """:func:`allen_sr.fileio.check_output_folder`, then OutputError naming ``flag`` unless a file can be
+    created in ``folder`` or where it is to be created (:func:`folder_trouble`); before any work."""
+    from allen_sr.fileio import check_output_folder
+
+    check_output_folder(folder, flag)
+    why = folder_trouble(Path(folder))
+    if why:
+        raise OutputError(f"{flag} {folder}: cannot create or write the folder ({why}); choose another")
+
+
+def make_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` (and its parents) or raise OutputError naming it as ``what``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {what} {folder} ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from exc
 
 
 def check_name_length(path: Path) -> None:
@@ -127,12 +184,15 @@ def committed(path: Path, extra: Iterable[Path] = ()) -> Iterator[Path]:
         yield part
         with open(part, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(part, path)
+        try:
+            os.replace(part, path)
+        except PermissionError as exc:  # protected since check_writable, or locked by a viewer (Windows)
+            raise OutputError(cannot_replace(path, exc) + " (nothing was written under that name)") from exc
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise OutputError(f"{path}: the disk is full ({exc.strerror}) while writing; free space "
                               "or write to another disk (nothing was written under that name)") from exc
-        if isinstance(exc, (PermissionError, FileNotFoundError)):
+        if isinstance(exc, (PermissionError, FileNotFoundError)):  # perhaps the input's: said as it is
             raise
         raise OutputError(f"{path}: writing failed ({exc}); nothing was written under that name") from exc
     finally:
