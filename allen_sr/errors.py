@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 
 __all__ = ["UserError", "InvalidInputError", "MissingInputError", "UnsupportedInputError", "first_line",
-           "machine_trouble", "DISK_FULL_ERRNOS", "count"]
+           "machine_trouble", "DISK_FULL_ERRNOS", "TOO_LARGE_ADVICE", "count"]
 
 
 class UserError(Exception):
@@ -41,14 +41,16 @@ def first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-# What the machine, not the program, can be out of: the disk (or quota, or file size limit), a
-# writable folder.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-MACHINE_ERRNOS = DISK_FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
+# What the machine, not the program, can be out of: the disk (or quota), a file size the file system (FAT32:
+# 4 GB) or a ulimit -f allows (EFBIG: with free space left, so not said as a full disk), a writable folder.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+MACHINE_ERRNOS = DISK_FULL_ERRNOS | {errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+TOO_LARGE_ADVICE = ("the file system cannot hold a file this large (FAT32: 4 GB at most; or a ulimit -f); write to "
+                    "another disk or file system (exFAT, NTFS, ext4), or a smaller output")
 
 
 def machine_trouble(exc: BaseException) -> str | None:
-    """One line for an OSError that a full disk, a quota or a read-only or forbidden folder caused
+    """One line for an OSError that a full disk, a quota, a file size limit or a read-only or forbidden folder caused
     (what to do included), else None: anything else is a bug and keeps its traceback."""
     if not isinstance(exc, OSError) or exc.errno not in MACHINE_ERRNOS:
         return None
@@ -57,5 +59,5 @@ def machine_trouble(exc: BaseException) -> str | None:
     if "again" in what:  # a message of ours that already says what to do
         return f"{where}{what}"
     fix = ("make room (or choose a folder on another disk)" if exc.errno in DISK_FULL_ERRNOS
-           else "choose a folder you can write to")
+           else TOO_LARGE_ADVICE if exc.errno == errno.EFBIG else "choose a folder you can write to")
     return f"{where}{what}; {fix}, then run the same command again"

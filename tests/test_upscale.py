@@ -684,11 +684,12 @@ def test_an_output_that_would_replace_its_input_is_refused_and_the_input_kept(co
                                                         "--preview_size=0"]) == 0
 
 
-def test_a_full_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, capsys):
+def test_a_file_too_large_for_the_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, capsys):
+    """EFBIG (a BigTIFF over 4 GB on a FAT32 disk; here a file size limit) was said as a full disk, with
+    space free: it says the file system cannot hold the file and what to do."""
     src = tmp_path / "s.png"
     Image.fromarray(textured(200, 200)).save(src)
     out = tmp_path / "o.tif"
-    # A file size limit makes write() fail like a full disk (EFBIG; ENOSPC is handled the same).
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, old_limit[1]))
@@ -697,7 +698,8 @@ def test_a_full_disk_leaves_nothing_under_the_final_name(conv_dir, tmp_path, cap
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
-    assert code == 2 and "disk is full" in err and "o.tif" in err and len(err.splitlines()) == 1
+    assert code == 2 and "o.tif" in err and len(err.splitlines()) == 1 and "disk is full" not in err, err
+    assert "cannot hold a file this large" in err and "exFAT" in err and "--width" in err, err
     # Only the rows finished before the disk filled stay (for a rerun to resume from).
     assert not out.exists() and [p.name for p in tmp_path.iterdir()
                                  if p.name.startswith(".") and p.name != ".o.tif.resume"] == []

@@ -30,7 +30,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 
 from allen_sr.fileio import remove_orphans
-from allen_sr.errors import DISK_FULL_ERRNOS, InvalidInputError
+from allen_sr.errors import DISK_FULL_ERRNOS, TOO_LARGE_ADVICE, InvalidInputError
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "PIXEL_SIZE_UM", "OutputError", "output_kind",
            "partial_path", "remove_stale_partials", "check_writable", "check_folder_writable", "make_folder",
@@ -192,6 +192,9 @@ def committed(path: Path, extra: Iterable[Path] = ()) -> Iterator[Path]:
         if exc.errno in DISK_FULL_ERRNOS:
             raise OutputError(f"{path}: the disk is full ({exc.strerror}) while writing; free space "
                               "or write to another disk (nothing was written under that name)") from exc
+        if exc.errno == errno.EFBIG:
+            raise OutputError(f"{path}: {exc.strerror}: {TOO_LARGE_ADVICE} (a region: --left, --top, --width, "
+                              "--height); nothing was written under that name") from exc
         if isinstance(exc, (PermissionError, FileNotFoundError)):  # perhaps the input's: said as it is
             raise
         raise OutputError(f"{path}: writing failed ({exc}); nothing was written under that name") from exc
