@@ -18,24 +18,40 @@ from typing import Any
 
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "pid_alive", "remove_orphans",
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "folder_trouble", "pid_alive", "remove_orphans",
            "remove_stale_temp_files", "write_json_atomic"]
+
+
+def folder_trouble(folder: str | os.PathLike[str]) -> str | None:
+    """Why no file can be created in ``folder`` (or, if it is missing, in the nearest folder above it
+    that exists), else None: tried with a hidden file, deleted at once, since permission bits do not
+    tell for root (/sys), network file systems or read-only mounts."""
+    folder = Path(folder).absolute()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return "no folder above it exists"
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    probe = existing / f".allen-sr.{os.getpid()}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as exc:
+        return f"{existing} is not writable: {exc.strerror or exc}"
+    return None
 
 
 def check_output_folder(path: str | os.PathLike[str], flag: str) -> None:
     """InvalidInputError naming ``flag`` and ``path`` unless the folder ``path`` exists or can be
-    created (its nearest existing ancestor is a writable folder): checked before any work and
-    without creating anything, so that a file of that name is named at once, not in a traceback
-    after the work."""
+    created (a file can be created in its nearest existing ancestor, :func:`folder_trouble`): checked
+    before any work and without creating anything, so that a file of that name is named at once, not
+    in a traceback after the work."""
     folder = Path(path).absolute()
     if folder.exists() and not folder.is_dir():
         raise InvalidInputError(f"{flag} {path}: a file of that name exists; pass a folder (created if missing)")
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise InvalidInputError(f"{flag} {path}: cannot create the folder ({existing} is a file); choose another")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"{flag} {path}: cannot create or write the folder ({existing} is not writable); "
-                                "choose another")
+    why = folder_trouble(folder)
+    if why:
+        raise InvalidInputError(f"{flag} {path}: cannot create or write the folder ({why}); choose another")
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike[str], durable: bool = True) -> Path:

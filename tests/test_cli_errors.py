@@ -90,7 +90,8 @@ def test_an_output_folder_that_cannot_be_one_is_named_before_any_work(tmp_path, 
     blocker.write_text("x")
     main = getattr(importlib.import_module(f"allen_sr.commands.{command}"), f"{command}_main")
     argv = [f.format(images=images, tmp=tmp_path) for f in flags]
-    for target, words in ((blocker, "a file of that name exists"), (blocker / "sub", "cannot create the folder")):
+    for target, words in ((blocker, "a file of that name exists"),
+                          (blocker / "sub", f"cannot create or write the folder ({blocker} is a file)")):
         assert main(argv + [flag, str(target)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"{flag} {target}: {words}" in err, err

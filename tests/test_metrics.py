@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from allen_sr import fileio
+from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation import metrics
 from allen_sr.evaluation.metrics import METHODS, PROTOCOL, PSNR_CAP_DB, MetricTable
 
@@ -306,6 +307,16 @@ def test_library_modules_do_not_import_heavy_dependencies():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's /sys")
+def test_an_output_folder_where_no_file_can_be_created_is_refused_whatever_its_permission_bits(tmp_path):
+    """/sys looks writable to root by its bits; a file tried there says otherwise (and leaves nothing)."""
+    with pytest.raises(InvalidInputError, match=r"--out /sys/allen-sr-x: cannot create or write the folder "
+                                                r"\(/sys is not writable"):
+        fileio.check_output_folder("/sys/allen-sr-x", "--out")
+    fileio.check_output_folder(tmp_path / "new" / "out", "--out")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_leftovers_of_ended_processes_are_removed_files_and_folders_alike(tmp_path):

@@ -26,8 +26,7 @@ from typing import Any
 from allen_sr.commands import args as shared
 from allen_sr.export import runtime
 from allen_sr.errors import InvalidInputError, MissingInputError, UnsupportedInputError
-from allen_sr.fileio import remove_orphans
-from allen_sr.inference.writers import folder_trouble
+from allen_sr.fileio import folder_trouble, remove_orphans
 
 # Hparams t2t-trainer adds to every run's hparams.json, whatever the set.
 RUN_KEYS = {"data_dir", "eval_freq_in_steps", "eval_steps", "eval_timeout_mins", "model_dir",

@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from allen_sr import fileio
 from allen_sr.api.outputs import compare_path, shared_extras, uncertainty_paths
 from allen_sr.api.upscaler import CONV_TILE, RAMP, TRANSFORMER_BATCH, Options, Region, Upscaler
 from allen_sr.api.models import ModelSpec, describe_source, model_shape, trained_degradation
@@ -143,7 +144,7 @@ def check_outputs(args: argparse.Namespace) -> None:
                                     "would vanish when the command ends; give a folder or a URL (gs://, s3://, ...)")
         for flag, folder in (("--out_dir", args.out_dir), ("--preview_dir", args.preview_dir)):
             if folder is not None and not is_url(folder):
-                writers.check_folder_writable(folder, flag)
+                fileio.check_output_folder(folder, flag)
     elif args.out is None or args.out_dir is not None or args.preview_dir is not None:
         folders = [flag for flag in ("--out_dir", "--preview_dir") if getattr(args, flag[2:]) is not None]
         raise InvalidInputError("--image and --image_id write one file: pass --out FILE"

@@ -33,8 +33,7 @@ from allen_sr.fileio import remove_orphans
 from allen_sr.errors import DISK_FULL_ERRNOS, TOO_LARGE_ADVICE, InvalidInputError
 
 __all__ = ["MAX_PNG_PIXELS", "TIFF_TILE", "TIFF_COMPRESSION", "PIXEL_SIZE_UM", "OutputError", "output_kind",
-           "partial_path", "remove_stale_partials", "check_writable", "check_folder_writable", "make_folder",
-           "folder_trouble", "write_image", "pyramid_shapes",
+           "partial_path", "remove_stale_partials", "check_writable", "make_folder", "write_image", "pyramid_shapes",
            "write_float_tiff", "halve_float"]
 
 MAX_PNG_PIXELS = 100_000_000  # PNG/JPEG are encoded whole: 100 MP RGB is 300 MB in memory
@@ -119,34 +118,6 @@ def check_replaceable(path: Path) -> None:
 def cannot_replace(path: Path, exc: OSError) -> str:
     return (f"cannot replace {path} ({exc.strerror or exc}): the file is protected (read-only, immutable, or open "
             "in another program); close or remove it, or choose another --out")
-
-
-def folder_trouble(folder: Path) -> str | None:
-    """Why no file can be created in ``folder`` (or, if it is missing, in the nearest folder above it
-    that exists), else None: tried with a hidden file, deleted at once, since permission bits do not
-    tell for root (/sys), network file systems or read-only mounts."""
-    folder = Path(folder).absolute()
-    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), None)
-    if existing is None:
-        return "no folder above it exists"
-    probe = existing / f".allen-sr.{os.getpid()}.probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        probe.unlink()
-    except OSError as exc:
-        return f"{existing} is not writable: {exc.strerror or exc}"
-    return None
-
-
-def check_folder_writable(folder: str | os.PathLike[str], flag: str) -> None:
-    """:func:`allen_sr.fileio.check_output_folder`, then OutputError naming ``flag`` unless a file can be
-    created in ``folder`` or where it is to be created (:func:`folder_trouble`); before any work."""
-    from allen_sr.fileio import check_output_folder
-
-    check_output_folder(folder, flag)
-    why = folder_trouble(Path(folder))
-    if why:
-        raise OutputError(f"{flag} {folder}: cannot create or write the folder ({why}); choose another")
 
 
 def make_folder(folder: Path, what: str) -> None:
