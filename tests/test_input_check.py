@@ -106,6 +106,19 @@ def test_saturated_pixels_are_left_out():
     assert estimate_noise(glass) is None  # nothing unclipped left to measure
 
 
+def test_noise_heavy_enough_to_clip_most_pixels_is_still_reported(tmp_path):
+    """Noise of 60 grey levels puts a fifth of the pixels at 0 or 255: every block was left out as
+    clipped, the estimate was None and the image passed as "within" the training. A lower bound read
+    through the clipping is reported; pure glass (all at 255) stays unknown."""
+    noisy = low_res(IHC, "noise=60")
+    assert ((noisy == 0) | (noisy == 255)).any(axis=-1).mean() > 0.15
+    assert 45 < estimate_noise(noisy) <= 60
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    (warning,) = checked(tmp_path / "noisy.png").warnings
+    assert "its noise is about" in warning and "0-10 grey levels" in warning
+    assert estimate_noise(np.full((256, 256, 3), 255, np.uint8)) is None
+
+
 def test_warnings_follow_the_model_s_recorded_training_inputs(tmp_path):
     Image.fromarray(low_res(BRAIN, "noise=14")).save(tmp_path / "noisy.png")
     Image.fromarray(low_res(BRAIN)).save(tmp_path / "q40.jpg", quality=40)

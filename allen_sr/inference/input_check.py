@@ -50,6 +50,8 @@ WINDOW, WINDOWS = 256, 4  # noise is measured in up to WINDOWS x WINDOWS windows
 # Clean tissue reads up to about this much (texture the high-pass cannot tell from noise), so a
 # model whose training saw less noise is only warned about beyond it.
 NOISE_FLOOR = 8.0
+# A lower bound read through clipping is reported only above this: clearly noisier than any training.
+HEAVY_NOISE = 20.0
 # 3x3 high-pass with unit gain for white noise: sum of squared taps = 36, divided by 6.
 HIGH_PASS = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64) / 6.0
 
@@ -143,14 +145,14 @@ def file_jpeg_quality(source: sources.ImageSource) -> int | None:
     return jpeg_quality_of_table(tables[min(tables)])
 
 
-def _block_rms(pixels: np.ndarray) -> np.ndarray:
-    """RMS of the high-pass in every 8x8 block of ``pixels`` (uint8 [h, w, c]) with at most 5% of
-    its pixels clipped (a pixel counts when its 3x3 neighbourhood, which the high-pass reads, holds
-    a 0 or a 255)."""
+def _block_rms(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """RMS of the high-pass in every 8x8 block of ``pixels`` (uint8 [h, w, c]), and per block the
+    share of its pixels whose 3x3 neighbourhood (which the high-pass reads) holds a 0 or a 255, and
+    the share of its pixels that are 0 or 255 themselves."""
     x = pixels.astype(np.float64)
     h, w = (x.shape[0] - 2) // BLOCK * BLOCK, (x.shape[1] - 2) // BLOCK * BLOCK
     if h <= 0 or w <= 0:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     at_limit = ((pixels == 0) | (pixels == 255)).any(axis=-1)
     clipped = np.zeros((h, w), bool)
     high = np.zeros((h, w, x.shape[-1]))
@@ -159,19 +161,29 @@ def _block_rms(pixels: np.ndarray) -> np.ndarray:
             clipped |= at_limit[dy:dy + h, dx:dx + w]
             high += HIGH_PASS[dy, dx] * x[dy:dy + h, dx:dx + w]
     shape = (h // BLOCK, BLOCK, w // BLOCK, BLOCK)
-    keep = clipped.reshape(shape).mean(axis=(1, 3)) <= CLIPPED_SHARE
     squares = (high ** 2).mean(axis=-1)
-    return np.sqrt(squares.reshape(shape).mean(axis=(1, 3))[keep])
+    return (np.sqrt(squares.reshape(shape).mean(axis=(1, 3))).ravel(), clipped.reshape(shape).mean(axis=(1, 3)).ravel(),
+            at_limit[1:h + 1, 1:w + 1].reshape(shape).mean(axis=(1, 3)).ravel())
 
 
 def estimate_noise(pixels: np.ndarray | list[np.ndarray]) -> float | None:
     """Estimated sd (grey levels) of white noise in uint8 [h, w, c] ``pixels`` (or in several
-    windows of one image together); None when fewer than 16 unsaturated 8x8 blocks are left."""
+    windows of one image together), from the 8x8 blocks with at most 5% of their pixels clipped.
+    When fewer than 16 such blocks are left, heavy noise may be what clips them (noise of 60 grey
+    levels puts a fifth of the pixels at 0 or 255): the blocks with at most half their pixels at 0
+    or 255 then give a lower bound, returned when it is above HEAVY_NOISE; otherwise None (unknown:
+    too small, or saturated)."""
     windows = pixels if isinstance(pixels, list) else [pixels]
-    rms = np.concatenate([_block_rms(np.atleast_3d(np.asarray(p))) for p in windows])
-    if rms.size < MIN_BLOCKS:
-        return None
-    return float(np.percentile(rms, PERCENTILE) / PURE_NOISE_PERCENTILE)
+    rms, clipped, at_limit = (np.concatenate(parts) for parts in
+                              zip(*(_block_rms(np.atleast_3d(np.asarray(p))) for p in windows)))
+    kept = rms[clipped <= CLIPPED_SHARE]
+    if kept.size >= MIN_BLOCKS:
+        return float(np.percentile(kept, PERCENTILE) / PURE_NOISE_PERCENTILE)
+    clipped_noise = rms[at_limit <= 0.5]
+    if clipped_noise.size >= MIN_BLOCKS:
+        bound = float(np.percentile(clipped_noise, PERCENTILE) / PURE_NOISE_PERCENTILE)
+        return bound if bound > HEAVY_NOISE else None
+    return None
 
 
 def _windows(source: sources.ImageSource) -> list[np.ndarray]:
