@@ -48,6 +48,12 @@ def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_p
     assert upscale.upscale_main(argv) == 1
     assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    # previews asked for on a rerun: the finished images are made again with them (they were skipped)
+    assert upscale.upscale_main(argv + ["--preview_dir", str(tmp_path / "later")]) == 1
+    assert "3 written, 0 already done (skipped), 1 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "later").iterdir()) == ["a.compare.png", "b.compare.png", "c.compare.png"]
+    assert upscale.upscale_main(argv + ["--preview_dir", str(tmp_path / "later")]) == 1
+    assert "0 written, 3 already done (skipped), 1 failed" in capsys.readouterr().out
     # a glob picks a subset; previews go to their own folder, never among the outputs
     glob_out = tmp_path / "glob_out"
     assert upscale.upscale_main(["--images", str(tmp_path / "in" / "*.png"), "--out_dir", str(glob_out),
@@ -62,8 +68,10 @@ def test_a_folder_gets_one_output_per_image_and_a_rerun_skips_what_is_done(tmp_p
         argv = ["--images", str(tmp_path / "in" / "a.png"), "--out_dir", str(tmp_path / f"o{size}"),
                 "--pretrained", "conv-fast", "--no_progress", "--preview_dir", str(tmp_path / f"p{size}"),
                 "--preview_size", str(size)]
-        assert upscale.upscale_main(argv) == 0
-        assert sorted(p.name for p in (tmp_path / f"p{size}").glob("*")) == names
+        for _ in range(2):  # the rerun skips it: no picture was asked for with --preview_size 0
+            assert upscale.upscale_main(argv) == 0
+            assert sorted(p.name for p in (tmp_path / f"p{size}").glob("*")) == names
+        assert "0 written, 1 already done" in capsys.readouterr().out
     with Image.open(tmp_path / "p32" / "a.compare.png") as shot:
         assert shot.size[0] < small[0]
 

@@ -256,6 +256,9 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
     if preview_dir is not None:
         writers.make_folder(Path(preview_dir), "the preview folder")
         preview = {"preview_size": upscaler.options.preview_size, "preview_to": Path(preview_dir)}
+        for _, dst in pairs:  # finished without the compare picture asked for now: made again, with it
+            if states[str(dst)] == "done" and upscaler.options.preview_size and not (Path(preview_dir) / compare_path(Path(dst.name)).name).is_file():
+                states[str(dst)] = "no preview"
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:
         bar.set_postfix_str(os.path.basename(src))
@@ -264,6 +267,8 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
             continue
         if states[str(dst)] == "changed" and log:
             log(f"enlarging {src} again: it, --level or --region changed since {dst} was made")
+        if states[str(dst)] == "no preview" and log:
+            log(f"enlarging {src} again: {dst} has no compare picture in {preview_dir}")
         try:
             summary = enlarge(upscaler, src, dst, progress=False, log=log, **preview, **file_options)
         except INPUT_ERRORS as exc:
