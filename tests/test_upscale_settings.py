@@ -122,6 +122,9 @@ def test_an_output_name_too_long_for_the_file_system_is_one_line_saying_by_how_m
     assert "too long" in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(writers.OutputError, match="the path is too long"):
         writers.check_writable(tmp_path / ("c/" * 3000) / "x.png")
+    # a file where the --out path needs a folder: it said "the folder ... is not writable (File exists)"
+    with pytest.raises(writers.OutputError, match=rf"cannot write .*x\.png: {fits} is a file, not a folder"):
+        writers.check_writable(fits / "sub" / "x.png")
 
 
 def test_zstd_reaches_the_uncertainty_map_too(tmp_path):

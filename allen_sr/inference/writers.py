@@ -97,6 +97,9 @@ def check_writable(path: Path) -> None:
         if exc.errno == errno.ENAMETOOLONG:
             raise OutputError(f"cannot write {path}: the path is too long for the file system "
                               "(or a folder's name in it is); choose a shorter --out") from exc
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise OutputError(f"cannot write {path}: {blocker} is a file, not a folder; choose another --out") from exc
         raise OutputError(f"cannot write {path}: the folder {path.parent} is not writable "
                           f"({exc.strerror or exc}); choose another --out") from exc
     check_replaceable(path)
