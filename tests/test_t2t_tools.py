@@ -172,6 +172,17 @@ def test_datagen_flags_the_problems_do_not_read_are_refused(flag, tmp_path, caps
     _one_line_error(capsys, code, flag.split("=")[0], "do not use it", "leave it out")
 
 
+@pytest.mark.parametrize("flag, says", [("--images=slides", "--images: not a t2t-datagen flag (your images: --tmp_dir"),
+                                         ("--tmp_dirr=x", "--tmp_dirr: not a t2t-datagen flag (did you mean --tmp_dir?)")])
+def test_a_flag_t2t_datagen_does_not_define_is_named_first(flag, says, tmp_path, capsys):
+    """Our checks ran before absl saw the flag: `--images x` was answered "--tmp_dir is required"."""
+    from allen_sr.t2t import tools
+
+    code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={tmp_path / 'data'}", flag])
+    _one_line_error(capsys, code, says, "`allen-sr datagen --helpfull` lists them")
+    assert not (tmp_path / "data").exists()
+
+
 def test_datagen_with_an_empty_tmp_dir_says_what_to_do_without_a_traceback(tmp_path):
     empty = tmp_path / "images"
     empty.mkdir()

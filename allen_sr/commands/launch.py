@@ -84,7 +84,7 @@ def usr_dir_names(trainer_flags: Sequence[str]) -> tuple[bool, list[str]]:
 
 def build_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) -> dict[str, Any]:
     """The TFJob, or with --tune the Experiment, for parsed arguments (ValueError if it cannot work)."""
-    from allen_sr.t2t.tools import check_trainer_command, check_trainer_flag_names
+    from allen_sr.t2t.tools import check_flag_names, check_trainer_command
 
     if args.tune is None:
         tune.refuse_tune_options(args)
@@ -103,7 +103,7 @@ def build_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) -> di
         print(f"note: --t2t_usr_dir={usr_dir} {'was imported' if imported else 'cannot be imported'} here; not "
               f"checked here, but by each replica's allen-sr train as it starts: {unchecked}", file=sys.stderr)
     if imported:
-        check_trainer_flag_names(list(trainer_flags))  # absl in every replica stops at an unknown flag
+        check_flag_names(list(trainer_flags))  # absl in every replica stops at an unknown flag
     if unknown:
         return manifest
     check_trainer_command(list(trainer_flags))  # what every replica's `allen-sr train` would refuse

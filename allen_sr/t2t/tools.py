@@ -70,31 +70,35 @@ def interrupted_note(argv: list[str]) -> str:
     return f"run the same command again to go on from step {step} (the newest checkpoint in {output_dir})"
 
 
-# Flags `allen-sr train` reads besides t2t-trainer's: absl's own, and ours, taken out before t2t parses.
-TRAIN_FLAGS_OF_OURS = ("flagfile", "undefok", "help", "helpshort", "helpfull", "helpxml", "init_from",
-                       "train_steps_increment")
+# Flags absl reads itself, and those `allen-sr train` reads besides t2t-trainer's (taken out before t2t parses).
+ABSL_FLAGS = ("flagfile", "undefok", "help", "helpshort", "helpfull", "helpxml")
+TRAIN_FLAGS_OF_OURS = ABSL_FLAGS + ("init_from", "train_steps_increment")
 
 
-def check_trainer_flag_names(argv: list[str]) -> None:
-    """UsageError naming the first --flag of ``argv`` that `allen-sr train` (t2t-trainer) does not
-    define (absl would stop there: "Unknown command line flag"), with the closest defined name."""
+def check_flag_names(argv: list[str], tool: str = "t2t-trainer") -> None:
+    """UsageError naming the first --flag of ``argv`` that ``tool`` (t2t-trainer for `allen-sr train`,
+    t2t-datagen for `allen-sr datagen`) does not define (absl would stop there, after our checks
+    had said something else: "Unknown command line flag"), with the closest defined name."""
     import difflib
+    import importlib
 
     from allen_sr.t2t.names import register_all
 
     register_all()
-    import tensor2tensor.bin.t2t_trainer  # noqa: F401  (defines its absl flags)
+    importlib.import_module(f"tensor2tensor.bin.{tool.replace('-', '_')}")  # defines its absl flags
     from absl import flags
 
-    known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS)
+    known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS if tool == "t2t-trainer" else ABSL_FLAGS)
+    command = "train" if tool == "t2t-trainer" else "datagen"
     for arg in argv:
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
         if not name or name in known or (name.startswith("no") and name[2:] in flags.FLAGS
                                           and flags.FLAGS[name[2:]].boolean):
             continue
         close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-        hint = f" (did you mean --{close[0]}?)" if close else ""
-        raise UsageError(f"--{name}: not a t2t-trainer flag{hint}; `allen-sr train --helpfull` lists them")
+        hint = " (your images: --tmp_dir FOLDER)" if name == "images" else (
+            f" (did you mean --{close[0]}?)" if close else "")
+        raise UsageError(f"--{name}: not a {tool} flag{hint}; `allen-sr {command} --helpfull` lists them")
 
 
 def import_usr_dir(argv: list[str]) -> None:
@@ -164,6 +168,7 @@ def _make_folder(folder: str, name: str) -> None:
 
 def check_datagen_flags(argv: list[str]) -> None:
     """Refuse a datagen command line that cannot work, before tensor2tensor starts."""
+    check_flag_names(argv, "t2t-datagen")
     problem = _check_names(argv, ("problem",))
     data_dir = _check_folder(argv, "data_dir")
     ignored = {"random_seed": "the tiles are shuffled with a fixed seed and split by a hash of each image's name, "
