@@ -181,6 +181,9 @@ def test_a_flag_t2t_datagen_does_not_define_is_named_first(flag, says, tmp_path,
     code = tools.datagen_main([f"--problem={PROBLEM}", f"--data_dir={tmp_path / 'data'}", flag])
     _one_line_error(capsys, code, says, "`allen-sr datagen --helpfull` lists them")
     assert not (tmp_path / "data").exists()
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={tmp_path / 'data'}", "--train_step=5"])
+    _one_line_error(capsys, code, "--train_step: not a t2t-trainer flag (did you mean --train_steps?)")
 
 
 def test_datagen_with_an_empty_tmp_dir_says_what_to_do_without_a_traceback(tmp_path):

@@ -11,7 +11,7 @@ from allen_sr.t2t.cluster import flag_value
 from allen_sr.t2t.tuning import without_flag
 
 __all__ = ["HELP_FLAGS", "HOME_FLAGS", "UsageError", "absolute_data_dir", "asks_help", "expand_home", "has_flag",
-           "read_flagfiles"]
+           "module_flag_names", "read_flagfiles"]
 
 
 class UsageError(InvalidInputError):
@@ -70,3 +70,17 @@ def absolute_data_dir(argv: list[str]) -> list[str]:
     if not data_dir or "://" in data_dir or os.path.isabs(data_dir):
         return argv
     return without_flag(argv, "data_dir") + [f"--data_dir={os.path.abspath(data_dir)}"]
+
+
+def module_flag_names(module: str) -> set[str]:
+    """The names of the absl flags ``module`` defines (``flags.DEFINE_*("name", ...)``), read from its
+    source without importing it."""
+    import ast
+    import importlib.util
+
+    origin = importlib.util.find_spec(module).origin
+    with open(origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr.startswith("DEFINE") and node.args and isinstance(node.args[0], ast.Constant)}

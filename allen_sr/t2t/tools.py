@@ -17,7 +17,8 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, Callable
 
-from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, expand_home, has_flag, read_flagfiles)
+from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, expand_home, has_flag,
+                                    module_flag_names, read_flagfiles)
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
 from allen_sr.errors import InvalidInputError, UserError, machine_trouble
@@ -85,10 +86,13 @@ def check_flag_names(argv: list[str], tool: str = "t2t-trainer") -> None:
     from allen_sr.t2t.names import register_all
 
     register_all()
-    importlib.import_module(f"tensor2tensor.bin.{tool.replace('-', '_')}")  # defines its absl flags
     from absl import flags
 
-    known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS if tool == "t2t-trainer" else ABSL_FLAGS)
+    if tool == "t2t-trainer":
+        importlib.import_module("tensor2tensor.bin.t2t_trainer")  # defines its absl flags
+        known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS)
+    else:  # read from its source: importing it defines flags the trainer's would clash with in one process
+        known = set(flags.FLAGS) | set(ABSL_FLAGS) | module_flag_names("tensor2tensor.bin.t2t_datagen")
     command = "train" if tool == "t2t-trainer" else "datagen"
     for arg in argv:
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
@@ -373,6 +377,7 @@ def check_worker_gpu(argv: list[str]) -> None:
 def check_train_flags(argv: list[str]) -> None:
     """Refuse a training command line that cannot work before any training (unknown names, a
     model and hparams set of two families, malformed --hparams, another run's folder, no data)."""
+    check_flag_names(argv)
     if flag_value(argv, "schedule") == "run_std_server":  # a parameter server reads no data
         return
     from tensor2tensor.utils import registry
