@@ -245,3 +245,61 @@ def test_training_inputs_are_degraded_by_the_sets_default_and_eval_inputs_stay_c
         assert error.mean() > 1.0 and error.max() <= 255
         x, y = read(problem_name, "eval", data_dir, degradation=REAL_INPUTS)
         np.testing.assert_array_equal(x, np.stack([tiles.area_downsample(t, factor) for t in y]))
+
+
+def allen_problem(server):
+    """The Allen problem with its built-in download pointed at the stand-in (no rate limit)."""
+    register_all()
+    from tensor2tensor.utils import registry
+
+    problem = registry.problem("img2img_allen_brain_dim8to32")
+    problem.api_base, problem.download_rate = server.api_base, None
+    return problem
+
+
+def test_datagen_download_goes_on_after_an_interrupted_one(server, tmp_path, caplog):
+    """A folder holding part of the stock set (a Ctrl-C'd datagen download) is completed, not tiled as it is:
+    only the missing images are requested, at the README's --downsample 1, and the few that fail are counted."""
+    from allen_sr.data.download import default_image_ids, download_images
+
+    stock = default_image_ids()
+    for image_id in stock[:95]:
+        server.add_image(image_id, width=16, height=12)
+    tmp = tmp_path / "raw"
+    download_images(stock[:40], tmp, api_base=server.api_base, rate=None, downsample=1)
+    server.clear_log()
+    paths = allen_problem(server).source_images(str(tmp))
+    assert len(paths) == 95 and len(server.image_requests()) == 60  # the 40 finished ones: no request
+    assert {r.query.get("downsample") for r in server.image_requests()} == {"1"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith("5 of 100 Allen images could not be downloaded (5 x image "
+                                                         "<id> not found on ")
+
+
+def test_datagen_stops_when_no_allen_image_can_be_downloaded(server, tmp_path):
+    """Every download failing (100 x 404) stops datagen before tiling, saying why; no dataset is left."""
+    from allen_sr.errors import MissingInputError
+
+    data_dir = tmp_path / "data"
+    with pytest.raises(MissingInputError, match=r"none of the 100 Allen images could be downloaded into .*"
+                                                r"\(100 x image <id> not found on .*\(404\): check the id\): check "):
+        allen_problem(server).generate_data(str(data_dir), str(tmp_path / "raw"))
+    assert not data_dir.exists() or not os.listdir(data_dir)
+
+
+def test_datagen_warns_of_images_of_mixed_download_settings(server, tmp_path, caplog):
+    """Images downloaded with two settings in one --tmp_dir are tiled together, with one warning counting them."""
+    from allen_sr.data.download import default_image_ids, download_images
+
+    stock = default_image_ids()
+    for image_id in stock:
+        server.add_image(image_id, width=16, height=12)
+    tmp = tmp_path / "raw"
+    download_images(stock[:4], tmp, api_base=server.api_base, rate=None)
+    download_images(stock[4:7], tmp, api_base=server.api_base, rate=None, downsample=1)
+    caplog.clear()
+    paths = allen_problem(server).source_images(str(tmp))
+    assert len(paths) == 100  # the other 93 fetched with the folder's most common settings: full resolution
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "mixes images downloaded with different settings (97 at full resolution, " \
+                                  "3 at downsample 1)" in warnings[0]

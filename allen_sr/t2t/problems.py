@@ -7,8 +7,12 @@ training the model's `degradation` hparam makes that input realistic (allen_sr.t
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import sys
+from collections import Counter
 
 import tensorflow.compat.v1 as tf
 from tensor2tensor.data_generators import problem, text_encoder
@@ -16,11 +20,14 @@ from tensor2tensor.layers import modalities
 from tensor2tensor.utils import contrib
 from tensor2tensor.utils import metrics as t2t_metrics
 
-from allen_sr.data import datagen
+from allen_sr.data import datagen, download
+from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region
+from allen_sr.data.manifest import read_manifest
+from allen_sr.data.retry import DEFAULT_RATE
 from allen_sr.data.images import list_images
 from allen_sr.data import tiles as tiling
 from allen_sr.t2t import degradation
-from allen_sr.errors import InvalidInputError, count
+from allen_sr.errors import InvalidInputError, MissingInputError, count
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +239,66 @@ class AllenBrain(TileSuperResolution):
         # Every Allen variant reads the same 64 px RGB tiles.
         return "img2img_allen_brain"
 
-    def source_images(self, tmp_dir):
-        from allen_sr.data import download
+    # Where the built-in download fetches from, how fast, and what: the settings README step 1 gives
+    # `allen-sr download` (downsample 1 halves each side), so either way the folder holds the same images.
+    api_base = DEFAULT_API_BASE
+    download_rate: float | None = DEFAULT_RATE
+    download_params = {"downsample": 1, "quality": None, "region": None}
 
+    def source_images(self, tmp_dir):
         os.makedirs(tmp_dir, exist_ok=True)
+        entries = read_manifest(tmp_dir)
+        stock = set(download.default_image_ids())
+        # Not our download's folder: the user's own images, or their own `allen-sr download` selection.
+        if not list_images(tmp_dir) or (entries and set(entries) <= stock):
+            self._download_stock_images(tmp_dir, entries)
+        paths = list_images(tmp_dir)
+        warn_mixed_settings(tmp_dir, read_manifest(tmp_dir), paths)
+        return paths
+
+    def _download_stock_images(self, tmp_dir: str, entries: dict) -> None:
+        """Fetch the stock images not finished yet (a Ctrl-C'd run goes on where it stopped) with the settings of
+        those already there; say how many failed, and stop if none of them is there."""
+        settings = Counter(json.dumps(entry.get("params"), sort_keys=True) for entry in entries.values())
+        params = json.loads(settings.most_common(1)[0][0]) if settings else dict(self.download_params)
+        # Ids finished under other settings are left alone (warn_mixed_settings names them), not fetched again.
+        ids = [i for i in download.default_image_ids() if entries.get(i, {}).get("params", params) == params]
+        region = params.get("region")
+        progress = sys.stderr.isatty()
+        report = download.download_images(
+            ids, tmp_dir, api_base=self.api_base, rate=self.download_rate, downsample=params.get("downsample"),
+            quality=params.get("quality"), region=Region(**region) if region else None, progress=progress)
+        if report.ok:
+            return
+        reasons = "; ".join(f"{n} x {reason}" for reason, n in failure_reasons(report).most_common(3))
         if not list_images(tmp_dir):
-            report = download.download_images(download.default_image_ids(), tmp_dir)
-            if not report.ok:
-                log.warning("some Allen images could not be downloaded; tiling the rest")
-        return list_images(tmp_dir)
+            raise MissingInputError(
+                f"none of the {count(len(ids), 'Allen image')} could be downloaded into --tmp_dir={tmp_dir} "
+                f"({reasons}): check the network and {self.api_base}, then run the same command again")
+        log.warning("%d of %d Allen images could not be downloaded (%s); tiling the %d in %s (run again to retry "
+                    "the missing ones)", len(report.missing), len(ids), reasons, len(list_images(tmp_dir)), tmp_dir)
+
+
+def failure_reasons(report) -> Counter:
+    """A download's failures grouped by reason, the image id taken out ("image <id> not found ... (404)")."""
+    return Counter(re.sub(rf"\b{image_id}\b", "<id>", message) for image_id, message in report.failed.items())
+
+
+def describe_params(params) -> str:
+    """Download settings in words: "full resolution", "downsample 1, quality 50", ..."""
+    params = params if isinstance(params, dict) else {}
+    parts = [f"downsample {params['downsample']}" if params.get("downsample") else "full resolution"]
+    parts += [f"{name} {params[name]}" for name in ("quality", "region") if params.get(name) is not None]
+    return ", ".join(parts)
+
+
+def warn_mixed_settings(tmp_dir: str, entries: dict, paths: list[str]) -> None:
+    """One warning line when the images to tile were downloaded with different settings (say, full resolution and
+    downsample 1: cells of two sizes in one training set)."""
+    names = {os.path.basename(path) for path in paths}
+    settings = Counter(describe_params(entry.get("params")) for image_id, entry in entries.items()
+                       if f"{image_id}.jpg" in names)
+    if len(settings) > 1:
+        counts = ", ".join(f"{n} at {setting}" for setting, n in settings.most_common())
+        log.warning("--tmp_dir=%s mixes images downloaded with different settings (%s): their cells differ in size; "
+                    "keep one setting per folder (allen-sr download --downsample)", tmp_dir, counts)
