@@ -595,3 +595,46 @@ def test_stand_in_runs_as_a_standalone_process(tmp_path):
         process.wait(timeout=10)
         process.stdout.close()
     assert process.returncode == 0
+
+
+@pytest.mark.parametrize("row", [{"foo": 1}, {"id": None}, "abc", {"id": 12.7}])
+def test_cli_names_a_malformed_listing_row(server, tmp_path, capsys, row):
+    """A listing row without a usable id (no id, null, a string row, a fraction) is one line naming the row and the
+    query URL, by data set ids and by filters alike; no traceback."""
+    server.add_data_set(55, image_count=2)
+    common = ["--tmp_dir", str(tmp_path), "--api_base", server.api_base, *FAST_CLI]
+    server.raw_rows["SectionImage"] = [{"id": 55000}, row]
+    assert download_main(["--data_set_ids", "55", *common]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("allen-sr download: error: listing images failed: RMA query row 1 has no numeric id: ")
+    assert f"(from {server.api_base}/api/v2/data/query.json?criteria=model::SectionImage" in error
+    assert len(error.splitlines()) == 1
+    server.raw_rows = {"SectionDataSet": [row]}
+    assert download_main(["--plane", "coronal", *common]) == 1
+    assert "RMA query row 0 has no numeric id: " in capsys.readouterr().err
+
+
+def test_ctrl_c_while_listing_is_one_line(server, tmp_path):
+    """Ctrl-C while the image ids are listed ends with one line and code 130, as during the download."""
+    server.add_data_set(55, image_count=2)
+    server.inject("slow", target="query", delay=30)
+    env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    process = subprocess.Popen([sys.executable, "-m", "allen_sr.commands.download", "--tmp_dir", str(tmp_path),
+                                "--data_set_ids", "55", "--api_base", server.api_base, "--timeout", "60"],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not server.query_requests():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert error.strip() == "allen-sr download: interrupted while listing the images; nothing was downloaded"
+
+
+def test_stand_in_refuses_an_absurd_downsample_at_once(server):
+    """The stand-in answers downsample=100000000000 with a 400 instead of computing 2**1e11 (minutes, gigabytes)."""
+    image_id = server.add_image(7)
+    started = time.monotonic()
+    answer = requests.get(f"{server.api_base}/api/v2/image_download/{image_id}?downsample=100000000000", timeout=10)
+    assert answer.status_code == 400 and time.monotonic() - started < 5

@@ -199,6 +199,9 @@ def download_main(argv: list[str] | None = None) -> int:
     except AllenApiError as error:
         print(f"allen-sr download: error: listing images failed: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("allen-sr download: interrupted while listing the images; nothing was downloaded", file=sys.stderr)
+        return 130
     if args.list_only:
         print("\n".join(str(image_id) for image_id in ids))
         return 0

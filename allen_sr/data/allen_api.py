@@ -174,6 +174,10 @@ class AllenClient:
             if not isinstance(page, list):
                 raise RmaQueryError(f"RMA query on {self.api_base} returned msg={page!r}, "
                                     f"expected a list of rows\n  criteria: {criteria}")
+            for number, row in enumerate(page, start=start):
+                if not _has_numeric_id(row):
+                    raise RmaQueryError(f"RMA query row {number} has no numeric id: {snippet(repr(row).encode())} "
+                                        f"(from {url}); check --api_base, or report it if the Allen API changed")
             rows.extend(page)
             start += len(page)
             total = answer.get("total_rows")
@@ -227,6 +231,14 @@ class AllenClient:
                 if max_images is not None and len(ids) >= max_images:
                     return ids
         return ids
+
+
+def _has_numeric_id(row: Any) -> bool:
+    """An RMA row we can read: an object whose "id" is a whole number >= 0 (or its digits)."""
+    value = row.get("id") if isinstance(row, dict) else None
+    if isinstance(value, str):
+        return value.isascii() and value.isdigit()
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def make_session(pool_size: int = 8) -> requests.Session:
