@@ -638,3 +638,27 @@ def test_stand_in_refuses_an_absurd_downsample_at_once(server):
     started = time.monotonic()
     answer = requests.get(f"{server.api_base}/api/v2/image_download/{image_id}?downsample=100000000000", timeout=10)
     assert answer.status_code == 400 and time.monotonic() - started < 5
+
+
+def test_downsample_0_keeps_what_was_downloaded_without_it(server, tmp_path):
+    """--downsample 0 halves nothing: the images fetched without it are skipped, not downloaded again."""
+    ids = server.add_images(3)
+    common = ["--tmp_dir", str(tmp_path), "--image_ids", ",".join(map(str, ids)), "--api_base", server.api_base,
+              *FAST_CLI]
+    assert download_main(common) == 0
+    server.clear_log()
+    assert download_main([*common, "--downsample", "0"]) == 0
+    assert server.image_requests() == []
+
+
+def test_a_folder_under_an_image_name_is_named(server, tmp_path, capsys):
+    """A folder named <id>.jpg in --tmp_dir fails that image in one line saying what to do (no traceback logged);
+    the others download."""
+    ids = server.add_images(2)
+    (tmp_path / f"{ids[0]}.jpg").mkdir()
+    assert download_main(["--tmp_dir", str(tmp_path), "--image_ids", ",".join(map(str, ids)),
+                          "--api_base", server.api_base, *FAST_CLI]) == 1
+    captured = capsys.readouterr()
+    assert f"  failed: image {ids[0]}: {tmp_path / f'{ids[0]}.jpg'} is a folder, not an image: move or rename it" \
+        in captured.out
+    assert "Traceback" not in captured.err and "1 of 2 images present" in captured.out

@@ -258,6 +258,7 @@ class _DownloadRun:
         self.client = client
         self.folder = folder
         self.manifest = manifest
+        downsample = downsample or None  # 0 halves nothing: full resolution, as without it (same manifest entries)
         self.params: dict[str, Any] = {"downsample": downsample, "quality": quality,
                                        "region": None if region is None else asdict(region)}
         self.downsample, self.quality, self.region = downsample, quality, region
@@ -334,6 +335,9 @@ class _DownloadRun:
         if self.stop.is_set():
             raise Cancelled(self.stop_reason)
         final = image_path(self.folder, image_id)
+        if final.is_dir():
+            raise DownloadError(f"image {image_id}: {final} is a folder, not an image: move or rename it, then run "
+                                "the same command again")
         problem = self._existing_problem(image_id, final)
         if problem is None:
             return "skipped"
