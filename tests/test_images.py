@@ -555,3 +555,33 @@ def test_a_png_whose_picture_data_ends_early_is_refused_not_read_with_black_rows
     pixels[-8:] = 0  # a whole PNG whose last rows are black is read as it is
     Image.fromarray(pixels).save(tmp_path / "dark.png")
     assert np.array_equal(images.load_image(str(tmp_path / "dark.png")), pixels)
+
+
+def png_with_sbit(path, samples, bits):
+    """``samples`` (uint16, [h, w] or [h, w, 3]) as a 16-bit PNG whose sBIT chunk states ``bits`` per sample."""
+    import struct
+    import zlib
+
+    import imagecodecs
+
+    data = imagecodecs.png_encode(np.ascontiguousarray(samples))
+    body = bytes([bits] * (3 if samples.ndim == 3 else 1))
+    chunk = struct.pack(">I", len(body)) + b"sBIT" + body + struct.pack(">I", zlib.crc32(b"sBIT" + body))
+    path.write_bytes(data[:33] + chunk + data[33:])  # after the signature and IHDR, as sBIT must be
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey"])
+def test_a_16_bit_png_is_read_at_the_depth_its_sbit_states_by_both_readers(tmp_path, kind):
+    """sBIT=12 says the depth of a 16-bit PNG, as a TIFF's BitsPerSample does: a dark 12-bit image (samples up to
+    1020) reads as dark, not as 10-bit data (4x too bright), by the region and whole-image readers."""
+    rgb = tissue_image(64, 96)
+    camera = np.rint(rgb * (1020 / 255)).astype(np.uint16)
+    camera = camera if kind == "rgb" else camera[:, :, 1]
+    path = tmp_path / f"{kind}12.png"
+    png_with_sbit(path, camera, 12)
+    assert images.png_depth(str(path)) == (12, "sBIT")
+    expected = np.rint(camera.astype(np.float32) * np.float32(255 / 4095)).astype(np.uint8)
+    expected = expected if kind == "rgb" else np.repeat(expected[:, :, None], 3, axis=2)
+    for read in (images.load_image, read_region):
+        said, _ = read_as(read, path, expected, "read as 0-255")
+        assert said == [f"{path}: uint16 image, sBIT=12: 0-4095 read as 0-255 (12-bit data)"], said

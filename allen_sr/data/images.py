@@ -26,7 +26,7 @@ __all__ = [
     "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
     "image_id", "is_tiff", "tiff_problem", "check_image_file", "image_size", "to_rgb_uint8", "decode_colour_jpeg",
     "load_image", "deep_to_rgb", "tiff_depth", "ORIENTATION_TAG", "ORIENTATIONS", "upright", "exif_orientation",
-    "tiff_orientation",
+    "tiff_orientation", "png_depth",
 ]
 
 # Full-resolution Allen section images are about 15000 x 8500 px (~130 MP), above Pillow's
@@ -180,6 +180,26 @@ def tiff_file_depth(path: str) -> tuple[int | None, str]:
             return tiff_depth(tif, tif.series[0].levels[0].keyframe)
         except Exception:  # noqa: BLE001 - as above
             return None, ""
+
+
+def png_depth(path: str) -> tuple[int | None, str]:
+    """The bits per colour sample a PNG's sBIT chunk states (a 16-bit file of 12-bit camera data says 12), as
+    :func:`tiff_depth` gives a TIFF's; (None, "") without one, or for a file that is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None, ""
+            while len(head := f.read(8)) == 8:
+                length, kind = int.from_bytes(head[:4], "big"), head[4:]
+                if kind in (b"IDAT", b"IEND") or length > 1 << 20:  # sBIT comes before the picture data
+                    return None, ""
+                data = f.read(length)
+                f.seek(4, os.SEEK_CUR)  # the chunk's CRC
+                if kind == b"sBIT" and data:
+                    return max(data[:3] if length >= 3 else data[:1]), "sBIT"  # colour, not alpha
+    except OSError:  # the reader says what is wrong with the file
+        pass
+    return None, ""
 
 
 def image_id(path: str) -> str:
@@ -353,6 +373,8 @@ def load_image(path: str, min_size: int = 64) -> np.ndarray:
     depth: tuple[int | None, str] = (None, "")
     if is_tiff(path):
         depth = tiff_file_depth(path)
+    elif path.lower().endswith(".png"):
+        depth = png_depth(path)
     configure_pillow()
     try:
         with Image.open(path) as img:
