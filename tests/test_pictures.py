@@ -174,3 +174,36 @@ def test_results_of_whole_images_of_several_sizes_make_one_grid(tmp_path):
     write_results(tmp_path, inputs, targets, targets, names=["a", "b", "c"], grid_crop=128)
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.height > 3 * 96
+
+
+def test_results_of_a_non_integer_ratio_resize_the_baselines_to_the_target(tmp_path):
+    """48 -> 64 px (img2img_allen_brain_dim48to64): the baselines are Pillow resizes to 64x64, the luma
+    crop the ratio rounded up (2 px), and the decoded tiles' PNGs are written."""
+    import json
+
+    from allen_sr.evaluation import metrics
+    from allen_sr.evaluation.results import write_results
+
+    rng = np.random.default_rng(2)
+    targets = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    inputs = np.stack([np.asarray(Image.fromarray(t).resize((48, 48), Image.Resampling.BOX)) for t in targets])
+    summary = write_results(tmp_path, inputs, targets, targets, example_pngs=True, baselines=metrics.METHODS)
+    bicubic = np.asarray(Image.fromarray(inputs[0]).resize((64, 64), Image.Resampling.BICUBIC))
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert f"0,bicubic,{metrics.psnr(bicubic, targets[0]):.6f}" in "\n".join(rows)
+    assert summary["methods"]["model"]["psnr"] == 100 and summary["methods"]["bicubic"]["psnr"] < 40
+    assert "2 px cropped" in json.loads((tmp_path / "metrics.json").read_text())["protocol"]
+    assert sorted(p.name for p in tmp_path.glob("example_*.png")) == ["example_000.png", "example_001.png"]
+
+
+def test_whole_image_grid_cells_show_the_same_region_when_the_size_difference_is_odd(tmp_path):
+    """A 33x50 input of a 132x200 image: the 32 px input cell lies under the 128 px output cells (its
+    corner times 4), not half an input pixel above them as centring each cell alone put it."""
+    from allen_sr.evaluation.results import centre_cells
+
+    rng = np.random.default_rng(3)
+    lr = rng.integers(0, 256, (33, 50, 3), dtype=np.uint8)
+    hr = np.repeat(np.repeat(lr, 4, axis=0), 4, axis=1)  # each input pixel a 4x4 block: easy to line up
+    cell_in, cell_hr = centre_cells(lr, [hr], 128, 4)
+    assert cell_in.shape == (32, 32, 3) and cell_hr.shape == (128, 128, 3)
+    np.testing.assert_array_equal(np.repeat(np.repeat(cell_in, 4, axis=0), 4, axis=1), cell_hr)

@@ -60,6 +60,7 @@ __all__ = [
     "luma_summary",
     "psnr",
     "psnr_batch",
+    "resize",
     "ssim",
     "ssim_batch",
     "summary_to_markdown",
@@ -248,13 +249,19 @@ def upscale(image: Any, scale: int, method: str = "bicubic") -> np.ndarray:
     ``method`` is one of :data:`METHODS`. Returns uint8 of shape (H*scale, W*scale[, C]), keeping
     the input's layout (a trailing channel axis of 1 stays).
     """
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    height, width = np.shape(image)[:2]
+    return resize(image, (height * int(scale), width * int(scale)), method)
+
+
+def resize(image: Any, shape: tuple[int, int], method: str = "bicubic") -> np.ndarray:
+    """A uint8 HxWxC (C = 1 or 3) or HxW image resized to ``shape`` (height, width) by Pillow's
+    ``method`` (:data:`METHODS`): :func:`upscale` for any ratio (48 -> 64 px), the layout kept."""
     from PIL import Image
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    scale = int(scale)
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         # Silently casting floats would hide a 0..1 vs 0..255 mix-up; make the caller decide.
@@ -269,17 +276,17 @@ def upscale(image: Any, scale: int, method: str = "bicubic") -> np.ndarray:
         "bilinear": Image.Resampling.BILINEAR,
         "bicubic": Image.Resampling.BICUBIC,
     }[method]
-    height, width = arr.shape[:2]
-    out = np.asarray(
-        Image.fromarray(np.ascontiguousarray(arr)).resize((width * scale, height * scale), resample)
-    )
+    out = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((int(shape[1]), int(shape[0])), resample))
     return out[..., None] if squeeze_back else out
 
 
 def baselines(
-    image: Any, scale: int, methods: Iterable[str] = METHODS
+    image: Any, scale: int, methods: Iterable[str] = METHODS, shape: tuple[int, int] | None = None
 ) -> dict[str, np.ndarray]:
-    """``{method: upscale(image, scale, method)}`` for each interpolation baseline."""
+    """``{method: upscale(image, scale, method)}`` for each interpolation baseline; with ``shape``
+    (height, width) each resized to it instead (a non-integer ratio such as 48 -> 64 px)."""
+    if shape is not None:
+        return {method: resize(image, shape, method) for method in methods}
     return {method: upscale(image, scale, method) for method in methods}
 
 

@@ -8,6 +8,7 @@ optionally one PNG per prediction.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -21,10 +22,14 @@ from allen_sr.evaluation import metrics, pictures
 GRID_ROWS = 16  # at most this many examples in grid.png
 
 
-def centre(image: np.ndarray, size: int) -> np.ndarray:
-    """The centred ``size`` x ``size`` px of ``image`` (all of a side shorter than that)."""
-    top, left = max((image.shape[0] - size) // 2, 0), max((image.shape[1] - size) // 2, 0)
-    return image[top:top + size, left:left + size]
+def centre_cells(lr: np.ndarray, outputs: Sequence[np.ndarray], size: int, scale: int) -> list[np.ndarray]:
+    """The centred ``size // scale`` px of the input ``lr`` and, of each output-size image in
+    ``outputs``, the ``size`` px over the same region (from the input crop's corner times ``scale``):
+    centring each alone puts the input half an input pixel off when the difference of sizes is odd."""
+    side = size // scale
+    top, left = max((lr.shape[0] - side) // 2, 0), max((lr.shape[1] - side) // 2, 0)
+    return [lr[top:top + side, left:left + side],
+            *(c[top * scale:top * scale + size, left * scale:left * scale + size] for c in outputs)]
 
 
 def remove_stale_pictures(out: Path, examples: int, uncertainty: bool) -> None:
@@ -64,7 +69,11 @@ def write_results(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scale = targets[0].shape[0] // inputs[0].shape[0]
+    # The baselines are resized to each target's size, so a non-integer ratio (48 -> 64 px) and an
+    # in-painting problem (16 -> 16) are scored too; the luma crop is the ratio rounded up.
+    ratio = targets[0].shape[0] / inputs[0].shape[0]
+    scale = math.ceil(ratio)
+    whole = scale == ratio
     names = [str(i) for i in range(len(inputs))] if names is None else list(names)
     shown = baselines[-1]
     table = metrics.MetricTable()
@@ -74,7 +83,7 @@ def write_results(
         smallest = min(min(hr.shape[:2]) for hr in targets[:grid_rows])
         grid_crop = max(scale, min(grid_crop, smallest) // scale * scale)
     for i, (lr, pred, hr) in enumerate(zip(inputs, predictions, targets)):
-        candidates = metrics.baselines(lr, scale, baselines)
+        candidates = metrics.baselines(lr, scale, baselines, shape=None if whole else hr.shape[:2])
         candidates["model"] = pred
         scores = table.add_images(names[i], hr, candidates)
         for method, image in candidates.items():
@@ -83,9 +92,9 @@ def write_results(
         if example_pngs:
             pictures.save_png(pred, out / f"example_{i:03d}.png")
         if i < grid_rows:
-            cells = [lr, candidates[shown], pred, hr]
-            if grid_crop:
-                cells = [centre(lr, grid_crop // scale), *(centre(c, grid_crop) for c in cells[1:])]
+            cells = [lr if whole else metrics.resize(lr, hr.shape[:2], "nearest"), candidates[shown], pred, hr]
+            if grid_crop and whole:
+                cells = centre_cells(lr, cells[1:], grid_crop, scale)
             rows.append(cells)
             captions.append(f"{names[i]}: model {scores['model'][0]:.2f} dB / "
                             f"{shown} {scores[shown][0]:.2f} dB")
