@@ -216,3 +216,32 @@ def test_a_tile_subset_is_seeded_ordered_and_spread_over_the_tiles_not_their_sta
     assert keep.max() >= 200  # reaches the last images of a cell, not only the top of its first
     assert np.array_equal(evaluate.tile_subset(30, None, seed=0), np.arange(30))
     assert np.array_equal(evaluate.tile_subset(30, 64, seed=0), np.arange(30))
+
+
+def test_a_non_integer_ratio_problem_is_evaluated_on_its_own_area_resized_inputs(tmp_path):
+    """img2img_allen_brain_dim48to64: each 64 px target's input is its 48 px area resize as the problem
+    makes it (TF's resize AREA, exactly), not the target itself (64 // 48 = 1 made every baseline 100 dB)."""
+    import tensorflow as tf
+
+    Image.fromarray(tissue_image(192, 256)).save(tmp_path / "s.png")
+    inputs, targets, _ = evaluate.cut_pairs([str(tmp_path / "s.png")], 64, 1, 3, 4, 0, input_size=48)
+    assert inputs.shape == (4, 48, 48, 3) and targets.shape == (4, 64, 64, 3)
+    problem = tf.cast(tf.round(tf.image.resize(tf.cast(targets, tf.float32), [48, 48], method="area")), tf.uint8)
+    np.testing.assert_array_equal(inputs, problem.numpy())
+
+
+@pytest.mark.parametrize("problem, extra, words", [
+    ("img2img_allen_brain_dim16to16_paint1", [], "16x16 to 16x16 px (in-painting"),
+    ("img2img_allen_brain_dim16to16_paint1", ["--whole"], "16x16 to 16x16 px (in-painting"),
+    ("img2img_allen_brain_dim48to64", ["--whole"], "48x48 to 64x64 px, not an integer factor, which --whole"),
+    ("img2img_allen_brain_dim48to64", ["--degrade=jpeg=75"], "not an integer factor, which --degrade needs"),
+])
+def test_evaluate_refuses_what_it_cannot_score_of_a_problem_in_one_line(problem, extra, words, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    Image.fromarray(tissue_image(96, 128)).save(tmp_path / "s.png")
+    argv = [f"--problem={problem}", f"--model={MODEL}", f"--hparams_set={HPARAMS_SET}", f"--output_dir={tmp_path / 'run'}",
+            f"--images={tmp_path / 's.png'}", f"--out={tmp_path / 'eval'}", *extra]
+    assert evaluate.evaluate_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and f"--problem {problem}" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "eval").exists()

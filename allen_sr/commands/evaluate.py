@@ -27,7 +27,7 @@ from allen_sr.data.degrade import FixedStep, degrade_image, format_fixed, parse_
 from allen_sr.data.images import ImageSkipped, image_id, load_image
 from allen_sr.data.stats import to_grey
 from allen_sr.data import tiles as tiling
-from allen_sr.errors import InvalidInputError, count
+from allen_sr.errors import InvalidInputError, UnsupportedInputError, count
 
 
 def tile_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -62,12 +62,41 @@ def collect_inputs(images: str, out_dir: str | os.PathLike[str]) -> list[str]:
     return paths
 
 
+def area_resize(tile: np.ndarray, size: int) -> np.ndarray:
+    """The rounded area average of ``tile`` [H, H, C] at ``size`` x ``size`` for any ratio (64 -> 48 px):
+    each output pixel the mean of the input area it covers, partly covered pixels weighted by the part.
+    In float32 in the order of TF's resize_area, so it rounds as the problems' ``tf.image.resize(..., AREA)``."""
+    step = np.float32(tile.shape[0] / size)
+    edges = np.arange(size + 1, dtype=np.float32) * step
+    pixels = np.arange(tile.shape[0], dtype=np.float32)
+    weights = np.clip(np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels), 0, None)
+    rows = np.einsum("jw,hwc->hjc", weights, tile.astype(np.float32))
+    return np.round(np.einsum("ih,hjc->ijc", weights, rows) * np.float32(1 / (step * step))).astype(np.uint8)
+
+
+def check_ratio(spec: shared.ModelSpec, input_size: int, size: int, whole: bool = False,
+                degrade: bool = False) -> None:
+    """UnsupportedInputError for a problem evaluate cannot score as it would score it: one that does not
+    enlarge (in-painting, 16 -> 16 px), or with --whole or --degrade one of a non-integer ratio (48 -> 64)."""
+    name = f"--exported {spec.exported}" if spec.exported else f"--problem {spec.problem}"
+    shape = f"{name} maps {input_size}x{input_size} to {size}x{size} px"
+    if size <= input_size:
+        raise UnsupportedInputError(f"{shape} (in-painting, no enlargement): evaluate scores enlargements; "
+                                    "score its dev split with `allen-sr decode`")
+    if size % input_size and (whole or degrade):
+        flag = "--whole" if whole else "--degrade"
+        raise UnsupportedInputError(f"{shape}, not an integer factor, which {flag} needs: leave out {flag} "
+                                    "(tiles, each input the area average of its target)")
+
+
 def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles: int | None,
-              seed: int, degrade: list[FixedStep] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+              seed: int, degrade: list[FixedStep] | None = None,
+              input_size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(inputs, targets, names): tissue tiles of ``size`` from every readable image and their inputs.
 
     Without ``degrade`` each input is the rounded area average of its target, exactly what the
-    model saw in training, and tiles lie on the grid from the image's corner. With ``degrade`` the
+    model saw in training (of ``input_size`` px where the ratio is no integer: :func:`area_resize`),
+    and tiles lie on the grid from the image's corner. With ``degrade`` the
     whole image is degraded first (:func:`allen_sr.data.degrade.degrade_image`, as a real input
     would be) and each input is cut from that; the tile grid is then shifted by a seeded 1-7 input
     px per image and axis, so JPEG's 8x8 block grid (which starts at the image's corner) does not
@@ -84,7 +113,8 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
         if degrade is None:
             kept, positions, _ = tiling.tissue_tiles(image, size)
             kept = to_grey(kept) if channels == 1 else kept
-            inputs = [tiling.area_downsample(t, factor) for t in kept]
+            inputs = [area_resize(t, input_size) if input_size and size % input_size
+                      else tiling.area_downsample(t, factor) for t in kept]
         else:
             kept, positions, inputs = degraded_pairs(image, size, factor, channels, degrade, seed, index)
         found.append(kept)
@@ -159,6 +189,7 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
 
     steps = parse_fixed(degrade) if degrade else None
     input_size, size, channels = shared.model_shape(spec)
+    check_ratio(spec, input_size, size, degrade=bool(steps))
     factor = size // input_size
     paths = collect_inputs(images, out_dir)
     opened = shared.open_model(spec)
@@ -167,7 +198,8 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
         from allen_sr.api.models import uncertainty_calibration
 
         calibration = uncertainty_calibration(spec, opened, progress, log=print)
-    inputs, targets, names = cut_pairs(paths, size, factor, channels, max_tiles or None, spec.seed, steps)
+    inputs, targets, names = cut_pairs(paths, size, factor, channels, max_tiles or None, spec.seed, steps,
+                                       input_size)
     if calibration is not None:
         from allen_sr.decoding.uncertainty import Recorder
 
@@ -209,6 +241,7 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
     from allen_sr.evaluation.results import write_results
 
     steps = parse_fixed(degrade) if degrade else []
+    check_ratio(spec, *shared.model_shape(spec)[:2], whole=True)
     inputs, targets, predictions, names = [], [], [], []
     paths = collect_inputs(images, out_dir)
     image_names = example_names(paths)
