@@ -363,7 +363,7 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
             assert evaluate.evaluate_main(argv + (["--degrade", degrade] if degrade else [])) == 0
         assert sorted(str(w.message).split(":")[0].rsplit("/", 1)[-1] for w in skipped) == ["narrow.png", "small.png"]
         summary = json.loads((out / "metrics.json").read_text())
-        assert summary["tiles"] == 2 and summary["unit"] == "images" and summary["degrade"] == degrade
+        assert summary["images"] == 2 and "tiles" not in summary and summary["degrade"] == degrade
         assert "whole images" in summary["protocol"] and "4 px cropped" in summary["protocol"]
         assert "per image, averaged over images" in summary["protocol"] and "per tile" not in summary["protocol"]
         with Upscaler.open("conv-fast") as up:
@@ -383,6 +383,42 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
     assert evaluate.evaluate_main(argv) == 2
     assert "--uncertainty scores tiles, --whole whole images" in capsys.readouterr().err
     assert not (tmp_path / "u").exists()
+
+
+def test_evaluate_whole_skips_images_without_tissue_and_says_how_many(tmp_path, capsys):
+    """A blank (all-white) image beside tissue: it would score near the 100 dB cap for every method and
+    decide the mean; it is skipped, named in one warning, and counted in metrics.json and its protocol."""
+    from allen_sr.commands import evaluate
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(load_image(HELD_OUT_BRAIN)[100:302, 120:383]).save(folder / "tissue.png")
+    Image.fromarray(np.full((200, 200, 3), 255, np.uint8)).save(folder / "white.png")
+    out = tmp_path / "out"
+    argv = ["--pretrained", "conv-fast", "--images", str(folder), "--whole", "--out", str(out), "--no_progress"]
+    with pytest.warns(UserWarning) as warned:
+        assert evaluate.evaluate_main(argv) == 0
+    assert [str(w.message) for w in warned] == ["skipped 1 image without tissue (under 20% tissue pixels, the "
+                                                "tile filter's test): white"]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["images"] == 1 and summary["skipped_without_tissue"] == 1
+    assert "1 image without tissue" in summary["protocol"] and "white" not in (out / "metrics.csv").read_text()
+    assert summary["methods"]["model"]["psnr"] > summary["methods"]["bicubic"]["psnr"]
+    assert "(1 image)" in capsys.readouterr().out and "(1 image)" in (out / "metrics.md").read_text()
+
+
+def test_evaluating_from_python_into_a_file_is_refused_before_decoding(tmp_path):
+    """evaluate()/evaluate_whole() with an out_dir that is a file: one InvalidInputError first (it decoded
+    every tile, then raised a raw FileExistsError)."""
+    from allen_sr.api.models import resolve
+    from allen_sr.commands import evaluate
+
+    Image.fromarray(load_image(HELD_OUT_BRAIN)[100:302, 120:383]).save(tmp_path / "tissue.png")
+    (tmp_path / "taken").write_text("a file")
+    for run in (evaluate.evaluate, evaluate.evaluate_whole):
+        with pytest.raises(InvalidInputError, match="out_dir .*taken: a file of that name exists"):
+            run(resolve("conv-fast"), str(tmp_path / "tissue.png"), tmp_path / "taken", progress=False)
+    assert (tmp_path / "taken").read_text() == "a file"
 
 
 def test_an_exports_calibration_serves_only_its_own_decoding_mode():

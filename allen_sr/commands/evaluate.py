@@ -51,8 +51,10 @@ def example_names(paths: list[str]) -> list[str]:
 
 
 def collect_inputs(images: str, out_dir: str | os.PathLike[str]) -> list[str]:
-    """The images of ``images``; InvalidInputError when some lie in ``out_dir``, where this run
-    writes its pictures (a second run scored the first one's grid.png as tissue)."""
+    """The images of ``images``; InvalidInputError when ``out_dir`` cannot be a folder (said before the
+    decoding, not after it) or some images lie in it, where this run writes its pictures (a second run
+    scored the first one's grid.png as tissue)."""
+    fileio.check_output_folder(out_dir, "out_dir")
     paths = collect_images(images)
     out = Path(out_dir).resolve()
     inside = [p for p in paths if Path(p).resolve().parent == out or out in Path(p).resolve().parents]
@@ -236,13 +238,16 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
 def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str], progress: bool = True,
                    degrade: str | None = None) -> dict:
     """Score the model ``spec`` names on whole images as `allen-sr upscale` enlarges them; writes
-    the results (one row per image, the grid showing each image's centre), returns the summary."""
+    the results (one row per image, the grid showing each image's centre), returns the summary.
+
+    Images without tissue (under the tile filter's tissue fraction, the whole image taken as one tile)
+    are skipped with a warning: blank glass decides nothing but would score near the 100 dB cap."""
     from allen_sr.api.upscaler import Options, Upscaler
     from allen_sr.evaluation.results import write_results
 
     steps = parse_fixed(degrade) if degrade else []
     check_ratio(spec, *shared.model_shape(spec)[:2], whole=True)
-    inputs, targets, predictions, names = [], [], [], []
+    inputs, targets, predictions, names, blank = [], [], [], [], []
     paths = collect_inputs(images, out_dir)
     image_names = example_names(paths)
     with Upscaler(spec, Options()) as up:
@@ -256,6 +261,9 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
             except ImageSkipped as exc:
                 warnings.warn(str(exc))
                 continue
+            if tiling.tissue_fraction(image[None])[0] < tiling.TISSUE_MIN_FRACTION:
+                blank.append(image_names[index])
+                continue
             target = image[:image.shape[0] // factor * factor, :image.shape[1] // factor * factor]
             target = to_grey(target) if up.channels == 1 else target
             small = degrade_image(target, factor, steps, seed=spec.seed * 1_000_003 + index)
@@ -264,12 +272,18 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
             predictions.append(up.predict(small, progress=progress))
             names.append(image_names[index])
         describe = up.describe
+    without = (f"{count(len(blank), 'image')} without tissue (under {tiling.TISSUE_MIN_FRACTION:.0%} tissue "
+               "pixels, the tile filter's test)") if blank else ""
+    if blank:
+        warnings.warn(f"skipped {without}: {', '.join(blank)}")
     if not names:
-        raise InvalidInputError(f"no readable images of at least {smallest} px a side in {images}")
-    note = (f"{len(names)} whole images from {images}, each reduced {factor}x"
+        raise InvalidInputError(f"no readable images of at least {smallest} px a side with tissue in {images}"
+                                + (f" ({without} skipped)" if blank else ""))
+    note = (f"{len(names)} whole images from {images}" + (f" ({without} skipped)" if blank else "")
+            + f", each reduced {factor}x"
             + (f" and degraded ({format_fixed(steps)})" if steps else " by its area average")
             + f", enlarged whole as allen-sr upscale does ({describe}); PSNR and SSIM per image, averaged over images")
-    extra = {"degrade": format_fixed(steps) if steps else None, "unit": "images"}
+    extra = {"degrade": format_fixed(steps) if steps else None, "unit": "images", "skipped_without_tissue": len(blank)}
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names, baselines=metrics.METHODS,
                             extra=extra, grid_crop=32 * factor, unit="image")
     print(metrics.summary_to_text(summary))

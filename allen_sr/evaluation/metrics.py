@@ -427,6 +427,12 @@ def _summary_rows(summary: Mapping[str, Any]) -> tuple[tuple[str, ...], list[tup
     return header, rows
 
 
+def _examples(summary: Mapping[str, Any]) -> str:
+    """"5 tiles", "1 image": the count of a summary's examples (whole-image summaries count "images")."""
+    unit = "image" if "images" in summary else "tile"
+    return f"{summary[unit + 's']} {unit}" + ("" if summary[unit + "s"] == 1 else "s")
+
+
 def summary_to_markdown(summary: Mapping[str, Any]) -> str:
     """Render a summary dict (from :meth:`MetricTable.summary` or its JSON) as a markdown table.
 
@@ -434,7 +440,7 @@ def summary_to_markdown(summary: Mapping[str, Any]) -> str:
     """
     header, rows = _summary_rows(summary)
     lines = [
-        f"| {header[0]} ({summary['tiles']} {summary.get('unit', 'tiles')}) | " + " | ".join(header[1:]) + " |",
+        f"| {header[0]} ({_examples(summary)}) | " + " | ".join(header[1:]) + " |",
         "|:---|" + "---:|" * (len(header) - 1),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -449,5 +455,5 @@ def summary_to_text(summary: Mapping[str, Any]) -> str:
     def fmt(row: Sequence[str]) -> str:
         return "  ".join([f"{row[0]:<{widths[0]}}", *(f"{v:>{w}}" for v, w in zip(row[1:], widths[1:]))])
 
-    lines = [fmt(header), *(fmt(r) for r in rows), f"({summary['tiles']} {summary.get('unit', 'tiles')})"]
+    lines = [fmt(header), *(fmt(r) for r in rows), f"({_examples(summary)})"]
     return "\n".join(lines) + "\n"

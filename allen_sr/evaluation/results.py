@@ -100,6 +100,8 @@ def write_results(
                             f"{shown} {scores[shown][0]:.2f} dB")
     remove_stale_pictures(out, len(predictions) if example_pngs else 0, "uncertainty" in (extra or {}))
     summary = table.summary(metrics.protocol(unit))
+    if unit != "tile":  # whole images are counted as what they are
+        summary = {f"{unit}s" if key == "tiles" else key: value for key, value in summary.items()}
     luma = metrics.luma_summary(luma_scores)
     for method, scores in luma.items():
         summary["methods"][method] |= scores
