@@ -454,3 +454,29 @@ def test_a_run_is_not_read_as_a_problem_of_another_shape(conv_run, tmp_path, cap
     code = evaluate_main(["--output_dir", str(conv_run), "--problem", "img2img_allen_brain_dim8to32_grey",
                           "--images", str(tmp_path / "a.png"), "--out", str(tmp_path / "eval")])
     _one_line_error(capsys, code, f"trained on --problem {PROBLEM}", "1 channels", f"pass --problem {PROBLEM}")
+
+
+@pytest.mark.parametrize("model, extra, refused", [
+    ("img2img_transformer_sr", [], "input_patch=2, input_skip=True, bicubic_prior=True, context_bicubic=1.0"),
+    ("img2img_transformer_sr", ["--hparams=input_patch=0"], "(input_skip=True, bicubic_prior=True"),
+    ("img2img_transformer_sr", ["--hparams=input_patch=0,input_skip=False,bicubic_prior=False,context_bicubic=0"],
+     None),
+    ("img2img_transformer", [], None),
+])
+def test_a_non_integer_ratio_problem_is_refused_where_the_model_needs_one(model, extra, refused, tmp_path, capsys):
+    """img2img_allen_brain_dim48to64 (48 -> 64 px) with img2img_transformer_sr's input_patch head (or the
+    other options that need an integer factor): one line before the graph is built (it stopped at a graph
+    assert under ~90 lines of traceback)."""
+    from allen_sr.t2t import tools
+
+    out = tmp_path / "out"
+    code = tools.train_main(["--problem=img2img_allen_brain_dim48to64", f"--model={model}",
+                             "--hparams_set=img2img_allen_cpu_tiny", f"--data_dir={tmp_path / 'data'}",
+                             f"--output_dir={out}", "--worker_gpu=0", *extra])
+    if refused:
+        _one_line_error(capsys, code, "48x48 to 64x64 px, not an integer factor, which --model=img2img_transformer_sr",
+                        refused, "img2img_allen_cpu_tiny", "train --model=img2img_transformer ")
+    else:  # past this check: the next one finds no dataset
+        err = capsys.readouterr().err
+        assert code == 2 and "input_patch" not in err and "no train examples" in err
+    assert not out.exists()

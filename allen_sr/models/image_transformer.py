@@ -287,6 +287,16 @@ class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
         self._self_conditioned = False
         self._loss_targets: tf.Tensor | None = None
 
+    @staticmethod
+    def needs_integer_factor(hparams: Any) -> str | None:
+        """The options of ``hparams`` (a stock set's: the defaults) that are on and lay each input pixel
+        over an f x f block of sub-pixels, in the graph or the decoders ("input_patch=2, input_skip=True",
+        ...), or None: with any on, a problem of a non-integer ratio (48 -> 64 px) cannot train or decode."""
+        names = ("input_patch", "input_skip", "bicubic_prior", "context_bicubic")
+        on = [f"{name}={transformer_options.option(hparams, name)}" for name in names
+              if transformer_options.option(hparams, name)]
+        return ", ".join(on) or None
+
     # --- bottoms: the same network; training-only initialisation and noise ----------------
     def bottom(self, features):
         hp = self._hparams

@@ -351,7 +351,22 @@ def check_trainer_command(argv: list[str]) -> tuple[str, str, str, "HParams"]:
     _count_flag(argv, "train_steps")
     hparams = build_hparams(hparams_set, flag_value(argv, "hparams"))
     check_model_hparams(model, hparams_set, hparams)
+    check_problem_hparams(problem, model, hparams_set, hparams)
     return problem, model, hparams_set, hparams
+
+
+def check_problem_hparams(problem: str, model: str, hparams_set: str, hparams: "HParams") -> None:
+    """UsageError when the model's hparams need an integer ratio of sizes (its ``needs_integer_factor``:
+    img2img_transformer_sr's input_patch, ...) that ``problem`` lacks (48 -> 64 px: a graph assert stopped it)."""
+    from tensor2tensor.utils import registry
+
+    needs = getattr(registry.model(model), "needs_integer_factor", None)
+    option = needs(hparams) if needs is not None else None
+    shape = [int(getattr(registry.problem(problem), f"{side}_dim", 1)) for side in ("input", "output")]
+    if option and shape[1] % shape[0]:
+        raise UsageError(f"--problem={problem} maps {shape[0]}x{shape[0]} to {shape[1]}x{shape[1]} px, not an integer "
+                         f"factor, which --model={model} needs ({option} in --hparams_set={hparams_set}): "
+                         "train --model=img2img_transformer (the stock model; it reads the same sets)")
 
 
 def check_worker_gpu(argv: list[str]) -> None:
