@@ -239,8 +239,8 @@ def test_a_non_integer_ratio_problem_is_evaluated_on_its_own_area_resized_inputs
 def test_evaluate_refuses_what_it_cannot_score_of_a_problem_in_one_line(problem, extra, words, tmp_path, capsys):
     (tmp_path / "run").mkdir()
     Image.fromarray(tissue_image(96, 128)).save(tmp_path / "s.png")
-    argv = [f"--problem={problem}", f"--model={MODEL}", f"--hparams_set={HPARAMS_SET}", f"--output_dir={tmp_path / 'run'}",
-            f"--images={tmp_path / 's.png'}", f"--out={tmp_path / 'eval'}", *extra]
+    argv = [f"--problem={problem}", f"--model={MODEL}", f"--hparams_set={HPARAMS_SET}",
+            f"--output_dir={tmp_path / 'run'}", f"--images={tmp_path / 's.png'}", f"--out={tmp_path / 'eval'}", *extra]
     assert evaluate.evaluate_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and f"--problem {problem}" in err and len(err.splitlines()) == 1
