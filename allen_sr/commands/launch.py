@@ -84,7 +84,8 @@ def usr_dir_names(trainer_flags: Sequence[str]) -> tuple[bool, list[str]]:
 
 def build_manifest(args: argparse.Namespace, trainer_flags: Sequence[str]) -> dict[str, Any]:
     """The TFJob, or with --tune the Experiment, for parsed arguments (ValueError if it cannot work)."""
-    from allen_sr.t2t.tools import check_flag_names, check_trainer_command
+    from allen_sr.t2t.cli_flags import check_flag_names
+    from allen_sr.t2t.tools import check_trainer_command
 
     if args.tune is None:
         tune.refuse_tune_options(args)

@@ -1,6 +1,7 @@
 """Command lines of `allen-sr datagen` / `allen-sr train` as lists of flags: asking for help, flag
 files, ~ in folder flags and a relative --data_dir read as t2t's tools will read them, so that our
-checks see the same flags and folders. No TensorFlow here (absl parses the flag files)."""
+checks see the same flags and folders, and flag names t2t's tools do not define. TensorFlow is imported only
+to ask t2t-trainer which flags it defines (:func:`check_flag_names`); absl parses the flag files."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,8 @@ from allen_sr.t2t.cluster import flag_value
 from allen_sr.t2t.tuning import without_flag
 
 __all__ = ["HELP_FLAGS", "HOME_FLAGS", "UsageError", "absolute_data_dir", "asks_help", "expand_home", "has_flag",
-           "module_flag_names", "read_flagfiles"]
+           "module_flag_names", "read_flagfiles", "ABSL_FLAGS",
+           "TRAIN_FLAGS_OF_OURS", "check_flag_names"]
 
 
 class UsageError(InvalidInputError):
@@ -84,3 +86,37 @@ def module_flag_names(module: str) -> set[str]:
     return {node.args[0].value for node in ast.walk(tree)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and node.func.attr.startswith("DEFINE") and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+# Flags absl reads itself, and those `allen-sr train` reads besides t2t-trainer's (taken out before t2t parses).
+ABSL_FLAGS = ("flagfile", "undefok", "help", "helpshort", "helpfull", "helpxml")
+TRAIN_FLAGS_OF_OURS = ABSL_FLAGS + ("init_from", "train_steps_increment")
+
+
+def check_flag_names(argv: list[str], tool: str = "t2t-trainer") -> None:
+    """UsageError naming the first --flag of ``argv`` that ``tool`` (t2t-trainer for `allen-sr train`,
+    t2t-datagen for `allen-sr datagen`) does not define (absl would stop there, after our checks
+    had said something else: "Unknown command line flag"), with the closest defined name."""
+    import difflib
+    import importlib
+
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    from absl import flags
+
+    if tool == "t2t-trainer":
+        importlib.import_module("tensor2tensor.bin.t2t_trainer")  # defines its absl flags
+        known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS)
+    else:  # read from its source: importing it defines flags the trainer's would clash with in one process
+        known = set(flags.FLAGS) | set(ABSL_FLAGS) | module_flag_names("tensor2tensor.bin.t2t_datagen")
+    command = "train" if tool == "t2t-trainer" else "datagen"
+    for arg in argv:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if not name or name in known or (name.startswith("no") and name[2:] in flags.FLAGS
+                                          and flags.FLAGS[name[2:]].boolean):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = " (your images: --tmp_dir FOLDER)" if name == "images" else (
+            f" (did you mean --{close[0]}?)" if close else "")
+        raise UsageError(f"--{name}: not a {tool} flag{hint}; `allen-sr {command} --helpfull` lists them")

@@ -17,8 +17,8 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING, Callable
 
-from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, expand_home, has_flag,
-                                    module_flag_names, read_flagfiles)
+from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, check_flag_names, expand_home,
+                                    has_flag, read_flagfiles)
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
 from allen_sr.t2t.tuning import prepare_train_flags
 from allen_sr.errors import InvalidInputError, UserError, machine_trouble
@@ -69,40 +69,6 @@ def interrupted_note(argv: list[str]) -> str:
     if not step:
         return "no checkpoint was saved yet: the same command starts over"
     return f"run the same command again to go on from step {step} (the newest checkpoint in {output_dir})"
-
-
-# Flags absl reads itself, and those `allen-sr train` reads besides t2t-trainer's (taken out before t2t parses).
-ABSL_FLAGS = ("flagfile", "undefok", "help", "helpshort", "helpfull", "helpxml")
-TRAIN_FLAGS_OF_OURS = ABSL_FLAGS + ("init_from", "train_steps_increment")
-
-
-def check_flag_names(argv: list[str], tool: str = "t2t-trainer") -> None:
-    """UsageError naming the first --flag of ``argv`` that ``tool`` (t2t-trainer for `allen-sr train`,
-    t2t-datagen for `allen-sr datagen`) does not define (absl would stop there, after our checks
-    had said something else: "Unknown command line flag"), with the closest defined name."""
-    import difflib
-    import importlib
-
-    from allen_sr.t2t.names import register_all
-
-    register_all()
-    from absl import flags
-
-    if tool == "t2t-trainer":
-        importlib.import_module("tensor2tensor.bin.t2t_trainer")  # defines its absl flags
-        known = set(flags.FLAGS) | set(TRAIN_FLAGS_OF_OURS)
-    else:  # read from its source: importing it defines flags the trainer's would clash with in one process
-        known = set(flags.FLAGS) | set(ABSL_FLAGS) | module_flag_names("tensor2tensor.bin.t2t_datagen")
-    command = "train" if tool == "t2t-trainer" else "datagen"
-    for arg in argv:
-        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
-        if not name or name in known or (name.startswith("no") and name[2:] in flags.FLAGS
-                                          and flags.FLAGS[name[2:]].boolean):
-            continue
-        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-        hint = " (your images: --tmp_dir FOLDER)" if name == "images" else (
-            f" (did you mean --{close[0]}?)" if close else "")
-        raise UsageError(f"--{name}: not a {tool} flag{hint}; `allen-sr {command} --helpfull` lists them")
 
 
 def import_usr_dir(argv: list[str]) -> None:
