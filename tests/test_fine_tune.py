@@ -137,12 +137,67 @@ def test_an_export_that_does_not_fit_is_refused_before_anything_is_written(tmp_p
     assert not run.exists()
 
 
-def test_fine_tuning_a_probabilistic_model_keeps_training_its_uncertainty_head(tmp_path, capsys):
+@pytest.mark.parametrize("case, message", [
+    ("output-dir-is-a-file", "is a file, not a folder: pass a folder"),
+    ("no-data", "no train examples for img2img_local_dim8to32 in --data_dir="),
+    ("unknown-hparam", "--hparams nosuch=1: Unknown hyperparameter"),
+])
+def test_a_command_train_refuses_leaves_no_checkpoint_of_the_model(sample_dataset, tmp_path, case, message):
+    """--init_from wrote OUTPUT_DIR/warm_start/model.ckpt before train's own checks ran: a file as
+    --output_dir was a FailedPreconditionError traceback, and a command refused for its data or
+    --hparams had already written the model's checkpoint."""
+    from allen_sr.commands.train import start_from
+    from allen_sr.errors import InvalidInputError
+
+    run, data = tmp_path / "run", sample_dataset
+    flags = ["--hparams_set=img2img_conv_sr_cpu"]
+    if case == "output-dir-is-a-file":
+        run.write_text("not a folder\n")
+    elif case == "no-data":
+        data = tmp_path / "nodata"
+    else:
+        flags.append("--hparams=nosuch=1")
+    with pytest.raises(InvalidInputError) as caught:
+        start_from("conv-cpu", [*START, f"--output_dir={run}", f"--data_dir={data}", *flags])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if case == "output-dir-is-a-file" else [])
+
+
+def test_a_run_folder_or_model_that_does_not_fit_is_refused_naming_what_it_was_trained_with(sample_dataset, tmp_path):
+    """A run folder trained with another hparams set was refused only once the graph was built, by
+    variable shapes, without naming the set its flags.txt records; a 3-channel model on a 1-channel
+    problem blamed the hparams and named OUTPUT_DIR/warm_start/model.ckpt instead of the model."""
+    from allen_sr.commands.train import start_from
+    from allen_sr.errors import InvalidInputError
+    from allen_sr.export.warm_start import write_checkpoint
+
+    trained = tmp_path / "trained"
+    write_checkpoint({"img2img_conv_sr/body/conv_in/kernel": np.zeros((3, 3, 3, 8), np.float32)}, trained)
+    (trained / "flags.txt").write_text("--model=img2img_conv_sr\n--hparams_set=img2img_conv_sr_fast\n"
+                                       "--problem=img2img_local_dim8to32\n")
+    run = tmp_path / "run"
+    common = [*START, f"--output_dir={run}", f"--data_dir={sample_dataset}"]
+    with pytest.raises(InvalidInputError) as caught:
+        start_from(str(trained), [*common, "--hparams_set=img2img_conv_sr_cpu"])
+    assert (f"--init_from {trained} was trained with img2img_conv_sr_fast; pass --hparams_set=img2img_conv_sr_fast, "
+            "not img2img_conv_sr_cpu") in str(caught.value)
+    grey = [a.replace(PROBLEM, "img2img_allen_brain_dim8to32_grey") for a in common]
+    for source, hparams_set in ((str(trained), "img2img_conv_sr_fast"), ("conv-cpu", "img2img_conv_sr_cpu")):
+        with pytest.raises(InvalidInputError) as caught:
+            start_from(source, [*grey, f"--hparams_set={hparams_set}"])
+        assert (f"--init_from {source} was trained on img2img_local_dim8to32 (8x8 -> 32x32 px, 3 channel(s)) and "
+                "--problem=img2img_allen_brain_dim8to32_grey has 8x8 -> 32x32 px, 1 channel(s)") in str(caught.value)
+    assert not run.exists()
+    started = start_from(str(trained), [*common, "--hparams_set=img2img_conv_sr_fast"])
+    assert started[-1] == f"--warm_start_from={trained}"
+
+
+def test_fine_tuning_a_probabilistic_model_keeps_training_its_uncertainty_head(sample_dataset, tmp_path, capsys):
     """conv-probabilistic's scale head was dropped without a word when --hparams did not say
     probabilistic=True; an explicit probabilistic=False still leaves it out."""
     from allen_sr.commands.train import start_from
 
-    common = [*START, "--hparams_set=img2img_conv_sr_cpu"]
+    common = [*START, "--hparams_set=img2img_conv_sr_cpu", f"--data_dir={sample_dataset}"]
     argv = start_from("conv-probabilistic",
                       [*common, f"--output_dir={tmp_path / 'a'}", "--hparams=cosine_decay_steps=5"])
     assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=cosine_decay_steps=5,probabilistic=True"]

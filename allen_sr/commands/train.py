@@ -3,10 +3,12 @@ t2t-trainer flag passes through), plus --init_from MODEL to fine-tune a trained 
 images instead of training one from random weights.
 
 MODEL is a shipped model's name (`allen-sr models`), an `allen-sr export` folder, or a run folder
-or checkpoint. Train it with the model and hparams set it was trained with: every trainable
-variable must come from it, and a variable of another shape or missing there is refused by name
-(another hparams set, or an export that folded a layer such as conv-fast, before anything is
-written). A model with an uncertainty head (conv-probabilistic) trains it too: the run gets the
+or checkpoint. Train it with the model and hparams set it was trained with, on a problem of its
+channel count: every trainable variable must come from it. Another model, hparams set or channel
+count (an export's config.json or a run's flags.txt says which), or an export that folded a layer
+such as conv-fast, is refused before anything is written, as is a command train's checks refuse;
+a variable of another shape or missing there is still refused by name when training starts.
+A model with an uncertainty head (conv-probabilistic) trains it too: the run gets the
 hparam probabilistic=True unless --hparams says otherwise.
 The optimizer, the learning-rate schedule and the step count start anew. Only a new run starts
 from it: a run whose --output_dir has a checkpoint continues from that.
@@ -36,12 +38,14 @@ def warm_start_folder(output_dir: str) -> str:
 
 
 def start_from(source: str, argv: list[str]) -> list[str]:
-    """``argv`` with the --warm_start_from that starts training from ``source``. An export that
-    does not fit this run (another model or hparams set, a folded layer, an uncertainty head the
-    run would drop or lack) is refused here, before anything is written."""
+    """``argv`` with the --warm_start_from that starts training from ``source``. A model that does
+    not fit this run (another model, hparams set or channel count, a folded layer, an uncertainty
+    head the run would drop or lack), or a command train's checks refuse, is refused here, before
+    anything is written."""
     import tensorflow as tf
 
-    from allen_sr.api.models import resolve
+    from allen_sr.api.models import resolve, run_flags
+    from allen_sr.decoding.checkpoints import run_folder
     from allen_sr.export.warm_start import check_fine_tunable, export_weights, write_checkpoint
 
     if flag_value(argv, "warm_start_from") is not None:
@@ -49,27 +53,76 @@ def start_from(source: str, argv: list[str]) -> list[str]:
     output_dir = flag_value(argv, "output_dir")
     if not output_dir:
         raise InvalidInputError("--output_dir is required")
-    if flag_value(argv, "schedule") == "run_std_server" or tf.train.latest_checkpoint(output_dir):
-        return argv  # a parameter server builds no model; a run with a checkpoint continues from it
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+    if flag_value(argv, "schedule") == "run_std_server" or task.get("type") == "ps":
+        return argv  # a parameter server builds no model
+    if tf.io.gfile.isdir(output_dir) and tf.train.latest_checkpoint(output_dir):
+        return argv  # a run with a checkpoint continues from it
     spec = resolve(source)
     if not spec.exported:  # a run: t2t reads its checkpoint as it is
+        trained = run_flags(run_folder(spec.output_dir))
+        shape = _problem_shape(trained.get("problem"))
+        check_fits(source, argv, trained.get("model"), spec.hparams_set, shape and (trained["problem"], *shape))
+        check_command(argv)
         return argv + [f"--warm_start_from={spec.output_dir}"]
     weights, config = export_weights(spec.exported)
-    model, hparams_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
-    if model and model != config["model"]:
-        raise InvalidInputError(f"--init_from {source} is an {config['model']} model and this run trains {model}: "
-                                f"pass --model={config['model']} --hparams_set={config['hparams_set']}")
-    if hparams_set and hparams_set != config["hparams_set"]:
-        raise InvalidInputError(f"--init_from {source} was trained with {config['hparams_set']}; pass "
-                                f"--hparams_set={config['hparams_set']}, not {hparams_set} (its variables are "
-                                "that set's; change how it trains with --hparams)")
+    shape = (config.get("problem", "?"), config.get("input_size"), config.get("target_size"), config.get("channels"))
+    check_fits(source, argv, config["model"], config["hparams_set"], shape if None not in shape else None)
     check_fine_tunable(source, weights, config)
     argv = with_uncertainty_head(source, argv, bool(config.get("distribution")))
+    check_command(argv)
     prefix = write_checkpoint(weights, warm_start_folder(output_dir))
     steps = config.get("steps") or str(config.get("checkpoint", "")).rpartition("model.ckpt-")[2] or "?"
     print(f"starting from {source} ({config['model']}, {config['hparams_set']}, {steps} steps): {prefix}",
           flush=True)
     return argv + [f"--warm_start_from={prefix}"]
+
+
+def _problem_shape(problem: str | None) -> tuple[int, int, int] | None:
+    """(input size, target size, channels) of a registered ``problem``; None if it is not one."""
+    from allen_sr.t2t.names import UnknownNameError, problem_shape, register_all
+
+    if not problem:
+        return None
+    register_all()
+    try:
+        return problem_shape(problem)
+    except UnknownNameError:
+        return None  # said by train's checks (or a problem of a --t2t_usr_dir not imported yet)
+
+
+def check_fits(source: str, argv: list[str], model: str | None, hparams_set: str,
+               trained: tuple[str, int, int, int] | None) -> None:
+    """InvalidInputError naming ``source`` when this run trains another model or hparams set than
+    ``source`` was trained with, or a problem of another channel count than ``trained`` (its
+    problem, input size, target size, channels): its variables would not fit."""
+    wanted, wanted_set = flag_value(argv, "model"), flag_value(argv, "hparams_set")
+    if model and wanted and model != wanted:
+        raise InvalidInputError(f"--init_from {source} is an {model} model and this run trains {wanted}: "
+                                f"pass --model={model} --hparams_set={hparams_set}")
+    if hparams_set and wanted_set and hparams_set != wanted_set:
+        raise InvalidInputError(f"--init_from {source} was trained with {hparams_set}; pass "
+                                f"--hparams_set={hparams_set}, not {wanted_set} (its variables are "
+                                "that set's; change how it trains with --hparams)")
+    problem = flag_value(argv, "problem")
+    here = _problem_shape(problem)
+    if trained is None or here is None or trained[3] == here[2]:
+        return
+    shape = "{0}x{0} -> {1}x{1} px, {2} channel(s)".format
+    raise InvalidInputError(f"--init_from {source} was trained on {trained[0]} ({shape(*trained[1:])}) and "
+                            f"--problem={problem} has {shape(*here)}: its first and last layers fit only "
+                            f"{trained[3]}-channel images; fine-tune it on a problem of {trained[3]} channel(s), "
+                            "or train without --init_from")
+
+
+def check_command(argv: list[str]) -> None:
+    """Train's own checks of ``argv`` (`allen_sr.t2t.tools.check_train_flags`: names, --hparams,
+    folders, data, another run's folder), before MODEL's checkpoint is written into --output_dir."""
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    tools.import_usr_dir(argv)  # before the checks look its names up
+    tools.check_train_flags(argv)
 
 
 def with_uncertainty_head(source: str, argv: list[str], has_head: bool) -> list[str]:
