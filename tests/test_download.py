@@ -621,7 +621,10 @@ def test_ctrl_c_while_listing_is_one_line(server, tmp_path):
     env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     process = subprocess.Popen([sys.executable, "-m", "allen_sr.commands.download", "--tmp_dir", str(tmp_path),
                                 "--data_set_ids", "55", "--api_base", server.api_base, "--timeout", "60"],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # a user's Ctrl-C, whatever the test runner's: its workers may ignore SIGINT, and a
+                               # Python started with SIGINT ignored keeps ignoring it
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not server.query_requests():
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
