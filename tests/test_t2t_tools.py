@@ -235,6 +235,12 @@ def conv_run(stock_datagen):
     ("img2img_transformer_sr", "img2img_allen_cpu_tiny", ["--hparams=train_budget_seconds=-5"],
      ["train_budget_seconds", "-5"]),
     ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--train_steps=0"], ["--train_steps=0", ">= 1"]),
+    ("img2img_transformer", "img2img_allen_cpu_tiny", ["--hparams=train_budget_seconds=20"],
+     ["train_budget_seconds=20", "--model=img2img_transformer does not stop", "img2img_transformer_sr"]),
+    ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--hparams=degradation=blur=0:2,noise=0:10"],
+     ["for noise", "join degradation items with ';' (quote the --hparams for the shell)"]),
+    ("img2img_conv_sr", "img2img_conv_sr_cpu", ["--schedule=nosuch"],
+     ["--schedule=nosuch", "continuous_train_and_eval", "evaluate", "train_and_evaluate"]),
 ])
 def test_train_refuses_what_cannot_train_before_anything_is_written(model, hparams_set, extra, words,
                                                                     stock_datagen, tmp_path, capsys):
@@ -479,4 +485,80 @@ def test_a_non_integer_ratio_problem_is_refused_where_the_model_needs_one(model,
     else:  # past this check: the next one finds no dataset
         err = capsys.readouterr().err
         assert code == 2 and "input_patch" not in err and "no train examples" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("problem, shape", [
+    ("img2img_allen_brain_dim48to64", "48x48 to 64x64 px, not an integer factor"),
+    ("img2img_allen_brain_dim16to16_paint1", "16x16 to 16x16 px, a factor of 1")])
+def test_the_conv_model_is_refused_on_a_problem_it_cannot_upscale(problem, shape, tmp_path, capsys):
+    """img2img_conv_sr on 48 -> 64 px (an autograph StagingError) or the 16 -> 16 px in-painting problem
+    (DepthToSpace's block_size 1): one line naming the problem and what trains, before anything is written."""
+    from allen_sr.t2t import tools
+
+    out = tmp_path / "out"
+    code = tools.train_main([f"--problem={problem}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={tmp_path / 'data'}", f"--output_dir={out}", "--worker_gpu=0"])
+    _one_line_error(capsys, code, f"--problem={problem}", shape, "--model=img2img_conv_sr needs", "integer factor",
+                    "img2img_allen_brain_dim8to32", "--model=img2img_transformer")
+    assert not out.exists()
+
+
+def _as_allen_data(stock_datagen, folder):
+    """The module's dataset under the file names of the Allen problems (img2img_allen_brain-*)."""
+    import shutil
+
+    folder.mkdir()
+    for name in os.listdir(stock_datagen / "data"):
+        shutil.copy(stock_datagen / "data" / name, folder / name.replace(PROBLEM, "img2img_allen_brain"))
+    return folder
+
+
+def test_a_run_is_continued_only_with_its_own_problem(conv_run, tmp_path, capsys):
+    """A run of img2img_local_dim8to32 continued under the grey problem: t2t-trainer rewrote its flags.txt and
+    hparams.json (1 channel) and then failed to restore the RGB checkpoint, leaving a run no command could read.
+    Another problem of the same shape is refused too (another dataset: that is --init_from's job)."""
+    from allen_sr.t2t import tools
+
+    data = _as_allen_data(conv_run.parent, tmp_path / "allen")
+    before = {name: (conv_run / name).read_text() for name in ("hparams.json", "flags.txt")}
+    code = tools.train_main(["--problem=img2img_allen_brain_dim8to32_grey", "--model=img2img_conv_sr",
+                             "--hparams_set=img2img_conv_sr_fast", f"--data_dir={data}", f"--output_dir={conv_run}",
+                             "--worker_gpu=0", "--train_steps=40", "--schedule=train", "--hparams=probabilistic=True"])
+    _one_line_error(capsys, code, f"holds a run of --problem={PROBLEM}", "model.ckpt-1", f"pass --problem={PROBLEM}",
+                    f"--init_from={conv_run}")
+    assert {name: (conv_run / name).read_text() for name in before} == before
+    hparams = tools.build_hparams("img2img_conv_sr_fast", "probabilistic=True")
+    with pytest.raises(tools.UsageError, match=f"--problem={PROBLEM} .*, not img2img_allen_brain_dim8to32:"):
+        tools.check_run_folder(str(conv_run), "img2img_allen_brain_dim8to32", "img2img_conv_sr",
+                               "img2img_conv_sr_fast", hparams)
+    tools.check_run_folder(str(conv_run), PROBLEM, "img2img_conv_sr", "img2img_conv_sr_fast", hparams)
+
+
+def test_train_steps_the_run_has_reached_are_refused(conv_run, capsys, monkeypatch):
+    """--train_steps at or below the checkpoint's step trained nothing, exited 0 and rewrote flags.txt; an
+    evaluation of the run, a --train_steps beyond it and a task of a cluster are not refused."""
+    from allen_sr.t2t import run_checks, tools
+
+    before = (conv_run / "flags.txt").read_text()
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={conv_run.parent / 'data'}", f"--output_dir={conv_run}", "--worker_gpu=0",
+                             "--train_steps=1", "--schedule=train", "--hparams=probabilistic=True"])
+    _one_line_error(capsys, code, f"--output_dir={conv_run} is at step 1: pass --train_steps above 1 to train on")
+    assert (conv_run / "flags.txt").read_text() == before
+    for argv in (["--schedule=evaluate", "--train_steps=1"], ["--schedule=continuous_eval"], ["--train_steps=2"]):
+        run_checks.check_steps(argv, str(conv_run))
+    monkeypatch.setenv("TF_CONFIG", '{"task": {"type": "chief", "index": 0}}')
+    run_checks.check_steps(["--train_steps=1"], str(conv_run))
+
+
+def test_evaluating_a_folder_without_a_checkpoint_is_refused(stock_datagen, tmp_path, capsys):
+    """--schedule=evaluate of an empty or mistyped --output_dir scored untrained weights and exited 0."""
+    from allen_sr.t2t import tools
+
+    out = tmp_path / "mistyped"
+    code = tools.train_main([f"--problem={PROBLEM}", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={stock_datagen / 'data'}", f"--output_dir={out}", "--worker_gpu=0",
+                             "--schedule=evaluate"])
+    _one_line_error(capsys, code, "--schedule=evaluate: no checkpoint in", str(out), "trained run")
     assert not out.exists()

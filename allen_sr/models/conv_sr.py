@@ -165,6 +165,14 @@ class Img2imgConvSr(t2t_model.T2TModel):
 
     # What `allen-sr train` calls on the registered class before training (allen_sr.t2t.tools).
     check_hparams = staticmethod(check_hparams)
+    # The smallest integer scale factor its upsampling takes (factor 1: no sub-pixel step to learn).
+    min_scale_factor = 2
+    honours_train_budget = True  # its training clock stops at train_budget_seconds (allen_sr.models.schedule)
+
+    @staticmethod
+    def needs_integer_factor(hparams: Any) -> str:
+        """What needs an integer scale factor (allen_sr.t2t.tools.check_problem_hparams): its upsampling."""
+        return f"upsample={getattr(hparams, 'upsample', conv_net.UPSAMPLERS[0])}"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

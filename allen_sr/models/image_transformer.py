@@ -274,6 +274,8 @@ def bicubic_context(inputs: tf.Tensor, targets: tf.Tensor, probability: float) -
 class Img2imgTransformerSr(image_transformer_2d.Img2imgTransformer):
     """img2img_transformer plus the hparam-switched additions of the module docstring."""
 
+    honours_train_budget = True  # its training clock stops at train_budget_seconds (allen_sr.models.schedule)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Every option present from here on: a set that lacks one (a stock set) gets its

@@ -67,6 +67,13 @@ def parse_overrides(hparams: Any, overrides: str | None, hparams_set: str) -> No
     try:
         hparams.parse(overrides or "")
     except ValueError as exc:
+        from allen_sr.data.degrade import TRAINING_KEYS
+
+        # "degradation=blur=0:2,noise=0:10": t2t splits the overrides at each "," (noise: no hparam)
+        items = [item.split("=", 1)[0].strip() for item in (overrides or "").split(",")]
+        later = items[items.index("degradation") + 1:] if "degradation" in items else []
+        joined = ("; join degradation items with ';' (quote the --hparams for the shell)"
+                  if any(key in TRAINING_KEYS and not hasattr(hparams, key) for key in later) else "")
         raise InvalidInputError(
             f"--hparams {overrides}: {exc} (the hparams of {hparams_set}: allen_sr/models/conv_sr.py HPARAMS, "
-            "allen_sr/models/transformer_options.py, tensor2tensor's basic_params1)") from None
+            f"allen_sr/models/transformer_options.py, tensor2tensor's basic_params1){joined}") from None

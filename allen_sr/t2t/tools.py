@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, check_flag_names, expand_home,
                                     has_flag, read_flagfiles)
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
+from allen_sr.t2t.run_checks import check_budget_model, check_schedule, check_steps
 from allen_sr.t2t.tuning import prepare_train_flags
 from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
@@ -210,6 +211,7 @@ def check_model_hparams(model: str, hparams_set: str, hparams: "HParams") -> Non
     budget = float(getattr(hparams, "train_budget_seconds", 0.0) or 0.0)
     if not budget >= 0 or budget == float("inf"):
         raise UsageError(f"train_budget_seconds must be a number of seconds >= 0 (0 = no time budget), got {budget}")
+    check_budget_model(model, registry.model(model), budget)
 
 
 # Hparams that may change when a run is continued: they steer the training, not which variables the
@@ -261,11 +263,12 @@ def check_run_folder(output_dir: str, problem: str, model: str, hparams_set: str
     if checkpoint:
         flags_path = os.path.join(output_dir, "flags.txt")
         recorded = tf.io.gfile.GFile(flags_path).read().split() if tf.io.gfile.exists(flags_path) else []
-        for name, value in (("model", model), ("hparams_set", hparams_set)):
+        for name, value in (("model", model), ("hparams_set", hparams_set), ("problem", problem)):
             was = flag_value(recorded, name) or value
-            if was != value:
+            if was != value:  # another problem, even of the same shape: its data_dir and statistics
+                hint = f" (--init_from={output_dir} starts a new run from its weights)" if name == "problem" else ""
                 raise UsageError(f"--output_dir={output_dir} holds a run of --{name}={was} ({checkpoint}), not "
-                                 f"{value}: pass --{name}={was} to continue it, or choose another --output_dir")
+                                 f"{value}: pass --{name}={was} to continue it, or choose another --output_dir{hint}")
         path = os.path.join(output_dir, "hparams.json")
         if tf.io.gfile.exists(path):
             changed = changed_hparams(json.loads(tf.io.gfile.GFile(path).read()), hparams, overrides)
@@ -323,16 +326,23 @@ def check_trainer_command(argv: list[str]) -> tuple[str, str, str, "HParams"]:
 
 def check_problem_hparams(problem: str, model: str, hparams_set: str, hparams: "HParams") -> None:
     """UsageError when the model's hparams need an integer ratio of sizes (its ``needs_integer_factor``:
-    img2img_transformer_sr's input_patch, ...) that ``problem`` lacks (48 -> 64 px: a graph assert stopped it)."""
+    img2img_transformer_sr's input_patch, img2img_conv_sr's upsampling; at least its ``min_scale_factor``)
+    that ``problem`` lacks (48 -> 64 px, 16 -> 16 px: a graph assert or a traceback stopped it)."""
     from tensor2tensor.utils import registry
 
-    needs = getattr(registry.model(model), "needs_integer_factor", None)
+    model_class = registry.model(model)
+    needs = getattr(model_class, "needs_integer_factor", None)
     option = needs(hparams) if needs is not None else None
+    least = int(getattr(model_class, "min_scale_factor", 1))
     shape = [int(getattr(registry.problem(problem), f"{side}_dim", 1)) for side in ("input", "output")]
-    if option and shape[1] % shape[0]:
-        raise UsageError(f"--problem={problem} maps {shape[0]}x{shape[0]} to {shape[1]}x{shape[1]} px, not an integer "
-                         f"factor, which --model={model} needs ({option} in --hparams_set={hparams_set}): "
-                         "train --model=img2img_transformer (the stock model; it reads the same sets)")
+    if option and (shape[1] % shape[0] or shape[1] // shape[0] < least):
+        factor = ("not an integer factor, which" if shape[1] % shape[0]
+                  else f"a factor of {shape[1] // shape[0]}, below the integer factor >= {least} that")
+        instead = ("pass a problem such as img2img_allen_brain_dim8to32, or train --model=img2img_transformer "
+                   "with an img2img_allen_* set" if least > 1 else
+                   "train --model=img2img_transformer (the stock model; it reads the same sets)")
+        raise UsageError(f"--problem={problem} maps {shape[0]}x{shape[0]} to {shape[1]}x{shape[1]} px, {factor} "
+                         f"--model={model} needs ({option} in --hparams_set={hparams_set}): {instead}")
 
 
 def check_worker_gpu(argv: list[str]) -> None:
@@ -359,6 +369,7 @@ def check_train_flags(argv: list[str]) -> None:
     """Refuse a training command line that cannot work before any training (unknown names, a
     model and hparams set of two families, malformed --hparams, another run's folder, no data)."""
     check_flag_names(argv)
+    check_schedule(argv)
     if flag_value(argv, "schedule") == "run_std_server":  # a parameter server reads no data
         return
     from tensor2tensor.utils import registry
@@ -371,6 +382,7 @@ def check_train_flags(argv: list[str]) -> None:
     check_shards(data_dir, prefix, "train", problem)
     if flag_value(argv, "schedule") != "train":
         check_shards(data_dir, prefix, "dev", problem, "; evaluation reads them (--schedule=train trains without)")
+    check_steps(argv, output_dir)
     if output_dir:
         check_run_folder(output_dir, problem, model, hparams_set, hparams, flag_value(argv, "hparams"))
         _make_folder(output_dir, "output_dir")  # the last check: a refused command leaves no folder
