@@ -66,6 +66,9 @@ def test_demo_writes_predictions_metrics_and_loss(tmp_path, installed):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=installed)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert os.path.exists(out / "train" / f"model.ckpt-{step + 2}.index")
+    # ... and again with the same: nothing to train (train would refuse it), the rest runs
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=installed)
+    assert proc.returncode == 0 and f"is at step {step + 2}: trained already" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_demo_trains_our_sets_by_the_clock_and_stock_sets_by_steps(capsys):

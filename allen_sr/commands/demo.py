@@ -179,7 +179,13 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     plan = training_plan(args)
     banner(2, f"train: {args.model} / {args.hparams_set}, {plan} on CPU -> {train_dir}")
-    train(args, plan, data_dir, train_dir, os.path.join(out, "train.log"))
+    from allen_sr.t2t.tuning import checkpoint_step
+
+    reached = checkpoint_step(train_dir) if plan.steps else 0
+    if plan.steps and reached >= plan.steps:  # a rerun: train refuses steps a run has reached
+        print(f"  {train_dir} is at step {reached}: trained already (a larger --train_steps trains on)", flush=True)
+    else:
+        train(args, plan, data_dir, train_dir, os.path.join(out, "train.log"))
 
     banner(3, f"decode: {args.num_examples} dev tiles ({args.mode or 'decode_mode of the set'}) -> {decode_dir}")
     from allen_sr.commands.args import ModelSpec
