@@ -468,7 +468,7 @@ def datagen_help() -> str:
 
 def datagen_main(argv: list[str]) -> int:
     """allen-sr datagen [t2t-datagen flags]"""
-    if any(a in ("-h", "--help", "--helpshort") for a in argv):
+    if asks_help(argv) and "--helpfull" not in argv:  # --helpfull: absl's list of every flag, alone
         print(datagen_help(), flush=True)
     try:
         argv = expand_home(read_flagfiles(argv))
