@@ -504,6 +504,18 @@ def test_the_conv_model_is_refused_on_a_problem_it_cannot_upscale(problem, shape
     assert not out.exists()
 
 
+def test_the_conv_model_is_refused_on_a_problem_without_image_sizes(tmp_path, capsys):
+    """A registered problem that is not an image problem of fixed sizes (text2text_tmpdir): one line
+    naming it, from the one reader of problem sizes (names.problem_shape)."""
+    from allen_sr.t2t import tools
+
+    out = tmp_path / "out"
+    code = tools.train_main(["--problem=text2text_tmpdir", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
+                             f"--data_dir={tmp_path / 'data'}", f"--output_dir={out}", "--worker_gpu=0"])
+    _one_line_error(capsys, code, "--problem=text2text_tmpdir is not an image problem of fixed sizes")
+    assert not out.exists()
+
+
 def _as_allen_data(stock_datagen, folder):
     """The module's dataset under the file names of the Allen problems (img2img_allen_brain-*)."""
     import shutil

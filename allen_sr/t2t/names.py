@@ -58,7 +58,10 @@ def problem_shape(problem_name: str) -> tuple[int, int, int]:
     from tensor2tensor.utils import registry
 
     p = registry.problem(problem_name)
-    return int(p.input_dim), int(p.output_dim), int(p.num_channels)
+    if not all(hasattr(p, size) for size in ("input_dim", "output_dim")):
+        raise InvalidInputError(f"--problem={problem_name} is not an image problem of fixed sizes (input_dim, "
+                                "output_dim): pass one of the README's 'Models, problems and hparams sets'")
+    return int(p.input_dim), int(p.output_dim), int(getattr(p, "num_channels", 3))
 
 
 def parse_overrides(hparams: Any, overrides: str | None, hparams_set: str) -> None:

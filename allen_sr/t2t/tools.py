@@ -330,12 +330,16 @@ def check_problem_hparams(problem: str, model: str, hparams_set: str, hparams: "
     that ``problem`` lacks (48 -> 64 px, 16 -> 16 px: a graph assert or a traceback stopped it)."""
     from tensor2tensor.utils import registry
 
+    from allen_sr.t2t.names import problem_shape
+
     model_class = registry.model(model)
     needs = getattr(model_class, "needs_integer_factor", None)
     option = needs(hparams) if needs is not None else None
+    if not option:
+        return
     least = int(getattr(model_class, "min_scale_factor", 1))
-    shape = [int(getattr(registry.problem(problem), f"{side}_dim", 1)) for side in ("input", "output")]
-    if option and (shape[1] % shape[0] or shape[1] // shape[0] < least):
+    shape = problem_shape(problem)[:2]
+    if shape[1] % shape[0] or shape[1] // shape[0] < least:
         factor = ("not an integer factor, which" if shape[1] % shape[0]
                   else f"a factor of {shape[1] // shape[0]}, below the integer factor >= {least} that")
         instead = ("pass a problem such as img2img_allen_brain_dim8to32, or train --model=img2img_transformer "
