@@ -12,7 +12,7 @@ from PIL import Image
 
 import allen_sr
 from allen_sr import pretrained
-from allen_sr.api import InputImageError, Upscaler, read_image
+from allen_sr.api import InputImageError, Upscaler
 from allen_sr.api.arrays import as_region, Region
 from allen_sr.commands import upscale as upscale_cmd
 from allen_sr.data.images import load_image

@@ -23,7 +23,6 @@ from allen_sr.decoding.reference import NaiveDecoder
 from allen_sr.decoding.support import UnsupportedHParamsError
 from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.bicubic import bicubic_centres
-from allen_sr.errors import InvalidInputError
 
 PROBLEM = "img2img_allen_brain_dim8to32"
 HPARAMS_SET = "img2img_allen_cpu_tiny"
