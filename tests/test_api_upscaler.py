@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+import tifffile
 
 import allen_sr
 from allen_sr import pretrained
@@ -56,6 +57,21 @@ def test_a_pillow_image_carries_its_16_bits_and_its_exif_orientation(up, rgb, tm
     Image.fromarray(rgb).save(tmp_path / "rot.png", exif=exif)
     with Image.open(tmp_path / "rot.png") as turned:
         np.testing.assert_array_equal(quiet(up.predict, turned), quiet(up.predict, np.rot90(rgb, -1)))
+
+
+@pytest.mark.parametrize("orientation, upright", [(6, lambda a: np.rot90(a, -1)), (3, lambda a: a[::-1, ::-1])])
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_pillow_tiff_is_turned_upright_once(up, rgb, tmp_path, orientation, upright, deep):
+    """Pillow turns a TIFF upright as it loads it: an 8-bit one passed unloaded was turned twice."""
+    stored = rgb.astype(np.uint16) * 257 if deep else rgb
+    tifffile.imwrite(tmp_path / "o.tif", stored, photometric="rgb", extratags=[(274, 3, 1, orientation, True)])
+    expected = quiet(up.predict, upright(rgb))
+    np.testing.assert_array_equal(quiet(up.predict, str(tmp_path / "o.tif")), expected)
+    for load in (False, True):
+        with Image.open(tmp_path / "o.tif") as opened:
+            if load:
+                opened.load()
+            np.testing.assert_array_equal(quiet(up.predict, opened), expected)
 
 
 def test_read_image_and_a_path_give_the_clis_pixels_where_the_readmes_pillow_line_did_not(up, rgb, tmp_path):

@@ -205,6 +205,11 @@ def test_predict_file_writes_a_region_and_the_preview_where_asked(tmp_path):
     for bad in ({"tile": 0}, {"batch_tiles": -1}):  # 0 meant "the default", -1 failed in NumPy
         with pytest.raises(UserError, match=f"{next(iter(bad))} .* must be >= 1"):
             Upscaler.open("conv-fast", **bad)
+    for bad in ({"tile": 50.5}, {"overlap": 10.5}, {"batch_tiles": 2.5}, {"tile": "64"}):  # TypeErrors deep inside
+        with pytest.raises(UserError, match=f"{next(iter(bad))}={next(iter(bad.values()))!r} .*: give a whole number"):
+            Upscaler.open("conv-fast", **bad)
+    with Upscaler.open("conv-fast", tile=np.int64(64)) as up, pytest.raises(UserError, match="pixel size 0.5 um"):
+        up.predict_file(HELD_OUT_BRAIN, tmp_path / "p.tif", pixel_size_um="0.5")
     # A file where the preview folder should be: named before the work (it failed after it).
     with Upscaler.open("conv-fast") as up, pytest.raises(UserError, match="preview folder .*r.tif: a file"):
         up.predict_file(HELD_OUT_BRAIN, tmp_path / "o.tif", preview_size=32, preview_to=tmp_path / "r.tif")

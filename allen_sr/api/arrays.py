@@ -90,6 +90,8 @@ def pillow_pixels(image: Any, bits: int | None) -> np.ndarray:
     (16-bit colour, which Pillow holds cut to 8 bits, from its file when it has one)."""
     from allen_sr.data import images
 
+    if getattr(image, "format", None) == "TIFF":
+        image.load()  # Pillow turns a TIFF upright as it loads it (and then drops its Orientation tag)
     orientation = images.exif_orientation(image)
     filename = getattr(image, "filename", "")
     if hasattr(image, "tile") and images.deep_colour(image) and filename and os.path.isfile(filename):

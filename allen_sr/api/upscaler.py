@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -67,10 +68,15 @@ class Options:
     compression: str = "deflate"  # TIFF output: writers.TIFF_COMPRESSION
 
     def __post_init__(self) -> None:
-        for name, flag, value in (("tile", "--tile", self.tile), ("batch_tiles", "--batch_size", self.batch_tiles)):
-            if value is not None and value < 1:
+        for name, flag in (("tile", "--tile"), ("overlap", "--overlap"), ("batch_tiles", "--batch_size"),
+                           ("level", "--level"), ("preview_size", "--preview_size")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise InvalidInputError(f"{name}={value!r} ({flag}): give a whole number")
+            if name in ("tile", "batch_tiles") and value is not None and value < 1:
                 raise InvalidInputError(f"{name} ({flag}) must be >= 1, got {value}")
-        if self.pixel_size_um is not None and not 0 < self.pixel_size_um < np.inf:
+        size = self.pixel_size_um
+        if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Real) or not 0 < size < np.inf):
             raise InvalidInputError(f"pixel size {self.pixel_size_um} um per input px (--pixel_size): "
                                     "give a positive number")
 
