@@ -227,6 +227,40 @@ def test_bioimageio_package_describes_the_images_of_its_problem(tmp_path):
             assert "brightfield microscopy images like the ones it was trained on" in rdf["description"]
 
 
+def test_an_export_into_the_current_empty_folder(conv_run, tmp_path, monkeypatch):
+    """--out . (an empty folder, as --help allows) died after the work: "PosixPath('.') has an empty name"."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert export_main(["--problem", PROBLEM, "--hparams_set", CONV_SET, "--output_dir", conv_run, "--out", "./"]) == 0
+    assert (here / "config.json").is_file() and (here / "rdf.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+def test_a_greyscale_models_package_says_greyscale(tmp_path):
+    """Its tensors were described as "uint8 RGB image" (and its README's input as RGB)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from allen_sr.export.bioimageio import write_package
+
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT),  # nearest x4: a 1-channel stand-in
+             helper.make_node("Resize", ["f", "", "scales"], ["r"], mode="nearest"),
+             helper.make_node("Cast", ["r"], ["y"], to=TensorProto.UINT8)]
+    graph = helper.make_graph(
+        nodes, "grey", [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, None, None, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [None, None, None, 1])],
+        [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 4.0, 4.0, 1.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "model.onnx")
+    config = {"name": "grey", "model": CONV, "hparams_set": CONV_SET, "problem": "img2img_allen_brain_dim8to32_grey",
+              "input_size": 8, "target_size": 32, "channels": 1, "radius": 0, "tta": False, "checkpoint": "model.ckpt-1"}
+    rdf = yaml.safe_load(write_package(tmp_path, config, "model.onnx", None, "me").read_text())
+    said = [rdf["description"], rdf["inputs"][0]["description"], rdf["outputs"][0]["description"],
+            (tmp_path / rdf["documentation"]).read_text().split("Training data:")[0]]
+    assert all("greyscale" in text and "RGB" not in text for text in said), said
+    assert rdf["inputs"][0]["axes"][-1]["channel_names"] == ["grey"]
+
+
 @pytest.mark.parametrize("case", ["missing", "other_model", "conv_with_it_set", "it_with_conv_set"])
 def test_export_refuses_a_foreign_or_missing_checkpoint_by_name(case, conv_run, it_run, tmp_path, capsys):
     argv = {

@@ -130,7 +130,7 @@ def export(problem: str, hparams_set: str, output_dir: str, out: str | os.PathLi
     from allen_sr.decoding.support import TRANSFORMER_MODELS
     from allen_sr.t2t.names import check_names, problem_shape
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "--out ." has no name to build the hidden temporary folder's from
     check_out(out)
     check_names(problem=problem, hparams_set=hparams_set)
     checkpoint = checkpoints.find_checkpoint(output_dir)

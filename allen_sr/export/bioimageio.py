@@ -64,13 +64,17 @@ def is_allen(problem: str) -> bool:
     return problem.startswith("img2img_allen_brain")
 
 
+def colour(config: dict[str, Any]) -> str:
+    """"greyscale" for a model of 1 channel, else "RGB"."""
+    return "greyscale" if int(config["channels"]) == 1 else "RGB"
+
+
 def subject(config: dict[str, Any]) -> str:
     """What the model enlarges, from its problem: "RGB brightfield mouse brain sections" for the
     Allen problems, brightfield images like its training images for the others (the user's own)."""
-    colour = "greyscale" if int(config["channels"]) == 1 else "RGB"
     if is_allen(config["problem"]):
-        return f"{colour} brightfield mouse brain sections"
-    return f"{colour} brightfield microscopy images like the ones it was trained on ({config['problem']})"
+        return f"{colour(config)} brightfield mouse brain sections"
+    return f"{colour(config)} brightfield microscopy images like the ones it was trained on ({config['problem']})"
 
 
 def tags(problem: str) -> list[str]:
@@ -126,7 +130,7 @@ x{f} super-resolution of {subject(config)} (8-bit), a residual CNN
 [allen-sr](https://github.com/allen-sr/allen-sr) on {config['input_size']} px -> {config['target_size']} px
 tiles of problem `{config['problem']}`.
 
-Input: uint8 `[batch, y, x, channel]` RGB of any size. Output: uint8 `[batch, {f}y, {f}x, channel]`.
+Input: uint8 `[batch, y, x, channel]` {colour(config)} of any size. Output: uint8 `[batch, {f}y, {f}x, channel]`.
 The input normalization is part of the model{', and the prediction is the mean of the 8 flips/rotations of the input' if config['tta'] else ''}.
 An output pixel depends on input pixels up to {config['radius']} px away: tile with at least that much
 overlap (the halo) and the tiles join without seams; inputs need at least {2 * config['radius'] + 1} px per side.
@@ -202,7 +206,7 @@ def write_package(folder: str | os.PathLike[str], config: dict[str, Any], onnx_n
         "version": "0.1.0",
         "inputs": [{
             "id": INPUT_NAME,
-            "description": "uint8 RGB image (values 0-255)",
+            "description": f"uint8 {colour(config)} image (values 0-255)",
             "axes": [{"type": "batch"},
                      {"type": "space", "id": "y", "size": {"min": 2 * int(config["radius"]) + 1, "step": 1}},
                      {"type": "space", "id": "x", "size": {"min": 2 * int(config["radius"]) + 1, "step": 1}},
@@ -212,7 +216,7 @@ def write_package(folder: str | os.PathLike[str], config: dict[str, Any], onnx_n
         }],
         "outputs": [{
             "id": OUTPUT_NAME,
-            "description": f"uint8 RGB image {factor}x the input's size",
+            "description": f"uint8 {colour(config)} image {factor}x the input's size",
             "axes": [{"type": "batch"},
                      {"type": "space", "id": "y", "scale": 1.0 / factor, "halo": halo,
                       "size": {"tensor_id": INPUT_NAME, "axis_id": "y"}},
