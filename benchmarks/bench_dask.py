@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,11 +43,18 @@ def section(side: int = SIDE) -> np.ndarray:
                   mode="symmetric")[:side, :side]
 
 
+def empty_folder(folder: Path) -> Path:
+    """``folder``, emptied: a rerun with the same --work must not find the last run's files."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def make_folder(folder: Path, count: int) -> None:
-    """``count`` TIFF copies of :func:`section` in ``folder``."""
+    """``count`` TIFF copies of :func:`section` in ``folder``, emptied first."""
     import tifffile
 
-    folder.mkdir(parents=True)
+    empty_folder(folder)
     image = section()
     for k in range(count):
         tifffile.imwrite(folder / f"section_{k:02d}.tif", image)
@@ -64,12 +72,17 @@ def run(images: Path, out: Path, dask: str | None, count: int) -> float:
     return seconds
 
 
+def outputs(folder: Path) -> list[str]:
+    """The enlarged images of an output folder: not the hidden records a folder run keeps beside them."""
+    return sorted(p.name for p in folder.glob("*.tif") if not p.name.startswith("."))
+
+
 def same_outputs(first: Path, other: Path) -> bool:
     """Whether two output folders hold the same pixels, file by file."""
     import tifffile
 
-    names = sorted(p.name for p in first.iterdir())
-    return names == sorted(p.name for p in other.iterdir()) and all(
+    names = outputs(first)
+    return names == outputs(other) and all(
         np.array_equal(tifffile.imread(first / n), tifffile.imread(other / n)) for n in names)
 
 
@@ -81,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
         work = Path(args.work or tmp)
         make_folder(work / "in", args.images)
-        seconds = {label: run(work / "in", work / f"out_{k}", dask, args.images)
+        seconds = {label: run(work / "in", empty_folder(work / f"out_{k}"), dask, args.images)
                    for k, (label, dask) in enumerate(RUNS)}
         same = all(same_outputs(work / "out_0", work / f"out_{k}") for k in range(1, len(RUNS)))
     base = seconds[RUNS[0][0]]

@@ -47,6 +47,26 @@ def test_arguments_after_a_double_dash_reach_the_one_named_benchmark(tmp_path, c
     assert "exactly one benchmark" in capsys.readouterr().err
 
 
+def test_bench_dask_compares_only_the_outputs_and_a_rerun_starts_from_empty_folders(tmp_path):
+    import numpy as np
+    import tifffile
+
+    import bench_dask
+
+    first, other = tmp_path / "out_0", tmp_path / "out_1"
+    for folder in (first, other):
+        folder.mkdir()
+        tifffile.imwrite(folder / "section_00.tif", np.full((8, 8, 3), 9, np.uint8))
+        (folder / ".section_00.tif.allen-sr.json").write_text("{}")  # a folder run's record beside it
+    assert bench_dask.same_outputs(first, other)
+    tifffile.imwrite(other / "section_00.tif", np.zeros((8, 8, 3), np.uint8))
+    assert not bench_dask.same_outputs(first, other)
+    bench_dask.make_folder(tmp_path / "in", 2)
+    bench_dask.make_folder(tmp_path / "in", 1)  # the same --work again, fewer images
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["section_00.tif"]
+    assert bench_dask.empty_folder(first) == first and not list(first.iterdir())
+
+
 QUALITY = """# Benchmark results
 
 ## bench_quality.py
