@@ -25,6 +25,8 @@ HEADER = ("# Benchmark results\n\n"
           "output of its last run, dated. Ratios are measured side by side in one run.\n")
 SECTION = re.compile(r"^## (bench_\w+\.py)$", re.M)
 ARGUMENTS = re.compile(r" Arguments: `([^`]*)`\.")
+FAILED = re.compile(r"_ FAILED \(exit -?\d+\)")
+FAILURE_NOTE = re.compile(r"^Latest run failed: ")
 
 
 def machine_facts() -> str:
@@ -93,8 +95,20 @@ def run(script: str, args: list[str] = ()) -> tuple[str, bool]:
     return f"_{facts}_\n\n{proc.stdout.strip()}\n", True
 
 
+def failed_over(previous: str | None, failure: str) -> str:
+    """The section of a benchmark whose run failed: the last good run's section kept (numbers the
+    docs cite stay), the failure noted under it; with none, the failure alone."""
+    if previous is None or FAILED.search(previous.partition("\n")[0]):
+        return failure
+    kept = [line for line in previous.rstrip("\n").split("\n") if not FAILURE_NOTE.match(line)]
+    return "\n".join(kept).rstrip("\n") + "\n\n" + f"Latest run failed: {failure.strip()}\n"
+
+
 def main(argv: list[str], folder: str = HERE) -> int:
     """Run the benchmarks ``argv`` names (all when empty) in ``folder``; update its RESULTS.md."""
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     results = os.path.join(folder, "RESULTS.md")
     scripts = sorted(glob.glob(os.path.join(folder, "bench_*.py")))
     argv, script_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -114,7 +128,8 @@ def main(argv: list[str], folder: str = HERE) -> int:
             failed.append(os.path.basename(script))
         # Re-read before each write: another section may have been written meanwhile.
         sections = read_sections(open(results).read()) if os.path.exists(results) else {}
-        sections[os.path.basename(script)] = body
+        name = os.path.basename(script)
+        sections[name] = body if ok else failed_over(sections.get(name), body)
         sections = {name: with_public_args(text) for name, text in sections.items()}
         with open(results + ".tmp", "w") as f:
             f.write(render(sections))
@@ -124,4 +139,8 @@ def main(argv: list[str], folder: str = HERE) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        print("run_all: stopped (Ctrl-C); the sections written before stay in RESULTS.md", file=sys.stderr)
+        sys.exit(130)

@@ -38,6 +38,45 @@ def test_a_failing_benchmark_is_recorded_and_an_unknown_name_refused(tmp_path, c
     assert "no benchmark named nosuch" in capsys.readouterr().err
 
 
+def test_a_failed_run_keeps_the_last_good_section_and_says_it_failed(tmp_path):
+    bench(tmp_path, "alpha", 7)
+    assert run_all.main([], str(tmp_path)) == 0
+    good = run_all.read_sections((tmp_path / "RESULTS.md").read_text())["bench_alpha.py"]
+    (tmp_path / "bench_alpha.py").write_text("raise SystemExit(4)\n")
+    assert run_all.main([], str(tmp_path)) == 1
+    assert run_all.main([], str(tmp_path)) == 1  # a second failure replaces the first note
+    section = run_all.read_sections((tmp_path / "RESULTS.md").read_text())["bench_alpha.py"]
+    body, note = section.rstrip("\n").rsplit("\n", 1)
+    assert body.rstrip("\n") + "\n" == good and "| 7 |" in body
+    assert note.startswith("Latest run failed: _Run 20") and "FAILED (exit 4)" in note
+    bench(tmp_path, "alpha", 8)
+    assert run_all.main([], str(tmp_path)) == 0
+    section = run_all.read_sections((tmp_path / "RESULTS.md").read_text())["bench_alpha.py"]
+    assert "| 8 |" in section and "failed" not in section.lower()
+
+
+def test_run_all_help_prints_its_usage_and_ctrl_c_ends_it_in_one_line(tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    script = f"{REPO}/benchmarks/run_all.py"
+    for flag in ("-h", "--help"):
+        proc = subprocess.run([sys.executable, script, flag], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "python benchmarks/run_all.py decode datagen" in proc.stdout, proc.stderr
+    shutil.copy(script, tmp_path / "run_all.py")  # its own folder is the benchmarks folder
+    (tmp_path / "bench_slow.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "run_all.py")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("==> bench_slow.py")
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "stopped" in err
+
+
 def test_arguments_after_a_double_dash_reach_the_one_named_benchmark(tmp_path, capsys):
     (tmp_path / "bench_args.py").write_text("import sys\nprint('### args ' + ' '.join(sys.argv[1:]))\n")
     assert run_all.main(["args", "--", "--only", "transformer"], str(tmp_path)) == 0
