@@ -232,6 +232,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def canonical(args: argparse.Namespace) -> bool:
+    """Whether this run's picture is the README's :data:`GRID`: the recipe's own run at the default
+    settings (evaluated now or later, --evaluate_only)."""
+    return bq.at_defaults(args, parse_args, set(vars(args)) - {"work", "evaluate_only"})
+
+
 GOAL_DB = 0.5
 
 
@@ -306,9 +312,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
         sub = downsample(targets[idx])
         shown = {"bicubic": np.stack([metrics.upscale(x, bq.FACTOR, "bicubic") for x in sub]),
                  **{f"IT {m}": p for m, p in kept.items()}}
-        grid = GRID if not args.variant else work / "comparison.png"
-        bq.write_grid(grid, sub, targets[idx], shown, [data["sources"][i] for i in idx])
-        text += f"\nPicture: `{grid.relative_to(HERE.parent) if grid == GRID else grid}` (input, bicubic, each mode, target).\n"
+        grid = bq.picture_at(args, GRID if canonical(args) else None, work, "comparison.png")
+        if grid:
+            bq.write_grid(grid, sub, targets[idx], shown, [data["sources"][i] for i in idx])
+        text += "\n" + bq.picture_line(grid, "input, bicubic, each mode, target") + "\n"
     existing = json.loads((work / "variants.json").read_text()) if (work / "variants.json").exists() else {}
     existing.update({r["name"]: r for r in rows})
     (work / "variants.json").write_text(json.dumps(existing, indent=2))

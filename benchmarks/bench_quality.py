@@ -31,7 +31,7 @@ Protocol (also printed with the results):
 
 Prints a markdown section on stdout (progress goes to stderr) and writes it with a JSON copy to
 `<work>/quality.md` and `quality.json`, and a picture grid of a few held-out tiles per source
-(input, every method, target) to `<work>/comparison.png`, or for a canonical run (the defaults,
+(input, every method, target) to `<work>/comparison.png` (with `--work`), or for a canonical run (the defaults,
 no hparams overrides) to `docs/model_comparison.png` (`..._transformer.png` with `--only
 transformer`), which the README shows. Takes about 4 x (minutes + 1) + 5
 minutes: ~69 min at the default 15, ~17 min with --minutes 2. `--reuse_runs` evaluates runs
@@ -57,7 +57,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -334,14 +334,33 @@ def write_grid(path: Path, inputs: np.ndarray, targets: np.ndarray, shown: dict[
     log(f"wrote {path}")
 
 
+def at_defaults(args: argparse.Namespace, parse: Callable[[list[str]], argparse.Namespace],
+                keys: Iterable[str] | None = None) -> bool:
+    """Whether a run is canonical, its picture the README's: ``keys`` (default: every argument but
+    --work) as ``parse([])`` sets them. Any other run keeps its picture in its own work folder."""
+    defaults = vars(parse([]))
+    return all(getattr(args, k) == defaults[k] for k in (keys or set(defaults) - {"work"}))
+
+
+def picture_at(args: argparse.Namespace, docs: Path | None, work: Path, name: str) -> Path | None:
+    """Where a run writes its picture: ``docs`` (a canonical run's), ``work``/``name`` when --work
+    keeps that folder, else nowhere (a temporary work folder is removed as the benchmark ends)."""
+    return docs or (work / name if args.work else None)
+
+
+def picture_line(path: Path | None, what: str = "") -> str:
+    """The report's line naming a picture from :func:`picture_at`: never a path removed on exit."""
+    if path is None:
+        return "Picture: none (the work folder was temporary; `--work DIR` keeps it there)."
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return f"Picture: `{shown}`" + (f" ({what})." if what else ".")
+
+
 def docs_grid(args: argparse.Namespace) -> Path | None:
     """Where a canonical run (default budget and tiles, no hparams overrides) puts its picture
     grid for the README: docs/model_comparison.png, or with --only docs/model_comparison_<only>.png
     (so a rerun of one model keeps the others' picture). None for any other run."""
-    defaults = parse_args([])
-    canonical = (args.minutes, args.tiles, args.conv_hparams, args.it_hparams) == (
-        defaults.minutes, defaults.tiles, defaults.conv_hparams, defaults.it_hparams)
-    if not canonical:
+    if not at_defaults(args, parse_args, ("minutes", "tiles", "conv_hparams", "it_hparams")):
         return None
     suffix = "_" + "_".join(sorted(args.only.split(","))) if args.only else ""
     return HERE.parent / "docs" / f"model_comparison{suffix}.png"
@@ -460,7 +479,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse_runs", action="store_true",
                    help="evaluate runs already trained in --work (runs/<name>/result.json) instead of "
                         "training them again")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.reuse_runs and not args.work:
+        p.error("--reuse_runs needs --work DIR (the folder whose runs it evaluates)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,11 +540,11 @@ def main(argv: list[str] | None = None) -> int:
                 shown[label] = preds
                 rows.append({"method": label, "steps": run.result["steps"], "seconds": run.result["seconds"],
                              "decode_seconds": decode_seconds, **score(preds, targets, sources)})
-        grid = docs_grid(args) or work / "comparison.png"
-        write_grid(grid, inputs, targets, shown, sources)
+        grid = picture_at(args, docs_grid(args), work, "comparison.png")
+        if grid:
+            write_grid(grid, inputs, targets, shown, sources)
         text = report(rows, runs, args, description, split, sources, train_tiles)
-        text += f"\nPicture: `{grid.relative_to(HERE.parent) if grid.is_relative_to(HERE.parent) else grid}` " \
-                "(input, bicubic, each method this run decoded, target).\n"
+        text += "\n" + picture_line(grid, "input, bicubic, each method this run decoded, target") + "\n"
         (work / "quality.md").write_text(text)
         (work / "quality.json").write_text(json.dumps(
             {"minutes": args.minutes, "rows": rows, "runs": {r.name: r.result for r in runs},

@@ -33,7 +33,7 @@ held-out brain tissue, >= +0.5 dB on clean brain input (the other stains' clean 
 
 Prints a markdown section (progress on stderr), writes it with a JSON copy to `<work>/`, and a
 picture of JPEG-75 inputs enlarged by each model to docs/real_inputs_jpeg75.png (a canonical run:
-the default budget and tile counts) or `<work>/real_inputs_jpeg75.png`.
+the default budget and tile counts) or with `--work` `<work>/real_inputs_jpeg75.png`.
 """
 from __future__ import annotations
 
@@ -252,7 +252,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="instead of the default pair, train these variants of the first --only model "
                         "(side-by-side trials of the recipe; e.g. hed=degradation=hed=0.2;jpeg=60:95)")
     p.add_argument("--reuse_runs", action="store_true", help="evaluate runs already trained in --work")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.reuse_runs and not args.work:
+        p.error("--reuse_runs needs --work DIR (the folder whose runs it evaluates)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,11 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             preds[run.name] = decode_cells(run, work, picked)
         scores = score_cells(data, preds, index)
         ordered = [r for r, _ in runs]
-        defaults = parse_args([])  # a canonical run: the default budget, tiles and runs
-        canonical = all(getattr(args, k) == getattr(defaults, k)
-                        for k in ("minutes", "tiles", "it_tiles", "only", "variant"))
-        grid = HERE.parent / "docs" / "real_inputs_jpeg75.png" if canonical else work / "real_inputs_jpeg75.png"
-        picture(grid, ordered, data, preds, index)
+        canonical = bq.at_defaults(args, parse_args, ("minutes", "tiles", "it_tiles", "only", "variant"))
+        grid = bq.picture_at(args, HERE.parent / "docs" / "real_inputs_jpeg75.png" if canonical else None,
+                             work, "real_inputs_jpeg75.png")
+        if grid:
+            picture(grid, ordered, data, preds, index)
         steps = "; ".join(f"{r.name} {r.result['steps']} steps in {r.result['seconds']:.0f} s"
                           + (" (beside another run)" if r.result.get("alongside") else " (alone)") for r in ordered)
         text = "\n".join([
@@ -305,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     f"on those" if args.it_tiles else "the same tiles")
             + "). Inputs as `allen-sr evaluate --degrade` "
             f"makes them. Metrics: {metrics.PROTOCOL}.",
-            "", f"Picture: `{grid.relative_to(HERE.parent) if grid.is_relative_to(HERE.parent) else grid}` "
-            f"({PICTURE_INPUT} inputs: input, bicubic, each model, target).", ""])
+            "", bq.picture_line(grid, f"{PICTURE_INPUT} inputs: input, bicubic, each model, target"), ""])
         (work / "real_inputs.md").write_text(text)
         (work / "real_inputs.json").write_text(json.dumps(
             {"scores": {f"{k[0]} | {k[1]}": v for k, v in scores.items()},

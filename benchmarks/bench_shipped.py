@@ -23,7 +23,7 @@ Protocol (also printed with the results):
 Prints a markdown section (progress on stderr): the gain table, then per model and stain the worst
 input of each sweep that still keeps every milder one >= 0 dB over bicubic; writes a plot of the
 gains to docs/shipped_inputs.png (a canonical run: the default models and tile counts) or
-`<work>/shipped_inputs.png`.
+`<work>/shipped_inputs.png` (with `--work`).
 """
 from __future__ import annotations
 
@@ -193,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             index[name], preds[name], limits[name] = decode_all(sources[name], data, args.it_tiles)
         scores = bri.score_cells(data, preds, index)
         stains = list(files)
-        canonical = vars(args) | {"work": None} == vars(parse_args([]))
-        picture = HERE.parent / "docs" / "shipped_inputs.png" if canonical else work / "shipped_inputs.png"
-        plot(picture, scores, names, stains, trained)
+        canonical = bq.at_defaults(args, parse_args)
+        picture = bq.picture_at(args, HERE.parent / "docs" / "shipped_inputs.png" if canonical else None,
+                                work, "shipped_inputs.png")
+        if picture:
+            plot(picture, scores, names, stains, trained)
         table = bri.gain_table({n: n for n in names}, scores)
         tiles = ", ".join(f"{n}: " + (f"a seeded random {limits[n]} of them" if limits[n] else "all")
                           for n in names)
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{stain}: {', '.join(Path(p).stem for p in paths)}" for stain, paths in files.items())
             + f". Up to {args.tiles} tiles per cell, the `tiles` column ({tiles}). Inputs as "
             f"`allen-sr evaluate --degrade` makes them. Metrics: {metrics.PROTOCOL}.", "",
-            f"Picture: `{picture.relative_to(HERE.parent) if picture.is_relative_to(HERE.parent) else picture}`.", ""])
+            bq.picture_line(picture), ""])
         (work / "shipped_inputs.md").write_text(text)
         print(text)
     return 0

@@ -30,7 +30,7 @@ Goals (the uncertainty issue, for the Image Transformer): on clean held-out brai
 calibrated, coverage_50 within 0.07 of 0.50, coverage_90 within 0.05 of 0.90,
 rmse_ratio_surest_half <= 0.55; the model >= +0.5 dB over bicubic. The conv rows are measured the
 same way. Writes docs/uncertainty_brain.png (the Image Transformer, a canonical run) or
-`<work>/uncertainty_brain.png`.
+`<work>/uncertainty_brain.png` (with `--work`).
 """
 from __future__ import annotations
 
@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                 trained.append(f"{label}: {run.result['steps']} steps in {run.result['seconds']:.0f} s")
             results[name], seen = measure(run_dir, args.tiles, name)
             shown = seen if name == "it" else shown
-        canonical = not args.run and args.minutes == 15.0 and args.tiles == 64 and "it" in names
-        picture = HERE.parent / "docs" / "uncertainty_brain.png" if canonical else work / "uncertainty_brain.png"
-        if shown:
+        canonical = bq.at_defaults(args, parse_args, ("minutes", "tiles", "run")) and "it" in names
+        picture = bq.picture_at(args, HERE.parent / "docs" / "uncertainty_brain.png" if canonical else None,
+                                work, "uncertainty_brain.png")
+        if shown and picture:
             from allen_sr.evaluation.uncertainty_pictures import uncertainty_grid
 
             pictures.save_png(uncertainty_grid(shown["inputs"], shown["preds"], shown["targets"], shown["maps"],
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             "central interval. Reference rankings of the same pixels: \"oracle\", by each pixel's own true "
             "error; \"neighbours' errors\", by the mean true squared error of its 8 neighbours (a map "
             f"that knows the truth around each pixel but not at it). Metrics: {metrics.PROTOCOL}.", "",
-            *([f"Picture: `{picture.relative_to(HERE.parent) if picture.is_relative_to(HERE.parent) else picture}` "
-               f"({MODELS['it'][3]}, clean input: input, model, uncertainty, |error|, target).", ""] if shown else [])])
+            *([bq.picture_line(picture, f"{MODELS['it'][3]}, clean input: input, model, uncertainty, |error|, "
+                               "target"), ""] if shown else [])])
         (work / "uncertainty.json").write_text(json.dumps(results, indent=2, default=str))
         print(text)
     return 0

@@ -162,6 +162,41 @@ def test_bench_quality_puts_only_canonical_pictures_in_docs():
         assert bench_quality.docs_grid(bench_quality.parse_args(other)) is None
 
 
+def test_only_a_default_run_of_bench_it_heldout_writes_the_readme_picture():
+    import bench_it_heldout
+
+    assert bench_it_heldout.canonical(bench_it_heldout.parse_args([]))
+    assert bench_it_heldout.canonical(bench_it_heldout.parse_args(["--work", "w", "--evaluate_only"]))
+    for other in (["--minutes", "0.2", "--tiles", "4"], ["--free", "8"], ["--parallel", "2"],
+                  ["--variant", "a=num_heads=1"], ["--modes", "greedy"]):
+        assert not bench_it_heldout.canonical(bench_it_heldout.parse_args(other)), other
+
+
+def test_a_picture_in_a_temporary_work_folder_is_neither_written_nor_named(tmp_path):
+    import bench_quality
+
+    short = bench_quality.parse_args(["--minutes", "1"])
+    assert bench_quality.picture_at(short, bench_quality.docs_grid(short), tmp_path, "comparison.png") is None
+    line = bench_quality.picture_line(None, "input, target")
+    assert line.startswith("Picture: none") and "/" not in line and "--work DIR" in line
+    kept = bench_quality.parse_args(["--minutes", "1", "--work", str(tmp_path)])
+    assert bench_quality.picture_at(kept, None, tmp_path, "comparison.png") == tmp_path / "comparison.png"
+    shown = bench_quality.picture_line(tmp_path / "c.png", "input, target")
+    assert shown == f"Picture: `{tmp_path}/c.png` (input, target)."
+    canonical = bench_quality.parse_args([])
+    docs = bench_quality.picture_at(canonical, bench_quality.docs_grid(canonical), tmp_path, "comparison.png")
+    assert bench_quality.picture_line(docs) == "Picture: `docs/model_comparison.png`."
+
+
+@pytest.mark.parametrize("script", ["bench_quality", "bench_real_inputs"])
+def test_reuse_runs_without_a_work_folder_is_refused(script, capsys):
+    module = __import__(script)
+    with pytest.raises(SystemExit) as stop:
+        module.parse_args(["--reuse_runs"])
+    assert stop.value.code == 2 and "--reuse_runs needs --work DIR" in capsys.readouterr().err
+    assert module.parse_args(["--reuse_runs", "--work", "w"]).reuse_runs
+
+
 def test_the_arguments_line_leaves_out_where_intermediate_files_were_kept():
     assert run_all.public_args(["--work", "/tmp/x", "--minutes", "5", "--work=/y", "--parallel", "2"]) == \
         ["--minutes", "5", "--parallel", "2"]
