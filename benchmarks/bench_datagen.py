@@ -91,7 +91,7 @@ def run(kind: str, tmp_dir: str, data_dir: str, warm_gib: float) -> tuple[float,
     return result["seconds"], result["tiles"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=100, help="local images (the stock list has 100)")
     ap.add_argument("--size", type=int, default=1024, help="image side in px")
@@ -100,7 +100,9 @@ def main() -> int:
     ap.add_argument("--warm_gib", type=float, default=2.0,
                     help="GiB of memory touched just before the warm runs (see warm_memory)")
     ap.add_argument("--child", nargs=4, metavar=("KIND", "TMP_DIR", "DATA_DIR", "WARM_GIB"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1 (got {args.repeats}): the best of its runs is reported")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.child:
         kind, tmp_dir, data_dir, warm_gib = args.child

@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", default=str(HERE.parent / "allen_sr" / "sample_data"),
                    help="folder of images (default: allen_sr/sample_data)")
     args = p.parse_args(argv)
+    if not Path(args.images).is_dir():
+        p.error(f"--images {args.images}: no such folder; give a folder of .png, .jpg or .tif images")
     paths = sorted(q for q in Path(args.images).iterdir() if q.suffix.lower() in (".png", ".jpg", ".tif"))
+    if not paths:
+        p.error(f"--images {args.images}: no .png, .jpg or .tif images in that folder")
     trained = pretrained.find(MODEL).info.get("degradation")
     names = [q.stem.replace("other_", "") for q in paths]
     images = [load_image(str(path)) for path in paths]

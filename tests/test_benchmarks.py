@@ -197,6 +197,20 @@ def test_reuse_runs_without_a_work_folder_is_refused(script, capsys):
     assert module.parse_args(["--reuse_runs", "--work", "w"]).reuse_runs
 
 
+def test_bench_input_check_and_bench_datagen_refuse_what_they_cannot_measure(tmp_path, capsys):
+    import bench_datagen
+    import bench_input_check
+
+    for folder, says in ((tmp_path / "missing", "no such folder"), (tmp_path, "no .png, .jpg or .tif images")):
+        with pytest.raises(SystemExit) as stop:
+            bench_input_check.main(["--images", str(folder)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"--images {folder}: {says}" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:
+        bench_datagen.main(["--repeats", "0"])
+    assert stop.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err
+
+
 def test_the_arguments_line_leaves_out_where_intermediate_files_were_kept():
     assert run_all.public_args(["--work", "/tmp/x", "--minutes", "5", "--work=/y", "--parallel", "2"]) == \
         ["--minutes", "5", "--parallel", "2"]
