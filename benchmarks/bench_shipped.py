@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import bench_quality as bq  # noqa: E402
+import benchlib as bl  # noqa: E402
 import bench_real_inputs as bri  # noqa: E402
 from allen_sr.api.models import open_model, resolve, trained_degradation  # noqa: E402
 from allen_sr.data.degrade import parse_training  # noqa: E402
@@ -94,7 +94,7 @@ def decode_all(source: str, data: dict, it_tiles: int) -> tuple[dict, dict, int 
     index, picked = bri.subsets(data, limit)
     preds = {}
     for key, cell in picked.items():
-        bq.log(f"{source}: decoding {len(cell['inputs'])} tiles of {key[0]}, {key[1]} ...")
+        bl.log(f"{source}: decoding {len(cell['inputs'])} tiles of {key[0]}, {key[1]} ...")
         preds[key] = opened.decoder.decode(cell["inputs"], mode=opened.mode, batch_size=64, seed=0, progress=False)
     return index, preds, limit
 
@@ -164,7 +164,7 @@ def plot(path: Path, scores: dict, names: list[str], stains: list[str], trained:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(buffer.getvalue(), path)
-    bq.log(f"wrote {path}")
+    bl.log(f"wrote {path}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(sources) != len(args.models.split(",")):
         raise SystemExit(f"--models {args.models}: two models would share a column label (a folder's name)")
     names = list(sources)
-    with bq.work_folder(args.work, "bench_shipped_") as work:
+    with bl.work_folder(args.work, "bench_shipped_") as work:
         files = bri.held_out_files(work)
         data = bri.cells(files, args.tiles, inputs())
         preds, index, limits = {}, {}, {}
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             index[name], preds[name], limits[name] = decode_all(sources[name], data, args.it_tiles)
         scores = bri.score_cells(data, preds, index)
         stains = list(files)
-        canonical = bq.at_defaults(args, parse_args)
-        picture = bq.picture_at(args, HERE.parent / "docs" / "shipped_inputs.png" if canonical else None,
+        canonical = bl.at_defaults(args, parse_args)
+        picture = bl.picture_at(args, HERE.parent / "docs" / "shipped_inputs.png" if canonical else None,
                                 work, "shipped_inputs.png")
         if picture:
             plot(picture, scores, names, stains, trained)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{stain}: {', '.join(Path(p).stem for p in paths)}" for stain, paths in files.items())
             + f". Up to {args.tiles} tiles per cell, the `tiles` column ({tiles}). Inputs as "
             f"`allen-sr evaluate --degrade` makes them. Metrics: {metrics.PROTOCOL}.", "",
-            bq.picture_line(picture), ""])
+            bl.picture_line(picture), ""])
         (work / "shipped_inputs.md").write_text(text)
         print(text)
     return 0

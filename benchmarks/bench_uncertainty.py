@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import bench_quality as bq  # noqa: E402
+import benchlib as bl  # noqa: E402
 from allen_sr.commands.evaluate import cut_pairs  # noqa: E402
 from allen_sr.data.degrade import parse_fixed  # noqa: E402
 from allen_sr.data.images import load_image  # noqa: E402
@@ -63,7 +63,7 @@ INPUTS = ("clean", "jpeg=75", "blur=1.5,noise=3,jpeg=85")
 GOAL_50, GOAL_90, GOAL_RATIO, GOAL_DB = 0.07, 0.05, 0.55, 0.5
 CONV_SET = "img2img_conv_sr_cpu"
 MODELS = {  # name: (model, hparams set, overrides, label)
-    "it": ("img2img_transformer_sr", bq.IT_SET, "", f"`{bq.IT_SET}`"),
+    "it": ("img2img_transformer_sr", bl.IT_SET, "", f"`{bl.IT_SET}`"),
     "conv": ("img2img_conv_sr", CONV_SET, "probabilistic=True", f"`{CONV_SET}`, probabilistic=True"),
 }
 
@@ -75,12 +75,12 @@ def prepare(work: Path) -> Path:
     images = work / "images"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir(parents=True)
-    brain = load_image(str(bq.SAMPLE_DIR / BRAIN))
+    brain = load_image(str(bl.SAMPLE_DIR / BRAIN))
     for name, (top, bottom) in HALVES.items():
         Image.fromarray(brain[top:bottom]).save(images / f"{name}.png")
     for name in OTHER_TRAIN:
-        shutil.copy(bq.SAMPLE_DIR / name, images / name)
-    split = bq.datagen(images, work / "data")
+        shutil.copy(bl.SAMPLE_DIR / name, images / name)
+    split = bl.datagen(images, work / "data")
     if split["dev"] != ["other_deepslice_GLTa_s044_top"]:
         raise RuntimeError(f"unexpected train/dev split {split}")
     return work / "data"
@@ -105,19 +105,19 @@ def measure(run_dir: Path, tiles: int, name: str = "it") -> tuple[dict, dict]:
     from allen_sr.decoding.uncertainty import Calibration, Recorder, pixel_uncertainty, summarize
 
     model, hparams_set, overrides, _ = MODELS[name]
-    spec = ModelSpec(problem=bq.PROBLEM, model=model, hparams_set=hparams_set, hparams=overrides,
+    spec = ModelSpec(problem=bl.PROBLEM, model=model, hparams_set=hparams_set, hparams=overrides,
                      output_dir=str(run_dir))
     opened = open_model(spec)
-    calibration = uncertainty_calibration(spec, opened, log=bq.log)
+    calibration = uncertainty_calibration(spec, opened, log=bl.log)
 
     rows, shown = {}, {}
     for spec_text in INPUTS:
         steps = None if spec_text == "clean" else parse_fixed(spec_text)
-        inputs, targets, _ = cut_pairs([str(bq.SAMPLE_DIR / HELD_OUT)], 32, bq.FACTOR, 3, tiles, 0, steps)
+        inputs, targets, _ = cut_pairs([str(bl.SAMPLE_DIR / HELD_OUT)], 32, bl.FACTOR, 3, tiles, 0, steps)
         recorder = Recorder((1.0, calibration.temperature), targets)
-        bq.log(f"decoding {len(inputs)} tiles, {spec_text} ...")
+        bl.log(f"decoding {len(inputs)} tiles, {spec_text} ...")
         preds = opened.decoder.decode(inputs, mode=opened.mode, batch_size=64, seed=0, recorder=recorder)
-        bicubic = np.stack([metrics.upscale(x, bq.FACTOR, "bicubic") for x in inputs])
+        bicubic = np.stack([metrics.upscale(x, bl.FACTOR, "bicubic") for x in inputs])
         row = {"model_db": float(metrics.psnr_batch(preds, targets).mean()),
                "bicubic_db": float(metrics.psnr_batch(bicubic, targets).mean()), "tiles": len(inputs),
                "neighbours": neighbour_ratio(preds, targets)}
@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with bq.work_folder(args.work, "bench_uncertainty_") as work:
+    with bl.work_folder(args.work, "bench_uncertainty_") as work:
         data_dir = prepare(work)
         names = [m.strip() for m in args.models.split(",") if m.strip()]
         if not names or set(names) - set(MODELS) or (args.run and names != ["it"]):
@@ -183,14 +183,14 @@ def main(argv: list[str] | None = None) -> int:
                 trained.append("the given run")
             else:
                 model, hparams_set, overrides, label = MODELS[name]
-                run = bq.Run(name, model, hparams_set, ((name, "mean", ""),), self_timed=True)
+                run = bl.Run(name, model, hparams_set, ((name, "mean", ""),), self_timed=True)
                 run_dir = work / "runs" / name
-                run.result = bq.train_for(run, args.minutes * 60, data_dir, run_dir, 600, overrides)
+                run.result = bl.train_for(run, args.minutes * 60, data_dir, run_dir, 600, overrides)
                 trained.append(f"{label}: {run.result['steps']} steps in {run.result['seconds']:.0f} s")
             results[name], seen = measure(run_dir, args.tiles, name)
             shown = seen if name == "it" else shown
-        canonical = bq.at_defaults(args, parse_args, ("minutes", "tiles", "run")) and "it" in names
-        picture = bq.picture_at(args, HERE.parent / "docs" / "uncertainty_brain.png" if canonical else None,
+        canonical = bl.at_defaults(args, parse_args, ("minutes", "tiles", "run")) and "it" in names
+        picture = bl.picture_at(args, HERE.parent / "docs" / "uncertainty_brain.png" if canonical else None,
                                 work, "uncertainty_brain.png")
         if shown and picture:
             from allen_sr.evaluation.uncertainty_pictures import uncertainty_grid
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "central interval. Reference rankings of the same pixels: \"oracle\", by each pixel's own true "
             "error; \"neighbours' errors\", by the mean true squared error of its 8 neighbours (a map "
             f"that knows the truth around each pixel but not at it). Metrics: {metrics.PROTOCOL}.", "",
-            *([bq.picture_line(picture, f"{MODELS['it'][3]}, clean input: input, model, uncertainty, |error|, "
+            *([bl.picture_line(picture, f"{MODELS['it'][3]}, clean input: input, model, uncertainty, |error|, "
                                "target"), ""] if shown else [])])
         (work / "uncertainty.json").write_text(json.dumps(results, indent=2, default=str))
         print(text)
