@@ -18,8 +18,8 @@ from typing import Any
 
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "folder_trouble", "pid_alive", "remove_orphans",
-           "remove_stale_temp_files", "write_json_atomic"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "check_output_folder", "folder_trouble", "pid_alive",
+           "remove_orphans", "remove_stale_temp_files", "write_json_atomic"]
 
 
 def folder_trouble(folder: str | os.PathLike[str]) -> str | None:

@@ -253,7 +253,8 @@ def test_a_greyscale_models_package_says_greyscale(tmp_path):
         [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 4.0, 4.0, 1.0])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "model.onnx")
     config = {"name": "grey", "model": CONV, "hparams_set": CONV_SET, "problem": "img2img_allen_brain_dim8to32_grey",
-              "input_size": 8, "target_size": 32, "channels": 1, "radius": 0, "tta": False, "checkpoint": "model.ckpt-1"}
+              "input_size": 8, "target_size": 32, "channels": 1, "radius": 0, "tta": False,
+              "checkpoint": "model.ckpt-1"}
     rdf = yaml.safe_load(write_package(tmp_path, config, "model.onnx", None, "me").read_text())
     said = [rdf["description"], rdf["inputs"][0]["description"], rdf["outputs"][0]["description"],
             (tmp_path / rdf["documentation"]).read_text().split("Training data:")[0]]

@@ -510,8 +510,8 @@ def test_the_conv_model_is_refused_on_a_problem_without_image_sizes(tmp_path, ca
     from allen_sr.t2t import tools
 
     out = tmp_path / "out"
-    code = tools.train_main(["--problem=text2text_tmpdir", "--model=img2img_conv_sr", "--hparams_set=img2img_conv_sr_fast",
-                             f"--data_dir={tmp_path / 'data'}", f"--output_dir={out}", "--worker_gpu=0"])
+    code = tools.train_main(["--problem=text2text_tmpdir", "--model=img2img_conv_sr",
+                             "--hparams_set=img2img_conv_sr_fast", f"--data_dir={tmp_path / 'data'}", f"--output_dir={out}", "--worker_gpu=0"])
     _one_line_error(capsys, code, "--problem=text2text_tmpdir is not an image problem of fixed sizes")
     assert not out.exists()
 

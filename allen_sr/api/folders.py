@@ -257,7 +257,8 @@ def upscale_folder(upscaler: "Upscaler", pairs: list[tuple[str, Output]], progre
         writers.make_folder(Path(preview_dir), "the preview folder")
         preview = {"preview_size": upscaler.options.preview_size, "preview_to": Path(preview_dir)}
         for _, dst in pairs:  # finished without the compare picture asked for now: made again, with it
-            if states[str(dst)] == "done" and upscaler.options.preview_size and not (Path(preview_dir) / compare_path(Path(dst.name)).name).is_file():
+            compare = Path(preview_dir) / compare_path(Path(dst.name)).name
+            if states[str(dst)] == "done" and upscaler.options.preview_size and not compare.is_file():
                 states[str(dst)] = "no preview"
     bar = tqdm(pairs, desc="images", unit="image", disable=not progress)
     for src, dst in bar:

@@ -305,7 +305,8 @@ def write_uncertainty(out_dir: str | os.PathLike[str], inputs: np.ndarray, predi
     reliability_diagram({f"temperature {calibration.temperature:g}": section["reliability"]},
                         os.path.join(out_dir, "reliability.png"))
     maps = pixel_uncertainty(recorder.shaped("std")[0])
-    pictures.save_png(uncertainty_grid(inputs, predictions, targets, maps), os.path.join(out_dir, "uncertainty_grid.png"))
+    pictures.save_png(uncertainty_grid(inputs, predictions, targets, maps),
+                      os.path.join(out_dir, "uncertainty_grid.png"))
     if per_example:
         from allen_sr.evaluation.uncertainty_pictures import heat, uncertainty_scale
 

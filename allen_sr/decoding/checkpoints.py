@@ -46,8 +46,9 @@ def load_hparams(
 
     Starts from the registered ``hparams_set``, then applies the run's hparams.json (``output_dir``
     is its folder or a checkpoint prefix in it) if the trainer wrote one (so a checkpoint is read
-    with the hparams it was trained with), then the ``overrides`` string ("k=v,..."), then the problem's hparams (``problem`` is a registered name
-    or a Problem instance; it sets modalities, and for our problems `img_len`/`num_channels`).
+    with the hparams it was trained with), then the ``overrides`` string ("k=v,..."), then the problem's
+    hparams (``problem`` is a registered name or a Problem instance; it sets modalities, and for our
+    problems `img_len`/`num_channels`).
     An hparam of :data:`ADDED_LATER` that hparams.json does not record is off.
     """
     register_all()

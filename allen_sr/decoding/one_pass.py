@@ -187,7 +187,8 @@ class OnePassDecoder(LaplaceViews):
             return out
         n, h, w, _ = out.shape
         f, c = self.factor, self.channels
-        return np.ascontiguousarray(out.reshape(n, h, w, f, f, c).transpose(0, 1, 3, 2, 4, 5)).reshape(n, h * f, w * f, c)
+        sub_pixels = out.reshape(n, h, w, f, f, c).transpose(0, 1, 3, 2, 4, 5)
+        return np.ascontiguousarray(sub_pixels).reshape(n, h * f, w * f, c)
 
     def close(self) -> None:
         """Release the TF session."""

@@ -121,6 +121,11 @@ def training_inputs(config: dict[str, Any]) -> str:
             f"on a share of them): `degradation={spec}`.")
 
 
+def averaged(config: dict[str, Any]) -> str:
+    """The README's words for a model that averages the 8 flips/rotations of its input ("" if not)."""
+    return ", and the prediction is the mean of the 8 flips/rotations of the input" if config["tta"] else ""
+
+
 def readme(config: dict[str, Any]) -> str:
     f = config["target_size"] // config["input_size"]
     return f"""# {config['name']}
@@ -131,7 +136,7 @@ x{f} super-resolution of {subject(config)} (8-bit), a residual CNN
 tiles of problem `{config['problem']}`.
 
 Input: uint8 `[batch, y, x, channel]` {colour(config)} of any size. Output: uint8 `[batch, {f}y, {f}x, channel]`.
-The input normalization is part of the model{', and the prediction is the mean of the 8 flips/rotations of the input' if config['tta'] else ''}.
+The input normalization is part of the model{averaged(config)}.
 An output pixel depends on input pixels up to {config['radius']} px away: tile with at least that much
 overlap (the halo) and the tiles join without seams; inputs need at least {2 * config['radius'] + 1} px per side.
 

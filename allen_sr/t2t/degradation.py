@@ -132,7 +132,8 @@ def _degraded(target, spec: TrainingDegradation, size: int):
         x = tf.cond(sigma > 0, lambda: _gaussian_blur(x, sigma, spec.blur.hi), lambda: x)
     x = _downsample(x, size, spec.kernels)
     if spec.noise is not None or spec.shot is not None:
-        sd = tf.sqrt(tf.square(_draw(spec.noise)) + tf.square(_draw(spec.shot)) * tf.clip_by_value(x, 0.0, 255.0) / 255.0)
+        signal = tf.clip_by_value(x, 0.0, 255.0) / 255.0
+        sd = tf.sqrt(tf.square(_draw(spec.noise)) + tf.square(_draw(spec.shot)) * signal)
         x = x + sd * tf.random.normal(tf.shape(x))
     small = tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
     if spec.jpeg is not None:
