@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +19,7 @@ from PIL import Image
 from allen_sr.commands import evaluate as evaluate_cmd
 from allen_sr.commands import upscale as upscale_cmd
 from allen_sr.decoding import checkpoints, laplace
-from allen_sr.decoding.calibration import stored_calibration
+from allen_sr.decoding.calibration import CALIBRATION_NAME, run_calibration, stored_calibration
 from allen_sr.decoding.one_pass import OnePassDecoder
 from allen_sr.decoding.uncertainty import Recorder, coverage, pixel_uncertainty
 from allen_sr.testing import tiny_training
@@ -27,6 +31,8 @@ CONV_SET = "img2img_conv_sr_cpu"
 HPARAMS = "hidden_size=8,num_res_blocks=1,learning_rate_constant=0.02,probabilistic=True"
 HELD_OUT = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
 CONV_MODE = "greedy"  # the mode a conv run decodes in (its set names no decode_mode); its calibration's key
+CONV_TTA = True  # the set averages the 8 flips/rotations (decode_tta): its calibration is kept with it
+KEY = "greedy+tta"  # their entry in the calibration file
 
 
 # --------------------------------------------------------------------------- the distributions
@@ -92,9 +98,12 @@ def flags(run: str) -> list[str]:
             "--output_dir", run, "--no_progress"]
 
 
+def run_hparams(run: str):
+    return checkpoints.load_hparams(CONV_SET, PROBLEM, HPARAMS, run)
+
+
 def decoder(run: str, **kwargs) -> OnePassDecoder:
-    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, HPARAMS, run)
-    return OnePassDecoder(hp, checkpoints.find_checkpoint(run), **kwargs)
+    return OnePassDecoder(run_hparams(run), checkpoints.find_checkpoint(run), **kwargs)
 
 
 def test_the_head_trains_and_leaves_the_predictions_as_they_are(run):
@@ -135,7 +144,7 @@ def test_evaluate_scores_the_probabilistic_conv_model_with_the_same_flags(run, s
     for key in ("coverage_50", "coverage_90", "rmse_ratio_surest_half", "rmse_ratio_surest_half_oracle"):
         assert 0 <= section[key] <= 1
     assert section["coverage_50"] < section["coverage_90"]
-    stored = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE)
+    stored = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE, CONV_TTA)
     assert stored is not None and sample_dataset in stored.fitted_on
     assert section["calibration"] == stored.as_dict()
     assert (out / "reliability.png").exists() and (out / "uncertainty_grid.png").exists()
@@ -174,7 +183,7 @@ def test_upscale_writes_the_conv_models_map_equal_to_its_decoder(run, tmp_path, 
     assert (tmp_path / "out.uncertainty.png").exists()
     sd_map = tifffile.imread(tmp_path / "out.uncertainty.tif")
     assert sd_map.shape == (120, 160)
-    temperature = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE).temperature
+    temperature = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE, CONV_TTA).temperature
     dec = decoder(run, target_shape=(None, None))
     try:
         _, sd = dec.predict_uncertain(pixels[None], temperature)
@@ -193,7 +202,7 @@ def test_the_export_carries_the_distribution_and_its_calibration(run, tmp_path, 
     out = tmp_path / "export"
     config = export(PROBLEM, CONV_SET, run, out, overrides=HPARAMS)
     assert config["distribution"] == "distribution.onnx" and (out / "distribution.onnx").is_file()
-    temperature = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE).temperature
+    temperature = stored_calibration(checkpoints.find_checkpoint(run), CONV_MODE, CONV_TTA).temperature
     assert config["uncertainty"]["temperature"] == temperature and config["tta"]
     inputs, targets, _ = evaluate_cmd.cut_pairs([HELD_OUT], 32, 4, 3, 10, 0)
     exported, dec = open_exported(out), decoder(run)
@@ -220,6 +229,120 @@ def test_the_export_carries_the_distribution_and_its_calibration(run, tmp_path, 
     capsys.readouterr()
     np.testing.assert_allclose(tifffile.imread(tmp_path / "export.uncertainty.tif"),
                                tifffile.imread(tmp_path / "run.uncertainty.tif"), atol=2 / 256)
+    # --mode mean is the conv model's prediction too: the same calibration, from the run or the export
+    for name, model_flags in (("run_mean", flags(run)), ("export_mean", ["--exported", str(out), "--no_progress"])):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert upscale_cmd.upscale_main(model_flags + ["--mode", "mean", "--image", str(src), "--uncertainty",
+                                                           "--out", str(tmp_path / f"{name}.tif")]) == 0
+        assert not [w for w in caught if "uncalibrated" in str(w.message)]
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / f"{name}.uncertainty.tif"),
+                                      tifffile.imread(tmp_path / f"{name[:-5]}.uncertainty.tif"))
+    entries = json.loads((Path(run) / CALIBRATION_NAME).read_text())
+    assert "mean" not in entries[os.path.basename(checkpoints.find_checkpoint(run))]  # no second fit of the same
+    # a config.json whose calibration is not one: the model's own spread, said in one warning
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["uncertainty"]["temperature"] = "x"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="is not a calibration"):
+        assert upscale_cmd.upscale_main(["--exported", str(broken), "--no_progress", "--image", str(src),
+                                         "--uncertainty", "--out", str(tmp_path / "broken.tif")]) == 0
+
+
+@pytest.mark.parametrize("content", ["[]", {"temperature": 0.8, "tiles": 64},
+                                     {"temperature": "x", "fitted_on": "dev", "tiles": 64},
+                                     {"temperature": 0, "fitted_on": "dev", "tiles": 64}])
+def test_a_malformed_calibration_file_is_fitted_again_in_one_line(run, content, tmp_path, capsys):
+    """Valid JSON of the wrong shape is fitted again like an unreadable file (it was a traceback)."""
+    checkpoint = checkpoints.find_checkpoint(run)
+    dec = decoder(run)
+    try:
+        good = run_calibration(dec, run_hparams(run), PROBLEM, checkpoint, CONV_MODE)
+        path = Path(run) / CALIBRATION_NAME
+        path.write_text(content if isinstance(content, str) else
+                        json.dumps({os.path.basename(checkpoint): {KEY: {**content, "tta": CONV_TTA}}}))
+        with pytest.warns(UserWarning, match=CALIBRATION_NAME):
+            assert stored_calibration(checkpoint, CONV_MODE, CONV_TTA) is None
+        src = tmp_path / "in.png"
+        Image.fromarray(np.asarray(Image.open(HELD_OUT).convert("RGB"))[300:316, 500:516]).save(src)
+        with pytest.warns(UserWarning, match=CALIBRATION_NAME):
+            assert upscale_cmd.upscale_main(flags(run) + ["--image", str(src), "--out", str(tmp_path / "o.tif"),
+                                                          "--uncertainty"]) == 0
+        assert stored_calibration(checkpoint, CONV_MODE, CONV_TTA) == good  # fitted again and kept
+    finally:
+        dec.close()
+
+
+def test_decode_fits_a_moved_runs_calibration_on_its_data_dir(run, sample_dataset, tmp_path, capsys):
+    """A run whose dataset moved: upscale/evaluate name the command that fits it, decode fits it on
+    the --data_dir it reads; an entry written before entries named their decode_tta and checkpoint
+    is fitted again, and kept while nothing can be fitted."""
+    from allen_sr.commands import decode as decode_cmd
+
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    (moved / CALIBRATION_NAME).unlink()
+    checkpoint = checkpoints.find_checkpoint(run)
+    (moved / "checkpoint").write_text(f'model_checkpoint_path: "{os.path.basename(checkpoint)}"\n')
+    saved = json.loads((moved / "hparams.json").read_text())
+    (moved / "hparams.json").write_text(json.dumps({**saved, "data_dir": str(tmp_path / "gone")}))
+    moved_flags = [str(moved) if f == run else f for f in flags(run)]
+    src = tmp_path / "in.png"
+    Image.fromarray(np.asarray(Image.open(HELD_OUT).convert("RGB"))[300:316, 500:516]).save(src)
+    with pytest.warns(UserWarning, match=f"allen-sr decode --output_dir {moved} --data_dir DIR") as caught:
+        assert upscale_cmd.upscale_main(moved_flags + ["--image", str(src), "--out", str(tmp_path / "o.tif"),
+                                                       "--uncertainty"]) == 0
+    assert not any("the --data_dir the run trained on" in str(w.message) for w in caught)
+    moved_checkpoint = checkpoints.find_checkpoint(moved)
+    old = {"temperature": 0.5, "fitted_on": "dev split of somewhere", "tiles": 64, "mode": CONV_MODE}
+    (moved / CALIBRATION_NAME).write_text(json.dumps({os.path.basename(checkpoint): {KEY: old}}))
+    assert stored_calibration(moved_checkpoint, CONV_MODE, CONV_TTA) is None  # fitted again when it can be
+    dec = decoder(str(moved))
+    try:
+        assert run_calibration(dec, run_hparams(str(moved)), PROBLEM, moved_checkpoint, CONV_MODE).temperature == 0.5
+    finally:
+        dec.close()
+    capsys.readouterr()
+    assert decode_cmd.decode_main(moved_flags + ["--data_dir", sample_dataset, "--num_examples", "2",
+                                                 "--uncertainty", "--out", str(tmp_path / "dec")]) == 0
+    text = capsys.readouterr().out
+    assert "fitting the uncertainty calibration on" in text and f"dev tiles of {sample_dataset}" in text
+    fitted = stored_calibration(moved_checkpoint, CONV_MODE, CONV_TTA)
+    assert sample_dataset in fitted.fitted_on
+    assert fitted.temperature == stored_calibration(checkpoint, CONV_MODE, CONV_TTA).temperature
+
+
+def test_the_calibration_is_kept_per_decode_tta(run):
+    """8 views mix 8 distributions: decode_tta gets its own temperature (--hparams decode_tta=...
+    reused the other one)."""
+    checkpoint = checkpoints.find_checkpoint(run)
+    views = stored_calibration(checkpoint, CONV_MODE, CONV_TTA)
+    logged: list[str] = []
+    dec = decoder(run, tta=not CONV_TTA)
+    try:
+        other_views = run_calibration(dec, run_hparams(run), PROBLEM, checkpoint, CONV_MODE, log=logged.append)
+        assert logged and stored_calibration(checkpoint, CONV_MODE, not CONV_TTA) == other_views
+        assert run_calibration(dec, run_hparams(run), PROBLEM, checkpoint, CONV_MODE, log=logged.append) == other_views
+    finally:
+        dec.close()
+    assert len(logged) == 1 and stored_calibration(checkpoint, CONV_MODE, CONV_TTA) == views
+
+
+def test_another_model_of_the_same_checkpoint_name_is_fitted_anew(run, sample_dataset, tmp_path):
+    """A calibration file left in an output folder is not applied to a new run trained there to
+    the same step: the entry names a hash of the checkpoint it was fitted for."""
+    checkpoint = checkpoints.find_checkpoint(run)
+    assert stored_calibration(checkpoint, CONV_MODE, CONV_TTA) is not None
+    other = tmp_path / "other"
+    hp = checkpoints.load_hparams(CONV_SET, PROBLEM, HPARAMS)
+    hp.add_hparam("data_dir", sample_dataset)
+    tiny_training.train_checkpoint(other, hp, steps=30, batch_size=4, seed=7, model_name=CONV)
+    other_checkpoint = checkpoints.find_checkpoint(other)
+    assert os.path.basename(other_checkpoint) == os.path.basename(checkpoint)
+    shutil.copy(Path(run) / CALIBRATION_NAME, other / CALIBRATION_NAME)  # left in the folder
+    assert stored_calibration(other_checkpoint, CONV_MODE, CONV_TTA) is None
 
 
 def test_the_fast_sets_architecture_takes_the_head_too(tmp_path):

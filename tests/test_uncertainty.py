@@ -259,5 +259,5 @@ def test_a_run_whose_dev_split_is_gone_gets_the_models_own_distributions(tmp_pat
     checkpoint = checkpoints.find_checkpoint(tmp_path / "run")
     calibration = run_calibration(FastDecoder.from_checkpoint(hp, checkpoint, support.SKIP_MODEL), hp,
                                   PROBLEM, checkpoint, "mean")
-    assert calibration.temperature == 1.0 and "no readable dev split" in calibration.fitted_on
+    assert calibration.temperature == 1.0 and f"no dev split of {PROBLEM}" in calibration.fitted_on
     assert stored_calibration(checkpoint, "mean") is None

@@ -286,35 +286,50 @@ def no_distribution(model: str, runs_only: bool = False) -> str:
 
 
 def uncertainty_calibration(spec: ModelSpec, opened: OpenModel, progress: bool = False,
-                            log: Any = None) -> Any:
+                            log: Any = None, data_dir: str | os.PathLike[str] | None = None) -> Any:
     """The `allen_sr.decoding.uncertainty.Calibration` the uncertainty maps of ``opened`` use:
-    an export's (from its config.json), or the run's, fitted on its dev split on first use.
-    UserError for a model that predicts no distribution (a conv model without its probabilistic
-    head, or its export)."""
+    an export's (from its config.json), or the run's, fitted on its dev split on first use (else on
+    ``data_dir``'s: `decode`'s dataset). UserError for a model that predicts no distribution (a
+    conv model without its probabilistic head, or its export)."""
     if not getattr(opened.decoder, "reports_distributions", False):
         raise InvalidInputError(no_distribution(opened.model))
-    calibration = _calibration(spec, opened, progress, log)
+    calibration = _calibration(spec, opened, progress, log, data_dir)
     if calibration.fitted_on.startswith("not fitted"):  # said where the maps are made, not only in metrics.json
         warnings.warn(f"uncertainty maps of the model's own spread, uncalibrated ({calibration.fitted_on}): their "
-                      "intervals may be too wide or too narrow")
+                      f"intervals may be too wide or too narrow{_fit_advice(spec, calibration.fitted_on, data_dir)}")
     return calibration
 
 
-def _calibration(spec: ModelSpec, opened: OpenModel, progress: bool, log: Any) -> Any:
+def _fit_advice(spec: ModelSpec, fitted_on: str, data_dir: Any) -> str:
+    """How to fit the calibration of a run whose dev split was not found (flags that exist)."""
+    if spec.exported is not None or "dev split" not in fitted_on:
+        return ""
+    if data_dir is not None:
+        return (f"; to calibrate, run `allen-sr datagen --problem={spec.problem} --data_dir {data_dir}` "
+                "(it writes the dev split)")
+    return (f"; to calibrate on the dataset where it is now, run once `allen-sr decode --output_dir "
+            f"{spec.output_dir} --data_dir DIR --uncertainty --out OUT` (kept in the run), or use "
+            "`allen-sr export --data_dir DIR`")
+
+
+def _calibration(spec: ModelSpec, opened: OpenModel, progress: bool, log: Any, data_dir: Any) -> Any:
+    from allen_sr.decoding.calibration import calibration_mode, parse_calibration, run_calibration
     from allen_sr.decoding.uncertainty import Calibration
 
     if spec.exported is not None:
-        from allen_sr.export.runtime import read_config
+        from allen_sr.export.runtime import CONFIG_NAME, read_config
 
         stored = read_config(spec.exported).get("uncertainty")
         if not stored:
             return Calibration(1.0, "not fitted: the export carries no calibration")
-        if stored.get("mode") and stored["mode"] != opened.mode:  # one temperature per decoding mode
-            return Calibration(1.0, f"not fitted: the export's calibration is of --mode {stored['mode']}, "
+        found = parse_calibration(stored)
+        if found is None:
+            return Calibration(1.0, f"not fitted: the 'uncertainty' of {os.path.join(spec.exported, CONFIG_NAME)} "
+                                    "is not a calibration (no positive temperature, fitted_on and tiles)")
+        mode = calibration_mode(opened.mode, opened.decoder)
+        if found.mode and calibration_mode(found.mode, opened.decoder) != mode:  # one temperature per mode
+            return Calibration(1.0, f"not fitted: the export's calibration is of --mode {found.mode}, "
                                     f"not {opened.mode}")
-        return Calibration(float(stored["temperature"]), str(stored["fitted_on"]), int(stored["tiles"]),
-                           str(stored.get("mode", "")))
-    from allen_sr.decoding.calibration import run_calibration
-
+        return found
     return run_calibration(opened.decoder, opened.hparams, spec.problem, opened.checkpoint, opened.mode,
-                           progress, log)
+                           progress, log, data_dir)

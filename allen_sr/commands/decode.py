@@ -81,7 +81,7 @@ def run_decode(spec: shared.ModelSpec, data_dir: str | os.PathLike[str], out_dir
 
         if not getattr(opened.decoder, "reports_distributions", False):
             raise UserError(no_distribution(opened.model, runs_only=True))
-        calibration = uncertainty_calibration(spec, opened, progress, log=print)
+        calibration = uncertainty_calibration(spec, opened, progress, log=print, data_dir=data_dir)
         recorder = Recorder((calibration.temperature,), targets)
         fitted = fitted_tiles(calibration, spec.problem, data_dir, split, len(inputs))
     start = time.perf_counter()

@@ -2,10 +2,14 @@
 fitted on the training data's dev split only, kept beside the checkpoint.
 
 `allen-sr decode/evaluate/upscale --uncertainty` on a training run reads
-``<run>/uncertainty_calibration.json`` (one entry per checkpoint and decoding mode: each mode
-conditions the distributions on other values); when the run's newest checkpoint has none for the
-mode, it is fitted once, on first use, from the run's own dev split (the data folder t2t-trainer
-recorded in the run's hparams), and written there. `allen-sr export` copies it
+``<run>/uncertainty_calibration.json`` (one entry per checkpoint, decoding mode and decode_tta:
+each mode conditions the distributions on other values, and 8 views mix 8 distributions; a model
+with one value per sub-pixel decodes greedy and mean alike, kept as greedy). An entry names a hash
+of the checkpoint's .index file (which holds each tensor's checksum): another model written to the
+same checkpoint name is fitted anew. When the run's newest checkpoint has none, it is fitted once,
+on first use, from the run's own dev split (the data folder t2t-trainer recorded in the run's
+hparams; `decode` offers its --data_dir when that one is not readable), and written there. A
+malformed file or entry is fitted again, said in one line. `allen-sr export` copies it
 into the export's config.json. The images `evaluate` and `upscale` score are never used to fit it;
 `decode --uncertainty` on the run's own dev split decodes the first dev tiles, the ones it was
 fitted on, and says how many of them were (:func:`fitted_tiles`: on screen and in metrics.json).
@@ -18,8 +22,11 @@ never do.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ CALIBRATION_NAME = "uncertainty_calibration.json"
 FIT_TILES = 64
 
 __all__ = ["CALIBRATION_NAME", "FIT_TILES", "stored_calibration", "fit_calibration", "run_calibration",
-           "fitted_tiles"]
+           "fitted_tiles", "calibration_mode", "parse_calibration"]
 
 
 def _file(checkpoint: str) -> Path:
@@ -39,26 +46,76 @@ def _file(checkpoint: str) -> Path:
 
 
 def _read(checkpoint: str) -> dict[str, Any]:
-    """The run's calibration file: {checkpoint name: {decoding mode: entry}}; {} if unreadable."""
+    """The run's calibration file: {checkpoint name: {mode key: entry}}; {} if unreadable or not
+    of that shape (said in one line: it is fitted again)."""
+    path = _file(checkpoint)
     try:
-        return json.loads(_file(checkpoint).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    if isinstance(found, dict):
+        return found
+    warnings.warn(f"{path} is not a calibration file (a JSON {type(found).__name__}, not an object): "
+                  "fitting the uncertainty calibration again")
+    return {}
 
 
 def _by_mode(entries: dict[str, Any], checkpoint: str) -> dict[str, Any]:
-    """{decoding mode: entry} of ``checkpoint`` in ``entries`` (a file of :func:`_read`)."""
+    """{mode key: entry} of ``checkpoint`` in ``entries`` (a file of :func:`_read`)."""
     found = entries.get(Path(checkpoint).name)
     # A file written before calibrations were kept per mode holds one flat entry: fitted again.
     return found if isinstance(found, dict) and "temperature" not in found else {}
 
 
-def stored_calibration(checkpoint: str, mode: str) -> Calibration | None:
-    """The calibration fitted for ``checkpoint`` (a prefix) decoded in ``mode``, or None."""
-    entry = _by_mode(_read(checkpoint), checkpoint).get(mode)
-    if not entry:
+def calibration_mode(mode: str, decoder: Any) -> str:
+    """The mode a calibration of ``decoder`` in ``mode`` is kept under: a model with one value per
+    sub-pixel (the conv model, its export) decodes greedy and mean alike, its prediction."""
+    from allen_sr.decoding.laplace import LaplaceViews
+
+    return "greedy" if mode == "mean" and isinstance(decoder, LaplaceViews) else mode
+
+
+def _key(mode: str, tta: bool) -> str:
+    return f"{mode}+tta" if tta else mode
+
+
+def checkpoint_fingerprint(checkpoint: str) -> str | None:
+    """sha256 of ``checkpoint``'s .index file (it holds every tensor's checksum), None if unreadable."""
+    try:
+        return hashlib.sha256(Path(f"{checkpoint}.index").read_bytes()).hexdigest()
+    except OSError:
         return None
-    return Calibration(float(entry["temperature"]), str(entry["fitted_on"]), int(entry["tiles"]), mode)
+
+
+def parse_calibration(entry: Any, mode: str = "") -> Calibration | None:
+    """The :class:`Calibration` a stored ``entry`` (a calibration file's or an export's) holds, or
+    None when it is not one (no positive finite temperature, no fitted_on, a negative tile count)."""
+    if not isinstance(entry, dict):
+        return None
+    temperature, fitted_on, tiles = entry.get("temperature"), entry.get("fitted_on"), entry.get("tiles", 0)
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not (math.isfinite(temperature) and temperature > 0) or not isinstance(fitted_on, str)
+            or isinstance(tiles, bool) or not isinstance(tiles, int) or tiles < 0):
+        return None
+    return Calibration(float(temperature), fitted_on, tiles, str(entry.get("mode") or mode))
+
+
+def stored_calibration(checkpoint: str, mode: str, tta: bool = False) -> Calibration | None:
+    """The calibration fitted for ``checkpoint`` (a prefix) decoded in ``mode`` (with 8 views:
+    ``tta``), or None: none, malformed (said), fitted without the decode_tta or checkpoint hash it
+    is kept with now, or of another model written to the same checkpoint name."""
+    key = _key(mode, tta)
+    entry = _by_mode(_read(checkpoint), checkpoint).get(key)
+    if entry is None:
+        return None
+    calibration = parse_calibration(entry, mode)
+    if calibration is None:
+        warnings.warn(f"{_file(checkpoint)}: the entry of {Path(checkpoint).name} {key} is not a calibration "
+                      "(no positive temperature, fitted_on and tiles): fitting it again")
+        return None
+    if entry.get("tta") is not bool(tta) or entry.get("checkpoint_sha256") != checkpoint_fingerprint(checkpoint):
+        return None
+    return calibration
 
 
 def recorded_data_dir(run: Path) -> str | None:
@@ -111,32 +168,51 @@ def fit_calibration(decoder: Any, inputs: Any, targets: Any, mode: str, where: s
     return Calibration(temperature, where, len(inputs), mode), report
 
 
-def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, mode: str,
-                    progress: bool = False, log: Any = None) -> Calibration:
-    """The stored calibration of ``checkpoint`` in ``mode``, or one fitted now on its run's dev
-    split and stored; the model's own distributions (temperature 1, said so) when the dev split is
-    not readable."""
-    found = stored_calibration(checkpoint, mode)
-    if found is not None:
-        return found
-    data_dir = getattr(hparams, "data_dir", None) or recorded_data_dir(Path(checkpoint).parent)
+def _dev_split(hparams: Any, problem: str, data_dir: Any) -> tuple[Any, str]:
+    """((inputs, targets) of the first dev tiles in ``data_dir``, "") or (None, why not)."""
     if not data_dir or not os.path.isdir(os.fspath(data_dir)):
-        return Calibration(1.0, f"not fitted: the run's dev split ({data_dir or 'no data_dir in its hparams'}) "
-                                "is not readable here")
+        return None, f"the run's dev split ({data_dir or 'no data_dir in its hparams'}) is not readable here"
     from allen_sr.decoding.examples import read_examples
+    from allen_sr.errors import MissingInputError
 
     try:
-        inputs, targets = read_examples(problem, data_dir, FIT_TILES, hparams, split="dev")
+        return read_examples(problem, data_dir, FIT_TILES, hparams, split="dev"), ""
+    except MissingInputError:
+        return None, f"no dev split of {problem} in {data_dir}"
     except (ValueError, OSError) as exc:  # t2t/tf-slim say "No data files found in ..." this way
-        return Calibration(1.0, f"not fitted: no readable dev split in {data_dir} "
-                                f"({str(exc).splitlines()[0]})")
+        return None, f"no readable dev split in {data_dir} ({str(exc).splitlines()[0]})"
+
+
+def run_calibration(decoder: Any, hparams: Any, problem: str, checkpoint: str, mode: str,
+                    progress: bool = False, log: Any = None,
+                    data_dir: str | os.PathLike[str] | None = None) -> Calibration:
+    """The stored calibration of ``checkpoint`` in ``mode``, or one fitted now on its run's dev
+    split (else on ``data_dir``'s, the dataset `decode` reads) and stored; the model's own
+    distributions (temperature 1, said so) when no dev split is readable."""
+    mode = calibration_mode(mode, decoder)
+    tta = bool(getattr(decoder, "tta", False))
+    found = stored_calibration(checkpoint, mode, tta)
+    if found is not None:
+        return found
+    recorded = getattr(hparams, "data_dir", None) or recorded_data_dir(Path(checkpoint).parent)
+    examples, why = _dev_split(hparams, problem, recorded)
+    fit_dir = recorded
+    if examples is None and data_dir is not None and os.fspath(data_dir) != os.fspath(recorded or ""):
+        examples, also = _dev_split(hparams, problem, data_dir)
+        why, fit_dir = f"{why}; {also}" if examples is None else why, data_dir
+    if examples is None:  # an entry written before entries named their decode_tta and checkpoint: kept
+        legacy = _by_mode(_read(checkpoint), checkpoint).get(_key(mode, tta))
+        old = parse_calibration(legacy, mode) if isinstance(legacy, dict) and "tta" not in legacy else None
+        return old or Calibration(1.0, f"not fitted: {why}")
+    inputs, targets = examples
     if log is not None:
-        log(f"fitting the uncertainty calibration on {count(len(inputs), 'dev tile')} of {data_dir} "
+        log(f"fitting the uncertainty calibration on {count(len(inputs), 'dev tile')} of {fit_dir} "
             "(once per checkpoint and decoding mode)")
-    where = data_dir if "://" in os.fspath(data_dir) else os.path.abspath(data_dir)  # as found from here
+    where = fit_dir if "://" in os.fspath(fit_dir) else os.path.abspath(fit_dir)  # as found from here
     calibration, report = fit_calibration(decoder, inputs, targets, mode, fit_where(problem, where), progress)
     entries = _read(checkpoint)
-    entries[Path(checkpoint).name] = {**_by_mode(entries, checkpoint), mode: {**calibration.as_dict(), **report}}
+    entries[Path(checkpoint).name] = {**_by_mode(entries, checkpoint), _key(mode, tta): {
+        **calibration.as_dict(), **report, "tta": tta, "checkpoint_sha256": checkpoint_fingerprint(checkpoint)}}
     try:
         write_json_atomic(entries, _file(checkpoint))
     except OSError:
