@@ -35,8 +35,9 @@ from typing import Callable
 
 from allen_sr import fileio
 from allen_sr.api.outputs import compare_path, shared_extras, uncertainty_paths
-from allen_sr.api.upscaler import CONV_TILE, RAMP, TRANSFORMER_BATCH, Options, Region, Upscaler
-from allen_sr.api.models import ModelSpec, describe_source, model_shape, trained_degradation
+from allen_sr.api.upscaler import (CONV_MODEL, CONV_TILE, RAMP, TRANSFORMER_BATCH, Options, Region, Upscaler,
+                                   model_name_of)
+from allen_sr.api.models import ModelSpec, describe_source, model_shape, no_distribution, trained_degradation
 from allen_sr.api.remote import is_url
 from allen_sr.commands import args as shared
 from allen_sr.inference import writers
@@ -177,6 +178,23 @@ def check_outputs(args: argparse.Namespace) -> None:
         writers.check_writable(out)
 
 
+def predicts_distribution(spec: ModelSpec) -> bool:
+    """Whether the model has uncertainty maps, from what records it without opening the model: an
+    Image Transformer always; a conv model with its probabilistic head (an export's config.json names
+    its distribution.onnx; a run's hparams say probabilistic)."""
+    model = model_name_of(spec)
+    if model != CONV_MODEL:
+        return True
+    if spec.exported is not None:
+        from allen_sr.export.runtime import read_config
+
+        return bool(read_config(spec.exported).get("distribution"))
+    from allen_sr.decoding.checkpoints import load_hparams
+
+    return bool(getattr(load_hparams(spec.hparams_set, spec.problem, spec.hparams, spec.output_dir),
+                        "probabilistic", False))
+
+
 def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say: Callable[[str], None]) -> int:
     """--check: the input check on every input, as `upscale` would enlarge it, without the model."""
     from allen_sr.api.folders import collect_images
@@ -185,6 +203,8 @@ def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say
     unused = [flag for flag in ("out", "out_dir", "preview_dir", "dask") if getattr(args, flag) is not None]
     if unused:
         say(f"--check enlarges and writes nothing: {', '.join('--' + f for f in unused)} left unused")
+    if args.uncertainty and not predicts_distribution(spec):  # what the run would refuse
+        raise InvalidInputError(no_distribution(f"{model_name_of(spec)} {describe_source(spec)}"))
     report_path = check_report_path(args.report) if args.report else None
     paths = collect_images(args.images) if args.images is not None else [image]
     report = check_files(paths, trained_degradation(spec), describe_source(spec), args.level,
