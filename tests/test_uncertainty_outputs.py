@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from allen_sr.commands import upscale
+from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
 
 
 def noise(height, width, seed=0):
@@ -34,3 +35,26 @@ def test_check_refuses_uncertainty_of_a_model_without_a_distribution(tmp_path, c
         assert upscale.upscale_main(["--pretrained", model, f"--image={src}", "--uncertainty", "--check",
                                      "--no_progress"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
+
+
+def test_the_bar_top_of_a_low_spread_map_says_it_is_the_floor():
+    """A map of 0.09-0.26 grey levels was labelled "1+" and captioned "bar top: 99th percentile";
+    1.4 was labelled "1"."""
+    from allen_sr.evaluation.uncertainty_pictures import bar_top, level_text
+
+    low = np.linspace(0.09, 0.26, 64 * 64).reshape(64, 64)
+    top, label, note = bar_top(low)
+    assert top == 1.0 and label == "1" and note == "bar top: 1, the floor (99th percentile 0.26)"
+    top, label, note = bar_top(np.linspace(0, 1.4, 1000))
+    assert label == f"{level_text(top)}+" and label.startswith("1.4") and note == "bar top: 99th percentile"
+    assert [level_text(v) for v in (0.0042, 0.26, 1.0, 9.5, 37.2, 255.0)] == ["0.0042", "0.26", "1", "9.5", "37",
+                                                                                "255"]
+
+
+def test_a_low_spread_maps_heat_map_is_captioned_with_its_floor(tmp_path):
+    """The caption of a map below the floor is the longer one that gives its 99th percentile."""
+    low = np.linspace(0.09, 0.26, 32 * 32).reshape(32, 32)
+    pictures = [np.asarray(Image.open(heat_map_with_bar(values, tmp_path / f"{i}.png", label="sd")).convert("L"))
+                for i, values in enumerate((low, low * 40))]
+    inked = [np.flatnonzero((p[-16:] < 128).any(axis=0))[-1] for p in pictures]
+    assert inked[0] > inked[1]  # "...the floor (99th percentile 0.26)" against "...99th percentile"

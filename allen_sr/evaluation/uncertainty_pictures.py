@@ -12,7 +12,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from allen_sr.evaluation.pictures import save_png
 
-__all__ = ["heat", "heat_map_with_bar", "reliability_diagram", "uncertainty_scale", "uncertainty_grid"]
+__all__ = ["heat", "heat_map_with_bar", "reliability_diagram", "uncertainty_scale", "uncertainty_grid", "bar_top",
+           "level_text", "SCALE_FLOOR"]
 
 # A perceptually ordered dark-blue -> purple -> orange -> pale-yellow ramp (anchors of matplotlib's
 # "inferno", sampled at 0, 0.25, 0.5, 0.75, 1), interpolated to 256 colours.
@@ -21,10 +22,33 @@ _LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHOR
                  for c in range(3)], axis=1).round().astype(np.uint8)
 
 
+# The lowest top of a colour bar, grey levels: a map whose spread is all below it (a blank tile) is
+# shown dark, not its noise stretched over the whole ramp.
+SCALE_FLOOR = 1.0
+
+
 def uncertainty_scale(values: np.ndarray) -> float:
-    """The grey-level value shown at the top of the colour bar: the 99th percentile (at least 1)."""
+    """The grey-level value shown at the top of the colour bar: the 99th percentile (at least SCALE_FLOOR)."""
     finite = np.asarray(values, np.float64)
-    return float(max(1.0, np.percentile(finite, 99))) if finite.size else 1.0
+    return float(max(SCALE_FLOOR, np.percentile(finite, 99))) if finite.size else SCALE_FLOOR
+
+
+def level_text(value: float) -> str:
+    """A number of grey levels with at least 2 significant digits: "0.26", "1.4", "37", "255"."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+
+
+def bar_top(values: np.ndarray) -> tuple[float, str, str]:
+    """(top, its label, what the caption says of it) of the colour bar of ``values``: the 99th
+    percentile, or SCALE_FLOOR when that is lower (the caption then gives the percentile); the
+    label ends in "+" when higher values share the top's colour."""
+    data = np.asarray(values, np.float64)
+    top = uncertainty_scale(data)
+    label = level_text(top) + ("+" if data.size and data.max() > top else "")
+    p99 = float(np.percentile(data, 99)) if data.size else 0.0
+    if p99 < SCALE_FLOOR:
+        return top, label, f"bar top: {level_text(SCALE_FLOOR)}, the floor (99th percentile {level_text(p99)})"
+    return top, label, "bar top: 99th percentile"
 
 
 def heat(values: np.ndarray, vmax: float) -> np.ndarray:
@@ -43,12 +67,13 @@ def _font() -> ImageFont.ImageFont:
 def heat_map_with_bar(values: np.ndarray, path: str | os.PathLike[str], vmax: float | None = None,
                       label: str = "uncertainty (sd, grey levels)") -> Path:
     """Save ``values`` [H, W] as a heat map with a colour bar on its right, labelled in grey levels;
-    the picture is widened to its caption. Without ``vmax`` the bar's top is the 99th percentile of
-    ``values`` (the caption says so) and its label ends in "+": higher values share its colour."""
+    the picture is widened to its caption. Without ``vmax`` the bar's top is :func:`bar_top`'s (the
+    caption says which)."""
     if vmax is None:
-        vmax, label, top = uncertainty_scale(values), f"{label}; bar top: 99th percentile", "+"
+        vmax, top, note = bar_top(values)
+        label = f"{label}; {note}"
     else:
-        top = ""
+        top = level_text(vmax)
     image = heat(values, vmax)
     h, w = image.shape[:2]
     bar_h = max(h, 120)
@@ -60,7 +85,7 @@ def heat_map_with_bar(values: np.ndarray, path: str | os.PathLike[str], vmax: fl
     bar = np.repeat(ramp[:, None, :], 14, axis=1)
     canvas.paste(Image.fromarray(bar), (w + 10, 10))
     draw = ImageDraw.Draw(canvas)
-    draw.text((w + 28, 4), f"{vmax:.0f}{top}", fill=(0, 0, 0), font=font)
+    draw.text((w + 28, 4), top, fill=(0, 0, 0), font=font)
     draw.text((w + 28, bar_h - 18), "0", fill=(0, 0, 0), font=font)
     draw.text((2, bar_h + 6), label, fill=(0, 0, 0), font=font)
     return save_png(canvas, path)
@@ -117,4 +142,4 @@ def uncertainty_grid(inputs: np.ndarray, preds: np.ndarray, targets: np.ndarray,
     return prediction_grid(grid_rows, columns=("input (nearest)", "model", "uncertainty (sd)",
                                                "|error|", "target"),
                            captions=[f"sd {maps[i].mean():.1f}, |error| {error[i].mean():.1f} grey levels "
-                                     f"(scale 0-{vmax:.0f})" for i in range(len(grid_rows))])
+                                     f"(scale 0-{level_text(vmax)})" for i in range(len(grid_rows))])
