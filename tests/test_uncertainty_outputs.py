@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from allen_sr.api import Upscaler
 from allen_sr.commands import upscale
+from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
 
 
@@ -58,3 +60,22 @@ def test_a_low_spread_maps_heat_map_is_captioned_with_its_floor(tmp_path):
                 for i, values in enumerate((low, low * 40))]
     inked = [np.flatnonzero((p[-16:] < 128).any(axis=0))[-1] for p in pictures]
     assert inked[0] > inked[1]  # "...the floor (99th percentile 0.26)" against "...99th percentile"
+
+
+def test_a_mode_of_the_image_transformer_is_refused_in_the_probabilistic_conv_models_words(tmp_path, capsys):
+    """conv-probabilistic --mode sample was refused because "it predicts one value per sub-pixel and
+    sample draws from a distribution": this model predicts a distribution (a Laplace scale)."""
+    src = tmp_path / "small.png"
+    Image.fromarray(noise(16, 16)).save(src)
+    for mode in ("sample", "mean_bicubic"):
+        code, err = error_of(capsys, ["--pretrained", "conv-probabilistic", f"--image={src}", f"--mode={mode}",
+                                      "--uncertainty", f"--out={tmp_path / 'o.png'}", "--no_progress"])
+        assert code == 2 and len(err.splitlines()) == 1, err  # the mode first: no calibration warning before it
+        assert f"--mode {mode} is not available" in err and "Image Transformer modes" in err, err
+        assert "Laplace scale" in err and "draws from a distribution" not in err, err
+    code, err = error_of(capsys, ["--pretrained", "conv-fast", f"--image={src}", "--mode=sample",
+                                  f"--out={tmp_path / 'o.png'}", "--no_progress"])
+    assert code == 2 and "it predicts one value per sub-pixel and sample draws from a distribution" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
+    with pytest.raises(InvalidInputError, match="Laplace scale"):
+        Upscaler.open("conv-probabilistic", mode="sample")

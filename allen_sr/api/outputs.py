@@ -13,7 +13,8 @@ import numpy as np
 from allen_sr.inference import sources, tiling, writers
 
 __all__ = ["HEAT_MAP_PIXELS", "PreviewTap", "preview_box", "compare_path", "uncertainty_paths", "check_output_names",
-           "encode_uncertain", "decode_uncertain", "split_uncertain", "strided_rows", "shared_extras"]
+           "encode_uncertain", "decode_uncertain", "pixel_size_text", "split_uncertain", "strided_rows",
+           "shared_extras"]
 
 
 # The uncertainty heat map PNG is for people and made whole: at most this many pixels, every
@@ -61,6 +62,11 @@ def strided_rows(bands: Iterable[np.ndarray], stride: int, parts: list[np.ndarra
         parts.append(band[(-y) % stride::stride, ::stride].copy())
         y += band.shape[0]
         yield band
+
+
+def pixel_size_text(x_um: float, y_um: float | None) -> str:
+    """"0.125 um/px", or "0.125 x 0.25 um/px" (width x height) for rectangular pixels."""
+    return f"{x_um:.4g} um/px" if y_um is None or y_um == x_um else f"{x_um:.4g} x {y_um:.4g} um/px"
 
 
 def check_output_names(src: str | os.PathLike[str], outputs: Iterable[Path]) -> None:

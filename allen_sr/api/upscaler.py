@@ -35,7 +35,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
                                   preview_box, split_uncertain, strided_rows, uncertainty_paths,
-                                  HEAT_MAP_PIXELS)
+                                  HEAT_MAP_PIXELS, pixel_size_text)
 from allen_sr.decoding.modes import check_one_value_mode, check_seed
 from allen_sr.errors import InvalidInputError, count
 from allen_sr.evaluation import metrics, pictures
@@ -127,12 +127,17 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
     check_pixel_size(options.pixel_size_um, factor)
     model = model_name_of(spec)
     if model == CONV_MODEL:
-        if spec.mode is not None:  # a mode asked for, not the export's: greedy and mean are its prediction
-            check_one_value_mode(spec.mode, model)
         # once here, not image by image in a folder run (the default overlap is at most half a tile)
         tiling.check_tile(options.tile or CONV_TILE, options.overlap or 0, in_size)
         opened = open_model(spec, target_shape=(None, None))
         dec = opened.decoder
+        uncertain = getattr(dec, "reports_distributions", False)  # the probabilistic head
+        if spec.mode is not None:  # a mode asked for, not the export's: greedy and mean are its prediction
+            try:
+                check_one_value_mode(spec.mode, model, uncertain)
+            except InvalidInputError:
+                dec.close()
+                raise
         tile = options.tile or CONV_TILE
         overlap = options.overlap if options.overlap is not None else min(2 * dec.radius + RAMP, tile // 2)
         if overlap < 2 * dec.radius:  # each tile's context band, both sides: the whole image's prediction
@@ -144,7 +149,6 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
         # copy); the 8-fold average stays continuous until it is blended.
         predict = dec.predict if getattr(dec, "tta", False) else dec.decode
         kind = f"pretrained {spec.pretrained}" if spec.pretrained else "onnx" if spec.exported else "one pass"
-        uncertain = getattr(dec, "reports_distributions", False)  # the probabilistic head
 
         def predict_laplace(x: np.ndarray, temperature: float) -> np.ndarray:
             from allen_sr.decoding.uncertainty import pixel_uncertainty
@@ -198,11 +202,6 @@ def check_pixel_size(size_um: float | None, factor: int) -> None:
     if size_um is not None and not low * factor <= size_um <= high * factor:
         raise InvalidInputError(f"pixel size {size_um:g} um per input px (--pixel_size): give {low * factor:g} to "
                                 f"{high * factor:g} um (output pixels of {low:g} to {high:g} um at x{factor})")
-
-
-def pixel_size_text(x_um: float, y_um: float | None) -> str:
-    """"0.125 um/px", or "0.125 x 0.25 um/px" (width x height) for rectangular pixels."""
-    return f"{x_um:.4g} um/px" if y_um is None or y_um == x_um else f"{x_um:.4g} x {y_um:.4g} um/px"
 
 
 class Upscaler:

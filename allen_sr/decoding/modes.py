@@ -78,17 +78,25 @@ def check_sampling_options(mode: str, temperature: float) -> None:
 ONE_VALUE_MODES: tuple[str, ...] = ("greedy", "mean")  # a model with one value per sub-pixel: its prediction
 
 
-def check_one_value_mode(mode: str, model_name: str) -> None:
-    """Refuse the modes a model that predicts one value per sub-pixel (the conv model) does not
-    have: ``sample``, ``mean_bicubic`` (it has no previous values to condition on) and anything
-    not in MODES; its modes are :data:`ONE_VALUE_MODES`, both its prediction."""
+def check_one_value_mode(mode: str, model_name: str, distribution: bool = False) -> None:
+    """Refuse the modes a conv model does not have: ``sample`` and ``mean_bicubic`` (Image
+    Transformer modes: draws from its 256-way distributions, conditioning on bicubic values before
+    each sub-pixel) and anything not in MODES; its modes are :data:`ONE_VALUE_MODES`, both its
+    prediction. ``distribution``: the model has the probabilistic head (a Laplace scale per sub-pixel,
+    for uncertainty maps; nothing is drawn from it)."""
     if mode in ONE_VALUE_MODES:
         return
     if mode in MODES:
+        use = "use --mode greedy (or mean, the same here; mode='greedy' from Python)"
+        if distribution:
+            raise InvalidInputError(
+                f"--mode {mode} is not available for {model_name}: sample and mean_bicubic are Image Transformer "
+                "modes; this model predicts one value per sub-pixel with a Laplace scale around it, which gives "
+                f"uncertainty maps (--uncertainty) but is not drawn from or conditioned on; {use}")
         what = "draws from a distribution" if mode == "sample" else "conditions on bicubic values before each sub-pixel"
         raise InvalidInputError(
             f"--mode {mode} is not available for {model_name}: it predicts one value per sub-pixel and {mode} "
-            f"{what}; use --mode greedy (or mean, the same here; mode='greedy' from Python)")
+            f"{what}; {use}")
     raise InvalidInputError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
