@@ -3,14 +3,19 @@ refusals of --check and of modes the conv model has not, and the heat map's colo
 
 The real shipped models (conv-fast, conv-probabilistic), real files, the command in-process or in a
 subprocess that is killed."""
+import json
+import zlib
+
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from allen_sr.api import Upscaler
 from allen_sr.commands import upscale
 from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
+from conftest import kill_upscale_once_rows_are_saved
 
 
 def noise(height, width, seed=0):
@@ -37,6 +42,51 @@ def test_check_refuses_uncertainty_of_a_model_without_a_distribution(tmp_path, c
         assert upscale.upscale_main(["--pretrained", model, f"--image={src}", "--uncertainty", "--check",
                                      "--no_progress"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
+
+
+def test_an_uncertainty_above_256_grey_levels_is_written_as_predicted(tmp_path):
+    """Random noise gives sds above 256 grey levels: the TIFF and Upscaler.predict capped them at
+    255.996 (two bytes of 1/256 levels in the rows); now both hold the decoder's float32 sd."""
+    image = noise(16, 16)
+    src = tmp_path / "noise.png"
+    Image.fromarray(image).save(src)
+    with Upscaler.open("conv-probabilistic") as up:
+        _, sd = up.predict(image, uncertainty=True)
+        summary = up.predict_file(src, tmp_path / "o.tif", uncertainty=True)
+    assert sd.dtype == np.float32 and sd.max() > 300, sd.max()
+    np.testing.assert_array_equal(tifffile.imread(summary["uncertainty"][0]), sd)
+
+
+def test_rows_saved_by_an_older_version_are_not_read_as_this_ones(tmp_path, capsys):
+    """A resume folder whose rows keep the sd in two bytes (1/256 grey levels, the version before)
+    is not resumed from: the run predicts afresh and its map equals an uninterrupted run's."""
+    src = tmp_path / "noise.png"
+    Image.fromarray(noise(400, 48)).save(src)
+    out, saved = tmp_path / "o.tif", tmp_path / ".o.tif.resume"
+    argv = ["--pretrained", "conv-probabilistic", f"--image={src}", f"--out={out}", "--no_progress",
+            "--preview_size=0", "--uncertainty", "--tile=72", "--overlap=34"]  # 10 bands: time to stop it
+    kill_upscale_once_rows_are_saved(argv, saved)
+    key = json.loads((saved / "key.json").read_text())
+    assert key["uncertainty"].pop("sd") == "float32"  # the older version's key had no such entry
+    (saved / "key.json").write_text(json.dumps(key))
+    width = 48 * 4
+    for band in sorted(saved.glob("rows-*")):
+        start, stop = map(int, band.name.split("-")[1:3])
+        rows = np.frombuffer(band.read_bytes(), np.uint8).reshape(stop - start, width, 3 + 4)
+        sd = np.clip(np.rint(rows[..., 3:].copy().view("<f4")[..., 0] * 256), 0, 65535).astype(np.uint16)
+        old = np.concatenate([rows[..., :3], (sd >> 8).astype(np.uint8)[..., None],
+                              (sd & 255).astype(np.uint8)[..., None]], axis=-1).tobytes()
+        band.unlink()
+        (saved / f"rows-{start:09d}-{stop:09d}-{zlib.crc32(old):08x}.u8").write_bytes(old)
+    capsys.readouterr()
+    assert upscale.upscale_main(argv) == 0
+    assert "resuming" not in capsys.readouterr().out
+    fresh = tmp_path / "fresh.tif"
+    assert upscale.upscale_main([a if not a.startswith("--out=") else f"--out={fresh}" for a in argv]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o.uncertainty.tif"),
+                                  tifffile.imread(tmp_path / "fresh.uncertainty.tif"))
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(fresh))
+    assert not saved.exists()
 
 
 def test_the_bar_top_of_a_low_spread_map_says_it_is_the_floor():

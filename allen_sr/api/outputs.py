@@ -1,6 +1,6 @@
 """The files a prediction writes besides its output, and the rows it keeps while it runs: their
 names (``OUT.compare.png``, ``OUT.uncertainty.tif``/``.png``), the check of those names before any
-work, the window of the compare picture, and the uncertainty's two bytes per pixel in stored rows.
+work, the window of the compare picture, and the uncertainty's four bytes per pixel in stored rows.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 
 from allen_sr.inference import sources, tiling, writers
 
-__all__ = ["HEAT_MAP_PIXELS", "PreviewTap", "preview_box", "compare_path", "uncertainty_paths", "check_output_names",
-           "encode_uncertain", "decode_uncertain", "pixel_size_text", "split_uncertain", "strided_rows",
-           "shared_extras"]
+__all__ = ["HEAT_MAP_PIXELS", "SD_BYTES", "PreviewTap", "preview_box", "compare_path", "uncertainty_paths",
+           "check_output_names", "encode_uncertain", "decode_uncertain", "pixel_size_text", "split_uncertain",
+           "strided_rows", "shared_extras"]
 
 
 # The uncertainty heat map PNG is for people and made whole: at most this many pixels, every
@@ -35,18 +35,20 @@ def compare_path(out: Path) -> Path:
     return out.with_name(f"{name}.compare.png")
 
 
+SD_BYTES = 4  # the sd in stored rows: a float32 (little-endian), as the decoder gave it
+
+
 def encode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
-    """float32 [h, w, C + 1] (values, sd) -> uint8 [h, w, C + 2]: the values rounded, the sd in
-    1/256 grey levels as two bytes (what the resume store keeps)."""
+    """float32 [h, w, C + 1] (values, sd) -> uint8 [h, w, C + SD_BYTES]: the values rounded, the sd's
+    float32 bytes (what the resume store keeps: every sd as predicted, none capped or rounded)."""
     values = tiling.as_uint8(band[..., :channels])
-    sd = np.clip(np.rint(band[..., channels] * 256.0), 0, 65535).astype(np.uint16)
-    return np.concatenate([values, (sd >> 8).astype(np.uint8)[..., None], (sd & 255).astype(np.uint8)[..., None]],
-                          axis=-1)
+    sd = np.ascontiguousarray(band[..., channels], dtype="<f4")
+    return np.concatenate([values, sd.view(np.uint8).reshape(*sd.shape, SD_BYTES)], axis=-1)
 
 
 def decode_uncertain(band: np.ndarray, channels: int) -> np.ndarray:
     """The float32 sd map [h, w] of an :func:`encode_uncertain` band."""
-    return (band[..., channels].astype(np.float32) * 256.0 + band[..., channels + 1]) / 256.0
+    return np.ascontiguousarray(band[..., channels:channels + SD_BYTES]).view("<f4")[..., 0].astype(np.float32)
 
 
 def split_uncertain(bands: Iterable[np.ndarray], channels: int) -> Iterator[np.ndarray]:

@@ -35,7 +35,7 @@ from allen_sr.api.models import (ModelSpec, decode_kwargs, describe_source, mode
                                  open_model, resolve, trained_degradation, uncertainty_calibration)
 from allen_sr.api.outputs import (PreviewTap, check_output_names, compare_path, decode_uncertain, encode_uncertain,
                                   preview_box, split_uncertain, strided_rows, uncertainty_paths,
-                                  HEAT_MAP_PIXELS, pixel_size_text)
+                                  HEAT_MAP_PIXELS, SD_BYTES, pixel_size_text)
 from allen_sr.decoding.modes import check_one_value_mode, check_seed
 from allen_sr.errors import InvalidInputError, count
 from allen_sr.evaluation import metrics, pictures
@@ -341,8 +341,8 @@ class Upscaler:
 
     def _bands(self, source: sources.ImageSource, layout: tiling.TileLayout, progress: bool,
                first_row: int = 0, uncertainty: bool = False) -> Iterator[np.ndarray]:
-        """uint8 bands of output rows: the image's channels, and with ``uncertainty`` two more
-        holding each pixel's uncertainty in 1/256 grey levels (high byte, low byte)."""
+        """uint8 bands of output rows: the image's channels, and with ``uncertainty`` SD_BYTES more
+        holding each pixel's uncertainty (its float32 sd in grey levels, `outputs.encode_uncertain`)."""
         tm = self._live()
         to_model = to_grey if tm.channels == 1 else None
         # where a region (with its margin) starts in its image: sampled tiles draw as in the whole image's run
@@ -425,7 +425,7 @@ class Upscaler:
                 "decoder": tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
                 "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles, layout.ramp],
                 "factor": tm.factor, "channels": tm.channels,
-                "uncertainty": self.calibration.as_dict() if uncertainty else None}
+                "uncertainty": {**self.calibration.as_dict(), "sd": "float32"} if uncertainty else None}
 
     def _write(self, base: sources.ImageSource, out: Path, region: Region, progress: bool,
                options: Options, image: dict[str, Any], preview: Path, log: Log,
@@ -455,7 +455,7 @@ class Upscaler:
         log(f"upscaling {cut.name} {cut.width}x{cut.height} px x{f} -> {out_w}x{out_h} px "
             f"({out_w * out_h / 1e6:.1f} MP): {count(layout.tiles, 'tile')} of {layout.tile_w}x{layout.tile_h} px, "
             f"overlap {tm.overlap} px, {tm.describe}")
-        stored = tm.channels + (2 if uncertainty else 0)  # + the uncertainty's two bytes
+        stored = tm.channels + (SD_BYTES if uncertainty else 0)  # + the uncertainty's bytes
         store = resume.RowStore(out, self._resume_key(layout, image, region, (cut.width, cut.height),
                                                       [region.left - dx, region.top - dy, grown.width, grown.height],
                                                       options, uncertainty), out_w, stored)
@@ -506,10 +506,10 @@ class Upscaler:
                      shown[..., :tm.channels]]
             columns: tuple[str, ...] = ("input (nearest)", "bicubic", "model")
             if uncertainty:
-                from allen_sr.evaluation.uncertainty_pictures import heat
+                from allen_sr.evaluation.uncertainty_pictures import heat, uncertainty_scale
 
                 preview_sd = decode_uncertain(shown, tm.channels)
-                cells.append(heat(preview_sd, float(max(1.0, np.percentile(sd, 99)))))
+                cells.append(heat(preview_sd, uncertainty_scale(sd)))
                 columns += ("uncertainty (sd)",)
             grid = pictures.prediction_grid([cells], columns=columns, scale=1)
             summary["preview"] = str(pictures.save_png(grid, preview))
