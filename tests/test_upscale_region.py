@@ -23,7 +23,7 @@ SECTION = f"{SAMPLE_IMAGES}/other_deepslice_GLTa_s094.png"
 # inside and at each edge of the 1024 x 670 section; every region below). Without the context: up to
 # 16-68 within 16 px of the region's edge (0 beyond 24 px).
 ROUNDING = 1
-SD_ROUNDING = 1 / 256  # the uncertainty is kept in 1/256 grey levels; measured: 0
+SD_ROUNDING = 1 / 256  # the rows kept while a run lasts hold the sd as float32; measured: 0
 
 
 @pytest.fixture(scope="module")
