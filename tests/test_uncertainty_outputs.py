@@ -11,10 +11,12 @@ import pytest
 import tifffile
 from PIL import Image
 
+from allen_sr import pretrained
 from allen_sr.api import Upscaler
 from allen_sr.commands import upscale
 from allen_sr.errors import InvalidInputError
 from allen_sr.evaluation.uncertainty_pictures import heat_map_with_bar
+from allen_sr.export.runtime import open_exported
 from conftest import kill_upscale_once_rows_are_saved
 
 
@@ -129,3 +131,9 @@ def test_a_mode_of_the_image_transformer_is_refused_in_the_probabilistic_conv_mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.png"]
     with pytest.raises(InvalidInputError, match="Laplace scale"):
         Upscaler.open("conv-probabilistic", mode="sample")
+    model = open_exported(pretrained.find("conv-probabilistic").folder)  # the decoder's own check too
+    try:
+        with pytest.raises(InvalidInputError, match="Laplace scale"):
+            model.decoder.decode(noise(8, 8)[None], mode="sample")
+    finally:
+        model.close()

@@ -171,7 +171,7 @@ class OnePassDecoder(LaplaceViews):
         sub-pixel's distribution; the predictions are the same with or without it.
         """
         del temperature, seed, max_steps
-        check_one_value_mode(mode, self.model_name)
+        check_one_value_mode(mode, self.model_name, self.reports_distributions)
         if recorder is not None:
             return self._laplace_decode(self._distribution_inputs(inputs), recorder, batch_size, progress)
         if self.tta:

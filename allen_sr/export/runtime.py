@@ -185,7 +185,7 @@ class OnnxDecoder(LaplaceViews):
         """The batching.Decoder protocol; ``mode`` greedy or mean (the same here). ``recorder``
         (exports with a distribution) gets each sub-pixel's distribution."""
         del temperature, seed, max_steps
-        check_one_value_mode(mode, self.model_name)
+        check_one_value_mode(mode, self.model_name, self.reports_distributions)
         if recorder is not None:
             return self._laplace_decode(self._distribution_inputs(inputs), recorder, batch_size, progress)
         return predict_in_chunks(inputs, self.run, self.factor, self.channels, batch_size, progress,
