@@ -249,6 +249,7 @@ def test_each_trial_trains_in_its_own_folder_which_the_collector_reads():
         path = spec["metricsCollectorSpec"]["source"]["fileSystemPath"]["path"]
         assert path == f"{output_dir}/{tuning.FINAL_EVAL_DIR}", config
         container = job["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+        assert container["env"] == [{"name": tuning.TRIAL_ENV, "value": "trial-7"}], config
         if spec["algorithm"]["algorithmName"] == "pbt":
             settings = {s["name"]: s["value"] for s in spec["algorithm"]["algorithmSettings"]}
             assert settings["suggestion_trial_dir"] == output_dir and spec["resumePolicy"] == "FromVolume"
@@ -277,7 +278,8 @@ def test_search_space_follows_the_hparams_set_and_model():
 
 def test_trial_is_the_tfjob_launch_writes_for_the_same_flags():
     """One code path: the trial equals `allen-sr launch` (no --tune) given the trial's own trainer
-    flags, apart from the name Katib gives each trial and the mount of the trial's folder."""
+    flags, apart from the name Katib gives each trial, the mount of the trial's folder and the trial's
+    name in its environment."""
     experiment = experiment_for(CONFIGS["tpe_transformer_pvc"])
     trial = experiment["spec"]["trialTemplate"]["trialSpec"]
     command = chief_command(trial)
@@ -286,9 +288,11 @@ def test_trial_is_the_tfjob_launch_writes_for_the_same_flags():
     job = launch.tfjob_manifest(args, command[4:])
     assert command[:4] == ["allen-sr", "train", "--data_dir=/data/allen", "--output_dir=/data/tune"]
     del job["metadata"]["name"], job["metadata"]["namespace"]
-    mounts = trial["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    container = trial["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+    mounts = container["volumeMounts"]
     assert mounts[1] == {"name": "allen-sr-data", "mountPath": "/data/tune", "subPath": "tune/${trialParameters.trialName}"}
     del mounts[1]
+    assert container.pop("env") == [{"name": tuning.TRIAL_ENV, "value": "${trialParameters.trialName}"}]
     assert trial == job
 
 
@@ -431,6 +435,43 @@ def test_increment_target_counts_from_the_checkpoint_and_survives_restarts():
     assert tuning.increment_target(50, 450, record) == 500  # another increment: 50 from step 450
 
 
+def test_a_restarted_trial_keeps_its_target_even_when_it_was_reached():
+    """A trial killed after its last checkpoint, during the final evaluation, restarts at its target:
+    it must not train another increment. Only another trial's record (a PBT parent's) starts one."""
+    record = {"increment": 100, "start_step": 400, "train_steps": 500, "trial": "exp-a"}
+    assert tuning.increment_target(100, 500, record, "exp-a") == 500  # restarted after its last checkpoint
+    assert tuning.increment_target(100, 450, record, "exp-a") == 500  # restarted mid-way
+    assert tuning.increment_target(100, 500, record, "exp-b") == 600  # a child of the parent exp-a
+    assert tuning.increment_target(100, 450, record, "exp-b") == 550
+    untagged = {"increment": 100, "start_step": 400, "train_steps": 500}
+    assert tuning.increment_target(100, 500, untagged, "exp-b") == 600  # a record of no trial
+    assert tuning.increment_target(100, 500, record) == 600  # a plain run: as before
+
+
+def save_step(folder, step):
+    """A real checkpoint at global step ``step`` in ``folder`` (what checkpoint_step reads)."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default():
+        global_step = tf.compat.v1.train.get_or_create_global_step()
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.assign(global_step, step))
+            tf.compat.v1.train.Saver().save(session, os.path.join(folder, "model.ckpt"), global_step=step)
+
+
+def test_the_trial_name_in_the_environment_keeps_a_reached_target(tmp_path):
+    save_step(str(tmp_path), 10)
+    record = tmp_path / tuning.INCREMENT_RECORD
+    record.write_text(json.dumps({"increment": 10, "start_step": 0, "train_steps": 10, "trial": "exp-a"}))
+    argv = [f"--output_dir={tmp_path}", "--train_steps_increment=10"]
+    assert tuning.resolve_train_increment(argv, {tuning.TRIAL_ENV: "exp-a"}) == [argv[0], "--train_steps=10"]
+    assert json.loads(record.read_text())["train_steps"] == 10
+    assert tuning.resolve_train_increment(argv, {tuning.TRIAL_ENV: "exp-b"}) == [argv[0], "--train_steps=20"]
+    assert json.loads(record.read_text()) == {"increment": 10, "start_step": 10, "train_steps": 20, "trial": "exp-b"}
+    record.write_text(json.dumps({"increment": 10, "start_step": 0, "train_steps": 10}))
+    assert tuning.resolve_train_increment(argv, {}) == [argv[0], "--train_steps=20"]  # a plain run
+
+
 def test_integral_floats_become_ints_for_int_hparams_only():
     defaults = {"learning_rate_warmup_steps": 100, "learning_rate_constant": 0.1, "pixel_loss": "l1"}
     argv = ["--hparams_set=s", "--hparams=learning_rate_warmup_steps=120.0,learning_rate_constant=1.0,pixel_loss=l1"]
@@ -444,12 +485,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_trial(command, data_dir, output_dir, timeout=600):
-    """Run a trial's Chief command here as the TFJob's Chief runs it: under a one-task TF_CONFIG."""
+def run_trial(job, data_dir, output_dir, timeout=600, tf_config=True):
+    """Run a trial's Chief command here with its container's environment, under a one-task TF_CONFIG
+    or, as the training operator runs a one-Chief TFJob (not distributed), without one."""
     argv = [a.replace("--data_dir=/data/allen", f"--data_dir={data_dir}")
-             .replace("--output_dir=/ckpt", f"--output_dir={output_dir}") for a in command[2:]]
-    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"chief": [f"127.0.0.1:{free_port()}"]},
-                                                 "task": {"type": "chief", "index": 0}}))
+             .replace("--output_dir=/ckpt", f"--output_dir={output_dir}") for a in chief_command(job)[2:]]
+    container = job["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update({e["name"]: e["value"] for e in container.get("env", [])})
+    if tf_config:
+        env["TF_CONFIG"] = json.dumps({"cluster": {"chief": [f"127.0.0.1:{free_port()}"]},
+                                       "task": {"type": "chief", "index": 0}})
     proc = subprocess.run([ALLEN_SR, "train", *argv], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -473,8 +519,7 @@ def parent_trial(tmp_path_factory, pbt_experiment):
                            f"--tmp_dir={images}"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     values = dict(example_values(pbt_experiment), pixel_loss="l1")
-    command = chief_command(trial_of(pbt_experiment, values, "srpbt-parent"))
-    run_trial(command, data_dir, root / "parent")
+    run_trial(trial_of(pbt_experiment, values, "srpbt-parent"), data_dir, root / "parent")
     return data_dir, root / "parent"
 
 
@@ -539,7 +584,7 @@ def test_a_trial_resumes_from_its_parents_checkpoint_with_new_hparams(parent_tri
     child = tmp_path / "child"
     shutil.copytree(parent, child)
     values = {"learning_rate_constant": "0", "learning_rate_warmup_steps": "30.0", "pixel_loss": "l2"}
-    proc = run_trial(chief_command(trial_of(pbt_experiment, values, "srpbt-child")), data_dir, child)
+    proc = run_trial(trial_of(pbt_experiment, values, "srpbt-child"), data_dir, child)
     assert f"newest checkpoint in {child} is at step 3; training to step 6" in proc.stderr
     assert tuning.checkpoint_step(str(child)) == 6
     parent_start, parent_end = (trained_variables(str(parent / f"model.ckpt-{s}")) for s in (0, 3))
@@ -551,4 +596,21 @@ def test_a_trial_resumes_from_its_parents_checkpoint_with_new_hparams(parent_tri
     assert (hparams["learning_rate_constant"], hparams["learning_rate_warmup_steps"], hparams["pixel_loss"]) == (
         0.0, 30, "l2")
     assert json.loads((child / tuning.INCREMENT_RECORD).read_text()) == {
-        "increment": 3, "start_step": 3, "train_steps": 6}
+        "increment": 3, "start_step": 3, "train_steps": 6, "trial": "srpbt-child"}
+
+
+def test_a_trial_restarted_after_its_last_checkpoint_only_evaluates_again(parent_trial, pbt_experiment, tmp_path):
+    """The Chief killed during its final evaluation is restarted (restartPolicy OnFailure) at its
+    target step: it trains no further increment, is not refused, and evaluates again (the objective
+    Katib reads). Run without TF_CONFIG, which a one-Chief TFJob does not get."""
+    data_dir, parent = parent_trial
+    restarted = tmp_path / "restarted"
+    shutil.copytree(parent, restarted)
+    values = dict(example_values(pbt_experiment), pixel_loss="l1")
+    proc = run_trial(trial_of(pbt_experiment, values, "srpbt-parent"), data_dir, restarted, tf_config=False)
+    assert f"newest checkpoint in {restarted} is at step 3; trial srpbt-parent reached its step 3" in proc.stderr
+    assert tuning.checkpoint_step(str(restarted)) == 3
+    assert json.loads((restarted / tuning.INCREMENT_RECORD).read_text()) == {
+        "increment": 3, "start_step": 0, "train_steps": 3, "trial": "srpbt-parent"}
+    metric = tuning.OBJECTIVE_METRIC
+    assert len(katib_tfevent_metrics(str(restarted / tuning.FINAL_EVAL_DIR), [metric])[metric]) == 2

@@ -31,7 +31,7 @@ from allen_sr.commands.tfjob import (CONTAINER_NAME, VOLUME_NAME, build_tfjob, c
 from allen_sr.data.paths import is_remote
 from allen_sr.t2t.cluster import flag_value
 from allen_sr.t2t.tools import RESUMABLE_HPARAMS, RESUMABLE_PREFIXES, VARIABLES_WHEN_ON
-from allen_sr.t2t.tuning import (FINAL_EVAL_DIR, INCREMENT_FLAG, OBJECTIVE_METRIC, hparams_defaults,
+from allen_sr.t2t.tuning import (FINAL_EVAL_DIR, INCREMENT_FLAG, OBJECTIVE_METRIC, TRIAL_ENV, hparams_defaults,
                                  without_flag)
 
 EXPERIMENT_API_VERSION = "kubeflow.org/v1beta1"
@@ -44,7 +44,7 @@ MIN_POPULATION = 5  # Katib's PBT suggestion refuses smaller populations
 # Katib names a trial <experiment>-<8 characters>, a PBT trial <experiment>-<uuid4>; the TFJob's
 # Chief service <trial>-chief-0 must fit in 63 characters. Katib itself allows 40.
 MAX_NAME, MAX_PBT_NAME = 40, 63 - len("-chief-0") - 37
-TRIAL_NAME = "trialName"  # the trial parameter carrying the trial's name (a subPath)
+TRIAL_NAME = "trialName"  # the trial parameter carrying the trial's name (a subPath, and TRIAL_ENV)
 SUCCEEDED = 'status.conditions.#(type=="Succeeded")#|#(status=="True")#'
 FAILED = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
 # Options of the tuning group: (flag, PBT only).
@@ -356,19 +356,24 @@ def trial_mounts(args: argparse.Namespace) -> list[dict[str, str]]:
 
 def trial_tfjob(args: argparse.Namespace, trainer_flags: Sequence[str],
                 params: Sequence[SearchParam]) -> dict[str, Any]:
-    """The trial: launch's TFJob for the trial's flags, without the name Katib gives each trial."""
+    """The trial: launch's TFJob for the trial's flags, without the name Katib gives each trial, which
+    its `allen-sr train` finds in TRIAL_ENV (a restarted trial keeps its --train_steps_increment's target)."""
     command = train_argv(args, trial_trainer_flags(args, trainer_flags, params))
     job = build_tfjob(args, command, trial_mounts(args))
     del job["metadata"]["name"], job["metadata"]["namespace"]  # Katib's webhook requires this
+    for replica in job["spec"]["tfReplicaSpecs"].values():
+        for container in replica["template"]["spec"]["containers"]:
+            container["env"] = [{"name": TRIAL_ENV, "value": f"${{trialParameters.{TRIAL_NAME}}}"}]
     return job
 
 
 def trial_parameters(args: argparse.Namespace, params: Sequence[SearchParam]) -> list[dict[str, str]]:
-    """Katib's trialParameters: one per tuned hparam, and the trial's name for its subPath."""
+    """Katib's trialParameters: one per tuned hparam, and the trial's name (TRIAL_ENV; for a search
+    algorithm also the subPath of its folder)."""
     out = [{"name": p.hparam, "description": p.description, "reference": p.hparam} for p in params]
-    if args.tune != PBT:
-        out.append({"name": TRIAL_NAME, "description": "the trial's name: its folder under --output_dir",
-                    "reference": "${trialSpec.Name}"})
+    where = "" if args.tune == PBT else ", and its folder under --output_dir"
+    out.append({"name": TRIAL_NAME, "description": f"the trial's name, which allen-sr train reads{where}",
+                "reference": "${trialSpec.Name}"})
     return out
 
 

@@ -40,8 +40,8 @@ def check_steps(argv: list[str], output_dir: str | None) -> None:
     """UsageError when the command would do nothing and exit 0: a training --train_steps at or below
     the step of the checkpoint in ``output_dir`` (t2t-trainer logs "Skipping training" and rewrites
     flags.txt), or an evaluation without a checkpoint (it scored untrained weights). Not checked
-    for a task of a TF_CONFIG cluster: a task restarted after its training ended must end as it did
-    (tuning trials pass --train_steps_increment, made a --train_steps above the checkpoint before this)."""
+    for a task of a TF_CONFIG cluster or a Katib trial (whose one-Chief TFJob gets no TF_CONFIG): a
+    task restarted after its training ended must end as it did, with its final evaluation."""
     import tensorflow as tf
 
     schedule = schedule_of(argv)
@@ -50,11 +50,11 @@ def check_steps(argv: list[str], output_dir: str | None) -> None:
         where = f"--output_dir={output_dir}" if output_dir else "no --output_dir"
         raise UsageError(f"--schedule={schedule}: no checkpoint in {where} to evaluate: pass the --output_dir of a "
                          "trained run (it would score untrained weights)")
-    if schedule not in TRAINING_SCHEDULES or not checkpoint or os.environ.get("TF_CONFIG"):
+    from allen_sr.t2t.tuning import TRIAL_ENV, checkpoint_step
+
+    if schedule not in TRAINING_SCHEDULES or not checkpoint or os.environ.get("TF_CONFIG") or os.environ.get(TRIAL_ENV):
         return
     from absl import flags
-
-    from allen_sr.t2t.tuning import checkpoint_step
 
     value = flag_value(argv, "train_steps")
     train_steps = int(value) if value is not None else int(flags.FLAGS["train_steps"].default)

@@ -13,8 +13,12 @@ Three things, each small and useful outside Katib too:
    starts from another trial's checkpoint (population based training) must train a number of
    steps *beyond* that checkpoint. ``--train_steps_increment=N`` (:func:`resolve_train_increment`)
    becomes ``--train_steps=G+N`` with G the global step of the newest checkpoint in
-   ``--output_dir``; a record in the folder keeps the target when the same run restarts after a
-   crash, so a restart does not add another N.
+   ``--output_dir``. A record in the folder (:data:`INCREMENT_RECORD`) keeps the target when the
+   same run restarts, so a restart does not add another N. A Katib trial's record carries the
+   trial's name (:data:`TRIAL_ENV`, set by the trial template): its restart keeps the target even
+   when it was reached (killed during the final evaluation, it evaluates again), and only a record
+   of another trial (a PBT parent's, copied with its folder) starts a new increment. Without the
+   name (a plain run) a record counts as the same run's only while its target is not reached.
 3. **Integer hparams given as integral floats.** Katib's PBT perturbs an int parameter by 0.8 or
    1.2 and hands it over as e.g. "120.0", which t2t's hparams parser refuses for an int hparam;
    :func:`integral_int_hparams` turns such values into "120".
@@ -31,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from allen_sr.t2t.cluster import flag_value, parse_tf_config
 
-__all__ = ["FINAL_EVAL_DIR", "INCREMENT_FLAG", "INCREMENT_RECORD", "OBJECTIVE_METRIC",
+__all__ = ["FINAL_EVAL_DIR", "INCREMENT_FLAG", "INCREMENT_RECORD", "OBJECTIVE_METRIC", "TRIAL_ENV",
            "checkpoint_step", "hparams_defaults", "increment_target", "install_objective_summaries",
            "integral_int_hparams", "objective_values", "prepare_train_flags",
            "resolve_train_increment", "without_flag", "write_objective_summaries"]
@@ -44,6 +48,8 @@ OBJECTIVE_METRIC = "psnr"
 FINAL_EVAL_DIR = "eval_eval"
 INCREMENT_FLAG = "train_steps_increment"
 INCREMENT_RECORD = "train_increment.json"
+# The Katib trial's name, which `allen-sr launch --tune` puts in each trial's environment.
+TRIAL_ENV = "ALLEN_SR_TRIAL"
 _INTEGRAL_FLOAT = r"[+-]?\d+\.0*"
 
 
@@ -109,7 +115,7 @@ def checkpoint_step(output_dir: str) -> int:
     return 0 if path is None else int(tf.train.load_variable(path, "global_step"))
 
 
-def _read_record(path: str) -> dict[str, int] | None:
+def _read_record(path: str) -> dict[str, Any] | None:
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
@@ -117,12 +123,15 @@ def _read_record(path: str) -> dict[str, int] | None:
     try:
         with tf.io.gfile.GFile(path) as handle:
             record = json.load(handle)
-        return {k: int(record[k]) for k in ("increment", "start_step", "train_steps")}
-    except (ValueError, KeyError, TypeError):
+        out: dict[str, Any] = {k: int(record[k]) for k in ("increment", "start_step", "train_steps")}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None  # unreadable: start a new increment
+    if isinstance(record.get("trial"), str):
+        out["trial"] = record["trial"]
+    return out
 
 
-def _write_record(path: str, record: Mapping[str, int]) -> None:
+def _write_record(path: str, record: Mapping[str, Any]) -> None:
     import tensorflow as tf
 
     tf.io.gfile.makedirs(os.path.dirname(path))
@@ -130,17 +139,21 @@ def _write_record(path: str, record: Mapping[str, int]) -> None:
         handle.write(json.dumps(dict(record)) + "\n")
 
 
-def increment_target(increment: int, current: int, record: Mapping[str, int] | None) -> int:
+def increment_target(increment: int, current: int, record: Mapping[str, Any] | None,
+                     trial: str | None = None) -> int:
     """The --train_steps for ``increment`` more steps from global step ``current``.
 
-    A record of an unfinished run of the same increment (its start <= current < its target)
-    means this is that run restarted: keep its target. Otherwise (no record, or the recorded
-    run reached its target, e.g. the parent run of a PBT trial) a new increment starts here.
+    With a ``trial`` name: a record of that trial means it restarted, reached its target or not
+    (its last checkpoint may precede the final evaluation): keep the target; a record of another
+    trial (a PBT parent's) or of none starts a new increment here. Without one: a record of an
+    unfinished run of the same increment (start <= current < target) is that run restarted; a
+    reached target (e.g. a parent run's) starts a new increment.
     """
-    if (record is not None and record["increment"] == increment
-            and record["start_step"] <= current < record["train_steps"]):
-        return record["train_steps"]
-    return current + increment
+    if record is None or record["increment"] != increment or not record["start_step"] <= current:
+        return current + increment
+    if trial:
+        return record["train_steps"] if record.get("trial") == trial else current + increment
+    return record["train_steps"] if current < record["train_steps"] else current + increment
 
 
 def without_flag(argv: Sequence[str], name: str) -> list[str]:
@@ -187,11 +200,18 @@ def resolve_train_increment(argv: Sequence[str], env: Mapping[str, str]) -> list
     current = checkpoint_step(output_dir)
     path = f"{output_dir.rstrip('/')}/{INCREMENT_RECORD}"
     record = _read_record(path)
-    target = increment_target(increment, current, record)
-    if role in ("chief", "master") and (record is None or record["train_steps"] != target):
-        _write_record(path, {"increment": increment, "start_step": current, "train_steps": target})
+    trial = env.get(TRIAL_ENV) or None
+    target = increment_target(increment, current, record, trial)
+    entry: dict[str, Any] = {"increment": increment, "start_step": current, "train_steps": target}
+    if trial:
+        entry["trial"] = trial
+    if role in ("chief", "master") and (record is None or record["train_steps"] != target
+                                        or record.get("trial") != entry.get("trial")):
+        _write_record(path, entry)
+    plan = (f"training to step {target}" if target > current else
+            f"trial {trial} reached its step {target} before it restarted: no more training, the final evaluation")
     print(f"allen-sr train: --{INCREMENT_FLAG}={increment}: newest checkpoint in {output_dir} is "
-          f"at step {current}; training to step {target}", file=sys.stderr)
+          f"at step {current}; {plan}", file=sys.stderr)
     return argv + [f"--train_steps={target}"]
 
 
