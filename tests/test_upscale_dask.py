@@ -327,3 +327,43 @@ def test_upload_folders_of_processes_that_ended_are_removed(tmp_path, monkeypatc
         assert folder.parent == tmp_path and folder.name.startswith(f"allen-sr-upload-{host}-{os.getpid()}-")
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:] + [folder.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_a_cluster_that_fails_to_close_after_ctrl_c_leaves_the_ctrl_c_and_kills_its_workers():
+    """Ctrl-C under load: closing --dask local's cluster timed out (the nanny's join of its worker), and
+    the TimeoutError replaced the KeyboardInterrupt: a traceback and exit 1 instead of one line and 130.
+    Here each close of a real cluster gets too little time to finish, in a process of its own."""
+    code = """if True:
+        import os, time, psutil, distributed
+        from allen_sr.api import cluster_folders
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+        (pid,) = client.run(os.getpid).values()
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                cluster_folders.close_after_failure(client, cluster, timeout=1e-9)
+                raise
+        except KeyboardInterrupt:
+            worker = psutil.Process(pid) if psutil.pid_exists(pid) else None
+            ended = worker is None or worker.status() == psutil.STATUS_ZOMBIE
+            print("KeyboardInterrupt", cluster.status.name, "worker ended" if ended else worker.status())
+        print(time.time())
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome, ended_at = run.stdout.splitlines()
+    assert outcome == "KeyboardInterrupt running worker ended"  # running: the close did fail
+    assert time.time() - float(ended_at) < 8, "closed again at exit"  # distributed's atexit close waits 10 s
+    assert "Restarting worker" not in run.stderr
+
+
+def test_ctrl_c_in_a_run_on_a_local_cluster_stays_a_ctrl_c_and_ends_its_workers():
+    psutil = pytest.importorskip("psutil")
+    with pytest.raises(KeyboardInterrupt):
+        with cluster_folders.dask_client("local:1") as client:
+            (pid,) = client.run(os.getpid).values()
+            raise KeyboardInterrupt
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

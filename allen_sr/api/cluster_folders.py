@@ -130,6 +130,30 @@ def import_distributed() -> Any:
     return distributed
 
 
+def close_after_failure(client: "Client | None", cluster: Any, timeout: float | None = None) -> None:
+    """Close ``client`` and its LocalCluster after the run raised (Ctrl-C, mostly). Closing can fail
+    too (a worker that does not end in time: TimeoutError from the nanny; OSError): that failure
+    must not replace what the run raised, so it is left aside and the workers still running are
+    killed (not restarted by their nannies, nor closed again at exit: that waited 10 s more).
+    ``timeout``: seconds for each close (None: distributed's own)."""
+    import psutil
+
+    processes = []
+    for nanny in list(cluster.workers.values()):
+        nanny.auto_restart = False
+        pid = getattr(nanny, "pid", None)
+        if isinstance(pid, int):  # psutil.Process(None) would be this process
+            with contextlib.suppress(psutil.Error):
+                processes.append(psutil.Process(pid))
+    for close in ([] if client is None else [client.close]) + [cluster.close]:
+        with contextlib.suppress(Exception):
+            close(timeout=timeout)
+    cluster.shutdown_on_close = False
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+
+
 @contextlib.contextmanager
 def dask_client(address: str, log: Log | None = None) -> Iterator["Client"]:
     """A Client of the scheduler at ``address``, or of a cluster started here for ``local[:N]``
@@ -138,12 +162,19 @@ def dask_client(address: str, log: Log | None = None) -> Iterator["Client"]:
     distributed = import_distributed()
     if workers is not None:  # every port on this machine's loopback only; Ctrl-C stops this process alone
         try:
-            with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                          host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                          worker_dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
-                                          preload=[__name__]) as cluster, \
-                    distributed.Client(cluster) as client:
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                               worker_dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+                                               preload=[__name__])
+            client = None
+            try:
+                client = distributed.Client(cluster)
                 yield client
+            except BaseException:
+                close_after_failure(client, cluster)
+                raise
+            client.close()
+            cluster.close()
         finally:  # a worker stopped mid-image leaves its upload folder, and the workers have ended now
             remove_stale_uploads()
         return
