@@ -355,7 +355,9 @@ def test_a_cluster_that_fails_to_close_after_ctrl_c_leaves_the_ctrl_c_and_kills_
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     outcome, ended_at = run.stdout.splitlines()
-    assert outcome == "KeyboardInterrupt running worker ended"  # running: the close did fail
+    interrupt, status, ended = outcome.split(" ", 2)
+    assert (interrupt, ended) == ("KeyboardInterrupt", "worker ended"), outcome
+    assert status in ("running", "closing"), outcome  # not closed: the close did fail
     assert time.time() - float(ended_at) < 8, "closed again at exit"  # distributed's atexit close waits 10 s
     assert "Restarting worker" not in run.stderr
 

@@ -152,6 +152,7 @@ def close_after_failure(client: "Client | None", cluster: Any, timeout: float | 
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.kill()
+    psutil.wait_procs(processes, timeout=5)  # ended before this returns (a kill is delivered, not awaited)
 
 
 @contextlib.contextmanager
