@@ -7,7 +7,7 @@ a trial trains ``--trial_steps`` steps beyond the checkpoint it starts from.
 
 * Objective: maximize the eval PSNR. `allen-sr train` writes it as a tensor summary tagged
   ``psnr`` next to t2t's scalar; Katib's ``TensorFlowEvent`` collector reads it from
-  ``<output_dir>/eval_eval``, where the Chief's one (final) evaluation goes.
+  ``<output_dir>/eval_eval``, where the Chief's evaluations go (Katib takes the latest, the final one).
 * Each trial sees its own folder at ``--output_dir``. Search algorithms: ``<output_dir>/<trial>``
   on --pvc, mounted there with a subPath. PBT: Katib's per-trial checkpoint folder
   (``suggestion_trial_dir``, on the claim ``<experiment>-pbt``, which is --pvc), into which the

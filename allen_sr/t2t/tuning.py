@@ -42,9 +42,11 @@ __all__ = ["FINAL_EVAL_DIR", "INCREMENT_FLAG", "INCREMENT_RECORD", "OBJECTIVE_ME
 
 # The tag of the tensor summary, and the metric name Katib's objective uses.
 OBJECTIVE_METRIC = "psnr"
-# t2t-trainer's final evaluation (T2TExperiment.evaluate, estimator name "eval") writes here. Under
-# TF_CONFIG (a TFJob's Chief) it is the only evaluation: tf.estimator's distributed
-# train_and_evaluate leaves evaluation to an "evaluator" task, which a TFJob trial does not have.
+# t2t-trainer's evaluations (estimator name "eval") write here, the last at the end of training. A
+# trial's TFJob has one Chief and so no TF_CONFIG (the training operator sets it only for more than
+# one replica): it also evaluates while it trains; Katib's metricStrategies take the latest value.
+# Under TF_CONFIG the final one is the only one (distributed train_and_evaluate leaves the others to
+# an "evaluator" task).
 FINAL_EVAL_DIR = "eval_eval"
 INCREMENT_FLAG = "train_steps_increment"
 INCREMENT_RECORD = "train_increment.json"
