@@ -31,8 +31,8 @@ sys.path.insert(0, REPO)
 
 def make_images(folder: str, count: int, size: int) -> None:
     """`count` JPEG crops (size x size) cut from the shipped sample slides (allen_sr/sample_data)."""
-    sources = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(glob.glob(os.path.join(REPO, "allen_sr", "sample_data", "*")))
-               if p.endswith((".png", ".jpg"))]
+    samples = sorted(glob.glob(os.path.join(REPO, "allen_sr", "sample_data", "*")))
+    sources = [np.asarray(Image.open(p).convert("RGB")) for p in samples if p.endswith((".png", ".jpg"))]
     rng = np.random.default_rng(0)
     for i in range(count):
         src = sources[i % len(sources)]

@@ -203,7 +203,8 @@ def train_all(variants: list[tuple[str, str]], work: Path, data_dir: Path, hpara
 def table(rows: list[dict[str, Any]], bic: dict[str, float], bic_train: dict[str, float],
           bic_free: dict[str, float], modes: list[str]) -> str:
     modes = modes + sorted({k[len("free_"):] for r in rows for k in r if k.endswith(" x8")})
-    head = ("| variant | steps (s) | held-out NLL | held-out EV PSNR | EV SSIM | argmax PSNR | train NLL | train EV PSNR | "
+    head = ("| variant | steps (s) | held-out NLL | held-out EV PSNR | EV SSIM | argmax PSNR | train NLL | "
+            "train EV PSNR | "
             + " | ".join(f"free {m} PSNR / SSIM" for m in modes) + " |")
     lines = [head, "|" + "---|" * (8 + len(modes))]
     lines.append(f"| bicubic | - | - | {bic['psnr']:.2f} | {bic['ssim']:.3f} | - | - | {bic_train['psnr']:.2f} | "

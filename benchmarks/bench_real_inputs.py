@@ -299,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
                           + (" (beside another run)" if r.result.get("alongside") else " (alone)") for r in ordered)
         text = "\n".join([
             f"### Gain over bicubic (dB) on held-out stains and real inputs, {args.minutes:g} minutes of training",
-            "", *gain_table({r.name: r.decodes[0][0] for r in ordered}, scores), "", "Goals:", *goals(ordered, scores), "",
+            "", *gain_table({r.name: r.decodes[0][0] for r in ordered}, scores), "",
+            "Goals:", *goals(ordered, scores), "",
             f"Trained: {steps}. Training: the "
             f"train tiles of {', '.join(split['train'])}. Held-out: " + "; ".join(
                 f"{stain}: {', '.join(Path(p).stem for p in paths)}" for stain, paths in files.items())
-            + f". Up to {args.tiles} tiles per cell, the `tiles` column (conv: 8-fold averaging, as `allen-sr evaluate`; "
+            + f". Up to {args.tiles} tiles per cell, the `tiles` column (conv: 8-fold averaging, "
+            "as `allen-sr evaluate`; "
             f"Image Transformer: mean decoding, " + (f"a seeded random {args.it_tiles} of them, gain against bicubic "
                                                     f"on those" if args.it_tiles else "the same tiles")
             + "). Inputs as `allen-sr evaluate --degrade` "

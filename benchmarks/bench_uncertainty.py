@@ -132,7 +132,8 @@ def measure(run_dir: Path, tiles: int, name: str = "it") -> tuple[dict, dict]:
 
 def table(results: dict[str, dict]) -> list[str]:
     lines = ["| model | input | model (dB) | bicubic (dB) | temperature | coverage_50 | coverage_90 | "
-             "rmse_ratio_surest_half | neighbours' errors | oracle |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "rmse_ratio_surest_half | neighbours' errors | oracle |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, result in results.items():
         for name, row in result["rows"].items():
             for key in ("uncalibrated", "calibrated"):
@@ -152,8 +153,10 @@ def goals(result: dict) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    return [f"- coverage_50 {u['coverage_50']:.3f} (goal 0.50 +- {GOAL_50}): {verdict(abs(u['coverage_50'] - 0.5) <= GOAL_50)}",
-            f"- coverage_90 {u['coverage_90']:.3f} (goal 0.90 +- {GOAL_90}): {verdict(abs(u['coverage_90'] - 0.9) <= GOAL_90)}",
+    return [f"- coverage_50 {u['coverage_50']:.3f} (goal 0.50 +- {GOAL_50}): "
+            f"{verdict(abs(u['coverage_50'] - 0.5) <= GOAL_50)}",
+            f"- coverage_90 {u['coverage_90']:.3f} (goal 0.90 +- {GOAL_90}): "
+            f"{verdict(abs(u['coverage_90'] - 0.9) <= GOAL_90)}",
             f"- rmse_ratio_surest_half {u['rmse_ratio_surest_half']:.3f} (goal <= {GOAL_RATIO}): "
             f"{verdict(u['rmse_ratio_surest_half'] <= GOAL_RATIO)}",
             f"- model over bicubic {gain:+.2f} dB (goal >= +{GOAL_DB}): {verdict(gain >= GOAL_DB)}"]

@@ -207,7 +207,8 @@ def main() -> None:
     print(f"Model sizes: conv = {described}; x4, default tiles 384 px overlapping by twice the model's "
           f"context + 16 px; Image Transformer = `{TRANSFORMER[2]}` "
           f"(hidden {it['hidden']}, {it['heads']} heads, {it['layers']} decoder layers, blocks of "
-          f"{it['block']} sub-pixels; 8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled pyramidal BigTIFF out (deflate unless the row says zstd); "
+          f"{it['block']} sub-pixels; 8x8 -> 32x32 tiles, overlap 4, batches of 256 tiles). PNG in, tiled "
+          "pyramidal BigTIFF out (deflate unless the row says zstd); "
           "time includes reading, blending, compression and writing, not model loading. Peak RSS of the "
           "whole process (TensorFlow included).\n")
     print("| model | input px | output MP | tiles | seconds | output MP/s | peak RSS MB |")
@@ -243,7 +244,8 @@ def main() -> None:
         text = (f"\n{set_label} (`{hset}`): {flops / 1e3:.1f} kFLOP per output px (counted from the layer shapes, the "
                 f"tile overlap's recomputation excluded). Largest output: {worst['width']}x{worst['height']} "
                 f"px ({big / 1e6:.0f} MP) in {worst['seconds']:.0f} s at the slowest, peak RSS "
-                f"{peak:.0f} MB (goal: at most 2048 MB for 100 MP: {'met' if peak <= 2048 and big >= 1e8 else 'NOT met'}). "
+                f"{peak:.0f} MB (goal: at most 2048 MB for 100 MP: "
+                f"{'met' if peak <= 2048 and big >= 1e8 else 'NOT met'}). "
                 f"Goal 10 output MP/s end to end, single prediction, at {big / 1e6:.0f} MP: "
                 f"**{'met' if worst['output_mp_per_s'] >= 10 else 'NOT met'}** ({runs_text}).")
         ceiling = ceilings.get(codec(set_label))

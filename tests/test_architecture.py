@@ -29,6 +29,8 @@ LAYERS = {
 UPWARD_ALLOWED = {("allen_sr.t2t.names", "allen_sr.problems"), ("allen_sr.t2t.names", "allen_sr.hparams"),
                   ("allen_sr", "allen_sr.api")}
 MAX_LINES = 520
+MAX_LINE_CHARS = 120
+SOURCE_FOLDERS = ["allen_sr", "tests", "benchmarks", "scripts", "problems", "hparams"]
 FOLDERS = {"allen_sr": "allen_sr", "problems": "allen_sr.problems", "hparams": "allen_sr.hparams"}
 
 
@@ -116,6 +118,15 @@ def test_no_private_name_is_imported_across_modules():
 def test_no_module_is_too_long():
     long = {name: n for name, path in modules() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_no_source_line_is_too_long():
+    """Every Python file, tests and scripts too; the folders are walked (not git ls-files) so that a
+    clone without .git checks them as well."""
+    paths = [p for folder in SOURCE_FOLDERS for p in sorted((ROOT / folder).rglob("*.py"))] + [ROOT / "setup.py"]
+    long = [f"{path.relative_to(ROOT)}:{i}: {len(line)} chars" for path in paths
+            for i, line in enumerate(path.read_text().splitlines(), 1) if len(line) > MAX_LINE_CHARS]
+    assert not long, f"lines over {MAX_LINE_CHARS} characters:\n" + "\n".join(long)
 
 
 @pytest.mark.parametrize("module", ["allen_sr", "allen_sr.data.tiles", "allen_sr.data.download",

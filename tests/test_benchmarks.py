@@ -118,7 +118,8 @@ _Run 2026-11-22 11:58 on 2 cores (Intel(R) Xeon(R) Processor), 24 GiB RAM, no GP
 |:---|---:|---:|---:|---:|---:|---:|
 | bicubic | - | 21.84 | 25.40 | 21.91 | 0.5990 | +0.00 dB |
 | conv pixel loss, one pass | 15508 in 900 s (17.2/s) | 23.12 | 26.26 | 23.21 | 0.7009 | +1.30 dB |
-| conv hybrid loss (run of 2026-11-01 10:00, AMD EPYC) | 10440 in 900 s (11.6/s) | 21.81 | 23.64 | 21.73 | 0.6242 | -0.18 dB |
+| conv hybrid loss (run of 2026-11-01 10:00, AMD EPYC) | 10440 in 900 s (11.6/s) | 21.81 | 23.64 | \
+21.73 | 0.6242 | -0.18 dB |
 | Image Transformer mean | 1840 in 871 s (2.1/s) | 20.17 | 22.94 | 20.27 | 0.5293 | -1.64 dB |
 
 ## bench_train.py

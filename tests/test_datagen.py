@@ -409,7 +409,8 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_dataset(image_fold
     proc = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(image_folder), str(data_dir)],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode != 0
-    assert re.search(r"datagen could not write \S+bucket-train-\d+: .*run datagen again", proc.stderr), proc.stderr[-2000:]
+    said = re.search(r"datagen could not write \S+bucket-train-\d+: .*run datagen again", proc.stderr)
+    assert said, proc.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()} == before
     assert not (data_dir / datagen.TMP_DIRNAME).exists()
     # the command says it in one line, exit status 1 (a _RemoteTraceback with the message at its end)

@@ -114,8 +114,8 @@ def test_train_checkpoint_starts_from_the_seeds_weights(tmp_path):
     differ in last bits from run to run (threaded float sums; Adam's first steps amplify signs)."""
     import tensorflow as tf
 
-    hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM,
-                                    TRAIN_OVERRIDES.replace("learning_rate_constant=0.016", "learning_rate_constant=0.0"))
+    frozen = TRAIN_OVERRIDES.replace("learning_rate_constant=0.016", "learning_rate_constant=0.0")
+    hparams = checkpoints.load_hparams(HPARAMS_SET, PROBLEM, frozen)
     kernels = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         reader = tf.train.load_checkpoint(
@@ -534,7 +534,8 @@ def test_a_damaged_record_file_is_named_with_what_to_do(damage, local_data, ckpt
             f.write(bytes([byte[0] ^ 0xFF]))
     hparams = checkpoints.load_hparams(HPARAMS_SET, "img2img_local_dim8to32", "", ckpt_dir)
     with pytest.raises(InvalidInputError, match=rf"{re.escape(str(shard))} is damaged \({damage} record at \d+\): "
-                                                rf"run `allen-sr datagen` again with --data_dir {re.escape(str(data_dir))}"):
+                                                rf"run `allen-sr datagen` again with "
+                                                rf"--data_dir {re.escape(str(data_dir))}"):
         examples.read_examples("img2img_local_dim8to32", str(data_dir), 100_000, hparams)
     argv = ["--problem", "img2img_local_dim8to32", "--hparams_set", HPARAMS_SET, "--output_dir", ckpt_dir,
             "--data_dir", str(data_dir), "--num_examples", "100000", "--out", str(tmp_path / "o"), "--no_progress"]

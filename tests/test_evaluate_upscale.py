@@ -106,7 +106,8 @@ def test_evaluate_degrade_cuts_tiles_from_the_degraded_whole_image(ckpt_dir, tmp
         low = degrade.degrade_image(whole, 4, degrade.parse_fixed(spec), seed=index)  # --seed 0
         lr = low[top // 4:top // 4 + 8, left // 4:left // 4 + 8]
         target = whole[top:top + 32, left:left + 32]
-        assert float(row["psnr"]) == pytest.approx(metrics.psnr(metrics.upscale(lr, 4, row["method"]), target), abs=1e-3)
+        upscaled = metrics.upscale(lr, 4, row["method"])
+        assert float(row["psnr"]) == pytest.approx(metrics.psnr(upscaled, target), abs=1e-3)
         clean = metrics.upscale(tiles.area_downsample(target, 4), 4, row["method"])
         assert abs(float(row["psnr"]) - metrics.psnr(clean, target)) > 0.01  # not the clean input
     assert all(oy and ox for oy, ox in offsets), offsets  # never on the JPEG grid

@@ -251,7 +251,8 @@ def test_a_12_bit_camera_tiff_is_checked_as_the_picture_it_holds(tmp_path):
     noise = {line.split()[-1]: line.split("noise ~")[1].split()[0]
              for line in done.stdout.splitlines() if "noise ~" in line}
     assert set(noise) == {str(tmp_path / "camera.tif"), str(tmp_path / "png8.png")}
-    assert len(set(noise.values())) == 1 and float(noise[str(tmp_path / "png8.png")]) > 2, done.stdout  # 16x darker: < 1
+    assert (len(set(noise.values())) == 1
+            and float(noise[str(tmp_path / "png8.png")]) > 2), done.stdout  # 16x darker: < 1
     warned = [line for line in done.stderr.splitlines() if "camera.tif" in line]
     assert warned == [f"warning: {tmp_path / 'camera.tif'}: uint16 image, samples up to 4095: 0-4095 read as 0-255 "
                       "(12-bit data)"], done.stderr

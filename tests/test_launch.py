@@ -177,7 +177,8 @@ def test_replica_commands_use_only_real_t2t_trainer_flags():
              for line in proc.stdout.splitlines() if line.lstrip().startswith("--")}
     assert {"worker_gpu", "data_dir", "output_dir", "problem", "hparams_set"} <= known, proc.stdout[-2000:]
     for options, *_ in CONFIGS.values():
-        command = manifest_for(options)["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]["command"]
+        chief = manifest_for(options)["spec"]["tfReplicaSpecs"]["Chief"]
+        command = chief["template"]["spec"]["containers"][0]["command"]
         assert set(parse_flags(command[2:])) <= known
 
 
@@ -189,7 +190,8 @@ def test_replica_commands_use_only_real_t2t_trainer_flags():
     (["--pvc", "c", "--data_dir", "/data/d", "--output_dir", "/data/o"], "--pvc and --mount_path go together"),
     (["--pvc", "c", "--mount_path", "/data", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"],
      "--pvc is only for local"),
-    (["--gpus_per_worker", "-1", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "--gpus_per_worker must be >= 0"),
+    (["--gpus_per_worker", "-1", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"],
+     "--gpus_per_worker must be >= 0"),
     # names and paths Kubernetes or TensorFlow in the pods would refuse (all accepted before)
     (["--name", "9start", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "starting with a letter"),
     (["--namespace", "Bad_NS", "--data_dir", "gs://b/d", "--output_dir", "gs://b/o"], "--namespace 'Bad_NS'"),

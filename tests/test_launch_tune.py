@@ -290,7 +290,8 @@ def test_trial_is_the_tfjob_launch_writes_for_the_same_flags():
     del job["metadata"]["name"], job["metadata"]["namespace"]
     container = trial["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]
     mounts = container["volumeMounts"]
-    assert mounts[1] == {"name": "allen-sr-data", "mountPath": "/data/tune", "subPath": "tune/${trialParameters.trialName}"}
+    assert mounts[1] == {"name": "allen-sr-data", "mountPath": "/data/tune",
+                         "subPath": "tune/${trialParameters.trialName}"}
     del mounts[1]
     assert container.pop("env") == [{"name": tuning.TRIAL_ENV, "value": "${trialParameters.trialName}"}]
     assert trial == job

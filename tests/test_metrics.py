@@ -338,7 +338,8 @@ def test_stale_temporary_files_of_dead_writers_are_removed(tmp_path):
     """A temporary file named after a process that is gone is removed; a live one's is kept."""
     import subprocess as sp
 
-    dead = sp.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = sp.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                  capture_output=True, text=True).stdout.strip()
     stale = tmp_path / f".data-stats.json.{dead}.abcd1234.tmp"
     live = tmp_path / f".data-info.json.{os.getpid()}.abcd1234.tmp"
     other = tmp_path / f".other-stats.json.{dead}.abcd1234.tmp"

@@ -384,7 +384,8 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
         assert summary["methods"]["model"]["psnr_y"] > summary["methods"]["bicubic"]["psnr_y"]
         assert Image.open(out / "grid.png").width > 4 * 128
         assert "(2 images)" in capsys.readouterr().out
-    argv = ["--pretrained", "conv-fast", "--images", str(folder), "--whole", "--uncertainty", "--out", str(tmp_path / "u")]
+    argv = ["--pretrained", "conv-fast", "--images", str(folder), "--whole", "--uncertainty",
+            "--out", str(tmp_path / "u")]
     assert evaluate.evaluate_main(argv) == 2
     assert "--uncertainty scores tiles, --whole whole images" in capsys.readouterr().err
     assert not (tmp_path / "u").exists()

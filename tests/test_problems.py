@@ -241,7 +241,8 @@ def test_training_inputs_are_degraded_by_the_sets_default_and_eval_inputs_stay_c
         clean = np.array([np.array_equal(x, tiles.area_downsample(y, factor)) for x, y in zip(inputs, targets)])
         # Degraded examples are rarely equal to the clean input by chance (a low blur and no noise or JPEG).
         assert 0.6 * spec.clean <= clean.mean() <= spec.clean + 0.25, (problem_name, clean.mean())
-        error = np.abs(inputs[~clean].astype(int) - np.stack([tiles.area_downsample(y, factor) for y in targets[~clean]]))
+        clean_inputs = np.stack([tiles.area_downsample(y, factor) for y in targets[~clean]])
+        error = np.abs(inputs[~clean].astype(int) - clean_inputs)
         assert error.mean() > 1.0 and error.max() <= 255
         x, y = read(problem_name, "eval", data_dir, degradation=REAL_INPUTS)
         np.testing.assert_array_equal(x, np.stack([tiles.area_downsample(t, factor) for t in y]))

@@ -172,8 +172,9 @@ def test_datagen_flags_the_problems_do_not_read_are_refused(flag, tmp_path, caps
     _one_line_error(capsys, code, flag.split("=")[0], "do not use it", "leave it out")
 
 
-@pytest.mark.parametrize("flag, says", [("--images=slides", "--images: not a t2t-datagen flag (your images: --tmp_dir"),
-                                         ("--tmp_dirr=x", "--tmp_dirr: not a t2t-datagen flag (did you mean --tmp_dir?)")])
+@pytest.mark.parametrize("flag, says", [
+    ("--images=slides", "--images: not a t2t-datagen flag (your images: --tmp_dir"),
+    ("--tmp_dirr=x", "--tmp_dirr: not a t2t-datagen flag (did you mean --tmp_dir?)")])
 def test_a_flag_t2t_datagen_does_not_define_is_named_first(flag, says, tmp_path, capsys):
     """Our checks ran before absl saw the flag: `--images x` was answered "--tmp_dir is required"."""
     from allen_sr.t2t import tools
@@ -511,7 +512,8 @@ def test_the_conv_model_is_refused_on_a_problem_without_image_sizes(tmp_path, ca
 
     out = tmp_path / "out"
     code = tools.train_main(["--problem=text2text_tmpdir", "--model=img2img_conv_sr",
-                             "--hparams_set=img2img_conv_sr_fast", f"--data_dir={tmp_path / 'data'}", f"--output_dir={out}", "--worker_gpu=0"])
+                             "--hparams_set=img2img_conv_sr_fast", f"--data_dir={tmp_path / 'data'}",
+                             f"--output_dir={out}", "--worker_gpu=0"])
     _one_line_error(capsys, code, "--problem=text2text_tmpdir is not an image problem of fixed sizes")
     assert not out.exists()
 

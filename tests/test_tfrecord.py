@@ -15,7 +15,8 @@ def test_hand_encoded_example_parses_as_tf_example():
     f = ex.features.feature
     assert f["image/encoded"].bytes_list.value == [tile.tobytes()]
     assert f["image/format"].bytes_list.value == [b"raw"]
-    assert [f[k].int64_list.value[0] for k in ("image/height", "image/width", "image/channels", "image/top", "image/left")] == [64, 64, 3, 2**40, 300]
+    keys = ("image/height", "image/width", "image/channels", "image/top", "image/left")
+    assert [f[k].int64_list.value[0] for k in keys] == [64, 64, 3, 2**40, 300]
     assert f["image/source"].bytes_list.value[0].decode() == "slide_ü"
     assert len(f) == 8
 

@@ -261,7 +261,8 @@ def test_a_local_cluster_listens_on_this_machine_only():
 
 
 def test_importing_the_cluster_module_imports_no_dask():
-    code = "import allen_sr.api.cluster_folders, sys; print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    code = ("import allen_sr.api.cluster_folders, sys; "
+            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.split() == ["[]"]
 

@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ps", type=int, default=0, help="parameter-server replicas (default 0; >= 1 with workers)")
     parser.add_argument("--gpus_per_worker", type=int, default=0,
                         help="GPUs of the Chief and of each Worker; also their --worker_gpu (default 0)")
-    parser.add_argument("--data_dir", required=True, help="dataset folder as the pods see it (gs://... or under --mount_path)")
-    parser.add_argument("--output_dir", required=True, help="checkpoint folder as the pods see it (gs://... or under --mount_path)")
+    parser.add_argument("--data_dir", required=True,
+                        help="dataset folder as the pods see it (gs://... or under --mount_path)")
+    parser.add_argument("--output_dir", required=True,
+                        help="checkpoint folder as the pods see it (gs://... or under --mount_path)")
     parser.add_argument("--pvc", help="PersistentVolumeClaim holding local --data_dir/--output_dir")
     parser.add_argument("--mount_path", help="where every replica mounts --pvc, e.g. /data")
     parser.add_argument("--backoff_limit", type=int, default=3,
@@ -143,7 +145,8 @@ def _report(args: argparse.Namespace, trainer_flags: Sequence[str], manifest: Ma
 
 
 def launch_main(argv: list[str]) -> int:
-    """allen-sr launch --name NAME --image IMAGE [--workers N --ps N | --tune ALGORITHM ...] [trainer flags] [--dry_run]"""
+    """allen-sr launch --name NAME --image IMAGE [--workers N --ps N | --tune ALGORITHM ...] [trainer flags]
+    [--dry_run]"""
     parser = build_parser()
     try:
         misplaced_options(parser, argv)

@@ -96,10 +96,12 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                    "checkpoint it starts from (default 1000)")
     g.add_argument("--max_trials", type=int, metavar="N", help="trials in all (default 12; pbt: 4 x --population)")
     g.add_argument("--parallel_trials", type=int, metavar="N", help="trials at once (default 3; pbt: --population)")
-    g.add_argument("--max_failed_trials", type=int, metavar="N", help="failed trials before the Experiment fails (default 3)")
+    g.add_argument("--max_failed_trials", type=int, metavar="N",
+                   help="failed trials before the Experiment fails (default 3)")
     g.add_argument("--search", action="append", metavar="HPARAM=LOW:HIGH|A,B,...",
                    help="search HPARAM over a range or a list, replacing its default range (repeatable)")
-    g.add_argument("--population", type=int, metavar="N", help=f"pbt: trials per generation (default and minimum {MIN_POPULATION})")
+    g.add_argument("--population", type=int, metavar="N",
+                   help=f"pbt: trials per generation (default and minimum {MIN_POPULATION})")
     g.add_argument("--truncation", type=float, metavar="F", help="pbt: fraction of a generation replaced by copies "
                    "of the best fraction (default 0.2)")
 

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a folder of images or a quoted glob ('slides/*.tif'): each is enlarged into --out_dir")
     p.add_argument("--downsample", type=int, default=0, help="with --image_id: halve the section N times (default 0)")
     p.add_argument("--api_base", default=None, help="with --image_id: Allen API base URL")
-    p.add_argument("--download_dir", default=None, help="with --image_id: where the section goes (default: OUT's folder)")
+    p.add_argument("--download_dir", default=None,
+                   help="with --image_id: where the section goes (default: OUT's folder)")
     p.add_argument("--level", type=int, default=0, help="resolution level of a pyramidal TIFF or a CZI (0 = full)")
     p.add_argument("--left", type=int, default=0, help="region left edge, px, in the image as viewers show it "
                    "(a JPEG's EXIF or a TIFF's orientation applied; default 0)")
