@@ -94,9 +94,11 @@ def atomic_write_text(text: str, path: str | os.PathLike[str], encoding: str = "
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`); returns the path.
 
     Newlines are written as given (no platform translation), so files are byte-identical
-    across operating systems.
+    across operating systems. A character the encoding cannot hold (a file name that is not UTF-8
+    keeps its undecodable bytes as surrogates) is written as a backslash escape, ``\\udce9``, not
+    refused: the file stays valid text, and JSON reads such an escape back as the same character.
     """
-    return atomic_write_bytes(text.encode(encoding), path)
+    return atomic_write_bytes(text.encode(encoding, "backslashreplace"), path)
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike[str], indent: int | None = 2) -> Path:

@@ -279,6 +279,20 @@ def test_csv_json_and_rendered_tables(tmp_path):
     assert text[-1] == "(3 tiles)"
 
 
+def test_scores_of_a_file_whose_name_is_not_utf8_are_written(tmp_path):
+    """A Latin-1 file name (its byte held as a surrogate) used to crash the CSV and JSON writers after
+    every tile was scored; it is written as a backslash escape, and the JSON reads back as the name."""
+    name = os.fsdecode(b"caf\xe9.png")
+    table = MetricTable()
+    table.add(name, "bicubic", 25.0, 0.75)
+    csv_path = table.write_csv(tmp_path / "per_example.csv")
+    text = csv_path.read_bytes().decode("utf-8")
+    assert "caf\\udce9.png,bicubic" in text
+    assert MetricTable.from_csv(csv_path).summary() == table.summary()
+    json_path = fileio.write_json_atomic({"files": [name]}, tmp_path / "names.json")
+    assert json.loads(json_path.read_text(encoding="utf-8")) == {"files": [name]}
+
+
 def test_atomic_writers_replace_whole_files_and_clean_up(tmp_path):
     target = tmp_path / "out" / "metrics.json"
     fileio.write_json_atomic({"a": 1}, target)

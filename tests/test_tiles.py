@@ -78,3 +78,18 @@ def test_tiling_a_large_slide_needs_little_memory_beyond_its_pixels():
     tracemalloc.stop()
     assert kept == 64 * 64 and rejected == 0
     assert peak < image.nbytes / 4, f"peak {peak / 2**20:.1f} MiB while tiling a {image.nbytes / 2**20:.0f} MiB image"
+
+
+def test_a_name_that_is_not_utf8_gets_a_split_and_utf8_names_keep_theirs():
+    """A Latin-1 file name reaches Python with its undecodable byte as a surrogate; it gets the split
+    of its bytes, and every UTF-8 name keeps the split it always had (existing datasets stay as split)."""
+    import hashlib
+
+    latin = os.fsdecode(b"caf\xe9")
+    assert tiles.split_of(latin, 0.5) == tiles.split_of(os.fsdecode(b"caf\xe9"), 0.5)
+    digest = hashlib.sha256(b"caf\xe9").digest()
+    assert tiles.split_of(latin, 0.5) == ("dev" if int.from_bytes(digest[:8], "big") / 2.0**64 < 0.5 else "train")
+    for name in ["café", "脳_slice", "plain", "s044"]:
+        digest = hashlib.sha256(name.encode("utf-8")).digest()
+        expected = "dev" if int.from_bytes(digest[:8], "big") / 2.0**64 < 0.3 else "train"
+        assert tiles.split_of(name, 0.3) == expected

@@ -104,9 +104,10 @@ def split_of(image_key: str, dev_fraction: float) -> str:
     """'train' or 'dev' for an image, from a hash of its id.
 
     Deterministic and independent of the other images, so adding images never moves existing
-    ones between splits, and one image's tiles never land in both.
+    ones between splits, and one image's tiles never land in both. A name that is not UTF-8 (its
+    undecodable bytes held as surrogates) hashes its bytes as they are; any other name, as UTF-8.
     """
-    digest = hashlib.sha256(image_key.encode("utf-8")).digest()
+    digest = hashlib.sha256(image_key.encode("utf-8", "surrogateescape")).digest()
     u = int.from_bytes(digest[:8], "big") / 2.0**64
     return "dev" if u < dev_fraction else "train"
 
