@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -119,3 +120,23 @@ def test_without_pylibczirw_a_czi_is_refused_with_the_command_that_installs_it(t
     assert done.returncode == 2, done.stderr
     assert f"pip install {PYLIBCZIRW}" in done.stderr and "slide.czi" in done.stderr
     assert not (tmp_path / "x4.png").exists()
+
+
+def test_datagen_sizes_its_shards_by_czi_and_float_tiff_headers(tmp_path):
+    """Pillow cannot size a CZI or a floating-point TIFF; they counted as 0 tiles, so a folder of large
+    slides made one shard per split, past the tiles-per-shard (and memory) bound. Their headers size them."""
+    from allen_sr.data import datagen, images
+
+    czis, tiffs = tmp_path / "czis", tmp_path / "tiffs"
+    czis.mkdir()
+    tiffs.mkdir()
+    write_czi(czis / "slide.czi", [(0, 0, BRAIN)])
+    tifffile.imwrite(tiffs / "float.tif", BRAIN.astype(np.float32) / 255, photometric="rgb")
+    for folder in (czis, tiffs):
+        (path,) = images.list_images(str(folder))
+        assert images.image_size(path) == (320, 240)
+        data = tmp_path / f"data-{folder.name}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the float TIFF is read as 0-1, and says so
+            datagen.build_tile_dataset([path], str(data), "p", dev_fraction=0.0, tiles_per_shard=2, workers=1)
+        assert len([n for n in os.listdir(data) if n.startswith("p-train-")]) == 4  # 15 tiles' half in twos

@@ -20,7 +20,7 @@ from allen_sr.data.errors import ImageSkipped
 from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb
 from allen_sr.errors import InvalidInputError
 
-__all__ = ["PYLIBCZIRW", "CziImage"]
+__all__ = ["PYLIBCZIRW", "CziImage", "czi_size"]
 
 PYLIBCZIRW = "pylibCZIrw==6.1.0"
 # The longest side of the overview in which the brightest sample of a deep CZI is sought.
@@ -51,6 +51,29 @@ def pixel_size_um(metadata: Any, scale: int, axis: str = "X") -> float | None:
     return None
 
 
+def _open_czi(path: str) -> Any:
+    """pylibCZIrw's ``open_czi(path)`` context, or ImageSkipped saying how to install it."""
+    try:
+        from pylibCZIrw import czi as pyczi
+    except ImportError as exc:
+        raise ImageSkipped(f"{path}: reading Zeiss CZI files needs pylibCZIrw; install it "
+                           f"(pip install {PYLIBCZIRW}) or save the slide as OME-TIFF") from exc
+    return pyczi.open_czi(path)
+
+
+def czi_size(path: str) -> tuple[int, int]:
+    """(width, height) of a CZI's rectangle around all its scenes, from its subblock directory: no
+    pixel is read (datagen sizes its shards by it). ImageSkipped when pylibCZIrw cannot open it."""
+    try:
+        with _open_czi(path) as doc:
+            box = doc.total_bounding_rectangle
+    except ImageSkipped:
+        raise
+    except Exception as exc:  # noqa: BLE001 - libCZI raises RuntimeError and others for bad files
+        raise ImageSkipped(f"{path}: not a readable CZI ({exc}); replace the file") from exc
+    return box.w, box.h
+
+
 class CziImage:
     """One pyramid level of a CZI: ``width`` x ``height`` px, :meth:`read` gives uint8 RGB regions.
 
@@ -59,15 +82,11 @@ class CziImage:
     """
 
     def __init__(self, path: str, level: int = 0) -> None:
-        try:
-            from pylibCZIrw import czi as pyczi
-        except ImportError as exc:
-            raise ImageSkipped(f"{path}: reading Zeiss CZI files needs pylibCZIrw; install it "
-                               f"(pip install {PYLIBCZIRW}) or save the slide as OME-TIFF") from exc
+        opened = _open_czi(path)
         self.path = path
         self._files = contextlib.ExitStack()
         try:
-            self.doc = self._files.enter_context(pyczi.open_czi(path))
+            self.doc = self._files.enter_context(opened)
             box = self.doc.total_bounding_rectangle
             channels = self.doc.pixel_types
             metadata = self.doc.metadata

@@ -208,10 +208,24 @@ def image_id(path: str) -> str:
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the file's header only; OSError/ValueError when unreadable."""
+    """(width, height) from the file's header only (a CZI's subblock directory, the tags of a TIFF
+    Pillow does not open, such as floating-point colour); OSError/ValueError/ImageSkipped when unreadable."""
+    if path.lower().endswith(".czi"):
+        from allen_sr.data.czi import czi_size
+
+        return czi_size(path)
     configure_pillow()
-    with Image.open(path) as im:
-        return im.size
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except UnidentifiedImageError:
+        if not is_tiff(path):
+            raise
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.series[0].levels[0].keyframe
+        return int(page.imagewidth), int(page.imagelength)
 
 
 def deep_to_rgb(raw: np.ndarray, path: str, depth: tuple[int | None, str] = (None, "")) -> np.ndarray:
