@@ -232,6 +232,21 @@ def test_bad_files_are_skipped_and_reported(image_folder, tmp_path):
     assert "files skipped: 2" in summary.report() and "zero.jpg" in summary.report()
 
 
+def test_a_broken_link_named_as_an_image_is_listed_and_reported_as_skipped(image_folder, tmp_path):
+    """A dangling symlink is no file to os.path.isfile, so it was dropped without a word; it is listed
+    (by the datagen and upscale listings alike) and the read names it as skipped."""
+    from allen_sr.api.folders import collect_images
+
+    os.symlink(tmp_path / "moved_away.png", image_folder / "gone.png")
+    gone = str(image_folder / "gone.png")
+    assert gone in images.list_images(str(image_folder))
+    assert gone in collect_images(str(image_folder)) and collect_images(str(image_folder / "g*.png")) == [gone]
+    with pytest.warns(UserWarning, match="gone.png"):
+        summary = datagen.build_tile_dataset(images.list_images(str(image_folder)), str(tmp_path / "data"), PREFIX)
+    assert [os.path.basename(p) for p, _ in summary.skipped] == ["gone.png"] and summary.images_read == 10
+    assert "gone.png" in summary.report()
+
+
 # ---- a killed build -----------------------------------------------------------------------------
 
 BUILD_SCRIPT = """

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from allen_sr.api.outputs import compare_path, uncertainty_paths
 from allen_sr.api.remote import RemoteFile, in_folder, is_url, make_parent, predict_to, write_whole
-from allen_sr.data.images import ImageSkipped, list_images
+from allen_sr.data.images import ImageSkipped, file_or_broken_link, list_images
 from allen_sr.errors import UserError, first_line
 from allen_sr.inference import writers
 
@@ -47,7 +47,7 @@ def collect_images(spec: str) -> list[str]:
     elif os.path.isfile(path):  # named as it is: '[1]' in a file's path is no glob character class
         paths = [path]
     else:
-        paths = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        paths = sorted(p for p in glob.glob(path) if file_or_broken_link(p))
     if not paths:
         raise UserError(f"images {spec!r}: no image files there; pass a folder or a glob like 'slides/*.png'")
     return paths

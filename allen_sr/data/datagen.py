@@ -93,10 +93,17 @@ def inputs_fingerprint(paths: list[str], params: dict) -> dict:
     """What a dataset is built from: the build parameters and each input's size and sha256.
 
     Content, not modification time: an image replaced in place keeps its name, size and
-    possibly its mtime.
+    possibly its mtime. A file that cannot be read (a broken link) is [None, None]: reading it
+    names it as skipped.
     """
-    files = {os.path.basename(p): [os.path.getsize(p), _sha256(p)] for p in paths}
-    return {"params": params, "files": files}
+    return {"params": params, "files": {os.path.basename(p): _size_and_sha256(p) for p in paths}}
+
+
+def _size_and_sha256(path: str) -> list:
+    try:
+        return [os.path.getsize(path), _sha256(path)]
+    except OSError:
+        return [None, None]
 
 
 def dataset_complete(data_dir: str, prefix: str, fingerprint: dict) -> bool:
@@ -238,6 +245,7 @@ def split_images(image_paths: list[str], digests: list[str], dev_fraction: float
     so that no copy of a dev image is trained on. duplicates: [[split, name, name, ...]]."""
     first: dict[str, str] = {}
     copies: dict[str, list[str]] = {}
+    digests = [digest or f"unreadable:{p}" for p, digest in zip(image_paths, digests)]
     for p, digest in sorted(zip(image_paths, digests), key=lambda pd: images.image_id(pd[0])):
         first.setdefault(digest, images.image_id(p))
         copies.setdefault(digest, []).append(os.path.basename(p))

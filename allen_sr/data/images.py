@@ -23,7 +23,7 @@ from allen_sr.data.samples import announced_white, sample_peak, samples_to_rgb, 
 from allen_sr.errors import MissingInputError
 
 __all__ = [
-    "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images",
+    "MAX_IMAGE_PIXELS", "IMAGE_SUFFIXES", "ImageSkipped", "configure_pillow", "list_images", "file_or_broken_link",
     "image_id", "is_tiff", "tiff_problem", "check_image_file", "image_size", "to_rgb_uint8", "decode_colour_jpeg",
     "load_image", "deep_to_rgb", "tiff_depth", "ORIENTATION_TAG", "ORIENTATIONS", "upright", "exif_orientation",
     "tiff_orientation", "png_depth",
@@ -53,13 +53,19 @@ def configure_pillow() -> None:
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
+def file_or_broken_link(path: str) -> bool:
+    """A file, or a symbolic link to nothing: listed, so that reading it names it as unreadable."""
+    return os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path))
+
+
 def list_images(folder: str) -> list[str]:
-    """Image files directly inside `folder`, sorted (hidden and partial files ignored)."""
+    """Image files directly inside `folder` (and broken links named as images), sorted (hidden and
+    partial files ignored)."""
     if not os.path.isdir(folder):
         raise MissingInputError(f"image folder {folder!r} does not exist: pass the folder holding your images")
     names = sorted(
         n for n in os.listdir(folder)
-        if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".") and os.path.isfile(os.path.join(folder, n))
+        if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith(".") and file_or_broken_link(os.path.join(folder, n))
     )
     return [os.path.join(folder, n) for n in names]
 
