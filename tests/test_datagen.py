@@ -247,6 +247,36 @@ def test_a_broken_link_named_as_an_image_is_listed_and_reported_as_skipped(image
     assert "gone.png" in summary.report()
 
 
+def test_identical_files_skipped_as_unreadable_are_not_reported_as_duplicates(image_folder, tmp_path):
+    """Duplicates are found by hash before any file is read; two identical files that are then skipped
+    as unreadable were still named as identical files "all in train", though neither was used."""
+    for name in ("fake.czi", "notes.png"):
+        (image_folder / name).write_text("not an image")
+    with pytest.warns(UserWarning, match="notes.png"):
+        summary = datagen.build_tile_dataset(images.list_images(str(image_folder)), str(tmp_path / "data"), PREFIX)
+    assert {os.path.basename(p) for p, _ in summary.skipped} == {"fake.czi", "notes.png"}
+    assert summary.duplicates == [] and "identical files" not in summary.report()
+
+
+def test_a_rerun_on_an_unchanged_folder_names_the_files_it_skipped_again(image_folder, tmp_path, capsys):
+    """The rerun that finds the dataset up to date said only that; the skipped files, with why, are said
+    again (they are still not in the dataset)."""
+    from allen_sr.t2t.names import register_all
+
+    register_all()
+    from tensor2tensor.utils import registry
+
+    (image_folder / "notes.png").write_text("not an image")
+    problem, data_dir = registry.problem(PREFIX), str(tmp_path / "data")
+    with pytest.warns(UserWarning, match="notes.png"):
+        problem.generate_data(data_dir, str(image_folder))
+    capsys.readouterr()
+    problem.generate_data(data_dir, str(image_folder))
+    out = capsys.readouterr().out
+    assert "complete and up to date" in out and "files skipped: 1" in out
+    assert re.search(r"- .*notes\.png: not a readable image", out), out
+
+
 # ---- a killed build -----------------------------------------------------------------------------
 
 BUILD_SCRIPT = """

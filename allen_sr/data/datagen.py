@@ -60,12 +60,16 @@ class DatagenSummary:
             f"images read: {self.images_read} (train {len(self.images['train'])}, dev {len(self.images['dev'])})",
             f"tiles kept: train {self.tiles_kept['train']}, dev {self.tiles_kept['dev']}; "
             f"rejected as background: {self.tiles_rejected}",
-            f"files skipped: {len(self.skipped)}",
         ]
-        lines += [f"  - {reason}" for _, reason in self.skipped]
+        lines += self.skipped_report().splitlines()
         lines += [f"identical files, all in {split} (one split, so dev holds no copy of a train image): "
                   + ", ".join(names) for split, *names in self.duplicates]
         return "\n".join(lines)
+
+
+    def skipped_report(self) -> str:
+        """The files skipped, each with why (also said when a rerun finds the dataset up to date)."""
+        return "\n".join([f"files skipped: {len(self.skipped)}"] + [f"  - {reason}" for _, reason in self.skipped])
 
 
 def _shard_names(prefix: str, split: str, n: int) -> list[str]:
@@ -266,7 +270,7 @@ def _build(image_paths: list[str], digests: list[str], tmp_root: str, prefix: st
     n_shards = {s: max(1, math.ceil(_estimate_tiles(ps, size) * 0.5 / tiles_per_shard))
                 for s, ps in by_split.items()}
     ordered = [(split, p) for split, ps in by_split.items() for p in ps]
-    summary = DatagenSummary(duplicates=duplicates)
+    summary = DatagenSummary()
     histogram = np.zeros((3, 256), np.int64)
     segments = {(s, k): [] for s in by_split for k in range(n_shards[s])}
     try:
@@ -289,6 +293,7 @@ def _build(image_paths: list[str], digests: list[str], tmp_root: str, prefix: st
                     histogram += result.histogram
                 for bucket, seg in result.segments:
                     segments[split, bucket].append(seg)
+            summary.duplicates = _readable_duplicates(duplicates, summary.skipped)
 
             names = {s: _shard_names(prefix, s, n_shards[s]) for s in by_split}
             futures = [pool.submit(buckets.write_shard, segments[s, k], os.path.join(tmp_root, name),
@@ -301,6 +306,14 @@ def _build(image_paths: list[str], digests: list[str], tmp_root: str, prefix: st
     if sum(written) != summary.tiles_kept["train"] + summary.tiles_kept["dev"]:
         raise RuntimeError(f"datagen wrote {sum(written)} records for {summary.tiles_kept} tiles kept")
     return summary, names["train"] + names["dev"], channel_stats(histogram)
+
+
+def _readable_duplicates(duplicates: list, skipped: list) -> list:
+    """The groups of identical files without the files that were skipped as unreadable (their
+    hashes were taken before they were read), each group still holding two files."""
+    gone = {os.path.basename(path) for path, _ in skipped}
+    groups = [[split, *(n for n in names if n not in gone)] for split, *names in duplicates]
+    return [group for group in groups if len(group) > 2]
 
 
 def _commit(tmp_root: str, data_dir: str, prefix: str, shard_names: list[str],

@@ -63,6 +63,8 @@ class TileSuperResolution(problem.Problem):
         if summary is None:
             print(f"{self.dataset_filename()}: dataset in {data_dir} is complete and up to date")
             summary = datagen.stored_summary(data_dir, self.dataset_filename())
+            if summary.skipped:
+                print(summary.skipped_report())
         else:
             print(summary.report())
         for split in ("train", "dev"):  # an earlier build of these images had none: say so again
