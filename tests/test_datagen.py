@@ -247,6 +247,22 @@ def test_a_broken_link_named_as_an_image_is_listed_and_reported_as_skipped(image
     assert "gone.png" in summary.report()
 
 
+def test_an_image_whose_name_is_not_utf8_is_tiled(image_folder, tmp_path):
+    """A Latin-1 name (old zips, network shares) crashed the split, the bucket seed and the TFRecord
+    writer in turn ("surrogates not allowed", no file named, nothing tiled)."""
+    first = images.list_images(str(image_folder))[0]
+    latin = os.path.join(str(image_folder), os.fsdecode(b"caf\xe9.png"))
+    os.rename(first, latin)
+    summary = datagen.build_tile_dataset(images.list_images(str(image_folder)), str(tmp_path / "data"), PREFIX)
+    assert summary.skipped == [] and summary.images_read == 10
+    import tensorflow as tf
+
+    names = {os.path.basename(tf.train.Example.FromString(raw).features.feature["image/source"].bytes_list.value[0])
+             for split in ("train", "dev") for path in shard_paths(str(tmp_path / "data"), split)
+             for raw in tf.data.TFRecordDataset(path).as_numpy_iterator()}
+    assert b"caf\xe9" in names  # the name's own bytes (the source is the stem)
+
+
 def test_identical_files_skipped_as_unreadable_are_not_reported_as_duplicates(image_folder, tmp_path):
     """Duplicates are found by hash before any file is read; two identical files that are then skipped
     as unreadable were still named as identical files "all in train", though neither was used."""

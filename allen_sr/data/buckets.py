@@ -78,7 +78,7 @@ def append_segment(path: str, data) -> int:
 
 
 def _image_rng(seed: int, key: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogateescape")).digest()  # any file name
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 

@@ -65,7 +65,7 @@ def _constant_entries(shape: tuple, source: str) -> bytes:
         _int64_entry(b"image/height", height),
         _int64_entry(b"image/width", width),
         _int64_entry(b"image/channels", channels),
-        _feature_entry(b"image/source", _bytes_feature(source.encode("utf-8"))),
+        _feature_entry(b"image/source", _bytes_feature(source.encode("utf-8", "surrogateescape"))),
     ))
 
 
