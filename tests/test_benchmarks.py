@@ -67,8 +67,10 @@ def test_run_all_help_prints_its_usage_and_ctrl_c_ends_it_in_one_line(tmp_path):
         assert proc.returncode == 0 and "python benchmarks/run_all.py decode datagen" in proc.stdout, proc.stderr
     shutil.copy(script, tmp_path / "run_all.py")  # its own folder is the benchmarks folder
     (tmp_path / "bench_slow.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    # pytest-xdist's workers ignore SIGINT, and a child inherits that: restore the default, as a shell's
     proc = subprocess.Popen([sys.executable, str(tmp_path / "run_all.py")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().startswith("==> bench_slow.py")
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
