@@ -66,7 +66,6 @@ class DatagenSummary:
                   + ", ".join(names) for split, *names in self.duplicates]
         return "\n".join(lines)
 
-
     def skipped_report(self) -> str:
         """The files skipped, each with why (also said when a rerun finds the dataset up to date)."""
         return "\n".join([f"files skipped: {len(self.skipped)}"] + [f"  - {reason}" for _, reason in self.skipped])

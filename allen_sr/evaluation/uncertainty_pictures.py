@@ -27,10 +27,14 @@ _LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_ANCHOR
 SCALE_FLOOR = 1.0
 
 
+def _p99(values: np.ndarray) -> float:
+    """The 99th percentile of ``values`` (0 for an empty map)."""
+    return float(np.percentile(values, 99)) if values.size else 0.0
+
+
 def uncertainty_scale(values: np.ndarray) -> float:
     """The grey-level value shown at the top of the colour bar: the 99th percentile (at least SCALE_FLOOR)."""
-    finite = np.asarray(values, np.float64)
-    return float(max(SCALE_FLOOR, np.percentile(finite, 99))) if finite.size else SCALE_FLOOR
+    return max(SCALE_FLOOR, _p99(np.asarray(values, np.float64)))
 
 
 def level_text(value: float) -> str:
@@ -43,9 +47,9 @@ def bar_top(values: np.ndarray) -> tuple[float, str, str]:
     percentile, or SCALE_FLOOR when that is lower (the caption then gives the percentile); the
     label ends in "+" when higher values share the top's colour."""
     data = np.asarray(values, np.float64)
-    top = uncertainty_scale(data)
+    p99 = _p99(data)
+    top = max(SCALE_FLOOR, p99)
     label = level_text(top) + ("+" if data.size and data.max() > top else "")
-    p99 = float(np.percentile(data, 99)) if data.size else 0.0
     if p99 < SCALE_FLOOR:
         return top, label, f"bar top: {level_text(SCALE_FLOOR)}, the floor (99th percentile {level_text(p99)})"
     return top, label, "bar top: 99th percentile"
