@@ -14,6 +14,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from allen_sr import pretrained
 from allen_sr.commands import upscale
 from allen_sr.data.images import load_image
 from conftest import SAMPLE_IMAGES, folder_listing, kill_upscale_once_rows_are_saved
@@ -160,8 +161,16 @@ def test_outputs_of_another_model_are_refused_and_outputs_of_changed_inputs_enla
     assert upscale.upscale_main(argv + ["--pretrained", "conv-fast"]) == 0
     record = json.loads((out / ".a.png.allen-sr.json").read_text())
     assert record["model"]["source"] == "pretrained conv-fast" and record["input"]["name"] == "a.png"
+    assert record["model"]["decoder"] == "img2img_conv_sr onnx"  # as opened by its folder: it is one model
+    # the same shipped model opened by its folder is the same model; so is a record written when the
+    # decoder was described with the model's name ("img2img_conv_sr pretrained conv-fast")
+    record["model"]["decoder"] = "img2img_conv_sr pretrained conv-fast"
+    (out / ".a.png.allen-sr.json").write_text(json.dumps(record))
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     capsys.readouterr()
+    assert upscale.upscale_main(argv + ["--exported", str(pretrained.find("conv-fast").folder)]) == 0
+    assert "0 written, 3 already done" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     assert upscale.upscale_main(argv + ["--pretrained", "conv-cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "3 of its outputs (a.png, b.png, c.png) were made by another model " \

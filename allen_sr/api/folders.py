@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,15 @@ def read_record(dst: Output) -> dict[str, Any] | None:
 
 
 def _model_part(made_by: Any) -> Any:
-    """A record's model without its ``source`` (a path may differ between machines)."""
-    return {k: v for k, v in made_by.items() if k != "source"} if isinstance(made_by, dict) else made_by
+    """A record's model without its ``source`` (a path may differ between machines). A record
+    written before the decoder was described without its source says "MODEL pretrained NAME" for
+    a shipped conv model opened by name: it ran as any export folder does, "MODEL onnx"."""
+    if not isinstance(made_by, dict):
+        return made_by
+    part = {k: v for k, v in made_by.items() if k != "source"}
+    if isinstance(part.get("decoder"), str):
+        part["decoder"] = re.sub(r"^(\S+) pretrained \S+", r"\1 onnx", part["decoder"])
+    return part
 
 
 def output_state(dst: Output, uncertainty: bool, want: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:

@@ -98,11 +98,11 @@ class TiledModel:
     close: Callable[[], None]
     weights: str  # the checkpoint prefix or export folder it was read from
     ramp: int | None = None  # input px of blending at most, centred in each overlap (None: all of it)
-    # tiles -> [N, H, W, C + 1] float32: the values and each output pixel's uncertainty (sd, grey
-    # levels) at ``temperature``; None for a model without a distribution
+    # tiles -> [N, H, W, C + 1] float32: values and each output pixel's uncertainty (sd, grey levels) at temperature
     predict_uncertain: Callable[[np.ndarray, float], np.ndarray] | None = None
     calibrate: Callable[[], Any] | None = None  # -> the model's uncertainty Calibration
     keyed: bool = False  # the predict functions also take the tiles' (top, left) in the image: samples keyed on them
+    decoder: str = ""  # describe without naming where the model came from (made_by, resume key); "": describe
 
 
 def _describe(name: str, decoder: Any) -> str:
@@ -113,10 +113,8 @@ def _describe(name: str, decoder: Any) -> str:
 def model_name_of(spec: ModelSpec) -> str:
     if spec.exported is not None:
         from allen_sr.export.runtime import read_config
-
         return str(read_config(spec.exported)["model"])
     from allen_sr.decoding import checkpoints
-
     return spec.model or checkpoints.checkpoint_model(checkpoints.find_checkpoint(spec.output_dir))
 
 
@@ -148,7 +146,8 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
         # A single prediction leaves the model rounded (uint8: a quarter of the bytes to blend and
         # copy); the 8-fold average stays continuous until it is blended.
         predict = dec.predict if getattr(dec, "tta", False) else dec.decode
-        kind = f"pretrained {spec.pretrained}" if spec.pretrained else "onnx" if spec.exported else "one pass"
+        engine = "onnx" if spec.exported else "one pass"  # a shipped model by name or by folder: one model
+        shown = f"{model} pretrained {spec.pretrained}" if spec.pretrained else f"{model} {engine}"
 
         def predict_laplace(x: np.ndarray, temperature: float) -> np.ndarray:
             from allen_sr.decoding.uncertainty import pixel_uncertainty
@@ -158,9 +157,10 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
 
         return TiledModel(predict, factor, channels, tile, overlap, dec.radius,
                           options.batch_tiles or 1, False, in_size,
-                          _describe(f"{model} {kind}", dec), dec.close, opened.checkpoint, RAMP,
+                          _describe(shown, dec), dec.close, opened.checkpoint, RAMP,
                           predict_uncertain=predict_laplace if uncertain else None,
-                          calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None)
+                          calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None,
+                          decoder=_describe(f"{model} {engine}", dec))
     if options.tile not in (None, in_size):
         raise InvalidInputError(f"tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                         f"(problem {spec.problem or spec.exported}); leave the tile size out")
@@ -277,7 +277,7 @@ class Upscaler:
         if self._made_by is None:
             spec = self.spec
             self._made_by = {"source": self.source, "weights": resume.weights_digest(tm.weights),
-                             "decoder": self.describe, "hparams": spec.hparams, "mode": spec.mode,
+                             "decoder": tm.decoder or tm.describe, "hparams": spec.hparams, "mode": spec.mode,
                              "temperature": spec.temperature, "seed": spec.seed}
         return self._made_by
 
@@ -422,7 +422,7 @@ class Upscaler:
         weights = Path(tm.weights)
         return {"image": image, "level": options.level, "region": [region.left, region.top, *size], "read": read,
                 "model": resume.file_stamp(weights / "config.json" if weights.is_dir() else f"{weights}.index"),
-                "decoder": tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
+                "decoder": tm.decoder or tm.describe, "hparams": spec.hparams, "temperature": spec.temperature,
                 "seed": spec.seed, "tiles": [layout.tile_h, layout.tile_w, tm.overlap, tm.batch_tiles, layout.ramp],
                 "factor": tm.factor, "channels": tm.channels,
                 "uncertainty": {**self.calibration.as_dict(), "sd": "float32"} if uncertainty else None}
