@@ -400,9 +400,13 @@ def test_a_damaged_export_is_refused_in_one_line_naming_its_file(case, shipped, 
 def test_a_probabilistic_export_reads_its_distribution_only_for_uncertainty_maps(tmp_path, capsys):
     """distribution.onnx is loaded when the uncertainty maps are asked for: without it (or with it
     truncated) a plain `upscale` writes the same picture as the whole export, and `upscale
-    --uncertainty` refuses in one line naming the file."""
+    --uncertainty` refuses in one line naming the file, before any image of a folder is read (each
+    image failed in turn, blamed for it), as does `upscale --check --uncertainty` (it said fine)."""
     image = tmp_path / "in.png"
     Image.fromarray(tissue_image(24, 24)).save(image)
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(tissue_image(24, 24)).save(tmp_path / "in" / name)
 
     def upscale(folder: Path, out: str, *flags: str) -> int:
         return upscale_cmd.upscale_main(["--exported", str(folder), "--image", str(image),
@@ -418,6 +422,12 @@ def test_a_probabilistic_export_reads_its_distribution_only_for_uncertainty_maps
         assert upscale(folder, f"{name}_u.png", "--uncertainty") == 2
         line = one_error_line(capsys, "upscale")
         assert f"export folder {folder}: distribution.onnx {says}" in line, line
+        for flags in (["--out_dir", str(tmp_path / f"{name}_out")], ["--check"]):
+            assert upscale_cmd.upscale_main(["--exported", str(folder), "--images", str(tmp_path / "in"),
+                                             "--no_progress", "--uncertainty", *flags]) == 2
+            line = one_error_line(capsys, "upscale")
+            assert f"export folder {folder}: distribution.onnx {says}" in line, line
+        assert not (tmp_path / f"{name}_out").exists()
 
 
 # ---------------------------------------------------------------- the TF-free install (Python 3.12)

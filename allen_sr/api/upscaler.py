@@ -103,6 +103,7 @@ class TiledModel:
     calibrate: Callable[[], Any] | None = None  # -> the model's uncertainty Calibration
     keyed: bool = False  # the predict functions also take the tiles' (top, left) in the image: samples keyed on them
     decoder: str = ""  # describe without naming where the model came from (made_by, resume key); "": describe
+    prepare: Callable[[], None] = lambda: None  # loads what uncertainty needs: UserError naming a damaged file
 
 
 def _describe(name: str, decoder: Any) -> str:
@@ -151,16 +152,15 @@ def open_tiled_model(spec: ModelSpec, options: Options) -> TiledModel:
 
         def predict_laplace(x: np.ndarray, temperature: float) -> np.ndarray:
             from allen_sr.decoding.uncertainty import pixel_uncertainty
-
             values, sd = dec.predict_uncertain(x, temperature)
             return np.concatenate([values, pixel_uncertainty(sd)[..., None]], axis=-1)
 
-        return TiledModel(predict, factor, channels, tile, overlap, dec.radius,
-                          options.batch_tiles or 1, False, in_size,
-                          _describe(shown, dec), dec.close, opened.checkpoint, RAMP,
+        return TiledModel(predict, factor, channels, tile, overlap, dec.radius, options.batch_tiles or 1, False,
+                          in_size, _describe(shown, dec), dec.close, opened.checkpoint, RAMP,
                           predict_uncertain=predict_laplace if uncertain else None,
                           calibrate=(lambda: uncertainty_calibration(spec, opened)) if uncertain else None,
-                          decoder=_describe(f"{model} {engine}", dec))
+                          decoder=_describe(f"{model} {engine}", dec),
+                          prepare=getattr(dec, "load_distribution", lambda: None))
     if options.tile not in (None, in_size):
         raise InvalidInputError(f"tile {options.tile}: {model} takes only {in_size}x{in_size} px inputs "
                         f"(problem {spec.problem or spec.exported}); leave the tile size out")
@@ -295,6 +295,7 @@ class Upscaler:
         tm = self._live()
         if tm.calibrate is None:
             raise InvalidInputError(no_distribution(tm.describe))
+        tm.prepare()  # a conv export's distribution.onnx: missing or damaged is said here, not image by image
         return tm
 
     def _live(self) -> TiledModel:

@@ -206,6 +206,10 @@ def check_only(args: argparse.Namespace, image: str | None, spec: ModelSpec, say
         say(f"--check enlarges and writes nothing: {', '.join('--' + f for f in unused)} left unused")
     if args.uncertainty and not predicts_distribution(spec):  # what the run would refuse
         raise InvalidInputError(no_distribution(f"{model_name_of(spec)} {describe_source(spec)}"))
+    if args.uncertainty and spec.exported is not None:  # its distribution.onnx missing or damaged: so would it
+        from allen_sr.export.runtime import check_distribution
+
+        check_distribution(spec.exported)
     report_path = check_report_path(args.report) if args.report else None
     paths = collect_images(args.images) if args.images is not None else [image]
     report = check_files(paths, trained_degradation(spec), describe_source(spec), args.level,

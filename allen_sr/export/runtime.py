@@ -44,7 +44,7 @@ EXPORT_AGAIN = "export again with `allen-sr export`"
 
 __all__ = ["CONFIG_NAME", "ONNX_NAME", "DISTRIBUTION_NAME", "WEIGHTS_NAME", "SAVED_MODEL_NAME", "RDF_NAME", "FORMAT",
            "FORMAT_VERSION", "CONV_MODEL", "ExportedModel", "OnnxDecoder",
-           "read_config", "open_exported"]
+           "read_config", "open_exported", "check_distribution"]
 
 
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -158,10 +158,15 @@ class OnnxDecoder(LaplaceViews):
         """True when the export holds the probabilistic head's graph (``distribution.onnx``)."""
         return self.distribution_path is not None
 
+    def load_distribution(self) -> None:
+        """Load the distribution graph now (once): a missing or damaged distribution.onnx is said
+        before any image is read (UserError naming the file), not blamed on each image in turn."""
+        if self.distribution is None and self.distribution_path is not None:
+            self.distribution = onnx_session(self.distribution_path)
+
     def _mean_scale(self, x: np.ndarray) -> list[np.ndarray]:
         """The prediction and the Laplace scale of one view of a batch (`laplace.LaplaceViews`)."""
-        if self.distribution is None:
-            self.distribution = onnx_session(self.distribution_path)
+        self.load_distribution()
         return self.distribution.run(None, {self.input_name: np.ascontiguousarray(x, np.uint8)})
 
     def _checked(self, inputs: np.ndarray) -> np.ndarray:
@@ -248,6 +253,15 @@ def open_exported(folder: str | os.PathLike[str]) -> ExportedModel:
             raise InvalidInputError(f"export folder {folder}: {path.name} does not hold the model {CONFIG_NAME} "
                                     f"describes ({detail}); {EXPORT_AGAIN}") from None
     return ExportedModel(decoder, config, folder)
+
+
+def check_distribution(folder: str | os.PathLike[str]) -> None:
+    """UserError naming the distribution.onnx a conv export folder's config.json names when it is
+    missing or onnxruntime cannot load it (what its uncertainty maps need), without opening the model."""
+    folder = Path(folder)
+    config = read_config(folder)
+    if config["model"] == CONV_MODEL and config.get("distribution"):
+        onnx_session(folder / config_value(folder, config, "distribution", str)).get_inputs()
 
 
 def exported_hparams(recorded: dict[str, Any]) -> dict[str, Any]:
