@@ -6,6 +6,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -28,6 +29,7 @@ from conftest import REPO, SAMPLE_IMAGES
 
 HELD_OUT_BRAIN = os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s094.png")
 MAX_FILE_MB, MAX_TOTAL_MB = 5.0, 15.0
+SHIPPED = pretrained.MODELS_DIR
 
 
 def make_pretrained_script():
@@ -228,6 +230,51 @@ def test_open_names_what_is_wrong(tmp_path):
         resolve(tmp_path / "run")
     with pytest.raises(TypeError, match="unknown model options: tiles"):
         resolve(None, tiles=3)
+
+
+def damaged_install(tmp_path, monkeypatch, damage):
+    """A copy of the shipped models' package data (models.json copied, model folders linked, the
+    default conv-cpu copied), damaged by ``damage(copy)``; allen_sr.pretrained reads it instead."""
+    copy = tmp_path / "pretrained"
+    copy.mkdir(parents=True)
+    (copy / pretrained.INDEX_NAME).write_bytes((SHIPPED / pretrained.INDEX_NAME).read_bytes())
+    for folder in (f for f in SHIPPED.iterdir() if f.is_dir() and f.name != "__pycache__"):
+        if folder.name == "conv-cpu":
+            shutil.copytree(folder, copy / folder.name)
+        else:
+            (copy / folder.name).symlink_to(folder)
+    damage(copy)
+    monkeypatch.setattr(pretrained, "MODELS_DIR", copy)
+    return copy
+
+
+def test_damaged_package_data_is_named_with_reinstall_and_the_default_never_switches(tmp_path, capsys, monkeypatch):
+    """models.json cut short gave a JSONDecodeError traceback (`allen-sr models`, even
+    Upscaler.open of an export folder); a listed model without its config.json made plain `upscale`
+    use the next model as the default, and `--pretrained` of it said it was not shipped."""
+    export = pretrained.find("conv-fast").folder  # the real one: an export folder needs no models.json
+    image = tmp_path / "in.png"
+    Image.fromarray(load_image(HELD_OUT_BRAIN)[:40, :40]).save(image)
+    index = damaged_install(tmp_path / "a", monkeypatch,
+                            lambda c: (c / "models.json").write_text((c / "models.json").read_text()[:3000]))
+    index = index / "models.json"
+    assert models_cmd.models_main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"allen-sr models: error: {index}: the list of shipped models is damaged (Expecting") \
+        and err.endswith("; reinstall allen-sr") and len(err.splitlines()) == 1, err
+    with pytest.raises(pretrained.DamagedInstallError, match="reinstall allen-sr"):
+        Upscaler.open()
+    with Upscaler.open(export) as up:
+        assert up.predict(np.zeros((16, 16, 3), np.uint8)).shape == (64, 64, 3)
+
+    config = damaged_install(tmp_path / "b", monkeypatch, lambda c: (c / "conv-cpu" / "config.json").unlink())
+    config = config / "conv-cpu" / "config.json"
+    for flags in ([], ["--pretrained", "conv-cpu"]):
+        assert upscale_cmd.upscale_main(["--image", str(image), "--out", str(tmp_path / "o.png")] + flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"allen-sr upscale: error: {config}: the shipped model conv-cpu listed in models.json is "
+                       "incomplete (no such file); reinstall allen-sr"), err
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_upscale_flags_refuse_two_models_and_a_partial_one(tmp_path, capsys):

@@ -80,14 +80,14 @@ def resolve(source: str | os.PathLike[str] | None = None, **decoding: Any) -> Mo
         return pretrained_spec(pretrained.default_name(), **refuse_run_options(decoding, "the default model"))
     text = os.fspath(source)
     path = Path(text).expanduser()
-    shipped = {m.name: m for m in pretrained.available()}
     run = path if path.is_dir() else path.parent
     is_checkpoint = path.is_dir() and (path / "checkpoint").is_file() or Path(f"{path}.index").is_file()
-    # a folder of that name that is no model (say, outputs named after it) does not hide the shipped model
-    if text in shipped and not (path / CONFIG_NAME).is_file() and not is_checkpoint:
-        return pretrained_spec(text, **refuse_run_options(decoding, f"the shipped model {text}"))
-    if (path / CONFIG_NAME).is_file():
+    if (path / CONFIG_NAME).is_file():  # an export folder needs nothing of the shipped models' package data
         return ModelSpec(exported=str(path), **refuse_run_options(decoding, f"the export {text}"))
+    shipped = {} if is_checkpoint else {m.name: m for m in pretrained.available()}
+    # a folder of that name that is no model (say, outputs named after it) does not hide the shipped model
+    if text in shipped:
+        return pretrained_spec(text, **refuse_run_options(decoding, f"the shipped model {text}"))
     if not is_checkpoint and path.is_file() and (path.parent / CONFIG_NAME).is_file():
         raise ModelNotFoundError(f"{text} is a file of the export folder {path.parent}: open the folder")
     if not is_checkpoint:

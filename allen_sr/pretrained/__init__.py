@@ -19,8 +19,8 @@ from allen_sr.errors import UserError
 MODELS_DIR = Path(__file__).resolve().parent
 INDEX_NAME = "models.json"
 
-__all__ = ["MODELS_DIR", "INDEX_NAME", "Pretrained", "UnknownModelError", "available", "default_name",
-           "find"]
+__all__ = ["MODELS_DIR", "INDEX_NAME", "REINSTALL", "Pretrained", "UnknownModelError", "DamagedInstallError",
+           "available", "default_name", "find"]
 
 
 class UnknownModelError(UserError, KeyError):
@@ -60,17 +60,38 @@ class Pretrained:
         return None if q is None else float(q["gain_db"])
 
 
+REINSTALL = "reinstall allen-sr"
+
+
+class DamagedInstallError(UserError):
+    """The shipped models' package data is damaged: models.json unreadable, a listed model's folder incomplete."""
+
+
 def _index() -> dict[str, Any]:
+    """models.json's entries by name ({} for an install that ships no models); DamagedInstallError
+    naming the file when it cannot be read (cut short, not JSON, not a list of models)."""
     path = MODELS_DIR / INDEX_NAME
     if not path.is_file():
         return {}
-    return dict(json.loads(path.read_text(encoding="utf-8")).get("models", {}))
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DamagedInstallError(f"{path}: the list of shipped models is damaged ({exc}); {REINSTALL}") from None
+    models = index.get("models", {}) if isinstance(index, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(info, dict) for info in models.values()):
+        raise DamagedInstallError(f"{path}: the list of shipped models is damaged (its \"models\" are not "
+                                  f"entries by name); {REINSTALL}")
+    return dict(models)
 
 
 def available() -> list[Pretrained]:
-    """The shipped models, the default first."""
-    models = [Pretrained(name, MODELS_DIR / name, info) for name, info in _index().items()
-              if (MODELS_DIR / name / "config.json").is_file()]
+    """The shipped models, the default first; DamagedInstallError naming the file when models.json
+    lists a model whose folder lacks its config.json (the default is never silently another)."""
+    models = [Pretrained(name, MODELS_DIR / name, info) for name, info in _index().items()]
+    for m in models:
+        if not (m.folder / "config.json").is_file():
+            raise DamagedInstallError(f"{m.folder / 'config.json'}: the shipped model {m.name} listed in "
+                                      f"{INDEX_NAME} is incomplete (no such file); {REINSTALL}")
     return sorted(models, key=lambda m: (not m.default, m.name))
 
 
