@@ -118,12 +118,15 @@ START = ["--problem=img2img_local_dim8to32", "--model=img2img_conv_sr", "--train
     ("conv-fast", ["--hparams_set=img2img_conv_sr_fast"],
      "--init_from conv-fast cannot be fine-tuned: its export (img2img_conv_sr, img2img_conv_sr_fast) folded its "
      "upsampling layer into other constants"),
+    ("conv-fast", ["--hparams_set=img2img_conv_sr_cpu"],  # not advice to pass its set, then this refusal
+     "--init_from conv-fast cannot be fine-tuned: its export (img2img_conv_sr, img2img_conv_sr_fast) folded its "
+     "upsampling layer into other constants"),
     ("conv-cpu", ["--hparams_set=img2img_conv_sr_gpu"],
      "--init_from conv-cpu was trained with img2img_conv_sr_cpu; pass --hparams_set=img2img_conv_sr_cpu, "
      "not img2img_conv_sr_gpu"),
     ("conv-cpu", ["--hparams_set=img2img_conv_sr_cpu", "--hparams=probabilistic=True"],
      "--init_from conv-cpu has no uncertainty head (hparam probabilistic)"),
-], ids=["folded-export", "another-set", "no-head"])
+], ids=["folded-export", "folded-export-another-set", "another-set", "no-head"])
 def test_an_export_that_does_not_fit_is_refused_before_anything_is_written(tmp_path, source, flags, message):
     """Said by start_from, before the graph is built (it took a minute) and before the run folder
     gets its warm_start checkpoint."""

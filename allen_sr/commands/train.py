@@ -67,8 +67,8 @@ def start_from(source: str, argv: list[str]) -> list[str]:
         return argv + [f"--warm_start_from={spec.output_dir}"]
     weights, config = export_weights(spec.exported)
     shape = (config.get("problem", "?"), config.get("input_size"), config.get("target_size"), config.get("channels"))
+    check_fine_tunable(source, weights, config)  # first: another set or model would not help it
     check_fits(source, argv, config["model"], config["hparams_set"], shape if None not in shape else None)
-    check_fine_tunable(source, weights, config)
     argv = with_uncertainty_head(source, argv, bool(config.get("distribution")))
     check_command(argv)
     prefix = write_checkpoint(weights, warm_start_folder(output_dir))
