@@ -213,6 +213,24 @@ def test_fine_tuning_a_probabilistic_model_keeps_training_its_uncertainty_head(s
     assert "uncertainty head" not in capsys.readouterr().out
 
 
+def test_fine_tuning_the_image_transformer_keeps_its_decode_mode(sample_dataset, tmp_path, capsys):
+    """transformer-tiny decodes with mean_bicubic (its hparam decode_mode): a run started from it
+    decoded with its hparams set's default (mean) when --hparams did not say; a mode given stays."""
+    from allen_sr.commands.train import start_from
+
+    common = ["--problem=img2img_local_dim8to32", "--model=img2img_transformer_sr", "--train_steps=1",
+              "--hparams_set=img2img_allen_cpu_tiny", f"--data_dir={sample_dataset}"]
+    argv = start_from("transformer-tiny", [*common, f"--output_dir={tmp_path / 'a'}", "--hparams=batch_size=2"])
+    assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=batch_size=2,decode_mode=mean_bicubic"]
+    assert "transformer-tiny decodes with mean_bicubic: so does this run" in capsys.readouterr().out
+    argv = start_from("transformer-tiny", [*common, f"--output_dir={tmp_path / 'b'}", "--hparams=decode_mode=greedy"])
+    assert [a for a in argv if a.startswith("--hparams=")] == ["--hparams=decode_mode=greedy"]
+    assert "decodes with" not in capsys.readouterr().out
+    argv = start_from("conv-cpu", [*START, "--hparams_set=img2img_conv_sr_cpu", f"--data_dir={sample_dataset}",
+                                   f"--output_dir={tmp_path / 'c'}"])
+    assert not [a for a in argv if a.startswith("--hparams=")]  # a conv model has no decode_mode hparam
+
+
 def test_each_process_of_a_cluster_writes_its_own_copy_of_the_model(monkeypatch):
     """Every task builds the model and reads the checkpoint: no two write the same files."""
     from allen_sr.commands.train import warm_start_folder

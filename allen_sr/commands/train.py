@@ -70,6 +70,8 @@ def start_from(source: str, argv: list[str]) -> list[str]:
     check_fine_tunable(source, weights, config)  # first: another set or model would not help it
     check_fits(source, argv, config["model"], config["hparams_set"], shape if None not in shape else None)
     argv = with_uncertainty_head(source, argv, bool(config.get("distribution")))
+    recorded = config.get("hparams") if isinstance(config.get("hparams"), dict) else {}
+    argv = with_decode_mode(source, argv, recorded.get("decode_mode"))  # an Image Transformer's
     check_command(argv)
     prefix = write_checkpoint(weights, warm_start_folder(output_dir))
     steps = config.get("steps") or str(config.get("checkpoint", "")).rpartition("model.ckpt-")[2] or "?"
@@ -140,6 +142,18 @@ def with_uncertainty_head(source: str, argv: list[str], has_head: bool) -> list[
     print(f"note: --init_from {source} has an uncertainty head: this run trains it too (hparam "
           "probabilistic=True; add --hparams=probabilistic=False to leave it out)", flush=True)
     merged = f"{overrides},probabilistic=True" if overrides.strip() else "probabilistic=True"
+    return without_flag(argv, "hparams") + [f"--hparams={merged}"]
+
+
+def with_decode_mode(source: str, argv: list[str], mode: str | None) -> list[str]:
+    """``argv`` decoding as ``source`` does (its hparam decode_mode, which the hparams set's default
+    would replace) when --hparams does not say; a note says so."""
+    overrides = flag_value(argv, "hparams") or ""
+    if not mode or re.search(r"(?:^|,)\s*decode_mode\s*=", overrides):
+        return argv
+    print(f"note: --init_from {source} decodes with {mode}: so does this run (hparam decode_mode={mode}; "
+          "add --hparams=decode_mode=MODE for another)", flush=True)
+    merged = f"{overrides},decode_mode={mode}" if overrides.strip() else f"decode_mode={mode}"
     return without_flag(argv, "hparams") + [f"--hparams={merged}"]
 
 
