@@ -4,7 +4,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist); each test file runs whole in one of them. 0 runs in this process.
+# Test processes (pytest-xdist); each test file runs whole in one of them, the longest files first
+# (tests/conftest.py, LONGEST_FIRST). 0 runs in this process.
 TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-fast bench pretrained clean help
@@ -27,10 +28,10 @@ demo: $(STAMP)
 	$(VENV)/bin/allen-sr demo --out $(OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

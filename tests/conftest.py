@@ -12,6 +12,22 @@ from shared_data import shared_path
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(REPO, "allen_sr", "sample_data")
 
+# Test files by how long they take (seconds summed over their tests on 2 cores, `--durations=0`,
+# 2026-12-08), the longest first. `make test` hands whole files to its two workers in collection
+# order (--dist loadfile --no-loadscope-reorder), so the long files start first and the short ones
+# fill the end: ordered by name, a long file started last and the other worker sat idle for minutes.
+LONGEST_FIRST = {
+    "test_decoding_2d.py": 510, "test_training.py": 484, "test_t2t_tools.py": 478, "test_fine_tune.py": 365,
+    "test_decoding.py": 283, "test_launch_tune.py": 279, "test_pretrained.py": 209, "test_t2t_compat.py": 202,
+    "test_demo.py": 198, "test_upscale_dask.py": 181, "test_uncertainty.py": 159, "test_conv_sr.py": 157,
+    "test_export.py": 143, "test_launch.py": 118, "test_upscale_folder.py": 81, "test_upscale.py": 77,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the long test files first (LONGEST_FIRST); the rest keep their order, after them."""
+    items.sort(key=lambda item: -LONGEST_FIRST.get(item.path.name, 0))
+
 
 def tissue_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A brightfield-like RGB image: white glass with a stained, textured blob in the middle."""

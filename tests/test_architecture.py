@@ -129,6 +129,13 @@ def test_no_source_line_is_too_long():
     assert not long, f"lines over {MAX_LINE_CHARS} characters:\n" + "\n".join(long)
 
 
+def test_the_test_files_run_first_exist():
+    """conftest.LONGEST_FIRST orders `make test`'s files: a renamed file would silently run last."""
+    from conftest import LONGEST_FIRST
+
+    assert [name for name in LONGEST_FIRST if not (ROOT / "tests" / name).is_file()] == []
+
+
 @pytest.mark.parametrize("module", ["allen_sr", "allen_sr.data.tiles", "allen_sr.data.download",
                                     "allen_sr.evaluation.pictures", "allen_sr.commands.decode",
                                     "allen_sr.inference.tiling", "allen_sr.inference.writers",

@@ -63,9 +63,11 @@ def test_stock_t2t_datagen_with_our_usr_dir(stock_datagen):
 
 
 @pytest.mark.slow
-def test_stock_t2t_trainer_trains_our_allen_brain_class(stock_datagen, tmp_path):
+def test_stock_t2t_trainer_trains_our_allen_brain_class_then_allen_sr_train_resumes(stock_datagen, tmp_path):
     """t2t-trainer --t2t_usr_dir=problems resolves the stock name img2img_allen_brain_dim8to32 to
-    our class: it trains on our lossless 64 px tile records, which the stock class cannot read."""
+    our class: it trains on our lossless 64 px tile records, which the stock class cannot read.
+    `allen-sr train` then needs no --t2t_usr_dir, adds --worker_gpu=0 on this CPU-only host, and
+    continues from the checkpoint t2t-trainer wrote."""
     import shutil
 
     data_dir = tmp_path / "allen"
@@ -73,26 +75,14 @@ def test_stock_t2t_trainer_trains_our_allen_brain_class(stock_datagen, tmp_path)
     for name in os.listdir(stock_datagen / "data"):  # our Allen problems read img2img_allen_brain-*
         shutil.copy(stock_datagen / "data" / name, data_dir / name.replace(PROBLEM, "img2img_allen_brain"))
     out = tmp_path / "train"
-    run([os.path.join(BIN, "t2t-trainer"), "--t2t_usr_dir=problems", "--worker_gpu=0", "--train_steps=2",
-         "--problem=img2img_allen_brain_dim8to32", "--model=img2img_transformer",
-         "--hparams_set=img2img_allen_cpu_tiny", f"--data_dir={data_dir}", f"--output_dir={out}",
-         "--schedule=train", "--hparams=hidden_size=16,filter_size=16,batch_size=2,num_heads=2"])
+    common = ["--problem=img2img_allen_brain_dim8to32", "--model=img2img_transformer",
+              "--hparams_set=img2img_allen_cpu_tiny", f"--data_dir={data_dir}", f"--output_dir={out}",
+              "--schedule=train", "--hparams=hidden_size=16,filter_size=16,batch_size=2,num_heads=2"]
+    run([os.path.join(BIN, "t2t-trainer"), "--t2t_usr_dir=problems", "--worker_gpu=0", "--train_steps=2"] + common)
     assert os.path.exists(out / "model.ckpt-2.index")
-
-
-@pytest.mark.slow
-def test_stock_t2t_trainer_then_allen_sr_train_resumes(stock_datagen):
-    data_dir, out = stock_datagen / "data", stock_datagen / "train"
-    common = [f"--problem={PROBLEM}", "--model=img2img_transformer", "--hparams_set=img2img_allen_cpu_tiny",
-              f"--data_dir={data_dir}", f"--output_dir={out}", "--schedule=train",
-              "--hparams=hidden_size=32,filter_size=32,batch_size=2"]
-    run([os.path.join(BIN, "t2t-trainer"), "--t2t_usr_dir=problems", "--worker_gpu=0", "--train_steps=3"] + common)
-    assert os.path.exists(out / "model.ckpt-3.index")
-    # allen-sr train needs no --t2t_usr_dir, adds --worker_gpu=0 on this CPU-only host, and
-    # continues from the checkpoint t2t-trainer wrote.
-    proc = run([os.path.join(BIN, "allen-sr"), "train", "--train_steps=5"] + common)
-    assert os.path.exists(out / "model.ckpt-5.index")
-    assert "Restoring parameters from" in proc.stderr and "model.ckpt-3" in proc.stderr
+    proc = run([os.path.join(BIN, "allen-sr"), "train", "--train_steps=4"] + common)
+    assert os.path.exists(out / "model.ckpt-4.index")
+    assert "Restoring parameters from" in proc.stderr and "model.ckpt-2" in proc.stderr
 
 
 # --------------------------------------------------------------------------- bad input, one line
