@@ -279,6 +279,34 @@ def test_export_refuses_a_foreign_or_missing_checkpoint_by_name(case, conv_run, 
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("which", ["conv", "it"])
+def test_a_damaged_checkpoint_is_named_with_the_older_intact_one_by_every_command(which, conv_run, it_run, tmp_path,
+                                                                                  capsys):
+    """A copy or a save cut short gave TensorFlow's traceback ("Read less bytes than requested", "Restoring
+    from checkpoint failed"), exit 1, from each command that reads the run's weights."""
+    run = tmp_path / "run"
+    shutil.copytree(conv_run if which == "conv" else it_run, run)
+    newest = checkpoints.find_checkpoint(run)
+    for path in run.glob(os.path.basename(newest) + ".*"):  # an older step, whole
+        shutil.copy(path, run / path.name.replace(os.path.basename(newest), "model.ckpt-1"))
+    cut = max(run.glob(os.path.basename(newest) + ".data-*"), key=lambda p: p.stat().st_size)
+    os.truncate(cut, 16)
+    model = ["--problem", PROBLEM, "--hparams_set", CONV_SET if which == "conv" else IT_SET, "--output_dir", str(run)]
+    image = ["--image", os.path.join(SAMPLE_IMAGES, "other_deepslice_GLTa_s044.png"), "--out", str(tmp_path / "u.png")]
+    for main, argv in ((export_main, ["--out", str(tmp_path / "x")]), (upscale_cmd.upscale_main, image),
+                       (evaluate_cmd.evaluate_main, ["--images", SAMPLE_IMAGES, "--out", str(tmp_path / "e")])):
+        assert main(model + argv) == 2, main
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"checkpoint {newest} is damaged (a file of it is cut short" in err[0], err
+        assert f"pass --output_dir {run / 'model.ckpt-1'} to use the newest intact one there" in err[0], err
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    for path in [cut, *run.glob("model.ckpt-1.*")]:
+        path.unlink()
+    assert upscale_cmd.upscale_main(model + image) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"is damaged ({cut.name} missing): copy the run again" in err and "\n" not in err, err
+
+
 def test_an_out_where_no_folder_can_be_created_is_named_before_any_work(tmp_path, capsys):
     """As root, --out /sys/exp passed the checks and failed after the export's work with "[Errno 1] ...
     '/sys/.exp.PID.HEX.tmp'"; now before the run is even read (here: a run that does not exist)."""

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
+from allen_sr.commands.decode import decode_main
 from allen_sr.commands.export import export, export_main
 from allen_sr.decoding import checkpoints, support
 from allen_sr.decoding.fast import FastDecoder
@@ -127,7 +128,8 @@ def test_export_refuses_a_problem_the_run_was_not_trained_on(old_run, tmp_path, 
     assert not out.exists()
 
 
-def test_a_checkpoint_list_naming_missing_files_says_which_and_what_to_pass(old_run, tmp_path):
+def test_a_checkpoint_list_naming_missing_files_says_which_and_what_to_pass(old_run, sample_dataset, tmp_path,
+                                                                          capsys):
     run = tmp_path / "run"
     shutil.copytree(old_run, run)
     (run / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-30"\n'
@@ -138,3 +140,12 @@ def test_a_checkpoint_list_naming_missing_files_says_which_and_what_to_pass(old_
     message = str(caught.value)
     assert "names model.ckpt-30, whose files are missing" in message, message
     assert f"pass --output_dir {run / 'model.ckpt-3'} " in message, message
+    # Its data file cut short: decode said "IndexError: Read less bytes than requested" (exit 1).
+    cut = max(run.glob("model.ckpt-3.data-*"), key=lambda p: p.stat().st_size)
+    os.truncate(cut, 16)
+    out = tmp_path / "decoded"
+    assert decode_main(["--output_dir", str(run / "model.ckpt-3"), "--data_dir", sample_dataset, "--out", str(out),
+                        "--num_examples", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"checkpoint {run / 'model.ckpt-3'} is damaged (a file of it is cut short" in err[0], err
+    assert err[0].endswith("copy the run again from where it was trained, or train it again") and not out.exists()

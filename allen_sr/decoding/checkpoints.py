@@ -82,8 +82,7 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
             state = tf.train.get_checkpoint_state(path)
             if state is not None and state.model_checkpoint_path:  # named, but its files are gone
                 named = os.path.join(path, os.path.basename(state.model_checkpoint_path))
-                there = sorted((p[:-len(".index")] for p in tf.io.gfile.glob(os.path.join(path, "*.index"))),
-                               key=step_in_name)
+                there = checkpoint_prefixes(path)
                 use = f": pass --output_dir {there[-1]} to use the newest one there" if there else ""
                 raise MissingInputError(f"{path}: its 'checkpoint' file names {os.path.basename(named)}, whose "
                                         f"files are missing ({named}.index){use}")
@@ -93,6 +92,13 @@ def find_checkpoint(path: str | os.PathLike[str]) -> str:
     if os.path.exists(path + ".index"):
         return path
     raise MissingInputError(f"{path} is neither an output dir with checkpoints nor a checkpoint prefix")
+
+
+def checkpoint_prefixes(folder: str) -> list[str]:
+    """The checkpoint prefixes in ``folder`` that have an index file, oldest step first."""
+    import tensorflow as tf
+
+    return sorted((p[:-len(".index")] for p in tf.io.gfile.glob(os.path.join(folder, "*.index"))), key=step_in_name)
 
 
 def step_in_name(prefix: str) -> int:
@@ -140,9 +146,7 @@ def match_variables(
     Raises ValueError naming the checkpoint and a few missing variables if any is absent;
     ``hint`` says which settings decide the variables.
     """
-    import tensorflow as tf
-
-    in_ckpt = {canonical_variable_name(n): n for n, _ in tf.train.list_variables(checkpoint)}
+    in_ckpt = {canonical_variable_name(n): n for n in variable_shapes(checkpoint)}
     averaged_ids = {id(v) for v in averaged}
     found: dict[str, Any] = {}
     missing = []
@@ -162,20 +166,85 @@ def match_variables(
 
 
 def read_model_weights(checkpoint: str | os.PathLike[str], model_name: str) -> dict[str, np.ndarray]:
-    """{canonical name: array} of the model's variables in a checkpoint (prefix or output dir)."""
+    """{canonical name: array} of the model's variables in a checkpoint (prefix or output dir);
+    InvalidInputError if its files are cut short or missing (:func:`damaged_error`)."""
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(find_checkpoint(checkpoint))
-    names = checkpoint_name_map(list(reader.get_variable_to_shape_map()), model_name)
-    return {key: reader.get_tensor(name) for key, name in names.items()}
+    prefix = find_checkpoint(checkpoint)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = checkpoint_name_map(list(reader.get_variable_to_shape_map()), model_name)
+        return {key: reader.get_tensor(name) for key, name in names.items()}
+    except (tf.errors.OpError, IndexError) as exc:  # IndexError: a data file cut short
+        _raise_if_damaged(prefix, exc)
+        raise
+
+
+def variable_shapes(checkpoint: str) -> dict[str, list[int]]:
+    """{name: shape} of a checkpoint prefix's variables (its index file); InvalidInputError if unreadable."""
+    import tensorflow as tf
+
+    try:
+        return tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+    except tf.errors.OpError as exc:
+        _raise_if_damaged(checkpoint, exc)
+        raise
+
+
+def restore(saver: Any, session: Any, checkpoint: str) -> None:
+    """``saver.restore(session, checkpoint)``, with :func:`damaged_error` for files cut short or missing."""
+    import tensorflow as tf
+
+    try:
+        saver.restore(session, checkpoint)
+    except (tf.errors.OpError, IndexError) as exc:
+        _raise_if_damaged(checkpoint, exc)
+        raise
+
+
+def _raise_if_damaged(prefix: str, exc: BaseException) -> None:
+    error = damaged_error(prefix)
+    if error is not None:
+        raise error from exc
+
+
+def intact(prefix: str) -> bool:
+    """True when every variable of the checkpoint ``prefix`` reads whole from its files."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, IndexError):
+        return False
+    return True
+
+
+def damaged_error(prefix: str) -> InvalidInputError | None:
+    """The one-line error for a checkpoint whose files do not read whole (a copy or a save cut short, a
+    shard deleted), naming the newest older intact checkpoint in its folder; None if it reads whole
+    (the failure was something else, and keeps its own error)."""
+    import tensorflow as tf
+
+    if intact(prefix):
+        return None
+    shards = tf.io.gfile.glob(f"{prefix}.data-*-of-*")
+    of = re.search(r"-of-(\d+)$", shards[0]) if shards else None
+    expected = [f"{prefix}.data-{i:05d}-of-{of.group(1)}" for i in range(int(of.group(1)))] if of else []
+    gone = [os.path.basename(p) for p in expected if not tf.io.gfile.exists(p)]
+    why = (f"{', '.join(gone)} missing" if gone else "its data files are missing" if not shards
+           else "a file of it is cut short or unreadable")
+    older = [p for p in checkpoint_prefixes(os.path.dirname(prefix) or ".") if step_in_name(p) < step_in_name(prefix)]
+    good = next((p for p in reversed(older) if intact(p)), None)
+    use = (f"pass --output_dir {good} to use the newest intact one there" if good
+           else "copy the run again from where it was trained, or train it again")
+    return InvalidInputError(f"checkpoint {prefix} is damaged ({why}): {use}")
 
 
 def checkpoint_model(checkpoint: str | os.PathLike[str]) -> str:
     """The t2t model name a checkpoint was written by (its variables' top scope)."""
-    import tensorflow as tf
-
-    scopes = {name.split("/")[0] for name, _ in tf.train.list_variables(os.fspath(checkpoint))
-              if "/" in name}
+    scopes = {name.split("/")[0] for name in variable_shapes(os.fspath(checkpoint)) if "/" in name}
     scopes -= {"training", "losses_avg", "train_stats", "global_step", "train_clock"}
     if len(scopes) != 1:
         raise InvalidInputError(f"cannot tell which model wrote checkpoint {checkpoint} (variable scopes "

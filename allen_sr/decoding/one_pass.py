@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from allen_sr.decoding.batching import decode_tta, dihedral, dihedral_views, predict_in_chunks, undo_dihedral
-from allen_sr.decoding.checkpoints import match_variables
+from allen_sr.decoding.checkpoints import match_variables, restore
 from allen_sr.decoding.laplace import LaplaceViews, views_mean
 from allen_sr.decoding.modes import check_one_value_mode
 from allen_sr.t2t.names import register_all
@@ -123,7 +123,7 @@ class OnePassDecoder(LaplaceViews):
                                     hint=VARIABLE_HINT)
             saver = tf.train.Saver(var_list=names)
             self._session = tf.Session(graph=self._graph)
-            saver.restore(self._session, checkpoint)
+            restore(saver, self._session, checkpoint)
 
     def predict(self, inputs: np.ndarray, batch_size: int | None = None,
                 progress: bool = False) -> np.ndarray:

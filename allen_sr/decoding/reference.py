@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from allen_sr.decoding.batching import BatchedDecoder, decode_tta
-from allen_sr.decoding.checkpoints import match_variables
+from allen_sr.decoding.checkpoints import match_variables, restore
 from allen_sr.decoding.modes import VOCAB
 from allen_sr.decoding.orders import ScanOrder, causal_order
 from allen_sr.decoding.support import DEFAULT_MODEL, check_decodable
@@ -74,7 +74,7 @@ class NaiveDecoder(BatchedDecoder):
             self._session = v1.Session(graph=self._graph)
             # Inside the graph context: outside it (eager by default in TF 2) the Saver would
             # try to build its restore ops eagerly and fail.
-            saver.restore(self._session, checkpoint)
+            restore(saver, self._session, checkpoint)
 
     def logits(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Teacher-forced logits [B, rows, cols, C, 256] of one forward pass on ``targets``."""

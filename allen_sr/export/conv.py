@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from allen_sr.decoding.checkpoints import match_variables
+from allen_sr.decoding.checkpoints import match_variables, restore
 from allen_sr.decoding.one_pass import VARIABLE_HINT
 from allen_sr.evaluation.bicubic import tf1_phase_taps
 from allen_sr.t2t.names import register_all
@@ -95,7 +95,7 @@ def frozen_graph(hparams: "HParams", checkpoint: str, model_name: str, tta: bool
         averaged = tf.trainable_variables() if ema else []
         names = match_variables(tf.global_variables(), checkpoint, model_name, averaged, hint=VARIABLE_HINT)
         with tf.Session(graph=graph) as session:
-            tf.train.Saver(var_list=names).restore(session, checkpoint)
+            restore(tf.train.Saver(var_list=names), session, checkpoint)
             return tf.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), outputs)
 
 
