@@ -721,7 +721,7 @@ def test_tta_averages_the_eight_flips_and_rotations(ckpt_dir):
 
 
 def test_decode_says_what_it_did_not_do_and_refuses_what_a_conv_run_lacks(data_dir, ckpt_dir, tmp_path, capsys):
-    """A split smaller than --num_examples is said; a mode, uncertainty or hparams set the run does
+    """A split smaller than --num_examples is said; a mode, uncertainty, hparams set or model the run does
     not have is refused in one line, with what to do instead."""
     import shutil
 
@@ -750,6 +750,12 @@ def test_decode_says_what_it_did_not_do_and_refuses_what_a_conv_run_lacks(data_d
                                         f"--out={tmp_path / 's'}"]) == 2
     assert (f"{trained} was trained with --hparams_set {CPU_SET}, not {FAST_SET}: pass --hparams_set {CPU_SET}"
             in capsys.readouterr().err)
+    # Another --model: "dec_attention_type=None cannot be decoded", as if the run's hparams were wrong.
+    other = [a.replace(MODEL, "img2img_transformer_sr") if a.startswith("--model") else a for a in common]
+    assert decode.decode_main(other + run + [f"--out={tmp_path / 'm'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (f"{ckpt_dir} was trained with --model {MODEL}, not img2img_transformer_sr: pass --model {MODEL}" in err
+            and "\n" not in err), err
 
 
 def test_decoder_refuses_sampling_bad_inputs_and_mismatched_checkpoints(ckpt_dir, decoder):

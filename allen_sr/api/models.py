@@ -226,6 +226,23 @@ def check_trained_set(spec: ModelSpec) -> None:
                                 f"(hparams_set={trained_with!r}), or leave it out (the run's flags.txt names it)")
 
 
+def check_trained_model(spec: ModelSpec, checkpoint: str) -> None:
+    """InvalidInputError when ``spec.model`` is not the model whose variables ``checkpoint`` holds (else
+    its flags.txt's --model): another model's decoder would fail on hparams or variables it lacks."""
+    from allen_sr.decoding.checkpoints import checkpoint_model, run_folder
+
+    if spec.model is None:
+        return
+    try:
+        trained_with = checkpoint_model(checkpoint)
+    except InvalidInputError:  # variables of several models: what the trainer was told
+        trained_with = run_flags(run_folder(spec.output_dir)).get("model", spec.model)
+    if trained_with != spec.model:
+        raise InvalidInputError(f"{spec.output_dir} was trained with --model {trained_with}, not {spec.model}: "
+                                f"pass --model {trained_with} (model={trained_with!r}), or leave it out "
+                                "(its checkpoint says which)")
+
+
 def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> OpenModel:
     """Restore the newest checkpoint of ``spec.output_dir`` into the decoder ``spec`` names.
 
@@ -249,6 +266,7 @@ def open_model(spec: ModelSpec, target_shape: tuple[int, int] | None = None) -> 
     check_trained_problem(spec)
     check_trained_set(spec)
     checkpoint = checkpoints.find_checkpoint(spec.output_dir)
+    check_trained_model(spec, checkpoint)
     model = spec.model or checkpoints.checkpoint_model(checkpoint)
     registry.decoder_kinds(model)
     hparams = checkpoints.load_hparams(spec.hparams_set, spec.problem, spec.hparams, spec.output_dir)
