@@ -734,6 +734,13 @@ def test_decode_says_what_it_did_not_do_and_refuses_what_a_conv_run_lacks(data_d
     note = f"note: the dev split has {n} examples: decoded all of them, not --num_examples 1000"
     assert note in capsys.readouterr().out
 
+    # No datagen writes a test split: it was offered, then "no test examples ... run `allen-sr datagen`".
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error
+        decode.decode_main(common + run + ["--dataset_split=test", f"--out={tmp_path / 't'}"])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2
+    assert "--dataset_split: invalid choice: 'test' (choose from 'dev', 'eval', 'train')" in err, err
+
     assert decode.decode_main(common + run + ["--mode=mean_bicubic", f"--out={tmp_path / 'b'}"]) == 2
     err = capsys.readouterr().err
     assert "--mode mean_bicubic is not available for img2img_conv_sr" in err and "use --mode greedy" in err

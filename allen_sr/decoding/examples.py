@@ -14,7 +14,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from tensor2tensor.utils.hparam import HParams
 
 
-SPLITS = {"dev": "eval", "eval": "eval", "train": "train", "test": "test"}
+# The splits `allen-sr datagen` writes (each problem's generate_data: train and dev); t2t's TEST split has
+# no files in any dataset it makes, so it is not offered.
+SPLITS = {"dev": "eval", "eval": "eval", "train": "train"}
 
 
 def drain(dataset: Any, pattern: str | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -84,8 +86,7 @@ def read_examples(
         raise InvalidInputError(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     if isinstance(problem, str):
         problem = registry.problem(problem)
-    dataset_split = {"eval": problem_lib.DatasetSplit.EVAL, "train": problem_lib.DatasetSplit.TRAIN,
-                     "test": problem_lib.DatasetSplit.TEST}[SPLITS[split]]
+    dataset_split = {"eval": problem_lib.DatasetSplit.EVAL, "train": problem_lib.DatasetSplit.TRAIN}[SPLITS[split]]
     pattern = problem.filepattern(os.fspath(data_dir), dataset_split)
     if not tf.io.gfile.glob(pattern):
         raise MissingInputError(f"no {split} examples of {problem.name} in --data_dir {data_dir} (no files "
