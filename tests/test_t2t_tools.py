@@ -479,6 +479,35 @@ def test_a_non_integer_ratio_problem_is_refused_where_the_model_needs_one(model,
     assert not out.exists()
 
 
+def test_an_image_transformer_run_beyond_the_machines_memory_is_refused_naming_a_batch_size_that_fits():
+    """img2img_allen_brain_dim48to64 with the stock img2img_transformer and img2img_allen_cpu_tiny (batch 8): its
+    attention over the 6912 input sub-pixels had reached 17.6 GB when the kernel killed it, before step 1, on a
+    24 GB machine. train's checks refuse it in one line with the batch_size that fits (the machine's available
+    memory given here; a real run of batch_size=1 peaked at 8.0 GB, 1 + 1 layers at 6.0 GB). No training."""
+    from tensor2tensor.utils import registry
+
+    from allen_sr.t2t.names import register_all
+    from allen_sr.t2t.run_checks import attention_bytes, check_attention_memory
+    from allen_sr.t2t.tools import build_hparams
+
+    register_all()
+    problem, model = "img2img_allen_brain_dim48to64", registry.model("img2img_transformer")
+    hp = build_hparams("img2img_allen_cpu_tiny", "")
+    with pytest.raises(cli_flags.UsageError, match=r"^--problem=img2img_allen_brain_dim48to64 with batch_size=8: "
+                       r"training on the CPU needs about 58\.\d GB .*, more than the 24\.0 GB available: pass "
+                       r"--hparams=batch_size=3 \(about 22\.\d GB\), or train on a GPU"):
+        check_attention_memory(["--worker_gpu=0"], problem, model, hp, available=24e9)
+    with pytest.raises(cli_flags.UsageError, match=r"; batch_size=1 needs 8\.2 GB: train on a GPU \(--worker_gpu=1\), "
+                                                   "or on a problem with smaller inputs"):
+        check_attention_memory([], problem, model, hp, available=4e9)
+    check_attention_memory(["--worker_gpu=1"], problem, model, hp, available=4e9)  # a GPU's memory: not estimated
+    check_attention_memory([], "img2img_allen_brain_dim8to32", model, hp, available=4e9)  # about 1.4 GB
+    check_attention_memory([], problem, registry.model("img2img_conv_sr"), hp, available=4e9)
+    for overrides, measured in (("", 8.05e9), (",num_encoder_layers=1,num_decoder_layers=1", 5.98e9)):
+        estimate = attention_bytes(build_hparams("img2img_allen_cpu_tiny", "batch_size=1" + overrides), problem, 1)
+        assert abs(estimate / measured - 1) < 0.05, (overrides, estimate)
+
+
 @pytest.mark.parametrize("problem, shape", [
     ("img2img_allen_brain_dim48to64", "48x48 to 64x64 px, not an integer factor"),
     ("img2img_allen_brain_dim16to16_paint1", "16x16 to 16x16 px, a factor of 1")])

@@ -71,3 +71,71 @@ def check_budget_model(model: str, model_class: Any, budget: float) -> None:
         raise UsageError(f"train_budget_seconds={budget:g}: --model={model} does not stop at a time budget (only "
                          "img2img_transformer_sr and img2img_conv_sr do): pass one of them, or end the run with "
                          "--train_steps")
+
+
+# Training memory of an Image Transformer (t2t's Img2imgTransformer and its subclasses) is mostly its global
+# attention: the encoder's self-attention over the input's N_in = rows x cols x channels sub-pixels (when
+# enc_attention_type is "global", the stock default) and each decoder layer's attention from the target's N_out
+# sub-pixels to them. A score per (query, key) pair, head and example is kept for the backward pass, and the layer
+# whose gradient is being computed holds a few more temporaries of each of its scores:
+#     scores  = num_heads x (num_encoder_layers x N_in^2 + num_decoder_layers x N_out x N_in)
+#     largest = num_heads x max(N_in^2, N_out x N_in)                     (one layer's scores)
+#     peak bytes ~ BASE + batch_size x (PER_SCORE x scores + PER_LARGEST x largest)
+# Measured (peak RSS by /usr/bin/time -v, 2 steps of `allen-sr train --schedule=train --hparams=batch_size=1` on a
+# CPU, img2img_allen_cpu_tiny: 2 heads): img2img_allen_brain_dim8to32 (2.5M scores) 1.1 GB, the base;
+# img2img_allen_brain_dim48to64 (N_in 6912, N_out 12288; largest 170M) 8.0 GB with 2 + 2 layers (531M scores) and
+# 6.0 GB with 1 + 1 (265M): 7.8 bytes a score and 16.6 a score of the largest layer. The decoder's local 1-D
+# self-attention (block_length keys a query) is left out. With batch_size=8 (its set's) the estimate is 58 GB: such
+# a run had reached 17.6 GB when the kernel killed it, before its first step, on a 24 GB machine.
+ATTENTION_BASE_BYTES = 1.1e9
+ATTENTION_BYTES_PER_SCORE = 8
+ATTENTION_BYTES_PER_LARGEST = 17
+
+
+def attention_bytes(hparams: Any, problem: str, batch_size: int) -> float:
+    """Estimated peak memory of a training step of an Image Transformer on ``problem`` (see above)."""
+    from allen_sr.t2t.names import problem_shape
+
+    size_in, size_out, channels = problem_shape(problem)
+    n_in, n_out = size_in * size_in * channels, size_out * size_out * channels
+    heads, encoder = int(hparams.num_heads), n_in * n_in if hparams.enc_attention_type == "global" else 0
+    scores = heads * (int(hparams.num_encoder_layers) * encoder + int(hparams.num_decoder_layers) * n_out * n_in)
+    largest = heads * max(encoder, n_out * n_in)
+    return ATTENTION_BASE_BYTES + batch_size * (ATTENTION_BYTES_PER_SCORE * scores
+                                                + ATTENTION_BYTES_PER_LARGEST * largest)
+
+
+def check_attention_memory(argv: list[str], problem: str, model_class: Any, hparams: Any,
+                           available: float | None = None) -> None:
+    """UsageError when a CPU-only Image Transformer run (no --worker_gpu) would need more memory than the
+    machine has ``available`` (bytes; default: psutil's available memory): the kernel would kill it before
+    its first step. Names the batch_size that fits."""
+    from tensor2tensor.models.image_transformer_2d import Img2imgTransformer
+
+    gpus = flag_value(argv, "worker_gpu")
+    if not isinstance(model_class, type) or not issubclass(model_class, Img2imgTransformer) or (
+            gpus and gpus.isdigit() and int(gpus) > 0):
+        return
+    try:
+        per_example = attention_bytes(hparams, problem, 1) - ATTENTION_BASE_BYTES
+    except (AttributeError, ValueError):
+        return  # not an image problem of known sizes: nothing to estimate
+    if available is None:
+        try:
+            import psutil
+        except ImportError:
+            return
+        available = float(psutil.virtual_memory().available)
+    batch = int(hparams.batch_size)
+    need = ATTENTION_BASE_BYTES + batch * per_example
+    if need <= available:
+        return
+    fits = int((available - ATTENTION_BASE_BYTES) // per_example)
+    gb = "{:.1f} GB".format
+    say = (f"--problem={problem} with batch_size={batch}: training on the CPU needs about {gb(need / 1e9)} (the "
+           f"model's attention over the input's sub-pixels), more than the {gb(available / 1e9)} available")
+    if fits >= 1:
+        fit = gb((ATTENTION_BASE_BYTES + fits * per_example) / 1e9)
+        raise UsageError(f"{say}: pass --hparams=batch_size={fits} (about {fit}), or train on a GPU (--worker_gpu=1)")
+    raise UsageError(f"{say}; batch_size=1 needs {gb((ATTENTION_BASE_BYTES + per_example) / 1e9)}: train on a GPU "
+                     "(--worker_gpu=1), or on a problem with smaller inputs such as img2img_allen_brain_dim16to64")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 from allen_sr.t2t.cli_flags import (UsageError, absolute_data_dir, asks_help, check_flag_names, expand_home,
                                     has_flag, read_flagfiles)
 from allen_sr.t2t.cluster import flag_value, prepare_cluster_task
-from allen_sr.t2t.run_checks import check_budget_model, check_schedule, check_steps
+from allen_sr.t2t.run_checks import check_attention_memory, check_budget_model, check_schedule, check_steps
 from allen_sr.t2t.tuning import prepare_train_flags
 from allen_sr.errors import InvalidInputError, UserError, machine_trouble
 
@@ -371,7 +371,8 @@ def check_worker_gpu(argv: list[str]) -> None:
 
 def check_train_flags(argv: list[str]) -> None:
     """Refuse a training command line that cannot work before any training (unknown names, a
-    model and hparams set of two families, malformed --hparams, another run's folder, no data)."""
+    model and hparams set of two families, malformed --hparams, another run's folder, no data, more memory
+    than the machine has)."""
     check_flag_names(argv)
     check_schedule(argv)
     if flag_value(argv, "schedule") == "run_std_server":  # a parameter server reads no data
@@ -387,6 +388,7 @@ def check_train_flags(argv: list[str]) -> None:
     if flag_value(argv, "schedule") != "train":
         check_shards(data_dir, prefix, "dev", problem, "; evaluation reads them (--schedule=train trains without)")
     check_steps(argv, output_dir)
+    check_attention_memory(argv, problem, registry.model(model), hparams)
     if output_dir:
         check_run_folder(output_dir, problem, model, hparams_set, hparams, flag_value(argv, "hparams"))
         _make_folder(output_dir, "output_dir")  # the last check: a refused command leaves no folder
