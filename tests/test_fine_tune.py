@@ -62,7 +62,8 @@ def test_fine_tuning_the_shipped_image_transformer_loads_every_variable(sample_d
 
     run = tmp_path / "run"
     ok(train(sample_dataset, run, "--init_from", "transformer-tiny", "--model=img2img_transformer_sr",
-             "--hparams_set=img2img_allen_cpu_tiny", "--hparams=learning_rate_constant=0.0", "--train_steps=1", "--schedule=train"))
+             "--hparams_set=img2img_allen_cpu_tiny", "--hparams=learning_rate_constant=0.0", "--train_steps=1",
+             "--schedule=train"))
     reader = tf.train.load_checkpoint(str(run / "model.ckpt-1"))
     with np.load(pretrained.find("transformer-tiny").folder / "weights.npz") as shipped:
         assert len(shipped.files) > 70
