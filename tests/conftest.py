@@ -1,4 +1,5 @@
 """Shared fixtures: small real images made in the test, and the real dev images when present."""
+import errno
 import os
 from pathlib import Path
 
@@ -74,6 +75,24 @@ def save_tissue_images(folder, count: int = 10, height: int = 192, width: int = 
     for k in range(count):
         Image.fromarray(tissue_image(height, width, seed=k)).save(folder / f"slide_{k}.png")
     return folder
+
+
+class FullDisk:
+    """A real temp file on a disk that is full: writing fails, and so does close()'s flush (wraps
+    allen_sr.data.download.create_temp_file's answer)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self):
+        self.handle.close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ naming the input. Nothing here talks to the real Allen API.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from allen_stand_in import AllenStandIn  # noqa: E402
+from conftest import FullDisk  # noqa: E402
 
 from allen_sr.commands.download import download_main  # noqa: E402
 from allen_sr.data import download, manifest  # noqa: E402
@@ -372,23 +372,6 @@ def test_truncation_that_never_heals_says_so(server, tmp_path):
 def test_disk_full_says_so_and_tells_what_to_do(server, tmp_path, monkeypatch):
     ids = server.add_images(3, first_id=50)
     real_create = download.create_temp_file
-
-    class FullDisk:
-        """A real temp file on a disk that is full: writing fails, and so does close()'s flush."""
-
-        def __init__(self, handle):
-            self.handle = handle
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def close(self):
-            self.handle.close()
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
     monkeypatch.setattr(download, "create_temp_file", lambda path: FullDisk(real_create(path)))
     report = download_images(ids, tmp_path, api_base=server.api_base, workers=1, **FAST)
     assert not report.ok and report.downloaded == []

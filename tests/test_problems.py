@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from allen_sr.data import tiles
 from allen_sr.decoding.examples import drain
 from allen_sr.t2t.names import register_all
-from conftest import save_tissue_images
+from conftest import FullDisk, save_tissue_images
 
 DATASET = "img2img_allen_brain"
 HPARAMS_SET = "img2img_conv_sr_cpu"  # any registered set: the problems only read num_channels/img_len
@@ -304,3 +305,31 @@ def test_datagen_warns_of_images_of_mixed_download_settings(server, tmp_path, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "mixes images downloaded with different settings (97 at full resolution, " \
                                   "3 at downsample 1)" in warnings[0]
+
+
+def test_datagen_stops_when_its_download_fills_the_disk(server, tmp_path, monkeypatch, capsys):
+    """A full disk partway through datagen's download ends datagen with the disk-full message (exit 1, one line)
+    instead of tiling the images that came before it; no dataset is written."""
+    from allen_sr.data import download
+    from allen_sr.t2t import problems, tools
+
+    for image_id in download.default_image_ids():
+        server.add_image(image_id, width=256, height=192)
+    monkeypatch.setattr(problems.AllenBrain, "api_base", server.api_base)
+    monkeypatch.setattr(problems.AllenBrain, "download_rate", None)
+    real_create, created = download.create_temp_file, []
+
+    def create_until_the_disk_is_full(path):  # the first 20 images fit, then the disk is full
+        created.append(path)
+        return real_create(path) if len(created) <= 20 else FullDisk(real_create(path))
+
+    monkeypatch.setattr(download, "create_temp_file", create_until_the_disk_is_full)
+    data_dir, tmp = tmp_path / "data", tmp_path / "raw"
+    code = tools.datagen_main(["--problem=img2img_allen_brain_dim8to32", f"--data_dir={data_dir}", f"--tmp_dir={tmp}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1, err[-5:]
+    assert re.fullmatch(rf"allen-sr datagen: error: the Allen download into --tmp_dir={tmp} stopped, nothing was "
+                        r"tiled: image \d+: no space left on the device holding .* then run the same command again; "
+                        "finished images are kept and will be skipped", err[-1]), err[-5:]
+    assert 20 <= len(list(tmp.glob("*.jpg"))) < 100
+    assert not data_dir.exists() or not [p for p in data_dir.iterdir() if p.is_file()]

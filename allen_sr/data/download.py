@@ -102,6 +102,7 @@ class DownloadReport:
     failed: dict[int, str] = field(default_factory=dict)
     bytes_downloaded: int = 0
     seconds: float = 0.0
+    disk_full: str = ""  # the message of the full disk that stopped the run, "" if none did
 
     @property
     def ok(self) -> bool:
@@ -301,6 +302,7 @@ class _DownloadRun:
             report.failed[image_id] = f"image {image_id}: not downloaded: {self.stop_reason}"
         except DiskFullError as error:
             report.failed[image_id] = str(error)
+            report.disk_full = report.disk_full or str(error)
         except GaveUpError as error:
             report.failed[image_id] = f"image {image_id}: {error}"
         except AllenApiError as error:

@@ -7,6 +7,7 @@ training the model's `degradation` hparam makes that input realistic (allen_sr.t
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -272,6 +273,9 @@ class AllenBrain(TileSuperResolution):
             quality=params.get("quality"), region=Region(**region) if region else None, progress=progress)
         if report.ok:
             return
+        if report.disk_full:  # tiling what came before it would build a part of the dataset, and exit 0
+            raise OSError(errno.ENOSPC, f"the Allen download into --tmp_dir={tmp_dir} stopped, nothing was tiled: "
+                                        f"{report.disk_full}")
         reasons = "; ".join(f"{n} x {reason}" for reason, n in failure_reasons(report).most_common(3))
         if not list_images(tmp_dir):
             raise MissingInputError(
