@@ -259,23 +259,30 @@ def allen_problem(server):
     return problem
 
 
-def test_datagen_download_goes_on_after_an_interrupted_one(server, tmp_path, caplog):
-    """A folder holding part of the stock set (a Ctrl-C'd datagen download) is completed, not tiled as it is:
-    only the missing images are requested, at the README's --downsample 1, and the few that fail are counted."""
-    from allen_sr.data.download import default_image_ids, download_images
+def test_datagen_download_goes_on_after_an_interrupted_one(server, tmp_path, caplog, capsys):
+    """A folder holding part of the stock set from datagen's own download is completed, not tiled as it is: only
+    the missing images are requested, at the README's --downsample 1, and the few that fail are counted."""
+    from allen_sr.data.download import default_image_ids
 
     stock = default_image_ids()
-    for image_id in stock[:95]:
+    for image_id in stock[:40]:
         server.add_image(image_id, width=16, height=12)
     tmp = tmp_path / "raw"
-    download_images(stock[:40], tmp, api_base=server.api_base, rate=None, downsample=1)
+    assert len(allen_problem(server).source_images(str(tmp))) == 40  # the other 60: 404, tiled without them
+    for image_id in stock[40:95]:
+        server.add_image(image_id, width=16, height=12)
     server.clear_log()
+    caplog.clear()
+    capsys.readouterr()
     paths = allen_problem(server).source_images(str(tmp))
     assert len(paths) == 95 and len(server.image_requests()) == 60  # the 40 finished ones: no request
     assert {r.query.get("downsample") for r in server.image_requests()} == {"1"}
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and warnings[0].startswith("5 of 100 Allen images could not be downloaded (5 x image "
                                                          "<id> not found on ")
+    out = capsys.readouterr().out
+    assert f"datagen: fetching 60 stock Allen images into --tmp_dir={tmp} (40 of the 100 there already)" in out
+    assert f"95 of 100 images present in {tmp}: 55 downloaded" in out  # the download's summary
 
 
 def test_datagen_stops_when_no_allen_image_can_be_downloaded(server, tmp_path):
@@ -289,8 +296,10 @@ def test_datagen_stops_when_no_allen_image_can_be_downloaded(server, tmp_path):
     assert not data_dir.exists() or not os.listdir(data_dir)
 
 
-def test_datagen_warns_of_images_of_mixed_download_settings(server, tmp_path, caplog):
-    """Images downloaded with two settings in one --tmp_dir are tiled together, with one warning counting them."""
+def test_an_allen_download_selection_is_tiled_as_it_is_with_a_warning_of_mixed_settings(server, tmp_path, caplog,
+                                                                                          capsys):
+    """Images of the user's own `allen-sr download` (here 7 of the stock ids, with two settings) are tiled as they
+    are, not grown to the 100 stock images; one warning counts the images of each setting."""
     from allen_sr.data.download import default_image_ids, download_images
 
     stock = default_image_ids()
@@ -299,11 +308,14 @@ def test_datagen_warns_of_images_of_mixed_download_settings(server, tmp_path, ca
     tmp = tmp_path / "raw"
     download_images(stock[:4], tmp, api_base=server.api_base, rate=None)
     download_images(stock[4:7], tmp, api_base=server.api_base, rate=None, downsample=1)
+    server.clear_log()
     caplog.clear()
+    capsys.readouterr()
     paths = allen_problem(server).source_images(str(tmp))
-    assert len(paths) == 100  # the other 93 fetched with the folder's most common settings: full resolution
+    assert len(paths) == 7 and server.image_requests() == []
+    assert f"datagen: tiling the 7 images in --tmp_dir={tmp}; nothing is downloaded" in capsys.readouterr().out
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "mixes images downloaded with different settings (97 at full resolution, " \
+    assert len(warnings) == 1 and "mixes images downloaded with different settings (4 at full resolution, " \
                                   "3 at downsample 1)" in warnings[0]
 
 

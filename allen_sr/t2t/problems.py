@@ -23,7 +23,7 @@ from tensor2tensor.utils import metrics as t2t_metrics
 
 from allen_sr.data import datagen, download
 from allen_sr.data.allen_urls import DEFAULT_API_BASE, Region
-from allen_sr.data.manifest import read_manifest
+from allen_sr.data.manifest import image_path, read_manifest
 from allen_sr.data.retry import DEFAULT_RATE
 from allen_sr.data.images import list_images
 from allen_sr.data import tiles as tiling
@@ -31,6 +31,9 @@ from allen_sr.t2t import degradation
 from allen_sr.errors import InvalidInputError, MissingInputError, count
 
 log = logging.getLogger(__name__)
+
+# In an Allen --tmp_dir: datagen downloads into it, so a rerun goes on with that download (else: tiled as it is).
+DATAGEN_DOWNLOAD_MARK = ".allen-sr-datagen-download"
 
 
 class TileSuperResolution(problem.Problem):
@@ -250,27 +253,37 @@ class AllenBrain(TileSuperResolution):
 
     def source_images(self, tmp_dir):
         os.makedirs(tmp_dir, exist_ok=True)
-        entries = read_manifest(tmp_dir)
-        stock = set(download.default_image_ids())
-        # Not our download's folder: the user's own images, or their own `allen-sr download` selection.
-        if not list_images(tmp_dir) or (entries and set(entries) <= stock):
-            self._download_stock_images(tmp_dir, entries)
+        mark = os.path.join(tmp_dir, DATAGEN_DOWNLOAD_MARK)
+        # The stock images into an empty folder, or the rest of datagen's own (interrupted) download there; the
+        # user's own images, or their own `allen-sr download` selection (--max_images, --image_ids), are tiled as
+        # they are.
+        if not list_images(tmp_dir) or os.path.exists(mark):
+            with open(mark, "w") as out:
+                out.write("allen-sr datagen downloads the stock Allen images into this folder and completes them\n")
+            self._download_stock_images(tmp_dir, read_manifest(tmp_dir))
+        else:
+            print(f"datagen: tiling the {count(len(list_images(tmp_dir)), 'image')} in --tmp_dir={tmp_dir}; nothing "
+                  "is downloaded (an empty --tmp_dir gets the 100 stock Allen images)")
         paths = list_images(tmp_dir)
         warn_mixed_settings(tmp_dir, read_manifest(tmp_dir), paths)
         return paths
 
     def _download_stock_images(self, tmp_dir: str, entries: dict) -> None:
         """Fetch the stock images not finished yet (a Ctrl-C'd run goes on where it stopped) with the settings of
-        those already there; say how many failed, and stop if none of them is there."""
+        those already there; say how many failed, and stop on a full disk or if none of them is there."""
         settings = Counter(json.dumps(entry.get("params"), sort_keys=True) for entry in entries.values())
         params = json.loads(settings.most_common(1)[0][0]) if settings else dict(self.download_params)
         # Ids finished under other settings are left alone (warn_mixed_settings names them), not fetched again.
         ids = [i for i in download.default_image_ids() if entries.get(i, {}).get("params", params) == params]
+        todo = [i for i in ids if i not in entries or not image_path(tmp_dir, i).exists()]
+        print(f"datagen: fetching {count(len(todo), 'stock Allen image')} into --tmp_dir={tmp_dir} "
+              f"({len(ids) - len(todo)} of the {len(ids)} there already)", flush=True)
         region = params.get("region")
         progress = sys.stderr.isatty()
         report = download.download_images(
             ids, tmp_dir, api_base=self.api_base, rate=self.download_rate, downsample=params.get("downsample"),
             quality=params.get("quality"), region=Region(**region) if region else None, progress=progress)
+        print(report.summary(), flush=True)
         if report.ok:
             return
         if report.disk_full:  # tiling what came before it would build a part of the dataset, and exit 0
