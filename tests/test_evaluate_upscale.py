@@ -246,3 +246,22 @@ def test_evaluate_refuses_what_it_cannot_score_of_a_problem_in_one_line(problem,
     err = capsys.readouterr().err.strip()
     assert words in err and f"--problem {problem}" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "eval").exists()
+
+
+def test_degrade_on_a_small_image_keeps_a_tile_off_the_jpeg_grid_whatever_the_seed(tmp_path):
+    """--degrade shifts the tile grid 1-7 input px, at most the room the image has: a 64x48 image keeps a 32 px
+    tile, still off JPEG's grid, with every seed (a 7 px shift left it none); a blank image is named in a warning."""
+    from allen_sr.data import degrade
+
+    Image.fromarray(tissue_image(48, 64)).save(tmp_path / "small.png")
+    steps = degrade.parse_fixed("jpeg=85")
+    for seed in range(8):
+        _, targets, names = evaluate.cut_pairs([str(tmp_path / "small.png")], 32, 4, 3, None, seed, steps)
+        for name in names:
+            top, left = map(int, name.split("@")[1].split(","))
+            assert top // 4 % 8 and left // 4 % 8 and top + 32 <= 48 and left + 32 <= 64, (seed, name)
+    Image.fromarray(np.full((48, 64, 3), 245, np.uint8)).save(tmp_path / "blank.png")
+    with pytest.warns(UserWarning, match=r"blank.png: no tissue tile of 32x32 px on its grid shifted"):
+        _, targets, _ = evaluate.cut_pairs([str(tmp_path / p) for p in ("blank.png", "small.png")], 32, 4, 3, None,
+                                           0, steps)
+    assert len(targets) >= 1

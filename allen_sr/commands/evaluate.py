@@ -119,6 +119,9 @@ def cut_pairs(paths: list[str], size: int, factor: int, channels: int, max_tiles
                       else tiling.area_downsample(t, factor) for t in kept]
         else:
             kept, positions, inputs = degraded_pairs(image, size, factor, channels, degrade, seed, index)
+            if not len(kept):
+                warnings.warn(f"{path}: no tissue tile of {size}x{size} px on its grid shifted 1-7 input px from "
+                              "JPEG's (--degrade); it is left out (blank, or too small for a shifted tile)")
         found.append(kept)
         found_inputs += inputs
         names += [f"{image_names[index]}@{top},{left}" for top, left in positions]
@@ -136,10 +139,12 @@ def degraded_pairs(image: np.ndarray, size: int, factor: int, channels: int, deg
 
     The tile grid starts 1-7 input px (drawn from ``seed`` and ``index``) from the image's corner
     on each axis, where JPEG's block grid starts, so the two never line up; the noise is seeded
-    by both too.
+    by both too. The shift is capped at the room the image has beyond one tile (a small image
+    keeps a tile whatever the seed; on an axis without room the grid starts at the corner).
     """
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    shift = np.random.default_rng([seed, index]).integers(1, 8, size=2) * factor
+    room = np.maximum(np.array([h - size, w - size]) // factor, 0)
+    shift = np.minimum(np.random.default_rng([seed, index]).integers(1, 8, size=2), room) * factor
     kept, positions, _ = tiling.tissue_tiles(image[shift[0]:h, shift[1]:w], size)
     positions = positions + shift
     if channels == 1:
@@ -163,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "before the area average; kernel=area|bicubic|bilinear: the downsampling; "
                         "noise: Gaussian sd in grey levels; shot: signal-dependent sd at white; jpeg: "
                         "quality, 4:2:0). Default: the exact area average. With any --degrade the tiles are cut "
-                        "on a grid shifted by 1-7 input px (off JPEG's 8x8 blocks), so other tiles than "
+                        "on a grid shifted by 1-7 input px (off JPEG's 8x8 blocks; less where a small image has no "
+                        "room), so other tiles than "
                         "without it: compare with --degrade blur=0 for the clean input on the same tiles")
     p.add_argument("--uncertainty", action="store_true",
                    help="Image Transformers and probabilistic conv models: also score the per-pixel "
