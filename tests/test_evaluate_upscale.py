@@ -120,11 +120,14 @@ def test_degrade_help_says_the_tiles_move_and_how_to_compare():
     assert "shifted by 1-7 input px" in text and "--degrade blur=0 for the clean input on the same tiles" in text
 
 
-@pytest.mark.parametrize("spec, named", [("jpeg=75,sharpen=1", "sharpen"), ("jpeg=120", "jpeg=120"),
-                                         ("noise=2,blur=1", "blur=1")])
-def test_evaluate_refuses_a_malformed_degrade_spec_in_one_line(ckpt_dir, tmp_path, capsys, spec, named):
+@pytest.mark.parametrize("spec, named, whole", [
+    ("jpeg=75,sharpen=1", "sharpen", []), ("jpeg=120", "jpeg=120", []), ("noise=2,blur=1", "blur=1", []),
+    ("", "empty spec", []), ("", "empty spec", ["--whole"]),  # an unset shell variable, not the clean inputs
+])
+def test_evaluate_refuses_a_malformed_degrade_spec_in_one_line(ckpt_dir, tmp_path, capsys, spec, named, whole):
+    Image.fromarray(tissue_image(96, 128)).save(tmp_path / "s.png")  # what an empty spec would evaluate
     code = evaluate.evaluate_main(model_flags(ckpt_dir) + [f"--images={tmp_path}", f"--degrade={spec}",
-                                                          f"--out={tmp_path}/o"])
+                                                          f"--out={tmp_path}/o", *whole])
     err = capsys.readouterr().err.strip()
     assert code == 2 and named in err and "--degrade" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "o").exists()

@@ -195,7 +195,7 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
     """
     from allen_sr.evaluation.results import write_results
 
-    steps = parse_fixed(degrade) if degrade else None
+    steps = parse_fixed(degrade) if degrade is not None else None  # "": an unset variable, refused
     input_size, size, channels = shared.model_shape(spec)
     check_ratio(spec, input_size, size, degrade=bool(steps))
     factor = size // input_size
@@ -251,7 +251,7 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
     from allen_sr.api.upscaler import Options, Upscaler
     from allen_sr.evaluation.results import write_results
 
-    steps = parse_fixed(degrade) if degrade else []
+    steps = parse_fixed(degrade) if degrade is not None else []
     check_ratio(spec, *shared.model_shape(spec)[:2], whole=True)
     inputs, targets, predictions, names, blank = [], [], [], [], []
     paths = collect_inputs(images, out_dir)
