@@ -95,6 +95,7 @@ def test_evaluate_degrade_cuts_tiles_from_the_degraded_whole_image(ckpt_dir, tmp
     assert code == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["degrade"] == spec and spec in summary["protocol"] and summary["tiles"] == 6
+    assert summary["seed"] == 0 and summary["max_tiles"] == 6  # both change what is scored
     rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["method"] in ("nearest", "bicubic")]
     offsets = set()
     for row in rows:

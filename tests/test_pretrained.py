@@ -416,6 +416,7 @@ def test_evaluate_whole_scores_whole_images_as_upscale_enlarges_them(tmp_path, c
         assert sorted(str(w.message).split(":")[0].rsplit("/", 1)[-1] for w in skipped) == ["narrow.png", "small.png"]
         summary = json.loads((out / "metrics.json").read_text())
         assert summary["images"] == 2 and "tiles" not in summary and summary["degrade"] == degrade
+        assert summary["seed"] == 0 and summary["max_tiles"] is None  # the seed of --degrade's noise
         assert "whole images" in summary["protocol"] and "4 px cropped" in summary["protocol"]
         assert "per image, averaged over images" in summary["protocol"] and "per tile" not in summary["protocol"]
         with Upscaler.open("conv-fast") as up:

@@ -224,7 +224,8 @@ def evaluate(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLike[str
                "grid shifted 1-7 input px from JPEG's); " if steps else "")
             + f"model {opened.model} {source}, {kind} decoding, mode {opened.mode}"
             + (", mean of the 8 flips/rotations" if getattr(opened.decoder, "tta", False) else ""))
-    extra = {"degrade": format_fixed(steps) if steps else None}
+    # --seed picks the tiles (and the --degrade grid and noise), --max_tiles how many (null: every tile)
+    extra = {"degrade": format_fixed(steps) if steps else None, "seed": spec.seed, "max_tiles": max_tiles or None}
     if recorder is not None:
         extra["uncertainty"] = write_uncertainty(out_dir, inputs, predictions, targets, recorder, calibration)
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names,
@@ -289,7 +290,8 @@ def evaluate_whole(spec: shared.ModelSpec, images: str, out_dir: str | os.PathLi
             + f", each reduced {factor}x"
             + (f" and degraded ({format_fixed(steps)})" if steps else " by its area average")
             + f", enlarged whole as allen-sr upscale does ({describe}); PSNR and SSIM per image, averaged over images")
-    extra = {"degrade": format_fixed(steps) if steps else None, "unit": "images", "skipped_without_tissue": len(blank)}
+    extra = {"degrade": format_fixed(steps) if steps else None, "seed": spec.seed, "max_tiles": None,  # every image
+             "unit": "images", "skipped_without_tissue": len(blank)}
     summary = write_results(out_dir, inputs, targets, predictions, note, names=names, baselines=metrics.METHODS,
                             extra=extra, grid_crop=32 * factor, unit="image")
     print(metrics.summary_to_text(summary))
