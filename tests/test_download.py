@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -648,3 +649,14 @@ def test_a_folder_under_an_image_name_is_named(server, tmp_path, capsys):
     assert f"  failed: image {ids[0]}: {tmp_path / f'{ids[0]}.jpg'} is a folder, not an image: move or rename it" \
         in captured.out
     assert "Traceback" not in captured.err and "1 of 2 images present" in captured.out
+
+
+def test_the_progress_bar_counts_the_image_it_has_just_finished(server, tmp_path, capsys):
+    """Each time the bar is drawn its counts (new, kept, failed) add up to the images done, not one fewer."""
+    ids = server.add_images(4, first_id=60)
+    download_images(ids[:1], tmp_path, api_base=server.api_base, **FAST)
+    server.latency = 0.15  # longer than the bar's 0.1 s between redraws: it is drawn after every image
+    download_images(ids, tmp_path, api_base=server.api_base, workers=1, progress=True, **FAST)
+    drawn = re.findall(r"(\d)/4 \[[^\]]*failed=(\d), kept=(\d), new=(\d)\]", capsys.readouterr().err)
+    assert len(drawn) >= 3, drawn
+    assert all(int(done) == int(new) + int(kept) + int(failed) for done, failed, kept, new in drawn), drawn

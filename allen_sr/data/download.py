@@ -282,9 +282,9 @@ class _DownloadRun:
             futures = {pool.submit(self.process, image_id): image_id for image_id in ids}
             for future in as_completed(futures):
                 self._collect(futures[future], future, report)
-                bar.update(1)
-                bar.set_postfix(new=len(report.downloaded), kept=len(report.skipped),
+                bar.set_postfix(new=len(report.downloaded), kept=len(report.skipped),  # drawn by update
                                 failed=len(report.failed), refresh=False)
+                bar.update(1)
         except KeyboardInterrupt:
             self.halt("interrupted")
             raise
