@@ -660,3 +660,14 @@ def test_the_progress_bar_counts_the_image_it_has_just_finished(server, tmp_path
     drawn = re.findall(r"(\d)/4 \[[^\]]*failed=(\d), kept=(\d), new=(\d)\]", capsys.readouterr().err)
     assert len(drawn) >= 3, drawn
     assert all(int(done) == int(new) + int(kept) + int(failed) for done, failed, kept, new in drawn), drawn
+
+
+def test_without_a_terminal_the_download_logs_its_counts_now_and_then(server, tmp_path, monkeypatch, caplog):
+    """No progress bar and stderr not a terminal (a log file, a pipe): a line of counts at most every
+    PROGRESS_LOG_SECONDS (here 0: after each image), so the download is seen to move before its summary."""
+    ids = server.add_images(3, first_id=70)
+    monkeypatch.setattr(download, "PROGRESS_LOG_SECONDS", 0.0)
+    with caplog.at_level("INFO", logger="allen_sr"):
+        download_images(ids, tmp_path, api_base=server.api_base, workers=1, **FAST)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("allen-sr download: ")]
+    assert lines == [f"allen-sr download: {k} of 3 images done ({k} new, 0 kept, 0 failed)" for k in (1, 2, 3)]

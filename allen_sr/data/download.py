@@ -74,6 +74,7 @@ LOCK_NAME = ".allen-sr-download.lock"
 CHUNK_SIZE = 1 << 16
 DEFAULT_WORKERS = 4
 SNIPPET_BYTES = 120  # of a server's answer quoted in an error message
+PROGRESS_LOG_SECONDS = 30.0  # without a progress bar and a terminal: a line of counts at most this often
 
 # Temp files of images (.<id>.jpg.<hex>.allen-sr-part) and of the manifest
 # (.manifest.json.<hex>.allen-sr-part): one pattern, so one cleanup covers what a kill leaves.
@@ -137,8 +138,7 @@ class DownloadReport:
         for image_id in sorted(self.failed, key=lambda key: order.get(key, 0)):
             lines.append(f"  failed: {self.failed[image_id]}")
         if self.failed:
-            lines.append("Run the same command again to retry the failed images; finished images "
-                         "are skipped.")
+            lines.append("Run the same command again to retry the failed images; finished images are skipped.")
         return "\n".join(lines)
 
 
@@ -273,18 +273,22 @@ class _DownloadRun:
     def run(self, ids: Sequence[int], *, workers: int, progress: bool) -> DownloadReport:
         from tqdm import tqdm
 
-        report = DownloadReport(tmp_dir=self.folder, api_base=self.client.api_base,
-                                requested=list(ids))
+        report = DownloadReport(tmp_dir=self.folder, api_base=self.client.api_base, requested=list(ids))
         bar = tqdm(total=len(ids), unit="img", desc="allen-sr download", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="allen-download")
+        logged = time.monotonic()
         try:
             futures = {pool.submit(self.process, image_id): image_id for image_id in ids}
             for future in as_completed(futures):
                 self._collect(futures[future], future, report)
-                bar.set_postfix(new=len(report.downloaded), kept=len(report.skipped),  # drawn by update
-                                failed=len(report.failed), refresh=False)
+                counts = dict(new=len(report.downloaded), kept=len(report.skipped), failed=len(report.failed))
+                bar.set_postfix(**counts, refresh=False)  # drawn by update
                 bar.update(1)
+                if not progress and not sys.stderr.isatty() and time.monotonic() - logged >= PROGRESS_LOG_SECONDS:
+                    logged = time.monotonic()  # a log file or pipe sees the download move, not only its summary
+                    log.info("allen-sr download: %d of %d images done (%d new, %d kept, %d failed)",
+                             sum(counts.values()), len(ids), *counts.values())
         except KeyboardInterrupt:
             self.halt("interrupted")
             raise
@@ -312,8 +316,7 @@ class _DownloadRun:
             report.failed[image_id] = message
         except Exception as error:  # one bad image must never stop the others
             log.exception("image %d: unexpected error", image_id)
-            report.failed[image_id] = (f"image {image_id}: unexpected "
-                                       f"{type(error).__name__}: {error}")
+            report.failed[image_id] = f"image {image_id}: unexpected {type(error).__name__}: {error}"
         else:
             (report.skipped if outcome == "skipped" else report.downloaded).append(image_id)
 
@@ -384,8 +387,7 @@ class _DownloadRun:
         if entry is None:
             return f"{final.name} has no manifest entry"
         if entry.get("params") != self.params:
-            return (f"{final.name} was downloaded with {entry.get('params')}, this run asks "
-                    f"{self.params}")
+            return f"{final.name} was downloaded with {entry.get('params')}, this run asks {self.params}"
         if entry.get("bytes") != size:
             return f"{final.name} has {size} bytes, the manifest says {entry.get('bytes')}"
         if entry.get("sha256") != sha256_file(final):
@@ -437,8 +439,7 @@ class _DownloadRun:
             except OSError as error:
                 raise self._write_error(image_id, temp, error, size) from error
             if expected is not None and size != expected:
-                raise TransientError(f"truncated answer: {size} of {expected} bytes "
-                                     f"(Content-Length) from {url}")
+                raise TransientError(f"truncated answer: {size} of {expected} bytes (Content-Length) from {url}")
             check = verify_image_file(temp, sha256=sha256, source=url)
             os.replace(temp, final)
             fsync_directory(self.folder)
@@ -467,8 +468,7 @@ class _DownloadRun:
                 size += len(chunk)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             of = f" of {expected}" if expected is not None else ""
-            raise TransientError(f"connection lost after {size}{of} bytes from {url} "
-                                 f"({_short(error)})") from error
+            raise TransientError(f"connection lost after {size}{of} bytes from {url} ({_short(error)})") from error
         try:
             out.flush()
             # Without fsync a crash right after the rename can leave an empty or partial file
